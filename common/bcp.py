@@ -173,19 +173,19 @@ class MasterKey:
 
     def class_of(self, x: int) -> mpz:
         """``[[x]]``: the discrete log of ``x``'s ``(1+N)``-component, in ``Z_N``."""
-        return self._crt.class_of(mpz(x))  # type: ignore[attr-defined,no-any-return]
+        return self._crt.class_of(mpz(x))
 
     def classes_of(self, xs: list[mpz]) -> list[mpz]:
         """Classes of many elements; the exponentiations run in C without the GIL."""
-        return self._crt.classes_of(xs)  # type: ignore[attr-defined,no-any-return]
+        return self._crt.classes_of(xs)
 
     def secret_exponent(self, public_key: PublicKey) -> mpz:
         """``a mod N`` for any key ``h = g^a`` under these parameters."""
-        return self.class_of(public_key.h) * self._inv_class_g % self.params.n  # type: ignore[attr-defined,no-any-return]
+        return self.class_of(public_key.h) * self._inv_class_g % self.params.n
 
     def exponent_from_class(self, class_value: mpz) -> mpz:
         """``[[x]] / [[g]] mod N``: the exponent of ``x`` in base ``g`` modulo ``N``."""
-        return class_value * self._inv_class_g % self.params.n  # type: ignore[attr-defined,no-any-return]
+        return class_value * self._inv_class_g % self.params.n
 
     def decrypt(self, c: Ciphertext) -> int:
         """Open a ciphertext under any key made from these parameters; result in ``[0, N)``."""
@@ -214,7 +214,7 @@ class _ClassCRT:
     def _combine(self, xp: mpz, xq: mpz) -> mpz:
         cp = _L(xp, self.p) * self.hp % self.p
         cq = _L(xq, self.q) * self.hq % self.q
-        return cq + self.q * ((cp - cq) * self.q_inv_p % self.p)  # type: ignore[no-any-return]
+        return cq + self.q * ((cp - cq) * self.q_inv_p % self.p)
 
     def class_of(self, x: mpz) -> mpz:
         return self._combine(
@@ -330,7 +330,9 @@ class Ciphertext:
         if other.public_key != self.public_key:
             raise ValueError("cannot add ciphertexts under different keys")
         n2 = self.public_key.params.nsquare
-        return Ciphertext(self.public_key, self.A * other.A % n2, self.B * other.B % n2, _trusted=True)
+        return Ciphertext(
+            self.public_key, self.A * other.A % n2, self.B * other.B % n2, _trusted=True
+        )
 
     def __mul__(self, k: int) -> Ciphertext:
         if isinstance(k, bool) or not isinstance(k, int | type(mpz(0))):
@@ -350,6 +352,7 @@ class Ciphertext:
 # ---------------------------------------------------------------------------
 # Parameter generation
 # ---------------------------------------------------------------------------
+
 
 def _primorial(limit: int) -> mpz:
     product, p = mpz(1), mpz(2)
@@ -416,7 +419,7 @@ def choose_generator(p: mpz, q: mpz, rng: RandomSource) -> mpz:
             continue
         k = _L(u, n)
         if k != 0 and gmpy2.gcd(k, n) == 1:
-            return g  # type: ignore[no-any-return]
+            return g
 
 
 def generate_params(

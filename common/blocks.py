@@ -55,7 +55,9 @@ def elements_to_bytes(values: Sequence[int], width: int) -> bytes:
 def elements_from_bytes(data: bytes | memoryview, width: int) -> list[mpz]:
     """Inverse of :func:`elements_to_bytes`; raises ``ValueError`` on a ragged length."""
     if width <= 0 or len(data) % width:
-        raise ValueError(f"payload of {len(data)} bytes is not a whole number of {width}-byte elements")
+        raise ValueError(
+            f"payload of {len(data)} bytes is not a whole number of {width}-byte elements"
+        )
     view = memoryview(data)
     return [mpz(int.from_bytes(view[i : i + width], "big")) for i in range(0, len(view), width)]
 
@@ -167,7 +169,10 @@ class EncryptedVector:
             object.__setattr__(
                 self,
                 "elements",
-                tuple(params.check_element(x, what=f"element {i}") for i, x in enumerate(self.elements)),
+                tuple(
+                    params.check_element(x, what=f"element {i}")
+                    for i, x in enumerate(self.elements)
+                ),
             )
 
     def __eq__(self, other: object) -> bool:
@@ -221,7 +226,9 @@ class EncryptedVector:
         return cls(job_key, layout, tuple(elements))
 
 
-def decrypt_vector(master_key: MasterKey, vector: EncryptedVector, *, workers: int = 1) -> list[int]:
+def decrypt_vector(
+    master_key: MasterKey, vector: EncryptedVector, *, workers: int = 1
+) -> list[int]:
     """Open every plaintext of ``vector`` with the master key; each result in ``[0, N)``.
 
     One class computation per group element (``r mod N`` is recovered once per block) and
@@ -232,7 +239,9 @@ def decrypt_vector(master_key: MasterKey, vector: EncryptedVector, *, workers: i
     if vector.job_key.params != params:
         raise ValueError("vector is under different parameters")
     n = params.n
-    secrets_mod_n = [master_key.exponent_from_class(c) for c in master_key.classes_of(list(vector.job_key.hs))]
+    secrets_mod_n = [
+        master_key.exponent_from_class(c) for c in master_key.classes_of(list(vector.job_key.hs))
+    ]
     elements = list(vector.elements)
     classes = _classes_in_threads(master_key, elements, workers)
     plaintexts: list[int] = []
@@ -269,15 +278,14 @@ class _ColumnEncryptor:
         self.n = n
         self.n2 = n * n
         exponent_bits = int((self.n2 // 4).bit_length())
-        self.tables = {j: FixedBaseTable(b, self.n2, exponent_bits, window) for j, b in bases.items()}
+        self.tables = {
+            j: FixedBaseTable(b, self.n2, exponent_bits, window) for j, b in bases.items()
+        }
 
     def columns_for(self, block_sizes: Sequence[int]) -> list[tuple[int, int]]:
         """``(block, base index)`` pairs this encryptor computes, in output order."""
         return [
-            (b, j)
-            for b, size in enumerate(block_sizes)
-            for j in sorted(self.tables)
-            if j <= size
+            (b, j) for b, size in enumerate(block_sizes) for j in sorted(self.tables) if j <= size
         ]
 
     def compute(
@@ -323,7 +331,9 @@ def worker_main(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     """
     setup = json.loads(_receive(stdin))
     encryptor = _ColumnEncryptor(
-        mpz(setup["n"], 16), {int(j): mpz(b, 16) for j, b in setup["bases"].items()}, setup["window"]
+        mpz(setup["n"], 16),
+        {int(j): mpz(b, 16) for j, b in setup["bases"].items()},
+        setup["window"],
     )
     n_bytes = (int(encryptor.n.bit_length()) + 7) // 8
     e_bytes = (int(encryptor.n2.bit_length()) + 7) // 8
@@ -441,14 +451,14 @@ class VectorEncryptor:
                     _HEADER.pack(len(sizes), len(msgs))
                     + struct.pack(f">{len(sizes)}I", *sizes)
                     + elements_to_bytes(rs, self._e_bytes)
-                    + elements_to_bytes(msgs, self._n_bytes)
+                    + elements_to_bytes(msgs, self._n_bytes),
                 )
                 pending.append((proc, columns))
             for proc, columns in pending:
                 place(columns, elements_from_bytes(_receive(proc.stdout), self._e_bytes))  # type: ignore[arg-type]
         if any(e is None for e in elements):
             raise RuntimeError("encryption left a gap in the vector")
-        return EncryptedVector(self.job_key, layout, tuple(elements), _trusted=True)  # type: ignore[arg-type]
+        return EncryptedVector(self.job_key, layout, tuple(elements), _trusted=True)
 
 
 if __name__ == "__main__":

@@ -73,14 +73,16 @@ class FixedBaseTable:
         """``base^exponent mod modulus``."""
         m = self.modulus
         positive, negative = mpz(1), mpz(1)
-        for row, d in zip(self._rows, signed_digits(exponent, self.window, self.count), strict=True):
+        for row, d in zip(
+            self._rows, signed_digits(exponent, self.window, self.count), strict=True
+        ):
             if d > 0:
                 positive = positive * row[d] % m
             elif d < 0:
                 negative = negative * row[-d] % m
         if negative == 1:
             return positive
-        return positive * gmpy2.invert(negative, m) % m  # type: ignore[no-any-return]
+        return positive * gmpy2.invert(negative, m) % m
 
     @property
     def approx_bytes(self) -> int:

@@ -1,0 +1,207 @@
+"""What every Flask service shares: JSON errors, request parsing, auth headers, OpenAPI.
+
+Services are thin adapters over their domain modules; this module keeps the adapter
+layer identical across the KGC, the parameter server and the participant node.
+Errors are always ``{"error": code, "message": text}`` with the right status, never a
+stack trace or a secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+__all__ = [
+    "ApiError",
+    "add_common_routes",
+    "bearer_token",
+    "field",
+    "json_body",
+    "register_error_handlers",
+    "require_admin",
+]
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "invalid",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable machine code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def register_error_handlers(app: Flask) -> None:
+    """One JSON error handler for the whole app."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        return jsonify(error=exc.code, message=exc.message), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        return jsonify(error=_STATUS_CODES.get(status, "error"), message=exc.description), status
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
+        return jsonify(error="internal", message="internal server error"), 500
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a 400 that says why not."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported-media-type", "expected Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "malformed-json", "request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise ApiError(400, "malformed-json", "request body must be a JSON object")
+    return body
+
+
+def field(
+    body: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    *,
+    required: bool = True,
+    default: Any = None,
+) -> Any:
+    """One typed field of a JSON body (``bool`` is never accepted as an ``int``)."""
+    if name not in body:
+        if required:
+            raise ApiError(400, "missing-field", f"field {name!r} is required")
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ApiError(400, "bad-field", f"field {name!r} has the wrong type")
+    if not isinstance(value, kinds):
+        raise ApiError(400, "bad-field", f"field {name!r} has the wrong type")
+    return value
+
+
+def bearer_token() -> str:
+    """The token in ``Authorization: Bearer ...``; 401 if absent."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token")
+    return token.strip()
+
+
+def require_admin() -> None:
+    """Operator endpoints: the configured admin token, compared in constant time."""
+    expected = current_app.config.get("ADMIN_TOKEN")
+    if not expected:
+        raise ApiError(403, "forbidden", "admin endpoints are disabled (no ADMIN_TOKEN configured)")
+    if not hmac.compare_digest(bearer_token().encode(), str(expected).encode()):
+        raise ApiError(401, "unauthorized", "invalid admin token")
+
+
+def _path_type(rule: Any, arg: str) -> str:
+    converter = rule._converters.get(arg)
+    return "integer" if type(converter).__name__ == "IntegerConverter" else "string"
+
+
+def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
+    """OpenAPI 3.0 from the URL map: every route, its methods, and its docstring."""
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for converter in ("int:", "string:", "path:"):
+            path = path.replace("{" + converter, "{")
+        view = app.view_functions[rule.endpoint]
+        doc = (view.__doc__ or rule.endpoint).strip()
+        summary = doc.splitlines()[0]
+        parameters = [
+            {"name": arg, "in": "path", "required": True, "schema": {"type": _path_type(rule, arg)}}
+            for arg in sorted(rule.arguments)
+        ]
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            op: dict[str, Any] = {
+                "operationId": f"{rule.endpoint}.{method.lower()}",
+                "summary": summary,
+                "description": doc,
+                "parameters": parameters,
+                "responses": {
+                    "200": {"description": "success"},
+                    "default": {
+                        "description": "error",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    },
+                },
+            }
+            if method in ("POST", "PUT", "PATCH"):
+                op["requestBody"] = {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                }
+            paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def add_common_routes(
+    app: Flask, title: str, version: str, health: Callable[[], dict[str, Any]] | None = None
+) -> None:
+    """``/healthz`` and ``/openapi.json`` for a service."""
+    bp = Blueprint("meta", __name__)
+
+    @bp.get("/healthz")
+    def healthz() -> Any:
+        """Liveness and readiness of this service."""
+        extra = health() if health else {}
+        return jsonify(status="ok", service=title, **extra)
+
+    @bp.get("/openapi.json")
+    def openapi() -> Any:
+        """The OpenAPI document of this service."""
+        return jsonify(_openapi_document(current_app, title, version))
+
+    app.register_blueprint(bp)

@@ -1,0 +1,190 @@
+"""Ed25519 signatures over canonical JSON, and short-lived signed tokens (EdDSA).
+
+The KGC certifies keys and issues tokens; the parameter server verifies tokens
+*offline* with the KGC's published verification key, and signs its own receipts and
+release requests. Everything signed is canonical JSON (sorted keys, no spaces), so the
+signer and the verifier agree on the bytes without sharing code paths.
+
+Token format (JWT-like, but with one algorithm only, so there is no ``alg`` to confuse):
+``v1.<base64url(claims JSON)>.<base64url(Ed25519 signature over "v1." + claims part)>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+__all__ = [
+    "SignatureError",
+    "TokenClaims",
+    "TokenError",
+    "b64decode",
+    "b64encode",
+    "canonical_json",
+    "generate_signing_key",
+    "issue_token",
+    "private_key_from_bytes",
+    "private_key_to_bytes",
+    "public_key_from_hex",
+    "public_key_hex",
+    "sign_json",
+    "verify_json",
+    "verify_token",
+]
+
+TOKEN_VERSION = "v1"
+ROLES = ("participant", "param_server")
+
+
+class SignatureError(ValueError):
+    """A signature is missing, malformed or does not verify."""
+
+
+class TokenError(ValueError):
+    """A token is malformed, forged, expired, or for the wrong role."""
+
+
+def b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64decode(text: str) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("expected a base64url string")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64url") from None
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The exact bytes that are signed: sorted keys, compact separators, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_to_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def private_key_from_bytes(raw: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def public_key_hex(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """Raw 32-byte public key as lowercase hex (the project's wire form)."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def public_key_from_hex(text: object) -> Ed25519PublicKey:
+    """Parse a raw Ed25519 public key; ``ValueError`` if it is not 32 hex-encoded bytes."""
+    if not isinstance(text, str) or len(text) != 64:
+        raise ValueError("an Ed25519 public key is 64 hex characters")
+    try:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+    except ValueError:
+        raise ValueError("invalid Ed25519 public key") from None
+
+
+def sign_json(key: Ed25519PrivateKey, obj: Any) -> str:
+    """Detached base64url signature over :func:`canonical_json` of ``obj``."""
+    return b64encode(key.sign(canonical_json(obj)))
+
+
+def verify_json(key: Ed25519PublicKey, obj: Any, signature: object) -> None:
+    """Raise :class:`SignatureError` unless ``signature`` signs ``obj`` under ``key``."""
+    try:
+        raw = b64decode(signature)  # type: ignore[arg-type]
+        key.verify(raw, canonical_json(obj))
+    except (InvalidSignature, ValueError):
+        raise SignatureError("signature does not verify") from None
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified token says: who, in which role, until when."""
+
+    subject: str
+    role: str
+    issued_at: int
+    expires_at: int
+    token_id: str
+    issuer: str
+
+
+def issue_token(
+    key: Ed25519PrivateKey,
+    *,
+    subject: str,
+    role: str,
+    now: float,
+    ttl_seconds: int,
+    token_id: str,
+    issuer: str = "kgc",
+) -> str:
+    """A signed, short-lived bearer token. ``now`` is passed in (testable clock)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    claims = {
+        "sub": subject,
+        "role": role,
+        "iat": int(now),
+        "exp": int(now) + int(ttl_seconds),
+        "jti": token_id,
+        "iss": issuer,
+    }
+    body = b64encode(canonical_json(claims))
+    signed = f"{TOKEN_VERSION}.{body}".encode()
+    return f"{TOKEN_VERSION}.{body}.{b64encode(key.sign(signed))}"
+
+
+def verify_token(
+    key: Ed25519PublicKey,
+    token: object,
+    *,
+    now: float,
+    roles: tuple[str, ...] = ROLES,
+    leeway_seconds: int = 5,
+) -> TokenClaims:
+    """Check signature, expiry and role; raise :class:`TokenError` with a reason otherwise."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise TokenError("malformed token")
+    version, body, signature = token.split(".")
+    if version != TOKEN_VERSION:
+        raise TokenError("unsupported token version")
+    try:
+        key.verify(b64decode(signature), f"{version}.{body}".encode())
+    except (InvalidSignature, ValueError):
+        raise TokenError("token signature does not verify") from None
+    try:
+        claims = json.loads(b64decode(body))
+        parsed = TokenClaims(
+            subject=str(claims["sub"]),
+            role=str(claims["role"]),
+            issued_at=int(claims["iat"]),
+            expires_at=int(claims["exp"]),
+            token_id=str(claims["jti"]),
+            issuer=str(claims["iss"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise TokenError("malformed token claims") from None
+    if now > parsed.expires_at + leeway_seconds:
+        raise TokenError("token expired")
+    if now + leeway_seconds < parsed.issued_at:
+        raise TokenError("token not yet valid")
+    if parsed.role not in roles:
+        raise TokenError(f"token role {parsed.role!r} is not allowed here")
+    return parsed
