@@ -141,6 +141,8 @@ class MasterKey:
     params: PublicParams
     p: mpz
     q: mpz
+    _crt: _ClassCRT = field(init=False, repr=False)
+    _inv_class_g: mpz = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         p, q = mpz(self.p), mpz(self.q)
