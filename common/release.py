@@ -1,0 +1,126 @@
+"""The release bundle: how a blinded model goes from the KGC to the contributors only.
+
+DESIGN §4. The parameter server sends ``Enc(W + R)``; the KGC opens it with the master
+key (it sees only ``M = W + R``, uniformly blinded), seals ``M`` once under a fresh
+256-bit data key ``K`` with AES-256-GCM, and wraps ``K`` for each contributor under that
+contributor's own BCP public key. A contributor unwraps ``K``, opens ``M`` and subtracts
+``R`` (which the parameter server hands to contributors with the bundle).
+
+Both sides live here so the KGC service, the parameter server's tests and the
+participant client use one implementation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gmpy2 import mpz
+
+from common.bcp import MasterKey, PublicKey, RandomSource, SecretKey
+from common.blocks import EncryptedVector, decrypt_vector
+from common.sealing import (
+    RandomBytes,
+    SealError,
+    open_bytes,
+    seal_bytes,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from common.signing import b64decode, b64encode
+
+__all__ = [
+    "blind_context",
+    "open_release",
+    "plaintexts_from_bytes",
+    "plaintexts_to_bytes",
+    "seal_release",
+]
+
+
+def blind_context(job_id: str, round_number: int) -> bytes:
+    """Associated data binding a sealed model and its wrapped keys to one job and round."""
+    return f"trapdoor-release|{job_id}|{round_number}".encode()
+
+
+def plaintexts_to_bytes(values: Sequence[int], n: int) -> bytes:
+    width = (int(n).bit_length() + 7) // 8
+    return b"".join(int(v).to_bytes(width, "big") for v in values)
+
+
+def plaintexts_from_bytes(data: bytes, n: int) -> list[mpz]:
+    width = (int(n).bit_length() + 7) // 8
+    if len(data) % width:
+        raise ValueError("plaintext payload has a ragged length")
+    values = [mpz(int.from_bytes(data[i : i + width], "big")) for i in range(0, len(data), width)]
+    if any(v >= n for v in values):
+        raise ValueError("plaintext outside [0, N)")
+    return values
+
+
+def seal_release(
+    master_key: MasterKey,
+    blinded: EncryptedVector,
+    contributors: Mapping[str, PublicKey],
+    *,
+    job_id: str,
+    round_number: int,
+    rng: RandomSource,
+    random_bytes: RandomBytes = os.urandom,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Open ``Enc(W + R)`` with the master key and seal it for ``contributors`` only."""
+    if not contributors:
+        raise ValueError("a release needs at least one contributor")
+    context = blind_context(job_id, round_number)
+    blinded_plaintexts = decrypt_vector(master_key, blinded, workers=workers)
+    data_key = random_bytes(32)
+    sealed = seal_bytes(
+        data_key,
+        plaintexts_to_bytes(blinded_plaintexts, master_key.params.n),
+        context,
+        random_bytes=random_bytes,
+    )
+    wrapped = {
+        subject: wrap_data_key(key, data_key, context, rng, random_bytes=random_bytes)
+        for subject, key in sorted(contributors.items())
+    }
+    return {
+        "job_id": job_id,
+        "round": round_number,
+        "num_plaintexts": len(blinded_plaintexts),
+        "sealed_model": sealed,
+        "wrapped_keys": wrapped,
+    }
+
+
+def open_release(
+    secret_key: SecretKey,
+    *,
+    job_id: str,
+    round_number: int,
+    sealed_model: Any,
+    wrapped_key: Any,
+    blind: Sequence[int],
+) -> list[mpz]:
+    """A contributor's side: unwrap ``K``, open ``M = W + R`` and return ``W`` (mod N).
+
+    Raises :class:`~common.sealing.SealError` when this key cannot open the bundle.
+    """
+    n = secret_key.public_key.params.n
+    context = blind_context(job_id, round_number)
+    data_key = unwrap_data_key(secret_key, wrapped_key, context)
+    blinded = plaintexts_from_bytes(open_bytes(data_key, sealed_model, context), n)
+    if len(blinded) != len(blind):
+        raise SealError("blind and sealed model have different lengths")
+    return [(m - mpz(r)) % n for m, r in zip(blinded, blind, strict=True)]
+
+
+def blind_to_text(blind: Sequence[int], n: int) -> str:
+    """``R`` as base64url of fixed-width big-endian integers (for JSON responses)."""
+    return b64encode(plaintexts_to_bytes(blind, n))
+
+
+def blind_from_text(text: str, n: int) -> list[mpz]:
+    return plaintexts_from_bytes(b64decode(text), n)
