@@ -148,6 +148,8 @@ class MasterKey:
         p, q = mpz(self.p), mpz(self.q)
         if p * q != self.params.n:
             raise ValueError("p * q does not equal N")
+        if p == q or not (gmpy2.is_prime(p) and gmpy2.is_prime(q)):
+            raise ValueError("the master key must be two distinct primes")
         object.__setattr__(self, "p", p)
         object.__setattr__(self, "q", q)
         object.__setattr__(self, "_crt", _ClassCRT(p, q))
@@ -389,7 +391,7 @@ def generate_safe_prime(
             prime = 2 * half + 1
             if prime.bit_length() != bits:
                 break
-            sieved_out = prime > _SIEVE_LIMIT and gmpy2.gcd(half * prime, _SIEVE) != 1
+            sieved_out = half > _SIEVE_LIMIT and gmpy2.gcd(half * prime, _SIEVE) != 1
             if not sieved_out and _is_safe_prime_pair(half, prime):
                 return prime
             half += 6
@@ -434,8 +436,9 @@ def generate_params(
     Takes about a second at 1024 bits and tens of seconds at 2048 on a laptop core:
     never call it for 2048 bits in a unit test.
     """
-    if bits < 16 or bits % 2:
-        raise ValueError("bits must be an even number >= 16")
+    if bits < 18 or bits % 2:
+        # Below 18 bits there are not two distinct safe primes with the top bits set.
+        raise ValueError("bits must be an even number >= 18")
     rng = rng or _default_rng()
     p = generate_safe_prime(bits // 2, rng, progress)
     q = generate_safe_prime(bits // 2, rng, progress)

@@ -161,8 +161,8 @@ def loads(text: str | bytes) -> WireObject:
     """Parse JSON text of one of the single-object kinds; ``ValueError`` if invalid."""
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WireError(f"not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise WireError(f"not valid JSON: {type(exc).__name__}") from None
     return from_obj(obj)
 
 
@@ -189,7 +189,8 @@ class VectorFrame:
         width = element_bytes(job_key.params)
         if header.get("element_bytes") != width:
             raise WireError(f"element_bytes must be {width}")
-        if header.get("width") != job_key.width:
+        width_field = header.get("width")
+        if isinstance(width_field, bool) or width_field != job_key.width:
             raise WireError(f"width must be {job_key.width}")
         num_plaintexts = header.get("num_plaintexts")
         if (
@@ -239,7 +240,7 @@ def decode_frame(data: bytes, *, max_bytes: int | None = None) -> VectorFrame:
         raise WireError("frame header length out of range")
     try:
         header = json.loads(data[_PREFIX.size : _PREFIX.size + head_len])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise WireError("frame header is not valid JSON") from None
     if not isinstance(header, dict) or header.get("kind") != "bcp-vector":
         raise WireError("frame header must be a bcp-vector object")
