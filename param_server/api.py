@@ -1,0 +1,120 @@
+"""HTTP adapters of the parameter server (docs/PROTOCOL.md, parameter-server section).
+
+Each view authenticates, parses, calls :class:`~param_server.domain.ParameterServer`
+and returns JSON; no business rule lives here. Participant tokens are verified offline
+with the KGC's key; the operator uses the service's admin token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from common.service import ApiError, bearer_token, json_body, require_admin
+from common.signing import ROLES, TokenClaims, TokenError, verify_token
+from param_server.domain import ParameterServer
+
+__all__ = ["bp"]
+
+bp = Blueprint("param_server", __name__)
+
+
+def _service() -> ParameterServer:
+    service: ParameterServer = current_app.extensions["param_server"]
+    return service
+
+
+def _claims(token: str) -> TokenClaims:
+    """A valid participant token (401 forged/expired/malformed, 403 another role)."""
+    service = _service()
+    try:
+        claims = verify_token(service.kgc.verify_key, token, now=service.clock(), roles=ROLES)
+    except TokenError as exc:
+        raise ApiError(401, "invalid-token", str(exc)) from None
+    if claims.role != "participant":
+        raise ApiError(403, "wrong-role", "this endpoint is for participants")
+    return claims
+
+
+def _participant() -> TokenClaims:
+    return _claims(bearer_token())
+
+
+def _is_admin(token: str) -> bool:
+    expected = current_app.config.get("ADMIN_TOKEN")
+    return bool(expected) and hmac.compare_digest(token.encode(), str(expected).encode())
+
+
+def _operator_or_participant_of(job_id: str) -> None:
+    token = bearer_token()
+    if _is_admin(token):
+        return
+    claims = _claims(token)
+    if claims.subject not in _service().participants(job_id):
+        raise ApiError(403, "not-a-participant", "not a participant of this job")
+
+
+@bp.get("/v1/info")
+def info() -> Any:
+    """The PS's identity: the Ed25519 key that signs receipts and release requests."""
+    service = _service()
+    return jsonify(
+        service="trapdoor-param-server",
+        subject_id=service.subject_id,
+        verify_key=service.verify_key_hex,
+        kgc_verify_key=service.kgc.verify_key_hex,
+    )
+
+
+@bp.post("/v1/jobs")
+def create_job() -> Any:
+    """Operator: create a job (the PS gets a job key from the KGC and stores Enc(W_0))."""
+    require_admin()
+    return jsonify(_service().create_job(json_body())), 201
+
+
+@bp.get("/v1/jobs")
+def list_jobs() -> Any:
+    """Operator: every job with its status."""
+    require_admin()
+    return jsonify(jobs=_service().list_jobs())
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Any:
+    """A job: definition, job key, packing layout, public weights, progress."""
+    _operator_or_participant_of(job_id)
+    return jsonify(_service().job_view(job_id))
+
+
+@bp.get("/v1/jobs/<job_id>/rounds/<int:t>")
+def get_round(job_id: str, t: int) -> Any:
+    """A round: status, contributors, upload count, deadline."""
+    _operator_or_participant_of(job_id)
+    return jsonify(_service().round_view(job_id, t))
+
+
+@bp.post("/v1/jobs/<job_id>/rounds/<int:t>/uploads")
+def upload(job_id: str, t: int) -> Any:
+    """Participant: upload Enc(w_i Δ_i) as a binary frame; answers a signed receipt."""
+    claims = _participant()
+    if request.mimetype != "application/octet-stream":
+        raise ApiError(415, "unsupported-media-type", "expected application/octet-stream")
+    data = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    return jsonify(_service().accept_upload(job_id, t, claims.subject, data)), 201
+
+
+@bp.post("/v1/jobs/<job_id>/rounds/<int:t>/close")
+def close_round(job_id: str, t: int) -> Any:
+    """Operator: close round t now if it has its quorum (the release follows)."""
+    require_admin()
+    return jsonify(_service().close_round(job_id, t))
+
+
+@bp.get("/v1/jobs/<job_id>/rounds/<int:t>/model")
+def download(job_id: str, t: int) -> Any:
+    """Contributor of round t: its sealed W_{t+1} bundle and the blind R."""
+    claims = _participant()
+    return jsonify(_service().download(job_id, t, claims.subject))

@@ -1,0 +1,298 @@
+"""Parse and validate a job definition (docs/PROTOCOL.md, ``POST /v1/jobs``).
+
+Everything the operator sends is checked here, before the KGC is asked for a job key:
+shape and types (400), then meaning (422), so a refused definition costs nothing and
+leaves nothing behind. The normalised definition (defaults filled in) is what is stored
+and what participants read back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from common.encoding import EncodingError, PackingLayout
+from common.signing import b64decode
+from common.wire import MAX_HEADER_BYTES
+from param_server.errors import DomainError
+
+__all__ = ["EncodingSettings", "JobDefinition", "parse_definition"]
+
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+POLICIES = ("stay-open", "fail")
+MAX_PARTICIPANTS = 10_000
+MAX_ROUNDS = 100_000
+MAX_DEADLINE_SECONDS = 30 * 24 * 3600
+MAX_WIDTH = 256
+DEFAULT_QUORUM = 3
+ENCODING_DEFAULTS: dict[str, Any] = {
+    "frac_bits": 20,
+    "slot_bits": 29,
+    "slot_bound": 64.0,
+    "clip_bound": 16.0,
+    "width": 16,
+}
+
+
+def _bad(message: str) -> DomainError:
+    return DomainError(400, "bad-definition", message)
+
+
+def _invalid(message: str) -> DomainError:
+    return DomainError(422, "invalid-definition", message)
+
+
+def _int(obj: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = obj.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"{name} must be an integer")
+    return value
+
+
+def _number(obj: dict[str, Any], name: str, default: float | None = None) -> float:
+    value = obj.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"{name} must be a number")
+    if not math.isfinite(value):
+        raise _invalid(f"{name} must be finite")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """Fixed point and packing of the job, and the block width ``L`` of its key."""
+
+    frac_bits: int
+    slot_bits: int
+    slot_bound: float
+    clip_bound: float
+    width: int
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    """A validated job definition; ``normalised`` is the JSON that is stored."""
+
+    job_id: str
+    initial_weights: npt.NDArray[np.float64]
+    participants: tuple[tuple[str, int], ...]
+    quorum: int
+    rounds: int
+    round_deadline_seconds: float
+    below_quorum_policy: str
+    encoding: EncodingSettings
+    normalised: dict[str, Any]
+
+    @property
+    def subject_ids(self) -> list[str]:
+        return [subject for subject, _ in self.participants]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Public weights ``w_i = n_i / Σ n`` over the enrolled participants (FedAvg)."""
+        total = sum(n for _, n in self.participants)
+        return {subject: n / total for subject, n in self.participants}
+
+    def packing(self, modulus: int) -> PackingLayout:
+        """The packing layout; ``max_terms`` leaves rounding slack for every contribution."""
+        enc = self.encoding
+        try:
+            return PackingLayout(
+                modulus=modulus,
+                length=len(self.initial_weights),
+                frac_bits=enc.frac_bits,
+                slot_bits=enc.slot_bits,
+                slot_bound=enc.slot_bound,
+                max_terms=max(1024, 4 * len(self.participants)),
+            )
+        except EncodingError as exc:
+            raise _invalid(f"encoding: {exc}") from None
+
+    @property
+    def model_clip_bound(self) -> float:
+        """``W_0`` must fit half a slot, leaving the other half for the updates' sum."""
+        return self.encoding.slot_bound / 2
+
+
+def _initial_weights(text: object) -> npt.NDArray[np.float64]:
+    if not isinstance(text, str):
+        raise _bad("initial_weights must be base64url of float64 little-endian")
+    try:
+        raw = b64decode(text)
+    except ValueError:
+        raise _bad("initial_weights is not base64url") from None
+    if not raw or len(raw) % 8:
+        raise _bad("initial_weights must be a non-empty whole number of float64 values")
+    weights = np.frombuffer(raw, dtype="<f8").astype(np.float64)
+    if not np.all(np.isfinite(weights)):
+        raise _invalid("initial_weights contains NaN or infinity")
+    return weights
+
+
+def _participants(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or not value:
+        raise _bad("participants must be a non-empty list")
+    if len(value) > MAX_PARTICIPANTS:
+        raise _invalid(f"at most {MAX_PARTICIPANTS} participants")
+    out: list[tuple[str, int]] = []
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) != {"subject_id", "num_samples"}:
+            raise _bad("each participant is {'subject_id', 'num_samples'}")
+        subject = entry["subject_id"]
+        if not isinstance(subject, str) or not SUBJECT_ID_RE.fullmatch(subject):
+            raise _bad("subject_id must be 1-128 characters of [A-Za-z0-9._:@-]")
+        samples = _int(entry, "num_samples")
+        if samples < 1:
+            raise _invalid("num_samples must be at least 1")
+        out.append((subject, samples))
+    if len({subject for subject, _ in out}) != len(out):
+        raise _invalid("participants must be distinct")
+    return tuple(out)
+
+
+def _encoding(value: object) -> EncodingSettings:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _bad("encoding must be an object")
+    unknown = set(value) - set(ENCODING_DEFAULTS)
+    if unknown:
+        raise _bad(f"unknown encoding fields: {sorted(unknown)}")
+    merged = {**ENCODING_DEFAULTS, **value}
+    settings = EncodingSettings(
+        frac_bits=_int(merged, "frac_bits"),
+        slot_bits=_int(merged, "slot_bits"),
+        slot_bound=_number(merged, "slot_bound"),
+        clip_bound=_number(merged, "clip_bound"),
+        width=_int(merged, "width"),
+    )
+    if not 1 <= settings.width <= MAX_WIDTH:
+        raise _invalid(f"encoding.width must be in [1, {MAX_WIDTH}]")
+    if settings.clip_bound <= 0 or settings.slot_bound <= 0:
+        raise _invalid("clip_bound and slot_bound must be positive")
+    return settings
+
+
+def parse_definition(body: object, modulus: int) -> JobDefinition:
+    """Validate ``body`` against the job-definition schema and the KGC's modulus ``N``."""
+    if not isinstance(body, dict):
+        raise _bad("a job definition is a JSON object")
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+        raise _bad("job_id must be 1-64 characters of [A-Za-z0-9._-], starting alphanumeric")
+    for name in ("model", "training"):
+        if not isinstance(body.get(name), dict):
+            raise _bad(f"{name} must be an object")
+    weights = _initial_weights(body.get("initial_weights"))
+    participants = _participants(body.get("participants"))
+    quorum = _int(body, "quorum", min(DEFAULT_QUORUM, len(participants)))
+    if not 1 <= quorum <= len(participants):
+        raise _invalid("quorum must be between 1 and the number of participants")
+    rounds = _int(body, "rounds")
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise _invalid(f"rounds must be in [1, {MAX_ROUNDS}]")
+    deadline = _number(body, "round_deadline_seconds", 600.0)
+    if not 0 < deadline <= MAX_DEADLINE_SECONDS:
+        raise _invalid(f"round_deadline_seconds must be in (0, {MAX_DEADLINE_SECONDS}]")
+    policy = body.get("below_quorum_policy", "stay-open")
+    if policy not in POLICIES:
+        raise _bad(f"below_quorum_policy must be one of {POLICIES}")
+    encoding = _encoding(body.get("encoding"))
+    known = {
+        "job_id",
+        "model",
+        "initial_weights",
+        "training",
+        "participants",
+        "quorum",
+        "rounds",
+        "round_deadline_seconds",
+        "below_quorum_policy",
+        "encoding",
+    }
+    unknown = set(body) - known
+    if unknown:
+        raise _bad(f"unknown fields: {sorted(unknown)}")
+    normalised = {
+        **body,
+        "quorum": quorum,
+        "round_deadline_seconds": deadline,
+        "below_quorum_policy": policy,
+        "encoding": {
+            "frac_bits": encoding.frac_bits,
+            "slot_bits": encoding.slot_bits,
+            "slot_bound": encoding.slot_bound,
+            "clip_bound": encoding.clip_bound,
+            "width": encoding.width,
+        },
+    }
+    definition = JobDefinition(
+        job_id=job_id,
+        initial_weights=weights,
+        participants=participants,
+        quorum=quorum,
+        rounds=rounds,
+        round_deadline_seconds=deadline,
+        below_quorum_policy=str(policy),
+        encoding=encoding,
+        normalised=normalised,
+    )
+    layout = definition.packing(modulus)
+    largest_weight = max(definition.weights.values())
+    if encoding.clip_bound * largest_weight > layout.slot_bound:
+        raise _invalid("clip_bound * largest weight exceeds slot_bound: one update cannot fit")
+    if release_header_bytes(job_id, definition.subject_ids) > MAX_HEADER_BYTES:
+        raise _invalid(
+            f"{len(participants)} participants' receipts would not fit the "
+            f"{MAX_HEADER_BYTES}-byte header of one release request"
+        )
+    largest = float(np.abs(weights).max())
+    if largest > definition.model_clip_bound:
+        raise _invalid(
+            f"initial weights must lie within ±slot_bound/2 = {definition.model_clip_bound}"
+        )
+    return definition
+
+
+def release_header_bytes(job_id: str, subject_ids: list[str]) -> int:
+    """Worst-case size of a release request's frame header if every participant uploads.
+
+    The header carries every contributor's signed receipt (docs/PROTOCOL.md), and
+    :func:`common.wire.decode_frame` refuses headers over ``MAX_HEADER_BYTES``: a job whose
+    release could never be sent is refused up front.
+    """
+    signature = "A" * 86  # base64url of a 64-byte Ed25519 signature
+    big = 10**12
+    header = {
+        "job_id": job_id,
+        "round": MAX_ROUNDS,
+        "contributors": subject_ids,
+        "receipts": [
+            {
+                "receipt": {
+                    "job_id": job_id,
+                    "round": MAX_ROUNDS,
+                    "subject_id": subject,
+                    "sha256": "0" * 64,
+                    "accepted_at": big,
+                },
+                "signature": signature,
+            }
+            for subject in subject_ids
+        ],
+        "request_signature": signature,
+        "kind": "bcp-vector",
+        "width": MAX_WIDTH,
+        "num_plaintexts": big,
+        "num_elements": big,
+        "element_bytes": big,
+        "sha256": "0" * 64,
+    }
+    return len(json.dumps(header, separators=(",", ":")).encode())

@@ -1,0 +1,305 @@
+"""How the parameter server talks to the KGC: a small Protocol and its HTTP implementation.
+
+The domain depends only on :class:`KgcGateway`, so tests run the whole PS flow against
+an in-process fake (:mod:`param_server.testing`) that does the real crypto, and the KGC
+service can change its internals freely as long as docs/PROTOCOL.md holds.
+
+Everything the KGC answers is checked here before the PS trusts it: the job key's KGC
+signature, its parameters and width; a release bundle is checked by
+:func:`check_release_bundle` in the domain (so a fake gateway gets the same checks).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from common.bcp import PublicParams
+from common.blocks import JobKey
+from common.http import ServiceClient, ServiceError
+from common.signing import (
+    SignatureError,
+    public_key_from_hex,
+    public_key_hex,
+    sign_json,
+    verify_json,
+)
+from common.wire import decode_frame, from_obj
+
+__all__ = [
+    "HttpKgcGateway",
+    "KgcError",
+    "KgcGateway",
+    "KgcInfo",
+    "check_release_bundle",
+    "complete_enrolment",
+    "fetch_info",
+    "job_key_from_response",
+]
+
+TOKEN_REFRESH_MARGIN_SECONDS = 30
+
+
+class KgcError(RuntimeError):
+    """The KGC refused, or could not be reached (``status`` 0), or answered nonsense (502).
+
+    ``retryable`` says whether the same request may succeed later unchanged.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"KGC {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+@dataclass(frozen=True)
+class KgcInfo:
+    """The KGC's public parameters and the Ed25519 key that signs tokens and job keys."""
+
+    params: PublicParams
+    verify_key: Ed25519PublicKey
+    demo: bool = False
+
+    @property
+    def verify_key_hex(self) -> str:
+        return public_key_hex(self.verify_key)
+
+
+class KgcGateway(Protocol):
+    """What the parameter server needs from the KGC (docs/PROTOCOL.md, KGC section)."""
+
+    def info(self) -> KgcInfo:
+        """Public parameters and verification key."""
+        ...
+
+    def create_job(
+        self, job_id: str, width: int, participants: Sequence[str], quorum: int
+    ) -> tuple[JobKey, str]:
+        """A fresh job key for ``job_id``, already checked against the KGC's signature.
+
+        Returns the key and the KGC's signature over ``{"job_id", "job_key"}``.
+        """
+        ...
+
+    def release(self, frame: bytes) -> dict[str, Any]:
+        """Send a signed ``Enc(W + R)`` frame; return the sealed release bundle."""
+        ...
+
+
+def _info_from_json(body: Any) -> KgcInfo:
+    if not isinstance(body, dict):
+        raise KgcError(502, "bad-kgc-answer", "KGC info is not an object")
+    try:
+        params = from_obj(body.get("params"))
+        verify_key = public_key_from_hex(body.get("verify_key"))
+    except ValueError as exc:
+        raise KgcError(502, "bad-kgc-answer", f"KGC info is invalid: {exc}") from None
+    if not isinstance(params, PublicParams):
+        raise KgcError(502, "bad-kgc-answer", "KGC info params are not bcp-params")
+    return KgcInfo(params, verify_key, bool(body.get("demo", False)))
+
+
+def job_key_from_response(
+    body: Any, info: KgcInfo, *, job_id: str, width: int
+) -> tuple[JobKey, str]:
+    """Check a ``POST /v1/jobs`` answer: KGC signature, parameters, width."""
+    if not isinstance(body, dict) or body.get("job_id") != job_id:
+        raise KgcError(502, "bad-kgc-answer", "job answer does not name the job")
+    obj = body.get("job_key")
+    signature = body.get("signature")
+    try:
+        verify_json(info.verify_key, {"job_id": job_id, "job_key": obj}, signature)
+        job_key = from_obj(obj)
+    except (SignatureError, ValueError) as exc:
+        raise KgcError(502, "bad-kgc-answer", f"job key rejected: {exc}") from None
+    if not isinstance(job_key, JobKey) or job_key.params != info.params:
+        raise KgcError(502, "bad-kgc-answer", "job key is not under the KGC's parameters")
+    if job_key.width != width:
+        raise KgcError(502, "bad-kgc-answer", f"job key has width {job_key.width}, not {width}")
+    return job_key, str(signature)
+
+
+def check_release_bundle(
+    bundle: Any,
+    info: KgcInfo,
+    *,
+    job_id: str,
+    round_number: int,
+    contributors: Sequence[str],
+    num_plaintexts: int,
+) -> dict[str, Any]:
+    """Check a release bundle before storing it for download.
+
+    ``kgc_signature`` signs the bundle without that field (canonical JSON); the bundle
+    must be for this job and round and hold exactly one wrapped key per contributor.
+    """
+    if not isinstance(bundle, dict):
+        raise KgcError(502, "bad-kgc-answer", "release bundle is not an object")
+    body = {k: v for k, v in bundle.items() if k != "kgc_signature"}
+    try:
+        verify_json(info.verify_key, body, bundle.get("kgc_signature"))
+    except SignatureError:
+        raise KgcError(502, "bad-kgc-answer", "release bundle signature does not verify") from None
+    wrapped = bundle.get("wrapped_keys")
+    if (
+        bundle.get("job_id") != job_id
+        or bundle.get("round") != round_number
+        or bundle.get("num_plaintexts") != num_plaintexts
+        or not isinstance(bundle.get("sealed_model"), dict)
+        or not isinstance(wrapped, dict)
+        or sorted(wrapped) != sorted(contributors)
+    ):
+        raise KgcError(502, "bad-kgc-answer", "release bundle does not match the request")
+    return bundle
+
+
+def _kgc_error(exc: ServiceError) -> KgcError:
+    return KgcError(exc.status, exc.code, exc.message)
+
+
+def fetch_info(client: ServiceClient) -> KgcInfo:
+    """``GET /v1/info`` (no credentials)."""
+    try:
+        return _info_from_json(client.get_json("/v1/info", auth=False))
+    except ServiceError as exc:
+        raise _kgc_error(exc) from None
+
+
+def complete_enrolment(
+    client: ServiceClient, subject_id: str, code: str, signing_key: Ed25519PrivateKey
+) -> tuple[dict[str, Any], str]:
+    """Finish the PS's enrolment: certify ``signing_key`` with the one-time ``code``.
+
+    Checks the certificate (KGC signature, subject, role ``param_server``, our key).
+    """
+    info = fetch_info(client)
+    try:
+        body = client.post_json(
+            f"/v1/enrolments/{quote(subject_id, safe='')}/complete",
+            {"code": code, "signing_key": public_key_hex(signing_key)},
+            auth=False,
+        )
+    except ServiceError as exc:
+        raise _kgc_error(exc) from None
+    certificate = body.get("certificate") if isinstance(body, dict) else None
+    signature = body.get("signature") if isinstance(body, dict) else None
+    try:
+        verify_json(info.verify_key, certificate, signature)
+    except SignatureError:
+        raise KgcError(502, "bad-kgc-answer", "certificate signature does not verify") from None
+    if not isinstance(certificate, dict) or (
+        certificate.get("subject_id"),
+        certificate.get("role"),
+        certificate.get("signing_key"),
+    ) != (subject_id, "param_server", public_key_hex(signing_key)):
+        raise KgcError(502, "bad-kgc-answer", "certificate does not certify this server's key")
+    return certificate, str(signature)
+
+
+class HttpKgcGateway:
+    """:class:`KgcGateway` over HTTP, with its own short-lived ``param_server`` token.
+
+    The token is obtained with a signed challenge (``POST /v1/tokens``), cached until
+    shortly before it expires, and refreshed once if the KGC answers 401.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        subject_id: str,
+        signing_key: Ed25519PrivateKey,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 60.0,
+        session: requests.Session | None = None,
+        nonce: Callable[[], str] = lambda: secrets.token_hex(16),
+    ) -> None:
+        self.subject_id = subject_id
+        self._signing_key = signing_key
+        self._clock = clock
+        self._nonce = nonce
+        self._client = ServiceClient(base_url, token=self._token, timeout=timeout, session=session)
+        self._lock = threading.Lock()
+        self._cached_token: tuple[str, float] | None = None
+        self._info: KgcInfo | None = None
+
+    def info(self) -> KgcInfo:
+        if self._info is None:
+            self._info = fetch_info(self._client)
+        return self._info
+
+    def _token(self) -> str:
+        with self._lock:
+            now = self._clock()
+            if self._cached_token and self._cached_token[1] - TOKEN_REFRESH_MARGIN_SECONDS > now:
+                return self._cached_token[0]
+            challenge = {
+                "purpose": "token",
+                "subject_id": self.subject_id,
+                "timestamp": int(now),
+                "nonce": self._nonce(),
+            }
+            body = {
+                "subject_id": self.subject_id,
+                "timestamp": challenge["timestamp"],
+                "nonce": challenge["nonce"],
+                "signature": sign_json(self._signing_key, challenge),
+            }
+            try:
+                answer = self._client.post_json("/v1/tokens", body, auth=False)
+                token, expires_at = str(answer["token"]), float(answer["expires_at"])
+            except ServiceError as exc:
+                raise _kgc_error(exc) from None
+            except (KeyError, TypeError, ValueError):
+                raise KgcError(502, "bad-kgc-answer", "token answer is malformed") from None
+            self._cached_token = (token, expires_at)
+            return token
+
+    def _call(self, send: Callable[[], Any]) -> Any:
+        """One authenticated call; a 401 drops the cached token and retries once."""
+        for attempt in (1, 2):
+            try:
+                return send()
+            except ServiceError as exc:
+                if exc.status == 401 and attempt == 1:
+                    with self._lock:
+                        self._cached_token = None
+                    continue
+                raise _kgc_error(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def create_job(
+        self, job_id: str, width: int, participants: Sequence[str], quorum: int
+    ) -> tuple[JobKey, str]:
+        info = self.info()
+        body = {
+            "job_id": job_id,
+            "width": width,
+            "participants": list(participants),
+            "quorum": quorum,
+        }
+        answer = self._call(lambda: self._client.post_json("/v1/jobs", body))
+        return job_key_from_response(answer, info, job_id=job_id, width=width)
+
+    def release(self, frame: bytes) -> dict[str, Any]:
+        job_id = decode_frame(frame).header.get("job_id")
+        if not isinstance(job_id, str):
+            raise ValueError("release frame names no job")
+        path = f"/v1/jobs/{quote(job_id, safe='')}/releases"
+        answer = self._call(lambda: self._client.post_bytes(path, frame))
+        if not isinstance(answer, dict):
+            raise KgcError(502, "bad-kgc-answer", "release answer is not an object")
+        return answer

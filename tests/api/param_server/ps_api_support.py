@@ -1,0 +1,77 @@
+"""Support for the parameter server's API tests: the app over a migrated SQLite file.
+
+A module with a unique name (not ``conftest``) so the tests can import its types.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine
+
+from common.bcp import MasterKey
+from common.db import make_engine
+from common.signing import generate_signing_key
+from param_server.app import create_app
+from param_server.domain import ParameterServer
+from param_server.testing import FakeClock, FakeKgc, TestParticipant
+
+ADMIN_TOKEN = "admin-secret-for-tests"
+
+
+@dataclass
+class ApiWorld:
+    app: Flask
+    client: FlaskClient
+    ps: ParameterServer
+    kgc: FakeKgc
+    clock: FakeClock
+    ps_key: Ed25519PrivateKey
+    engine: Engine  # a second engine on the same database, for assertions
+    participants: list[TestParticipant]
+    stranger: TestParticipant
+
+    def close(self) -> None:
+        self.ps.close()
+        self.engine.dispose()
+
+    def auth(self, p: TestParticipant, *, role: str = "participant") -> dict[str, str]:
+        return {"Authorization": f"Bearer {p.token(self.kgc, self.clock.now, role=role)}"}
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def build_api_world(master: MasterKey, participants: list[TestParticipant], url: str) -> ApiWorld:
+    """The app with a fake KGC, a fake clock and small tables, over a migrated database."""
+    ps_key = generate_signing_key()
+    registered = {p.subject_id: p.public_key for p in participants}
+    stranger = TestParticipant.make("stranger", 1, master, random.Random(8))
+    registered["stranger"] = stranger.public_key  # enrolled with the KGC, in no job
+    kgc = FakeKgc(
+        master, rng=random.Random(2), participants=registered, ps_verify_key=ps_key.public_key()
+    )
+    clock = FakeClock()
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": url,
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "GATEWAY": kgc,
+            "SIGNING_KEY": ps_key,
+            "SUBJECT_ID": "ps-test",
+            "CLOCK": clock,
+            "RNG": random.Random(3),
+            "ENCRYPT_WINDOW": 4,
+            "CHUNK_ELEMENTS": 3,
+        }
+    )
+    ps: ParameterServer = app.extensions["param_server"]
+    return ApiWorld(
+        app, app.test_client(), ps, kgc, clock, ps_key, make_engine(url), participants, stranger
+    )

@@ -1,0 +1,416 @@
+"""The parameter server's HTTP API through the Flask test client (docs/PROTOCOL.md).
+
+Every endpoint's success and error paths; after each refused request the database is
+checked to hold nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+from ps_api_support import ApiWorld
+from sqlalchemy import func, select, text
+
+from common.blocks import VectorEncryptor, element_bytes
+from common.encoding import PackingLayout, encode_vector
+from common.signing import generate_signing_key, issue_token, public_key_from_hex, verify_json
+from common.wire import FRAME_MAGIC, decode_frame, encode_frame
+from param_server.models import Job, ModelChunk, Round, Upload
+from param_server.testing import job_key_of, make_definition, open_model, upload_frame
+
+LENGTH = 300
+TOLERANCE = 2.0**-18
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _count(api: ApiWorld, model: Any) -> int:
+    with api.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def _error(response: Any, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert set(body) == {"error", "message"}
+    if code is not None:
+        assert body["error"] == code, body
+
+
+def _definition(api: ApiWorld, job_id: str = "job-a", **overrides: Any) -> dict[str, Any]:
+    w0 = np.random.default_rng(1).normal(0.0, 0.5, LENGTH)
+    return make_definition(job_id, api.participants, w0, **overrides)
+
+
+def _create(api: ApiWorld, job_id: str = "job-a", **overrides: Any) -> dict[str, Any]:
+    response = api.client.post(
+        "/v1/jobs", json=_definition(api, job_id, **overrides), headers=api.admin
+    )
+    assert response.status_code == 201, response.get_json()
+    job: dict[str, Any] = response.get_json()
+    return job
+
+
+class Uploader:
+    """Participants' side: encrypt updates for a job and post them."""
+
+    def __init__(self, api: ApiWorld, job: dict[str, Any]) -> None:
+        self.api = api
+        self.job = job
+        self.encryptor = VectorEncryptor(job_key_of(job), window=4)
+        self.rng = random.Random(17)
+
+    def frame(self, subject: str, t: int, delta: Any = None) -> bytes:
+        delta = np.full(LENGTH, 0.01) if delta is None else delta
+        return upload_frame(self.job, subject, t, delta, self.encryptor, self.rng)
+
+    def post(
+        self,
+        data: bytes,
+        *,
+        t: int = 0,
+        headers: dict[str, str] | None = None,
+        job_id: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> Any:
+        return self.api.client.post(
+            f"/v1/jobs/{job_id or self.job['job_id']}/rounds/{t}/uploads",
+            data=data,
+            headers=headers or {},
+            content_type=content_type,
+        )
+
+
+def _reframe(frame: bytes, *, payload: bytes | None = None, **changes: Any) -> bytes:
+    """Rebuild a frame with a changed header or payload, digest recomputed (a valid frame)."""
+    parsed = decode_frame(frame)
+    payload = parsed.payload if payload is None else payload
+    header = {**parsed.header, **changes, "sha256": hashlib.sha256(payload).hexdigest()}
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    return struct.pack(">4sBI", FRAME_MAGIC, 1, len(head)) + head + payload
+
+
+# ---------------------------------------------------------------------- meta
+
+
+def test_openapi_lists_every_route_and_health(api: ApiWorld) -> None:
+    doc = api.client.get("/openapi.json").get_json()
+    expected = {
+        "/healthz": {"get"},
+        "/openapi.json": {"get"},
+        "/v1/info": {"get"},
+        "/v1/jobs": {"get", "post"},
+        "/v1/jobs/{job_id}": {"get"},
+        "/v1/jobs/{job_id}/rounds/{t}": {"get"},
+        "/v1/jobs/{job_id}/rounds/{t}/uploads": {"post"},
+        "/v1/jobs/{job_id}/rounds/{t}/close": {"post"},
+        "/v1/jobs/{job_id}/rounds/{t}/model": {"get"},
+    }
+    assert {path: set(ops) for path, ops in doc["paths"].items()} == expected
+    assert doc["info"]["title"] == "trapdoor-param-server"
+    health = api.client.get("/healthz").get_json()
+    assert health == {"status": "ok", "service": "trapdoor-param-server", "database": True}
+    info = api.client.get("/v1/info").get_json()
+    assert public_key_from_hex(info["verify_key"]) is not None
+    assert info["subject_id"] == "ps-test"
+
+
+def test_schema_comes_from_the_alembic_history(api: ApiWorld) -> None:
+    with api.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version_param_server")).all()
+
+
+def test_unknown_route_and_method_are_json_errors(api: ApiWorld) -> None:
+    _error(api.client.get("/v1/nothing"), 404, "not-found")
+    _error(api.client.delete("/v1/jobs"), 405, "method-not-allowed")
+    _error(api.client.get("/v1/jobs/job-a/rounds/-1", headers=api.admin), 404)
+
+
+# ---------------------------------------------------------------------- jobs
+
+
+def test_create_job(api: ApiWorld) -> None:
+    job = _create(api)
+    assert job["job_id"] == "job-a" and job["status"] == "running"
+    assert job["current_round"] == 0 and job["rounds_total"] == 2
+    assert job["weights"] == pytest.approx({"p1": 0.1, "p2": 0.2, "p3": 0.3, "p4": 0.4})
+    packing = PackingLayout.from_json(job["packing"])
+    assert packing.length == LENGTH and packing.max_terms == 1024
+    assert job["definition"]["quorum"] == 2
+    verify_json(
+        api.kgc.signing_key.public_key(),
+        {"job_id": "job-a", "job_key": job["job_key"]},
+        job["job_key_signature"],
+    )
+    assert _count(api, ModelChunk) == 4  # 12 elements in chunks of 3
+    assert api.client.get("/v1/jobs/job-a/rounds/0", headers=api.admin).get_json()["status"] == (
+        "open"
+    )
+
+
+def test_create_job_errors_store_nothing(api: ApiWorld) -> None:
+    body = _definition(api)
+    post = api.client.post
+    _error(post("/v1/jobs", json=body), 401, "unauthorized")
+    _error(post("/v1/jobs", json=body, headers={"Authorization": "Bearer wrong"}), 401)
+    _error(post("/v1/jobs", json=body, headers=api.auth(api.participants[0])), 401)
+    _error(
+        post("/v1/jobs", data="{not json", content_type="application/json", headers=api.admin),
+        400,
+        "malformed-json",
+    )
+    _error(post("/v1/jobs", json=[1, 2], headers=api.admin), 400, "malformed-json")
+    _error(post("/v1/jobs", data="x", content_type="text/plain", headers=api.admin), 415)
+    _error(post("/v1/jobs", json={**body, "job_id": 7}, headers=api.admin), 400, "bad-definition")
+    _error(post("/v1/jobs", json={**body, "quorum": 9}, headers=api.admin), 422)
+    unknown = {
+        **body,
+        "participants": [*body["participants"], {"subject_id": "ghost", "num_samples": 5}],
+    }
+    _error(post("/v1/jobs", json=unknown, headers=api.admin), 422, "kgc-rejected")
+    assert _count(api, Job) == _count(api, ModelChunk) == _count(api, Round) == 0
+    _create(api)
+    _error(post("/v1/jobs", json=body, headers=api.admin), 409, "job-exists")
+    assert _count(api, Job) == 1
+
+
+def test_list_and_get_jobs(api: ApiWorld) -> None:
+    _create(api, "job-a")
+    _create(api, "job-b")
+    listing = api.client.get("/v1/jobs", headers=api.admin).get_json()
+    assert [j["job_id"] for j in listing["jobs"]] == ["job-a", "job-b"]
+    _error(api.client.get("/v1/jobs"), 401)
+    _error(api.client.get("/v1/jobs", headers=api.auth(api.participants[0])), 401)
+
+    p1 = api.participants[0]
+    assert api.client.get("/v1/jobs/job-a", headers=api.auth(p1)).status_code == 200
+    assert api.client.get("/v1/jobs/job-a", headers=api.admin).status_code == 200
+    _error(api.client.get("/v1/jobs/job-a", headers=api.auth(api.stranger)), 403)
+    _error(api.client.get("/v1/jobs/nope", headers=api.admin), 404, "job-not-found")
+    _error(api.client.get("/v1/jobs/nope", headers=api.auth(p1)), 404, "job-not-found")
+
+
+def test_tokens_forged_expired_malformed_or_wrong_role(api: ApiWorld) -> None:
+    _create(api)
+    p1 = api.participants[0]
+    forged = issue_token(
+        generate_signing_key(),
+        subject="p1",
+        role="participant",
+        now=api.clock.now,
+        ttl_seconds=300,
+        token_id="x",
+    )
+    expired = p1.token(api.kgc, api.clock.now - 3600)
+    for token in (forged, expired, "v1.abc.def", "garbage", forged + "x"):
+        response = api.client.get("/v1/jobs/job-a", headers={"Authorization": f"Bearer {token}"})
+        _error(response, 401, "invalid-token")
+    _error(api.client.get("/v1/jobs/job-a", headers={"Authorization": "Basic abc"}), 401)
+    _error(
+        api.client.get("/v1/jobs/job-a", headers=api.auth(p1, role="param_server")),
+        403,
+        "wrong-role",
+    )
+
+
+def test_get_round(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    p1 = api.participants[0]
+    assert uploader.post(uploader.frame("p1", 0), headers=api.auth(p1)).status_code == 201
+    view = api.client.get("/v1/jobs/job-a/rounds/0", headers=api.auth(p1)).get_json()
+    assert view["status"] == "open" and view["contributors"] == ["p1"] and view["uploads"] == 1
+    assert view["deadline"] == api.clock.now + 600
+    _error(api.client.get("/v1/jobs/job-a/rounds/5", headers=api.admin), 404, "round-not-found")
+    _error(api.client.get("/v1/jobs/job-a/rounds/0", headers=api.auth(api.stranger)), 403)
+    _error(api.client.get("/v1/jobs/nope/rounds/0", headers=api.admin), 404)
+    _error(api.client.get("/v1/jobs/job-a/rounds/0"), 401)
+
+
+# ---------------------------------------------------------------------- uploads
+
+
+def test_upload_returns_a_receipt_signed_by_the_ps(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    frame = uploader.frame("p2", 0)
+    response = uploader.post(frame, headers=api.auth(api.participants[1]))
+    assert response.status_code == 201
+    signed = response.get_json()
+    receipt = signed["receipt"]
+    assert receipt == {
+        "job_id": "job-a",
+        "round": 0,
+        "subject_id": "p2",
+        "sha256": decode_frame(frame).header["sha256"],
+        "accepted_at": api.clock.now,
+    }
+    verify_key = public_key_from_hex(api.client.get("/v1/info").get_json()["verify_key"])
+    verify_json(verify_key, receipt, signed["signature"])
+
+
+def test_upload_auth_errors_store_nothing(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    frame = uploader.frame("p1", 0)
+    p1 = api.participants[0]
+    _error(uploader.post(frame), 401, "unauthorized")
+    _error(uploader.post(frame, headers={"Authorization": "Bearer v1.x.y"}), 401, "invalid-token")
+    _error(uploader.post(frame, headers=api.admin), 401, "invalid-token")
+    _error(uploader.post(frame, headers=api.auth(p1, role="param_server")), 403, "wrong-role")
+    _error(uploader.post(frame, headers=api.auth(api.stranger)), 403, "not-a-participant")
+    _error(uploader.post(frame, headers=api.auth(p1), job_id="nope"), 404, "job-not-found")
+    _error(uploader.post(frame, headers=api.auth(p1), t=1), 409, "round-not-open")
+    _error(uploader.post(frame, headers=api.auth(p1), content_type="application/json"), 415)
+    assert _count(api, Upload) == 0
+
+
+def test_upload_frame_errors_store_nothing(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    frame = uploader.frame("p1", 0)
+    headers = api.auth(api.participants[0])
+    params = job_key_of(job).params
+    width = element_bytes(params)
+    payload = decode_frame(frame).payload
+    n_element = int(params.n).to_bytes(width, "big")  # gcd(N, N) != 1: not in Z*_{N^2}
+    big_element = int(params.nsquare).to_bytes(width, "big")  # not below N^2
+    short = encode_vector(
+        np.zeros(LENGTH - 40),
+        PackingLayout.from_json({**job["packing"], "length": LENGTH - 40}),
+        clip_bound=1.0,
+    )[0]
+    fewer_blocks = encode_frame(
+        uploader.encryptor.encrypt(short, uploader.rng), {"job_id": "job-a", "round": 0}
+    )
+    cases = [
+        (b"NOPE" + frame[4:], 400, "malformed-frame"),  # bad magic
+        (frame[:-1] + bytes([frame[-1] ^ 1]), 400, "malformed-frame"),  # digest mismatch
+        (frame[:7], 400, "malformed-frame"),  # truncated
+        (b"", 400, "malformed-frame"),
+        (_reframe(frame, job_id="job-b"), 422, "frame-mismatch"),
+        (_reframe(frame, round=1), 422, "frame-mismatch"),
+        (_reframe(frame, round=True), 422, "frame-mismatch"),
+        (_reframe(frame, payload=n_element + payload[width:]), 422, "invalid-ciphertext"),
+        (_reframe(frame, payload=big_element + payload[width:]), 422, "invalid-ciphertext"),
+        (_reframe(frame, payload=bytes(width) + payload[width:]), 422, "invalid-ciphertext"),
+        (_reframe(frame, payload=payload[:-width]), 422, "invalid-ciphertext"),
+        (_reframe(frame, num_elements=11), 422, "invalid-ciphertext"),
+        (_reframe(frame, element_bytes=width + 1), 422, "invalid-ciphertext"),
+        (fewer_blocks, 422, "wrong-shape"),  # 8 plaintexts instead of 9
+        (frame + bytes(200_000), 413, "too-large"),  # larger than this job's frames
+    ]
+    for data, status, code in cases:
+        _error(uploader.post(data, headers=headers), status, code)
+    assert _count(api, Upload) == 0
+    assert uploader.post(frame, headers=headers).status_code == 201
+
+
+def test_upload_past_max_content_length_is_413(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    api.app.config["MAX_CONTENT_LENGTH"] = 1024
+    response = uploader.post(uploader.frame("p1", 0), headers=api.auth(api.participants[0]))
+    _error(response, 413, "too-large")
+    assert _count(api, Upload) == 0
+
+
+def test_replays_are_409_within_and_across_rounds(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    p1, p2, p3, p4 = api.participants
+    first = uploader.frame("p1", 0)
+    assert uploader.post(first, headers=api.auth(p1)).status_code == 201
+    _error(uploader.post(first, headers=api.auth(p1)), 409, "duplicate-upload")
+    _error(uploader.post(uploader.frame("p1", 0), headers=api.auth(p1)), 409, "duplicate-upload")
+    _error(uploader.post(first, headers=api.auth(p2)), 409, "replayed-payload")  # copied bytes
+    assert _count(api, Upload) == 1
+
+    for p in (p2, p3, p4):
+        assert (
+            uploader.post(uploader.frame(p.subject_id, 0), headers=api.auth(p)).status_code == 201
+        )
+    api.ps.tick()
+    assert api.client.get("/v1/jobs/job-a/rounds/1", headers=api.admin).status_code == 200
+    # Round 0 is over: the old request again, and its ciphertext re-framed for round 1.
+    _error(uploader.post(first, headers=api.auth(p1)), 409, "round-not-open")
+    _error(
+        uploader.post(_reframe(first, round=1), t=1, headers=api.auth(p1)), 409, "replayed-payload"
+    )
+    assert _count(api, Upload) == 4
+
+
+# ---------------------------------------------------------------------- close and download
+
+
+def test_close_round(api: ApiWorld) -> None:
+    job = _create(api, quorum=2)
+    uploader = Uploader(api, job)
+    p1, p2, *_ = api.participants
+    close = "/v1/jobs/job-a/rounds/0/close"
+    uploader.post(uploader.frame("p1", 0), headers=api.auth(p1))
+    _error(api.client.post(close), 401)
+    _error(api.client.post(close, headers=api.auth(p1)), 401)
+    _error(api.client.post(close, headers=api.admin), 409, "below-quorum")
+    uploader.post(uploader.frame("p2", 0), headers=api.auth(p2))
+    response = api.client.post(close, headers=api.admin)
+    assert response.status_code == 200 and response.get_json()["status"] == "closed"
+    _error(api.client.post(close, headers=api.admin), 409, "round-not-open")
+    _error(api.client.post("/v1/jobs/job-a/rounds/7/close", headers=api.admin), 404)
+    _error(api.client.post("/v1/jobs/nope/rounds/0/close", headers=api.admin), 404)
+
+
+def test_download_contributors_only(api: ApiWorld) -> None:
+    job = _create(api, quorum=2)
+    uploader = Uploader(api, job)
+    p1, p2, p3, _ = api.participants
+    deltas = {s: np.random.default_rng(i).normal(0, 0.2, LENGTH) for i, s in enumerate("ab")}
+    model = "/v1/jobs/job-a/rounds/0/model"
+    uploader.post(uploader.frame("p1", 0, deltas["a"]), headers=api.auth(p1))
+    uploader.post(uploader.frame("p3", 0, deltas["b"]), headers=api.auth(p3))
+    _error(api.client.get(model, headers=api.auth(p1)), 409, "not-released")
+    api.client.post("/v1/jobs/job-a/rounds/0/close", headers=api.admin)
+    _error(api.client.get(model, headers=api.auth(p1)), 409, "not-released")
+    assert api.ps.tick().released == [("job-a", 0)]
+
+    response = api.client.get(model, headers=api.auth(p1))
+    assert response.status_code == 200
+    bundle = response.get_json()
+    assert set(bundle) == {
+        "job_id",
+        "round",
+        "num_plaintexts",
+        "sealed_model",
+        "wrapped_key",
+        "blind",
+        "kgc_signature",
+    }
+    w0 = np.random.default_rng(1).normal(0.0, 0.5, LENGTH)
+    expected = w0 + 0.1 * deltas["a"] + 0.3 * deltas["b"]
+    for p in (p1, p3):
+        got = open_model(job, p, api.client.get(model, headers=api.auth(p)).get_json())
+        assert np.max(np.abs(got - expected)) < TOLERANCE
+
+    _error(api.client.get(model, headers=api.auth(p2)), 403, "not-a-contributor")
+    _error(api.client.get(model, headers=api.auth(api.stranger)), 403, "not-a-participant")
+    _error(api.client.get(model, headers=api.auth(p1, role="param_server")), 403, "wrong-role")
+    _error(api.client.get(model), 401)
+    _error(api.client.get(model, headers=api.admin), 401)
+    _error(api.client.get("/v1/jobs/nope/rounds/0/model", headers=api.auth(p1)), 404)
+    _error(api.client.get("/v1/jobs/job-a/rounds/9/model", headers=api.auth(p1)), 404)
+
+
+def test_kgc_down_at_job_creation_is_503_and_stores_nothing(api: ApiWorld) -> None:
+    from param_server.kgc_gateway import KgcError
+
+    api.kgc.failure = KgcError(0, "unreachable", "connection refused")
+    response = api.client.post("/v1/jobs", json=_definition(api), headers=api.admin)
+    _error(response, 503, "kgc-unavailable")
+    assert _count(api, Job) == 0 and _count(api, ModelChunk) == 0

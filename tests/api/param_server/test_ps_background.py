@@ -1,0 +1,93 @@
+"""The app's background worker and its environment configuration."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.bcp import MasterKey, PublicParams
+from common.blocks import VectorEncryptor
+from common.signing import generate_signing_key
+from param_server.app import config_from_env, create_app
+from param_server.testing import (
+    FakeClock,
+    FakeKgc,
+    TestParticipant,
+    job_key_of,
+    make_definition,
+    upload_frame,
+)
+
+
+def test_background_worker_releases_a_completed_round(
+    params_1024: tuple[PublicParams, MasterKey],
+    participants: list[TestParticipant],
+    tmp_path: Path,
+) -> None:
+    ps_key = generate_signing_key()
+    kgc = FakeKgc(
+        params_1024[1],
+        participants={p.subject_id: p.public_key for p in participants},
+        ps_verify_key=ps_key.public_key(),
+    )
+    clock = FakeClock()
+    app = create_app(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path}/ps.db",
+            "ADMIN_TOKEN": "admin",
+            "GATEWAY": kgc,
+            "SIGNING_KEY": ps_key,
+            "CLOCK": clock,
+            "RNG": random.Random(1),
+            "ENCRYPT_WINDOW": 4,
+            "BACKGROUND": True,
+            "TICK_SECONDS": 30.0,  # only a wake-up can release within the test
+        }
+    )
+    client = app.test_client()
+    try:
+        job = client.post(
+            "/v1/jobs",
+            json=make_definition("bg", participants, np.zeros(50), rounds=1),
+            headers={"Authorization": "Bearer admin"},
+        ).get_json()
+        encryptor = VectorEncryptor(job_key_of(job), window=4)
+        for p in participants:
+            frame = upload_frame(job, p.subject_id, 0, np.ones(50), encryptor, random.Random(2))
+            response = client.post(
+                "/v1/jobs/bg/rounds/0/uploads",
+                data=frame,
+                content_type="application/octet-stream",
+                headers={"Authorization": f"Bearer {p.token(kgc, clock.now)}"},
+            )
+            assert response.status_code == 201
+        deadline = time.monotonic() + 20
+        status = None
+        while time.monotonic() < deadline:
+            status = client.get("/v1/jobs/bg", headers={"Authorization": "Bearer admin"})
+            if status.get_json()["status"] == "finished":
+                break
+            time.sleep(0.05)
+        assert status is not None and status.get_json()["status"] == "finished"
+    finally:
+        app.extensions["param_server_ticker"].stop()
+        app.extensions["param_server"].close()
+
+
+def test_config_from_env() -> None:
+    config = config_from_env(
+        {
+            "TRAPDOOR_PS_DATABASE_URL": "postgresql+psycopg://ps@db/ps",
+            "TRAPDOOR_ADMIN_TOKEN": "t",
+            "TRAPDOOR_KGC_URL": "http://kgc",
+            "TRAPDOOR_PS_PASSPHRASE": "p",
+            "TRAPDOOR_PS_BACKGROUND": "0",
+            "TRAPDOOR_PS_MAX_CONTENT_LENGTH": "1024",
+        }
+    )
+    assert config["DATABASE_URL"] == "postgresql+psycopg://ps@db/ps"
+    assert config["BACKGROUND"] is False and config["MAX_CONTENT_LENGTH"] == 1024
+    assert config_from_env({})["BACKGROUND"] is True

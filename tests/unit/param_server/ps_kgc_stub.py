@@ -1,0 +1,164 @@
+"""A stub KGC speaking the HTTP contract of docs/PROTOCOL.md, over a FakeKgc.
+
+It lets the HTTP gateway, the enrolment and the CLI be tested without the KGC service
+(being written elsewhere) and without sockets: :class:`FlaskSession` routes
+``requests`` calls into the stub's Flask test client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from flask import Flask, jsonify, request
+
+from common.signing import (
+    SignatureError,
+    TokenError,
+    issue_token,
+    public_key_from_hex,
+    public_key_hex,
+    sign_json,
+    verify_json,
+    verify_token,
+)
+from common.wire import to_obj
+from param_server.kgc_gateway import KgcError
+from param_server.testing import FakeClock, FakeKgc
+
+
+class StubKgc:
+    """Enrolment, tokens, jobs and releases; counts tokens and can revoke them."""
+
+    def __init__(self, fake: FakeKgc, clock: FakeClock, *, subject_id: str, code: str) -> None:
+        self.fake = fake
+        self.clock = clock
+        self.subject_id = subject_id
+        self.code = code
+        self.enrolled_key: str | None = None
+        self.tokens_issued = 0
+        self.revoked_before = 0.0  # tokens issued before this time are refused
+        self.nonces: set[str] = set()
+        self.sign_jobs_with = fake.signing_key
+        self.app = self._make_app()
+
+    def _make_app(self) -> Flask:
+        app = Flask("stub-kgc")
+        fake = self.fake
+
+        @app.errorhandler(KgcError)
+        def _kgc_error(exc: KgcError) -> Any:
+            return jsonify(error=exc.code, message=exc.message), exc.status
+
+        def ps_token() -> None:
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            try:
+                claims = verify_token(
+                    fake.signing_key.public_key(), token, now=self.clock(), roles=("param_server",)
+                )
+            except TokenError as exc:
+                raise KgcError(401, "unauthorized", str(exc)) from None
+            if claims.issued_at < self.revoked_before:
+                raise KgcError(401, "unauthorized", "revoked")
+
+        @app.get("/v1/info")
+        def info() -> Any:
+            return jsonify(
+                params=to_obj(fake.master_key.params),
+                verify_key=public_key_hex(fake.signing_key),
+                demo=True,
+            )
+
+        @app.post("/v1/enrolments/<subject_id>/complete")
+        def complete(subject_id: str) -> Any:
+            body = request.get_json()
+            if subject_id != self.subject_id or body.get("code") != self.code:
+                raise KgcError(403, "forbidden", "bad code")
+            if self.enrolled_key is not None:
+                raise KgcError(409, "conflict", "already enrolled")
+            self.enrolled_key = body["signing_key"]
+            fake.ps_verify_key = public_key_from_hex(self.enrolled_key)
+            certificate = {
+                "subject_id": subject_id,
+                "name": "parameter server",
+                "role": "param_server",
+                "signing_key": self.enrolled_key,
+                "issued_at": int(self.clock()),
+            }
+            return jsonify(
+                certificate=certificate, signature=sign_json(fake.signing_key, certificate)
+            )
+
+        @app.post("/v1/tokens")
+        def tokens() -> Any:
+            body = request.get_json()
+            challenge = {
+                "purpose": "token",
+                "subject_id": body["subject_id"],
+                "timestamp": body["timestamp"],
+                "nonce": body["nonce"],
+            }
+            try:
+                verify_json(public_key_from_hex(self.enrolled_key), challenge, body["signature"])
+            except (SignatureError, ValueError):
+                raise KgcError(401, "unauthorized", "bad challenge signature") from None
+            if abs(body["timestamp"] - self.clock()) > 60 or body["nonce"] in self.nonces:
+                raise KgcError(401, "unauthorized", "stale or replayed challenge")
+            self.nonces.add(body["nonce"])
+            self.tokens_issued += 1
+            now = self.clock()
+            token = issue_token(
+                fake.signing_key,
+                subject=body["subject_id"],
+                role="param_server",
+                now=now,
+                ttl_seconds=300,
+                token_id=body["nonce"],
+            )
+            return jsonify(token=token, expires_at=int(now) + 300)
+
+        @app.post("/v1/jobs")
+        def jobs() -> Any:
+            ps_token()
+            body = request.get_json()
+            job_key, _ = fake.create_job(
+                body["job_id"], body["width"], body["participants"], body["quorum"]
+            )
+            signed = {"job_id": body["job_id"], "job_key": to_obj(job_key)}
+            return jsonify(**signed, signature=sign_json(self.sign_jobs_with, signed))
+
+        @app.post("/v1/jobs/<job_id>/releases")
+        def releases(job_id: str) -> Any:
+            ps_token()
+            return jsonify(fake.release(request.get_data()))
+
+        return app
+
+
+class FlaskSession(requests.Session):
+    """A ``requests.Session`` whose requests go to a Flask app's test client."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__()
+        self.client = app.test_client()
+
+    def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        json: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        **_: Any,
+    ) -> requests.Response:
+        answer = self.client.open(
+            urlsplit(url).path, method=method, json=json, data=data, headers=headers or {}
+        )
+        response = requests.Response()
+        response.status_code = answer.status_code
+        response._content = answer.get_data()
+        response.headers.update(dict(answer.headers))
+        response.encoding = "utf-8"
+        response.url = url
+        return response

@@ -1,0 +1,214 @@
+"""The HTTP KGC gateway, the PS's enrolment and its CLI, against a stub KGC over HTTP."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from ps_kgc_stub import FlaskSession, StubKgc
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.bcp import MasterKey, PublicParams
+from common.blocks import VectorEncryptor
+from common.db import make_engine, migrate
+from common.http import ServiceClient
+from common.sealing import SealError
+from common.signing import generate_signing_key, public_key_hex
+from param_server import cli
+from param_server.domain import ParameterServer
+from param_server.identity import enrol, load_identity
+from param_server.kgc_gateway import HttpKgcGateway, KgcError, check_release_bundle
+from param_server.testing import (
+    FakeClock,
+    FakeKgc,
+    TestParticipant,
+    job_key_of,
+    make_definition,
+    open_model,
+    upload_frame,
+)
+
+KGC_URL = "http://kgc.test"
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture
+def stub(
+    params_1024: tuple[PublicParams, MasterKey], participants: list[TestParticipant]
+) -> StubKgc:
+    fake = FakeKgc(
+        params_1024[1],
+        rng=random.Random(4),
+        participants={p.subject_id: p.public_key for p in participants},
+    )
+    return StubKgc(fake, FakeClock(), subject_id="ps-1", code="one-time-code")
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path}/ps.db"
+    migrate("param_server", url)
+    engine = make_engine(url)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def _client(stub: StubKgc) -> ServiceClient:
+    return ServiceClient(KGC_URL, session=FlaskSession(stub.app))
+
+
+def test_enrol_stores_the_key_sealed(stub: StubKgc, sessions: sessionmaker[Session]) -> None:
+    identity = enrol(
+        sessions,
+        KGC_URL,
+        subject_id="ps-1",
+        code="one-time-code",
+        passphrase=PASSPHRASE,
+        clock=stub.clock,
+        client=_client(stub),
+    )
+    assert stub.enrolled_key == public_key_hex(identity.signing_key)
+    assert "signing_key" not in repr(identity) and PASSPHRASE not in repr(identity)
+    loaded = load_identity(sessions, PASSPHRASE)
+    assert loaded is not None and loaded.subject_id == "ps-1"
+    assert public_key_hex(loaded.signing_key) == stub.enrolled_key
+    with pytest.raises(SealError):
+        load_identity(sessions, "wrong passphrase")
+    with pytest.raises(KgcError) as err:  # a second completion is refused by the KGC
+        enrol(
+            sessions,
+            KGC_URL,
+            subject_id="ps-1",
+            code="one-time-code",
+            passphrase=PASSPHRASE,
+            client=_client(stub),
+        )
+    assert err.value.status == 409
+
+
+def test_enrol_refuses_a_certificate_for_another_key(
+    stub: StubKgc, sessions: sessionmaker[Session]
+) -> None:
+    with pytest.raises(KgcError) as err:
+        enrol(
+            sessions,
+            KGC_URL,
+            subject_id="ps-1",
+            code="wrong",
+            passphrase=PASSPHRASE,
+            client=_client(stub),
+        )
+    assert err.value.status == 403
+    assert load_identity(sessions, PASSPHRASE) is None
+
+
+def test_full_round_over_http_with_token_refresh(
+    stub: StubKgc, sessions: sessionmaker[Session], participants: list[TestParticipant]
+) -> None:
+    identity = enrol(
+        sessions,
+        KGC_URL,
+        subject_id="ps-1",
+        code="one-time-code",
+        passphrase=PASSPHRASE,
+        client=_client(stub),
+    )
+    gateway = HttpKgcGateway(
+        KGC_URL, "ps-1", identity.signing_key, clock=stub.clock, session=FlaskSession(stub.app)
+    )
+    ps = ParameterServer(
+        sessions, gateway, identity.signing_key, clock=stub.clock, rng=random.Random(1), window=4
+    )
+    try:
+        w0 = np.linspace(-1, 1, 120)
+        job = ps.create_job(make_definition("http-job", participants, w0, rounds=1))
+        encryptor = VectorEncryptor(job_key_of(job), window=4)
+        rng = random.Random(2)
+        deltas = {p.subject_id: np.full(120, 0.05 * i) for i, p in enumerate(participants)}
+        for p in participants:
+            frame = upload_frame(job, p.subject_id, 0, deltas[p.subject_id], encryptor, rng)
+            ps.accept_upload("http-job", 0, p.subject_id, frame)
+        stub.revoked_before = stub.clock() + 1  # the cached token is refused: refresh once
+        stub.clock.advance(2)
+        assert ps.tick().released == [("http-job", 0)]
+        assert stub.tokens_issued == 2
+        expected = w0 + sum(job["weights"][s] * d for s, d in deltas.items())
+        for p in participants:
+            got = open_model(job, p, ps.download("http-job", 0, p.subject_id))
+            assert np.max(np.abs(got - expected)) < 2.0**-18
+    finally:
+        ps.close()
+
+
+def test_gateway_checks_what_the_kgc_signs(stub: StubKgc) -> None:
+    key = generate_signing_key()
+    stub.enrolled_key = public_key_hex(key)
+    stub.sign_jobs_with = generate_signing_key()  # not the KGC's published key
+    gateway = HttpKgcGateway(KGC_URL, "ps-1", key, clock=stub.clock, session=FlaskSession(stub.app))
+    with pytest.raises(KgcError) as err:
+        gateway.create_job("j", 4, ["p1", "p2"], 2)
+    assert (err.value.status, err.value.code) == (502, "bad-kgc-answer")
+    with pytest.raises(KgcError) as err:
+        gateway.create_job("j2", 4, ["p1", "ghost"], 2)
+    assert err.value.status == 422 and not err.value.retryable
+
+    bundle: dict[str, Any] = {
+        "job_id": "j",
+        "round": 0,
+        "num_plaintexts": 1,
+        "sealed_model": {},
+        "wrapped_keys": {"p1": {}},
+    }
+    info = gateway.info()
+    with pytest.raises(KgcError):
+        check_release_bundle(
+            {**bundle, "kgc_signature": "AAAA"},
+            info,
+            job_id="j",
+            round_number=0,
+            contributors=["p1"],
+            num_plaintexts=1,
+        )
+
+
+def test_unreachable_kgc_is_retryable() -> None:
+    gateway = HttpKgcGateway("http://127.0.0.1:9", "ps-1", generate_signing_key(), timeout=2)
+    with pytest.raises(KgcError) as err:
+        gateway.info()
+    assert err.value.status == 0 and err.value.retryable
+
+
+def test_cli_enrols_on_first_start_then_reuses_the_identity(
+    stub: StubKgc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    routed = FlaskSession(stub.app)
+    monkeypatch.setattr(requests.Session, "request", lambda self, *a, **k: routed.request(*a, **k))
+
+    class NoServer:
+        server_port = 4321
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "make_server", lambda *args, **kwargs: NoServer())
+    db = f"sqlite:///{tmp_path}/sub/ps.db"
+    args = ["serve", "--db", db, "--kgc", KGC_URL, "--port", "0"]
+
+    monkeypatch.delenv(cli.PASSPHRASE_ENV, raising=False)
+    assert cli.main(args) == 2
+    monkeypatch.setenv(cli.PASSPHRASE_ENV, PASSPHRASE)
+    assert cli.main(args) == 2  # not enrolled and no enrolment code
+    assert cli.main([*args, "--host", "0.0.0.0"]) == 2  # loopback only
+    assert cli.main([*args, "--enrol-subject", "ps-1", "--enrol-code", "one-time-code"]) == 0
+    out = capsys.readouterr().out
+    assert "enrolled with the KGC as ps-1" in out
+    assert "parameter server listening on http://127.0.0.1:4321" in out
+    assert cli.main(args) == 0  # second start: the sealed identity is reused
+    assert "listening" in capsys.readouterr().out
+    monkeypatch.setenv(cli.PASSPHRASE_ENV, "wrong")
+    assert cli.main(args) == 2

@@ -1,0 +1,138 @@
+"""The Alembic history builds exactly the models' schema, on SQLite and PostgreSQL.
+
+The PostgreSQL test runs when ``TRAPDOOR_TEST_POSTGRES_URL`` names a server database
+with the right to create databases (e.g. ``postgresql+psycopg://root@/postgres?host=/var/run/postgresql``);
+it creates a scratch database, runs the history and a whole round on it, and drops it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import sessionmaker
+
+from common.bcp import MasterKey, PublicParams
+from common.db import MIGRATIONS_ROOT, make_engine, migrate
+from param_server.domain import ParameterServer
+from param_server.models import metadata
+from param_server.testing import TestParticipant, make_world
+
+POSTGRES_ENV = "TRAPDOOR_TEST_POSTGRES_URL"
+
+
+def _schema_diff(url: str) -> list[object]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"version_table": "alembic_version_param_server"}
+            )
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_history_matches_models_and_downgrades(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ps.db"
+    migrate("param_server", url)
+    assert _schema_diff(url) == []
+    assert {t.name for t in metadata.sorted_tables} <= _tables(url)
+    migrate_down(url)
+    assert _tables(url) == {"alembic_version_param_server"}
+    migrate("param_server", url)
+    assert _schema_diff(url) == []
+
+
+def migrate_down(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_ROOT / "param_server"))
+    config.set_main_option("sqlalchemy.url", url)
+    command.downgrade(config, "base")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL")
+    name = f"ps_test_{secrets.token_hex(4)}"
+    admin = make_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_history_and_a_whole_round(
+    postgres_url: str,
+    params_1024: tuple[PublicParams, MasterKey],
+    participants: list[TestParticipant],
+) -> None:
+    from common.blocks import VectorEncryptor
+    from param_server.testing import job_key_of, make_definition, open_model, upload_frame
+
+    migrate("param_server", postgres_url)
+    assert _schema_diff(postgres_url) == []
+    world = make_world(params_1024[1], participants, postgres_url, create_schema=False)
+    # A second server on the same database: two gunicorn workers racing.
+    engine = make_engine(postgres_url)
+    other = ParameterServer(
+        sessionmaker(engine, expire_on_commit=False),
+        world.kgc,
+        world.ps_key,
+        clock=world.clock,
+        rng=random.Random(6),
+        window=4,
+    )
+    try:
+        w0 = np.linspace(-1, 1, 100)
+        job = world.ps.create_job(make_definition("pg-job", participants, w0, rounds=1))
+        encryptor = VectorEncryptor(job_key_of(job), window=4)
+        delta = np.full(100, 0.25)
+        rng = random.Random(5)
+        frames = [upload_frame(job, p.subject_id, 0, delta, encryptor, rng) for p in participants]
+        servers = [world.ps, other, world.ps, other]
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda i: servers[i].accept_upload("pg-job", 0, f"p{i + 1}", frames[i]),
+                    range(4),
+                )
+            )
+            ticks = list(pool.map(lambda ps: ps.tick(), [world.ps, other]))
+        assert sorted(r for tick in ticks for r in tick.released) == [("pg-job", 0)]
+        assert world.kgc.release_calls == 1
+        got = open_model(job, participants[0], other.download("pg-job", 0, "p1"))
+        assert np.max(np.abs(got - (w0 + delta))) < 2.0**-18
+    finally:
+        other.close()
+        engine.dispose()
+        world.close()
