@@ -27,7 +27,7 @@ import gmpy2
 from gmpy2 import mpz
 
 from common.bcp import InvalidElementError, MasterKey, PublicKey, PublicParams, RandomSource
-from common.fixedbase import FixedBaseTable
+from common.fixedbase import FixedBaseTable, signed_digits
 
 __all__ = [
     "BlockLayout",
@@ -294,8 +294,10 @@ class _ColumnEncryptor:
         """``g^r_b`` or ``h_j^r_b (1 + m N)`` for each of :meth:`columns_for`, in that order."""
         out: list[mpz] = []
         messages = iter(plaintexts)
+        any_table = next(iter(self.tables.values()))
+        digits = [signed_digits(r, any_table.window, any_table.count) for r in rs]
         for b, j in self.columns_for(block_sizes):
-            mask = self.tables[j].pow(rs[b])
+            mask = self.tables[j].pow_digits(digits[b])
             if j == 0:
                 out.append(mask)
             else:

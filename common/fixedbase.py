@@ -13,6 +13,8 @@ table of about 19 MiB per base.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gmpy2
 from gmpy2 import mpz
 
@@ -71,11 +73,19 @@ class FixedBaseTable:
 
     def pow(self, exponent: int) -> mpz:
         """``base^exponent mod modulus``."""
+        return self.pow_digits(signed_digits(exponent, self.window, self.count))
+
+    def pow_digits(self, digits: Sequence[int]) -> mpz:
+        """Like :meth:`pow`, from :func:`signed_digits` computed once for many bases.
+
+        Encryption raises every base of a block to the same ``r``; recoding ``r`` once
+        per block instead of once per base saves about a tenth of the time.
+        """
+        if len(digits) != self.count:
+            raise ValueError(f"expected {self.count} digits")
         m = self.modulus
         positive, negative = mpz(1), mpz(1)
-        for row, d in zip(
-            self._rows, signed_digits(exponent, self.window, self.count), strict=True
-        ):
+        for row, d in zip(self._rows, digits, strict=True):
             if d > 0:
                 positive = positive * row[d] % m
             elif d < 0:
