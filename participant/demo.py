@@ -1,0 +1,558 @@
+"""``trapdoor demo``: a whole encrypted federated job on this machine, checked against plaintext.
+
+It starts real processes on loopback (the KGC, the parameter server, one participant node
+per data owner), enrols them over HTTP with the operators' tokens, creates a job, lets the
+nodes train it, and then re-runs the same job in the clear
+(:func:`participant.training.run_plaintext_fedavg`, same seed, partitions and schedule).
+The encrypted model must match plaintext FedAvg to fixed-point rounding.
+
+``--skip-round K`` makes one participant skip round ``K``. It is then not a contributor,
+so the demo checks that the PS refuses it the model (403) and that a contributor's bundle
+does not open with its key (:class:`~common.sealing.SealError`). Having no ``W_{K+1}``, it
+cannot train any later round either: the plaintext reference leaves it out from ``K`` on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import sessionmaker
+
+from common.db import make_engine
+from common.http import ServiceClient, ServiceError
+from common.sealing import SealError
+from common.signing import b64encode
+from participant.client import ParticipantClient
+from participant.models import MLP
+from participant.node import dataset_partitions, load_identity
+from participant.training import TrainingConfig, evaluate, run_plaintext_fedavg
+
+__all__ = ["DemoError", "build_parser", "main", "run_demo"]
+
+LAYERS = {"digits": [64, 32, 10], "mnist": [784, 128, 64, 10]}
+_LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+
+
+class DemoError(RuntimeError):
+    """The demo could not run to the end (a service failed to start or a round failed)."""
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+
+@dataclass
+class _Services:
+    procs: list[_Proc] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Terminate every process, then kill what did not stop."""
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trapdoor demo", description=__doc__)
+    parser.add_argument("--participants", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dataset", choices=sorted(LAYERS), default="digits")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", dest="json_path", help="write the summary here")
+    parser.add_argument("--plot", help="write a PNG of both accuracy curves here")
+    parser.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072))
+    parser.add_argument("--workdir", help="keep databases and logs here (default: temp dir)")
+    parser.add_argument("--skip-round", type=int, default=None, metavar="K")
+    parser.add_argument("--quorum", type=int, default=None)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the job")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _spawn(
+    services: _Services, name: str, argv: list[str], env: dict[str, str], workdir: Path
+) -> _Proc:
+    log = workdir / f"{name}.log"
+    handle = log.open("wb")
+    popen = subprocess.Popen(
+        [sys.executable, *argv],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    handle.close()
+    proc = _Proc(name, popen, log)
+    services.procs.append(proc)
+    return proc
+
+
+def _wait_listening(procs: Sequence[_Proc], timeout: float) -> None:
+    """Each service prints its URL once it serves (port 0: the OS picks a free port)."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while True:
+            match = _LISTENING.search(proc.log.read_text(errors="replace"))
+            if match:
+                proc.url = match.group(1)
+                break
+            if proc.popen.poll() is not None:
+                tail = proc.log.read_text(errors="replace")[-2000:]
+                raise DemoError(f"{proc.name} exited with {proc.popen.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"{proc.name} did not start in {timeout:.0f} s")
+            time.sleep(0.1)
+
+
+def _expected_contributors(
+    k: int, rounds: int, skipper: int | None, skip: int | None
+) -> list[list[int]]:
+    """Who contributes in each round: a skipper is out from its skipped round on."""
+    return [
+        [i for i in range(k) if skipper is None or skip is None or i != skipper or t < skip]
+        for t in range(rounds)
+    ]
+
+
+def _phase_totals(node_jobs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    bytes_up = bytes_down = 0
+    for job in node_jobs:
+        for r in job["rounds"]:
+            bytes_up += int(r.get("bytes_up", 0))
+            bytes_down += int(r.get("bytes_down", 0))
+            for phase, seconds in (r.get("timings") or {}).items():
+                timings[phase] = timings.get(phase, 0.0) + float(seconds)
+    return {"bytes_up": bytes_up, "bytes_down": bytes_down, "seconds_by_phase": timings}
+
+
+def _write_plot(path: str, encrypted: list[float], plaintext: list[float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = list(range(1, len(encrypted) + 1))
+    ax.plot(xs, plaintext, "o-", label="plaintext FedAvg")
+    ax.plot(xs, encrypted, "x--", label="encrypted (Trapdoor FL)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the demo; returns the summary (also written to ``--json``)."""
+    k, rounds = args.participants, args.rounds
+    if k < 1 or rounds < 1:
+        raise DemoError("need at least one participant and one round")
+    skip = args.skip_round
+    skipper = k - 1 if skip is not None else None
+    if skip is not None and not 0 <= skip < rounds:
+        raise DemoError("--skip-round must be a round of the job")
+    quorum = args.quorum or min(3, k)
+    expected = _expected_contributors(k, rounds, skipper, skip)
+    if any(len(c) < quorum for c in expected):
+        raise DemoError(f"quorum {quorum} cannot be met once a participant skips: add one")
+    own_dir = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="trapdoor-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    kgc_admin, ps_admin, node_admin = (secrets.token_urlsafe(16) for _ in range(3))
+    node_pass = secrets.token_urlsafe(16)
+    services = _Services()
+    t_start = time.perf_counter()
+    try:
+        # -- KGC
+        kgc_db = f"sqlite:///{workdir}/kgc.db"
+        kgc_env = {
+            "TRAPDOOR_KGC_PASSPHRASE": secrets.token_urlsafe(16),
+            "TRAPDOOR_KGC_ADMIN_TOKEN": kgc_admin,
+            "TRAPDOOR_ADMIN_TOKEN": kgc_admin,
+        }
+        init = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kgc.cli",
+                "init",
+                "--db",
+                kgc_db,
+                "--bits",
+                str(args.bits),
+                "--demo",
+            ],
+            env={**os.environ, **kgc_env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if init.returncode != 0:
+            raise DemoError(f"kgc init failed: {init.stderr[-2000:]}")
+        kgc = _spawn(
+            services,
+            "kgc",
+            ["-m", "kgc.cli", "serve", "--db", kgc_db, "--port", "0", "--demo"],
+            kgc_env,
+            workdir,
+        )
+        _wait_listening([kgc], 120)
+        kgc_ops = ServiceClient(kgc.url, kgc_admin)
+        ps_enrol = kgc_ops.post_json(
+            "/v1/enrolments", {"name": "param-server", "role": "param_server"}
+        )
+        enrolments = [
+            kgc_ops.post_json("/v1/enrolments", {"name": f"participant-{i}", "role": "participant"})
+            for i in range(k)
+        ]
+
+        # -- parameter server and nodes (started together: they boot in parallel)
+        ps = _spawn(
+            services,
+            "param_server",
+            [
+                "-m",
+                "param_server",
+                "serve",
+                "--db",
+                f"sqlite:///{workdir}/ps.db",
+                "--kgc",
+                kgc.url,
+                "--port",
+                "0",
+                "--enrol-subject",
+                ps_enrol["subject_id"],
+                "--enrol-code",
+                ps_enrol["code"],
+            ],
+            {"TRAPDOOR_PS_PASSPHRASE": secrets.token_urlsafe(16), "TRAPDOOR_ADMIN_TOKEN": ps_admin},
+            workdir,
+        )
+        node_env = {"TRAPDOOR_NODE_PASSPHRASE": node_pass, "TRAPDOOR_ADMIN_TOKEN": node_admin}
+        node_dbs = [f"sqlite:///{workdir}/node-{i}.db" for i in range(k)]
+        nodes = [
+            _spawn(
+                services,
+                f"node-{i}",
+                [
+                    "-m",
+                    "participant.cli",
+                    "node",
+                    "serve",
+                    "--db",
+                    node_dbs[i],
+                    "--port",
+                    "0",
+                    "--dataset",
+                    args.dataset,
+                    "--partition-index",
+                    str(i),
+                    "--num-partitions",
+                    str(k),
+                    "--partition-seed",
+                    str(args.seed),
+                    "--poll-seconds",
+                    "0.3",
+                ],
+                node_env,
+                workdir,
+            )
+            for i in range(k)
+        ]
+        _wait_listening([ps, *nodes], 300)
+        node_ops = [ServiceClient(n.url, node_admin, timeout=300) for n in nodes]
+        subjects = []
+        for ops, enrolment in zip(node_ops, enrolments, strict=True):
+            ops.post_json(
+                "/v1/enrol",
+                {
+                    "kgc_url": kgc.url,
+                    "subject_id": enrolment["subject_id"],
+                    "code": enrolment["code"],
+                },
+            )
+            subjects.append(enrolment["subject_id"])
+
+        # -- the job
+        dataset, parts = dataset_partitions(args.dataset, k, "iid", args.seed)
+        model = MLP(LAYERS[args.dataset])
+        w0 = model.init_parameters(np.random.default_rng(args.seed))
+        config = TrainingConfig(
+            learning_rate=args.learning_rate, local_epochs=args.local_epochs, batch_size=32
+        )
+        job_id = f"{args.dataset}-demo-{secrets.token_hex(3)}"
+        definition = {
+            "job_id": job_id,
+            "model": model.spec(),
+            "initial_weights": b64encode(np.asarray(w0, dtype="<f8").tobytes()),
+            "training": {
+                "learning_rate": config.learning_rate,
+                "local_epochs": config.local_epochs,
+                "batch_size": config.batch_size,
+                "mode": config.mode,
+                "seed": args.seed,
+            },
+            "participants": [
+                {"subject_id": s, "num_samples": len(p)}
+                for s, p in zip(subjects, parts, strict=True)
+            ],
+            "quorum": quorum,
+            "rounds": rounds,
+            "round_deadline_seconds": 3600,
+            "below_quorum_policy": "stay-open",
+            "encoding": {
+                "frac_bits": 20,
+                "slot_bits": 29,
+                "slot_bound": 64.0,
+                "clip_bound": 16.0,
+                "width": 16,
+            },
+        }
+        ps_ops = ServiceClient(ps.url, ps_admin, timeout=600)
+        t_job = time.perf_counter()
+        ps_ops.post_json("/v1/jobs", definition)
+        for i, ops in enumerate(node_ops):
+            body: dict[str, Any] = {"ps_url": ps.url, "job_id": job_id}
+            if i == skipper:
+                body["skip_rounds"] = [skip]
+            ops.post_json("/v1/jobs", body)
+
+        # -- wait for every round; close early the rounds a skipper leaves short
+        round_info = _follow_rounds(ps_ops, job_id, expected, args.timeout, quiet=args.quiet)
+        node_jobs = _wait_nodes(node_ops, job_id, expected, args.timeout)
+        job_seconds = time.perf_counter() - t_job
+
+        # -- encrypted accuracy: every contributor of round t holds the same W_{t+1}
+        encrypted: list[float] = []
+        spread = 0.0
+        for t in range(rounds):
+            accs = [node_jobs[i]["rounds"][t]["test_accuracy"] for i in expected[t]]
+            spread = max(spread, max(accs) - min(accs))
+            encrypted.append(float(accs[0]))
+
+        # -- the non-contributor is refused, and cannot open a contributor's bundle
+        refused: bool | None = None
+        if skipper is not None and skip is not None:
+            refused = _check_refusal(
+                node_dbs, node_pass, kgc.url, ps.url, job_id, skip, skipper, expected[skip][0]
+            )
+
+        # -- plaintext reference on the same data, seed and schedule
+        history = run_plaintext_fedavg(
+            model, dataset, parts, config, rounds, args.seed, participants_per_round=expected
+        )
+        plaintext = [float(h["test_accuracy"]) for h in history]
+        w0_acc = evaluate(model, w0, dataset.X_test, dataset.y_test)["accuracy"]
+    finally:
+        services.stop()
+        if own_dir and not getattr(args, "keep_workdir", False):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    contributors = [len(r["contributors"]) for r in round_info]
+    diffs = [abs(e - p) for e, p in zip(encrypted, plaintext, strict=True)]
+    summary: dict[str, Any] = {
+        "job_id": job_id,
+        "dataset": args.dataset,
+        "bits": args.bits,
+        "participants": k,
+        "quorum": quorum,
+        "initial_accuracy": w0_acc,
+        "rounds": [
+            {
+                "round": t,
+                "encrypted_accuracy": encrypted[t],
+                "plaintext_accuracy": plaintext[t],
+                "abs_diff": diffs[t],
+                "contributors": contributors[t],
+            }
+            for t in range(rounds)
+        ],
+        "contributors_per_round": contributors,
+        "expected_contributors_per_round": [len(c) for c in expected],
+        "non_contributor_refused": refused,
+        "max_abs_accuracy_diff": max(diffs),
+        "contributor_accuracy_spread": spread,
+        "transfer": _phase_totals(node_jobs),
+        "job_seconds": job_seconds,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    _report(summary)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.plot:
+        _write_plot(args.plot, encrypted, plaintext, f"{args.dataset}: {k} participants")
+    return summary
+
+
+def _follow_rounds(
+    ps_ops: ServiceClient,
+    job_id: str,
+    expected: list[list[int]],
+    timeout: float,
+    *,
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    deadline = time.monotonic() + timeout
+    k = max(len(c) for c in expected)
+    done: list[dict[str, Any]] = []
+    with tqdm(total=len(expected), desc="rounds", unit="round", disable=quiet) as bar:
+        for t, who in enumerate(expected):
+            while True:
+                status = ps_ops.get_json(f"/v1/jobs/{job_id}/rounds/{t}")
+                state = status.get("status")
+                if state == "released":
+                    done.append(status)
+                    bar.update(1)
+                    break
+                if state == "failed":
+                    raise DemoError(f"round {t} failed at the PS")
+                if state == "open" and len(who) < k and int(status.get("uploads", 0)) >= len(who):
+                    try:  # everyone still able to train has uploaded: no need to wait
+                        ps_ops.post_json(f"/v1/jobs/{job_id}/rounds/{t}/close", {})
+                    except ServiceError as exc:
+                        if exc.status != 409:
+                            raise
+                if time.monotonic() > deadline:
+                    raise DemoError(f"round {t} not released in {timeout:.0f} s: {status}")
+                time.sleep(0.3)
+    return done
+
+
+def _wait_nodes(
+    node_ops: list[ServiceClient], job_id: str, expected: list[list[int]], timeout: float
+) -> list[dict[str, Any]]:
+    """Each node's job view, once it has evaluated every model it is entitled to."""
+    deadline = time.monotonic() + timeout
+    views = []
+    for i, ops in enumerate(node_ops):
+        while True:
+            view = ops.get_json(f"/v1/jobs/{job_id}")
+            if view["status"] == "failed":
+                raise DemoError(f"node {i} failed: {view.get('error')}")
+            if view["status"] in ("finished", "excluded"):
+                owed = [t for t, who in enumerate(expected) if i in who]
+                have = {r["round"] for r in view["rounds"] if r.get("test_accuracy") is not None}
+                if set(owed) <= have:
+                    views.append(view)
+                    break
+                raise DemoError(f"node {i} ended without the models of rounds {owed}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"node {i} did not finish: {view['status']}")
+            time.sleep(0.3)
+    return views
+
+
+def _check_refusal(
+    node_dbs: list[str],
+    passphrase: str,
+    kgc_url: str,
+    ps_url: str,
+    job_id: str,
+    round_number: int,
+    skipper: int,
+    contributor: int,
+) -> bool:
+    """403 for the skipper at the model endpoint, and SealError on a contributor's bundle."""
+
+    def client_of(i: int) -> ParticipantClient:
+        engine = make_engine(node_dbs[i])
+        try:
+            identity = load_identity(sessionmaker(engine), passphrase)
+        finally:
+            engine.dispose()
+        if identity is None:
+            raise DemoError(f"node {i} holds no identity")
+        return ParticipantClient(identity, kgc_url)
+
+    outsider, insider = client_of(skipper), client_of(contributor)
+    try:
+        outsider.download_bundle(ps_url, job_id, round_number)
+        got_403 = False
+    except ServiceError as exc:
+        got_403 = exc.status == 403
+    bundle = insider.download_bundle(ps_url, job_id, round_number)
+    job = outsider.fetch_job(ps_url, job_id)
+    try:
+        outsider.open_bundle(job, bundle)
+        sealed = False
+    except SealError:
+        sealed = True
+    insider.open_bundle(job, bundle)  # the rightful owner does open it
+    return got_403 and sealed
+
+
+def _report(summary: dict[str, Any]) -> None:
+    print()
+    print(
+        f"job {summary['job_id']}: {summary['participants']} participants, "
+        f"{summary['bits']}-bit N, quorum {summary['quorum']}"
+    )
+    print(f"initial accuracy {summary['initial_accuracy']:.4f}")
+    print(f"{'round':>5} {'contrib':>7} {'encrypted':>10} {'plaintext':>10} {'diff':>8}")
+    for r in summary["rounds"]:
+        print(
+            f"{r['round']:>5} {r['contributors']:>7} {r['encrypted_accuracy']:>10.4f} "
+            f"{r['plaintext_accuracy']:>10.4f} {r['abs_diff']:>8.5f}"
+        )
+    transfer = summary["transfer"]
+    print(
+        f"bytes uploaded {transfer['bytes_up']:,}, downloaded {transfer['bytes_down']:,} "
+        f"(all nodes, all rounds)"
+    )
+    phases = ", ".join(f"{p} {s:.2f}s" for p, s in sorted(transfer["seconds_by_phase"].items()))
+    print(f"time by phase (summed over nodes): {phases}")
+    print(f"job wall time {summary['job_seconds']:.1f}s, total {summary['total_seconds']:.1f}s")
+    if summary["non_contributor_refused"] is not None:
+        print(f"non-contributor refused the model: {summary['non_contributor_refused']}")
+    print(f"max |encrypted - plaintext| accuracy: {summary['max_abs_accuracy_diff']:.5f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run_demo(args)
+    except (DemoError, ServiceError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    ok = summary["max_abs_accuracy_diff"] <= 0.001 and summary["non_contributor_refused"] in (
+        None,
+        True,
+    )
+    ok = ok and summary["contributors_per_round"] == summary["expected_contributors_per_round"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""The participant node's domain: identity at rest, joined jobs, one worker per job.
+
+A node runs beside one data owner's data. It only calls out (KGC, parameter server); its
+operator drives it through :mod:`participant.node_api`. Each joined job gets a worker
+thread that, round after round, trains on ``W_t`` if it holds it, uploads ``Enc(w_i Δ_i)``,
+waits for the release and downloads ``W_{t+1}``. A node that skips a round is not a
+contributor, so it never receives ``W_{t+1}`` and cannot train any later round: that is the
+protocol (contributor-only release), and the worker stops there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.bcp import RandomSource
+from common.db import session_scope
+from common.http import ServiceError
+from common.sealing import SealError
+from common.signing import b64encode
+from participant.client import ClientError, Identity, JobView, ParticipantClient
+from participant.datasets import Dataset, load_dataset, partition
+from participant.node_models import NodeIdentity, NodeJob, NodeModel, NodeRound
+from participant.training import evaluate
+
+__all__ = [
+    "PASSPHRASE_ENV",
+    "LocalData",
+    "NodeError",
+    "ParticipantNode",
+    "dataset_partitions",
+    "load_identity",
+    "load_local_data",
+]
+
+log = logging.getLogger(__name__)
+
+PASSPHRASE_ENV = "TRAPDOOR_NODE_PASSPHRASE"
+TRANSIENT = (0, 502, 503, 504)
+
+
+class NodeError(Exception):
+    """A refused operator request: HTTP-like status, stable code, human message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------------- local data
+
+
+@dataclass
+class LocalData:
+    """This data owner's training rows and the test rows it evaluates released models on."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "num_train": len(self.y_train),
+            "num_test": len(self.y_test),
+            "num_features": int(self.X_train.shape[1]) if self.X_train.ndim == 2 else 0,
+        }
+
+
+def dataset_partitions(
+    name: str, num_partitions: int, scheme: str = "iid", seed: int = 0
+) -> tuple[Dataset, list[np.ndarray]]:
+    """The split every party agrees on: ``load_dataset(seed)`` then ``partition(seed)``.
+
+    The demo's plaintext reference uses the same function, so both runs see the same rows.
+    """
+    dataset = load_dataset(name, seed=seed)
+    parts = partition(dataset.y_train, num_partitions, np.random.default_rng(seed), scheme=scheme)
+    return dataset, parts
+
+
+def load_local_data(config: Mapping[str, Any]) -> LocalData:
+    """``DATA_PATH`` (.npz with X_train, y_train, X_test, y_test) or a bundled partition."""
+    path = config.get("DATA_PATH")
+    if path:
+        with np.load(str(path)) as npz:
+            return LocalData(
+                np.asarray(npz["X_train"], dtype=np.float64),
+                np.asarray(npz["y_train"], dtype=np.int64),
+                np.asarray(npz["X_test"], dtype=np.float64),
+                np.asarray(npz["y_test"], dtype=np.int64),
+                f"file:{path}",
+            )
+    name = str(config.get("DATASET", "digits"))
+    num = int(config.get("NUM_PARTITIONS", 1))
+    index = int(config.get("PARTITION_INDEX", 0))
+    scheme = str(config.get("PARTITION_SCHEME", "iid"))
+    seed = int(config.get("PARTITION_SEED", 0))
+    if not 0 <= index < num:
+        raise ValueError(f"PARTITION_INDEX {index} is outside 0..{num - 1}")
+    dataset, parts = dataset_partitions(name, num, scheme, seed)
+    rows = parts[index]
+    return LocalData(
+        dataset.X_train[rows],
+        dataset.y_train[rows],
+        dataset.X_test,
+        dataset.y_test,
+        f"{name}:{scheme}:{index}/{num}:seed={seed}",
+    )
+
+
+def load_identity(sessions: sessionmaker[Session], passphrase: str) -> Identity | None:
+    """The node's identity from its database (``None`` before enrolment)."""
+    with session_scope(sessions) as session:
+        row = session.get(NodeIdentity, 1)
+        if row is None:
+            return None
+        sealed, kgc_url = row.sealed, row.kgc_url
+    identity = Identity.from_sealed(sealed, passphrase)
+    identity.kgc_url = kgc_url
+    return identity
+
+
+# --------------------------------------------------------------------------- the node
+
+
+class ParticipantNode:
+    """Enrolment, jobs and their workers over one database.
+
+    ``rng`` draws keys and encryption randomness (``None``: the OS generator).
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        data: LocalData,
+        passphrase: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: RandomSource | None = None,
+        workers: int = 1,
+        poll_seconds: float = 0.5,
+        round_timeout: float = 24 * 3600.0,
+    ) -> None:
+        if not passphrase:
+            raise ValueError(f"a passphrase is required ({PASSPHRASE_ENV})")
+        self.sessions = sessions
+        self.data = data
+        self._passphrase = passphrase
+        self.clock = clock
+        self.rng = rng
+        self.workers = workers
+        self.poll_seconds = poll_seconds
+        self.round_timeout = round_timeout
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._client: ParticipantClient | None = None
+
+    # -- identity
+
+    def client(self) -> ParticipantClient:
+        """The client for this node's identity (409 before enrolment)."""
+        with self._lock:
+            if self._client is None:
+                try:
+                    identity = load_identity(self.sessions, self._passphrase)
+                except SealError:
+                    raise NodeError(
+                        503, "sealed", f"{PASSPHRASE_ENV} does not open the stored identity"
+                    ) from None
+                if identity is None:
+                    raise NodeError(409, "not-enrolled", "this node is not enrolled yet")
+                self._client = ParticipantClient(
+                    identity,
+                    identity.kgc_url,
+                    rng=self.rng,
+                    clock=self.clock,
+                    workers=self.workers,
+                )
+            return self._client
+
+    def enrol(self, kgc_url: str, subject_id: str, code: str) -> dict[str, Any]:
+        """Make keys locally, complete the enrolment, store them sealed; the certificate."""
+        with session_scope(self.sessions) as session:
+            if session.get(NodeIdentity, 1) is not None:
+                raise NodeError(409, "already-enrolled", "this node is already enrolled")
+        try:
+            client = ParticipantClient.enrol(
+                kgc_url, subject_id, code, rng=self.rng, clock=self.clock, workers=self.workers
+            )
+        except ServiceError as exc:
+            status = exc.status if exc.status in (400, 403, 404, 409, 422) else 502
+            raise NodeError(status, exc.code, f"KGC refused the enrolment: {exc.message}") from None
+        identity = client.identity
+        with session_scope(self.sessions) as session:
+            session.add(
+                NodeIdentity(
+                    id=1,
+                    subject_id=subject_id,
+                    kgc_url=kgc_url,
+                    sealed=identity.to_sealed(self._passphrase),
+                    certificate=identity.certificate,
+                    created_at=self.clock(),
+                )
+            )
+        with self._lock:
+            self._client = client
+        return {"certificate": identity.certificate, "signature": identity.certificate_signature}
+
+    def status(self) -> dict[str, Any]:
+        with session_scope(self.sessions) as session:
+            ident = session.get(NodeIdentity, 1)
+            jobs = [self._job_summary(j) for j in session.scalars(select(NodeJob)).all()]
+            identity = {
+                "enrolled": ident is not None,
+                "subject_id": ident.subject_id if ident else None,
+                "kgc_url": ident.kgc_url if ident else None,
+            }
+        return {"identity": identity, "data": self.data.summary(), "jobs": jobs}
+
+    # -- jobs
+
+    @staticmethod
+    def _job_summary(job: NodeJob) -> dict[str, Any]:
+        return {
+            "job_id": job.job_id,
+            "ps_url": job.ps_url,
+            "status": job.status,
+            "next_round": job.next_round,
+            "holds_model": job.holds_model,
+            "skip_rounds": list(job.skip_rounds),
+            "error": job.error,
+        }
+
+    def join(
+        self, ps_url: str, job_id: str, skip_rounds: list[int] | None = None
+    ) -> dict[str, Any]:
+        """Join a job at a PS (it must list us) and start its worker."""
+        client = self.client()
+        with session_scope(self.sessions) as session:
+            if session.get(NodeJob, job_id) is not None:
+                raise NodeError(409, "already-joined", f"already joined {job_id}")
+        try:
+            view = client.fetch_job(ps_url, job_id, refresh=True)
+        except ServiceError as exc:
+            status = exc.status if exc.status in (401, 403, 404) else 502
+            raise NodeError(status, exc.code, f"PS refused the job: {exc.message}") from None
+        except ClientError as exc:
+            raise NodeError(502, "bad-job", str(exc)) from None
+        view.index_of(client.identity.subject_id)
+        with session_scope(self.sessions) as session:
+            session.add(
+                NodeJob(
+                    job_id=job_id,
+                    ps_url=ps_url.rstrip("/"),
+                    skip_rounds=sorted({int(t) for t in skip_rounds or []}),
+                    status="joined",
+                    next_round=0,
+                    holds_model=True,
+                    joined_at=self.clock(),
+                )
+            )
+        self._start_worker(job_id)
+        return self.job_status(job_id)
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        with session_scope(self.sessions) as session:
+            job = session.get(NodeJob, job_id)
+            if job is None:
+                raise NodeError(404, "not-found", f"no joined job {job_id}")
+            rounds = session.scalars(
+                select(NodeRound).where(NodeRound.job_id == job_id).order_by(NodeRound.round)
+            ).all()
+            return {
+                **self._job_summary(job),
+                "rounds": [
+                    {
+                        "round": r.round,
+                        "status": r.status,
+                        "contributed": r.contributed,
+                        "test_accuracy": r.test_accuracy,
+                        "test_loss": r.test_loss,
+                        "receipt": r.receipt,
+                        **r.metrics,
+                    }
+                    for r in rounds
+                ],
+            }
+
+    def latest_model(self, job_id: str) -> dict[str, Any]:
+        with session_scope(self.sessions) as session:
+            if session.get(NodeJob, job_id) is None:
+                raise NodeError(404, "not-found", f"no joined job {job_id}")
+            model = session.get(NodeModel, job_id)
+            if model is None:
+                raise NodeError(404, "no-model", "no released model held for this job yet")
+            return {"job_id": job_id, "round": model.round, "weights": b64encode(model.weights)}
+
+    # -- workers
+
+    def start(self) -> None:
+        """Resume the workers of unfinished jobs (after a restart)."""
+        with session_scope(self.sessions) as session:
+            ids = list(
+                session.scalars(
+                    select(NodeJob.job_id).where(NodeJob.status.in_(("joined", "running")))
+                )
+            )
+        for job_id in ids:
+            self._start_worker(job_id)
+
+    def _start_worker(self, job_id: str) -> None:
+        with self._lock:
+            if job_id in self._threads and self._threads[job_id].is_alive():
+                return
+            thread = threading.Thread(
+                target=self._worker, args=(job_id,), name=f"job-{job_id}", daemon=True
+            )
+            self._threads[job_id] = thread
+        thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+        if self._client is not None:
+            self._client.close()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for every worker to end (tests and the demo)."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads.values())
+
+    def _set_job(self, job_id: str, **values: Any) -> None:
+        with session_scope(self.sessions) as session:
+            job = session.get(NodeJob, job_id)
+            if job is not None:
+                for key, value in values.items():
+                    setattr(job, key, value)
+
+    def _put_round(self, job_id: str, t: int, **values: Any) -> None:
+        with session_scope(self.sessions) as session:
+            row = session.get(NodeRound, (job_id, t))
+            if row is None:
+                row = NodeRound(job_id=job_id, round=t, status="new", contributed=False, metrics={})
+                session.add(row)
+            metrics = values.pop("metrics", None)
+            if metrics:
+                row.metrics = {**(row.metrics or {}), **metrics}
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = self.clock()
+
+    def _retry(self, call: Callable[[], Any], attempts: int = 20) -> Any:
+        """Ride out a PS or KGC restart: transient errors are retried with back-off."""
+        delay = self.poll_seconds
+        for attempt in range(attempts):
+            try:
+                return call()
+            except ServiceError as exc:
+                if exc.status not in TRANSIENT or attempt == attempts - 1:
+                    raise
+            if self._stop.wait(delay):
+                raise ClientError("stopped")
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    def _initial_state(
+        self, job_id: str, view: JobView
+    ) -> tuple[int, npt.NDArray[np.float64] | None]:
+        """Next round and the ``W_t`` we hold for it (``None``: we hold no model)."""
+        with session_scope(self.sessions) as session:
+            job = session.get(NodeJob, job_id)
+            assert job is not None
+            t, holds = job.next_round, job.holds_model
+            model = session.get(NodeModel, job_id)
+            stored = (model.round, model.weights) if model is not None else None
+        if not holds:
+            return t, None
+        if t == 0:
+            return 0, view.initial_weights
+        if stored is not None and stored[0] == t - 1:
+            return t, np.frombuffer(stored[1], dtype="<f8").astype(np.float64)
+        return t, None
+
+    def _worker(self, job_id: str) -> None:
+        try:
+            self._run_job(job_id)
+        except ClientError as exc:
+            if not self._stop.is_set():
+                log.warning("job %s stopped: %s", job_id, exc)
+                self._set_job(job_id, status="failed", error=str(exc))
+        except ServiceError as exc:
+            log.warning("job %s failed: %s", job_id, exc)
+            self._set_job(job_id, status="failed", error=f"{exc.status} {exc.code}: {exc.message}")
+        except Exception as exc:
+            log.exception("job %s worker crashed", job_id)
+            self._set_job(job_id, status="failed", error=f"internal: {type(exc).__name__}")
+
+    def _run_job(self, job_id: str) -> None:
+        client = self.client()
+        with session_scope(self.sessions) as session:
+            job = session.get(NodeJob, job_id)
+            assert job is not None
+            ps_url, skip = job.ps_url, set(job.skip_rounds)
+        view: JobView = self._retry(lambda: client.fetch_job(ps_url, job_id))
+        self._set_job(job_id, status="running")
+        t, weights = self._initial_state(job_id, view)
+        while t < view.rounds_total:
+            if self._stop.is_set():
+                return
+            if weights is None or t in skip:
+                # Not a contributor of round t: no W_{t+1} for us, so no later round either.
+                self._put_round(job_id, t, status="skipped" if weights is not None else "no-model")
+                self._set_job(job_id, status="excluded", holds_model=False, next_round=t + 1)
+                self._put_round(job_id, t, metrics={"note": "not a contributor: model withheld"})
+                client.forget_job(job_id)
+                return
+            self._train_round(client, view, job_id, t, weights)
+            self._retry(
+                lambda t=t: client.wait_for_release(  # type: ignore[misc]
+                    ps_url,
+                    job_id,
+                    t,
+                    self.round_timeout,
+                    poll_seconds=self.poll_seconds,
+                    should_stop=self._stop.is_set,
+                )
+            )
+            weights = self._download(client, view, job_id, t)
+            t += 1
+        self._set_job(job_id, status="finished", next_round=t)
+        client.forget_job(job_id)
+
+    def _train_round(
+        self,
+        client: ParticipantClient,
+        view: JobView,
+        job_id: str,
+        t: int,
+        weights: npt.NDArray[np.float64],
+    ) -> None:
+        with session_scope(self.sessions) as session:
+            done = session.get(NodeRound, (job_id, t))
+            if done is not None and done.contributed:
+                return  # uploaded before a restart
+        try:
+            receipt, metrics = self._retry(
+                lambda: client.train_and_upload(
+                    view, t, weights, self.data.X_train, self.data.y_train
+                )
+            )
+        except ServiceError as exc:
+            if exc.status != 409 or "duplicate" not in exc.code:
+                raise
+            receipt, metrics = None, {"note": "upload already accepted before a restart"}
+        self._put_round(
+            job_id, t, status="uploaded", contributed=True, receipt=receipt, metrics=metrics
+        )
+
+    def _download(
+        self, client: ParticipantClient, view: JobView, job_id: str, t: int
+    ) -> npt.NDArray[np.float64]:
+        start = time.perf_counter()
+        weights: npt.NDArray[np.float64] = self._retry(
+            lambda: client.download_model(view.ps_url, job_id, t)
+        )
+        download_s = time.perf_counter() - start
+        test = evaluate(view.model, weights, self.data.X_test, self.data.y_test)
+        with session_scope(self.sessions) as session:
+            row = session.get(NodeRound, (job_id, t))
+            assert row is not None
+            row.status = "released"
+            row.test_accuracy = test["accuracy"]
+            row.test_loss = test["loss"]
+            timings = dict((row.metrics or {}).get("timings", {}))
+            timings["download_s"] = download_s
+            row.metrics = {
+                **(row.metrics or {}),
+                "timings": timings,
+                "bytes_down": client.last_download_bytes,
+            }
+            row.updated_at = self.clock()
+            model = session.get(NodeModel, job_id)
+            blob = np.asarray(weights, dtype="<f8").tobytes()
+            if model is None:
+                session.add(NodeModel(job_id=job_id, round=t, weights=blob))
+            else:
+                model.round, model.weights = t, blob
+            job = session.get(NodeJob, job_id)
+            assert job is not None
+            job.next_round = t + 1
+        return weights

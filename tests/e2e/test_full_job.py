@@ -1,0 +1,60 @@
+"""A whole job over real processes: KGC, parameter server and participant nodes.
+
+Runs :func:`participant.demo.run_demo` in-process (it spawns the services on loopback
+with the shipped 1024-bit demo parameters) and checks the encrypted model against
+plaintext FedAvg, the contributor counts, and that the participant that skipped a round
+is refused the model and cannot open a contributor's bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from participant.demo import build_parser, run_demo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_full_job_matches_plaintext_and_withholds_from_skipper(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    plot_path = tmp_path / "curves.png"
+    args = build_parser().parse_args(
+        [
+            "--participants",
+            "4",
+            "--rounds",
+            "2",
+            "--dataset",
+            "digits",
+            "--bits",
+            "1024",
+            "--skip-round",
+            "1",
+            "--seed",
+            "7",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(summary_path),
+            "--plot",
+            str(plot_path),
+            "--quiet",
+            "--timeout",
+            "600",
+        ]
+    )
+    summary = run_demo(args)
+
+    assert summary == json.loads(summary_path.read_text())
+    assert plot_path.stat().st_size > 0
+    assert len(summary["rounds"]) == 2
+    for r in summary["rounds"]:
+        assert abs(r["encrypted_accuracy"] - r["plaintext_accuracy"]) <= 0.001
+    assert summary["max_abs_accuracy_diff"] <= 0.001
+    assert summary["contributors_per_round"] == [4, 3]
+    assert summary["non_contributor_refused"] is True
+    assert summary["contributor_accuracy_spread"] == 0.0
+    assert summary["transfer"]["bytes_up"] > 0 and summary["transfer"]["bytes_down"] > 0
