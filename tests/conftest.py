@@ -35,3 +35,33 @@ def small_params() -> tuple[PublicParams, MasterKey]:
 def rng() -> random.Random:
     """A fresh deterministic random generator for each test."""
     return random.Random(RNG_SEED)
+
+
+POSTGRES_ENV = "TRAPDOOR_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """URL of a PostgreSQL database whose role may create databases.
+
+    ``TRAPDOOR_TEST_POSTGRES_URL`` if set, else the local server the deployment docs use
+    (127.0.0.1:5432, trust auth, database ``test``). Tests that need it skip with a clear
+    message when nothing answers there; each test makes its own scratch database.
+    """
+    import os
+
+    from sqlalchemy import text
+
+    from common.db import make_engine
+
+    url = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES_URL)
+    engine = make_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any driver or network error means: no server to test on
+        pytest.skip(f"no PostgreSQL at {url} ({type(exc).__name__}); set {POSTGRES_ENV}")
+    finally:
+        engine.dispose()
+    return url

@@ -1,13 +1,12 @@
 """The Alembic history builds exactly the models' schema, on SQLite and PostgreSQL.
 
-The PostgreSQL test runs when ``TRAPDOOR_TEST_POSTGRES_URL`` names a server database
-with the right to create databases (e.g. ``postgresql+psycopg://root@/postgres?host=/var/run/postgresql``);
+The PostgreSQL test runs against the server of the ``postgres_server`` fixture
+(tests/conftest.py: ``TRAPDOOR_TEST_POSTGRES_URL`` or the local 127.0.0.1:5432);
 it creates a scratch database, runs the history and a whole round on it, and drops it.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
 from collections.abc import Iterator
@@ -74,10 +73,8 @@ def migrate_down(url: str) -> None:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    server = os.environ.get(POSTGRES_ENV)
-    if not server:
-        pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL")
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    server = postgres_server
     name = f"ps_test_{secrets.token_hex(4)}"
     admin = make_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
