@@ -1,1 +1,1 @@
-"""kgc package."""
+"""Key generation center: master key, identities, tokens, job keys, contributor-only release."""

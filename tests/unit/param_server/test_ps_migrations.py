@@ -8,15 +8,12 @@ it creates a scratch database, runs the history and a whole round on it, and dro
 from __future__ import annotations
 
 import random
-import secrets
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect
 from sqlalchemy.orm import sessionmaker
 
 from common.bcp import MasterKey, PublicParams
@@ -24,8 +21,6 @@ from common.db import MIGRATIONS_ROOT, make_engine, migrate
 from param_server.domain import ParameterServer
 from param_server.models import metadata
 from param_server.testing import TestParticipant, make_world
-
-POSTGRES_ENV = "TRAPDOOR_TEST_POSTGRES_URL"
 
 
 def _schema_diff(url: str) -> list[object]:
@@ -70,21 +65,6 @@ def migrate_down(url: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_ROOT / "param_server"))
     config.set_main_option("sqlalchemy.url", url)
     command.downgrade(config, "base")
-
-
-@pytest.fixture
-def postgres_url(postgres_server: str) -> Iterator[str]:
-    server = postgres_server
-    name = f"ps_test_{secrets.token_hex(4)}"
-    admin = make_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.postgres

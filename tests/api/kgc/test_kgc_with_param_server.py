@@ -1,0 +1,108 @@
+"""The real KGC over HTTP with the parameter server's own KGC client: the contract holds.
+
+The KGC app runs in a thread on loopback; the parameter server enrols with
+``param_server.kgc_gateway.complete_enrolment``, creates a job and releases a round
+through ``HttpKgcGateway`` (tokens by signed challenge, release frames signed as the PS
+signs them). A contributor then opens the released model.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kgc_api_support import ApiWorld
+from sqlalchemy.orm import sessionmaker
+from werkzeug.serving import make_server
+
+from common.blocks import VectorEncryptor
+from common.db import make_engine
+from common.http import ServiceClient
+from common.signing import generate_signing_key
+from kgc.models import Release
+from kgc.testing import FakeClock, TestSubject
+from param_server.domain import ParameterServer
+from param_server.kgc_gateway import HttpKgcGateway, complete_enrolment
+from param_server.models import metadata as ps_metadata
+from param_server.testing import (
+    TestParticipant,
+    job_key_of,
+    make_definition,
+    open_model,
+    upload_frame,
+)
+
+
+@dataclass
+class Served:
+    api: ApiWorld
+    base_url: str
+
+
+@pytest.fixture
+def served(api: ApiWorld) -> Iterator[Served]:
+    server = make_server("127.0.0.1", 0, api.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Served(api, f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_parameter_server_round_trip_through_the_kgc(
+    served: Served, owners: list[TestSubject], tmp_path: Path
+) -> None:
+    api = served.api
+    ps_key = generate_signing_key()
+    answer = api.client.post(
+        "/v1/enrolments", json={"name": "PS", "role": "param_server"}, headers=api.admin
+    ).get_json()
+    certificate, _ = complete_enrolment(
+        ServiceClient(served.base_url), answer["subject_id"], answer["code"], ps_key
+    )
+    assert certificate["role"] == "param_server"
+    subjects = [api.enrol(o, f"org{i}") for i, o in enumerate(owners[:3])]
+    participants = [
+        TestParticipant(s.subject_id, 100 * (i + 1), s.public_key, s.secret_key)  # type: ignore[arg-type]
+        for i, s in enumerate(subjects)
+    ]
+
+    gateway = HttpKgcGateway(served.base_url, answer["subject_id"], ps_key, clock=api.clock)
+    engine = make_engine(f"sqlite:///{tmp_path}/ps.db")
+    ps_metadata.create_all(engine)
+    ps = ParameterServer(
+        sessionmaker(engine, expire_on_commit=False),
+        gateway,
+        ps_key,
+        clock=FakeClock(),
+        rng=random.Random(3),
+        window=4,
+        subject_id=answer["subject_id"],
+    )
+    try:
+        w0 = np.linspace(-1.0, 1.0, 40)
+        job = ps.create_job(make_definition("interop", participants, w0, rounds=1))
+        encryptor = VectorEncryptor(job_key_of(job), window=4)
+        delta = np.full(40, 0.125)
+        rng = random.Random(4)
+        for p in participants:
+            frame = upload_frame(job, p.subject_id, 0, delta, encryptor, rng)
+            ps.accept_upload("interop", 0, p.subject_id, frame)
+        result = ps.tick()
+        assert result.released == [("interop", 0)]
+        assert api.count(Release) == 1
+        got = open_model(
+            job, participants[0], ps.download("interop", 0, participants[0].subject_id)
+        )
+        assert np.max(np.abs(got - (w0 + delta))) < 2.0**-18
+    finally:
+        ps.close()
+        engine.dispose()
