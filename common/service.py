@@ -187,6 +187,36 @@ def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
     }
 
 
+def serve(
+    app: Flask, host: str, port: int, label: str, on_stop: Callable[[], None] | None = None
+) -> None:
+    """Serve ``app`` threaded until SIGINT or SIGTERM, then run ``on_stop`` once.
+
+    Prints ``<label> listening on http://host:port`` when the socket is bound (port 0
+    picks a free port; the demo and the end-to-end tests read the URL from that line).
+    Deployments run the services under gunicorn instead (``*.wsgi:app``).
+    """
+    import signal
+
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, app, threaded=True)
+
+    def _stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"{label} listening on http://{host}:{server.server_port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if on_stop is not None:
+            on_stop()
+
+
 def add_common_routes(
     app: Flask, title: str, version: str, health: Callable[[], dict[str, Any]] | None = None
 ) -> None:

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
-from werkzeug.serving import make_server
 
 from common.db import migrate
+from common.service import serve
 from common.signing import public_key_hex
 from kgc.app import DEFAULT_DATABASE_URL, create_app, service_from_keys
 from kgc.keystore import (
@@ -125,14 +125,7 @@ def _cmd_serve(args: argparse.Namespace, passphrase: str) -> int:
             "SERVICE": service_from_keys(keys, args.db),
         }
     )
-    server = make_server(args.host, args.port, app, threaded=True)
-    print(f"KGC listening on http://{args.host}:{server.server_port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve(app, args.host, args.port, "KGC")
     return 0
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import BlockLayout, EncryptedVector, JobKey
+from common.clock import ManualClock as FakeClock
 from common.signing import generate_signing_key, public_key_hex, sign_json
 from common.wire import decode_frame, encode_frame, to_obj
 from kgc.domain import token_challenge
@@ -30,20 +31,6 @@ __all__ = [
     "receipt_for",
     "release_frame",
 ]
-
-
-class FakeClock:
-    """A settable clock (UNIX seconds)."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 @dataclass

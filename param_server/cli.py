@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from sqlalchemy.orm import sessionmaker
-from werkzeug.serving import make_server
 
 from common.db import make_engine, migrate
 from common.sealing import SealError
+from common.service import serve
 from param_server.app import DEFAULTS, create_app, ensure_sqlite_dir
 from param_server.identity import enrol, load_identity
 from param_server.kgc_gateway import KgcError
@@ -100,17 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ENCRYPT_WORKERS": args.encrypt_workers,
         }
     )
-    server = make_server(args.host, args.port, app, threaded=True)
-    print(f"parameter server listening on http://{args.host}:{server.server_port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
+
+    def _stop() -> None:
         ticker = app.extensions.get("param_server_ticker")
         if ticker is not None:
             ticker.stop()
         app.extensions["param_server"].close()
+
+    serve(app, args.host, args.port, "parameter server", _stop)
     return 0
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.bcp import MasterKey, PublicKey, SecretKey
 from common.blocks import JobKey, VectorEncryptor, generate_job_key
+from common.clock import ManualClock as FakeClock
 from common.db import make_engine
 from common.encoding import PackingLayout, decode_vector, encode_vector
 from common.release import blind_from_text, open_release, seal_release
@@ -53,20 +54,6 @@ __all__ = [
     "open_model",
     "upload_frame",
 ]
-
-
-class FakeClock:
-    """A settable clock (UNIX seconds)."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 @dataclass

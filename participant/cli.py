@@ -56,8 +56,8 @@ def _node_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve_node(args: argparse.Namespace) -> int:
-    from werkzeug.serving import make_server
 
+    from common.service import serve
     from participant.node import PASSPHRASE_ENV
     from participant.node_api import create_app
 
@@ -81,14 +81,7 @@ def _serve_node(args: argparse.Namespace) -> int:
             "POLL_SECONDS": args.poll_seconds,
         }
     )
-    server = make_server(args.host, args.port, app, threaded=True)
-    print(f"participant node listening on http://{args.host}:{server.server_port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        app.extensions["participant_node"].close()
+    serve(app, args.host, args.port, "participant node", app.extensions["participant_node"].close)
     return 0
 
 

@@ -195,7 +195,10 @@ def test_cli_enrols_on_first_start_then_reuses_the_identity(
         def serve_forever(self) -> None:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "make_server", lambda *args, **kwargs: NoServer())
+        def server_close(self) -> None:
+            pass
+
+    monkeypatch.setattr("werkzeug.serving.make_server", lambda *args, **kwargs: NoServer())
     db = f"sqlite:///{tmp_path}/sub/ps.db"
     args = ["serve", "--db", db, "--kgc", KGC_URL, "--port", "0"]
 

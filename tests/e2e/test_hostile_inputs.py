@@ -1,0 +1,434 @@
+"""Hostile uploads against the real KGC and parameter server processes.
+
+One :class:`~participant.cluster.LocalCluster` (1024-bit demo parameters) runs for the
+module. The test itself plays the four participants over real HTTP with the client library
+(:class:`~participant.client.ParticipantClient`): it chooses each update ``Δ_i``, encodes it
+with the job's public weight and encrypts it under the job key, so the released model can
+be checked against ``W_0 + Σ w_i Δ_i``.
+
+Every refusal is checked three ways: the HTTP status, the JSON error code, and the round
+status at the PS (upload count and contributors unchanged: nothing was stored). The tests
+share one job and run in file order; the last one completes the round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from common.blocks import element_bytes
+from common.encoding import encode_vector
+from common.http import ServiceClient, ServiceError
+from common.sealing import SealError
+from common.signing import b64decode, b64encode, generate_signing_key, issue_token
+from common.wire import FRAME_MAGIC, decode_frame, encode_frame
+from participant.client import JobView, ParticipantClient
+from participant.cluster import LocalCluster
+from participant.models import MLP
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+K = 4
+QUORUM = 3
+NUM_SAMPLES = [100, 200, 300, 400]  # unequal, so the public weights w_i differ
+JOB_ID = "hostile-1"
+ROUND = 0
+
+
+@dataclass
+class Deployment:
+    """The running services, the job, and the participants the test plays."""
+
+    cluster: LocalCluster
+    ps_ops: ServiceClient
+    clients: list[ParticipantClient]
+    job: JobView
+    w0: npt.NDArray[np.float64]
+    outsider: ParticipantClient  # enrolled at the KGC, not a participant of the job
+    accepted: dict[int, npt.NDArray[np.float64]] = field(default_factory=dict)
+
+    @property
+    def ps_url(self) -> str:
+        return self.cluster.ps_url
+
+    def as_participant(self, i: int) -> ServiceClient:
+        """The PS as participant ``i`` sees it (a fresh KGC token when needed)."""
+        return ServiceClient(self.ps_url, self.clients[i].token)
+
+    def with_token(self, token: str) -> ServiceClient:
+        return ServiceClient(self.ps_url, token)
+
+    def round_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.ps_ops.get_json(f"/v1/jobs/{JOB_ID}/rounds/{ROUND}")
+        return status
+
+    def delta(self, i: int) -> npt.NDArray[np.float64]:
+        """Participant ``i``'s update: small, deterministic, well inside the clip bound."""
+        rng = np.random.default_rng(1000 + i)
+        return rng.normal(0.0, 0.05, self.job.packing.length)
+
+    def frame(self, i: int, *, round_number: int = ROUND, plaintexts: int | None = None) -> bytes:
+        """``Enc(w_i Δ_i)`` framed as the client library frames it (fresh randomness)."""
+        client = self.clients[i]
+        weight = self.job.weights[client.identity.subject_id]
+        encoded, _ = encode_vector(
+            self.delta(i), self.job.packing, clip_bound=self.job.clip_bound, scale=weight
+        )
+        vector = client.encryptor(self.job).encrypt(encoded[:plaintexts], client.rng)
+        return encode_frame(vector, {"job_id": JOB_ID, "round": round_number})
+
+    def upload(self, i: int, data: bytes) -> dict[str, Any]:
+        receipt: dict[str, Any] = self.as_participant(i).post_bytes(_uploads(), data)
+        self.accepted[i] = self.delta(i)
+        return receipt
+
+    def ensure_uploaded(self, i: int) -> None:
+        if i not in self.accepted:
+            self.upload(i, self.frame(i))
+
+
+def _uploads(job_id: str = JOB_ID, round_number: int = ROUND) -> str:
+    return f"/v1/jobs/{job_id}/rounds/{round_number}/uploads"
+
+
+def _reframe(header: dict[str, Any], payload: bytes, *, digest: bool = True) -> bytes:
+    """A frame with this header and payload; ``sha256`` recomputed unless ``digest=False``."""
+    head = dict(header)
+    if digest:
+        head["sha256"] = hashlib.sha256(payload).hexdigest()
+    raw = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
+    return struct.pack(">4sBI", FRAME_MAGIC, 1, len(raw)) + raw + payload
+
+
+def _refused(
+    dep: Deployment,
+    call: Callable[[], Any],
+    status: int | tuple[int, ...],
+    code: str,
+) -> ServiceError:
+    """``call`` fails with ``status`` and ``code``, and the round is exactly as before."""
+    before = dep.round_status()
+    with pytest.raises(ServiceError) as info:
+        call()
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert info.value.status in statuses, info.value
+    assert info.value.code == code, info.value
+    after = dep.round_status()
+    assert after["uploads"] == before["uploads"]
+    assert after["contributors"] == before["contributors"]
+    assert after["status"] == before["status"] == "open"
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    workdir: Path = tmp_path_factory.mktemp("hostile")
+    with LocalCluster(workdir) as cluster:
+        cluster.start_kgc(1024, demo=True)
+        enrolments = [cluster.enrol(f"participant-{i}", "participant") for i in range(K + 1)]
+        cluster.start_param_server(wait=False)  # boots while the participants make keys
+        clients = [
+            ParticipantClient.enrol(
+                cluster.kgc_url, e["subject_id"], e["code"], rng=random.Random(i)
+            )
+            for i, e in enumerate(enrolments)
+        ]
+        assert cluster.param_server is not None
+        cluster.wait_ready([cluster.param_server], 120)
+
+        model = MLP([64, 8, 10])
+        w0 = model.init_parameters(np.random.default_rng(7))
+        ps_ops = cluster.ps_operator(timeout=120)
+        ps_ops.post_json(
+            "/v1/jobs",
+            {
+                "job_id": JOB_ID,
+                "model": model.spec(),
+                "initial_weights": b64encode(np.asarray(w0, dtype="<f8").tobytes()),
+                "training": {"learning_rate": 0.1, "local_epochs": 1, "batch_size": 32},
+                "participants": [
+                    {"subject_id": c.identity.subject_id, "num_samples": n}
+                    for c, n in zip(clients[:K], NUM_SAMPLES, strict=True)
+                ],
+                "quorum": QUORUM,
+                "rounds": 1,
+                "round_deadline_seconds": 3600,
+                "below_quorum_policy": "stay-open",
+                "encoding": {
+                    "frac_bits": 20,
+                    "slot_bits": 29,
+                    "slot_bound": 64.0,
+                    "clip_bound": 16.0,
+                    "width": 16,
+                },
+            },
+        )
+        job = clients[0].fetch_job(cluster.ps_url, JOB_ID)
+        for c in clients[1:K]:
+            c.fetch_job(cluster.ps_url, JOB_ID)
+        deployment = Deployment(cluster, ps_ops, clients[:K], job, w0, clients[K])
+        try:
+            yield deployment
+        finally:
+            for c in clients:
+                c.close()
+
+
+# ---------------------------------------------------------------------- replay
+
+
+def test_replayed_upload_is_409_and_not_stored(dep: Deployment) -> None:
+    frame = dep.frame(0)
+    receipt = dep.upload(0, frame)
+    assert receipt["receipt"]["subject_id"] == dep.clients[0].identity.subject_id
+    assert receipt["receipt"]["sha256"] == decode_frame(frame).header["sha256"]
+    assert dep.round_status()["uploads"] == 1
+
+    # the same bytes again, and a fresh encryption by the same participant
+    _refused(
+        dep, lambda: dep.as_participant(0).post_bytes(_uploads(), frame), 409, "duplicate-upload"
+    )
+    _refused(
+        dep,
+        lambda: dep.as_participant(0).post_bytes(_uploads(), dep.frame(0)),
+        409,
+        "duplicate-upload",
+    )
+    # another participant replaying the captured ciphertext as its own
+    _refused(
+        dep, lambda: dep.as_participant(1).post_bytes(_uploads(), frame), 409, "replayed-payload"
+    )
+
+
+# ---------------------------------------------------------------------- credentials
+
+
+def _flip_signature(token: str) -> str:
+    version, body, signature = token.split(".")
+    raw = bytearray(b64decode(signature))
+    raw[0] ^= 0x01
+    return f"{version}.{body}.{b64encode(bytes(raw))}"
+
+
+def test_forged_expired_and_tampered_tokens_are_401(dep: Deployment) -> None:
+    subject = dep.clients[1].identity.subject_id
+    frame = dep.frame(1)  # a valid upload: only the credential is wrong
+    rogue = generate_signing_key()
+    now = dep.clients[1].clock()
+    forged = issue_token(
+        rogue, subject=subject, role="participant", now=now, ttl_seconds=300, token_id="f1"
+    )
+    expired = issue_token(
+        rogue, subject=subject, role="participant", now=now - 3600, ttl_seconds=300, token_id="f2"
+    )
+    real = dep.clients[1].token()
+    tampered = _flip_signature(real)
+    version, body, signature = real.split(".")
+    claims = json.loads(b64decode(body))
+    as_other = (
+        f"{version}.{b64encode(json.dumps({**claims, 'sub': 'someone'}).encode())}.{signature}"
+    )
+
+    for token in (forged, expired, tampered, as_other, "not-a-token", dep.cluster.ps_admin_token):
+        _refused(
+            dep,
+            lambda t=token: dep.with_token(t).post_bytes(_uploads(), frame),
+            401,
+            "invalid-token",
+        )
+    _refused(
+        dep,
+        lambda: dep.as_participant(1).post_bytes(_uploads(), frame, auth=False),
+        401,
+        "unauthorized",
+    )
+    # a rejected upload left no trace: the very same bytes are accepted afterwards
+    dep.upload(1, frame)
+    assert dep.round_status()["contributors"] == sorted(
+        c.identity.subject_id for c in dep.clients[:2]
+    )
+
+
+def test_enrolled_non_participant_is_403(dep: Deployment) -> None:
+    frame = dep.frame(2)
+    outsider = ServiceClient(dep.ps_url, dep.outsider.token)
+    _refused(dep, lambda: outsider.post_bytes(_uploads(), frame), 403, "not-a-participant")
+    _refused(dep, lambda: outsider.get_json(f"/v1/jobs/{JOB_ID}"), 403, "not-a-participant")
+
+
+# ---------------------------------------------------------------------- malformed frames
+
+
+def test_malformed_frames_are_400_or_422(dep: Deployment) -> None:
+    good = dep.frame(2)
+    parsed = decode_frame(good)
+    header, payload = parsed.header, parsed.payload
+    flipped = bytearray(payload)
+    flipped[len(flipped) // 2] ^= 0xFF
+    cases: dict[str, tuple[bytes, str]] = {
+        "garbage": (random.Random(5).randbytes(4096), "malformed-frame"),
+        "empty": (b"", "malformed-frame"),
+        "bad magic": (b"XXXX" + good[4:], "malformed-frame"),
+        "bad version": (good[:4] + b"\x09" + good[5:], "malformed-frame"),
+        "header length past the end": (
+            good[:5] + struct.pack(">I", len(good)) + good[9:],
+            "malformed-frame",
+        ),
+        "header not JSON": (
+            struct.pack(">4sBI", FRAME_MAGIC, 1, 3) + b"{{{" + payload,
+            "malformed-frame",
+        ),
+        "truncated payload": (good[:-10], "malformed-frame"),
+        "digest mismatch": (_reframe(header, bytes(flipped), digest=False), "malformed-frame"),
+        "truncated, digest fixed": (_reframe(header, payload[:-10]), "invalid-ciphertext"),
+        "wrong element width": (
+            _reframe({**header, "element_bytes": 512}, payload),
+            "invalid-ciphertext",
+        ),
+        "wrong key width": (_reframe({**header, "width": 8}, payload), "invalid-ciphertext"),
+        "other job in header": (_reframe({**header, "job_id": "other"}, payload), "frame-mismatch"),
+        "other round in header": (_reframe({**header, "round": 1}, payload), "frame-mismatch"),
+    }
+    for name, (data, code) in cases.items():
+        error = _refused(
+            dep, lambda d=data: dep.as_participant(2).post_bytes(_uploads(), d), (400, 422), code
+        )
+        assert error.status == (400 if code == "malformed-frame" else 422), name
+    # the endpoint takes binary frames only
+    _refused(
+        dep,
+        lambda: dep.as_participant(2).post_bytes(
+            _uploads(), good, headers={"Content-Type": "application/json"}
+        ),
+        415,
+        "unsupported-media-type",
+    )
+
+
+@pytest.mark.parametrize("bad", ["zero", "N", "N^2", "all ones"])
+def test_element_outside_the_group_is_422(dep: Deployment, bad: str) -> None:
+    """Only the group check fails: header, layout and digest are all consistent."""
+    params = dep.job.job_key.params
+    n, n2 = int(params.n), int(params.nsquare)
+    width = element_bytes(params)
+    value = {"zero": 0, "N": n, "N^2": n2, "all ones": (1 << (8 * width)) - 1}[bad]
+    assert width == 256 and value.bit_length() <= 8 * width
+    parsed = decode_frame(dep.frame(2))
+    payload = value.to_bytes(width, "big") + parsed.payload[width:]
+    data = _reframe(parsed.header, payload)
+    error = _refused(
+        dep, lambda: dep.as_participant(2).post_bytes(_uploads(), data), 422, "invalid-ciphertext"
+    )
+    assert "element 0" in error.message
+
+
+def test_wrong_shape_is_422(dep: Deployment) -> None:
+    num = dep.job.packing.num_plaintexts
+    width = element_bytes(dep.job.job_key.params)
+    short = dep.frame(2, plaintexts=num - 1)  # a real encryption of one plaintext fewer
+    assert decode_frame(short).header["num_plaintexts"] == num - 1
+    _refused(dep, lambda: dep.as_participant(2).post_bytes(_uploads(), short), 422, "wrong-shape")
+
+    parsed = decode_frame(dep.frame(2))
+    header, payload = parsed.header, parsed.payload
+    cases = {
+        "claims one plaintext more": (
+            _reframe({**header, "num_plaintexts": num + 1}, payload),
+            "wrong-shape",
+        ),
+        "one block element missing": (
+            _reframe({**header, "num_elements": header["num_elements"] - 1}, payload[:-width]),
+            "invalid-ciphertext",
+        ),
+        "one block element extra": (
+            _reframe(
+                {**header, "num_elements": header["num_elements"] + 1}, payload + payload[:width]
+            ),
+            "invalid-ciphertext",
+        ),
+    }
+    for name, (data, code) in cases.items():
+        error = _refused(
+            dep, lambda d=data: dep.as_participant(2).post_bytes(_uploads(), d), 422, code
+        )
+        assert error.code == code, name
+
+
+def test_wrong_job_is_404_and_wrong_round_is_409(dep: Deployment) -> None:
+    other_job = encode_frame(
+        decode_frame(dep.frame(2)).vector(dep.job.job_key), {"job_id": "nope", "round": 0}
+    )
+    _refused(
+        dep,
+        lambda: dep.as_participant(2).post_bytes(_uploads("nope"), other_job),
+        404,
+        "job-not-found",
+    )
+    for t in (1, 5):
+        later = dep.frame(2, round_number=t)  # self-consistent frame for a round not open
+        _refused(
+            dep,
+            lambda t=t, d=later: dep.as_participant(2).post_bytes(_uploads(round_number=t), d),
+            409,
+            "round-not-open",
+        )
+
+
+# ---------------------------------------------------------------------- quorum and release
+
+
+def test_below_quorum_releases_nothing_then_contributors_only(dep: Deployment) -> None:
+    ps_ops, p = dep.ps_ops, dep.clients
+    dep.ensure_uploaded(0)
+    dep.ensure_uploaded(1)
+    assert dep.round_status()["uploads"] == 2
+
+    close = f"/v1/jobs/{JOB_ID}/rounds/{ROUND}/close"
+    _refused(dep, lambda: ps_ops.post_json(close, {}), 409, "below-quorum")
+    for i in (0, 3):  # an uploader and a non-uploader: nothing to download yet
+        _refused(
+            dep, lambda i=i: p[i].download_bundle(dep.ps_url, JOB_ID, ROUND), 409, "not-released"
+        )
+
+    dep.ensure_uploaded(2)
+    status = dep.round_status()
+    assert status["uploads"] == 3 and status["status"] == "open"  # 3 of 4: still open
+    closed = ps_ops.post_json(close, {})
+    assert closed["status"] in ("closed", "released")
+    released = p[0].wait_for_release(dep.ps_url, JOB_ID, ROUND, timeout=60, poll_seconds=0.2)
+    contributors = sorted(p[i].identity.subject_id for i in (0, 1, 2))
+    assert released["contributors"] == contributors
+
+    # the non-contributor is refused the model, and cannot open a contributor's bundle
+    with pytest.raises(ServiceError) as info:
+        p[3].download_bundle(dep.ps_url, JOB_ID, ROUND)
+    assert (info.value.status, info.value.code) == (403, "not-a-contributor")
+    bundle = p[0].download_bundle(dep.ps_url, JOB_ID, ROUND)
+    with pytest.raises(SealError):
+        p[3].open_bundle(dep.job, bundle)
+
+    # each contributor decrypts W_1 = W_0 + Σ w_i Δ_i
+    expected = dep.w0 + sum(
+        dep.job.weights[p[i].identity.subject_id] * dep.accepted[i] for i in (0, 1, 2)
+    )
+    for i in (0, 1, 2):
+        w1 = p[i].download_model(dep.ps_url, JOB_ID, ROUND)
+        assert w1.shape == dep.w0.shape
+        np.testing.assert_allclose(w1, expected, rtol=0, atol=1e-5)
+    assert float(np.max(np.abs(expected - dep.w0))) > 1e-3  # the updates did move the model
+
+    # the round is over: a late upload is refused and changes nothing
+    with pytest.raises(ServiceError) as info:
+        dep.as_participant(3).post_bytes(_uploads(), dep.frame(3))
+    assert (info.value.status, info.value.code) == (409, "round-not-open")
+    assert dep.round_status()["contributors"] == contributors
