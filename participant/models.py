@@ -51,6 +51,40 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of integer labels ``y`` under softmax(``logits``), and its
+    gradient w.r.t. the logits, ``(softmax - one_hot) / n``, where backprop starts."""
+    n = logits.shape[0]
+    if n == 0:
+        raise ValueError("cannot compute a loss on an empty batch")
+    y = np.asarray(y, dtype=np.int64)
+    if y.shape != (n,):
+        raise ValueError(f"expected {n} labels, got shape {y.shape}")
+    # Stable log-softmax: log p = z - max - log(sum(exp(z - max))).
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = float(-log_probs[np.arange(n), y].mean())
+    delta = np.exp(log_probs)
+    delta[np.arange(n), y] -= 1.0
+    return loss, delta / n
+
+
+def _check_batch(X: np.ndarray, num_features: int) -> np.ndarray:
+    """``X`` as a float64 ``(N, num_features)`` array; ValueError for any other shape."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != num_features:
+        raise ValueError(f"expected inputs of shape (N, {num_features}), got {X.shape}")
+    return X
+
+
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or ValueError if it is not a positive integer (bools refused,
+    so a JSON ``true`` cannot sneak in as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 class MLP:
     """Fully connected network: ReLU hidden layers, softmax + cross-entropy output.
 
@@ -163,7 +197,12 @@ class MLP:
 
 
 def model_from_spec(spec: dict[str, Any]) -> Model:
-    """Rebuild a model from its ``spec()`` so every party trains the same architecture."""
+    """Rebuild a model from its ``spec()`` so every party trains the same architecture.
+
+    Kinds: ``"mlp"`` (``MLP``), ``"cnn"`` (``participant.cnn.CNN``) and ``"gru"``
+    (``participant.rnn.GRU``). Unknown kinds, unknown keys and bad values raise
+    ValueError.
+    """
     if not isinstance(spec, dict):
         raise ValueError(f"model spec must be a dict, got {type(spec).__name__}")
     kind = spec.get("kind")
@@ -174,4 +213,12 @@ def model_from_spec(spec: dict[str, Any]) -> Model:
         ):
             raise ValueError(f"layer_sizes must be a list of ints, got {sizes!r}")
         return MLP(sizes)
+    if kind == "cnn":
+        from participant.cnn import CNN  # imported here: cnn.py imports this module
+
+        return CNN.from_spec(spec)
+    if kind == "gru":
+        from participant.rnn import GRU
+
+        return GRU.from_spec(spec)
     raise ValueError(f"unknown model kind {kind!r}")
