@@ -200,7 +200,8 @@ def model_from_spec(spec: dict[str, Any]) -> Model:
     """Rebuild a model from its ``spec()`` so every party trains the same architecture.
 
     Kinds: ``"mlp"`` (``MLP``), ``"cnn"`` (``participant.cnn.CNN``) and ``"gru"``
-    (``participant.rnn.GRU``). Unknown kinds, unknown keys and bad values raise
+    (``participant.rnn.GRU``), and ``"torch"`` (``participant.torch_adapter``, needs the
+    optional PyTorch extra). Unknown kinds, unknown keys and bad values raise
     ValueError.
     """
     if not isinstance(spec, dict):
@@ -221,4 +222,8 @@ def model_from_spec(spec: dict[str, Any]) -> Model:
         from participant.rnn import GRU
 
         return GRU.from_spec(spec)
+    if kind == "torch":
+        from participant.torch_adapter import torch_model_from_spec  # optional extra
+
+        return torch_model_from_spec(spec)
     raise ValueError(f"unknown model kind {kind!r}")
