@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import secrets
-import shutil
-import subprocess
+import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +32,7 @@ from common.http import ServiceClient, ServiceError
 from common.sealing import SealError
 from common.signing import b64encode
 from participant.client import ParticipantClient
+from participant.cluster import ClusterError, LocalCluster
 from participant.models import MLP
 from participant.node import dataset_partitions, load_identity
 from participant.training import TrainingConfig, evaluate, run_plaintext_fedavg
@@ -44,37 +40,10 @@ from participant.training import TrainingConfig, evaluate, run_plaintext_fedavg
 __all__ = ["DemoError", "build_parser", "main", "run_demo"]
 
 LAYERS = {"digits": [64, 32, 10], "mnist": [784, 128, 64, 10]}
-_LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 
-class DemoError(RuntimeError):
+class DemoError(ClusterError):
     """The demo could not run to the end (a service failed to start or a round failed)."""
-
-
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    url: str = ""
-
-
-@dataclass
-class _Services:
-    procs: list[_Proc] = field(default_factory=list)
-
-    def stop(self) -> None:
-        """Terminate every process, then kill what did not stop."""
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            try:
-                proc.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,48 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", help="write a PNG of both accuracy curves here")
     parser.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072))
     parser.add_argument("--workdir", help="keep databases and logs here (default: temp dir)")
-    parser.add_argument("--skip-round", type=int, default=None, metavar="K")
+    parser.add_argument(
+        "--skip-round",
+        type=int,
+        default=None,
+        metavar="K",
+        help="one participant skips round K (default: the last round, when quorum allows)",
+    )
+    parser.add_argument(
+        "--no-skip", action="store_true", help="every participant contributes to every round"
+    )
     parser.add_argument("--quorum", type=int, default=None)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the job")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
-
-
-def _spawn(
-    services: _Services, name: str, argv: list[str], env: dict[str, str], workdir: Path
-) -> _Proc:
-    log = workdir / f"{name}.log"
-    handle = log.open("wb")
-    popen = subprocess.Popen(
-        [sys.executable, *argv],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        cwd=str(Path(__file__).resolve().parent.parent),
-    )
-    handle.close()
-    proc = _Proc(name, popen, log)
-    services.procs.append(proc)
-    return proc
-
-
-def _wait_listening(procs: Sequence[_Proc], timeout: float) -> None:
-    """Each service prints its URL once it serves (port 0: the OS picks a free port)."""
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        while True:
-            match = _LISTENING.search(proc.log.read_text(errors="replace"))
-            if match:
-                proc.url = match.group(1)
-                break
-            if proc.popen.poll() is not None:
-                tail = proc.log.read_text(errors="replace")[-2000:]
-                raise DemoError(f"{proc.name} exited with {proc.popen.returncode}:\n{tail}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"{proc.name} did not start in {timeout:.0f} s")
-            time.sleep(0.1)
 
 
 def _expected_contributors(
@@ -177,130 +120,33 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     k, rounds = args.participants, args.rounds
     if k < 1 or rounds < 1:
         raise DemoError("need at least one participant and one round")
+    quorum = args.quorum or min(3, k)
     skip = args.skip_round
+    if skip is None and not getattr(args, "no_skip", False) and k > quorum:
+        skip = rounds - 1  # show the access control: a non-contributor is refused the model
+    if getattr(args, "no_skip", False):
+        skip = None
     skipper = k - 1 if skip is not None else None
     if skip is not None and not 0 <= skip < rounds:
         raise DemoError("--skip-round must be a round of the job")
-    quorum = args.quorum or min(3, k)
     expected = _expected_contributors(k, rounds, skipper, skip)
     if any(len(c) < quorum for c in expected):
         raise DemoError(f"quorum {quorum} cannot be met once a participant skips: add one")
-    own_dir = args.workdir is None
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="trapdoor-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    kgc_admin, ps_admin, node_admin = (secrets.token_urlsafe(16) for _ in range(3))
-    node_pass = secrets.token_urlsafe(16)
-    services = _Services()
+    cluster = LocalCluster(args.workdir, keep_workdir=bool(getattr(args, "keep_workdir", False)))
     t_start = time.perf_counter()
     try:
-        # -- KGC
-        kgc_db = f"sqlite:///{workdir}/kgc.db"
-        kgc_env = {
-            "TRAPDOOR_KGC_PASSPHRASE": secrets.token_urlsafe(16),
-            "TRAPDOOR_KGC_ADMIN_TOKEN": kgc_admin,
-            "TRAPDOOR_ADMIN_TOKEN": kgc_admin,
-        }
-        init = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kgc.cli",
-                "init",
-                "--db",
-                kgc_db,
-                "--bits",
-                str(args.bits),
-                "--demo",
-            ],
-            env={**os.environ, **kgc_env},
-            capture_output=True,
-            text=True,
-            timeout=300,
+        cluster.start_kgc(args.bits, demo=True)
+        enrolments = [cluster.enrol(f"participant-{i}", "participant") for i in range(k)]
+        # the parameter server and the nodes boot in parallel
+        ps = cluster.start_param_server(wait=False)
+        nodes = cluster.start_nodes(
+            k, dataset=args.dataset, partition_seed=args.seed, poll_seconds=0.3, wait=False
         )
-        if init.returncode != 0:
-            raise DemoError(f"kgc init failed: {init.stderr[-2000:]}")
-        kgc = _spawn(
-            services,
-            "kgc",
-            ["-m", "kgc.cli", "serve", "--db", kgc_db, "--port", "0", "--demo"],
-            kgc_env,
-            workdir,
-        )
-        _wait_listening([kgc], 120)
-        kgc_ops = ServiceClient(kgc.url, kgc_admin)
-        ps_enrol = kgc_ops.post_json(
-            "/v1/enrolments", {"name": "param-server", "role": "param_server"}
-        )
-        enrolments = [
-            kgc_ops.post_json("/v1/enrolments", {"name": f"participant-{i}", "role": "participant"})
-            for i in range(k)
-        ]
-
-        # -- parameter server and nodes (started together: they boot in parallel)
-        ps = _spawn(
-            services,
-            "param_server",
-            [
-                "-m",
-                "param_server",
-                "serve",
-                "--db",
-                f"sqlite:///{workdir}/ps.db",
-                "--kgc",
-                kgc.url,
-                "--port",
-                "0",
-                "--enrol-subject",
-                ps_enrol["subject_id"],
-                "--enrol-code",
-                ps_enrol["code"],
-            ],
-            {"TRAPDOOR_PS_PASSPHRASE": secrets.token_urlsafe(16), "TRAPDOOR_ADMIN_TOKEN": ps_admin},
-            workdir,
-        )
-        node_env = {"TRAPDOOR_NODE_PASSPHRASE": node_pass, "TRAPDOOR_ADMIN_TOKEN": node_admin}
-        node_dbs = [f"sqlite:///{workdir}/node-{i}.db" for i in range(k)]
-        nodes = [
-            _spawn(
-                services,
-                f"node-{i}",
-                [
-                    "-m",
-                    "participant.cli",
-                    "node",
-                    "serve",
-                    "--db",
-                    node_dbs[i],
-                    "--port",
-                    "0",
-                    "--dataset",
-                    args.dataset,
-                    "--partition-index",
-                    str(i),
-                    "--num-partitions",
-                    str(k),
-                    "--partition-seed",
-                    str(args.seed),
-                    "--poll-seconds",
-                    "0.3",
-                ],
-                node_env,
-                workdir,
-            )
-            for i in range(k)
-        ]
-        _wait_listening([ps, *nodes], 300)
-        node_ops = [ServiceClient(n.url, node_admin, timeout=300) for n in nodes]
+        cluster.wait_ready([ps, *nodes], 300)
+        node_ops = [cluster.node_operator(i) for i in range(k)]
         subjects = []
-        for ops, enrolment in zip(node_ops, enrolments, strict=True):
-            ops.post_json(
-                "/v1/enrol",
-                {
-                    "kgc_url": kgc.url,
-                    "subject_id": enrolment["subject_id"],
-                    "code": enrolment["code"],
-                },
-            )
+        for i, enrolment in enumerate(enrolments):
+            cluster.enrol_node(i, enrolment)
             subjects.append(enrolment["subject_id"])
 
         # -- the job
@@ -338,17 +184,19 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                 "width": 16,
             },
         }
-        ps_ops = ServiceClient(ps.url, ps_admin, timeout=600)
+        ps_ops = cluster.ps_operator()
         t_job = time.perf_counter()
         ps_ops.post_json("/v1/jobs", definition)
         for i, ops in enumerate(node_ops):
-            body: dict[str, Any] = {"ps_url": ps.url, "job_id": job_id}
+            body: dict[str, Any] = {"ps_url": cluster.ps_url, "job_id": job_id}
             if i == skipper:
                 body["skip_rounds"] = [skip]
             ops.post_json("/v1/jobs", body)
 
         # -- wait for every round; close early the rounds a skipper leaves short
-        round_info = _follow_rounds(ps_ops, job_id, expected, args.timeout, quiet=args.quiet)
+        round_info = _follow_rounds(
+            ps_ops, job_id, expected, args.timeout, participants=k, quiet=args.quiet
+        )
         node_jobs = _wait_nodes(node_ops, job_id, expected, args.timeout)
         job_seconds = time.perf_counter() - t_job
 
@@ -364,7 +212,14 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         refused: bool | None = None
         if skipper is not None and skip is not None:
             refused = _check_refusal(
-                node_dbs, node_pass, kgc.url, ps.url, job_id, skip, skipper, expected[skip][0]
+                cluster.node_dbs,
+                cluster.node_passphrase,
+                cluster.kgc_url,
+                cluster.ps_url,
+                job_id,
+                skip,
+                skipper,
+                expected[skip][0],
             )
 
         # -- plaintext reference on the same data, seed and schedule
@@ -374,9 +229,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         plaintext = [float(h["test_accuracy"]) for h in history]
         w0_acc = evaluate(model, w0, dataset.X_test, dataset.y_test)["accuracy"]
     finally:
-        services.stop()
-        if own_dir and not getattr(args, "keep_workdir", False):
-            shutil.rmtree(workdir, ignore_errors=True)
+        cluster.stop()
 
     contributors = [len(r["contributors"]) for r in round_info]
     diffs = [abs(e - p) for e, p in zip(encrypted, plaintext, strict=True)]
@@ -420,12 +273,13 @@ def _follow_rounds(
     expected: list[list[int]],
     timeout: float,
     *,
+    participants: int,
     quiet: bool,
 ) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     deadline = time.monotonic() + timeout
-    k = max(len(c) for c in expected)
+    k = participants
     done: list[dict[str, Any]] = []
     with tqdm(total=len(expected), desc="rounds", unit="round", disable=quiet) as bar:
         for t, who in enumerate(expected):
@@ -541,11 +395,19 @@ def _report(summary: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def _interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # so the cluster's finally stops every service
+
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = run_demo(args)
-    except (DemoError, ServiceError) as exc:
+    except (ClusterError, ServiceError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demo interrupted; services stopped", file=sys.stderr)
+        return 130
     ok = summary["max_abs_accuracy_diff"] <= 0.001 and summary["non_contributor_refused"] in (
         None,
         True,

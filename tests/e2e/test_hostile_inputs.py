@@ -19,6 +19,7 @@ import random
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +243,7 @@ def test_forged_expired_and_tampered_tokens_are_401(dep: Deployment) -> None:
     for token in (forged, expired, tampered, as_other, "not-a-token", dep.cluster.ps_admin_token):
         _refused(
             dep,
-            lambda t=token: dep.with_token(t).post_bytes(_uploads(), frame),
+            partial(dep.with_token(token).post_bytes, _uploads(), frame),
             401,
             "invalid-token",
         )
@@ -301,7 +302,7 @@ def test_malformed_frames_are_400_or_422(dep: Deployment) -> None:
     }
     for name, (data, code) in cases.items():
         error = _refused(
-            dep, lambda d=data: dep.as_participant(2).post_bytes(_uploads(), d), (400, 422), code
+            dep, partial(dep.as_participant(2).post_bytes, _uploads(), data), (400, 422), code
         )
         assert error.status == (400 if code == "malformed-frame" else 422), name
     # the endpoint takes binary frames only
@@ -359,7 +360,7 @@ def test_wrong_shape_is_422(dep: Deployment) -> None:
     }
     for name, (data, code) in cases.items():
         error = _refused(
-            dep, lambda d=data: dep.as_participant(2).post_bytes(_uploads(), d), 422, code
+            dep, partial(dep.as_participant(2).post_bytes, _uploads(), data), 422, code
         )
         assert error.code == code, name
 
@@ -378,7 +379,7 @@ def test_wrong_job_is_404_and_wrong_round_is_409(dep: Deployment) -> None:
         later = dep.frame(2, round_number=t)  # self-consistent frame for a round not open
         _refused(
             dep,
-            lambda t=t, d=later: dep.as_participant(2).post_bytes(_uploads(round_number=t), d),
+            partial(dep.as_participant(2).post_bytes, _uploads(round_number=t), later),
             409,
             "round-not-open",
         )
@@ -396,9 +397,7 @@ def test_below_quorum_releases_nothing_then_contributors_only(dep: Deployment) -
     close = f"/v1/jobs/{JOB_ID}/rounds/{ROUND}/close"
     _refused(dep, lambda: ps_ops.post_json(close, {}), 409, "below-quorum")
     for i in (0, 3):  # an uploader and a non-uploader: nothing to download yet
-        _refused(
-            dep, lambda i=i: p[i].download_bundle(dep.ps_url, JOB_ID, ROUND), 409, "not-released"
-        )
+        _refused(dep, partial(p[i].download_bundle, dep.ps_url, JOB_ID, ROUND), 409, "not-released")
 
     dep.ensure_uploaded(2)
     status = dep.round_status()
