@@ -240,11 +240,16 @@ class LocalCluster:
         *,
         dataset: str,
         partition_seed: int,
+        partition_scheme: str = "iid",
         poll_seconds: float = 0.3,
         wait: bool = True,
         timeout: float = 300,
     ) -> list[ServiceProcess]:
-        """One node per data owner; node ``i`` holds IID partition ``i`` of ``count``."""
+        """One node per data owner; node ``i`` holds partition ``i`` of ``count``.
+
+        ``partition_scheme`` is ``"iid"`` or ``"dirichlet"`` (non-IID, alpha 0.5); every
+        node derives the same split from the seed, as the plaintext reference does.
+        """
         first = len(self.nodes)
         started = []
         for i in range(first, first + count):
@@ -270,6 +275,8 @@ class LocalCluster:
                         str(count),
                         "--partition-seed",
                         str(partition_seed),
+                        "--partition-scheme",
+                        partition_scheme,
                         "--poll-seconds",
                         str(poll_seconds),
                     ],

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dataset", choices=sorted(LAYERS), default="digits")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--partition-scheme",
+        choices=("iid", "dirichlet"),
+        default="iid",
+        help="how the training set is split across participants (dirichlet: alpha 0.5)",
+    )
     parser.add_argument("--json", dest="json_path", help="write the summary here")
     parser.add_argument("--plot", help="write a PNG of both accuracy curves here")
     parser.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072))
@@ -140,7 +146,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         # the parameter server and the nodes boot in parallel
         ps = cluster.start_param_server(wait=False)
         nodes = cluster.start_nodes(
-            k, dataset=args.dataset, partition_seed=args.seed, poll_seconds=0.3, wait=False
+            k,
+            dataset=args.dataset,
+            partition_seed=args.seed,
+            partition_scheme=args.partition_scheme,
+            poll_seconds=0.3,
+            wait=False,
         )
         cluster.wait_ready([ps, *nodes], 300)
         node_ops = [cluster.node_operator(i) for i in range(k)]
@@ -150,7 +161,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             subjects.append(enrolment["subject_id"])
 
         # -- the job
-        dataset, parts = dataset_partitions(args.dataset, k, "iid", args.seed)
+        dataset, parts = dataset_partitions(args.dataset, k, args.partition_scheme, args.seed)
         model = MLP(LAYERS[args.dataset])
         w0 = model.init_parameters(np.random.default_rng(args.seed))
         config = TrainingConfig(
@@ -236,6 +247,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "job_id": job_id,
         "dataset": args.dataset,
+        "partition_scheme": args.partition_scheme,
         "bits": args.bits,
         "participants": k,
         "quorum": quorum,
