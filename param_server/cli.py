@@ -3,7 +3,10 @@
 On first start it enrols with the KGC (``--enrol-subject`` and ``--enrol-code`` from the
 KGC operator): it makes an Ed25519 key, has the KGC certify it and stores it sealed under
 ``TRAPDOOR_PS_PASSPHRASE``. Then it serves on loopback with Werkzeug's threaded server
-(gunicorn with :mod:`param_server.wsgi` is the deployment path).
+(gunicorn with :mod:`param_server.wsgi` is the deployment path). ``enrol`` does only the
+first step (migrate, enrol, store the sealed key) and exits: gunicorn workers cannot enrol,
+so a deployment runs it once before ``gunicorn param_server.wsgi:app``
+(docs/RELIABILITY.md, "Deployment").
 """
 
 from __future__ import annotations
@@ -43,12 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--enrol-subject", help="subject id given by the KGC operator")
     serve.add_argument("--enrol-code", help="one-time enrolment code")
     serve.add_argument("--encrypt-workers", type=int, default=1)
+    enrol_cmd = commands.add_parser("enrol", help="enrol with the KGC and exit (for gunicorn)")
+    enrol_cmd.add_argument(
+        "--db",
+        default=os.environ.get("TRAPDOOR_PS_DATABASE_URL", DEFAULTS["DATABASE_URL"]),
+        help="SQLAlchemy URL (default: %(default)s)",
+    )
+    enrol_cmd.add_argument("--kgc", default=os.environ.get("TRAPDOOR_KGC_URL"), help="KGC URL")
+    enrol_cmd.add_argument("--enrol-subject", help="subject id given by the KGC operator")
+    enrol_cmd.add_argument("--enrol-code", help="one-time enrolment code")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.host not in LOOPBACK:
+    if args.command == "serve" and args.host not in LOOPBACK:
         print(
             "error: the built-in server serves loopback only; deploy with gunicorn "
             "(param_server.wsgi) behind TLS for anything else",
@@ -88,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"enrolled with the KGC as {identity.subject_id}", flush=True)
     elif args.enrol_subject or args.enrol_code:
         print(f"already enrolled as {identity.subject_id}; ignoring --enrol-*", flush=True)
+    if args.command == "enrol":
+        return 0
     app = create_app(
         {
             "DATABASE_URL": args.db,

@@ -13,6 +13,13 @@ HTTP, and all of it torn down afterwards even when something failed half-way::
 
 Services that boot slowly can be started together: pass ``wait=False`` and then call
 :meth:`LocalCluster.wait_ready` on all of them at once.
+
+The KGC and the parameter server can also run as they are deployed: under gunicorn with
+several workers on one shared database (``start_kgc(..., gunicorn_workers=2,
+database_url="postgresql+psycopg://...")``), with exactly the commands of
+docs/RELIABILITY.md ("Deployment"). :meth:`LocalCluster.kill` (SIGKILL, the whole process
+group) and :meth:`LocalCluster.restart` (same command, same port, same database) are for
+the fault tests.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,7 +43,8 @@ from common.http import ServiceClient
 
 __all__ = ["ClusterError", "LocalCluster", "ServiceProcess"]
 
-_LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+# Werkzeug (``common.service.serve``) and gunicorn ("Listening at: http://...") lines.
+_LISTENING = re.compile(r"(?:listening on|Listening at:) (http://127\.0\.0\.1:\d+)")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,6 +60,13 @@ class ServiceProcess:
     popen: subprocess.Popen[bytes]
     log: Path
     url: str = ""
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    #: Runs in its own process group (gunicorn: the master and its workers), so
+    #: :meth:`LocalCluster.kill` can take all of them down at once.
+    group: bool = False
+    #: How many times this service was restarted (names the next log file).
+    generation: int = 0
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -73,6 +89,10 @@ class LocalCluster:
         self.ps_admin_token = secrets.token_urlsafe(16)
         self.node_admin_token = secrets.token_urlsafe(16)
         self.node_passphrase = secrets.token_urlsafe(16)
+        self.kgc_passphrase = secrets.token_urlsafe(16)
+        self.ps_passphrase = secrets.token_urlsafe(16)
+        #: Enrolment codes this cluster handed out (the log-secrecy test looks for them).
+        self.enrolment_codes: list[str] = []
         self.kgc: ServiceProcess | None = None
         self.param_server: ServiceProcess | None = None
         self.param_server_subject: str | None = None
@@ -113,9 +133,17 @@ class LocalCluster:
         """Log file of each spawned service, by name (``kgc``, ``param_server``, ``node-i``)."""
         return {proc.name: proc.log for proc in self.procs}
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ServiceProcess:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        group: bool = False,
+        log_name: str | None = None,
+    ) -> ServiceProcess:
         """Start ``python <argv>`` from the repository root, output to ``<name>.log``."""
-        log = self.workdir / f"{name}.log"
+        log = self.workdir / f"{log_name or name}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
             [sys.executable, *argv],
@@ -123,11 +151,78 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             cwd=str(_REPO_ROOT),
+            start_new_session=group,
         )
         handle.close()
-        proc = ServiceProcess(name, popen, log)
+        proc = ServiceProcess(name, popen, log, argv=list(argv), env=dict(env), group=group)
         self.procs.append(proc)
         return proc
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, proc: ServiceProcess) -> None:
+        """SIGKILL, no clean-up: a crash (for gunicorn, the master and all workers)."""
+        if proc.popen.poll() is None:
+            if proc.group:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            else:
+                proc.popen.kill()
+        proc.popen.wait()
+
+    def restart(
+        self, proc: ServiceProcess, *, wait: bool = True, timeout: float = 120
+    ) -> ServiceProcess:
+        """Start ``proc``'s command again on the same port and database (kill it first).
+
+        The same port, because the other services were configured with its URL (the PS
+        keeps the KGC's URL, nodes the PS's). The log goes to ``<name>.<n>.log``, so the
+        earlier log is kept. Returns the new process, which takes the old one's place.
+        """
+        if proc.popen.poll() is None:
+            self.kill(proc)
+        port = proc.url.rsplit(":", 1)[1] if proc.url else "0"
+        argv = _with_port(proc.argv, port)
+        generation = proc.generation + 1
+        new = self.spawn(
+            proc.name,
+            argv,
+            proc.env,
+            group=proc.group,
+            log_name=f"{proc.name}.{generation}",
+        )
+        new.generation = generation
+        new.url = ""
+        if self.kgc is proc:
+            self.kgc = new
+        if self.param_server is proc:
+            self.param_server = new
+        self.nodes = [new if node is proc else node for node in self.nodes]
+        if wait:
+            self.wait_ready([new], timeout)
+        return new
+
+    def all_logs(self) -> str:
+        """The text of every log this cluster wrote, restarts included."""
+        return "\n".join(
+            path.read_text(errors="replace") for path in sorted(self.workdir.glob("*.log"))
+        )
+
+    def _gunicorn(self, name: str, app: str, workers: int, env: dict[str, str]) -> ServiceProcess:
+        """``gunicorn -w N -b 127.0.0.1:0 app`` in its own process group."""
+        argv = [
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(workers),
+            "--bind",
+            "127.0.0.1:0",
+            "--timeout",
+            "300",
+            "--graceful-timeout",
+            "10",
+            app,
+        ]
+        return self.spawn(name, argv, env, group=True)
 
     @staticmethod
     def wait_ready(procs: Sequence[ServiceProcess], timeout: float) -> None:
@@ -136,7 +231,7 @@ class LocalCluster:
         for proc in procs:
             while True:
                 match = _LISTENING.search(proc.log_text())
-                if match:
+                if match and (not proc.group or _healthy(match.group(1))):
                     proc.url = match.group(1)
                     break
                 if proc.popen.poll() is not None:
@@ -154,11 +249,23 @@ class LocalCluster:
             raise ClusterError("the KGC is not running")
         return self.kgc.url
 
-    def start_kgc(self, bits: int, *, demo: bool = True, timeout: float = 120) -> ServiceProcess:
-        """``kgc init`` (``--demo``: the shipped public parameters, no prime search), then serve."""
-        db = f"sqlite:///{self.workdir}/kgc.db"
+    def start_kgc(
+        self,
+        bits: int,
+        *,
+        demo: bool = True,
+        timeout: float = 120,
+        database_url: str | None = None,
+        gunicorn_workers: int = 0,
+    ) -> ServiceProcess:
+        """``kgc init`` (``--demo``: the shipped public parameters, no prime search), then serve.
+
+        ``gunicorn_workers > 0`` serves with ``gunicorn kgc.wsgi:app`` instead of the
+        built-in server; ``database_url`` replaces the SQLite file (e.g. PostgreSQL).
+        """
+        db = database_url or f"sqlite:///{self.workdir}/kgc.db"
         env = {
-            "TRAPDOOR_KGC_PASSPHRASE": secrets.token_urlsafe(16),
+            "TRAPDOOR_KGC_PASSPHRASE": self.kgc_passphrase,
             "TRAPDOOR_KGC_ADMIN_TOKEN": self.kgc_admin_token,
             "TRAPDOOR_ADMIN_TOKEN": self.kgc_admin_token,
         }
@@ -173,9 +280,15 @@ class LocalCluster:
         )
         if init.returncode != 0:
             raise ClusterError(f"kgc init failed: {init.stderr[-2000:]}")
-        self.kgc = self.spawn(
-            "kgc", ["-m", "kgc.cli", "serve", "--db", db, "--port", "0", *flags], env
-        )
+        if gunicorn_workers > 0:
+            wsgi_env = {**env, "TRAPDOOR_KGC_DATABASE_URL": db}
+            if demo:
+                wsgi_env["TRAPDOOR_KGC_DEMO"] = "1"
+            self.kgc = self._gunicorn("kgc", "kgc.wsgi:app", gunicorn_workers, wsgi_env)
+        else:
+            self.kgc = self.spawn(
+                "kgc", ["-m", "kgc.cli", "serve", "--db", db, "--port", "0", *flags], env
+            )
         self.wait_ready([self.kgc], timeout)
         return self.kgc
 
@@ -188,6 +301,7 @@ class LocalCluster:
         answer: dict[str, Any] = self.kgc_operator().post_json(
             "/v1/enrolments", {"name": name, "role": role}
         )
+        self.enrolment_codes.append(str(answer["code"]))
         return answer
 
     # ------------------------------------------------------------------ parameter server
@@ -198,10 +312,58 @@ class LocalCluster:
             raise ClusterError("the parameter server is not running")
         return self.param_server.url
 
-    def start_param_server(self, *, wait: bool = True, timeout: float = 300) -> ServiceProcess:
-        """Enrol the PS at the KGC and start it; it completes the enrolment on first start."""
+    def start_param_server(
+        self,
+        *,
+        wait: bool = True,
+        timeout: float = 300,
+        database_url: str | None = None,
+        gunicorn_workers: int = 0,
+    ) -> ServiceProcess:
+        """Enrol the PS at the KGC and start it; it completes the enrolment on first start.
+
+        ``gunicorn_workers > 0``: ``python -m param_server enrol`` once, then
+        ``gunicorn param_server.wsgi:app`` with that many workers (use PostgreSQL as
+        ``database_url`` for more than one).
+        """
         enrolment = self.enrol("param-server", "param_server")
         self.param_server_subject = str(enrolment["subject_id"])
+        db = database_url or f"sqlite:///{self.workdir}/ps.db"
+        env = {
+            "TRAPDOOR_PS_PASSPHRASE": self.ps_passphrase,
+            "TRAPDOOR_ADMIN_TOKEN": self.ps_admin_token,
+        }
+        if gunicorn_workers > 0:
+            enrol = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "param_server",
+                    "enrol",
+                    "--db",
+                    db,
+                    "--kgc",
+                    self.kgc_url,
+                    "--enrol-subject",
+                    str(enrolment["subject_id"]),
+                    "--enrol-code",
+                    str(enrolment["code"]),
+                ],
+                env={**os.environ, **env},
+                cwd=str(_REPO_ROOT),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if enrol.returncode != 0:
+                raise ClusterError(f"param_server enrol failed: {enrol.stderr[-2000:]}")
+            wsgi_env = {**env, "TRAPDOOR_PS_DATABASE_URL": db, "TRAPDOOR_KGC_URL": self.kgc_url}
+            self.param_server = self._gunicorn(
+                "param_server", "param_server.wsgi:app", gunicorn_workers, wsgi_env
+            )
+            if wait:
+                self.wait_ready([self.param_server], timeout)
+            return self.param_server
         self.param_server = self.spawn(
             "param_server",
             [
@@ -209,7 +371,7 @@ class LocalCluster:
                 "param_server",
                 "serve",
                 "--db",
-                f"sqlite:///{self.workdir}/ps.db",
+                db,
                 "--kgc",
                 self.kgc_url,
                 "--port",
@@ -219,10 +381,7 @@ class LocalCluster:
                 "--enrol-code",
                 enrolment["code"],
             ],
-            {
-                "TRAPDOOR_PS_PASSPHRASE": secrets.token_urlsafe(16),
-                "TRAPDOOR_ADMIN_TOKEN": self.ps_admin_token,
-            },
+            env,
         )
         if wait:
             self.wait_ready([self.param_server], timeout)
@@ -309,3 +468,25 @@ class LocalCluster:
             },
         )
         return answer
+
+
+def _with_port(argv: list[str], port: str) -> list[str]:
+    """``--port 0`` / ``--bind 127.0.0.1:0`` of a first start, pinned to ``port``."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--port":
+            out[i + 1] = port
+        elif arg == "--bind":
+            out[i + 1] = f"127.0.0.1:{port}"
+    return out
+
+
+def _healthy(url: str) -> bool:
+    """gunicorn binds before its workers load the app: ready once ``/healthz`` answers."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
