@@ -9,6 +9,7 @@ stack trace or a secret.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -74,7 +75,12 @@ def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400 that says why not."""
     if not request.is_json:
         raise ApiError(415, "unsupported-media-type", "expected Content-Type: application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+        # Lone surrogates ("\\ud800") parse but cannot be stored or hashed as UTF-8.
+        json.dumps(body, ensure_ascii=False).encode()
+    except (RecursionError, UnicodeEncodeError):  # nested too deep, or not UTF-8 text
+        body = None
     if body is None:
         raise ApiError(400, "malformed-json", "request body is not valid JSON")
     if not isinstance(body, dict):
