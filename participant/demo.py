@@ -10,6 +10,10 @@ The encrypted model must match plaintext FedAvg to fixed-point rounding.
 so the demo checks that the PS refuses it the model (403) and that a contributor's bundle
 does not open with its key (:class:`~common.sealing.SealError`). Having no ``W_{K+1}``, it
 cannot train any later round either: the plaintext reference leaves it out from ``K`` on.
+
+``--model`` picks the architecture (:func:`build_model`): the MLP, the numpy CNN, a GRU
+reading each image row by row (sequential MNIST), or the PyTorch MLP/CNN. The nodes rebuild
+it from the job definition's model spec, so every kind runs through the same services.
 """
 
 from __future__ import annotations
@@ -33,17 +37,47 @@ from common.sealing import SealError
 from common.signing import b64encode
 from participant.client import ParticipantClient
 from participant.cluster import ClusterError, LocalCluster
-from participant.models import MLP
+from participant.models import MLP, Model
 from participant.node import dataset_partitions, load_identity
 from participant.training import TrainingConfig, evaluate, run_plaintext_fedavg
 
-__all__ = ["DemoError", "build_parser", "main", "run_demo"]
+__all__ = ["MODELS", "DemoError", "build_model", "build_parser", "main", "run_demo"]
 
 LAYERS = {"digits": [64, 32, 10], "mnist": [784, 128, 64, 10]}
+SIDES = {"digits": 8, "mnist": 28}  # images are SIDE x SIDE, one grey channel
+MODELS = ("mlp", "cnn", "rnn", "torch-mlp", "torch-cnn")
+# learning rates that learn within a few rounds (2 local epochs, batch 32); the GRU,
+# with its gradient clipped to [-1, 1], wants a larger step than the MLP
+LEARNING_RATES = {"mlp": 0.1, "cnn": 0.3, "rnn": 0.5, "torch-mlp": 0.3, "torch-cnn": 0.3}
 
 
 class DemoError(ClusterError):
     """The demo could not run to the end (a service failed to start or a round failed)."""
+
+
+def build_model(kind: str, dataset: str) -> Model:
+    """The demo's ``kind`` of model for ``dataset`` (``digits``: 8x8 images, ``mnist``: 28x28).
+
+    ``rnn`` is a GRU that reads an image one pixel row per time step.
+    """
+    side = SIDES[dataset]
+    if kind == "mlp":
+        return MLP(LAYERS[dataset])
+    if kind == "cnn":
+        from participant.cnn import CNN
+
+        return CNN(input_shape=(1, side, side), conv_channels=8)
+    if kind == "rnn":
+        from participant.rnn import GRU
+
+        return GRU(input_shape=(side, side), hidden=32, clip_value=1.0)
+    if kind in ("torch-mlp", "torch-cnn"):
+        from participant.torch_adapter import TorchModel  # optional extra
+
+        if kind == "torch-mlp":
+            return TorchModel("torch-mlp", layer_sizes=LAYERS[dataset])
+        return TorchModel("torch-cnn", side=side, channels=8)
+    raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--participants", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dataset", choices=sorted(LAYERS), default="digits")
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="architecture (rnn: a GRU reading the image row by row); default mlp",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--partition-scheme",
@@ -74,7 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quorum", type=int, default=None)
     parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="local SGD step (default: the model's, "
+        + ", ".join(f"{m} {lr}" for m, lr in LEARNING_RATES.items())
+        + ")",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the job")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -126,6 +173,11 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     k, rounds = args.participants, args.rounds
     if k < 1 or rounds < 1:
         raise DemoError("need at least one participant and one round")
+    model_name = getattr(args, "model", None) or "mlp"
+    model = build_model(model_name, args.dataset)
+    learning_rate = getattr(args, "learning_rate", None)
+    if learning_rate is None:
+        learning_rate = LEARNING_RATES[model_name]
     quorum = args.quorum or min(3, k)
     skip = args.skip_round
     if skip is None and not getattr(args, "no_skip", False) and k > quorum:
@@ -162,10 +214,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
         # -- the job
         dataset, parts = dataset_partitions(args.dataset, k, args.partition_scheme, args.seed)
-        model = MLP(LAYERS[args.dataset])
         w0 = model.init_parameters(np.random.default_rng(args.seed))
         config = TrainingConfig(
-            learning_rate=args.learning_rate, local_epochs=args.local_epochs, batch_size=32
+            learning_rate=learning_rate, local_epochs=args.local_epochs, batch_size=32
         )
         job_id = f"{args.dataset}-demo-{secrets.token_hex(3)}"
         definition = {
@@ -247,6 +298,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "job_id": job_id,
         "dataset": args.dataset,
+        "model_name": model_name,
+        "model": model.spec(),
+        "num_parameters": model.num_parameters,
+        "learning_rate": learning_rate,
         "partition_scheme": args.partition_scheme,
         "bits": args.bits,
         "participants": k,
@@ -275,7 +330,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
     if args.plot:
-        _write_plot(args.plot, encrypted, plaintext, f"{args.dataset}: {k} participants")
+        _write_plot(
+            args.plot, encrypted, plaintext, f"{args.dataset}, {model_name}: {k} participants"
+        )
     return summary
 
 
@@ -385,6 +442,10 @@ def _report(summary: dict[str, Any]) -> None:
         f"job {summary['job_id']}: {summary['participants']} participants, "
         f"{summary['bits']}-bit N, quorum {summary['quorum']}"
     )
+    print(
+        f"model {summary['model_name']} ({summary['num_parameters']:,} parameters, "
+        f"learning rate {summary['learning_rate']})"
+    )
     print(f"initial accuracy {summary['initial_accuracy']:.4f}")
     print(f"{'round':>5} {'contrib':>7} {'encrypted':>10} {'plaintext':>10} {'diff':>8}")
     for r in summary["rounds"]:
@@ -420,11 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("demo interrupted; services stopped", file=sys.stderr)
         return 130
-    ok = summary["max_abs_accuracy_diff"] <= 0.001 and summary["non_contributor_refused"] in (
-        None,
-        True,
+    # 0.1 percentage points; the slack absorbs float error in a difference of accuracies
+    # (0.883 - 0.882 is 0.0010000000000000009: one test example in 1000)
+    ok = (
+        summary["max_abs_accuracy_diff"] <= 0.001 + 1e-9
+        and summary["non_contributor_refused"] in (None, True)
+        and summary["contributors_per_round"] == summary["expected_contributors_per_round"]
     )
-    ok = ok and summary["contributors_per_round"] == summary["expected_contributors_per_round"]
     return 0 if ok else 1
 
 
