@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from gradcheck import central_difference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,18 +18,6 @@ layer_sizes = st.lists(st.integers(min_value=1, max_value=6), min_size=0, max_si
     ).map(lambda t: [t[0], *t[1], t[2]])
 )
 
-
-def central_difference(model: MLP, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    eps = 1e-6
-    grad = np.zeros_like(params)
-    for k in range(len(params)):
-        plus, minus = params.copy(), params.copy()
-        plus[k] += eps
-        minus[k] -= eps
-        grad[k] = (
-            model.loss_and_gradient(plus, X, y)[0] - model.loss_and_gradient(minus, X, y)[0]
-        ) / (2 * eps)
-    return grad
 
 
 @settings(max_examples=30, deadline=None)

@@ -4,30 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from gradcheck import central_difference, relative_error
 
 from participant.datasets import load_dataset
 from participant.models import Model, model_from_spec
 from participant.rnn import GRU
 from participant.training import TrainingConfig, evaluate, local_fit
-
-
-def central_difference(
-    model: Model, params: np.ndarray, X: np.ndarray, y: np.ndarray
-) -> np.ndarray:
-    eps = 1e-6
-    grad = np.zeros_like(params)
-    for k in range(len(params)):
-        plus, minus = params.copy(), params.copy()
-        plus[k] += eps
-        minus[k] -= eps
-        grad[k] = (
-            model.loss_and_gradient(plus, X, y)[0] - model.loss_and_gradient(minus, X, y)[0]
-        ) / (2 * eps)
-    return grad
-
-
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12))
 
 
 @pytest.mark.parametrize(

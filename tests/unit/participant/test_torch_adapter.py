@@ -9,6 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the PyTorch extra is not installed")
 
+from gradcheck import central_difference  # noqa: E402
+
 from participant.datasets import load_dataset  # noqa: E402
 from participant.models import model_from_spec  # noqa: E402
 from participant.torch_adapter import (  # noqa: E402
@@ -17,20 +19,6 @@ from participant.torch_adapter import (  # noqa: E402
     registered_torch_models,
 )
 from participant.training import TrainingConfig, evaluate, local_fit  # noqa: E402
-
-
-def _central_difference(
-    model: TorchModel, params: np.ndarray, X: np.ndarray, y: np.ndarray, eps: float = 1e-6
-) -> np.ndarray:
-    grad = np.zeros_like(params)
-    for i in range(params.size):
-        up, down = params.copy(), params.copy()
-        up[i] += eps
-        down[i] -= eps
-        grad[i] = (
-            model.loss_and_gradient(up, X, y)[0] - model.loss_and_gradient(down, X, y)[0]
-        ) / (2 * eps)
-    return grad
 
 
 @pytest.mark.parametrize(
@@ -47,7 +35,7 @@ def test_gradient_matches_finite_differences(name: str, kwargs: dict, features: 
     X = rng.normal(size=(7, features))
     y = rng.integers(0, 3, size=7)
     loss, grad = model.loss_and_gradient(params, X, y)
-    numeric = _central_difference(model, params, X, y)
+    numeric = central_difference(model, params, X, y)
     assert loss > 0
     rel = np.linalg.norm(grad - numeric) / max(
         np.linalg.norm(grad) + np.linalg.norm(numeric), 1e-12
