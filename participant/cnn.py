@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from participant.models import _check_batch, _cross_entropy, _positive_int, _softmax
+from participant.models import (
+    _check_batch,
+    _cross_entropy,
+    _named_views,
+    _positive_int,
+    _softmax,
+)
 
 
 class CNN:
@@ -89,18 +95,7 @@ class CNN:
 
     def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """Named views into ``params`` (layout in the class docstring); writes go to ``params``."""
-        if params.shape != (self._num_parameters,):
-            raise ValueError(
-                f"expected a flat vector of {self._num_parameters} parameters, "
-                f"got shape {params.shape}"
-            )
-        views = {}
-        offset = 0
-        for name, shape in self._shapes.items():
-            size = int(np.prod(shape))
-            views[name] = params[offset : offset + size].reshape(shape)
-            offset += size
-        return views
+        return _named_views(params, self._shapes)
 
     def init_parameters(self, rng: np.random.Generator) -> np.ndarray:
         """He-normal weights, std sqrt(2 / fan_in), since every hidden layer feeds a ReLU;

@@ -77,6 +77,23 @@ def _check_batch(X: np.ndarray, num_features: int) -> np.ndarray:
     return X
 
 
+def _named_views(params: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Split a flat vector into named, reshaped *views* (writes go to ``params``).
+
+    The layout is the order of ``shapes``; models that name their tensors share this.
+    """
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    if params.shape != (total,):
+        raise ValueError(f"expected a flat vector of {total} parameters, got shape {params.shape}")
+    views = {}
+    offset = 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        views[name] = params[offset : offset + size].reshape(shape)
+        offset += size
+    return views
+
+
 def _positive_int(name: str, value: Any) -> int:
     """``value`` as an int, or ValueError if it is not a positive integer (bools refused,
     so a JSON ``true`` cannot sneak in as 1)."""
