@@ -18,6 +18,7 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from common.fixedbase import FixedBaseTable, signed_digits
 __all__ = [
     "BlockLayout",
     "EncryptedVector",
+    "EncryptionMasks",
     "JobKey",
     "VectorEncryptor",
     "decrypt_vector",
@@ -226,6 +228,52 @@ class EncryptedVector:
         return cls(job_key, layout, tuple(elements))
 
 
+class EncryptionMasks:
+    """The offline half of one encryption: ``Enc(0)`` with a fresh ``r`` per block.
+
+    ``g^r`` and ``h_j^r`` are all the exponentiations there are; they do not depend on the
+    message, so a participant computes them while it trains (or while it waits for the
+    previous release) and encrypting the update is then one multiplication per element:
+    ``h_j^r (1 + m N)``. The result has exactly the distribution of a direct encryption.
+
+    Single use, enforced: two messages under the same ``r`` would reveal their difference
+    (``B / B' = 1 + (m - m') N``), so :meth:`encrypt` works once and then raises.
+    """
+
+    def __init__(self, zero: EncryptedVector) -> None:
+        self.job_key = zero.job_key
+        self.layout = zero.layout
+        self._zero: EncryptedVector | None = zero
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> bool:
+        return self._zero is None
+
+    def encrypt(self, plaintexts: Sequence[int]) -> EncryptedVector:
+        """``Enc(m)`` for plaintexts in ``[0, N)``; consumes the masks (even on bad input)."""
+        with self._lock:
+            zero, self._zero = self._zero, None
+        if zero is None:
+            raise RuntimeError("encryption masks already used: randomness is never reused")
+        if len(plaintexts) != zero.layout.num_plaintexts:
+            raise ValueError(
+                f"masks are for {zero.layout.num_plaintexts} plaintexts, got {len(plaintexts)}"
+            )
+        n = self.job_key.params.n
+        n2 = self.job_key.params.nsquare
+        ms = [mpz(m) for m in plaintexts]
+        if any(not 0 <= m < n for m in ms):
+            raise ValueError("plaintexts must lie in [0, N)")
+        elements = list(zero.elements)
+        position = 0
+        for offset, size in zero.layout.block_offsets():
+            for j in range(1, size + 1):
+                elements[offset + j] = elements[offset + j] * (1 + ms[position] * n) % n2
+                position += 1
+        return EncryptedVector(self.job_key, self.layout, tuple(elements), _trusted=True)
+
+
 def decrypt_vector(
     master_key: MasterKey, vector: EncryptedVector, *, workers: int = 1
 ) -> list[int]:
@@ -415,6 +463,10 @@ class VectorEncryptor:
             if proc.stdout is not None:
                 proc.stdout.close()
         self._workers = []
+
+    def precompute(self, num_plaintexts: int, rng: RandomSource) -> EncryptionMasks:
+        """Masks for one later encryption of ``num_plaintexts`` values (the slow part)."""
+        return EncryptionMasks(self.encrypt([0] * num_plaintexts, rng))
 
     def encrypt(self, plaintexts: Sequence[int], rng: RandomSource) -> EncryptedVector:
         """Encrypt plaintexts in ``[0, N)`` with one fresh ``r`` per block."""

@@ -17,10 +17,12 @@ this participant's own BCP secret key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
-from common.blocks import JobKey, VectorEncryptor
+from common.blocks import EncryptionMasks, JobKey, VectorEncryptor
 from common.encoding import PackingLayout, decode_vector, encode_vector
 from common.http import ServiceClient, ServiceError
 from common.release import blind_from_text, open_release
@@ -227,6 +229,11 @@ class ParticipantClient:
 
     ``rng`` draws keys and encryption randomness (pass ``secrets.SystemRandom()`` in
     production, a seeded ``random.Random`` in tests); ``clock`` gives UNIX seconds.
+
+    Encryption is split in two (:class:`~common.blocks.EncryptionMasks`): the
+    exponentiations run on a background thread while the participant trains (and, with
+    ``precompute_next``, while it waits for the previous release), so after training only
+    one multiplication per ciphertext element is left.
     """
 
     def __init__(
@@ -239,6 +246,7 @@ class ParticipantClient:
         workers: int = 1,
         sleep: Callable[[float], None] = time.sleep,
         timeout: float = 120.0,
+        precompute_next: bool = True,
     ) -> None:
         self.identity = identity
         self.kgc_url = kgc_url.rstrip("/")
@@ -250,7 +258,10 @@ class ParticipantClient:
         self._kgc = ServiceClient(self.kgc_url, timeout=timeout)
         self._token: tuple[str, float] | None = None
         self._jobs: dict[tuple[str, str], JobView] = {}
+        self.precompute_next = precompute_next
         self._encryptors: dict[str, VectorEncryptor] = {}
+        self._mask_thread: ThreadPoolExecutor | None = None
+        self._masks: dict[str, Future[tuple[EncryptionMasks, float]]] = {}
 
     # -- enrolment and tokens
 
@@ -335,15 +346,44 @@ class ParticipantClient:
             self._encryptors[job.job_id] = enc
         return enc
 
+    def prepare_encryption(self, job: JobView) -> None:
+        """Start computing the masks of this job's next upload in the background.
+
+        Idempotent while a computation is pending. Only the one background thread ever
+        uses the job's encryptor, so its worker pipes are never shared between threads.
+        """
+        if job.job_id in self._masks:
+            return
+        if self._mask_thread is None:
+            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="trapdoor-masks")
+        self._masks[job.job_id] = self._mask_thread.submit(self._compute_masks, job)
+
+    def _compute_masks(self, job: JobView) -> tuple[EncryptionMasks, float]:
+        start = time.perf_counter()
+        masks = self.encryptor(job).precompute(job.packing.num_plaintexts, self.rng)
+        return masks, time.perf_counter() - start
+
+    def _take_masks(self, job: JobView) -> tuple[EncryptionMasks, float]:
+        """The prepared masks (waiting for them if still running), or fresh ones now."""
+        self.prepare_encryption(job)
+        return self._masks.pop(job.job_id).result()
+
     def forget_job(self, job_id: str) -> None:
         """Drop the job's encryptor (its tables are large) once the job is over."""
+        pending = self._masks.pop(job_id, None)
+        if pending is not None and not pending.cancel():
+            with contextlib.suppress(Exception):  # let it finish with the encryptor first
+                pending.result()
         enc = self._encryptors.pop(job_id, None)
         if enc is not None:
             enc.close()
 
     def close(self) -> None:
-        for job_id in list(self._encryptors):
+        for job_id in list(self._masks) + list(self._encryptors):
             self.forget_job(job_id)
+        if self._mask_thread is not None:
+            self._mask_thread.shutdown(wait=True)
+            self._mask_thread = None
 
     def train_and_upload(
         self,
@@ -358,6 +398,7 @@ class ParticipantClient:
         index = job.index_of(subject)
         w_i = job.weights[subject]
         timings: dict[str, float] = {}
+        self.prepare_encryption(job)  # exponentiations overlap the training below
 
         start = time.perf_counter()
         fit = local_fit(
@@ -377,18 +418,19 @@ class ParticipantClient:
         timings["encode_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        encryptor = self.encryptor(job)
-        timings["tables_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        vector = encryptor.encrypt(plaintexts, self.rng)
+        masks, timings["masks_s"] = self._take_masks(job)
+        timings["masks_wait_s"] = time.perf_counter() - start
+        vector = masks.encrypt(plaintexts)
         frame = encode_frame(vector, {"job_id": job.job_id, "round": round_number})
-        timings["encrypt_s"] = time.perf_counter() - start
+        timings["encrypt_s"] = time.perf_counter() - start  # what is left after training
 
         start = time.perf_counter()
         receipt: dict[str, Any] = self._ps(job.ps_url).post_bytes(
             f"/v1/jobs/{job.job_id}/rounds/{round_number}/uploads", frame
         )
         timings["upload_s"] = time.perf_counter() - start
+        if self.precompute_next and round_number + 1 < job.rounds_total:
+            self.prepare_encryption(job)  # overlaps waiting for this round's release
 
         metrics = {
             "round": round_number,

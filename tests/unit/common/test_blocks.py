@@ -14,6 +14,7 @@ from common.bcp import Ciphertext, InvalidElementError, MasterKey, PublicParams,
 from common.blocks import (
     BlockLayout,
     EncryptedVector,
+    EncryptionMasks,
     JobKey,
     VectorEncryptor,
     decrypt_vector,
@@ -233,9 +234,7 @@ def test_adding_different_layouts_or_keys_raises(
 # --------------------------------------------------------------------------- randomness and blocks
 
 
-def test_fresh_randomness_per_block(
-    small_params: Params, encryptor: VectorEncryptor
-) -> None:
+def test_fresh_randomness_per_block(small_params: Params, encryptor: VectorEncryptor) -> None:
     _params, master = small_params
     ms = [7] * (4 * WIDTH + 1)  # same plaintexts everywhere: only r can tell blocks apart
     first = encryptor.encrypt(ms, random.Random(1))
@@ -404,3 +403,58 @@ def test_encryptor_workers_lifecycle(job_key: JobKey) -> None:
     enc.close()
     assert all(proc.returncode == 0 for proc in procs)
     enc.close()  # idempotent
+
+
+# --------------------------------------------------------------------------- precomputed masks
+
+
+@HYP
+@given(
+    seed=st.integers(min_value=0, max_value=2**32),
+    ms=st.lists(st.integers(min_value=0, max_value=2**255), min_size=1, max_size=10),
+)
+def test_masks_encrypt_exactly_like_direct_encryption(
+    small_params: Params, encryptor: VectorEncryptor, seed: int, ms: list[int]
+) -> None:
+    """Same r, same message: the two-phase ciphertext is the direct one, bit for bit."""
+    params, master = small_params
+    ms = [m % params.n for m in ms]
+    masks = encryptor.precompute(len(ms), random.Random(seed))
+    assert not masks.used
+    vector = masks.encrypt(ms)
+    assert masks.used
+    assert vector == encryptor.encrypt(ms, random.Random(seed))
+    assert decrypt_vector(master, vector) == ms
+
+
+def test_masks_are_single_use(small_params: Params, encryptor_1: VectorEncryptor) -> None:
+    _, master = small_params
+    masks = encryptor_1.precompute(WIDTH + 1, random.Random(5))
+    first = masks.encrypt([1, 2, 3, 4])
+    with pytest.raises(RuntimeError, match="already used"):
+        masks.encrypt([1, 2, 3, 4])
+    assert decrypt_vector(master, first) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("bad", [[1, 2], [1, 2, 3, 4, 5], [0, 0, 0, -1], "n"])
+def test_masks_reject_bad_plaintexts_and_are_spent(
+    small_params: Params, encryptor_1: VectorEncryptor, bad: list[int] | str
+) -> None:
+    """Bad input is refused, and the masks are spent anyway (no retry with the same r)."""
+    params, _ = small_params
+    values = [0, 0, 0, int(params.n)] if bad == "n" else bad
+    masks = encryptor_1.precompute(WIDTH + 1, random.Random(6))
+    with pytest.raises(ValueError):
+        masks.encrypt(values)
+    assert masks.used
+    with pytest.raises(RuntimeError):
+        masks.encrypt([0, 0, 0, 0])
+
+
+def test_masks_of_zero_are_an_encryption_of_zero(
+    small_params: Params, job_key: JobKey, encryptor_2: VectorEncryptor
+) -> None:
+    _, master = small_params
+    masks = encryptor_2.precompute(2 * WIDTH, random.Random(8))
+    assert isinstance(masks, EncryptionMasks) and masks.job_key == job_key
+    assert decrypt_vector(master, masks.encrypt([0] * (2 * WIDTH))) == [0] * (2 * WIDTH)

@@ -75,9 +75,7 @@ def test_unknown_sizes_refused(bits: int) -> None:
         load_demo_master_key(bits)
 
 
-def test_unlabelled_or_wrong_files_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_unlabelled_or_wrong_files_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = load_demo_master_key(1024)
     fake = tmp_path / "demo.json"
     monkeypatch.setattr(demo_params, "demo_params_path", lambda bits: fake)

@@ -473,7 +473,7 @@ def test_frame_rejects_invalid_elements(
     job_key, vector = framed
     width = element_bytes(job_key.params)
     master = objects["master"]
-    for bad in (0, int(job_key.params.nsquare), int(master.p), 256 ** width - 1):
+    for bad in (0, int(job_key.params.nsquare), int(master.p), 256**width - 1):
         payload = bad.to_bytes(width, "big") + vector.to_bytes()[width:]
         frame = decode_frame(
             build_frame(header_for(vector, sha256=hashlib.sha256(payload).hexdigest()), payload)

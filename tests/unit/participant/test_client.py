@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.bcp import MasterKey, PublicParams
-from common.blocks import decrypt_vector, generate_job_key
+from common.blocks import BlockLayout, decrypt_vector, generate_job_key
 from common.encoding import PackingLayout, decode_vector
 from common.sealing import SealError
 from common.signing import b64encode, public_key_from_hex, verify_json
@@ -136,8 +136,51 @@ def test_upload_frame_decodes_to_weighted_update(
     assert np.max(np.abs(decoded - w_i * expected)) <= 2.0**-18
     assert metrics["bytes_up"] == len(frame)
     assert metrics["clip"]["clipped"] == 0
-    assert {"train_s", "encode_s", "encrypt_s", "upload_s"} <= set(metrics["timings"])
+    timings = metrics["timings"]
+    assert {"train_s", "encode_s", "masks_s", "encrypt_s", "upload_s"} <= set(timings)
+    assert timings["masks_wait_s"] <= timings["encrypt_s"]
     client.close()
+
+
+def test_masks_for_the_next_round_are_prepared_and_never_reused(
+    params_1024: tuple[PublicParams, MasterKey], rng: random.Random
+) -> None:
+    """After an upload the next round's masks are computed in the background, once."""
+    params, master = params_1024
+    raw = _job_view(params, rng, ["p0", "bob", "p2"])
+    job = JobView.parse("http://ps", raw)
+    assert job.rounds_total > 2
+    client = ParticipantClient(_identity(params, rng, "bob"), "http://kgc", rng=rng)
+    frames: list[bytes] = []
+
+    class FakePs:
+        def post_bytes(self, path: str, data: bytes) -> dict[str, Any]:
+            frames.append(data)
+            return {"receipt": {"subject_id": "bob"}, "signature": "sig"}
+
+    client._ps = lambda _url: FakePs()  # type: ignore[assignment,method-assign,return-value]
+    X, y = np.ones((6, 8)), np.array([0, 1, 2, 0, 1, 2])
+    w0 = decode_weights(raw["definition"]["initial_weights"])
+    client.train_and_upload(job, 0, w0, X, y)
+    pending = client._masks[job.job_id]
+    masks, _ = pending.result()
+    assert not masks.used and masks._zero is not None
+    prepared_a = [masks._zero.elements[i] for i in range(len(masks._zero.elements))]
+    client.train_and_upload(job, 1, w0, X, y)
+    assert masks.used  # round 1 used exactly the masks prepared after round 0
+    a_offsets = [offset for offset, _ in job_layout(job).block_offsets()]
+    first, second = (decode_frame(f).vector(job.job_key) for f in frames)
+    assert all(first.elements[i] != second.elements[i] for i in a_offsets)  # fresh g^r
+    assert [second.elements[i] for i in a_offsets] == [prepared_a[i] for i in a_offsets]
+    assert len(decrypt_vector(master, second)) == job.packing.num_plaintexts
+    client.train_and_upload(job, job.rounds_total - 1, w0, X, y)
+    assert job.job_id not in client._masks  # no round after the last one
+    client.close()
+    assert client._mask_thread is None and not client._encryptors
+
+
+def job_layout(job: JobView) -> BlockLayout:
+    return BlockLayout(job.packing.num_plaintexts, job.job_key.width)
 
 
 def test_not_a_participant_is_refused(

@@ -19,7 +19,6 @@ layer_sizes = st.lists(st.integers(min_value=1, max_value=6), min_size=0, max_si
 )
 
 
-
 @settings(max_examples=30, deadline=None)
 @given(
     sizes=layer_sizes, batch=st.integers(min_value=1, max_value=6), seed=st.integers(0, 2**32 - 1)
