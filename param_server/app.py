@@ -9,7 +9,8 @@ Configuration keys (see :data:`DEFAULTS`): ``DATABASE_URL``, ``ADMIN_TOKEN``,
 ``KGC_URL``, ``PASSPHRASE`` (unseals the signing key; dropped from the config once
 used), ``MAX_CONTENT_LENGTH`` (64 MiB), ``BACKGROUND`` (run :meth:`tick` every
 ``TICK_SECONDS`` in a thread), ``AUTO_MIGRATE``, ``ENCRYPT_WORKERS``, ``ENCRYPT_WINDOW``,
-``CHUNK_ELEMENTS``, ``RELEASE_RETRY_SECONDS``.
+``CHUNK_ELEMENTS``, ``RELEASE_RETRY_SECONDS``, ``PREPARE_BLINDS`` (compute each open
+round's ``Enc(R)`` in the background tick, ahead of its release).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "ENCRYPT_WINDOW": DEFAULT_WINDOW,
     "CHUNK_ELEMENTS": DEFAULT_CHUNK_ELEMENTS,
     "RELEASE_RETRY_SECONDS": 5.0,
+    "PREPARE_BLINDS": True,
     "CLOCK": None,
     "RNG": None,
     "GATEWAY": None,
@@ -138,6 +140,7 @@ def _build_service(config: Mapping[str, Any]) -> ParameterServer:
         chunk_elements=int(config["CHUNK_ELEMENTS"]),
         release_retry_seconds=float(config["RELEASE_RETRY_SECONDS"]),
         subject_id=subject_id,
+        prepare_blinds=bool(config["PREPARE_BLINDS"]),
     )
 
 

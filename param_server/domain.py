@@ -11,9 +11,12 @@ Every state change is one transaction, so a crash at any point leaves a state fr
 - upload: checks and insert in one transaction (the DB enforces one upload per
   participant and round, and one payload digest per job);
 - close: read ``W_t`` and the uploads, write ``W_{t+1}``, mark the round closed;
-- release: (1) persist ``R`` and the exact signed request, (2) call the KGC, (3) store the
-  bundle, mark released, open the next round. A retry re-sends the stored request, so the
-  KGC (idempotent for the same payload) answers with the same bundle.
+- prepare (while the round is open): claim the round's release row with a fresh ``R``,
+  then store ``Enc(R)``, so that the release after the last upload needs no encryption;
+- release: (1) persist the exact signed request ``Enc(W_{t+1}) + Enc(R)``, (2) call the
+  KGC, (3) store the bundle, mark released, open the next round. A retry re-sends the
+  stored request, so the KGC (idempotent for the same payload) answers with the same
+  bundle.
 
 Concurrency: one in-process lock serialises state changes (SQLite); ``SELECT ... FOR
 UPDATE`` on the round row serialises them across gunicorn workers (PostgreSQL); a lease
@@ -112,6 +115,8 @@ class ParameterServer:
     ``clock`` and ``rng`` are passed in so tests are deterministic; ``rng`` draws the
     blinds ``R`` and the encryption randomness (use ``random.SystemRandom()`` in
     production). ``workers`` and ``window`` configure the per-job :class:`VectorEncryptor`.
+    With ``prepare_blinds`` :meth:`tick` computes each open round's ``Enc(R)`` ahead of
+    its release.
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class ParameterServer:
         release_retry_seconds: float = 5.0,
         release_lease_seconds: float = 300.0,
         subject_id: str | None = None,
+        prepare_blinds: bool = True,
     ) -> None:
         if chunk_elements < 1:
             raise ValueError("chunk_elements must be at least 1")
@@ -142,6 +148,7 @@ class ParameterServer:
         self._retry_seconds = release_retry_seconds
         self._lease_seconds = release_lease_seconds
         self.subject_id = subject_id
+        self._prepare_blinds = prepare_blinds
         self.kgc: KgcInfo = gateway.info()
         self._lock = threading.RLock()
         self._cache_lock = threading.Lock()
@@ -559,6 +566,36 @@ class ParameterServer:
             return False
         return True
 
+    def prepare_blind(self, job_id: str, t: int, *, now: float | None = None) -> bool:
+        """Draw round ``t``'s blind ``R`` and compute ``Enc(R)`` while the round is open.
+
+        The encryption (the PS's one costly step in a release) then happens while the
+        participants train instead of after the last upload. Claim first, encrypt outside
+        the lock, then fill in: two workers never both encrypt, and a release that comes
+        before the fill simply encrypts the claimed ``R`` itself. True if ``Enc(R)`` was
+        stored.
+        """
+        now = self._now(now)
+        with self._lock, session_scope(self._sessions) as session:
+            rnd = self._round(session, job_id, t, lock=True)
+            if rnd is None or rnd.status != "open":
+                return False
+            if session.get(Release, (job_id, t)) is not None:
+                return False
+            crypto = self._crypto(self._job(session, job_id))
+            n = int(crypto.job_key.params.n)
+            blind = [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
+            claimed = plaintexts_to_bytes(blind, n)
+            session.add(Release(job_id=job_id, round=t, blind=claimed, requested_at=now))
+        encrypted = self._encrypt(job_id, crypto.job_key, blind).to_bytes()
+        with self._lock, session_scope(self._sessions) as session:
+            release = session.get(Release, (job_id, t), with_for_update=True)
+            if release is None or release.request is not None or release.blind != claimed:
+                return False
+            release.blind_ciphertext = encrypted
+        log.info("job %s round %d: blind prepared", job_id, t)
+        return True
+
     def _release_request(self, job_id: str, t: int, now: float) -> tuple[bytes, list[str], int]:
         """The signed ``Enc(W_{t+1} + R)`` frame: the stored one on a retry, else a new one."""
         with self._sessions() as session:
@@ -572,23 +609,33 @@ class ParameterServer:
             uploads = self._uploads(session, job_id, t)
             contributors = [upload.subject_id for upload in uploads]
             receipts = [upload.receipt for upload in uploads]
+            prepared = (pending.blind, pending.blind_ciphertext) if pending else None
         n = int(crypto.job_key.params.n)
-        blind = [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
-        blinded = model + self._encrypt(job_id, crypto.job_key, blind)
+        if prepared is None:
+            blind = [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
+            encrypted_blind = self._encrypt(job_id, crypto.job_key, blind)
+        else:  # drawn while the round was open; Enc(R) too unless that was cut short
+            blind = plaintexts_from_bytes(prepared[0], n)
+            encrypted_blind = (
+                EncryptedVector.from_bytes(crypto.job_key, crypto.layout, prepared[1])
+                if prepared[1] is not None
+                else self._encrypt(job_id, crypto.job_key, blind)
+            )
         frame = self._signed_frame(
-            blinded,
+            model + encrypted_blind,
             {"job_id": job_id, "round": t, "contributors": contributors, "receipts": receipts},
         )
         with self._lock, session_scope(self._sessions) as session:
-            session.add(
-                Release(
-                    job_id=job_id,
-                    round=t,
-                    blind=plaintexts_to_bytes(blind, n),
-                    request=frame,
-                    requested_at=now,
-                )
-            )
+            release = session.get(Release, (job_id, t), with_for_update=True)
+            if release is None:
+                release = Release(job_id=job_id, round=t, blind=plaintexts_to_bytes(blind, n))
+                session.add(release)
+            elif release.request is not None:  # another worker got there first: use its
+                header = decode_frame(release.request).header
+                return release.request, list(header["contributors"]), header["num_plaintexts"]
+            release.request = frame
+            release.requested_at = now
+            release.blind_ciphertext = None  # spent: it is inside the request now
         return frame, contributors, crypto.layout.num_plaintexts
 
     def _signed_frame(self, vector: EncryptedVector, header: dict[str, Any]) -> bytes:
@@ -654,7 +701,28 @@ class ParameterServer:
         for job_id, t in pending:
             if self.release_round(job_id, t, now=now):
                 result.released.append((job_id, t))
+        if self._prepare_blinds:
+            self._prepare_open_blinds(now)
         return result
+
+    def _prepare_open_blinds(self, now: float) -> None:
+        """``Enc(R)`` for every open round that has no release row yet."""
+        with self._sessions() as session:
+            unprepared = session.execute(
+                select(Round.job_id, Round.round)
+                .join(Job, Job.job_id == Round.job_id)
+                .outerjoin(
+                    Release, (Release.job_id == Round.job_id) & (Release.round == Round.round)
+                )
+                .where(Round.status == "open", Job.status == "running", Release.job_id.is_(None))
+            ).all()
+        for job_id, t in unprepared:
+            try:
+                self.prepare_blind(job_id, t, now=now)
+            except Exception as exc:  # the release encrypts R itself if this never lands
+                log.error(
+                    "job %s round %d: preparing the blind failed: %s", job_id, t, type(exc).__name__
+                )
 
     # ------------------------------------------------------------------ download
 

@@ -149,8 +149,11 @@ class ModelChunk(Base):
 class Release(Base):
     """The release of round ``t``: the blind ``R``, the signed request, then the bundle.
 
-    A row with ``bundle`` NULL is a release in flight: the exact request frame is kept so
-    that a retry sends the same bytes (the KGC is idempotent only for the same payload).
+    The row is written while the round is still open, with ``R`` and ``Enc(R)``
+    (``blind_ciphertext``) computed ahead, so that closing the round does not wait for an
+    encryption. A row with ``request`` set and ``bundle`` NULL is a release in flight: the
+    exact request frame is kept so that a retry sends the same bytes (the KGC is
+    idempotent only for the same payload).
     """
 
     __tablename__ = "releases"
@@ -163,6 +166,7 @@ class Release(Base):
     job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
     round: Mapped[int] = mapped_column(Integer, primary_key=True)
     blind: Mapped[bytes] = mapped_column(LargeBinary)
+    blind_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     request: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     requested_at: Mapped[float] = mapped_column(Float)

@@ -339,3 +339,71 @@ def test_create_job_checks_leave_nothing_behind(world: PsWorld) -> None:
         ps.create_job(make_definition("j", participants, w0))
     assert (err.value.status, err.value.code) == (409, "job-exists")
     assert _count(world, Job) == 1
+
+
+def _release_row(world: PsWorld, job_id: str, t: int) -> Release | None:
+    with world.sessions() as session:
+        return session.get(Release, (job_id, t))
+
+
+def test_blind_is_prepared_while_the_round_is_open_and_used_by_the_release(
+    world: PsWorld,
+) -> None:
+    job = Scenario(world)
+    ps = world.ps
+    assert _release_row(world, "job-a", 0) is None
+    ps.tick()  # nothing to close or release: prepares Enc(R) of the open round
+    prepared = _release_row(world, "job-a", 0)
+    assert prepared is not None and prepared.request is None
+    assert prepared.blind_ciphertext is not None
+    assert ps.prepare_blind("job-a", 0) is False  # once per round
+
+    deltas = _deltas(world.participants, seed=5)
+    for p in world.participants:
+        job.upload(p, 0, deltas[p.subject_id])
+    assert ps.tick().released == [("job-a", 0)]
+    released = _release_row(world, "job-a", 0)
+    assert released is not None and released.blind == prepared.blind
+    assert released.blind_ciphertext is None and released.request is None
+    expected = job.expected(job.w0, deltas)
+    for p in world.participants:
+        assert np.max(np.abs(job.model_of(p, 0) - expected)) < TOLERANCE
+    # The same tick opened round 1 and prepared its blind, a fresh one.
+    following = _release_row(world, "job-a", 1)
+    assert following is not None and following.blind_ciphertext is not None
+    assert following.blind != prepared.blind
+
+
+def test_claimed_blind_without_ciphertext_is_encrypted_by_the_release(
+    world: PsWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between claiming R and storing Enc(R) costs only time at the release."""
+    job = Scenario(world)
+    ps = world.ps
+
+    def crash(*_: Any) -> Any:
+        raise MemoryError("simulated crash while encrypting R")
+
+    monkeypatch.setattr(ps, "_encrypt", crash)
+    assert ps.tick().released == []  # the failure is logged, the tick goes on
+    claimed = _release_row(world, "job-a", 0)
+    assert claimed is not None and claimed.blind_ciphertext is None
+    monkeypatch.undo()
+
+    deltas = _deltas(world.participants, seed=6)
+    for p in world.participants:
+        job.upload(p, 0, deltas[p.subject_id])
+    assert ps.tick().released == [("job-a", 0)]
+    released = _release_row(world, "job-a", 0)
+    assert released is not None and released.blind == claimed.blind
+    expected = job.expected(job.w0, deltas)
+    for p in world.participants:
+        assert np.max(np.abs(job.model_of(p, 0) - expected)) < TOLERANCE
+
+
+def test_no_blind_is_prepared_for_rounds_that_are_not_open(world: PsWorld) -> None:
+    Scenario(world)
+    assert world.ps.prepare_blind("job-a", 5) is False  # no such round
+    assert world.ps.prepare_blind("job-a", 0) is True
+    assert world.ps.prepare_blind("job-a", 0) is False
+    assert _count(world, Release) == 1
