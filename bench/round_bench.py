@@ -60,7 +60,17 @@ MODELS: dict[str, list[int]] = {
     "330k": [784, 384, 64, 10],  # 326,474 parameters
     "1M": [784, 1024, 200, 10],  # 1,010,850 parameters
 }
-PHASES = ("train_s", "encode_s", "encrypt_s", "upload_s", "download_s", "decrypt_s")
+PHASES = (
+    "train_s",
+    "encode_s",
+    "encrypt_s",
+    "masks_s",
+    "masks_wait_s",
+    "encrypt_total_s",
+    "upload_s",
+    "download_s",
+    "decrypt_s",
+)
 
 
 def num_params(layers: Sequence[int]) -> int:
@@ -73,6 +83,24 @@ def _db_bytes(workdir: Path, name: str) -> int:
 
 def _cpu(pid: int) -> float:
     return _proc_cpu_s(pid) or 0.0
+
+
+def _wait_until_idle(pid: int, *, quiet_cpu_s: float = 0.05, period: float = 0.5) -> float:
+    """Wait until process ``pid`` uses under ``quiet_cpu_s`` CPU in ``period``; wall seconds.
+
+    After a job is created the PS computes round 0's ``Enc(R)`` in the background. In a
+    deployment that overlaps the participants' training on their own machines; here they
+    share two cores, so the benchmark lets it finish first and reports it apart.
+    """
+    t0 = time.perf_counter()
+    last = _cpu(pid)
+    while time.perf_counter() - t0 < 600:
+        time.sleep(period)
+        now = _cpu(pid)
+        if now - last < quiet_cpu_s:
+            break
+        last = now
+    return time.perf_counter() - t0
 
 
 def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
@@ -148,6 +176,9 @@ def measure_round(
         "/v1/jobs", _job_definition(job_id, layers, subjects, [len(p) for p in parts], seed)
     )
     job_create_s = time.perf_counter() - t0  # includes the PS's Enc(W_0) and its tables
+    cpu_ps_prep0 = _cpu(ps_pid)
+    ps_prepare_s = _wait_until_idle(ps_pid)  # round 0's Enc(R), ahead of the release
+    ps_prepare_cpu_s = _cpu(ps_pid) - cpu_ps_prep0
     db_job = _db_bytes(cluster.workdir, "ps.db")
 
     job = clients[0].fetch_job(cluster.ps_url, job_id)
@@ -168,7 +199,12 @@ def measure_round(
             jv, 0, jv.initial_weights, dataset.X_train[part], dataset.y_train[part]
         )
         cpu_s = time.process_time() + sum(_cpu(p) for p in wpids) - c0
-        per.append({**metrics["timings"], "bytes_up": metrics["bytes_up"], "cpu_up_s": cpu_s})
+        timings = metrics["timings"]
+        # What encrypting would cost without the masks computed during training.
+        timings["encrypt_total_s"] = (
+            timings["masks_s"] + timings["encrypt_s"] - timings["masks_wait_s"]
+        )
+        per.append({**timings, "bytes_up": metrics["bytes_up"], "cpu_up_s": cpu_s})
     t_last = time.perf_counter()
     cpu_ps_up, cpu_kgc_up = _cpu(ps_pid), _cpu(kgc_pid)
     status: dict[str, Any] = {}
@@ -212,17 +248,20 @@ def measure_round(
         "workers": workers,
         "enrol_s": enrol_s,
         "job_create_s": job_create_s,
+        "ps_prepare_blind_s": ps_prepare_s,
+        "ps_prepare_blind_cpu_s": ps_prepare_cpu_s,
         "encryptor_setup_s": setup_s,
         "per_participant": per,
         "mean_s": mean,
         "max_encode_encrypt_s": max(r["encode_s"] + r["encrypt_s"] for r in per),
+        "max_encode_encrypt_total_s": max(r["encode_s"] + r["encrypt_total_s"] for r in per),
         "last_upload_s": per[-1]["upload_s"],
         "median_upload_s": statistics.median(r["upload_s"] for r in per),
         "release_latency_s": release_s,
         "release_ps_cpu_s": cpu_ps_rel - cpu_ps_up,
         "release_kgc_cpu_s": cpu_kgc_rel - cpu_kgc_up,
         "uploads_ps_cpu_s": cpu_ps_up - cpu_ps0,
-        "round_ps_cpu_s": cpu_ps_end - cpu_ps0,
+        "round_ps_cpu_s": cpu_ps_end - cpu_ps0 + ps_prepare_cpu_s,  # Enc(R) is per round
         "round_kgc_cpu_s": cpu_kgc_end - cpu_kgc0,
         "participant_cpu_s": statistics.fmean(r["cpu_up_s"] + r["cpu_down_s"] for r in per),
         "bytes_up": statistics.fmean(r["bytes_up"] for r in per),
@@ -238,7 +277,8 @@ def measure_round(
         "loadavg": _loadavg(),
     }
     _log(
-        f"  K={k} {model_name} {bits}b: encrypt {mean['encrypt_s']:.2f}s, "
+        f"  K={k} {model_name} {bits}b: encrypt {mean['encrypt_s']:.2f}s after training "
+        f"(masks {mean['masks_s']:.2f}s during it), "
         f"release {release_s:.2f}s (PS {result['release_ps_cpu_s']:.1f} / "
         f"KGC {result['release_kgc_cpu_s']:.1f} CPU s), "
         f"up {result['bytes_up_per_param']:.2f} B/param"
