@@ -473,7 +473,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--main-bits", type=int, default=2048)
     p.add_argument("--scale-k", nargs="*", type=int, default=[2, 10, 50, 100])
     p.add_argument("--scale-model", default="10k", choices=sorted(MODELS))
-    p.add_argument("--sizes", nargs="*", default=["10k", "109k", "330k"], choices=sorted(MODELS))
+    p.add_argument(
+        "--sizes", nargs="*", default=["10k", "109k", "330k", "1M"], choices=sorted(MODELS)
+    )
     p.add_argument("--size-k", type=int, default=2)
     p.add_argument("--bits", nargs="*", type=int, default=[2048, 3072])
     p.add_argument("--bits-k", type=int, default=2)
