@@ -60,6 +60,8 @@ MODELS: dict[str, list[int]] = {
     "330k": [784, 384, 64, 10],  # 326,474 parameters
     "1M": [784, 1024, 200, 10],  # 1,010,850 parameters
 }
+#: Rounds of a "steady" job: the last one is measured, with masks prepared in the one before.
+STEADY_ROUNDS = 2
 PHASES = (
     "train_s",
     "encode_s",
@@ -116,7 +118,12 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
 
 
 def _job_definition(
-    job_id: str, layers: list[int], subjects: list[str], sizes: list[int], seed: int
+    job_id: str,
+    layers: list[int],
+    subjects: list[str],
+    sizes: list[int],
+    seed: int,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     model = MLP(layers)
     w0 = model.init_parameters(np.random.default_rng(seed))
@@ -135,7 +142,7 @@ def _job_definition(
             {"subject_id": s, "num_samples": n} for s, n in zip(subjects, sizes, strict=True)
         ],
         "quorum": min(3, len(subjects)),
-        "rounds": 1,
+        "rounds": rounds,
         "round_deadline_seconds": 3600,
         "below_quorum_policy": "stay-open",
         "encoding": {
@@ -149,9 +156,21 @@ def _job_definition(
 
 
 def measure_round(
-    cluster: LocalCluster, k: int, model_name: str, bits: int, *, workers: int, seed: int
+    cluster: LocalCluster,
+    k: int,
+    model_name: str,
+    bits: int,
+    *,
+    workers: int,
+    seed: int,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """One job of one round with ``k`` participants on an already running cluster."""
+    """One job with ``k`` participants on an already running cluster; its last round.
+
+    With ``rounds`` > 1 the last round is the steady state of a longer job: each
+    participant computed that round's masks right after its previous upload, while it
+    waited for the release, as the participant node does.
+    """
     layers = MODELS[model_name]
     assert cluster.kgc is not None and cluster.param_server is not None
     kgc_pid, ps_pid = cluster.kgc.popen.pid, cluster.param_server.popen.pid
@@ -173,7 +192,8 @@ def measure_round(
     db0 = _db_bytes(cluster.workdir, "ps.db")
     t0 = time.perf_counter()
     ps_ops.post_json(
-        "/v1/jobs", _job_definition(job_id, layers, subjects, [len(p) for p in parts], seed)
+        "/v1/jobs",
+        _job_definition(job_id, layers, subjects, [len(p) for p in parts], seed, rounds),
     )
     job_create_s = time.perf_counter() - t0  # includes the PS's Enc(W_0) and its tables
     cpu_ps_prep0 = _cpu(ps_pid)
@@ -190,51 +210,65 @@ def measure_round(
         c._encryptors[job_id] = encryptor  # same public job key: share the tables (see doc)
     jobs = [c.fetch_job(cluster.ps_url, job_id) for c in clients]
 
-    cpu_ps0, cpu_kgc0 = _cpu(ps_pid), _cpu(kgc_pid)
-    per: list[dict[str, Any]] = []
-    for i, (c, jv) in enumerate(zip(clients, jobs, strict=True)):
-        part = parts[i]
-        c0 = time.process_time() + sum(_cpu(p) for p in wpids)
-        _, metrics = c.train_and_upload(
-            jv, 0, jv.initial_weights, dataset.X_train[part], dataset.y_train[part]
-        )
-        cpu_s = time.process_time() + sum(_cpu(p) for p in wpids) - c0
-        timings = metrics["timings"]
-        # What encrypting would cost without the masks computed during training.
-        timings["encrypt_total_s"] = (
-            timings["masks_s"] + timings["encrypt_s"] - timings["masks_wait_s"]
-        )
-        per.append({**timings, "bytes_up": metrics["bytes_up"], "cpu_up_s": cpu_s})
-    t_last = time.perf_counter()
-    cpu_ps_up, cpu_kgc_up = _cpu(ps_pid), _cpu(kgc_pid)
-    status: dict[str, Any] = {}
-    while time.perf_counter() - t_last < 1800:
-        status = ps_ops.get_json(f"/v1/jobs/{job_id}/rounds/0")
-        if status.get("status") in ("released", "failed"):
-            break
-        time.sleep(0.05)
-    release_s = time.perf_counter() - t_last
-    if status.get("status") != "released":
-        raise RuntimeError(f"round not released: {status}")
-    cpu_ps_rel, cpu_kgc_rel = _cpu(ps_pid), _cpu(kgc_pid)
-    db1 = _db_bytes(cluster.workdir, "ps.db")
+    weights = jobs[0].initial_weights
+    first_round: dict[str, Any] | None = None
+    db_round_start = db_job
+    for t in range(rounds):
+        if t > 0:  # the PS's Enc(R) of the new round, while participants would train
+            _wait_until_idle(ps_pid)
+        cpu_ps0, cpu_kgc0 = _cpu(ps_pid), _cpu(kgc_pid)
+        per: list[dict[str, Any]] = []
+        for i, (c, jv) in enumerate(zip(clients, jobs, strict=True)):
+            part = parts[i]
+            c0 = time.process_time() + sum(_cpu(p) for p in wpids)
+            _, metrics = c.train_and_upload(
+                jv, t, weights, dataset.X_train[part], dataset.y_train[part]
+            )
+            cpu_s = time.process_time() + sum(_cpu(p) for p in wpids) - c0
+            timings = metrics["timings"]
+            # What encrypting would cost without the masks computed ahead.
+            timings["encrypt_total_s"] = (
+                timings["masks_s"] + timings["encrypt_s"] - timings["masks_wait_s"]
+            )
+            per.append({**timings, "bytes_up": metrics["bytes_up"], "cpu_up_s": cpu_s})
+        t_last = time.perf_counter()
+        cpu_ps_up, cpu_kgc_up = _cpu(ps_pid), _cpu(kgc_pid)
+        status: dict[str, Any] = {}
+        while time.perf_counter() - t_last < 1800:
+            status = ps_ops.get_json(f"/v1/jobs/{job_id}/rounds/{t}")
+            if status.get("status") in ("released", "failed"):
+                break
+            time.sleep(0.05)
+        release_s = time.perf_counter() - t_last
+        if status.get("status") != "released":
+            raise RuntimeError(f"round not released: {status}")
+        cpu_ps_rel, cpu_kgc_rel = _cpu(ps_pid), _cpu(kgc_pid)
+        db1 = _db_bytes(cluster.workdir, "ps.db")
 
-    models = []
-    for c, row in zip(clients, per, strict=True):
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        bundle = c.download_bundle(cluster.ps_url, job_id, 0)
-        row["download_s"] = time.perf_counter() - t0
-        row["bytes_down"] = len(json.dumps(bundle))
-        t0 = time.perf_counter()
-        models.append(c.open_bundle(c.fetch_job(cluster.ps_url, job_id), bundle))
-        row["decrypt_s"] = time.perf_counter() - t0
-        row["cpu_down_s"] = time.process_time() - c0
-    if any(not np.array_equal(models[0], m) for m in models[1:]):
-        raise AssertionError("participants opened different models")
-    if np.array_equal(models[0], jobs[0].initial_weights):
-        raise AssertionError("the released model equals W_0")
-    cpu_ps_end, cpu_kgc_end = _cpu(ps_pid), _cpu(kgc_pid)
+        models = []
+        for c, row in zip(clients, per, strict=True):
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            bundle = c.download_bundle(cluster.ps_url, job_id, t)
+            row["download_s"] = time.perf_counter() - t0
+            row["bytes_down"] = len(json.dumps(bundle))
+            t0 = time.perf_counter()
+            models.append(c.open_bundle(c.fetch_job(cluster.ps_url, job_id), bundle))
+            row["decrypt_s"] = time.perf_counter() - t0
+            row["cpu_down_s"] = time.process_time() - c0
+        if any(not np.array_equal(models[0], m) for m in models[1:]):
+            raise AssertionError("participants opened different models")
+        if np.array_equal(models[0], weights):
+            raise AssertionError("the released model equals the previous one")
+        cpu_ps_end, cpu_kgc_end = _cpu(ps_pid), _cpu(kgc_pid)
+        weights = models[0]
+        if t == 0 and rounds > 1:
+            first_round = {
+                "mean_s": {p: statistics.fmean(r[p] for r in per) for p in PHASES},
+                "max_encode_encrypt_s": max(r["encode_s"] + r["encrypt_s"] for r in per),
+                "release_latency_s": release_s,
+            }
+            db_round_start = db1  # growth is reported for the measured (last) round
     clients[0].forget_job(job_id)
 
     n = num_params(layers)
@@ -245,6 +279,9 @@ def measure_round(
         "layers": layers,
         "params": n,
         "bits": bits,
+        "rounds": rounds,
+        "measured_round": rounds - 1,
+        "first_round": first_round,
         "workers": workers,
         "enrol_s": enrol_s,
         "job_create_s": job_create_s,
@@ -268,7 +305,7 @@ def measure_round(
         "bytes_down": statistics.fmean(r["bytes_down"] for r in per),
         "bytes_up_per_param": statistics.fmean(r["bytes_up"] for r in per) / n,
         "db_bytes_job": db_job - db0,
-        "db_bytes_round": db1 - db_job,
+        "db_bytes_round": db1 - db_round_start,
         "db_bytes_total": db1,
         "round_wall_s": sum(
             r["train_s"] + r["encode_s"] + r["encrypt_s"] + r["upload_s"] for r in per
@@ -290,6 +327,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, str, int]]:
     """(series, K, model, bits) in the order they run; one cluster per key size."""
     b0 = args.main_bits
     plan = [("participants", k, args.main_model, b0) for k in args.main_k]
+    plan += [("steady", k, args.main_model, b0) for k in args.steady_k]
     plan += [("scale_k", k, args.scale_model, b0) for k in args.scale_k]
     plan += [("scale_model", args.size_k, m, b0) for m in args.sizes]
     plan += [("key_bits", args.bits_k, args.main_model, b) for b in args.bits]
@@ -305,8 +343,11 @@ def run_round_bench(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     if args.append and path.exists():  # resume: keep what an earlier run measured
         runs = json.loads(path.read_text())["runs"]
-    done: dict[tuple[int, str, int], dict[str, Any]] = {
-        (r["k"], r["model"], r["bits"]): {x: v for x, v in r.items() if x != "series"} for r in runs
+    done: dict[tuple[int, str, int, int], dict[str, Any]] = {
+        (r["k"], r["model"], r["bits"], r.get("rounds", 1)): {
+            x: v for x, v in r.items() if x != "series"
+        }
+        for r in runs
     }
     have = {(r["series"], r["k"], r["model"], r["bits"]) for r in runs}
     plan = [p for p in plan if p not in have]
@@ -334,11 +375,12 @@ def run_round_bench(args: argparse.Namespace) -> dict[str, Any]:
                 _log(f"warm-up round at {bits} bits (discarded)")
                 measure_round(cluster, 2, "10k", bits, workers=args.workers, seed=args.seed)
             for series, k, model, b in todo:
-                key = (k, model, b)
+                rounds = STEADY_ROUNDS if series == "steady" else 1
+                key = (k, model, b, rounds)
                 if key not in done:  # a configuration in two series runs once
-                    _log(f"round: {series} K={k} model={model} bits={b}")
+                    _log(f"round: {series} K={k} model={model} bits={b} rounds={rounds}")
                     done[key] = measure_round(
-                        cluster, k, model, b, workers=args.workers, seed=args.seed
+                        cluster, k, model, b, workers=args.workers, seed=args.seed, rounds=rounds
                     )
                 runs.append({"series": series, **done[key]})
                 save()  # after every configuration: a cut-short run keeps what it measured
@@ -388,6 +430,11 @@ def _series(runs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [r for r in runs if r["series"] == name]
 
 
+def _encrypt_total(r: dict[str, Any]) -> float:
+    """Mean whole encryption per participant: masks plus what is left after training."""
+    return float(r["mean_s"].get("encrypt_total_s", r["mean_s"]["encrypt_s"]))
+
+
 def _fits(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Is the cost linear? Lines through the scaling series, with R²."""
     fits: dict[str, Any] = {}
@@ -402,7 +449,7 @@ def _fits(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "round_kgc_cpu_s": linear_fit(xs, [r["round_kgc_cpu_s"] for r in rs]),
             "participant_cpu_s": linear_fit(xs, [r["participant_cpu_s"] for r in rs]),
             "round_cpu_s": linear_fit(xs, [round_cpu_s(r) for r in rs]),
-            "encrypt_s": linear_fit(xs, [r["mean_s"]["encrypt_s"] for r in rs]),
+            "encrypt_s": linear_fit(xs, [_encrypt_total(r) for r in rs]),
             "db_bytes_round": linear_fit(xs, [r["db_bytes_round"] for r in rs]),
             "bytes_up": linear_fit(xs, [r["bytes_up"] for r in rs]),
         }
@@ -423,7 +470,7 @@ def _plot(doc: dict[str, Any], out: Path) -> None:
         parts = [
             ("train", lambda r: r["mean_s"]["train_s"]),
             ("encode", lambda r: r["mean_s"]["encode_s"]),
-            ("encrypt", lambda r: r["mean_s"]["encrypt_s"]),
+            ("encrypt after training", lambda r: r["mean_s"]["encrypt_s"]),
             ("upload", lambda r: r["mean_s"]["upload_s"]),
             ("release (PS+KGC)", lambda r: r["release_latency_s"]),
             ("download", lambda r: r["mean_s"]["download_s"]),
@@ -453,10 +500,10 @@ def _plot(doc: dict[str, Any], out: Path) -> None:
         xs = [r[x] for r in rs]
         ax.plot(xs, [r["round_wall_s"] for r in rs], "o-", label="round, participants sequential")
         ax.plot(xs, [r["release_latency_s"] for r in rs], "s-", label="release latency")
-        ax.plot(xs, [r["mean_s"]["encrypt_s"] for r in rs], "^-", label="encrypt, one participant")
+        ax.plot(xs, [_encrypt_total(r) for r in rs], "^-", label="encrypt (whole), one participant")
         ax.plot(xs, [round_cpu_s(r) for r in rs], "d-", label="CPU s, all parties (steadier)")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("seconds (wall, loaded machine) / CPU seconds")
+        ax.set_ylabel("seconds (wall) / CPU seconds")
         ax.set_title(
             f"scaling ({rs[0]['model'] if series == 'scale_k' else 'K=' + str(rs[0]['k'])})"
         )
@@ -471,6 +518,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--main-k", nargs="*", type=int, default=[2, 5, 10, 20])
     p.add_argument("--main-model", default="109k", choices=sorted(MODELS))
     p.add_argument("--main-bits", type=int, default=2048)
+    p.add_argument(
+        "--steady-k",
+        nargs="*",
+        type=int,
+        default=[10],
+        help="K of two-round jobs measured in their second round (masks computed ahead)",
+    )
     p.add_argument("--scale-k", nargs="*", type=int, default=[2, 10, 50, 100])
     p.add_argument("--scale-model", default="10k", choices=sorted(MODELS))
     p.add_argument(
@@ -495,6 +549,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser().parse_args(argv)
     if args.quick:
         args.main_k, args.scale_k, args.sizes, args.bits = [2, 3], [2, 4], ["10k"], [1024]
+        args.steady_k = [2]
         args.scale_model = args.main_model = "10k"
         args.main_bits = 1024
     return args

@@ -191,6 +191,23 @@ class MasterKey:
         """``[[x]] / [[g]] mod N``: the exponent of ``x`` in base ``g`` modulo ``N``."""
         return class_value * self._inv_class_g % self.params.n
 
+    def encrypt_for(self, public_key: PublicKey, m: int, rng: RandomSource) -> Ciphertext:
+        """Exactly ``public_key.encrypt(m, rng)``, computed by CRT: about 4x cheaper.
+
+        Only the holder of the factorisation can take this shortcut: the exponent reduces
+        modulo ``p(p-1)`` and ``q(q-1)`` and the halves modulo ``p^2`` and ``q^2`` join by
+        CRT, so both exponentiations run on half-size numbers with half-size exponents.
+        The KGC uses it for the per-contributor key encapsulations of a release.
+        """
+        params = self.params
+        if public_key.params != params:
+            raise ValueError("public key is under different parameters")
+        r = params.random_exponent(rng)
+        n2 = params.nsquare
+        A = self._crt.power(params.g, r)
+        B = self._crt.power(public_key.h, r) * (1 + (mpz(m) % params.n) * params.n) % n2
+        return Ciphertext(public_key, A, B, _trusted=True)
+
     def decrypt(self, c: Ciphertext) -> int:
         """Open a ciphertext under any key made from these parameters; result in ``[0, N)``."""
         if c.public_key.params != self.params:
@@ -214,6 +231,14 @@ class _ClassCRT:
         self.hp = gmpy2.invert((p - 1) * q % p, p)
         self.hq = gmpy2.invert((q - 1) * p % q, q)
         self.q_inv_p = gmpy2.invert(q, p)
+        self.phi_p2, self.phi_q2 = p * (p - 1), q * (q - 1)
+        self.q2_inv_p2 = gmpy2.invert(self.q2, self.p2)
+
+    def power(self, x: mpz, e: mpz) -> mpz:
+        """``x^e mod N^2`` for a unit ``x``, by CRT over ``p^2`` and ``q^2``."""
+        xp = gmpy2.powmod(x % self.p2, e % self.phi_p2, self.p2)
+        xq = gmpy2.powmod(x % self.q2, e % self.phi_q2, self.q2)
+        return xq + self.q2 * ((xp - xq) * self.q2_inv_p2 % self.p2)
 
     def _combine(self, xp: mpz, xq: mpz) -> mpz:
         cp = _L(xp, self.p) * self.hp % self.p

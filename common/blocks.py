@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
@@ -411,6 +411,7 @@ class VectorEncryptor:
     ``19 MiB`` per base at 2048 bits and window 7) are its whole point. With
     ``workers > 1`` the bases are split over that many worker processes, which build
     their tables in parallel; call :meth:`close` (or use ``with``) to stop them.
+    Safe to share between threads: requests to the workers are serialised.
     """
 
     def __init__(self, job_key: JobKey, *, workers: int = 1, window: int = 7) -> None:
@@ -423,6 +424,7 @@ class VectorEncryptor:
         self._e_bytes = element_bytes(params)
         self._local: _ColumnEncryptor | None = None
         self._workers: list[tuple[subprocess.Popen[bytes], list[int]]] = []
+        self._lock = threading.Lock()  # one request at a time on the worker pipes
         if workers == 1:
             self._local = _ColumnEncryptor(params.n, all_bases, window)
             return
@@ -492,6 +494,20 @@ class VectorEncryptor:
         def messages_for(columns: list[tuple[int, int]]) -> list[mpz]:
             return [ms[starts[b] + j - 1] for b, j in columns if j > 0]
 
+        with self._lock:
+            self._compute_into(place, messages_for, rs, sizes)
+        if any(e is None for e in elements):
+            raise RuntimeError("encryption left a gap in the vector")
+        return EncryptedVector(self.job_key, layout, tuple(elements), _trusted=True)
+
+    def _compute_into(
+        self,
+        place: Callable[[list[tuple[int, int]], list[mpz]], None],
+        messages_for: Callable[[list[tuple[int, int]]], list[mpz]],
+        rs: list[mpz],
+        sizes: list[int],
+    ) -> None:
+        """Run the exponentiations, here or on the workers, and place the results."""
         if self._local is not None:
             columns = self._local.columns_for(sizes)
             place(columns, self._local.compute(rs, sizes, messages_for(columns)))
@@ -510,9 +526,6 @@ class VectorEncryptor:
                 pending.append((proc, columns))
             for proc, columns in pending:
                 place(columns, elements_from_bytes(_receive(proc.stdout), self._e_bytes))  # type: ignore[arg-type]
-        if any(e is None for e in elements):
-            raise RuntimeError("encryption left a gap in the vector")
-        return EncryptedVector(self.job_key, layout, tuple(elements), _trusted=True)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ def seal_release(
         random_bytes=random_bytes,
     )
     wrapped = {
-        subject: wrap_data_key(key, data_key, context, rng, random_bytes=random_bytes)
+        subject: wrap_data_key(
+            key, data_key, context, rng, random_bytes=random_bytes, encrypt=master_key.encrypt_for
+        )
         for subject, key in sorted(contributors.items())
     }
     return {

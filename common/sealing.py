@@ -120,10 +120,15 @@ def wrap_data_key(
     rng: RandomSource,
     *,
     random_bytes: RandomBytes = os.urandom,
+    encrypt: Callable[[PublicKey, int, RandomSource], Ciphertext] | None = None,
 ) -> dict[str, Any]:
-    """Wrap ``data_key`` so that only ``recipient``'s secret key can unwrap it."""
+    """Wrap ``data_key`` so that only ``recipient``'s secret key can unwrap it.
+
+    ``encrypt`` replaces ``recipient.encrypt`` by an equivalent that is faster for its
+    caller (the KGC passes :meth:`~common.bcp.MasterKey.encrypt_for`).
+    """
     shared = rng.randrange(0, int(recipient.params.n))
-    kem = recipient.encrypt(shared, rng)
+    kem = encrypt(recipient, shared, rng) if encrypt is not None else recipient.encrypt(shared, rng)
     wrapped = seal_bytes(_kek(shared, kem, context), data_key, context, random_bytes=random_bytes)
     return {"kem": to_obj(kem), **wrapped}
 

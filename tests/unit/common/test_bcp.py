@@ -545,3 +545,37 @@ def test_keys_repr_never_contains_secrets(small_params: tuple[PublicParams, Mast
             for form in (str(value), format(value, "x"), format(value, "X")):
                 assert form not in text, f"{name} leaks in {text!r}"
     assert "SecretKey" in repr(sk) and "MasterKey" in repr(master)
+
+
+@HYP
+@given(seed=st.integers(min_value=0, max_value=2**32), m=st.integers(min_value=0))
+def test_crt_encryption_is_the_same_ciphertext(
+    small_params: tuple[PublicParams, MasterKey], seed: int, m: int
+) -> None:
+    """The master key's CRT shortcut computes exactly what the public key computes."""
+    params, master = small_params
+    pk, sk = params.keygen(random.Random(seed))
+    shortcut = master.encrypt_for(pk, m, random.Random(seed + 1))
+    direct = pk.encrypt(m, random.Random(seed + 1))
+    assert (shortcut.A, shortcut.B) == (direct.A, direct.B)
+    assert sk.decrypt(shortcut) == m % params.n
+
+
+def test_crt_encryption_refuses_other_parameters(
+    small_params: tuple[PublicParams, MasterKey], params_1024: tuple[PublicParams, MasterKey]
+) -> None:
+    other_pk, _ = params_1024[0].keygen(random.Random(1))
+    with pytest.raises(ValueError, match="different parameters"):
+        small_params[1].encrypt_for(other_pk, 1, random.Random(2))
+
+
+def test_crt_encryption_at_2048_bits(rng: random.Random) -> None:
+    from common.demo_params import load_demo_master_key
+
+    master = load_demo_master_key(2048)
+    pk, sk = master.params.keygen(rng)
+    state = rng.getstate()
+    shortcut = master.encrypt_for(pk, 12345, rng)
+    rng.setstate(state)
+    assert shortcut.B == pk.encrypt(12345, rng).B
+    assert sk.decrypt(shortcut) == 12345

@@ -458,3 +458,16 @@ def test_masks_of_zero_are_an_encryption_of_zero(
     masks = encryptor_2.precompute(2 * WIDTH, random.Random(8))
     assert isinstance(masks, EncryptionMasks) and masks.job_key == job_key
     assert decrypt_vector(master, masks.encrypt([0] * (2 * WIDTH))) == [0] * (2 * WIDTH)
+
+
+def test_one_encryptor_shared_by_threads(
+    small_params: Params, encryptor_2: VectorEncryptor
+) -> None:
+    """Concurrent requests are serialised on the worker pipes, never interleaved."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, master = small_params
+    messages = [[i, i + 1, i + 2, i + 3, i + 4] for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        vectors = list(pool.map(lambda m: encryptor_2.encrypt(m, random.Random(m[0])), messages))
+    assert [decrypt_vector(master, v) for v in vectors] == messages
