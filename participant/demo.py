@@ -41,7 +41,15 @@ from participant.models import MLP, Model
 from participant.node import dataset_partitions, load_identity
 from participant.training import TrainingConfig, evaluate, run_plaintext_fedavg
 
-__all__ = ["MODELS", "DemoError", "build_model", "build_parser", "main", "run_demo"]
+__all__ = [
+    "DEMO_ENCODING",
+    "MODELS",
+    "DemoError",
+    "build_model",
+    "build_parser",
+    "main",
+    "run_demo",
+]
 
 DEFAULT_PLOT = "trapdoor-demo-accuracy.png"
 LAYERS = {"digits": [64, 32, 10], "mnist": [784, 128, 64, 10]}
@@ -54,6 +62,18 @@ LEARNING_RATES = {"mlp": 0.1, "cnn": 0.3, "rnn": 0.5, "torch-mlp": 0.3, "torch-c
 
 class DemoError(ClusterError):
     """The demo could not run to the end (a service failed to start or a round failed)."""
+
+
+#: The demo jobs' encoding. 22 fractional bits with a slot range of +-16 (guard bit kept)
+#: round each update 4x finer than 20 bits with +-64: the trained models stay closer to
+#: float FedAvg (docs/MODEL_ZOO.md), and no weight here comes near 16.
+DEMO_ENCODING: dict[str, float | int] = {
+    "frac_bits": 22,
+    "slot_bits": 29,
+    "slot_bound": 16.0,
+    "clip_bound": 8.0,
+    "width": 16,
+}
 
 
 def build_model(kind: str, dataset: str) -> Model:
@@ -244,16 +264,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": rounds,
             "round_deadline_seconds": 3600,
             "below_quorum_policy": "stay-open",
-            # 22 fractional bits with a slot range of +-16 (guard bit kept) rounds each
-            # update 4x finer than 20 bits with +-64: the trained models stay closer to
-            # float FedAvg (docs/MODEL_ZOO.md), and no weight here comes near 16.
-            "encoding": {
-                "frac_bits": 22,
-                "slot_bits": 29,
-                "slot_bound": 16.0,
-                "clip_bound": 8.0,
-                "width": 16,
-            },
+            "encoding": dict(DEMO_ENCODING),
         }
         ps_ops = cluster.ps_operator()
         t_job = time.perf_counter()
