@@ -749,7 +749,8 @@ def render(
             "`Enc(R)` (in a deployment that overlaps the participants' training on their own "
             "machines; here they would share 2 cores), and reports that time apart. Times are "
             "means over participants; the release latency is from the last upload's response "
-            "to round status `released` (polled every 50 ms); the PS/KGC CPU seconds come from "
+            "to the `released_at` time the PS stamps when it stores the bundle (polled every "
+            "0.5 s, same clock); the PS/KGC CPU seconds come from "
             "`/proc/<pid>/stat`.",
             "",
             _plan_note(rnd),

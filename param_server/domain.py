@@ -554,7 +554,9 @@ class ParameterServer:
                 contributors=contributors,
                 num_plaintexts=num_plaintexts,
             )
-            self._finish_release(job_id, t, bundle, now)
+            # Stamped when the bundle is stored (the KGC call takes seconds): released_at is
+            # when the model became downloadable, and the next round's deadline runs from it.
+            self._finish_release(job_id, t, bundle, max(now, self.clock()))
         except Exception as exc:
             reason = exc.message if isinstance(exc, KgcError | DomainError) else type(exc).__name__
             log.warning("job %s round %d: release failed (%s); will retry", job_id, t, reason)
