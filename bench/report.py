@@ -807,6 +807,13 @@ def render(
             _baseline_section(base, cmp),
             "",
         ]
+    parts += [
+        "## Other models",
+        "",
+        "CNN, GRU and the PyTorch adapter models, encrypted vs plaintext per round on MNIST: "
+        "`docs/MODEL_ZOO.md` (`trapdoor demo --model …`; JSON in `bench/results/model_zoo/`).",
+        "",
+    ]
     if rnd and base:
         parts += [
             "## Where the time goes, and what would close the gaps",
