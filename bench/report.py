@@ -94,30 +94,50 @@ def _targets(
         encs = sorted(p["encode_s"] + p["encrypt_s"] for p in per)
         totals = sorted(p["encode_s"] + _enc_total(p) for p in per)
         med, med_total = encs[len(encs) // 2], totals[len(totals) // 2]
+        later = sorted(
+            p["encode_s"] + p["encrypt_s"]
+            for r in _runs(rnd, "steady")
+            if r["params"] == MODELS_PARAMS
+            for p in r["per_participant"]
+        )
+        later_text = (
+            f"rounds after the first (masks made while waiting for the previous release): "
+            f"median {_s(later[len(later) // 2])}, max {_s(later[-1])}; "
+            if later
+            else ""
+        )
+        verdicts = [f"{_ok(bool(later) and later[-1] <= 5)} from round 2"] if later else []
+        verdicts.append(f"{_ok(med <= 5)} in round 1")
+        verdicts.append(f"{_ok(med_total <= 5)} for the whole encryption")
         rows.append(
             [
                 "participant encode+encrypt per round, MNIST MLP, 2 cores",
                 "≤ 5 s",
-                f"after training: median {_s(med)}, max {_s(encs[-1])} ({len(encs)} "
-                f"participants); whole encryption, masks included: median {_s(med_total)}, "
-                f"max {_s(totals[-1])} ({_ok(med_total <= 5)} on its own)",
-                f"masks computed while training, on 2 encryption processes; median "
+                later_text + f"first round, after training: median {_s(med)}, max "
+                f"{_s(encs[-1])} ({len(encs)} participants); whole encryption, masks "
+                f"included: median {_s(med_total)}, max {_s(totals[-1])}",
+                "masks on 2 encryption processes, from the start of training (round 1) or "
+                f"right after the previous upload; median "
                 f"{sorted(p['cpu_up_s'] for p in per)[len(per) // 2]:.1f} CPU s for "
                 "train+encode+encrypt+upload",
-                _ok(med <= 5),
+                "; ".join(verdicts),
             ]
         )
         k10 = [r for r in main if r["k"] == 10] or main[-1:]
-        r10 = k10[0]
-        lat = r10["release_latency_s"]
+        k10 += [r for r in _runs(rnd, "steady") if (r["k"], r["params"]) == (10, MODELS_PARAMS)]
+        lats = [r["release_latency_s"] for r in k10]
         rows.append(
             [
-                f"last upload → model downloadable, K={r10['k']}",
+                f"last upload → model downloadable, K={k10[0]['k']}",
                 "≤ 5 s",
-                _s(lat),
-                f"PS {r10['release_ps_cpu_s']:.1f} + KGC {r10['release_kgc_cpu_s']:.1f} CPU s "
-                "in that window (sequential steps)",
-                _ok(lat <= 5),
+                " and ".join(_s(x) for x in lats)
+                + (" (one-round job, and round 2 of a two-round job)" if len(lats) > 1 else ""),
+                " and ".join(
+                    f"PS {r['release_ps_cpu_s']:.1f} + KGC {r['release_kgc_cpu_s']:.1f}"
+                    for r in k10
+                )
+                + " CPU s in that window",
+                _ok(max(lats) <= 5),
             ]
         )
         bpp = max(r["bytes_up_per_param"] for r in main)
@@ -776,7 +796,9 @@ def render(
             "### CPU seconds per party, bytes, database size",
             "",
             "Bytes up are the binary upload frame; bytes down the JSON release bundle "
-            "(sealed model, this participant's wrapped key, the blind `R`, signature).",
+            "(sealed model, this participant's wrapped key, the blind `R`, signature). The "
+            "PS database is measured in SQLite pages in use (page count less free pages, "
+            "WAL included), before and after the round.",
             "",
             _cost_section(rnd),
             "",

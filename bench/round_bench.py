@@ -30,9 +30,11 @@ Writes ``<out>/round_bench.json`` and ``<out>/round_bench_*.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import secrets
+import sqlite3
 import statistics
 import sys
 import time
@@ -83,7 +85,17 @@ def num_params(layers: Sequence[int]) -> int:
 
 
 def _db_bytes(workdir: Path, name: str) -> int:
-    return sum(p.stat().st_size for p in workdir.glob(f"{name}*") if p.is_file())
+    """Bytes of the SQLite pages in use (committed state, WAL included).
+
+    File sizes would not do: in WAL mode SQLite reuses the WAL and free pages, so a round
+    can add data without any file growing.
+    """
+    with contextlib.closing(sqlite3.connect(workdir / name)) as conn:
+        page_size, pages, free = (
+            int(conn.execute(f"PRAGMA {pragma}").fetchone()[0])
+            for pragma in ("page_size", "page_count", "freelist_count")
+        )
+    return (pages - free) * page_size
 
 
 def _cpu(pid: int) -> float:
