@@ -30,6 +30,8 @@ HYP = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 WIDTH = 3
+SEEDS = st.integers(min_value=0, max_value=2**32)
+PLAINTEXT_LISTS = st.lists(st.integers(min_value=0, max_value=2**255), min_size=1, max_size=10)
 Params = tuple[PublicParams, MasterKey]
 
 
@@ -115,19 +117,6 @@ def test_round_trip(
     assert len(vector.elements) == length + -(-length // WIDTH)
     assert decrypt_vector(master, vector) == ms
     assert decrypt_vector(master, vector, workers=2) == ms
-
-
-@HYP
-@given(
-    seed=st.integers(min_value=0, max_value=2**32),
-    ms=st.lists(st.integers(min_value=0, max_value=2**255), min_size=1, max_size=10),
-)
-def test_round_trip_property(
-    small_params: Params, encryptor: VectorEncryptor, seed: int, ms: list[int]
-) -> None:
-    params, master = small_params
-    ms = [m % params.n for m in ms]
-    assert decrypt_vector(master, encryptor.encrypt(ms, random.Random(seed))) == ms
 
 
 @pytest.mark.parametrize("length", [1, WIDTH, 2 * WIDTH + 2])
@@ -409,14 +398,11 @@ def test_encryptor_workers_lifecycle(job_key: JobKey) -> None:
 
 
 @HYP
-@given(
-    seed=st.integers(min_value=0, max_value=2**32),
-    ms=st.lists(st.integers(min_value=0, max_value=2**255), min_size=1, max_size=10),
-)
-def test_masks_encrypt_exactly_like_direct_encryption(
+@given(seed=SEEDS, ms=PLAINTEXT_LISTS)
+def test_round_trip_property_direct_and_with_masks(
     small_params: Params, encryptor: VectorEncryptor, seed: int, ms: list[int]
 ) -> None:
-    """Same r, same message: the two-phase ciphertext is the direct one, bit for bit."""
+    """Both decrypt to ``ms``; with the same r the two-phase ciphertext is the direct one."""
     params, master = small_params
     ms = [m % params.n for m in ms]
     masks = encryptor.precompute(len(ms), random.Random(seed))

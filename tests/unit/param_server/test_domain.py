@@ -346,6 +346,20 @@ def _release_row(world: PsWorld, job_id: str, t: int) -> Release | None:
         return session.get(Release, (job_id, t))
 
 
+def _release_round_zero(world: PsWorld, job: Scenario, seed: int) -> Release:
+    """Everyone uploads, the tick releases, every contributor opens the FedAvg model."""
+    deltas = _deltas(world.participants, seed=seed)
+    for p in world.participants:
+        job.upload(p, 0, deltas[p.subject_id])
+    assert world.ps.tick().released == [("job-a", 0)]
+    expected = job.expected(job.w0, deltas)
+    for p in world.participants:
+        assert np.max(np.abs(job.model_of(p, 0) - expected)) < TOLERANCE
+    released = _release_row(world, "job-a", 0)
+    assert released is not None
+    return released
+
+
 def test_blind_is_prepared_while_the_round_is_open_and_used_by_the_release(
     world: PsWorld,
 ) -> None:
@@ -358,16 +372,9 @@ def test_blind_is_prepared_while_the_round_is_open_and_used_by_the_release(
     assert prepared.blind_ciphertext is not None
     assert ps.prepare_blind("job-a", 0) is False  # once per round
 
-    deltas = _deltas(world.participants, seed=5)
-    for p in world.participants:
-        job.upload(p, 0, deltas[p.subject_id])
-    assert ps.tick().released == [("job-a", 0)]
-    released = _release_row(world, "job-a", 0)
-    assert released is not None and released.blind == prepared.blind
+    released = _release_round_zero(world, job, seed=5)
+    assert released.blind == prepared.blind
     assert released.blind_ciphertext is None and released.request is None
-    expected = job.expected(job.w0, deltas)
-    for p in world.participants:
-        assert np.max(np.abs(job.model_of(p, 0) - expected)) < TOLERANCE
     # The same tick opened round 1 and prepared its blind, a fresh one.
     following = _release_row(world, "job-a", 1)
     assert following is not None and following.blind_ciphertext is not None
@@ -390,15 +397,7 @@ def test_claimed_blind_without_ciphertext_is_encrypted_by_the_release(
     assert claimed is not None and claimed.blind_ciphertext is None
     monkeypatch.undo()
 
-    deltas = _deltas(world.participants, seed=6)
-    for p in world.participants:
-        job.upload(p, 0, deltas[p.subject_id])
-    assert ps.tick().released == [("job-a", 0)]
-    released = _release_row(world, "job-a", 0)
-    assert released is not None and released.blind == claimed.blind
-    expected = job.expected(job.w0, deltas)
-    for p in world.participants:
-        assert np.max(np.abs(job.model_of(p, 0) - expected)) < TOLERANCE
+    assert _release_round_zero(world, job, seed=6).blind == claimed.blind
 
 
 def test_no_blind_is_prepared_for_rounds_that_are_not_open(world: PsWorld) -> None:
