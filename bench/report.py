@@ -659,10 +659,12 @@ with 11.9 PS + 6.4 KGC CPU s). Now the PS computes `Enc(R)` while the round is o
 in the window it only loads `Enc(W_t+1)`, adds the prepared `Enc(R)`, signs the request,
 and then verifies and stores the bundle: {ps:.1f} CPU s. The KGC's {kgc:.1f} CPU s are
 almost all the master-key decryption (1,661 class computations, each two exponentiations
-with 1024-bit exponents modulo p² and q², one thread per CPU) and one BCP key
-encapsulation per contributor. Two cores cannot do that much faster: {kgc:.1f} CPU s is at
-least {_s(kgc / 2)} of wall time on two cores. What would go lower: more cores at the KGC
-(the class computations are independent and the threads scale), or a smaller vector.
+with 1024-bit exponents modulo p² and q², one thread per CPU; `docs/BENCH_CRYPTO.md`
+measured this decryption alone at 3.1–4.3 s on 2 threads, about 7 CPU s) and one BCP key
+encapsulation per contributor (≈ 20 ms each, by CRT). Two cores cannot do that much
+faster: {kgc:.1f} CPU s is at least {_s(kgc / 2)} of wall time on two cores. What would
+go lower: more cores at the KGC (the class computations are independent and the threads
+scale), or a smaller vector.
 
 **Baseline.** The per-scalar system pays one 2048-bit modular exponentiation with a
 2048-bit exponent per parameter ({phe_ms:.1f} ms here) and ships a 512-byte ciphertext per
