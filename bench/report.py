@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bench import accuracy_bench, paillier_baseline, round_bench
 from bench.crypto_bench import _log
-from bench.round_bench import MODELS, num_params
+from bench.round_bench import MODELS, encrypt_total, num_params
 from participant.demo import DEMO_ENCODING
 
 __all__ = ["main", "render"]
@@ -65,11 +65,6 @@ def _runs(doc: dict[str, Any], series: str) -> list[dict[str, Any]]:
     return [r for r in doc["runs"] if r["series"] == series]
 
 
-def _enc_total(row: dict[str, Any]) -> float:
-    """Whole encryption (masks + what is left after training); older runs had no masks."""
-    return float(row.get("encrypt_total_s", row["encrypt_s"]))
-
-
 def _targets(
     acc: dict[str, Any], rnd: dict[str, Any], cmp: list[dict[str, Any]]
 ) -> list[list[str]]:
@@ -92,7 +87,7 @@ def _targets(
     if main:
         per = [p for r in main for p in r["per_participant"]]
         encs = sorted(p["encode_s"] + p["encrypt_s"] for p in per)
-        totals = sorted(p["encode_s"] + _enc_total(p) for p in per)
+        totals = sorted(p["encode_s"] + encrypt_total(p) for p in per)
         med, med_total = encs[len(encs) // 2], totals[len(totals) // 2]
         later = sorted(
             p["encode_s"] + p["encrypt_s"]
@@ -363,7 +358,7 @@ def _scaling_section(rnd: dict[str, Any]) -> str:
             [
                 f"{r[x]:,}",
                 r["k"] if series == "scale_model" else f"{r['params']:,}",
-                _s(_enc_total(r["mean_s"])),
+                _s(encrypt_total(r["mean_s"])),
                 _s(sum(p["upload_s"] for p in r["per_participant"])),
                 _s(r["release_latency_s"]),
                 f"{r['round_ps_cpu_s']:.2f}",
@@ -470,7 +465,7 @@ def _bits_section(rnd: dict[str, Any]) -> str:
             r["k"],
             f"{r['params']:,}",
             _s(r["encryptor_setup_s"]),
-            _s(_enc_total(r["mean_s"])),
+            _s(encrypt_total(r["mean_s"])),
             _s(r["release_latency_s"]),
             _s(r["mean_s"]["decrypt_s"]),
             f"{r['bytes_up_per_param']:.2f}",
@@ -500,7 +495,7 @@ def _bits_section(rnd: dict[str, Any]) -> str:
         a, b = rs[0], rs[-1]
         text += (
             f"\n\n{b['bits']} vs {a['bits']} bits, same run: encryption "
-            f"{_enc_total(b['mean_s']) / _enc_total(a['mean_s']):.2f}x, release latency "
+            f"{encrypt_total(b['mean_s']) / encrypt_total(a['mean_s']):.2f}x, release latency "
             f"{b['release_latency_s'] / a['release_latency_s']:.2f}x, bytes "
             f"{b['bytes_up'] / a['bytes_up']:.2f}x; CPU seconds (less load-dependent): "
             f"participant {b['participant_cpu_s'] / a['participant_cpu_s']:.2f}x, "
@@ -640,13 +635,13 @@ wall time.
 `g^r` or `h_j^r` that depends only on the block's fresh `r`, never on the update, so the
 client computes the masks on a background thread (`EncryptionMasks`,
 `docs/ARCHITECTURE.md`): from the start of local training, and right after each upload
-for the next round. The whole encryption costs {_s(_enc_total(m))} per participant at
+for the next round. The whole encryption costs {_s(encrypt_total(m))} per participant at
 K={k10["k"]} (1,661 fixed-base exponentiations mod N², window 7, split over 2 worker
 processes; `docs/BENCH_CRYPTO.md` has the cost model). In the first round of a job the
 masks start with training, and training here is short (1 local epoch on a 1/{k10["k"]}
 IID share of 5,000 images: {_s(m["train_s"])}), so {_s(m["masks_wait_s"])} of waiting was
-left after it. {steady_text} The whole encryption, {_s(_enc_total(m))}, is
-{"within" if _enc_total(m) <= 5 else "above"} 5 s on two cores (`docs/BENCH_CRYPTO.md`
+left after it. {steady_text} The whole encryption, {_s(encrypt_total(m))}, is
+{"within" if encrypt_total(m) <= 5 else "above"} 5 s on two cores (`docs/BENCH_CRYPTO.md`
 measured 4.0–5.4 s for the same encryption alone; here the masks share the cores with
 training and the other simulated participants' work); from the second round of a job on
 it is off the participant's critical path.

@@ -52,7 +52,15 @@ from participant.cluster import LocalCluster
 from participant.models import MLP
 from participant.node import dataset_partitions
 
-__all__ = ["MODELS", "linear_fit", "main", "merge", "round_cpu_s", "run_round_bench"]
+__all__ = [
+    "MODELS",
+    "encrypt_total",
+    "linear_fit",
+    "main",
+    "merge",
+    "round_cpu_s",
+    "run_round_bench",
+]
 
 #: Model sizes by name: MNIST MLPs (784 inputs, 10 classes).
 MODELS: dict[str, list[int]] = {
@@ -450,9 +458,9 @@ def _series(runs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [r for r in runs if r["series"] == name]
 
 
-def _encrypt_total(r: dict[str, Any]) -> float:
-    """Mean whole encryption per participant: masks plus what is left after training."""
-    return float(r["mean_s"].get("encrypt_total_s", r["mean_s"]["encrypt_s"]))
+def encrypt_total(timings: dict[str, Any]) -> float:
+    """Whole encryption: masks plus what is left after training (older runs had no masks)."""
+    return float(timings.get("encrypt_total_s", timings["encrypt_s"]))
 
 
 def _fits(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -469,7 +477,7 @@ def _fits(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "round_kgc_cpu_s": linear_fit(xs, [r["round_kgc_cpu_s"] for r in rs]),
             "participant_cpu_s": linear_fit(xs, [r["participant_cpu_s"] for r in rs]),
             "round_cpu_s": linear_fit(xs, [round_cpu_s(r) for r in rs]),
-            "encrypt_s": linear_fit(xs, [_encrypt_total(r) for r in rs]),
+            "encrypt_s": linear_fit(xs, [encrypt_total(r["mean_s"]) for r in rs]),
             "db_bytes_round": linear_fit(xs, [r["db_bytes_round"] for r in rs]),
             "bytes_up": linear_fit(xs, [r["bytes_up"] for r in rs]),
         }
@@ -520,7 +528,12 @@ def _plot(doc: dict[str, Any], out: Path) -> None:
         xs = [r[x] for r in rs]
         ax.plot(xs, [r["round_wall_s"] for r in rs], "o-", label="round, participants sequential")
         ax.plot(xs, [r["release_latency_s"] for r in rs], "s-", label="release latency")
-        ax.plot(xs, [_encrypt_total(r) for r in rs], "^-", label="encrypt (whole), one participant")
+        ax.plot(
+            xs,
+            [encrypt_total(r["mean_s"]) for r in rs],
+            "^-",
+            label="encrypt (whole), one participant",
+        )
         ax.plot(xs, [round_cpu_s(r) for r in rs], "d-", label="CPU s, all parties (steadier)")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("seconds (wall) / CPU seconds")

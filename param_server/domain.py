@@ -568,6 +568,11 @@ class ParameterServer:
             return False
         return True
 
+    def _draw_blind(self, crypto: _JobCrypto) -> list[int]:
+        """A fresh uniform ``R``: one value in ``[0, N)`` per packed plaintext."""
+        n = int(crypto.job_key.params.n)
+        return [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
+
     def prepare_blind(self, job_id: str, t: int, *, now: float | None = None) -> bool:
         """Draw round ``t``'s blind ``R`` and compute ``Enc(R)`` while the round is open.
 
@@ -585,9 +590,8 @@ class ParameterServer:
             if session.get(Release, (job_id, t)) is not None:
                 return False
             crypto = self._crypto(self._job(session, job_id))
-            n = int(crypto.job_key.params.n)
-            blind = [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
-            claimed = plaintexts_to_bytes(blind, n)
+            blind = self._draw_blind(crypto)
+            claimed = plaintexts_to_bytes(blind, int(crypto.job_key.params.n))
             session.add(Release(job_id=job_id, round=t, blind=claimed, requested_at=now))
         encrypted = self._encrypt(job_id, crypto.job_key, blind).to_bytes()
         with self._lock, session_scope(self._sessions) as session:
@@ -603,8 +607,7 @@ class ParameterServer:
         with self._sessions() as session:
             pending = session.get(Release, (job_id, t))
             if pending is not None and pending.request is not None:
-                header = decode_frame(pending.request).header
-                return pending.request, list(header["contributors"]), header["num_plaintexts"]
+                return _stored_request(pending.request)
             job = self._job(session, job_id)
             crypto = self._crypto(job)
             model = self._load_model(session, job_id, t + 1, crypto)
@@ -614,7 +617,7 @@ class ParameterServer:
             prepared = (pending.blind, pending.blind_ciphertext) if pending else None
         n = int(crypto.job_key.params.n)
         if prepared is None:
-            blind = [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
+            blind = self._draw_blind(crypto)
             encrypted_blind = self._encrypt(job_id, crypto.job_key, blind)
         else:  # drawn while the round was open; Enc(R) too unless that was cut short
             blind = plaintexts_from_bytes(prepared[0], n)
@@ -633,8 +636,7 @@ class ParameterServer:
                 release = Release(job_id=job_id, round=t, blind=plaintexts_to_bytes(blind, n))
                 session.add(release)
             elif release.request is not None:  # another worker got there first: use its
-                header = decode_frame(release.request).header
-                return release.request, list(header["contributors"]), header["num_plaintexts"]
+                return _stored_request(release.request)
             release.request = frame
             release.requested_at = now
             release.blind_ciphertext = None  # spent: it is inside the request now
@@ -791,6 +793,12 @@ def _check_upload(crypto: _JobCrypto, job_id: str, t: int, data: bytes) -> tuple
     if vector.layout != crypto.layout:
         raise DomainError(422, "wrong-shape", "block layout does not match the job")
     return str(header["sha256"]), frame.payload
+
+
+def _stored_request(frame: bytes) -> tuple[bytes, list[str], int]:
+    """A persisted release request with the contributors and size its header names."""
+    header = decode_frame(frame).header
+    return frame, list(header["contributors"]), int(header["num_plaintexts"])
 
 
 def _is_int(value: object) -> bool:
