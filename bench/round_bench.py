@@ -205,7 +205,12 @@ def measure_round(
         enrolment = cluster.enrol(f"p{i}-{secrets.token_hex(2)}", "participant")
         clients.append(
             ParticipantClient.enrol(
-                cluster.kgc_url, enrolment["subject_id"], enrolment["code"], params, workers=workers
+                cluster.kgc_url,
+                enrolment["subject_id"],
+                enrolment["code"],
+                params,
+                workers=workers,
+                min_quorum=min(3, k),  # the K=2 scaling runs use quorum 2 on purpose
             )
         )
     enrol_s = time.perf_counter() - t0

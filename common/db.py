@@ -8,6 +8,8 @@ can share one PostgreSQL database or use separate ones.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +23,10 @@ __all__ = [
     "make_engine",
     "make_metadata",
     "migrate",
+    "prepare_sqlite_file",
     "run_alembic_env",
     "session_scope",
+    "sqlite_path",
 ]
 
 NAMING_CONVENTION = {
@@ -41,9 +45,40 @@ def make_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///...`` URL (None for in-memory databases)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def prepare_sqlite_file(url: str) -> None:
+    """Create a SQLite database owner-only: its folder 0700 (if we make it), the file 0600.
+
+    The databases hold ciphertexts, sealed keys and (on a node) sealed models: nobody but
+    the service's own user has any business reading them. SQLite gives its ``-wal`` and
+    ``-shm`` files the mode of the database file.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    with contextlib.suppress(PermissionError):  # a file we do not own keeps its mode
+        os.chmod(path, 0o600)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine with sane defaults: SQLite gets WAL, foreign keys and a busy timeout."""
+    """An engine with sane defaults: SQLite gets WAL, foreign keys and a busy timeout.
+
+    A SQLite file is created owner-only (:func:`prepare_sqlite_file`).
+    """
     if url.startswith("sqlite"):
+        prepare_sqlite_file(url)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
         )

@@ -8,24 +8,40 @@ stack trace or a secret.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
+import os
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 __all__ = [
+    "CONTROL_BODY_LIMIT",
+    "ROUND",
     "ApiError",
     "add_common_routes",
     "bearer_token",
+    "body_limit",
     "field",
     "json_body",
+    "limit_request_bodies",
     "register_error_handlers",
     "require_admin",
+    "restrict_new_files",
 ]
+
+#: Every JSON control message fits in this; a view that takes more says so with
+#: :func:`body_limit`. Enforced before the body is read or parsed.
+CONTROL_BODY_LIMIT = 64 * 1024
+#: The converter for round numbers in URLs: bounded, so 2**63 is a 404, never a 500.
+ROUND = "int(max=2147483647)"
+
+_View = TypeVar("_View", bound=Callable[..., Any])
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +85,42 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Any:
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
         return jsonify(error="internal", message="internal server error"), 500
+
+
+def body_limit(max_bytes: int) -> Callable[[_View], _View]:
+    """Let one view read up to ``max_bytes`` (instead of :data:`CONTROL_BODY_LIMIT`)."""
+
+    def decorate(view: _View) -> _View:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            cap = current_app.config.get("MAX_CONTENT_LENGTH")
+            request.max_content_length = min(max_bytes, cap) if cap else max_bytes
+            return view(*args, **kwargs)
+
+        wrapper._body_limit = max_bytes  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def limit_request_bodies(app: Flask, default: int = CONTROL_BODY_LIMIT) -> None:
+    """Size every endpoint's body limit to its message, checked before anything is read.
+
+    A request whose ``Content-Length`` is over its view's limit is a 413 at once; one
+    without a length is cut off at the limit when read. Views that take bulk frames raise
+    their own limit with :func:`body_limit` or by setting ``request.max_content_length``.
+    """
+
+    @app.before_request
+    def _limit() -> None:
+        view = app.view_functions.get(request.endpoint or "")
+        limit = getattr(view, "_body_limit", None) or default
+        cap = app.config.get("MAX_CONTENT_LENGTH")
+        request.max_content_length = min(limit, cap) if cap else limit
+        length = request.content_length
+        applied = request.max_content_length
+        if length is not None and length > applied:
+            raise ApiError(413, "too-large", f"request body is over {applied} bytes")
 
 
 def json_body() -> dict[str, Any]:
@@ -128,9 +180,16 @@ def require_admin() -> None:
         raise ApiError(401, "unauthorized", "invalid admin token")
 
 
-def _path_type(rule: Any, arg: str) -> str:
+def _path_schema(rule: Any, arg: str) -> dict[str, Any]:
+    from werkzeug.routing import IntegerConverter
+
     converter = rule._converters.get(arg)
-    return "integer" if type(converter).__name__ == "IntegerConverter" else "string"
+    if isinstance(converter, IntegerConverter):
+        schema: dict[str, Any] = {"type": "integer", "minimum": 0}
+        if converter.max is not None:
+            schema["maximum"] = converter.max
+        return schema
+    return {"type": "string"}
 
 
 def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
@@ -139,14 +198,12 @@ def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
-        for converter in ("int:", "string:", "path:"):
-            path = path.replace("{" + converter, "{")
+        path = re.sub(r"<(?:[a-z]+(?:\([^)]*\))?:)?([A-Za-z_]\w*)>", r"{\1}", rule.rule)
         view = app.view_functions[rule.endpoint]
         doc = (view.__doc__ or rule.endpoint).strip()
         summary = doc.splitlines()[0]
         parameters = [
-            {"name": arg, "in": "path", "required": True, "schema": {"type": _path_type(rule, arg)}}
+            {"name": arg, "in": "path", "required": True, "schema": _path_schema(rule, arg)}
             for arg in sorted(rule.arguments)
         ]
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
@@ -193,6 +250,15 @@ def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
     }
 
 
+def restrict_new_files() -> None:
+    """Every file this service process creates from now on is owner-only (umask 077).
+
+    Databases, logs, key and model files hold ciphertexts and sealed secrets; called by
+    :func:`serve` and by each service's WSGI module, before anything is created.
+    """
+    os.umask(0o077)
+
+
 def serve(
     app: Flask, host: str, port: int, label: str, on_stop: Callable[[], None] | None = None
 ) -> None:
@@ -206,6 +272,7 @@ def serve(
 
     from werkzeug.serving import make_server
 
+    restrict_new_files()
     server = make_server(host, port, app, threaded=True)
 
     def _stop(_signum: int, _frame: object) -> None:

@@ -115,7 +115,7 @@ def verify_json(key: Ed25519PublicKey, obj: Any, signature: object) -> None:
 
 @dataclass(frozen=True)
 class TokenClaims:
-    """What a verified token says: who, in which role, until when."""
+    """What a verified token says: who, in which role, for which service, until when."""
 
     subject: str
     role: str
@@ -123,6 +123,7 @@ class TokenClaims:
     expires_at: int
     token_id: str
     issuer: str
+    audience: str
 
 
 def issue_token(
@@ -133,9 +134,13 @@ def issue_token(
     now: float,
     ttl_seconds: int,
     token_id: str,
+    audience: str,
     issuer: str = "kgc",
 ) -> str:
-    """A signed, short-lived bearer token. ``now`` is passed in (testable clock)."""
+    """A signed, short-lived bearer token for one ``audience`` (the one service it is for).
+
+    ``now`` is passed in (testable clock).
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     claims = {
@@ -145,6 +150,7 @@ def issue_token(
         "exp": int(now) + int(ttl_seconds),
         "jti": token_id,
         "iss": issuer,
+        "aud": audience,
     }
     body = b64encode(canonical_json(claims))
     signed = f"{TOKEN_VERSION}.{body}".encode()
@@ -156,10 +162,16 @@ def verify_token(
     token: object,
     *,
     now: float,
+    audience: str,
+    issuer: str = "kgc",
     roles: tuple[str, ...] = ROLES,
     leeway_seconds: int = 5,
 ) -> TokenClaims:
-    """Check signature, expiry and role; raise :class:`TokenError` with a reason otherwise."""
+    """Check signature, issuer, audience, expiry and role; :class:`TokenError` otherwise.
+
+    ``audience`` is the verifying service's own name (the KGC's, or a PS's subject id):
+    a token a participant sent to one service is refused by every other one.
+    """
     if not isinstance(token, str) or token.count(".") != 2:
         raise TokenError("malformed token")
     version, body, signature = token.split(".")
@@ -178,9 +190,14 @@ def verify_token(
             expires_at=int(claims["exp"]),
             token_id=str(claims["jti"]),
             issuer=str(claims["iss"]),
+            audience=str(claims["aud"]),
         )
     except (ValueError, KeyError, TypeError):
         raise TokenError("malformed token claims") from None
+    if parsed.issuer != issuer:
+        raise TokenError("token was not issued by this KGC")
+    if parsed.audience != audience:
+        raise TokenError("token is for another service (audience mismatch)")
     if now > parsed.expires_at + leeway_seconds:
         raise TokenError("token expired")
     if now + leeway_seconds < parsed.issued_at:

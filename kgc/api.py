@@ -11,13 +11,23 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from common.service import ApiError, bearer_token, field, json_body, require_admin
+from common.service import (
+    ApiError,
+    bearer_token,
+    body_limit,
+    field,
+    json_body,
+    require_admin,
+)
 from kgc.domain import KgcService
 from kgc.errors import KgcError
 
-__all__ = ["EXTENSION", "bp", "service"]
+__all__ = ["EXTENSION", "RELEASE_BODY_CEILING", "bp", "service"]
 
 EXTENSION = "kgc"
+#: What the app lets a release request announce before its view runs; the view then sets
+#: the job's own frame size (and the app's ``MAX_CONTENT_LENGTH`` caps both).
+RELEASE_BODY_CEILING = 2**40
 
 bp = Blueprint("kgc", __name__, url_prefix="/v1")
 
@@ -73,12 +83,18 @@ def subject(subject_id: str) -> Any:
 
 @bp.post("/tokens")
 def tokens() -> Any:
-    """Enrolled subject: a short-lived token for a signed, fresh challenge."""
+    """Enrolled subject: a short-lived token for one audience, for a signed, fresh challenge.
+
+    Body: ``{"subject_id", "timestamp", "nonce", "audience", "signature"}``; ``audience`` is
+    ``"kgc"`` or the subject id of an enrolled parameter server (else 422
+    ``unknown-audience``) and the signature covers ``common.protocol.token_challenge``.
+    """
     body = json_body()
     answer = service().issue_token(
         field(body, "subject_id", str),
         field(body, "timestamp", int),
         field(body, "nonce", str),
+        field(body, "audience", str),
         field(body, "signature", str),
     )
     return jsonify(answer)
@@ -86,31 +102,38 @@ def tokens() -> Any:
 
 @bp.post("/jobs")
 def create_job() -> Any:
-    """Parameter server: a fresh job key, signed by the KGC."""
+    """Parameter server: KGC-signed job terms with a fresh job key.
+
+    Body: ``{"job_id", "terms": common.protocol.requested_terms(...)}`` → 201
+    ``{"job_id", "job_key", "job_terms", "job_terms_signature"}``.
+    """
     requester = _param_server()
     body = json_body()
-    answer = service().create_job(
-        requester,
-        field(body, "job_id", str),
-        field(body, "width", int),
-        field(body, "participants", list),
-        field(body, "quorum", int),
-    )
+    answer = service().create_job(requester, field(body, "job_id", str), field(body, "terms", dict))
     return jsonify(answer), 201
 
 
 @bp.post("/jobs/<job_id>/releases")
+@body_limit(RELEASE_BODY_CEILING)
 def release(job_id: str) -> Any:
     """Parameter server: open ``Enc(W + R)`` and seal it for the round's contributors.
 
-    Body: a binary vector frame (``application/octet-stream``) whose header carries the
-    round, contributors, receipts and the server's ``request_signature``. 201 for a new
-    release, 200 with the stored bundle for a repeat of the same request.
+    Body: a binary vector frame (``application/octet-stream``) whose header is
+    ``common.protocol.release_request_header`` (job, round, contributors and their signed
+    upload statements) plus the server's ``request_signature``. The body may be no larger
+    than the job's frame (checked before it is read). 201 for a new release, 200 with the
+    stored bundle for a repeat of the same request.
     """
     requester = _param_server()
     if request.mimetype != "application/octet-stream":
         raise ApiError(
             415, "unsupported-media-type", "expected Content-Type: application/octet-stream"
         )
+    limit = service().release_body_limit(requester, job_id)
+    cap = current_app.config.get("MAX_CONTENT_LENGTH")
+    request.max_content_length = min(limit, cap) if cap else limit
+    length = request.content_length
+    if length is not None and length > request.max_content_length:
+        raise ApiError(413, "too-large", f"request body is over {request.max_content_length} bytes")
     bundle, created = service().release(requester, job_id, request.get_data(cache=False))
     return jsonify(bundle), 201 if created else 200

@@ -5,7 +5,8 @@ registers the blueprint (which also maps domain errors to JSON), the common erro
 handlers and ``/healthz`` + ``/openapi.json``.
 Configuration keys (see :data:`DEFAULTS`): ``DATABASE_URL``, ``ADMIN_TOKEN``,
 ``PASSPHRASE`` (else from the environment; dropped from the config once used), ``DEMO``
-(accept the public demo parameters), ``MAX_CONTENT_LENGTH`` (64 MiB), ``AUTO_MIGRATE``,
+(accept the public demo parameters), ``MAX_CONTENT_LENGTH`` (64 MiB: the cap on any body;
+JSON bodies are limited to 64 KiB and a release to its job's frame size), ``AUTO_MIGRATE``,
 ``RELEASE_WORKERS``, and for tests ``CLOCK``, ``RNG``, ``RANDOM_BYTES``, ``SERVICE``.
 """
 
@@ -21,7 +22,7 @@ from flask import Flask
 from sqlalchemy.orm import sessionmaker
 
 from common.db import make_engine, migrate
-from common.service import add_common_routes, register_error_handlers
+from common.service import add_common_routes, limit_request_bodies, register_error_handlers
 from kgc.api import EXTENSION, bp
 from kgc.domain import KgcService
 from kgc.keystore import KgcKeys, ensure_sqlite_dir, load_kgc, passphrase_from_env
@@ -98,6 +99,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(bp)
     register_error_handlers(app)
+    limit_request_bodies(app)  # 64 KiB per control message; releases: the job's frame
 
     add_common_routes(
         app,

@@ -1,10 +1,17 @@
-"""What the KGC does, without the web layer: identities, tokens, job keys, releases.
+"""What the KGC does, without the web layer: identities, tokens, job terms, releases.
 
-DESIGN §4–§5 and the KGC section of docs/PROTOCOL.md. :class:`KgcService` holds the
-opened master key and signing key, a session factory, and an injected clock and
-randomness, so tests are deterministic. Every refusal is a :mod:`kgc.errors` exception
-raised *before* anything is written; every write is one transaction, and the unique
-constraints of :mod:`kgc.models` settle races between workers.
+DESIGN §4–§5, the KGC section of docs/PROTOCOL.md.
+:class:`KgcService` holds the opened master key and signing key, a session factory, and
+an injected clock and randomness, so tests are deterministic. Every refusal is a
+:mod:`kgc.errors` exception raised *before* anything is written; every write is one
+transaction, and the unique constraints of :mod:`kgc.models` settle races between workers.
+
+The parameter server is semi-trusted: the KGC takes nothing on its word. A job's terms
+(participants, their certified signing keys, weights, quorum, rounds, shape) are signed
+by the KGC when the job is made (:func:`common.protocol.sign_job_terms`); a release is
+granted only on that schedule (each round once, in order, below ``rounds``) and only for
+contributors whose own signed upload statements verify against those terms
+(:func:`common.protocol.check_release_request`).
 """
 
 from __future__ import annotations
@@ -15,21 +22,30 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from sqlalchemy import delete, select, text, update
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bcp import InvalidElementError, MasterKey, PublicKey, PublicParams, RandomSource
-from common.blocks import JobKey, generate_job_key
+from common.blocks import BlockLayout, JobKey, element_bytes, generate_job_key
 from common.db import session_scope
+from common.protocol import (
+    KGC_AUDIENCE,
+    JobTerms,
+    ProtocolError,
+    check_release_request,
+    check_requested_terms,
+    sign_job_terms,
+    token_challenge,
+    verify_job_terms,
+    verify_release_signature,
+)
 from common.release import seal_release
 from common.sealing import RandomBytes
 from common.signing import (
@@ -45,23 +61,34 @@ from common.signing import (
     verify_json,
     verify_token,
 )
-from common.wire import VectorFrame, WireError, decode_frame, from_hex, from_obj, to_hex, to_obj
+from common.wire import (
+    MAX_HEADER_BYTES,
+    VectorFrame,
+    WireError,
+    decode_frame,
+    from_hex,
+    from_obj,
+    to_hex,
+    to_obj,
+)
 from kgc.errors import (
     BadRequestError,
     ConflictError,
     ForbiddenError,
     InvalidError,
+    KgcError,
     NotFoundError,
     UnauthorizedError,
 )
-from kgc.models import NAME_LENGTH, Job, Release, Subject, TokenNonce
+from kgc.models import NAME_LENGTH, SUBJECT_ID_LENGTH, Job, Release, Subject, TokenNonce
 
 __all__ = [
+    "FRAME_PREFIX_BYTES",
     "MAX_SKEW_SECONDS",
     "MAX_WIDTH",
     "TOKEN_TTL_SECONDS",
     "KgcService",
-    "token_challenge",
+    "protocol_refusal",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,13 +98,28 @@ MAX_SKEW_SECONDS = 60
 MAX_WIDTH = 1024  # job key components: each costs one keygen exponentiation
 MAX_PARTICIPANTS = 10_000
 ISSUER = "kgc"
+#: Bytes before a frame's JSON header: magic, version, header length (``common.wire``).
+FRAME_PREFIX_BYTES = 9
 _JOB_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _NONCE = re.compile(r"\A[\x21-\x7e]{8,128}\Z")  # printable ASCII, no spaces
+_TERMS_CACHE_SIZE = 1024
+
+#: How a :class:`common.protocol.ProtocolError` code becomes a refusal (docs/PROTOCOL.md):
+#: a schedule violation is a conflict with the KGC's state, a forged signature is 403 (the
+#: bearer token was valid, the request was not), a malformed field 400, the rest 422.
+_PROTOCOL_REFUSALS: dict[str, type[KgcError]] = {
+    "round-out-of-range": ConflictError,
+    "out-of-schedule": ConflictError,
+    "bad-request-signature": ForbiddenError,
+    "bad-statement-signature": ForbiddenError,
+    "bad-field": BadRequestError,
+    "bad-terms": BadRequestError,
+}
 
 
-def token_challenge(subject_id: str, timestamp: int, nonce: str) -> dict[str, Any]:
-    """What a subject signs to get a token (docs/PROTOCOL.md, ``POST /v1/tokens``)."""
-    return {"purpose": "token", "subject_id": subject_id, "timestamp": timestamp, "nonce": nonce}
+def protocol_refusal(exc: ProtocolError) -> KgcError:
+    """The KGC's refusal for a failed protocol check: same code, status by code."""
+    return _PROTOCOL_REFUSALS.get(exc.code, InvalidError)(exc.code, exc.message)
 
 
 def _digest(text: str) -> str:
@@ -120,6 +162,9 @@ class KgcService:
         self.token_ttl = token_ttl
         self.max_skew = max_skew
         self.release_workers = release_workers
+        # Verified terms per (job, signature): a job's terms never change once signed.
+        self._terms_cache: dict[tuple[str, str], JobTerms] = {}
+        self._terms_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never print a key
         return f"KgcService(bits={self.params.bits}, demo={self.demo})"
@@ -259,12 +304,15 @@ class KgcService:
     # ------------------------------------------------------------------ tokens
 
     def issue_token(
-        self, subject_id: str, timestamp: int, nonce: str, signature: str
+        self, subject_id: str, timestamp: int, nonce: str, audience: str, signature: str
     ) -> dict[str, Any]:
-        """A short-lived token for a signed, fresh, never-seen challenge.
+        """A short-lived token for ``audience``, for a signed, fresh, never-seen challenge.
 
-        Replays are refused with 409 ``nonce-replayed`` (a conflict with a stored nonce),
-        stale or future timestamps with 401 ``stale-timestamp``.
+        The challenge is :func:`common.protocol.token_challenge` (it names the audience).
+        ``audience`` is ``"kgc"`` or the subject id of an enrolled, completed parameter
+        server; anything else is 422 ``unknown-audience``. Replays are refused with 409
+        ``nonce-replayed`` (a conflict with a stored nonce), stale or future timestamps
+        with 401 ``stale-timestamp``. Nothing is stored for a refused challenge.
         """
         if not _NONCE.match(nonce):
             raise BadRequestError("bad-field", "nonce must be 8 to 128 printable ASCII characters")
@@ -279,7 +327,7 @@ class KgcService:
                 try:
                     verify_json(
                         public_key_from_hex(subject.signing_key),
-                        token_challenge(subject_id, timestamp, nonce),
+                        token_challenge(subject_id, timestamp, nonce, audience),
                         signature,
                     )
                 except (SignatureError, ValueError):
@@ -289,6 +337,11 @@ class KgcService:
                 if abs(now - timestamp) > self.max_skew:
                     raise UnauthorizedError(
                         "stale-timestamp", f"timestamp is more than {self.max_skew} s off"
+                    )
+                if not self._known_audience(session, audience):
+                    raise InvalidError(
+                        "unknown-audience",
+                        'audience must be "kgc" or the subject id of an enrolled param_server',
                     )
                 # A pruned nonce cannot come back: its challenge is stale by now.
                 session.execute(
@@ -312,18 +365,30 @@ class KgcService:
             now=now,
             ttl_seconds=self.token_ttl,
             token_id=self._random_bytes(16).hex(),
+            audience=audience,
             issuer=ISSUER,
         )
         return {"token": token, "expires_at": int(now) + self.token_ttl}
 
+    @staticmethod
+    def _known_audience(session: Session, audience: str) -> bool:
+        """``"kgc"``, or the subject id of an enrolled, completed parameter server."""
+        if audience == KGC_AUDIENCE:
+            return True
+        if not 0 < len(audience) <= SUBJECT_ID_LENGTH:
+            return False
+        server = session.get(Subject, audience)
+        return server is not None and server.completed and server.role == "param_server"
+
     def authenticate(self, token: str, role: str) -> TokenClaims:
-        """Check a bearer token: 401 if forged, expired or malformed, 403 if wrong role."""
+        """Check a bearer token: 401 if forged, expired, malformed or for another audience
+        (only ``aud == "kgc"`` is accepted here), 403 if of the wrong role."""
         try:
-            claims = verify_token(self.verify_key, token, now=self._clock())
+            claims = verify_token(
+                self.verify_key, token, now=self._clock(), audience=KGC_AUDIENCE, issuer=ISSUER
+            )
         except TokenError as exc:
             raise UnauthorizedError("invalid-token", str(exc)) from None
-        if claims.issuer != ISSUER:
-            raise UnauthorizedError("invalid-token", "token was not issued by this KGC")
         if claims.role != role:
             raise ForbiddenError("wrong-role", f"this needs a {role} token")
         return claims
@@ -343,44 +408,54 @@ class KgcService:
 
     # ------------------------------------------------------------------ jobs
 
-    def create_job(
-        self,
-        requester: str,
-        job_id: str,
-        width: int,
-        participants: Sequence[object],
-        quorum: int,
-    ) -> dict[str, Any]:
-        """Make and sign a fresh job key; its secrets are never kept (DESIGN §2)."""
+    def create_job(self, requester: str, job_id: str, terms: object) -> dict[str, Any]:
+        """Check the requested terms, make a job key and sign both (docs/PROTOCOL.md).
+
+        ``terms`` is :func:`common.protocol.requested_terms` output. The KGC adds the
+        requesting PS, the participants' certified Ed25519 keys and the fresh job key, and
+        signs the whole (:func:`common.protocol.sign_job_terms`); the job key's secrets are
+        never kept (DESIGN §2). Returns ``{"job_id", "job_key", "job_terms",
+        "job_terms_signature"}``.
+        """
+        try:
+            return self._create_job(requester, job_id, terms)
+        except KgcError as exc:
+            log.info("job %r refused for %s: %s", job_id, requester, exc.code)
+            raise
+
+    def _create_job(self, requester: str, job_id: str, terms: object) -> dict[str, Any]:
         if not _JOB_ID.match(job_id):
             raise BadRequestError("bad-field", "job_id must be 1-64 of A-Z a-z 0-9 . _ - ")
-        if not all(isinstance(p, str) for p in participants):
-            raise BadRequestError("bad-field", "participants must be a list of subject ids")
-        members = [str(p) for p in participants]
+        try:
+            requested = check_requested_terms(terms)
+        except ProtocolError as exc:
+            raise protocol_refusal(exc) from None
+        if requested["job_id"] != job_id:
+            raise InvalidError("job-mismatch", "terms.job_id differs from job_id")
+        members: list[str] = list(requested["participants"])
+        width = int(requested["width"])
         if not 1 <= width <= MAX_WIDTH:
             raise InvalidError("invalid-width", f"width must be 1 to {MAX_WIDTH}")
-        if not 0 < len(members) <= MAX_PARTICIPANTS:
-            raise InvalidError("invalid-participants", "a job needs 1 to 10000 participants")
-        if len(set(members)) != len(members):
-            raise InvalidError("duplicate-participant", "participants must be distinct")
-        if not 1 <= quorum <= len(members):
+        if len(members) > MAX_PARTICIPANTS:
             raise InvalidError(
-                "invalid-quorum", "quorum must be between 1 and the participant count"
+                "invalid-participants", f"a job needs 1 to {MAX_PARTICIPANTS} participants"
             )
         with self._sessions() as session:
             self._param_server(session, requester)
             if session.get(Job, job_id) is not None:
                 raise ConflictError("job-exists", f"job {job_id} already exists")
-            known = set(
-                session.scalars(
-                    select(Subject.id).where(
+            signing_keys = {
+                subject.id: subject.signing_key
+                for subject in session.scalars(
+                    select(Subject).where(
                         Subject.id.in_(members),
                         Subject.role == "participant",
                         Subject.completed.is_(True),
                     )
                 )
-            )
-        unknown = [m for m in members if m not in known]
+                if subject.signing_key is not None
+            }
+        unknown = [m for m in members if m not in signing_keys]
         if unknown:
             raise InvalidError(
                 "unknown-participant",
@@ -388,7 +463,13 @@ class KgcService:
             )
         job_key = generate_job_key(self.params, width, self._rng)
         key_obj = to_obj(job_key)
-        signature = sign_json(self._signing_key, {"job_id": job_id, "job_key": key_obj})
+        signed, signature = sign_job_terms(
+            self._signing_key,
+            requested,
+            param_server=requester,
+            signing_keys=signing_keys,
+            job_key=key_obj,
+        )
         try:
             with session_scope(self._sessions) as session:
                 session.add(
@@ -396,59 +477,152 @@ class KgcService:
                         job_id=job_id,
                         owner_id=requester,
                         job_key=key_obj,
-                        signature=signature,
+                        terms=signed,
+                        terms_signature=signature,
                         participants=members,
-                        quorum=quorum,
+                        quorum=int(requested["quorum"]),
+                        rounds=int(requested["rounds"]),
                         width=width,
                         created_at=self._clock(),
                     )
                 )
         except IntegrityError:
             raise ConflictError("job-exists", f"job {job_id} already exists") from None
-        log.info("job %s: key of width %d for %d participants", job_id, width, len(members))
-        return {"job_id": job_id, "job_key": key_obj, "signature": signature}
+        log.info(
+            "job %s: signed terms, key of width %d for %d participants, %d rounds",
+            job_id,
+            width,
+            len(members),
+            int(requested["rounds"]),
+        )
+        return {
+            "job_id": job_id,
+            "job_key": key_obj,
+            "job_terms": signed,
+            "job_terms_signature": signature,
+        }
+
+    def _terms(self, job: Job) -> JobTerms:
+        """The job's KGC-signed terms, verified (cached per job and signature)."""
+        if job.terms is None or job.terms_signature is None:
+            raise ConflictError(
+                "legacy-job", "this job was made before signed job terms: make a new job"
+            )
+        cache_key = (job.job_id, job.terms_signature)
+        with self._terms_lock:
+            cached = self._terms_cache.get(cache_key)
+        if cached is not None:
+            return cached
+        try:
+            terms = verify_job_terms(self.verify_key, job.terms, job.terms_signature, self.params)
+        except ProtocolError as exc:
+            raise RuntimeError(f"stored terms of job {job.job_id!r} do not verify") from exc
+        if terms.job_id != job.job_id or terms.param_server != job.owner_id:
+            raise RuntimeError(f"stored terms of job {job.job_id!r} name another job or server")
+        with self._terms_lock:
+            if len(self._terms_cache) >= _TERMS_CACHE_SIZE:
+                self._terms_cache.clear()
+            self._terms_cache[cache_key] = terms
+        return terms
 
     # ------------------------------------------------------------------ releases
+
+    def frame_limit(self, terms: JobTerms) -> int:
+        """The largest release frame ``terms`` allow: prefix, header, the job's elements."""
+        layout = BlockLayout(terms.num_plaintexts, terms.width)
+        return (
+            FRAME_PREFIX_BYTES + MAX_HEADER_BYTES + layout.num_elements * element_bytes(self.params)
+        )
+
+    def _owned_job(self, session: Session, requester: str, job_id: str) -> Job:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFoundError("not-found", "no such job")
+        if job.owner_id != requester:
+            raise ForbiddenError("not-job-owner", "this job belongs to another parameter server")
+        return job
+
+    def release_body_limit(self, requester: str, job_id: str) -> int:
+        """How many bytes a release request for this job may have (read nothing before).
+
+        404 for an unknown job, 403 for another server's job, 409 for a legacy job.
+        """
+        try:
+            with self._sessions() as session:
+                terms = self._terms(self._owned_job(session, requester, job_id))
+        except KgcError as exc:
+            self._log_refusal(requester, job_id, exc)
+            raise
+        return self.frame_limit(terms)
 
     def release(
         self, requester: str, job_id: str, frame_bytes: bytes
     ) -> tuple[dict[str, Any], bool]:
         """Open ``Enc(W + R)`` and seal ``W + R`` for the round's contributors only.
 
-        Returns the signed bundle and whether it is new. The same request again returns
-        the stored bundle; another payload (or contributor set) for a released round is
-        409 ``already-released``.
+        The request must be signed by the job's server, on the KGC's schedule (round
+        ``t`` only when ``t`` rounds are released and ``t < rounds``), with one valid
+        participant-signed statement per contributor, at least ``quorum`` of them, and a
+        frame of the job's shape (docs/PROTOCOL.md). Returns the signed bundle and
+        whether it is new. The same request again returns the stored bundle; anything
+        else for a released round is 409 ``already-released``. Nothing is decrypted or
+        sealed for a refused request.
         """
         try:
-            frame = decode_frame(frame_bytes)
+            return self._release(requester, job_id, frame_bytes)
+        except KgcError as exc:
+            self._log_refusal(requester, job_id, exc)
+            raise
+
+    @staticmethod
+    def _log_refusal(requester: str, job_id: str, exc: KgcError) -> None:
+        level = logging.INFO if exc.status in (400, 404) else logging.WARNING
+        log.log(level, "release for job %r by %s refused: %s", job_id, requester, exc.code)
+
+    def _release(
+        self, requester: str, job_id: str, frame_bytes: bytes
+    ) -> tuple[dict[str, Any], bool]:
+        with self._sessions() as session:
+            job = self._owned_job(session, requester, job_id)
+            ps = self._param_server(session, requester)
+            terms = self._terms(job)
+            ps_key = public_key_from_hex(str(ps.signing_key))
+        try:
+            frame = decode_frame(frame_bytes, max_bytes=self.frame_limit(terms))
         except WireError as exc:
             raise BadRequestError("bad-frame", str(exc)) from None
-        header = dict(frame.header)
+        header = frame.header
         digest = str(header["sha256"])
+        try:
+            round_number = verify_release_signature(header, ps_key)
+        except ProtocolError as exc:
+            raise protocol_refusal(exc) from None
+        if header.get("job_id") != job_id:
+            raise InvalidError("job-mismatch", "the request is for another job")
         with self._sessions() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise NotFoundError("not-found", "no such job")
-            if job.owner_id != requester:
-                raise ForbiddenError(
-                    "not-job-owner", "this job belongs to another parameter server"
-                )
-            ps = self._param_server(session, requester)
-            round_number, contributors = self._check_request(
-                header, job, public_key_from_hex(ps.signing_key)
-            )
             stored = self._stored_release(session, job_id, round_number)
             if stored is not None:
-                return self._same_release(stored, digest, contributors), False
+                return self._same_release(stored, digest, header.get("contributors")), False
+            released = int(
+                session.scalar(
+                    select(func.count()).select_from(Release).where(Release.job_id == job_id)
+                )
+                or 0
+            )
+        try:
+            round_number, contributors = check_release_request(header, terms, next_round=released)
+        except ProtocolError as exc:
+            raise protocol_refusal(exc) from None
+        self._check_shape(header, terms)
+        with self._sessions() as session:
             keys = {
                 subject.id: PublicKey(self.params, from_hex(subject.bcp_public_key))
                 for subject in session.scalars(select(Subject).where(Subject.id.in_(contributors)))
-                if subject.bcp_public_key is not None
+                if subject.bcp_public_key is not None and subject.role == "participant"
             }
-            job_key = from_obj(job.job_key)
-        if not isinstance(job_key, JobKey) or sorted(keys) != sorted(contributors):
-            raise RuntimeError("stored job or participant keys are inconsistent")
-        bundle = self._seal(frame, job_key, keys, job_id, round_number)
+        if sorted(keys) != sorted(contributors):
+            raise RuntimeError("stored participant keys are inconsistent with the job terms")
+        bundle = self._seal(frame, terms.job_key, keys, job_id, round_number)
         try:
             with session_scope(self._sessions) as session:
                 session.add(
@@ -461,7 +635,7 @@ class KgcService:
                         released_at=self._clock(),
                     )
                 )
-        except IntegrityError:  # a concurrent identical request stored first
+        except IntegrityError:  # a concurrent request stored this round first
             with self._sessions() as session:
                 stored = self._stored_release(session, job_id, round_number)
                 if stored is None:
@@ -470,67 +644,20 @@ class KgcService:
         log.info("released job %s round %d to %d contributors", job_id, round_number, len(keys))
         return bundle, True
 
-    def _check_request(
-        self, header: dict[str, Any], job: Job, ps_key: Ed25519PublicKey
-    ) -> tuple[int, list[str]]:
-        """PS signature, round, contributors, receipts and quorum (docs/PROTOCOL.md)."""
-        signature = header.pop("request_signature", None)
-        try:
-            verify_json(ps_key, header, signature)
-        except SignatureError:
-            raise ForbiddenError(
-                "bad-request-signature", "the request is not signed by this job's server"
-            ) from None
-        if header.get("job_id") != job.job_id:
-            raise InvalidError("job-mismatch", "the frame is for another job")
-        round_number = header.get("round")
-        if not isinstance(round_number, int) or isinstance(round_number, bool) or round_number < 0:
-            raise BadRequestError("bad-field", "round must be a non-negative integer")
-        contributors = header.get("contributors")
-        receipts = header.get("receipts")
-        if not isinstance(contributors, list) or not all(isinstance(c, str) for c in contributors):
-            raise BadRequestError("bad-field", "contributors must be a list of subject ids")
-        if not isinstance(receipts, list):
-            raise BadRequestError("bad-field", "receipts must be a list")
-        if len(set(contributors)) != len(contributors):
-            raise InvalidError("duplicate-contributor", "contributors must be distinct")
-        outsiders = sorted(set(contributors) - set(job.participants))
-        if outsiders:
+    @staticmethod
+    def _check_shape(header: dict[str, Any], terms: JobTerms) -> None:
+        """The frame carries exactly the job's ``num_plaintexts`` and ``width``."""
+        num_plaintexts, width = header.get("num_plaintexts"), header.get("width")
+        if (
+            not _is_int(num_plaintexts)
+            or not _is_int(width)
+            or num_plaintexts != terms.num_plaintexts
+            or width != terms.width
+        ):
             raise InvalidError(
-                "not-a-participant", "not participants of this job: " + ", ".join(outsiders[:10])
+                "wrong-shape",
+                f"the frame must hold {terms.num_plaintexts} plaintexts of width {terms.width}",
             )
-        if len(receipts) != len(contributors):
-            raise InvalidError("receipt-mismatch", "one receipt per contributor is needed")
-        receipted: set[str] = set()
-        for signed in receipts:
-            receipt = signed.get("receipt") if isinstance(signed, dict) else None
-            if not isinstance(receipt, dict):
-                raise BadRequestError(
-                    "bad-field", 'each receipt is {"receipt": {...}, "signature"}'
-                )
-            try:
-                verify_json(ps_key, receipt, signed.get("signature"))
-            except SignatureError:
-                raise ForbiddenError(
-                    "bad-receipt", "a receipt is not signed by this job's server"
-                ) from None
-            subject = receipt.get("subject_id")
-            if (
-                receipt.get("job_id") != job.job_id
-                or not _is_int(receipt.get("round"))
-                or receipt.get("round") != round_number
-                or subject not in contributors
-                or subject in receipted
-            ):
-                raise InvalidError(
-                    "receipt-mismatch", "a receipt does not match this job, round or contributor"
-                )
-            receipted.add(str(subject))
-        if len(contributors) < job.quorum:
-            raise InvalidError(
-                "below-quorum", f"{len(contributors)} contributors, the quorum is {job.quorum}"
-            )
-        return round_number, list(contributors)
 
     @staticmethod
     def _stored_release(session: Session, job_id: str, round_number: int) -> Release | None:
@@ -539,9 +666,15 @@ class KgcService:
         )
 
     @staticmethod
-    def _same_release(stored: Release, digest: str, contributors: list[str]) -> dict[str, Any]:
+    def _same_release(stored: Release, digest: str, contributors: object) -> dict[str, Any]:
         """The stored bundle for an identical request; 409 for anything else."""
-        if stored.payload_sha256 != digest or sorted(stored.contributors) != sorted(contributors):
+        same = (
+            isinstance(contributors, list)
+            and all(isinstance(c, str) for c in contributors)
+            and stored.payload_sha256 == digest
+            and sorted(stored.contributors) == sorted(contributors)
+        )
+        if not same:
             raise ConflictError(
                 "already-released", f"round {stored.round} was released for another request"
             )

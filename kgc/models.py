@@ -10,7 +10,8 @@ stored without their secrets ``a_j``: the master key opens anything under them.
 Invariants the schema enforces, so concurrent gunicorn workers cannot break them:
 
 - one use of a token-challenge nonce per subject: ``uq_kgc_token_nonces_subject_nonce``;
-- one release per (job, round): ``uq_kgc_releases_job_round``.
+- one release per (job, round): ``uq_kgc_releases_job_round`` (with the KGC's schedule,
+  rounds are released in order, so a job's release count is its next round).
 """
 
 from __future__ import annotations
@@ -108,16 +109,25 @@ class TokenNonce(Base):
 
 
 class Job(Base):
-    """A job key made for the parameter server that ``owner_id`` names."""
+    """A job the KGC signed terms for, on request of the parameter server ``owner_id``.
+
+    ``terms`` is exactly what the KGC signed (:func:`common.protocol.sign_job_terms`:
+    the requested terms plus the PS, the participants' signing keys and the job key) and
+    ``terms_signature`` its signature; ``participants``, ``quorum``, ``rounds`` and
+    ``width`` repeat what the terms fix, for queries. Jobs made before signed terms
+    (revision ``0002_job_terms``) have no terms and cannot be released.
+    """
 
     __tablename__ = "kgc_jobs"
 
     job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
     owner_id: Mapped[str] = mapped_column(String(SUBJECT_ID_LENGTH), ForeignKey("kgc_subjects.id"))
     job_key: Mapped[dict[str, Any]] = mapped_column(JSON)  # bcp-job-key object
-    signature: Mapped[str] = mapped_column(Text)  # KGC over {"job_id", "job_key"}
+    terms: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # signed terms
+    terms_signature: Mapped[str | None] = mapped_column(Text, nullable=True)  # KGC over terms
     participants: Mapped[list[str]] = mapped_column(JSON)
     quorum: Mapped[int] = mapped_column(Integer)
+    rounds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     width: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
 

@@ -1,14 +1,19 @@
-"""Test support for the KGC: a clock, subjects with their keys, PS-style release requests.
+"""Test support for the KGC: a clock, subjects with their keys, signed protocol messages.
 
 Used by the KGC's unit and API tests, and usable by anyone who needs a real KGC in a
 test (the parameter server's or the participant's end-to-end tests). Everything here
-does the real crypto; nothing is mocked. The PS side is built exactly as
-``param_server.domain`` builds it: receipts signed by the PS, and a
-``request_signature`` over the frame header without that field (``sha256`` included).
+does the real crypto; nothing is mocked, and every message is built with the shared
+:mod:`common.protocol` functions, exactly as the services build them: token challenges
+(:func:`~common.protocol.token_challenge`), requested job terms
+(:func:`~common.protocol.requested_terms`), participants' upload statements
+(:func:`~common.protocol.build_upload_statement`) and the PS's release request
+(:func:`~common.protocol.release_request_header` plus a ``request_signature`` over the
+whole frame header without that field, ``sha256`` included).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,16 +25,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import BlockLayout, EncryptedVector, JobKey
 from common.clock import ManualClock as FakeClock
-from common.signing import generate_signing_key, public_key_hex, sign_json
+from common.protocol import (
+    KGC_AUDIENCE,
+    JobTerms,
+    build_upload_statement,
+    release_request_header,
+    requested_terms,
+    token_challenge,
+)
+from common.signing import b64encode, generate_signing_key, public_key_hex, sign_json
 from common.wire import decode_frame, encode_frame, to_obj
-from kgc.domain import token_challenge
 
 __all__ = [
     "FakeClock",
     "TestSubject",
     "encrypt_plaintexts",
-    "receipt_for",
+    "job_request",
     "release_frame",
+    "statement_for",
 ]
 
 
@@ -61,14 +74,15 @@ class TestSubject:
             body["bcp_public_key"] = to_obj(self.public_key)
         return body
 
-    def challenge(self, now: float, nonce: str) -> dict[str, Any]:
-        """The body of ``POST /v1/tokens``, signed with this subject's key."""
+    def challenge(self, now: float, nonce: str, audience: str = KGC_AUDIENCE) -> dict[str, Any]:
+        """The body of ``POST /v1/tokens`` for ``audience``, signed with this subject's key."""
         timestamp = int(now)
-        signed = token_challenge(self.subject_id, timestamp, nonce)
+        signed = token_challenge(self.subject_id, timestamp, nonce, audience)
         return {
             "subject_id": self.subject_id,
             "timestamp": timestamp,
             "nonce": nonce,
+            "audience": audience,
             "signature": sign_json(self.signing_key, signed),
         }
 
@@ -92,24 +106,62 @@ def encrypt_plaintexts(
     return EncryptedVector(job_key, layout, tuple(gmpy2.mpz(e) for e in elements))
 
 
-def receipt_for(
-    ps_key: Ed25519PrivateKey,
+def job_request(
     job_id: str,
-    round_number: int,
-    subject_id: str,
+    participants: Sequence[str],
     *,
-    sha256: str = "0" * 64,
-    accepted_at: int = 1_700_000_000,
+    quorum: int,
+    rounds: int = 3,
+    width: int = 3,
+    num_plaintexts: int = 5,
+    weights: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """An upload receipt as the parameter server signs it."""
-    receipt = {
+    """The body of ``POST /v1/jobs``: ``{"job_id", "terms": requested_terms(...)}``.
+
+    The definition and packing are small stand-ins (the KGC only sees their digests).
+    """
+    definition = {
         "job_id": job_id,
-        "round": round_number,
-        "subject_id": subject_id,
-        "sha256": sha256,
-        "accepted_at": accepted_at,
+        "model": {"kind": "test", "num_plaintexts": num_plaintexts},
+        "initial_weights": b64encode(bytes(8 * num_plaintexts)),
+        "participants": [{"subject_id": p, "num_samples": 1} for p in participants],
+        "quorum": quorum,
+        "rounds": rounds,
     }
-    return {"receipt": receipt, "signature": sign_json(ps_key, receipt)}
+    packing = {"kind": "test-packing", "length": num_plaintexts}
+    terms = requested_terms(
+        job_id=job_id,
+        definition=definition,
+        packing=packing,
+        weights=weights or {p: 1 / len(participants) for p in participants},
+        width=width,
+        num_plaintexts=num_plaintexts,
+    )
+    return {"job_id": job_id, "terms": terms}
+
+
+def statement_for(
+    subject: TestSubject,
+    terms: JobTerms,
+    round_number: int,
+    *,
+    payload_sha256: str | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+    subject_id: str | None = None,
+) -> dict[str, Any]:
+    """``subject``'s signed upload statement for ``round_number`` of the job ``terms`` fix.
+
+    ``signing_key`` and ``subject_id`` let a test forge one (another signer, another name).
+    """
+    sid = subject.subject_id if subject_id is None else subject_id
+    return build_upload_statement(
+        subject.signing_key if signing_key is None else signing_key,
+        terms,
+        round_number=round_number,
+        subject_id=sid,
+        payload_sha256=payload_sha256
+        or hashlib.sha256(f"{sid}/{round_number}".encode()).hexdigest(),
+    )
 
 
 def release_frame(
@@ -118,18 +170,17 @@ def release_frame(
     *,
     job_id: str,
     round_number: int,
-    contributors: Sequence[str],
-    receipts: Sequence[dict[str, Any]] | None = None,
+    statements: Sequence[dict[str, Any]],
     extra: dict[str, Any] | None = None,
 ) -> bytes:
-    """A signed ``Enc(W + R)`` release request; receipts default to valid ones."""
-    if receipts is None:
-        receipts = [receipt_for(ps_key, job_id, round_number, c) for c in contributors]
+    """A PS-signed ``Enc(W + R)`` release request carrying the contributors' statements.
+
+    The header is :func:`common.protocol.release_request_header` (contributors in the
+    statements' order), then ``extra`` (to tamper with a field before signing), then the
+    frame's own fields; ``request_signature`` covers all of it.
+    """
     header: dict[str, Any] = {
-        "job_id": job_id,
-        "round": round_number,
-        "contributors": list(contributors),
-        "receipts": list(receipts),
+        **release_request_header(job_id=job_id, round_number=round_number, statements=statements),
         **(extra or {}),
     }
     signed_header = decode_frame(encode_frame(vector, header)).header

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from common.service import restrict_new_files
 from kgc.app import config_from_env, create_app
 
 __all__ = ["app", "create"]  # noqa: F822 (app comes from __getattr__)
@@ -17,7 +18,11 @@ _app: Flask | None = None
 
 
 def create() -> Flask:
-    """A new app from the environment (gunicorn's application-factory form)."""
+    """A new app from the environment (gunicorn's application-factory form).
+
+    Files the service creates from here on (database, journal) are owner-only.
+    """
+    restrict_new_files()
     return create_app(config_from_env())
 
 

@@ -2,7 +2,13 @@
 
 Each view authenticates, parses, calls :class:`~param_server.domain.ParameterServer`
 and returns JSON; no business rule lives here. Participant tokens are verified offline
-with the KGC's key; the operator uses the service's admin token.
+with the KGC's key and must name this PS's subject id as their audience; the operator
+uses the service's admin token.
+
+Bodies are bounded before they are read (:func:`common.service.limit_request_bodies`):
+64 KiB by default, the job definition up to :data:`JOB_BODY_LIMIT` (it carries the initial
+weights), and an upload up to its job's largest well-formed frame, set once the uploader
+is authenticated and the job known.
 """
 
 from __future__ import annotations
@@ -12,11 +18,18 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from common.service import ApiError, bearer_token, json_body, require_admin
+from common.service import ROUND, ApiError, bearer_token, body_limit, json_body, require_admin
 from common.signing import ROLES, TokenClaims, TokenError, verify_token
 from param_server.domain import ParameterServer
 
-__all__ = ["bp"]
+__all__ = ["JOB_BODY_LIMIT", "bp"]
+
+#: A job definition carries the initial weights (base64url float64): up to 64 MiB, and
+#: never more than the app's ``MAX_CONTENT_LENGTH``.
+JOB_BODY_LIMIT = 64 * 1024 * 1024
+#: Before authentication an upload is held to the app's ``MAX_CONTENT_LENGTH`` only; the
+#: view then lowers the limit to the job's largest well-formed frame before reading.
+_UPLOAD_PRELIMIT = 1 << 62
 
 bp = Blueprint("param_server", __name__)
 
@@ -30,7 +43,14 @@ def _claims(token: str) -> TokenClaims:
     """A valid participant token (401 forged/expired/malformed, 403 another role)."""
     service = _service()
     try:
-        claims = verify_token(service.kgc.verify_key, token, now=service.clock(), roles=ROLES)
+        claims = verify_token(
+            service.kgc.verify_key,
+            token,
+            now=service.clock(),
+            audience=service.subject_id,
+            issuer="kgc",
+            roles=ROLES,
+        )
     except TokenError as exc:
         raise ApiError(401, "invalid-token", str(exc)) from None
     if claims.role != "participant":
@@ -69,8 +89,9 @@ def info() -> Any:
 
 
 @bp.post("/v1/jobs")
+@body_limit(JOB_BODY_LIMIT)
 def create_job() -> Any:
-    """Operator: create a job (the PS gets a job key from the KGC and stores Enc(W_0))."""
+    """Operator: create a job (the KGC signs its terms and makes its key; Enc(W_0) stored)."""
     require_admin()
     return jsonify(_service().create_job(json_body())), 201
 
@@ -84,36 +105,48 @@ def list_jobs() -> Any:
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Any:
-    """A job: definition, job key, packing layout, public weights, progress."""
+    """A job: definition, KGC-signed terms, job key, packing layout, public weights, progress."""
     _operator_or_participant_of(job_id)
     return jsonify(_service().job_view(job_id))
 
 
-@bp.get("/v1/jobs/<job_id>/rounds/<int:t>")
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>")
 def get_round(job_id: str, t: int) -> Any:
     """A round: status, contributors, upload count, deadline."""
     _operator_or_participant_of(job_id)
     return jsonify(_service().round_view(job_id, t))
 
 
-@bp.post("/v1/jobs/<job_id>/rounds/<int:t>/uploads")
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads")
+@body_limit(_UPLOAD_PRELIMIT)
 def upload(job_id: str, t: int) -> Any:
-    """Participant: upload Enc(w_i Δ_i) as a binary frame; answers a signed receipt."""
+    """Participant: upload Enc(w_i Δ_i) with its signed statement; answers a signed receipt."""
     claims = _participant()
     if request.mimetype != "application/octet-stream":
         raise ApiError(415, "unsupported-media-type", "expected application/octet-stream")
-    data = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    # Unknown job (404) or stranger (403) before a byte is read; then the job's frame size.
+    limit = _service().upload_limit(job_id, claims.subject)
+    cap = current_app.config.get("MAX_CONTENT_LENGTH")
+    allowed = min(limit, int(cap)) if cap else limit
+    if request.content_length is not None and request.content_length > allowed:
+        raise ApiError(413, "too-large", "upload is larger than this job's model")
+    # A stream without a length is cut off one byte past the limit (werkzeug stops at the
+    # limit without an error), so that an over-long one is told from one that fits.
+    request.max_content_length = allowed + 1
+    data = request.get_data(cache=False)
+    if len(data) > allowed:
+        raise ApiError(413, "too-large", "upload is larger than this job's model")
     return jsonify(_service().accept_upload(job_id, t, claims.subject, data)), 201
 
 
-@bp.post("/v1/jobs/<job_id>/rounds/<int:t>/close")
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/close")
 def close_round(job_id: str, t: int) -> Any:
     """Operator: close round t now if it has its quorum (the release follows)."""
     require_admin()
     return jsonify(_service().close_round(job_id, t))
 
 
-@bp.get("/v1/jobs/<job_id>/rounds/<int:t>/model")
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/model")
 def download(job_id: str, t: int) -> Any:
     """Contributor of round t: its sealed W_{t+1} bundle and the blind R."""
     claims = _participant()

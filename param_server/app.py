@@ -7,7 +7,10 @@ domain service, registers the blueprint, the JSON error handlers and ``/healthz`
 
 Configuration keys (see :data:`DEFAULTS`): ``DATABASE_URL``, ``ADMIN_TOKEN``,
 ``KGC_URL``, ``PASSPHRASE`` (unseals the signing key; dropped from the config once
-used), ``MAX_CONTENT_LENGTH`` (64 MiB), ``BACKGROUND`` (run :meth:`tick` every
+used), ``MAX_CONTENT_LENGTH`` (64 MiB: the cap on any body; JSON views take 64 KiB, a
+job definition up to 64 MiB, an upload up to its job's frame size), ``SUBJECT_ID`` (the
+PS's enrolled subject id: its tokens' audience; from the identity unless injected),
+``BACKGROUND`` (run :meth:`tick` every
 ``TICK_SECONDS`` in a thread), ``AUTO_MIGRATE``, ``ENCRYPT_WORKERS``, ``ENCRYPT_WINDOW``,
 ``CHUNK_ELEMENTS``, ``RELEASE_RETRY_SECONDS``, ``PREPARE_BLINDS`` (compute each open
 round's ``Enc(R)`` in the background tick, ahead of its release).
@@ -27,7 +30,7 @@ from flask import Flask, jsonify
 from sqlalchemy.orm import sessionmaker
 
 from common.db import make_engine, migrate
-from common.service import add_common_routes, register_error_handlers
+from common.service import add_common_routes, limit_request_bodies, register_error_handlers
 from param_server.api import bp
 from param_server.domain import DEFAULT_CHUNK_ELEMENTS, DEFAULT_WINDOW, ParameterServer
 from param_server.errors import DomainError
@@ -123,11 +126,15 @@ def _build_service(config: Mapping[str, Any]) -> ParameterServer:
             )
         signing_key, subject_id = identity.signing_key, identity.subject_id
         kgc_url = kgc_url or identity.kgc_url
+    if not subject_id:
+        raise RuntimeError(
+            "SUBJECT_ID (the PS's enrolled subject id, its tokens' audience) is required"
+        )
     clock = config["CLOCK"] or time.time
     gateway: KgcGateway | None = config["GATEWAY"]
     if gateway is None:
-        if not kgc_url or not subject_id:
-            raise RuntimeError("KGC_URL and an enrolled SUBJECT_ID are needed to reach the KGC")
+        if not kgc_url:
+            raise RuntimeError("KGC_URL is needed to reach the KGC")
         gateway = HttpKgcGateway(str(kgc_url), str(subject_id), signing_key, clock=clock)
     return ParameterServer(
         sessions,
@@ -139,7 +146,7 @@ def _build_service(config: Mapping[str, Any]) -> ParameterServer:
         window=int(config["ENCRYPT_WINDOW"]),
         chunk_elements=int(config["CHUNK_ELEMENTS"]),
         release_retry_seconds=float(config["RELEASE_RETRY_SECONDS"]),
-        subject_id=subject_id,
+        subject_id=str(subject_id),
         prepare_blinds=bool(config["PREPARE_BLINDS"]),
     )
 
@@ -155,6 +162,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(bp)
     register_error_handlers(app)
+    limit_request_bodies(app)
 
     @app.errorhandler(DomainError)
     def _domain_error(exc: DomainError) -> Any:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.encoding import EncodingError, PackingLayout
+from common.protocol import UPLOAD_PURPOSE, release_request_header
 from common.signing import b64decode
 from common.wire import MAX_HEADER_BYTES
 from param_server.errors import DomainError
@@ -25,6 +26,7 @@ from param_server.errors import DomainError
 __all__ = ["EncodingSettings", "JobDefinition", "parse_definition"]
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SUBJECT_ID_MAX = 128
 SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 POLICIES = ("stay-open", "fail")
 MAX_PARTICIPANTS = 10_000
@@ -121,6 +123,23 @@ class JobDefinition:
         return self.encoding.slot_bound / 2
 
 
+def _plain_json(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as standard JSON gives it back: a copy, every number finite.
+
+    The definition is stored, served and hashed into the KGC-signed terms: a value that
+    does not survive a strict JSON round trip (NaN, infinity, a non-string key) would make
+    the served job differ from the signed one, or be unreadable to a strict client.
+    """
+    try:
+        text = json.dumps(body, allow_nan=False, ensure_ascii=False)
+        copy = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise _bad("the definition must be plain JSON with finite numbers") from None
+    if not isinstance(copy, dict) or copy != body:
+        raise _bad("the definition must be plain JSON with finite numbers")
+    return copy
+
+
 def _initial_weights(text: object) -> npt.NDArray[np.float64]:
     if not isinstance(text, str):
         raise _bad("initial_weights must be base64url of float64 little-endian")
@@ -180,10 +199,17 @@ def _encoding(value: object) -> EncodingSettings:
     return settings
 
 
-def parse_definition(body: object, modulus: int) -> JobDefinition:
-    """Validate ``body`` against the job-definition schema and the KGC's modulus ``N``."""
+def parse_definition(
+    body: object, modulus: int, *, param_server: str | None = None
+) -> JobDefinition:
+    """Validate ``body`` against the job-definition schema and the KGC's modulus ``N``.
+
+    ``param_server`` is this PS's subject id (the audience of the upload statements that
+    its release requests carry).
+    """
     if not isinstance(body, dict):
         raise _bad("a job definition is a JSON object")
+    body = _plain_json(body)
     job_id = body.get("job_id")
     if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         raise _bad("job_id must be 1-64 characters of [A-Za-z0-9._-], starting alphanumeric")
@@ -248,9 +274,11 @@ def parse_definition(body: object, modulus: int) -> JobDefinition:
     largest_weight = max(definition.weights.values())
     if encoding.clip_bound * largest_weight > layout.slot_bound:
         raise _invalid("clip_bound * largest weight exceeds slot_bound: one update cannot fit")
-    if release_header_bytes(job_id, definition.subject_ids) > MAX_HEADER_BYTES:
+    if release_header_bytes(job_id, definition.subject_ids, param_server=param_server) > (
+        MAX_HEADER_BYTES
+    ):
         raise _invalid(
-            f"{len(participants)} participants' receipts would not fit the "
+            f"{len(participants)} participants' upload statements would not fit the "
             f"{MAX_HEADER_BYTES}-byte header of one release request"
         )
     largest = float(np.abs(weights).max())
@@ -261,32 +289,38 @@ def parse_definition(body: object, modulus: int) -> JobDefinition:
     return definition
 
 
-def release_header_bytes(job_id: str, subject_ids: list[str]) -> int:
+def release_header_bytes(
+    job_id: str, subject_ids: list[str], *, param_server: str | None = None
+) -> int:
     """Worst-case size of a release request's frame header if every participant uploads.
 
-    The header carries every contributor's signed receipt (docs/PROTOCOL.md), and
+    The header carries every contributor's signed upload statement
+    (:func:`common.protocol.release_request_header`) and the PS's signature, and
     :func:`common.wire.decode_frame` refuses headers over ``MAX_HEADER_BYTES``: a job whose
-    release could never be sent is refused up front.
+    release could never be sent is refused up front. ``param_server`` is the statements'
+    audience (this PS's subject id); unknown, the longest subject id is assumed.
     """
     signature = "A" * 86  # base64url of a 64-byte Ed25519 signature
+    audience = param_server if param_server is not None else "a" * SUBJECT_ID_MAX
     big = 10**12
+    statements = [
+        {
+            "statement": {
+                "purpose": UPLOAD_PURPOSE,
+                "kgc_key_id": "0" * 32,
+                "job_id": job_id,
+                "job_terms_sha256": "0" * 64,
+                "round": MAX_ROUNDS,
+                "subject_id": subject,
+                "audience": audience,
+                "payload_sha256": "0" * 64,
+            },
+            "signature": signature,
+        }
+        for subject in subject_ids
+    ]
     header = {
-        "job_id": job_id,
-        "round": MAX_ROUNDS,
-        "contributors": subject_ids,
-        "receipts": [
-            {
-                "receipt": {
-                    "job_id": job_id,
-                    "round": MAX_ROUNDS,
-                    "subject_id": subject,
-                    "sha256": "0" * 64,
-                    "accepted_at": big,
-                },
-                "signature": signature,
-            }
-            for subject in subject_ids
-        ],
+        **release_request_header(job_id=job_id, round_number=MAX_ROUNDS, statements=statements),
         "request_signature": signature,
         "kind": "bcp-vector",
         "width": MAX_WIDTH,
@@ -295,4 +329,5 @@ def release_header_bytes(job_id: str, subject_ids: list[str]) -> int:
         "element_bytes": big,
         "sha256": "0" * 64,
     }
-    return len(json.dumps(header, separators=(",", ":")).encode())
+    # As common.wire.encode_frame writes it (ASCII-escaped JSON).
+    return len(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())

@@ -50,12 +50,26 @@ from common.blocks import (
 )
 from common.db import session_scope
 from common.encoding import PackingLayout, encode_vector
+from common.protocol import (
+    JobTerms,
+    ProtocolError,
+    release_request_header,
+    requested_terms,
+    verify_job_terms,
+    verify_upload_statement,
+)
 from common.release import blind_to_text, plaintexts_from_bytes, plaintexts_to_bytes
 from common.signing import public_key_hex, sign_json
-from common.wire import MAX_HEADER_BYTES, WireError, decode_frame, encode_frame, from_obj, to_obj
+from common.wire import MAX_HEADER_BYTES, WireError, decode_frame, encode_frame, from_obj
 from param_server.definition import parse_definition
 from param_server.errors import DomainError
-from param_server.kgc_gateway import KgcError, KgcGateway, KgcInfo, check_release_bundle
+from param_server.kgc_gateway import (
+    KgcError,
+    KgcGateway,
+    KgcInfo,
+    check_job_answer,
+    check_release_bundle,
+)
 from param_server.models import Job, ModelChunk, Release, Round, Upload
 
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "DEFAULT_WINDOW", "ParameterServer", "TickResult"]
@@ -68,6 +82,9 @@ DEFAULT_CHUNK_ELEMENTS = 64
 # a width-16 job) for ≈40% more multiplications per exponentiation.
 DEFAULT_WINDOW = 5
 _FRAME_PREFIX_BYTES = 9  # magic, version, header length (common.wire)
+#: Upload statement errors that say "not this participant's signature" (403); the other
+#: codes (bad-statement, statement-mismatch) are a malformed or mislabelled upload (422).
+_FORBIDDEN_STATEMENT_CODES = frozenset({"bad-statement-signature", "not-a-participant"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,7 @@ class _JobCrypto:
     packing: PackingLayout
     layout: BlockLayout
     participants: frozenset[str]
+    terms: JobTerms
 
     @property
     def max_frame_bytes(self) -> int:
@@ -116,7 +134,8 @@ class ParameterServer:
     blinds ``R`` and the encryption randomness (use ``random.SystemRandom()`` in
     production). ``workers`` and ``window`` configure the per-job :class:`VectorEncryptor`.
     With ``prepare_blinds`` :meth:`tick` computes each open round's ``Enc(R)`` ahead of
-    its release.
+    its release. ``subject_id`` is the PS's enrolled subject id: the audience of the
+    participant tokens it accepts and the server the KGC-signed job terms must name.
     """
 
     def __init__(
@@ -132,11 +151,13 @@ class ParameterServer:
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         release_retry_seconds: float = 5.0,
         release_lease_seconds: float = 300.0,
-        subject_id: str | None = None,
+        subject_id: str,
         prepare_blinds: bool = True,
     ) -> None:
         if chunk_elements < 1:
             raise ValueError("chunk_elements must be at least 1")
+        if not subject_id:
+            raise ValueError("the PS's subject id (its tokens' audience) is required")
         self._sessions = sessions
         self._gateway = gateway
         self._signing_key = signing_key
@@ -197,15 +218,28 @@ class ParameterServer:
             cached = self._crypto_cache.get(job.job_id)
         if cached is not None:
             return cached
+        if job.job_terms is None or job.job_terms_signature is None:
+            raise DomainError(
+                409, "unsigned-job", f"job {job.job_id!r} has no KGC-signed terms; recreate it"
+            )
         job_key = from_obj(job.job_key)
         if not isinstance(job_key, JobKey):
             raise RuntimeError(f"stored job key of {job.job_id!r} is not a job key")
+        try:
+            terms = verify_job_terms(
+                self.kgc.verify_key, job.job_terms, job.job_terms_signature, self.kgc.params
+            )
+        except ProtocolError as exc:
+            raise RuntimeError(f"stored terms of {job.job_id!r} do not verify: {exc}") from None
+        if terms.raw["job_key"] != job.job_key:
+            raise RuntimeError(f"stored job key of {job.job_id!r} is not the KGC-signed one")
         packing = PackingLayout.from_json(job.packing)
         crypto = _JobCrypto(
             job_key,
             packing,
             BlockLayout(packing.num_plaintexts, job_key.width),
             frozenset(job.weights),
+            terms,
         )
         with self._cache_lock:
             self._crypto_cache[job.job_id] = crypto
@@ -267,36 +301,59 @@ class ParameterServer:
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate, get a job key from the KGC, store ``Enc(W_0)`` and open round 0."""
+        """Validate, have the KGC sign the job's terms, store ``Enc(W_0)`` and open round 0.
+
+        The terms the KGC signs (:func:`common.protocol.requested_terms`) digest exactly
+        the definition, packing and weights stored here and served by :meth:`job_view`, so
+        a participant can check the served job against them.
+        """
         now = self.clock()
-        definition = parse_definition(dict(body), int(self.kgc.params.n))
-        packing = definition.packing(int(self.kgc.params.n))
+        n = int(self.kgc.params.n)
+        definition = parse_definition(dict(body), n, param_server=self.subject_id)
+        packing = definition.packing(n)
         plaintexts, _ = encode_vector(
             definition.initial_weights, packing, clip_bound=definition.model_clip_bound
+        )
+        stored = {
+            "definition": definition.normalised,
+            "packing": packing.to_json(),
+            "weights": definition.weights,
+        }
+        request = requested_terms(
+            job_id=definition.job_id,
+            definition=stored["definition"],
+            packing=stored["packing"],
+            weights=stored["weights"],
+            width=definition.encoding.width,
+            num_plaintexts=packing.num_plaintexts,
         )
         with self._sessions() as session:
             if session.get(Job, definition.job_id) is not None:
                 raise DomainError(409, "job-exists", f"job {definition.job_id!r} exists")
         try:
-            job_key, signature = self._gateway.create_job(
-                definition.job_id,
-                definition.encoding.width,
-                definition.subject_ids,
-                definition.quorum,
+            answer = self._gateway.create_job(definition.job_id, request)
+            terms, signature = check_job_answer(
+                answer,
+                self.kgc,
+                job_id=definition.job_id,
+                requested=request,
+                param_server=self.subject_id,
             )
         except KgcError as exc:
             raise _from_kgc(exc, conflict="job-exists") from None
+        job_key = terms.job_key
         try:
             model = self._encrypt(definition.job_id, job_key, plaintexts)
             with self._lock, session_scope(self._sessions) as session:
                 session.add(
                     Job(
                         job_id=definition.job_id,
-                        definition=definition.normalised,
-                        job_key=to_obj(job_key),
-                        job_key_signature=signature,
-                        packing=packing.to_json(),
-                        weights=definition.weights,
+                        definition=stored["definition"],
+                        job_key=dict(terms.raw["job_key"]),
+                        job_terms=dict(terms.raw),
+                        job_terms_signature=signature,
+                        packing=stored["packing"],
+                        weights=stored["weights"],
                         status="running",
                         current_round=0,
                         rounds_total=definition.rounds,
@@ -335,10 +392,23 @@ class ParameterServer:
                 **_job_summary(job),
                 "definition": job.definition,
                 "job_key": job.job_key,
-                "job_key_signature": job.job_key_signature,
+                "job_terms": job.job_terms,
+                "job_terms_signature": job.job_terms_signature,
                 "packing": job.packing,
                 "weights": job.weights,
             }
+
+    def upload_limit(self, job_id: str, subject_id: str) -> int:
+        """The most bytes an upload of ``subject_id`` to ``job_id`` may have.
+
+        404 for an unknown job and 403 for a non-participant, so the API refuses both
+        before it reads a byte of the body.
+        """
+        with self._sessions() as session:
+            job = self._job(session, job_id)
+            if subject_id not in job.weights:
+                raise DomainError(403, "not-a-participant", "not a participant of this job")
+            return self._crypto(job).max_frame_bytes
 
     def participants(self, job_id: str) -> frozenset[str]:
         """The job's enrolled participants (404 if there is no such job)."""
@@ -379,9 +449,13 @@ class ParameterServer:
     def accept_upload(self, job_id: str, t: int, subject_id: str, data: bytes) -> dict[str, Any]:
         """Validate and store one encrypted update; return the PS-signed receipt.
 
-        The checks and the insert are one transaction; the round is closed right after
-        (own transaction) if this was the last participant, or the deadline has passed
-        and the quorum is now met.
+        The frame's header carries the contributor's signed statement
+        (:func:`common.protocol.build_upload_statement`) for this job's terms, round ``t``,
+        its own subject id and the frame's payload digest; it is checked with
+        :func:`common.protocol.verify_upload_statement` and stored with the upload (the
+        KGC checks it again at the release). The checks and the insert are one
+        transaction; the round is closed right after (own transaction) if this was the
+        last participant, or the deadline has passed and the quorum is now met.
         """
         now = self.clock()
         try:
@@ -393,7 +467,7 @@ class ParameterServer:
                 if rnd is None or rnd.status != "open":
                     raise DomainError(409, "round-not-open", f"round {t} is not open")
                 crypto = self._crypto(job)
-                digest, payload = _check_upload(crypto, job_id, t, data)
+                digest, payload, statement = _check_upload(crypto, job_id, t, subject_id, data)
                 taken = session.scalar(
                     select(Upload.subject_id).where(
                         Upload.job_id == job_id, Upload.round == t, Upload.subject_id == subject_id
@@ -423,6 +497,7 @@ class ParameterServer:
                         sha256=digest,
                         payload=payload,
                         receipt=signed,
+                        statement=statement,
                         accepted_at=now,
                     )
                 )
@@ -611,9 +686,9 @@ class ParameterServer:
             job = self._job(session, job_id)
             crypto = self._crypto(job)
             model = self._load_model(session, job_id, t + 1, crypto)
-            uploads = self._uploads(session, job_id, t)
+            uploads = self._uploads(session, job_id, t)  # sorted by subject id
             contributors = [upload.subject_id for upload in uploads]
-            receipts = [upload.receipt for upload in uploads]
+            statements = [upload.statement for upload in uploads]
             prepared = (pending.blind, pending.blind_ciphertext) if pending else None
         n = int(crypto.job_key.params.n)
         if prepared is None:
@@ -626,10 +701,14 @@ class ParameterServer:
                 if prepared[1] is not None
                 else self._encrypt(job_id, crypto.job_key, blind)
             )
-        frame = self._signed_frame(
-            model + encrypted_blind,
-            {"job_id": job_id, "round": t, "contributors": contributors, "receipts": receipts},
+        if any(statement is None for statement in statements):
+            raise DomainError(409, "unsigned-upload", "an upload of this round has no statement")
+        header = release_request_header(
+            job_id=job_id,
+            round_number=t,
+            statements=[statement for statement in statements if statement is not None],
         )
+        frame = self._signed_frame(model + encrypted_blind, header)
         with self._lock, session_scope(self._sessions) as session:
             release = session.get(Release, (job_id, t), with_for_update=True)
             if release is None:
@@ -771,8 +850,14 @@ def _job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def _check_upload(crypto: _JobCrypto, job_id: str, t: int, data: bytes) -> tuple[str, bytes]:
-    """Frame, header, shape and every group element; returns the payload and its SHA-256."""
+def _check_upload(
+    crypto: _JobCrypto, job_id: str, t: int, subject_id: str, data: bytes
+) -> tuple[str, bytes, dict[str, Any]]:
+    """Frame, header, statement, shape and every group element.
+
+    Returns the payload's SHA-256, the payload and the signed statement. The statement
+    (cheap to check) is checked before the group elements (costly).
+    """
     if len(data) > crypto.max_frame_bytes:
         raise DomainError(413, "too-large", "upload is larger than this job's model")
     try:
@@ -782,6 +867,19 @@ def _check_upload(crypto: _JobCrypto, job_id: str, t: int, data: bytes) -> tuple
     header = frame.header
     if header.get("job_id") != job_id or not _is_int(header.get("round")) or header["round"] != t:
         raise DomainError(422, "frame-mismatch", "frame header is for another job or round")
+    digest = str(header["sha256"])
+    try:
+        statement = verify_upload_statement(
+            header.get("statement"),
+            crypto.terms,
+            round_number=t,
+            subject_id=subject_id,
+            payload_sha256=digest,
+        )
+    except ProtocolError as exc:
+        status = 403 if exc.code in _FORBIDDEN_STATEMENT_CODES else 422
+        raise DomainError(status, exc.code, exc.message) from None
+    signed = {"statement": statement, "signature": header["statement"]["signature"]}
     if header.get("num_plaintexts") != crypto.packing.num_plaintexts:
         raise DomainError(
             422, "wrong-shape", f"expected {crypto.packing.num_plaintexts} plaintexts"
@@ -792,7 +890,7 @@ def _check_upload(crypto: _JobCrypto, job_id: str, t: int, data: bytes) -> tuple
         raise DomainError(422, "invalid-ciphertext", str(exc)) from None
     if vector.layout != crypto.layout:
         raise DomainError(422, "wrong-shape", "block layout does not match the job")
-    return str(header["sha256"]), frame.payload
+    return digest, frame.payload, signed
 
 
 def _stored_request(frame: bytes) -> tuple[bytes, list[str], int]:
@@ -807,6 +905,8 @@ def _is_int(value: object) -> bool:
 
 def _from_kgc(exc: KgcError, *, conflict: str) -> DomainError:
     """Map a KGC refusal to what the PS's own caller should see."""
+    if exc.code == "bad-kgc-answer":  # the KGC answered something the PS must not use
+        return DomainError(502, "bad-kgc-answer", exc.message)
     if exc.retryable:
         return DomainError(503, "kgc-unavailable", "the KGC cannot be reached; try again later")
     if exc.status == 409:

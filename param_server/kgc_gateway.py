@@ -4,9 +4,11 @@ The domain depends only on :class:`KgcGateway`, so tests run the whole PS flow a
 an in-process fake (:mod:`param_server.testing`) that does the real crypto, and the KGC
 service can change its internals freely as long as docs/PROTOCOL.md holds.
 
-Everything the KGC answers is checked here before the PS trusts it: the job key's KGC
-signature, its parameters and width; a release bundle is checked by
-:func:`check_release_bundle` in the domain (so a fake gateway gets the same checks).
+Everything the KGC answers is checked here before the PS trusts it: the KGC-signed job
+terms by :func:`check_job_answer` (signature, job key parameters and width, exactly the
+requested terms, this PS as the job's server) and a release bundle by
+:func:`check_release_bundle`; the domain calls both on whatever its gateway answers, so a
+fake gateway gets the same checks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -23,8 +25,14 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.bcp import PublicParams
-from common.blocks import JobKey
 from common.http import ServiceClient, ServiceError
+from common.protocol import (
+    KGC_AUDIENCE,
+    JobTerms,
+    ProtocolError,
+    token_challenge,
+    verify_job_terms,
+)
 from common.signing import (
     SignatureError,
     public_key_from_hex,
@@ -39,10 +47,10 @@ __all__ = [
     "KgcError",
     "KgcGateway",
     "KgcInfo",
+    "check_job_answer",
     "check_release_bundle",
     "complete_enrolment",
     "fetch_info",
-    "job_key_from_response",
 ]
 
 TOKEN_REFRESH_MARGIN_SECONDS = 30
@@ -85,12 +93,12 @@ class KgcGateway(Protocol):
         """Public parameters and verification key."""
         ...
 
-    def create_job(
-        self, job_id: str, width: int, participants: Sequence[str], quorum: int
-    ) -> tuple[JobKey, str]:
-        """A fresh job key for ``job_id``, already checked against the KGC's signature.
+    def create_job(self, job_id: str, terms: Mapping[str, Any]) -> dict[str, Any]:
+        """Ask the KGC to sign ``terms`` (:func:`common.protocol.requested_terms`).
 
-        Returns the key and the KGC's signature over ``{"job_id", "job_key"}``.
+        Returns the KGC's answer as it came, ``{"job_id", "job_key", "job_terms",
+        "job_terms_signature"}``: the domain checks it with :func:`check_job_answer`, so
+        every gateway (HTTP or in-process) gets the same checks.
         """
         ...
 
@@ -112,24 +120,40 @@ def _info_from_json(body: Any) -> KgcInfo:
     return KgcInfo(params, verify_key, bool(body.get("demo", False)))
 
 
-def job_key_from_response(
-    body: Any, info: KgcInfo, *, job_id: str, width: int
-) -> tuple[JobKey, str]:
-    """Check a ``POST /v1/jobs`` answer: KGC signature, parameters, width."""
+def check_job_answer(
+    body: Any,
+    info: KgcInfo,
+    *,
+    job_id: str,
+    requested: Mapping[str, Any],
+    param_server: str,
+) -> tuple[JobTerms, str]:
+    """Check a ``POST /v1/jobs`` answer before the PS stores or serves anything of it.
+
+    The KGC-signed terms must verify under the KGC's key with a job key under its
+    parameters (:func:`common.protocol.verify_job_terms`), contain exactly the
+    ``requested`` fields, name this PS (``param_server``) as the job's server, and the
+    answer's ``job_key`` must be the signed one. Returns the typed terms and the signature.
+    """
     if not isinstance(body, dict) or body.get("job_id") != job_id:
         raise KgcError(502, "bad-kgc-answer", "job answer does not name the job")
-    obj = body.get("job_key")
-    signature = body.get("signature")
+    signature = body.get("job_terms_signature")
     try:
-        verify_json(info.verify_key, {"job_id": job_id, "job_key": obj}, signature)
-        job_key = from_obj(obj)
-    except (SignatureError, ValueError) as exc:
-        raise KgcError(502, "bad-kgc-answer", f"job key rejected: {exc}") from None
-    if not isinstance(job_key, JobKey) or job_key.params != info.params:
-        raise KgcError(502, "bad-kgc-answer", "job key is not under the KGC's parameters")
-    if job_key.width != width:
-        raise KgcError(502, "bad-kgc-answer", f"job key has width {job_key.width}, not {width}")
-    return job_key, str(signature)
+        terms = verify_job_terms(info.verify_key, body.get("job_terms"), signature, info.params)
+    except ProtocolError as exc:
+        raise KgcError(502, "bad-kgc-answer", f"job terms rejected: {exc.message}") from None
+    mismatched = sorted(name for name in requested if terms.raw.get(name) != requested[name])
+    if mismatched or terms.job_id != job_id:
+        raise KgcError(
+            502,
+            "bad-kgc-answer",
+            "the KGC signed other terms than requested: " + ", ".join(mismatched or ["job_id"]),
+        )
+    if terms.param_server != param_server:
+        raise KgcError(502, "bad-kgc-answer", "the KGC signed the job for another server")
+    if body.get("job_key") != terms.raw["job_key"]:
+        raise KgcError(502, "bad-kgc-answer", "the answer's job key is not the signed one")
+    return terms, str(signature)
 
 
 def check_release_bundle(
@@ -212,8 +236,9 @@ def complete_enrolment(
 class HttpKgcGateway:
     """:class:`KgcGateway` over HTTP, with its own short-lived ``param_server`` token.
 
-    The token is obtained with a signed challenge (``POST /v1/tokens``), cached until
-    shortly before it expires, and refreshed once if the KGC answers 401.
+    The token is obtained with a signed challenge for the KGC's audience
+    (``POST /v1/tokens``), cached until shortly before it expires, and refreshed once if
+    the KGC answers 401.
     """
 
     def __init__(
@@ -246,16 +271,12 @@ class HttpKgcGateway:
             now = self._clock()
             if self._cached_token and self._cached_token[1] - TOKEN_REFRESH_MARGIN_SECONDS > now:
                 return self._cached_token[0]
-            challenge = {
-                "purpose": "token",
-                "subject_id": self.subject_id,
-                "timestamp": int(now),
-                "nonce": self._nonce(),
-            }
+            challenge = token_challenge(self.subject_id, int(now), self._nonce(), KGC_AUDIENCE)
             body = {
                 "subject_id": self.subject_id,
                 "timestamp": challenge["timestamp"],
                 "nonce": challenge["nonce"],
+                "audience": KGC_AUDIENCE,
                 "signature": sign_json(self._signing_key, challenge),
             }
             try:
@@ -281,18 +302,12 @@ class HttpKgcGateway:
                 raise _kgc_error(exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def create_job(
-        self, job_id: str, width: int, participants: Sequence[str], quorum: int
-    ) -> tuple[JobKey, str]:
-        info = self.info()
-        body = {
-            "job_id": job_id,
-            "width": width,
-            "participants": list(participants),
-            "quorum": quorum,
-        }
+    def create_job(self, job_id: str, terms: Mapping[str, Any]) -> dict[str, Any]:
+        body = {"job_id": job_id, "terms": dict(terms)}
         answer = self._call(lambda: self._client.post_json("/v1/jobs", body))
-        return job_key_from_response(answer, info, job_id=job_id, width=width)
+        if not isinstance(answer, dict):
+            raise KgcError(502, "bad-kgc-answer", "job answer is not an object")
+        return answer
 
     def release(self, frame: bytes) -> dict[str, Any]:
         job_id = decode_frame(frame).header.get("job_id")

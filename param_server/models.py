@@ -70,14 +70,17 @@ class Identity(Base):
 
 
 class Job(Base):
-    """A training job: its definition, job key, packing layout and public weights."""
+    """A training job: definition, KGC-signed terms and job key, packing, public weights."""
 
     __tablename__ = "jobs"
 
     job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     job_key: Mapped[dict[str, Any]] = mapped_column(JSON)
-    job_key_signature: Mapped[str] = mapped_column(Text)
+    #: The KGC-signed job terms and their signature (docs/PROTOCOL.md); NULL
+    #: only for jobs created before the terms existed (they cannot be released).
+    job_terms: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    job_terms_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
     packing: Mapped[dict[str, Any]] = mapped_column(JSON)
     weights: Mapped[dict[str, float]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))  # running | finished | failed
@@ -109,7 +112,8 @@ class Round(Base):
 
 
 class Upload(Base):
-    """An accepted encrypted update ``Enc(w_i Δ_i)`` with the receipt the PS signed."""
+    """An accepted encrypted update ``Enc(w_i Δ_i)``: the contributor's signed statement
+    (what the KGC checks at the release) and the receipt the PS signed."""
 
     __tablename__ = "uploads"
     __table_args__ = (
@@ -127,6 +131,9 @@ class Upload(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     receipt: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"receipt": {...}, "signature"}
+    #: ``{"statement": {...}, "signature"}`` as the contributor signed it (NULL only for
+    #: uploads accepted before statements existed).
+    statement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     accepted_at: Mapped[float] = mapped_column(Float)
 
 

@@ -2,10 +2,14 @@
 
 Used by the parameter server's unit and API tests (and usable by anyone testing against
 the PS without a KGC process). :class:`FakeKgc` implements
-:class:`~param_server.kgc_gateway.KgcGateway` with the checks docs/PROTOCOL.md gives the
-KGC: PS request signature, receipts, quorum, frame validity, idempotent releases. It
-seals with :func:`common.release.seal_release` under a master key, so a contributor
-really opens its bundle with :func:`common.release.open_release`.
+:class:`~param_server.kgc_gateway.KgcGateway` by calling the same
+:mod:`common.protocol` checks as the real KGC (requested and signed job terms, the PS's
+request signature, the release schedule, contributors, quorum, every contributor's
+upload statement), plus frame validity and idempotent releases. It seals with
+:func:`common.release.seal_release` under a master key, so a contributor really opens
+its bundle with :func:`common.release.open_release`. Participants' tokens name the PS's
+subject id as their audience and their uploads carry statements built with
+:func:`common.protocol.build_upload_statement`.
 """
 
 from __future__ import annotations
@@ -27,27 +31,40 @@ from common.blocks import JobKey, VectorEncryptor, generate_job_key
 from common.clock import ManualClock as FakeClock
 from common.db import make_engine
 from common.encoding import PackingLayout, decode_vector, encode_vector
+from common.protocol import (
+    JobTerms,
+    ProtocolError,
+    build_upload_statement,
+    check_job_view,
+    check_release_request,
+    check_requested_terms,
+    sha256_hex,
+    sign_job_terms,
+    verify_job_terms,
+    verify_release_signature,
+)
 from common.release import blind_from_text, open_release, seal_release
 from common.signing import (
-    SignatureError,
     b64encode,
     generate_signing_key,
     issue_token,
+    public_key_hex,
     sign_json,
-    verify_json,
 )
-from common.wire import decode_frame, encode_frame, from_obj, to_obj
+from common.wire import WireError, decode_frame, encode_frame, from_obj, to_obj
 from param_server.domain import ParameterServer
 from param_server.kgc_gateway import KgcError, KgcInfo
 from param_server.models import metadata
 
 __all__ = [
+    "PS_SUBJECT_ID",
     "FakeClock",
     "FakeKgc",
     "PsWorld",
     "TestParticipant",
     "encode_weights",
     "job_key_of",
+    "job_terms_of",
     "make_definition",
     "make_participants",
     "make_world",
@@ -56,19 +73,40 @@ __all__ = [
 ]
 
 
+#: The subject id the test world gives its PS (its tokens' audience).
+PS_SUBJECT_ID = "ps-test"
+#: The KGC's bound on a job key's width (kgc.domain.MAX_WIDTH).
+KGC_MAX_WIDTH = 1024
+#: How the KGC answers a refused release (docs/PROTOCOL.md).
+_RELEASE_STATUS = {
+    "round-out-of-range": 409,
+    "out-of-schedule": 409,
+    "bad-request-signature": 403,
+    "bad-statement-signature": 403,
+    "bad-field": 400,
+}
+
+
 @dataclass
 class _FakeJob:
-    job_key: JobKey
-    participants: tuple[str, ...]
-    quorum: int
-    releases: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    terms: JobTerms
+    #: round -> (payload digest, contributors, bundle)
+    releases: dict[int, tuple[str, list[str], dict[str, Any]]] = field(default_factory=dict)
 
 
 class FakeKgc:
-    """In-process KGC: job keys, and releases sealed for the contributors only.
+    """In-process KGC: KGC-signed job terms, and releases sealed for the contributors only.
 
-    Set ``failure`` to a :class:`KgcError` to make every call raise it (an unreachable
-    or refusing KGC); ``release_calls`` counts release requests.
+    Every check is the shared one the real KGC runs (:mod:`common.protocol`):
+    :func:`~common.protocol.check_requested_terms` and
+    :func:`~common.protocol.sign_job_terms` for a job,
+    :func:`~common.protocol.verify_release_signature` and
+    :func:`~common.protocol.check_release_request` (with the job's release schedule) for a
+    release. ``participants`` are the enrolled participants' BCP keys and
+    ``signing_keys`` their certified Ed25519 keys (hex); ``ps_subject_id`` is the PS the
+    jobs are signed for. Set ``failure`` to a :class:`KgcError` to make every call raise
+    it (an unreachable or refusing KGC); ``release_calls`` counts release requests,
+    ``release_frames`` keeps each request and ``release_headers`` each decodable header.
     """
 
     def __init__(
@@ -78,16 +116,22 @@ class FakeKgc:
         signing_key: Ed25519PrivateKey | None = None,
         rng: random.Random | None = None,
         participants: Mapping[str, PublicKey] | None = None,
+        signing_keys: Mapping[str, str] | None = None,
         ps_verify_key: Ed25519PublicKey | None = None,
+        ps_subject_id: str = PS_SUBJECT_ID,
     ) -> None:
         self.master_key = master_key
         self.signing_key = signing_key or generate_signing_key()
         self.rng = rng or random.Random(0)
         self.participants: dict[str, PublicKey] = dict(participants or {})
+        self.signing_keys: dict[str, str] = dict(signing_keys or {})
         self.ps_verify_key = ps_verify_key
+        self.ps_subject_id = ps_subject_id
         self.jobs: dict[str, _FakeJob] = {}
         self.failure: KgcError | None = None
         self.release_calls = 0
+        self.release_frames: list[bytes] = []
+        self.release_headers: list[dict[str, Any]] = []
 
     def _maybe_fail(self) -> None:
         if self.failure is not None:
@@ -96,85 +140,104 @@ class FakeKgc:
     def info(self) -> KgcInfo:
         return KgcInfo(self.master_key.params, self.signing_key.public_key(), demo=True)
 
+    def enrol(self, participant: TestParticipant) -> None:
+        """Register a participant's BCP and Ed25519 keys (an enrolment, minus the HTTP)."""
+        self.participants[participant.subject_id] = participant.public_key
+        self.signing_keys[participant.subject_id] = public_key_hex(participant.signing_key)
+
     def create_job(
-        self, job_id: str, width: int, participants: Sequence[str], quorum: int
-    ) -> tuple[JobKey, str]:
+        self, job_id: str, terms: Mapping[str, Any], *, param_server: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/jobs``: check the requested terms, make the job key, sign the terms."""
         self._maybe_fail()
         if job_id in self.jobs:
-            raise KgcError(409, "conflict", f"job {job_id} exists")
-        unknown = sorted(set(participants) - set(self.participants))
+            raise KgcError(409, "job-exists", f"job {job_id} exists")
+        try:
+            requested = check_requested_terms(dict(terms))
+        except ProtocolError as exc:
+            raise KgcError(422, exc.code, exc.message) from None
+        if requested["job_id"] != job_id:
+            raise KgcError(422, "job-mismatch", "the terms are for another job")
+        unknown = sorted(
+            s
+            for s in requested["participants"]
+            if s not in self.participants or s not in self.signing_keys
+        )
         if unknown:
             raise KgcError(422, "unknown-participant", f"unknown participants {unknown}")
-        job_key = generate_job_key(self.master_key.params, width, self.rng)
-        self.jobs[job_id] = _FakeJob(job_key, tuple(participants), quorum)
-        signature = sign_json(self.signing_key, {"job_id": job_id, "job_key": to_obj(job_key)})
-        return job_key, signature
+        if not 1 <= requested["width"] <= KGC_MAX_WIDTH:
+            raise KgcError(422, "invalid-width", f"width must be 1 to {KGC_MAX_WIDTH}")
+        params = self.master_key.params
+        job_key = generate_job_key(params, requested["width"], self.rng)
+        signed, signature = sign_job_terms(
+            self.signing_key,
+            requested,
+            param_server=param_server or self.ps_subject_id,
+            signing_keys=self.signing_keys,
+            job_key=to_obj(job_key),
+        )
+        job_terms = verify_job_terms(self.signing_key.public_key(), signed, signature, params)
+        self.jobs[job_id] = _FakeJob(job_terms)
+        return {
+            "job_id": job_id,
+            "job_key": to_obj(job_key),
+            "job_terms": signed,
+            "job_terms_signature": signature,
+        }
 
     def release(self, frame: bytes) -> dict[str, Any]:
+        """``POST /v1/jobs/<id>/releases``: the KGC's checks, then seal for the contributors."""
         self.release_calls += 1
+        self.release_frames.append(frame)
         self._maybe_fail()
-        parsed = decode_frame(frame)
+        try:
+            parsed = decode_frame(frame)
+        except WireError as exc:
+            raise KgcError(400, "bad-frame", str(exc)) from None
         header = dict(parsed.header)
+        self.release_headers.append(header)
         job = self.jobs.get(str(header.get("job_id")))
         if job is None:
-            raise KgcError(404, "not-found", "no such job")
-        self._check_request(header, job)
-        t = int(header["round"])
-        digest = str(header["sha256"])
-        if t in job.releases:
-            stored_digest, bundle = job.releases[t]
-            if stored_digest != digest:
-                raise KgcError(409, "conflict", "round already released with another payload")
-            return bundle
-        vector = parsed.vector(job.job_key)
-        contributors = {c: self.participants[c] for c in header["contributors"]}
+            raise KgcError(404, "job-not-found", "no such job")
+        terms = job.terms
+        digest = str(header.get("sha256"))
+        try:
+            if self.ps_verify_key is None:
+                raise ProtocolError("bad-request-signature", "no PS key registered")
+            t = verify_release_signature(header, self.ps_verify_key)
+            stored = job.releases.get(t)
+            if stored is not None:
+                if (stored[0], stored[1]) == (digest, header.get("contributors")):
+                    return stored[2]  # the same request again: the same bundle
+                raise KgcError(409, "already-released", f"round {t} was released already")
+            _, contributors = check_release_request(header, terms, next_round=len(job.releases))
+        except ProtocolError as exc:
+            raise KgcError(_RELEASE_STATUS.get(exc.code, 422), exc.code, exc.message) from None
+        if (header.get("num_plaintexts"), header.get("width")) != (
+            terms.num_plaintexts,
+            terms.width,
+        ):
+            raise KgcError(422, "wrong-shape", "the frame does not have the job's shape")
+        try:
+            vector = parsed.vector(terms.job_key)
+        except ValueError as exc:
+            raise KgcError(422, "invalid-ciphertext", str(exc)) from None
         bundle = seal_release(
             self.master_key,
             vector,
-            contributors,
-            job_id=str(header["job_id"]),
+            {c: self.participants[c] for c in contributors},
+            job_id=terms.job_id,
             round_number=t,
             rng=self.rng,
         )
         bundle["kgc_signature"] = sign_json(self.signing_key, bundle)
-        job.releases[t] = (digest, bundle)
+        job.releases[t] = (digest, contributors, bundle)
         return bundle
-
-    def _check_request(self, header: dict[str, Any], job: _FakeJob) -> None:
-        """What the real KGC checks (docs/PROTOCOL.md), minus the HTTP."""
-        signature = header.pop("request_signature", None)
-        contributors = header.get("contributors")
-        receipts = header.get("receipts")
-        try:
-            if self.ps_verify_key is None:
-                raise SignatureError("no PS key registered")
-            verify_json(self.ps_verify_key, header, signature)
-            if not isinstance(contributors, list) or not isinstance(receipts, list):
-                raise KgcError(400, "bad-request", "contributors and receipts are lists")
-            if len(set(contributors)) != len(contributors) or not set(contributors) <= set(
-                job.participants
-            ):
-                raise KgcError(422, "invalid", "contributors are not distinct participants")
-            if len(receipts) != len(contributors):
-                raise KgcError(422, "invalid", "one receipt per contributor")
-            for subject, signed in zip(contributors, receipts, strict=True):
-                receipt = signed["receipt"]
-                verify_json(self.ps_verify_key, receipt, signed["signature"])
-                if (receipt["job_id"], receipt["round"], receipt["subject_id"]) != (
-                    header["job_id"],
-                    header["round"],
-                    subject,
-                ):
-                    raise KgcError(422, "invalid", "receipt does not match")
-        except SignatureError:
-            raise KgcError(403, "forbidden", "PS signature does not verify") from None
-        if len(contributors) < job.quorum:
-            raise KgcError(422, "below-quorum", "fewer contributors than the quorum")
 
 
 @dataclass
 class TestParticipant:
-    """A data owner: subject id, sample count and its own BCP key pair."""
+    """A data owner: subject id, sample count, its BCP key pair and its Ed25519 key."""
 
     __test__ = False  # not a pytest test class
 
@@ -182,6 +245,8 @@ class TestParticipant:
     num_samples: int
     public_key: PublicKey
     secret_key: SecretKey
+    #: The key the KGC certified: it signs this participant's upload statements.
+    signing_key: Ed25519PrivateKey = field(default_factory=generate_signing_key, repr=False)
 
     @classmethod
     def make(
@@ -190,7 +255,17 @@ class TestParticipant:
         public, secret = master_key.params.keygen(rng)
         return cls(subject_id, num_samples, public, secret)
 
-    def token(self, kgc: FakeKgc, now: float, *, role: str = "participant", ttl: int = 300) -> str:
+    def token(
+        self,
+        kgc: FakeKgc,
+        now: float,
+        *,
+        role: str = "participant",
+        ttl: int = 300,
+        audience: str | None = None,
+        issuer: str = "kgc",
+    ) -> str:
+        """A token from ``kgc`` for ``audience`` (default: the PS the KGC signs jobs for)."""
         return issue_token(
             kgc.signing_key,
             subject=self.subject_id,
@@ -198,6 +273,29 @@ class TestParticipant:
             now=now,
             ttl_seconds=ttl,
             token_id=f"{self.subject_id}-{next(_TOKEN_IDS)}",
+            audience=kgc.ps_subject_id if audience is None else audience,
+            issuer=issuer,
+        )
+
+    def frame(
+        self,
+        job: Mapping[str, Any],
+        terms: JobTerms,
+        round_number: int,
+        update: npt.ArrayLike,
+        encryptor: VectorEncryptor,
+        rng: Any,
+    ) -> bytes:
+        """This participant's upload frame (:func:`upload_frame`)."""
+        return upload_frame(
+            job,
+            self.subject_id,
+            round_number,
+            update,
+            encryptor,
+            rng,
+            signing_key=self.signing_key,
+            terms=terms,
         )
 
 
@@ -247,10 +345,15 @@ def upload_frame(
     update: npt.ArrayLike,
     encryptor: VectorEncryptor,
     rng: Any,
+    *,
+    signing_key: Ed25519PrivateKey,
+    terms: JobTerms,
 ) -> bytes:
     """What a participant uploads: ``Enc(w_i Δ_i)`` framed for this job and round.
 
-    ``job`` is the PS's job view (``GET /v1/jobs/<id>``).
+    ``job`` is the PS's job view (``GET /v1/jobs/<id>``) and ``terms`` its checked
+    KGC-signed terms (:func:`job_terms_of`); the header carries the statement
+    (:func:`common.protocol.build_upload_statement`) signed with ``signing_key``.
     """
     packing = PackingLayout.from_json(job["packing"])
     clip = float(job["definition"]["encoding"]["clip_bound"])
@@ -258,7 +361,29 @@ def upload_frame(
         update, packing, clip_bound=clip, scale=job["weights"][subject_id]
     )
     vector = encryptor.encrypt(plaintexts, rng)
-    return encode_frame(vector, {"job_id": job["job_id"], "round": round_number})
+    statement = build_upload_statement(
+        signing_key,
+        terms,
+        round_number=round_number,
+        subject_id=subject_id,
+        payload_sha256=sha256_hex(vector.to_bytes()),
+    )
+    return encode_frame(
+        vector, {"job_id": job["job_id"], "round": round_number, "statement": statement}
+    )
+
+
+def job_terms_of(
+    job: Mapping[str, Any], info: KgcInfo, *, param_server: str | None = PS_SUBJECT_ID
+) -> JobTerms:
+    """A participant's check of a served job (:func:`common.protocol.check_job_view`).
+
+    Quorum is not held to the client's default minimum (test jobs use quorum 2);
+    ``param_server=None`` skips the server check.
+    """
+    return check_job_view(
+        job, info.verify_key, info.params, min_quorum=1, param_server=param_server
+    )
 
 
 def job_key_of(job: Mapping[str, Any]) -> JobKey:
@@ -295,7 +420,8 @@ def make_participants(
 
 @dataclass
 class PsWorld:
-    """A parameter server over a fresh database, its fake KGC, clock and participants."""
+    """A parameter server (subject :data:`PS_SUBJECT_ID`) over a fresh database, its fake
+    KGC, clock and participants."""
 
     ps: ParameterServer
     kgc: FakeKgc
@@ -324,7 +450,9 @@ def make_world(
         master_key,
         rng=random.Random(2),
         participants={p.subject_id: p.public_key for p in participants},
+        signing_keys={p.subject_id: public_key_hex(p.signing_key) for p in participants},
         ps_verify_key=ps_key.public_key(),
+        ps_subject_id=PS_SUBJECT_ID,
     )
     engine = make_engine(database_url)
     if create_schema:
@@ -339,6 +467,6 @@ def make_world(
         rng=random.Random(3),
         window=4,
         chunk_elements=chunk_elements,
-        subject_id="ps-test",
+        subject_id=PS_SUBJECT_ID,
     )
     return PsWorld(ps, kgc, clock, engine, sessions, ps_key, participants)

@@ -53,11 +53,24 @@ def _node_parser(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--data-path", help=".npz with X_train, y_train, X_test, y_test")
     serve.add_argument("--encrypt-workers", type=int, default=1)
     serve.add_argument("--poll-seconds", type=float, default=0.5)
+    serve.add_argument(
+        "--min-quorum",
+        type=_positive_int,
+        default=None,
+        help="refuse jobs whose quorum is below this (default: 3, the protocol's default)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
 
 
 def _serve_node(args: argparse.Namespace) -> int:
-
-    from common.service import serve
+    from common.protocol import DEFAULT_MIN_QUORUM
+    from common.service import restrict_new_files, serve
     from participant.node import PASSPHRASE_ENV
     from participant.node_api import create_app
 
@@ -67,6 +80,7 @@ def _serve_node(args: argparse.Namespace) -> int:
     if not os.environ.get(PASSPHRASE_ENV):
         print(f"error: set {PASSPHRASE_ENV} (it seals this node's keys)", file=sys.stderr)
         return 2
+    restrict_new_files()  # the database, its journal and logs: owner-only
     app = create_app(
         {
             "DATABASE_URL": args.db,
@@ -79,6 +93,7 @@ def _serve_node(args: argparse.Namespace) -> int:
             "DATA_PATH": args.data_path,
             "ENCRYPT_WORKERS": args.encrypt_workers,
             "POLL_SECONDS": args.poll_seconds,
+            "MIN_QUORUM": args.min_quorum or DEFAULT_MIN_QUORUM,
         }
     )
     serve(app, args.host, args.port, "participant node", app.extensions["participant_node"].close)

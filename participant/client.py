@@ -2,24 +2,31 @@
 
 This is the participant node without the web layer, usable from a script or a notebook::
 
-    info = requests.get(kgc_url + "/v1/info").json()
     client = ParticipantClient.enrol(kgc_url, subject_id, code, rng=secrets.SystemRandom())
-    job = client.fetch_job(ps_url, "digits-1")
+    job = client.fetch_job(ps_url, "digits-1")  # refused unless the KGC signed it
     receipt, metrics = client.train_and_upload(job, 0, job.initial_weights, X, y)
     client.wait_for_release(ps_url, job.job_id, 0, timeout=600)
     w1 = client.download_model(ps_url, job.job_id, 0)
 
-It follows docs/PROTOCOL.md: keys are generated here and only their public halves leave
-(certified by the KGC); the update is scaled by the public weight ``w_i``, clipped (the clip
-is reported), packed and encrypted under the job key; the released model is opened with
-this participant's own BCP secret key.
+It follows docs/PROTOCOL.md: keys are generated here and only
+their public halves leave (certified by the KGC, whose verification key is pinned at
+enrolment); every job is checked against the KGC-signed terms
+(:func:`common.protocol.check_job_view`) before anything is encrypted for it; tokens name
+their audience (the KGC, or one parameter server's subject id) and are never sent to
+another service; each upload carries a statement signed with this participant's certified
+key. The update is scaled by the public weight ``w_i``, clipped (the clip is reported),
+packed and encrypted under the job key; the released model is opened with this
+participant's own BCP secret key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,29 +38,44 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
-from common.blocks import EncryptionMasks, JobKey, VectorEncryptor
-from common.encoding import PackingLayout, decode_vector, encode_vector
+from common.blocks import EncryptedVector, EncryptionMasks, JobKey, VectorEncryptor
+from common.encoding import EncodingError, PackingLayout, decode_vector, encode_vector
 from common.http import ServiceClient, ServiceError
+from common.protocol import (
+    DEFAULT_MIN_QUORUM,
+    KGC_AUDIENCE,
+    JobTerms,
+    ProtocolError,
+    build_upload_statement,
+    check_job_view,
+    token_challenge,
+)
 from common.release import blind_from_text, open_release
 from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
 from common.signing import (
+    SignatureError,
     b64decode,
     generate_signing_key,
     private_key_from_bytes,
     private_key_to_bytes,
+    public_key_from_hex,
     public_key_hex,
     sign_json,
+    verify_json,
 )
 from common.wire import encode_frame, from_obj, to_obj
 from participant.models import Model, model_from_spec
 from participant.training import TrainingConfig, local_fit, participant_rng
 
 __all__ = [
+    "DEFAULT_MIN_QUORUM",
     "ClientError",
     "Identity",
     "JobView",
+    "KgcInfo",
     "ParticipantClient",
     "decode_weights",
+    "fetch_kgc_info",
     "fetch_kgc_params",
 ]
 
@@ -64,7 +86,59 @@ TOKEN_MARGIN_SECONDS = 30.0
 
 
 class ClientError(RuntimeError):
-    """The protocol cannot go on (round failed, timed out, job malformed)."""
+    """The protocol cannot go on (job refused, round failed, timed out, job malformed).
+
+    ``code`` is a stable machine code: ``job-refused`` when a job fails the checks of
+    :func:`common.protocol.check_job_view` (the reason's own code is ``reason``),
+    ``bad-certificate``, ``bad-kgc-info``, ``kgc-key-changed``, ``bad-ps-info``,
+    ``ps-subject-conflict``, ``bad-job``, ``not-a-participant``, or ``client-error``.
+    """
+
+    def __init__(self, message: str, code: str = "client-error", reason: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        #: For ``job-refused``: the :class:`~common.protocol.ProtocolError` code.
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- the KGC
+
+
+@dataclass(frozen=True)
+class KgcInfo:
+    """What ``GET <kgc>/v1/info`` publishes: the BCP parameters and the KGC's Ed25519 key."""
+
+    params: PublicParams
+    verify_key: str  # raw Ed25519 public key, lowercase hex
+
+    @classmethod
+    def parse(cls, info: object) -> KgcInfo:
+        if not isinstance(info, dict):
+            raise ClientError("KGC /v1/info is not an object", "bad-kgc-info")
+        try:
+            params = from_obj(info.get("params"))
+        except ValueError:
+            params = None
+        if not isinstance(params, PublicParams):
+            raise ClientError("KGC /v1/info has no bcp-params", "bad-kgc-info")
+        key = info.get("verify_key")
+        try:
+            public_key_from_hex(key)
+        except ValueError:
+            raise ClientError("KGC /v1/info has no Ed25519 verify_key", "bad-kgc-info") from None
+        assert isinstance(key, str)
+        return cls(params, key.lower())
+
+
+def fetch_kgc_info(kgc_url: str, *, timeout: float = 60.0) -> KgcInfo:
+    """The deployment's BCP parameters and the KGC's verification key (``GET /v1/info``)."""
+    return KgcInfo.parse(ServiceClient(kgc_url, timeout=timeout).get_json("/v1/info", auth=False))
+
+
+def fetch_kgc_params(kgc_url: str) -> PublicParams:
+    """The deployment's BCP parameters from ``GET /v1/info`` of the KGC."""
+    return fetch_kgc_info(kgc_url).params
 
 
 # --------------------------------------------------------------------------- identity
@@ -72,9 +146,12 @@ class ClientError(RuntimeError):
 
 @dataclass
 class Identity:
-    """Who this participant is: subject id, Ed25519 signing key, BCP key pair.
+    """Who this participant is: subject id, Ed25519 signing key, BCP key pair, pinned KGC.
 
-    Only :meth:`to_sealed` serialises it, so the secrets never sit on disk in the clear.
+    ``kgc_verify_key`` is the KGC's Ed25519 key (hex), pinned at enrolment once the
+    certificate verified under it: every job's terms must be signed by it. Only
+    :meth:`to_sealed` serialises the identity, so the secrets never sit on disk in the
+    clear.
     """
 
     subject_id: str
@@ -83,6 +160,7 @@ class Identity:
     certificate: dict[str, Any] | None = None
     certificate_signature: str | None = None
     kgc_url: str = ""
+    kgc_verify_key: str | None = None
 
     @classmethod
     def generate(cls, subject_id: str, params: PublicParams, rng: RandomSource) -> Identity:
@@ -95,14 +173,66 @@ class Identity:
         return self.secret_key.public_key
 
     @property
+    def params(self) -> PublicParams:
+        """The BCP parameters this identity's key pair lives under (the KGC's)."""
+        return self.secret_key.public_key.params
+
+    @property
     def signing_key_hex(self) -> str:
         return public_key_hex(self.signing_key)
 
     def __repr__(self) -> str:  # never print a secret
         return f"Identity(subject_id={self.subject_id!r})"
 
+    def check_certificate(self, kgc_verify_key: str) -> None:
+        """The certificate is signed by ``kgc_verify_key`` and certifies *our* keys.
+
+        :class:`ClientError` (``bad-certificate``) otherwise: a KGC (or a man in the
+        middle) that certified other keys, or signed with another key, is not trusted.
+        """
+        certificate = self.certificate
+        if not isinstance(certificate, dict):
+            raise ClientError("the KGC returned no certificate", "bad-certificate")
+        try:
+            verify_json(
+                public_key_from_hex(kgc_verify_key), certificate, self.certificate_signature
+            )
+        except (SignatureError, ValueError):
+            raise ClientError(
+                "the certificate is not signed by the KGC's verify_key", "bad-certificate"
+            ) from None
+        expected = {
+            "subject_id": self.subject_id,
+            "role": "participant",
+            "signing_key": self.signing_key_hex,
+            "bcp_public_key": to_obj(self.public_key),
+        }
+        wrong = sorted(k for k, v in expected.items() if certificate.get(k) != v)
+        if wrong:
+            raise ClientError(
+                "the certificate does not certify this participant's keys: " + ", ".join(wrong),
+                "bad-certificate",
+            )
+
+    def pin_kgc(self, info: KgcInfo) -> None:
+        """Pin the KGC's key after checking it against the certificate and our parameters.
+
+        Called at enrolment, and once for an identity sealed before keys were pinned
+        (see :meth:`ParticipantClient.ensure_kgc_pinned`). A key already pinned never
+        changes: another one is :class:`ClientError` (``kgc-key-changed``).
+        """
+        if info.params != self.params:
+            raise ClientError(
+                "the KGC's parameters differ from those of this participant's key",
+                "bad-kgc-info",
+            )
+        if self.kgc_verify_key is not None and self.kgc_verify_key != info.verify_key:
+            raise ClientError("the KGC's verify_key differs from the pinned one", "kgc-key-changed")
+        self.check_certificate(info.verify_key)
+        self.kgc_verify_key = info.verify_key
+
     def to_sealed(self, passphrase: str | bytes) -> dict[str, Any]:
-        """The identity sealed at rest (scrypt + AES-GCM)."""
+        """The identity sealed at rest (scrypt + AES-GCM), the pinned KGC key included."""
         plain = {
             "subject_id": self.subject_id,
             "signing_key": private_key_to_bytes(self.signing_key).hex(),
@@ -110,18 +240,28 @@ class Identity:
             "certificate": self.certificate,
             "certificate_signature": self.certificate_signature,
             "kgc_url": self.kgc_url,
+            "kgc_verify_key": self.kgc_verify_key,
         }
         return seal_with_passphrase(json.dumps(plain, sort_keys=True).encode(), passphrase)
 
     @classmethod
     def from_sealed(cls, sealed: Any, passphrase: str | bytes) -> Identity:
-        """Open a sealed identity; :class:`SealError` on a wrong passphrase or bad data."""
+        """Open a sealed identity; :class:`SealError` on a wrong passphrase or bad data.
+
+        An identity sealed before the KGC key was pinned (older node databases) opens
+        with ``kgc_verify_key = None``; :meth:`ParticipantClient.ensure_kgc_pinned` then
+        fetches the key once, checks the certificate under it and pins it (the node
+        stores it sealed again, see :func:`participant.node.load_identity`).
+        """
         raw = open_with_passphrase(sealed, passphrase)
         try:
             obj = json.loads(raw)
             secret = from_obj(obj["bcp_secret_key"])
             if not isinstance(secret, SecretKey):
                 raise SealError("sealed identity holds no BCP secret key")
+            pinned = obj.get("kgc_verify_key")
+            if pinned is not None:
+                public_key_from_hex(pinned)
             return cls(
                 subject_id=str(obj["subject_id"]),
                 signing_key=private_key_from_bytes(bytes.fromhex(obj["signing_key"])),
@@ -129,20 +269,12 @@ class Identity:
                 certificate=obj.get("certificate"),
                 certificate_signature=obj.get("certificate_signature"),
                 kgc_url=str(obj.get("kgc_url") or ""),
+                kgc_verify_key=str(pinned).lower() if pinned is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, SealError):
                 raise
             raise SealError("sealed identity is malformed") from None
-
-
-def fetch_kgc_params(kgc_url: str) -> PublicParams:
-    """The deployment's BCP parameters from ``GET /v1/info`` of the KGC."""
-    info = ServiceClient(kgc_url).get_json("/v1/info", auth=False)
-    params = from_obj(info.get("params"))
-    if not isinstance(params, PublicParams):
-        raise ClientError("KGC /v1/info has no bcp-params")
-    return params
 
 
 def decode_weights(text: str) -> npt.NDArray[np.float64]:
@@ -155,10 +287,17 @@ def decode_weights(text: str) -> npt.NDArray[np.float64]:
 
 @dataclass
 class JobView:
-    """The PS's job view (``GET /v1/jobs/<id>``) parsed once, plus where it came from."""
+    """The PS's job view (``GET /v1/jobs/<id>``), checked against the KGC-signed terms.
+
+    ``terms`` are the verified :class:`~common.protocol.JobTerms`; the job key, the
+    participants, their weights and the number of rounds come from them, never from the
+    PS's unsigned fields. The definition, packing and initial weights are the served ones,
+    which :func:`~common.protocol.check_job_view` matched to the signed digests.
+    """
 
     ps_url: str
     raw: dict[str, Any]
+    terms: JobTerms
     job_key: JobKey
     packing: PackingLayout
     model: Model
@@ -172,22 +311,27 @@ class JobView:
 
     @property
     def job_id(self) -> str:
-        return str(self.raw["job_id"])
+        return self.terms.job_id
+
+    @property
+    def ps_subject_id(self) -> str:
+        """The parameter server the KGC signed this job for (the tokens' audience)."""
+        return self.terms.param_server
 
     def index_of(self, subject_id: str) -> int:
         """Participant ``i`` is the ``i``-th entry of the job's list (seeds its training)."""
         try:
             return self.participants.index(subject_id)
         except ValueError:
-            raise ClientError(f"{subject_id} is not a participant of {self.job_id}") from None
+            raise ClientError(
+                f"{subject_id} is not a participant of {self.job_id}", "not-a-participant"
+            ) from None
 
     @classmethod
-    def parse(cls, ps_url: str, raw: dict[str, Any]) -> JobView:
+    def parse(cls, ps_url: str, raw: dict[str, Any], terms: JobTerms) -> JobView:
+        """Build the view of a job whose ``raw`` view :func:`check_job_view` accepted."""
         try:
             definition = raw["definition"]
-            job_key = from_obj(raw["job_key"])
-            if not isinstance(job_key, JobKey):
-                raise ClientError("job_key is not a bcp-job-key")
             training = dict(definition.get("training") or {})
             config = TrainingConfig(
                 learning_rate=float(training.get("learning_rate", 0.1)),
@@ -195,24 +339,42 @@ class JobView:
                 batch_size=int(training.get("batch_size", 32)),
                 mode=str(training.get("mode", "fedavg")),
             )
-            return cls(
-                ps_url=ps_url,
-                raw=raw,
-                job_key=job_key,
-                packing=PackingLayout.from_json(raw["packing"]),
-                model=model_from_spec(definition["model"]),
-                training=config,
-                seed=int(training.get("seed", 0)),
-                participants=[str(p["subject_id"]) for p in definition["participants"]],
-                weights={str(k): float(v) for k, v in raw["weights"].items()},
-                clip_bound=float(definition["encoding"]["clip_bound"]),
-                rounds_total=int(raw.get("rounds_total", definition.get("rounds", 0))),
-                initial_weights=decode_weights(definition["initial_weights"]),
+            packing = PackingLayout.from_json(raw["packing"])
+            model = model_from_spec(definition["model"])
+            initial = decode_weights(definition["initial_weights"])
+            clip_bound = float(definition["encoding"]["clip_bound"])
+            seed = int(training.get("seed", 0))
+        except (KeyError, TypeError, ValueError, EncodingError) as exc:
+            raise ClientError(
+                f"malformed job view: {type(exc).__name__}: {exc}", "bad-job"
+            ) from None
+        job_key = terms.job_key
+        problems = []
+        if packing.modulus != int(job_key.params.n):
+            problems.append("the packing is not modulo the KGC's N")
+        if packing.num_plaintexts != terms.num_plaintexts:
+            problems.append("the packing's plaintext count differs from the signed one")
+        if packing.length != model.num_parameters or initial.size != model.num_parameters:
+            problems.append("the packing, model and initial weights differ in size")
+        if problems:
+            raise ClientError(
+                "job refused: bad-job: " + "; ".join(problems), "job-refused", "bad-job"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(f"malformed job view: {type(exc).__name__}: {exc}") from None
+        return cls(
+            ps_url=ps_url,
+            raw=raw,
+            terms=terms,
+            job_key=job_key,
+            packing=packing,
+            model=model,
+            training=config,
+            seed=seed,
+            participants=list(terms.participants),
+            weights=dict(terms.weights),
+            clip_bound=clip_bound,
+            rounds_total=terms.rounds,
+            initial_weights=initial,
+        )
 
 
 # --------------------------------------------------------------------------- client
@@ -224,11 +386,22 @@ def _default_window(job: JobView) -> int:
     return 7 if blocks * max(job.rounds_total, 1) >= 64 else 4
 
 
+def _base(url: str) -> str:
+    return url.rstrip("/")
+
+
 class ParticipantClient:
     """One participant talking to the KGC and parameter servers.
 
     ``rng`` draws keys and encryption randomness (pass ``secrets.SystemRandom()`` in
     production, a seeded ``random.Random`` in tests); ``clock`` gives UNIX seconds.
+    ``min_quorum`` is the smallest job quorum this participant accepts
+    (:data:`~common.protocol.DEFAULT_MIN_QUORUM`): with fewer contributors, differencing
+    released models tells too much about one participant's update.
+
+    Tokens are per audience (:meth:`token`): the KGC's, or one PS's subject id, which is
+    learned from ``GET <ps>/v1/info`` unless pinned (:meth:`pin_ps`); one subject id
+    belongs to one PS URL, so a token for one PS is never sent to another.
 
     Encryption is split in two (:class:`~common.blocks.EncryptionMasks`): the
     exponentiations run on a background thread while the participant trains (and, with
@@ -247,23 +420,30 @@ class ParticipantClient:
         sleep: Callable[[float], None] = time.sleep,
         timeout: float = 120.0,
         precompute_next: bool = True,
+        min_quorum: int = DEFAULT_MIN_QUORUM,
     ) -> None:
+        if isinstance(min_quorum, bool) or not isinstance(min_quorum, int) or min_quorum < 1:
+            raise ValueError("min_quorum must be a positive integer")
         self.identity = identity
-        self.kgc_url = kgc_url.rstrip("/")
+        self.kgc_url = _base(kgc_url)
         self.rng: RandomSource = rng or secrets.SystemRandom()
         self.clock = clock
         self.workers = workers
         self.sleep = sleep
         self.timeout = timeout
+        self.min_quorum = min_quorum
         self._kgc = ServiceClient(self.kgc_url, timeout=timeout)
-        self._token: tuple[str, float] | None = None
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        #: PS URL -> its subject id (the audience of its tokens), and back.
+        self._ps_subjects: dict[str, str] = {}
         self._jobs: dict[tuple[str, str], JobView] = {}
         self.precompute_next = precompute_next
         self._encryptors: dict[str, VectorEncryptor] = {}
         self._mask_thread: ThreadPoolExecutor | None = None
         self._masks: dict[str, Future[tuple[EncryptionMasks, float]]] = {}
 
-    # -- enrolment and tokens
+    # -- enrolment and the pinned KGC key
 
     @classmethod
     def enrol(
@@ -276,15 +456,21 @@ class ParticipantClient:
         rng: RandomSource | None = None,
         clock: Clock = time.time,
         workers: int = 1,
+        min_quorum: int = DEFAULT_MIN_QUORUM,
     ) -> ParticipantClient:
         """Generate keys locally and complete the enrolment the KGC operator started.
 
-        ``params`` defaults to the KGC's published ones (``GET /v1/info``).
+        The KGC's ``GET /v1/info`` gives its parameters (``params``, if given, must equal
+        them) and its verification key; the returned certificate must verify under that
+        key and certify exactly the keys made here (:class:`ClientError`
+        ``bad-certificate`` otherwise). The key is then pinned in the identity.
         """
         rng = rng or secrets.SystemRandom()
-        params = params or fetch_kgc_params(kgc_url)
-        identity = Identity.generate(subject_id, params, rng)
-        identity.kgc_url = kgc_url.rstrip("/")
+        info = fetch_kgc_info(kgc_url)
+        if params is not None and params != info.params:
+            raise ClientError("the KGC publishes other parameters than given", "bad-kgc-info")
+        identity = Identity.generate(subject_id, info.params, rng)
+        identity.kgc_url = _base(kgc_url)
         answer = ServiceClient(kgc_url).post_json(
             f"/v1/enrolments/{subject_id}/complete",
             {
@@ -294,43 +480,167 @@ class ParticipantClient:
             },
             auth=False,
         )
+        if not isinstance(answer, dict):
+            raise ClientError("the KGC's enrolment answer is not an object", "bad-certificate")
         identity.certificate = answer.get("certificate")
         identity.certificate_signature = answer.get("signature")
-        return cls(identity, kgc_url, rng=rng, clock=clock, workers=workers)
+        identity.pin_kgc(info)
+        return cls(identity, kgc_url, rng=rng, clock=clock, workers=workers, min_quorum=min_quorum)
 
-    def token(self) -> str:
-        """A KGC token for this subject, cached until shortly before it expires."""
+    def ensure_kgc_pinned(self) -> bool:
+        """Pin the KGC's key of an identity sealed before keys were pinned; True if it did.
+
+        Older node databases hold identities without ``kgc_verify_key``: the key is then
+        fetched once from ``GET <kgc>/v1/info``, and pinned only if the stored certificate
+        verifies under it and the parameters are those of our BCP key (trust on first
+        use, bound to the certificate we already held). The caller stores the identity
+        sealed again.
+        """
+        if self.identity.kgc_verify_key is not None:
+            return False
+        info = KgcInfo.parse(self._kgc.get_json("/v1/info", auth=False))
+        self.identity.pin_kgc(info)
+        return True
+
+    @property
+    def kgc_verify_key(self) -> str:
+        """The pinned KGC key (hex), pinning it first for an older identity."""
+        self.ensure_kgc_pinned()
+        assert self.identity.kgc_verify_key is not None
+        return self.identity.kgc_verify_key
+
+    # -- tokens
+
+    def token(self, audience: str = KGC_AUDIENCE) -> str:
+        """A token for ``audience`` (the KGC, or a PS's subject id), cached per audience.
+
+        The challenge is :func:`common.protocol.token_challenge`; a cached token is renewed
+        shortly before it expires.
+        """
         now = self.clock()
-        if self._token is not None and now < self._token[1] - TOKEN_MARGIN_SECONDS:
-            return self._token[0]
-        challenge = {
-            "purpose": "token",
-            "subject_id": self.identity.subject_id,
-            "timestamp": int(now),
-            "nonce": secrets.token_urlsafe(16),
-        }
+        cached = self._tokens.get(audience)
+        if cached is not None and now < cached[1] - TOKEN_MARGIN_SECONDS:
+            return cached[0]
+        subject = self.identity.subject_id
+        nonce = secrets.token_urlsafe(16)
+        challenge = token_challenge(subject, int(now), nonce, audience)
         body = {
-            "subject_id": challenge["subject_id"],
+            "subject_id": subject,
             "timestamp": challenge["timestamp"],
-            "nonce": challenge["nonce"],
+            "nonce": nonce,
+            "audience": audience,
             "signature": sign_json(self.identity.signing_key, challenge),
         }
         answer = self._kgc.post_json("/v1/tokens", body, auth=False)
-        self._token = (str(answer["token"]), float(answer["expires_at"]))
-        return self._token[0]
+        token = (str(answer["token"]), float(answer["expires_at"]))
+        self._tokens[audience] = token
+        return token[0]
+
+    # -- parameter servers
+
+    def pin_ps(self, ps_url: str, subject_id: str) -> None:
+        """Use ``subject_id`` as the audience of ``ps_url``'s tokens (operator-pinned).
+
+        A subject id belongs to one PS URL: :class:`ClientError` (``ps-subject-conflict``)
+        if another URL already has it, so no PS gets a token meant for another one.
+        """
+        if not isinstance(subject_id, str) or not subject_id or subject_id == KGC_AUDIENCE:
+            raise ClientError("a PS subject id must be a non-empty string", "bad-ps-info")
+        url = _base(ps_url)
+        with self._lock:
+            for other, subject in self._ps_subjects.items():
+                if subject == subject_id and other != url:
+                    raise ClientError(
+                        f"{url} claims the subject id of the PS at {other}", "ps-subject-conflict"
+                    )
+            self._ps_subjects[url] = subject_id
+
+    def ps_subject(self, ps_url: str) -> str:
+        """The PS's subject id: pinned, or learned once from ``GET <ps>/v1/info``."""
+        url = _base(ps_url)
+        subject = self._ps_subjects.get(url)
+        if subject is None:
+            info = self._http(url).get_json("/v1/info", auth=False)
+            subject = info.get("subject_id") if isinstance(info, dict) else None
+            if not isinstance(subject, str) or not subject:
+                raise ClientError(f"{url}/v1/info names no subject_id", "bad-ps-info")
+            self.pin_ps(url, subject)
+        return subject
+
+    def _http(self, base_url: str, token: Callable[[], str] | None = None) -> ServiceClient:
+        """The one place HTTP clients to parameter servers are made (tests replace it)."""
+        return ServiceClient(base_url, token, timeout=self.timeout)
 
     def _ps(self, ps_url: str) -> ServiceClient:
-        return ServiceClient(ps_url, self.token, timeout=self.timeout)
+        """A client for ``ps_url`` whose token's audience is that PS's subject id."""
+        url = _base(ps_url)
+        return self._http(url, functools.partial(self.ps_token, url))
 
     # -- jobs
 
-    def fetch_job(self, ps_url: str, job_id: str, *, refresh: bool = False) -> JobView:
-        """The job's definition, key and packing (cached: they never change)."""
-        key = (ps_url.rstrip("/"), job_id)
+    def fetch_job(
+        self,
+        ps_url: str,
+        job_id: str,
+        *,
+        refresh: bool = False,
+        ps_subject_id: str | None = None,
+    ) -> JobView:
+        """The job, checked against the KGC-signed terms before anything is encrypted.
+
+        ``ps_subject_id`` pins the PS's subject id (else ``GET <ps>/v1/info`` gives it);
+        the signed terms must name it. Any failed check
+        (:func:`common.protocol.check_job_view`: signature under the pinned KGC key, the
+        served definition, packing, weights and job key against the signed digests, the
+        PS, ``min_quorum``) is :class:`ClientError` ``job-refused``, whose ``reason`` is
+        the check's code. Accepted views are cached (they never change).
+        """
+        url = _base(ps_url)
+        if ps_subject_id is not None:
+            self.pin_ps(url, ps_subject_id)
+        key = (url, job_id)
         if refresh or key not in self._jobs:
-            raw = self._ps(ps_url).get_json(f"/v1/jobs/{job_id}")
-            self._jobs[key] = JobView.parse(key[0], raw)
+            previous = self._jobs.pop(key, None)  # a refused refresh keeps no old view
+            audience = self.ps_subject(url)
+            raw = self._ps(url).get_json(f"/v1/jobs/{job_id}")
+            if not isinstance(raw, dict):
+                raise ClientError(
+                    "job refused: bad-job: the job view is not an object", "job-refused", "bad-job"
+                )
+            terms = self._check_job(raw, audience)
+            if terms.job_id != job_id:
+                raise ClientError(
+                    f"job refused: job-mismatch: the PS served job {terms.job_id!r}",
+                    "job-refused",
+                    "job-mismatch",
+                )
+            view = JobView.parse(url, raw, terms)
+            if previous is not None and previous.terms.digest != terms.digest:
+                self.forget_job(job_id)  # never encrypt under another job key's tables
+            self._jobs[key] = view
         return self._jobs[key]
+
+    def _check_job(self, raw: dict[str, Any], audience: str) -> JobTerms:
+        try:
+            terms = check_job_view(
+                raw,
+                public_key_from_hex(self.kgc_verify_key),
+                self.identity.params,
+                min_quorum=self.min_quorum,
+                param_server=audience,
+            )
+        except ProtocolError as exc:
+            raise ClientError(
+                f"job refused: {exc.code}: {exc.message}", "job-refused", exc.code
+            ) from None
+        me = self.identity.subject_id
+        if me in terms.signing_keys and terms.signing_keys[me] != self.identity.signing_key_hex:
+            raise ClientError(
+                "job refused: wrong-signing-key: the terms name another key for this participant",
+                "job-refused",
+                "wrong-signing-key",
+            )
+        return terms
 
     def round_status(self, ps_url: str, job_id: str, round_number: int) -> dict[str, Any]:
         result: dict[str, Any] = self._ps(ps_url).get_json(
@@ -385,6 +695,28 @@ class ParticipantClient:
             self._mask_thread.shutdown(wait=True)
             self._mask_thread = None
 
+    def upload_frame(self, job: JobView, round_number: int, vector: EncryptedVector) -> bytes:
+        """The upload frame of ``vector``: its header carries our signed upload statement.
+
+        The statement (:func:`common.protocol.build_upload_statement`) names the job terms,
+        the round, the payload's SHA-256 and the PS as audience, so neither the PS nor the
+        KGC can move this upload to another round, job or server.
+        """
+        statement = build_upload_statement(
+            self.identity.signing_key,
+            job.terms,
+            round_number=round_number,
+            subject_id=self.identity.subject_id,
+            payload_sha256=hashlib.sha256(vector.to_bytes()).hexdigest(),
+        )
+        return encode_frame(
+            vector, {"job_id": job.job_id, "round": round_number, "statement": statement}
+        )
+
+    def ps_token(self, ps_url: str) -> str:
+        """A token for the PS at ``ps_url`` only (its subject id is the audience)."""
+        return self.token(self.ps_subject(ps_url))
+
     def train_and_upload(
         self,
         job: JobView,
@@ -393,7 +725,11 @@ class ParticipantClient:
         X: np.ndarray,
         y: np.ndarray,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Train from ``W_t``, upload ``Enc(w_i Δ_i)``; returns (signed receipt, metrics)."""
+        """Train from ``W_t``, upload ``Enc(w_i Δ_i)`` with a signed upload statement.
+
+        Returns (the PS's signed receipt, metrics). The frame's header carries
+        :func:`common.protocol.build_upload_statement` over the payload's SHA-256.
+        """
         subject = self.identity.subject_id
         index = job.index_of(subject)
         w_i = job.weights[subject]
@@ -421,7 +757,7 @@ class ParticipantClient:
         masks, timings["masks_s"] = self._take_masks(job)
         timings["masks_wait_s"] = time.perf_counter() - start
         vector = masks.encrypt(plaintexts)
-        frame = encode_frame(vector, {"job_id": job.job_id, "round": round_number})
+        frame = self.upload_frame(job, round_number, vector)
         timings["encrypt_s"] = time.perf_counter() - start  # what is left after training
 
         start = time.perf_counter()

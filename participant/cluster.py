@@ -20,6 +20,9 @@ database_url="postgresql+psycopg://...")``), with exactly the commands of
 docs/RELIABILITY.md ("Deployment"). :meth:`LocalCluster.kill` (SIGKILL, the whole process
 group) and :meth:`LocalCluster.restart` (same command, same port, same database) are for
 the fault tests.
+
+Everything the cluster creates is owner-only: the working folder is 0700, log files 0600,
+and every child process runs with umask 077 (its databases, journals and files too).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from common.http import ServiceClient
 
 __all__ = ["ClusterError", "LocalCluster", "ServiceProcess"]
 
+#: Files the services create (databases, journals, logs) are owner-only.
+CHILD_UMASK = 0o077
 # Werkzeug (``common.service.serve``) and gunicorn ("Listening at: http://...") lines.
 _LISTENING = re.compile(r"(?:listening on|Listening at:) (http://127\.0\.0\.1:\d+)")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,13 +83,15 @@ class LocalCluster:
     Each service gets a fresh random admin token (``kgc_admin_token``,
     ``ps_admin_token``, ``node_admin_token``) and passphrase; databases are SQLite files
     and logs ``<name>.log`` in ``workdir``. A temporary ``workdir`` (the default) is
-    removed by :meth:`stop` unless ``keep_workdir`` is set; a given one is kept.
+    removed by :meth:`stop` unless ``keep_workdir`` is set; a given one is kept. The
+    workdir is created 0700 (a given one that exists keeps its mode), logs 0600, and the
+    children run with umask 077.
     """
 
     def __init__(self, workdir: str | Path | None = None, *, keep_workdir: bool = False) -> None:
         self._own_workdir = workdir is None and not keep_workdir
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="trapdoor-demo-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.kgc_admin_token = secrets.token_urlsafe(16)
         self.ps_admin_token = secrets.token_urlsafe(16)
         self.node_admin_token = secrets.token_urlsafe(16)
@@ -144,7 +151,7 @@ class LocalCluster:
     ) -> ServiceProcess:
         """Start ``python <argv>`` from the repository root, output to ``<name>.log``."""
         log = self.workdir / f"{log_name or name}.log"
-        handle = log.open("wb")
+        handle = _private_log(log)
         popen = subprocess.Popen(
             [sys.executable, *argv],
             stdout=handle,
@@ -152,6 +159,7 @@ class LocalCluster:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             cwd=str(_REPO_ROOT),
             start_new_session=group,
+            umask=CHILD_UMASK,
         )
         handle.close()
         proc = ServiceProcess(name, popen, log, argv=list(argv), env=dict(env), group=group)
@@ -277,6 +285,7 @@ class LocalCluster:
             capture_output=True,
             text=True,
             timeout=300,
+            umask=CHILD_UMASK,
         )
         if init.returncode != 0:
             raise ClusterError(f"kgc init failed: {init.stderr[-2000:]}")
@@ -354,6 +363,7 @@ class LocalCluster:
                 capture_output=True,
                 text=True,
                 timeout=300,
+                umask=CHILD_UMASK,
             )
             if enrol.returncode != 0:
                 raise ClusterError(f"param_server enrol failed: {enrol.stderr[-2000:]}")
@@ -403,11 +413,14 @@ class LocalCluster:
         poll_seconds: float = 0.3,
         wait: bool = True,
         timeout: float = 300,
+        min_quorum: int | None = None,
     ) -> list[ServiceProcess]:
         """One node per data owner; node ``i`` holds partition ``i`` of ``count``.
 
         ``partition_scheme`` is ``"iid"`` or ``"dirichlet"`` (non-IID, alpha 0.5); every
         node derives the same split from the seed, as the plaintext reference does.
+        ``min_quorum`` lowers (or raises) the smallest job quorum the nodes accept
+        (``--min-quorum``; default: the protocol's, 3): a job of 2 participants needs 2.
         """
         first = len(self.nodes)
         started = []
@@ -438,6 +451,7 @@ class LocalCluster:
                         partition_scheme,
                         "--poll-seconds",
                         str(poll_seconds),
+                        *(["--min-quorum", str(min_quorum)] if min_quorum is not None else []),
                     ],
                     {
                         "TRAPDOOR_NODE_PASSPHRASE": self.node_passphrase,
@@ -468,6 +482,13 @@ class LocalCluster:
             },
         )
         return answer
+
+
+def _private_log(path: Path) -> Any:
+    """``path`` opened for writing, created 0600 (and made 0600 if it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def _with_port(argv: list[str], port: str) -> list[str]:

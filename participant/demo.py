@@ -33,6 +33,7 @@ from sqlalchemy.orm import sessionmaker
 
 from common.db import make_engine
 from common.http import ServiceClient, ServiceError
+from common.protocol import DEFAULT_MIN_QUORUM
 from common.sealing import SealError
 from common.signing import b64encode
 from participant.client import ParticipantClient
@@ -136,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-skip", action="store_true", help="every participant contributes to every round"
     )
-    parser.add_argument("--quorum", type=int, default=None)
+    parser.add_argument(
+        "--quorum",
+        type=int,
+        default=None,
+        help="the job's quorum (default: min(3, participants); the nodes accept it)",
+    )
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument(
         "--learning-rate",
@@ -204,7 +210,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     learning_rate = getattr(args, "learning_rate", None)
     if learning_rate is None:
         learning_rate = LEARNING_RATES[model_name]
-    quorum = args.quorum or min(3, k)
+    quorum = args.quorum or min(DEFAULT_MIN_QUORUM, k)
     skip = args.skip_round
     if skip is None and not getattr(args, "no_skip", False) and k > quorum:
         skip = rounds - 1  # show the access control: a non-contributor is refused the model
@@ -216,6 +222,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     expected = _expected_contributors(k, rounds, skipper, skip)
     if any(len(c) < quorum for c in expected):
         raise DemoError(f"quorum {quorum} cannot be met once a participant skips: add one")
+    # Nodes refuse jobs below their minimum quorum (3 by default): a smaller demo lowers it.
+    min_quorum = quorum if quorum < DEFAULT_MIN_QUORUM else None
     cluster = LocalCluster(args.workdir, keep_workdir=bool(getattr(args, "keep_workdir", False)))
     t_start = time.perf_counter()
     try:
@@ -230,6 +238,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             partition_scheme=args.partition_scheme,
             poll_seconds=0.3,
             wait=False,
+            min_quorum=min_quorum,
         )
         cluster.wait_ready([ps, *nodes], 300)
         node_ops = [cluster.node_operator(i) for i in range(k)]
@@ -270,7 +279,11 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         t_job = time.perf_counter()
         ps_ops.post_json("/v1/jobs", definition)
         for i, ops in enumerate(node_ops):
-            body: dict[str, Any] = {"ps_url": cluster.ps_url, "job_id": job_id}
+            body: dict[str, Any] = {
+                "ps_url": cluster.ps_url,
+                "job_id": job_id,
+                "ps_subject_id": cluster.param_server_subject,  # pinned by the operator
+            }
             if i == skipper:
                 body["skip_rounds"] = [skip]
             ops.post_json("/v1/jobs", body)
@@ -302,6 +315,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                 skip,
                 skipper,
                 expected[skip][0],
+                min_quorum=min(quorum, DEFAULT_MIN_QUORUM),
             )
 
         # -- plaintext reference on the same data, seed and schedule
@@ -427,6 +441,8 @@ def _check_refusal(
     round_number: int,
     skipper: int,
     contributor: int,
+    *,
+    min_quorum: int = DEFAULT_MIN_QUORUM,
 ) -> bool:
     """403 for the skipper at the model endpoint, and SealError on a contributor's bundle."""
 
@@ -438,7 +454,7 @@ def _check_refusal(
             engine.dispose()
         if identity is None:
             raise DemoError(f"node {i} holds no identity")
-        return ParticipantClient(identity, kgc_url)
+        return ParticipantClient(identity, kgc_url, min_quorum=min_quorum)
 
     outsider, insider = client_of(skipper), client_of(contributor)
     try:

@@ -6,11 +6,18 @@ thread that, round after round, trains on ``W_t`` if it holds it, uploads ``Enc(
 waits for the release and downloads ``W_{t+1}``. A node that skips a round is not a
 contributor, so it never receives ``W_{t+1}`` and cannot train any later round: that is the
 protocol (contributor-only release), and the worker stops there.
+
+A job is joined only once its view checks against the terms the KGC signed
+(:meth:`ParticipantClient.fetch_job`): a refused job is recorded with status ``refused`` and
+its reason, and nothing is ever encrypted for it. Released models are sealed at rest
+(:class:`ModelSealer`): AES-256-GCM under a key derived from the node identity's Ed25519
+private key, bound to the job and round.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,22 +26,29 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bcp import RandomSource
 from common.db import session_scope
 from common.http import ServiceError
+from common.protocol import DEFAULT_MIN_QUORUM
 from common.sealing import SealError
-from common.signing import b64encode
+from common.signing import b64encode, canonical_json, private_key_to_bytes
 from participant.client import ClientError, Identity, JobView, ParticipantClient
 from participant.datasets import Dataset, load_dataset, partition
 from participant.node_models import NodeIdentity, NodeJob, NodeModel, NodeRound
 from participant.training import evaluate
 
 __all__ = [
+    "MODEL_KEY_INFO",
     "PASSPHRASE_ENV",
     "LocalData",
+    "ModelSealer",
     "NodeError",
     "ParticipantNode",
     "dataset_partitions",
@@ -46,6 +60,10 @@ log = logging.getLogger(__name__)
 
 PASSPHRASE_ENV = "TRAPDOOR_NODE_PASSPHRASE"
 TRANSIENT = (0, 502, 503, 504)
+#: HKDF ``info`` of the key that seals released models at rest.
+MODEL_KEY_INFO = b"trapdoor-node/model-at-rest/v1"
+#: ``NodeModel.sealing`` of a sealed model; ``"none"`` marks a row written before sealing.
+MODEL_SEALING = "a256gcm-v1"
 
 
 class NodeError(Exception):
@@ -122,8 +140,19 @@ def load_local_data(config: Mapping[str, Any]) -> LocalData:
     )
 
 
-def load_identity(sessions: sessionmaker[Session], passphrase: str) -> Identity | None:
-    """The node's identity from its database (``None`` before enrolment)."""
+def load_identity(
+    sessions: sessionmaker[Session], passphrase: str, *, pin: bool = True
+) -> Identity | None:
+    """The node's identity from its database (``None`` before enrolment).
+
+    An identity sealed before the KGC's key was pinned (a database from before
+    hardening step 1) gets it once here, with ``pin``: the key is fetched from the KGC's
+    ``GET /v1/info``, pinned only if the stored certificate verifies under it and the
+    parameters are those of our BCP key (:meth:`ParticipantClient.ensure_kgc_pinned`), and
+    the identity is stored sealed again with it. From then on the key never changes.
+    Raises :class:`~common.http.ServiceError` if the KGC cannot be reached for that, and
+    :class:`~participant.client.ClientError` if the key does not check.
+    """
     with session_scope(sessions) as session:
         row = session.get(NodeIdentity, 1)
         if row is None:
@@ -131,7 +160,49 @@ def load_identity(sessions: sessionmaker[Session], passphrase: str) -> Identity 
         sealed, kgc_url = row.sealed, row.kgc_url
     identity = Identity.from_sealed(sealed, passphrase)
     identity.kgc_url = kgc_url
+    if pin and identity.kgc_verify_key is None:
+        ParticipantClient(identity, kgc_url).ensure_kgc_pinned()
+        with session_scope(sessions) as session:
+            row = session.get(NodeIdentity, 1)
+            assert row is not None
+            row.sealed = identity.to_sealed(passphrase)
+        log.info("pinned the KGC's verification key of an older node identity")
     return identity
+
+
+class ModelSealer:
+    """Released models at rest: AES-256-GCM, associated data = (job id, round).
+
+    The key is ``HKDF-SHA256(Ed25519 private key bytes, info=MODEL_KEY_INFO)``, derived
+    once per process when the identity is unlocked: a copy of the database without the
+    passphrase holds no readable model. A blob is ``nonce (12 bytes) || ciphertext``.
+    """
+
+    def __init__(self, identity: Identity) -> None:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=MODEL_KEY_INFO)
+        self._aead = AESGCM(hkdf.derive(private_key_to_bytes(identity.signing_key)))
+
+    def __repr__(self) -> str:  # never print a key
+        return "ModelSealer()"
+
+    @staticmethod
+    def _aad(job_id: str, round_number: int) -> bytes:
+        return canonical_json({"job_id": job_id, "round": int(round_number), "v": 1})
+
+    def seal(self, job_id: str, round_number: int, weights: npt.ArrayLike) -> bytes:
+        plain = np.asarray(weights, dtype="<f8").tobytes()
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plain, self._aad(job_id, round_number))
+
+    def open(self, job_id: str, round_number: int, blob: bytes) -> npt.NDArray[np.float64]:
+        """The weights; :class:`SealError` for another key, job or round, or tampering."""
+        try:
+            plain = self._aead.decrypt(
+                bytes(blob[:12]), bytes(blob[12:]), self._aad(job_id, round_number)
+            )
+        except (InvalidTag, ValueError):
+            raise SealError("cannot open the stored model: wrong key or tampered") from None
+        return np.frombuffer(plain, dtype="<f8").astype(np.float64)
 
 
 # --------------------------------------------------------------------------- the node
@@ -154,6 +225,7 @@ class ParticipantNode:
         workers: int = 1,
         poll_seconds: float = 0.5,
         round_timeout: float = 24 * 3600.0,
+        min_quorum: int = DEFAULT_MIN_QUORUM,
     ) -> None:
         if not passphrase:
             raise ValueError(f"a passphrase is required ({PASSPHRASE_ENV})")
@@ -165,10 +237,12 @@ class ParticipantNode:
         self.workers = workers
         self.poll_seconds = poll_seconds
         self.round_timeout = round_timeout
+        self.min_quorum = min_quorum
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._client: ParticipantClient | None = None
+        self._sealer: ModelSealer | None = None
 
     # -- identity
 
@@ -182,16 +256,51 @@ class ParticipantNode:
                     raise NodeError(
                         503, "sealed", f"{PASSPHRASE_ENV} does not open the stored identity"
                     ) from None
+                except ServiceError as exc:
+                    raise NodeError(
+                        503, "kgc-unreachable", f"cannot pin the KGC's key: {exc.message}"
+                    ) from None
+                except ClientError as exc:
+                    raise NodeError(503, exc.code, exc.message) from None
                 if identity is None:
                     raise NodeError(409, "not-enrolled", "this node is not enrolled yet")
-                self._client = ParticipantClient(
-                    identity,
-                    identity.kgc_url,
-                    rng=self.rng,
-                    clock=self.clock,
-                    workers=self.workers,
-                )
+                self._client = self._make_client(identity)
             return self._client
+
+    def _make_client(self, identity: Identity) -> ParticipantClient:
+        client = ParticipantClient(
+            identity,
+            identity.kgc_url,
+            rng=self.rng,
+            clock=self.clock,
+            workers=self.workers,
+            min_quorum=self.min_quorum,
+        )
+        self._sealer = ModelSealer(identity)
+        self._reseal_legacy_models(self._sealer)
+        return client
+
+    def sealer(self) -> ModelSealer:
+        """The at-rest key of released models (derived when the identity is unlocked)."""
+        self.client()
+        assert self._sealer is not None
+        return self._sealer
+
+    def _reseal_legacy_models(self, sealer: ModelSealer) -> None:
+        """Seal models a node stored in the clear before models were sealed at rest."""
+        with session_scope(self.sessions) as session:
+            for model in session.scalars(select(NodeModel).where(NodeModel.sealing == "none")):
+                model.weights = sealer.seal(
+                    model.job_id, model.round, np.frombuffer(model.weights, dtype="<f8")
+                )
+                model.sealing = MODEL_SEALING
+
+    def _open_model(self, model: NodeModel) -> npt.NDArray[np.float64]:
+        if model.sealing == "none":  # written in the clear before sealing existed
+            return np.frombuffer(model.weights, dtype="<f8").astype(np.float64)
+        if model.sealing != MODEL_SEALING:
+            raise SealError(f"unknown model sealing {model.sealing!r}")
+        return self.sealer().open(model.job_id, model.round, model.weights)
 
     def enrol(self, kgc_url: str, subject_id: str, code: str) -> dict[str, Any]:
         """Make keys locally, complete the enrolment, store them sealed; the certificate."""
@@ -200,11 +309,19 @@ class ParticipantNode:
                 raise NodeError(409, "already-enrolled", "this node is already enrolled")
         try:
             client = ParticipantClient.enrol(
-                kgc_url, subject_id, code, rng=self.rng, clock=self.clock, workers=self.workers
+                kgc_url,
+                subject_id,
+                code,
+                rng=self.rng,
+                clock=self.clock,
+                workers=self.workers,
+                min_quorum=self.min_quorum,
             )
         except ServiceError as exc:
             status = exc.status if exc.status in (400, 403, 404, 409, 422) else 502
             raise NodeError(status, exc.code, f"KGC refused the enrolment: {exc.message}") from None
+        except ClientError as exc:  # a certificate or KGC answer that does not check
+            raise NodeError(502, exc.code, f"KGC enrolment not accepted: {exc.message}") from None
         identity = client.identity
         with session_scope(self.sessions) as session:
             session.add(
@@ -219,6 +336,7 @@ class ParticipantNode:
             )
         with self._lock:
             self._client = client
+            self._sealer = ModelSealer(identity)
         return {"certificate": identity.certificate, "signature": identity.certificate_signature}
 
     def status(self) -> dict[str, Any]:
@@ -239,6 +357,7 @@ class ParticipantNode:
         return {
             "job_id": job.job_id,
             "ps_url": job.ps_url,
+            "ps_subject_id": job.ps_subject_id,
             "status": job.status,
             "next_round": job.next_round,
             "holds_model": job.holds_model,
@@ -247,26 +366,50 @@ class ParticipantNode:
         }
 
     def join(
-        self, ps_url: str, job_id: str, skip_rounds: list[int] | None = None
+        self,
+        ps_url: str,
+        job_id: str,
+        skip_rounds: list[int] | None = None,
+        ps_subject_id: str | None = None,
     ) -> dict[str, Any]:
-        """Join a job at a PS (it must list us) and start its worker."""
+        """Join a job at a PS (it must list us) and start its worker.
+
+        ``ps_subject_id`` pins the PS's subject id (else its ``/v1/info`` names it). A job
+        whose view does not check against the KGC-signed terms is refused (422
+        ``job-refused``, the reason in the message), recorded with status ``refused``
+        and its reason, and never trained or uploaded for; joining it again retries.
+        """
         client = self.client()
+        url = ps_url.rstrip("/")
         with session_scope(self.sessions) as session:
-            if session.get(NodeJob, job_id) is not None:
+            existing = session.get(NodeJob, job_id)
+            if existing is not None and existing.status != "refused":
                 raise NodeError(409, "already-joined", f"already joined {job_id}")
         try:
-            view = client.fetch_job(ps_url, job_id, refresh=True)
+            view = client.fetch_job(url, job_id, refresh=True, ps_subject_id=ps_subject_id)
+            view.index_of(client.identity.subject_id)
         except ServiceError as exc:
             status = exc.status if exc.status in (401, 403, 404) else 502
             raise NodeError(status, exc.code, f"PS refused the job: {exc.message}") from None
         except ClientError as exc:
-            raise NodeError(502, "bad-job", str(exc)) from None
-        view.index_of(client.identity.subject_id)
+            if exc.code == "job-refused":
+                self._record_refusal(job_id, url, ps_subject_id, exc.message)
+                raise NodeError(422, "job-refused", exc.message) from None
+            if exc.code == "not-a-participant":
+                raise NodeError(403, exc.code, exc.message) from None
+            if exc.code == "ps-subject-conflict":
+                raise NodeError(409, exc.code, exc.message) from None
+            raise NodeError(502, exc.code, exc.message) from None
         with session_scope(self.sessions) as session:
+            existing = session.get(NodeJob, job_id)
+            if existing is not None:
+                session.delete(existing)
+                session.flush()
             session.add(
                 NodeJob(
                     job_id=job_id,
-                    ps_url=ps_url.rstrip("/"),
+                    ps_url=url,
+                    ps_subject_id=view.ps_subject_id,
                     skip_rounds=sorted({int(t) for t in skip_rounds or []}),
                     status="joined",
                     next_round=0,
@@ -276,6 +419,22 @@ class ParticipantNode:
             )
         self._start_worker(job_id)
         return self.job_status(job_id)
+
+    def _record_refusal(
+        self, job_id: str, ps_url: str, ps_subject_id: str | None, reason: str
+    ) -> None:
+        """A refused job shows in the node's status with its reason (nothing else kept)."""
+        log.warning("job %s refused: %s", job_id, reason)
+        with session_scope(self.sessions) as session:
+            job = session.get(NodeJob, job_id)
+            if job is None:
+                job = NodeJob(job_id=job_id, next_round=0, holds_model=False, skip_rounds=[])
+                session.add(job)
+            job.ps_url = ps_url
+            job.ps_subject_id = ps_subject_id
+            job.status = "refused"
+            job.error = reason
+            job.joined_at = self.clock()
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         with session_scope(self.sessions) as session:
@@ -308,7 +467,12 @@ class ParticipantNode:
             model = session.get(NodeModel, job_id)
             if model is None:
                 raise NodeError(404, "no-model", "no released model held for this job yet")
-            return {"job_id": job_id, "round": model.round, "weights": b64encode(model.weights)}
+            try:
+                weights = self._open_model(model)
+            except SealError as exc:
+                raise NodeError(500, "model-unreadable", str(exc)) from None
+            blob = np.asarray(weights, dtype="<f8").tobytes()
+            return {"job_id": job_id, "round": model.round, "weights": b64encode(blob)}
 
     # -- workers
 
@@ -390,20 +554,22 @@ class ParticipantNode:
             assert job is not None
             t, holds = job.next_round, job.holds_model
             model = session.get(NodeModel, job_id)
-            stored = (model.round, model.weights) if model is not None else None
-        if not holds:
-            return t, None
-        if t == 0:
-            return 0, view.initial_weights
-        if stored is not None and stored[0] == t - 1:
-            return t, np.frombuffer(stored[1], dtype="<f8").astype(np.float64)
+            if not holds:
+                return t, None
+            if t == 0:
+                return 0, view.initial_weights
+            if model is not None and model.round == t - 1:
+                return t, self._open_model(model)
         return t, None
 
     def _worker(self, job_id: str) -> None:
         try:
             self._run_job(job_id)
         except ClientError as exc:
-            if not self._stop.is_set():
+            if exc.code == "job-refused":
+                log.warning("job %s refused: %s", job_id, exc.message)
+                self._set_job(job_id, status="refused", error=exc.message)
+            elif not self._stop.is_set():
                 log.warning("job %s stopped: %s", job_id, exc)
                 self._set_job(job_id, status="failed", error=str(exc))
         except ServiceError as exc:
@@ -418,8 +584,10 @@ class ParticipantNode:
         with session_scope(self.sessions) as session:
             job = session.get(NodeJob, job_id)
             assert job is not None
-            ps_url, skip = job.ps_url, set(job.skip_rounds)
-        view: JobView = self._retry(lambda: client.fetch_job(ps_url, job_id))
+            ps_url, skip, ps_subject = job.ps_url, set(job.skip_rounds), job.ps_subject_id
+        view: JobView = self._retry(
+            lambda: client.fetch_job(ps_url, job_id, ps_subject_id=ps_subject)
+        )
         self._set_job(job_id, status="running")
         t, weights = self._initial_state(job_id, view)
         while t < view.rounds_total:
@@ -497,13 +665,19 @@ class ParticipantNode:
                 "bytes_down": client.last_download_bytes,
             }
             row.updated_at = self.clock()
-            model = session.get(NodeModel, job_id)
-            blob = np.asarray(weights, dtype="<f8").tobytes()
-            if model is None:
-                session.add(NodeModel(job_id=job_id, round=t, weights=blob))
-            else:
-                model.round, model.weights = t, blob
+            self._store_model(session, job_id, t, weights)
             job = session.get(NodeJob, job_id)
             assert job is not None
             job.next_round = t + 1
         return weights
+
+    def _store_model(
+        self, session: Session, job_id: str, t: int, weights: npt.NDArray[np.float64]
+    ) -> None:
+        """Keep ``W_{t+1}`` (released at the end of round ``t``) sealed at rest."""
+        blob = self.sealer().seal(job_id, t, weights)
+        model = session.get(NodeModel, job_id)
+        if model is None:
+            session.add(NodeModel(job_id=job_id, round=t, weights=blob, sealing=MODEL_SEALING))
+        else:
+            model.round, model.weights, model.sealing = t, blob, MODEL_SEALING

@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy.orm import sessionmaker
 
-from common.db import make_engine, migrate
+from common.db import make_engine, migrate, prepare_sqlite_file
+from common.protocol import DEFAULT_MIN_QUORUM
 from common.service import (
     ApiError,
     add_common_routes,
     field,
     json_body,
+    limit_request_bodies,
     register_error_handlers,
     require_admin,
 )
@@ -37,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "BACKGROUND": True,
     "ENCRYPT_WORKERS": 1,
     "POLL_SECONDS": 0.5,
+    #: The smallest job quorum this node accepts (a job below it is refused).
+    "MIN_QUORUM": DEFAULT_MIN_QUORUM,
     "DATASET": "digits",
     "PARTITION_INDEX": 0,
     "NUM_PARTITIONS": 1,
@@ -86,16 +89,24 @@ def enrol() -> Any:
 
 @bp.post("/v1/jobs")
 def join() -> Any:
-    """Join a job at a parameter server; a background worker trains each open round."""
+    """Join a job at a parameter server; a background worker trains each open round.
+
+    ``ps_subject_id`` (optional) pins the PS's subject id. A job that does not check
+    against the KGC-signed terms is 422 ``job-refused`` (the reason in ``message``, and
+    in the node's status); nothing is uploaded for it.
+    """
     body = json_body()
     ps_url = field(body, "ps_url", str)
     job_id = field(body, "job_id", str)
     skip = field(body, "skip_rounds", list, required=False, default=[])
+    ps_subject_id = field(body, "ps_subject_id", str, required=False, default=None)
     if not ps_url.startswith(("http://", "https://")):
         raise ApiError(400, "bad-field", "ps_url must be an http(s) URL")
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in skip):
         raise ApiError(400, "bad-field", "skip_rounds must be non-negative integers")
-    return jsonify(_call(_node().join, ps_url, job_id, skip)), 201
+    if ps_subject_id is not None and not 0 < len(ps_subject_id) <= 128:
+        raise ApiError(400, "bad-field", "ps_subject_id must be 1 to 128 characters")
+    return jsonify(_call(_node().join, ps_url, job_id, skip, ps_subject_id)), 201
 
 
 @bp.get("/v1/jobs/<job_id>")
@@ -110,11 +121,6 @@ def latest_model(job_id: str) -> Any:
     return jsonify(_call(_node().latest_model, job_id))
 
 
-def _ensure_sqlite_dir(url: str) -> None:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The participant node's app; ``config`` overrides :data:`DEFAULTS`."""
     app = Flask(__name__)
@@ -123,8 +129,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     passphrase = app.config.get("PASSPHRASE") or os.environ.get(PASSPHRASE_ENV, "")
     if not passphrase:
         raise ValueError(f"set {PASSPHRASE_ENV} (it seals this node's keys)")
+    min_quorum = app.config["MIN_QUORUM"]
+    if isinstance(min_quorum, bool) or not isinstance(min_quorum, int) or min_quorum < 1:
+        raise ValueError("MIN_QUORUM must be a positive integer")
     url = str(app.config["DATABASE_URL"])
-    _ensure_sqlite_dir(url)
+    prepare_sqlite_file(url)  # owner-only folder and file, before Alembic creates it
     if app.config["AUTO_MIGRATE"]:
         migrate("participant", url)
     engine = make_engine(url)
@@ -135,9 +144,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         rng=app.config.get("RNG") or secrets.SystemRandom(),
         workers=int(app.config["ENCRYPT_WORKERS"]),
         poll_seconds=float(app.config["POLL_SECONDS"]),
+        min_quorum=min_quorum,
     )
     app.extensions["participant_node"] = node
     register_error_handlers(app)
+    limit_request_bodies(app)
     add_common_routes(app, "trapdoor-participant-node", "0.1.0")
     app.register_blueprint(bp)
     if app.config["BACKGROUND"]:

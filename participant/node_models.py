@@ -1,8 +1,9 @@
 """SQLAlchemy models of the participant node: identity, joined jobs, rounds, models.
 
-The identity row holds only the passphrase-sealed keys. Per-round rows keep what the
-operator wants to see (loss, clip report, timings, bytes, test accuracy); the latest
-released model is one float64 blob per job (small models: rewritten whole each round).
+The identity row holds only the passphrase-sealed keys (and the pinned KGC key). Per-round
+rows keep what the operator wants to see (loss, clip report, timings, bytes, test
+accuracy); the latest released model is one sealed float64 blob per job (small models:
+rewritten whole each round), see :class:`participant.node.ModelSealer`.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ class NodeJob(Base):
 
     job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     ps_url: Mapped[str] = mapped_column(Text, nullable=False)
+    #: The PS's subject id: its tokens' audience, and the server the signed terms name.
+    ps_subject_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     skip_rounds: Mapped[list[int]] = mapped_column(JSON, nullable=False)
-    # joined | running | finished | excluded | failed
+    # joined | running | finished | excluded | failed | refused
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     next_round: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     holds_model: Mapped[bool] = mapped_column(nullable=False, default=True)
@@ -80,4 +83,8 @@ class NodeModel(Base):
         String(128), ForeignKey("node_jobs.job_id", ondelete="CASCADE"), primary_key=True
     )
     round: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: AES-256-GCM ``nonce || ciphertext`` of the float64 weights (``sealing``
+    #: ``"a256gcm-v1"``); rows written before models were sealed hold them in the clear
+    #: (``"none"``) until the node unlocks its identity and seals them.
     weights: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    sealing: Mapped[str] = mapped_column(String(16), nullable=False, server_default="none")

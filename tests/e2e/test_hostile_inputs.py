@@ -30,6 +30,7 @@ import pytest
 from common.blocks import element_bytes
 from common.encoding import encode_vector
 from common.http import ServiceClient, ServiceError
+from common.protocol import build_upload_statement
 from common.sealing import SealError
 from common.signing import b64decode, b64encode, generate_signing_key, issue_token
 from common.wire import FRAME_MAGIC, decode_frame, encode_frame
@@ -64,7 +65,7 @@ class Deployment:
 
     def as_participant(self, i: int) -> ServiceClient:
         """The PS as participant ``i`` sees it (a fresh KGC token when needed)."""
-        return ServiceClient(self.ps_url, self.clients[i].token)
+        return ServiceClient(self.ps_url, partial(self.clients[i].ps_token, self.ps_url))
 
     def with_token(self, token: str) -> ServiceClient:
         return ServiceClient(self.ps_url, token)
@@ -86,7 +87,7 @@ class Deployment:
             self.delta(i), self.job.packing, clip_bound=self.job.clip_bound, scale=weight
         )
         vector = client.encryptor(self.job).encrypt(encoded[:plaintexts], client.rng)
-        return encode_frame(vector, {"job_id": JOB_ID, "round": round_number})
+        return client.upload_frame(self.job, round_number, vector)
 
     def upload(self, i: int, data: bytes) -> dict[str, Any]:
         receipt: dict[str, Any] = self.as_participant(i).post_bytes(_uploads(), data)
@@ -102,11 +103,30 @@ def _uploads(job_id: str = JOB_ID, round_number: int = ROUND) -> str:
     return f"/v1/jobs/{job_id}/rounds/{round_number}/uploads"
 
 
-def _reframe(header: dict[str, Any], payload: bytes, *, digest: bool = True) -> bytes:
-    """A frame with this header and payload; ``sha256`` recomputed unless ``digest=False``."""
+def _reframe(
+    header: dict[str, Any],
+    payload: bytes,
+    *,
+    digest: bool = True,
+    signer: tuple[ParticipantClient, JobView] | None = None,
+) -> bytes:
+    """A frame with this header and payload; ``sha256`` recomputed unless ``digest=False``.
+
+    With ``signer`` the upload statement is signed afresh for the new payload, as a
+    malicious participant would: only the check under test then fails.
+    """
     head = dict(header)
     if digest:
         head["sha256"] = hashlib.sha256(payload).hexdigest()
+    if signer is not None:
+        client, job = signer
+        head["statement"] = build_upload_statement(
+            client.identity.signing_key,
+            job.terms,
+            round_number=int(head["round"]),
+            subject_id=client.identity.subject_id,
+            payload_sha256=hashlib.sha256(payload).hexdigest(),
+        )
     raw = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
     return struct.pack(">4sBI", FRAME_MAGIC, 1, len(raw)) + raw + payload
 
@@ -205,9 +225,15 @@ def test_replayed_upload_is_409_and_not_stored(dep: Deployment) -> None:
         409,
         "duplicate-upload",
     )
-    # another participant replaying the captured ciphertext as its own
+    # another participant replaying the captured frame: the statement names participant 0
     _refused(
-        dep, lambda: dep.as_participant(1).post_bytes(_uploads(), frame), 409, "replayed-payload"
+        dep, lambda: dep.as_participant(1).post_bytes(_uploads(), frame), 422, "statement-mismatch"
+    )
+    # ... or the captured ciphertext under a statement of its own: a replayed payload
+    parsed = decode_frame(frame)
+    own = _reframe(parsed.header, parsed.payload, signer=(dep.clients[1], dep.job))
+    _refused(
+        dep, lambda: dep.as_participant(1).post_bytes(_uploads(), own), 409, "replayed-payload"
     )
 
 
@@ -226,13 +252,26 @@ def test_forged_expired_and_tampered_tokens_are_401(dep: Deployment) -> None:
     frame = dep.frame(1)  # a valid upload: only the credential is wrong
     rogue = generate_signing_key()
     now = dep.clients[1].clock()
+    audience = dep.clients[1].ps_subject(dep.ps_url)
     forged = issue_token(
-        rogue, subject=subject, role="participant", now=now, ttl_seconds=300, token_id="f1"
+        rogue,
+        subject=subject,
+        role="participant",
+        now=now,
+        ttl_seconds=300,
+        token_id="f1",
+        audience=audience,
     )
     expired = issue_token(
-        rogue, subject=subject, role="participant", now=now - 3600, ttl_seconds=300, token_id="f2"
+        rogue,
+        subject=subject,
+        role="participant",
+        now=now - 3600,
+        ttl_seconds=300,
+        token_id="f2",
+        audience=audience,
     )
-    real = dep.clients[1].token()
+    real = dep.clients[1].ps_token(dep.ps_url)
     tampered = _flip_signature(real)
     version, body, signature = real.split(".")
     claims = json.loads(b64decode(body))
@@ -262,7 +301,7 @@ def test_forged_expired_and_tampered_tokens_are_401(dep: Deployment) -> None:
 
 def test_enrolled_non_participant_is_403(dep: Deployment) -> None:
     frame = dep.frame(2)
-    outsider = ServiceClient(dep.ps_url, dep.outsider.token)
+    outsider = ServiceClient(dep.ps_url, partial(dep.outsider.ps_token, dep.ps_url))
     _refused(dep, lambda: outsider.post_bytes(_uploads(), frame), 403, "not-a-participant")
     _refused(dep, lambda: outsider.get_json(f"/v1/jobs/{JOB_ID}"), 403, "not-a-participant")
 
@@ -274,6 +313,7 @@ def test_malformed_frames_are_400_or_422(dep: Deployment) -> None:
     good = dep.frame(2)
     parsed = decode_frame(good)
     header, payload = parsed.header, parsed.payload
+    signer = (dep.clients[2], dep.job)
     flipped = bytearray(payload)
     flipped[len(flipped) // 2] ^= 0xFF
     cases: dict[str, tuple[bytes, str]] = {
@@ -291,7 +331,11 @@ def test_malformed_frames_are_400_or_422(dep: Deployment) -> None:
         ),
         "truncated payload": (good[:-10], "malformed-frame"),
         "digest mismatch": (_reframe(header, bytes(flipped), digest=False), "malformed-frame"),
-        "truncated, digest fixed": (_reframe(header, payload[:-10]), "invalid-ciphertext"),
+        "truncated, digest fixed": (
+            _reframe(header, payload[:-10], signer=signer),
+            "invalid-ciphertext",
+        ),
+        "truncated, statement unchanged": (_reframe(header, payload[:-10]), "statement-mismatch"),
         "wrong element width": (
             _reframe({**header, "element_bytes": 512}, payload),
             "invalid-ciphertext",
@@ -326,7 +370,7 @@ def test_element_outside_the_group_is_422(dep: Deployment, bad: str) -> None:
     assert width == 256 and value.bit_length() <= 8 * width
     parsed = decode_frame(dep.frame(2))
     payload = value.to_bytes(width, "big") + parsed.payload[width:]
-    data = _reframe(parsed.header, payload)
+    data = _reframe(parsed.header, payload, signer=(dep.clients[2], dep.job))
     error = _refused(
         dep, lambda: dep.as_participant(2).post_bytes(_uploads(), data), 422, "invalid-ciphertext"
     )
@@ -348,12 +392,18 @@ def test_wrong_shape_is_422(dep: Deployment) -> None:
             "wrong-shape",
         ),
         "one block element missing": (
-            _reframe({**header, "num_elements": header["num_elements"] - 1}, payload[:-width]),
+            _reframe(
+                {**header, "num_elements": header["num_elements"] - 1},
+                payload[:-width],
+                signer=(dep.clients[2], dep.job),
+            ),
             "invalid-ciphertext",
         ),
         "one block element extra": (
             _reframe(
-                {**header, "num_elements": header["num_elements"] + 1}, payload + payload[:width]
+                {**header, "num_elements": header["num_elements"] + 1},
+                payload + payload[:width],
+                signer=(dep.clients[2], dep.job),
             ),
             "invalid-ciphertext",
         ),

@@ -8,6 +8,7 @@ against ``W_0 + Σ w_i Δ_i`` over the round's contributors, whatever faults hap
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Sequence
@@ -21,7 +22,6 @@ from common.blocks import VectorEncryptor
 from common.encoding import encode_vector
 from common.http import ServiceClient, ServiceError
 from common.signing import b64encode
-from common.wire import encode_frame
 from participant.client import JobView, ParticipantClient
 from participant.cluster import LocalCluster
 from participant.models import MLP
@@ -71,10 +71,11 @@ class PlayedJob:
         )
         rng = random.Random(seed if seed is not None else random.getrandbits(64))
         vector = self._encryptor.encrypt(encoded, rng)
-        return encode_frame(vector, {"job_id": self.job_id, "round": round_number})
+        return self.clients[i].upload_frame(self.view, round_number, vector)
 
     def as_participant(self, i: int, *, timeout: float = 120.0) -> ServiceClient:
-        return ServiceClient(self.ps_url, self.clients[i].token, timeout=timeout)
+        token = functools.partial(self.clients[i].ps_token, self.ps_url)
+        return ServiceClient(self.ps_url, token, timeout=timeout)
 
     def upload(self, i: int, data: bytes | None = None, *, round_number: int = 0) -> dict[str, Any]:
         """Upload (a fresh frame by default); an acknowledged upload is remembered."""

@@ -73,7 +73,7 @@ def test_kgc_down_during_release_leaves_round_closed_then_releases(
     try:
         frames = [job.frame(i) for i in range(4)]
         for c in clients:
-            c.token()  # cached for 300 s: uploads need no KGC
+            c.ps_token(cluster.ps_url)  # cached for 300 s: uploads need no KGC
         assert cluster.kgc is not None
         cluster.kill(cluster.kgc)
         for i in range(4):

@@ -43,7 +43,7 @@ def test_concurrent_uploads_counted_exactly_once(deployment: Deployment) -> None
         assert n == PARTICIPANTS
         frames = [job.frame(i) for i in range(n)]
         extra = {i: job.frame(i) for i in range(DOUBLE_SENDERS)}  # different ciphertexts
-        tokens = [c.token() for c in clients]  # fetched up front: only uploads race
+        tokens = [c.ps_token(job.ps_url) for c in clients]  # fetched up front: only uploads race
         work: list[tuple[int, bytes]] = [(i, f) for i, f in enumerate(frames)]
         work += list(extra.items())
         path = f"/v1/jobs/{job.job_id}/rounds/0/uploads"

@@ -25,7 +25,8 @@ def test_deployment_logs_hold_no_secret(deployment: Deployment) -> None:
         **{f"enrolment code {i}": code for i, code in enumerate(cluster.enrolment_codes)},
     }
     for i, client in enumerate(deployment.clients):
-        secrets[f"token {i}"] = client.token()
+        secrets[f"token {i}"] = client.ps_token(cluster.ps_url)
+        secrets[f"kgc token {i}"] = client.token()
         secrets[f"secret exponent {i}"] = format(int(client.identity.secret_key.a), "x")
     leaked = [name for name, value in secrets.items() if value in logs]
     assert leaked == []

@@ -137,7 +137,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             outsider_code["code"],
             rng=random.Random(9),
         )
-        token = outsider.token()
+        token = outsider.ps_token(cluster.ps_url)
         with pytest.raises(ServiceError):  # the token reaches the PS (and is refused)
             outsider.fetch_job(cluster.ps_url, JOB_ID)
         model = ops[0].get_json(f"/v1/jobs/{JOB_ID}/model")

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 import pytest
 from fuzz_support import Target, build_kgc, build_param_server, target
 
-DEEP = b"[" * 100_000 + b"]" * 100_000
+# Deep enough to blow the parser's recursion limit, small enough (60 kB) to be parsed at
+# all: every JSON control endpoint refuses bodies over 64 KiB before reading them.
+DEEP = b"[" * 30_000 + b"]" * 30_000
 
 
 @pytest.fixture(scope="module", params=["kgc", "param_server"])
@@ -45,6 +47,18 @@ def _post(world: Target, path: str, body: bytes) -> None:
 def test_deeply_nested_json_is_400(world: Target, body: bytes) -> None:
     path = "/v1/enrolments" if world.name == "kgc" else "/v1/jobs"
     _post(world, path, body)
+
+
+def test_an_oversized_control_message_is_413_before_it_is_parsed(world: Target) -> None:
+    """Issue 11: a 60 MiB body once cost the KGC ~460 MiB; now the length alone refuses it."""
+    path = "/v1/enrolments" if world.name == "kgc" else "/v1/jobs/j/rounds/0/close"
+    before = world.counts()
+    body = b"[" * 100_000 + b"]" * 100_000
+    headers = {**world.auths["admin"], "Content-Type": "application/json"}
+    response = world.client.post(path, data=body, headers=headers)
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "too-large"
+    assert world.counts() == before
 
 
 def test_lone_surrogate_in_a_stored_field_is_400(world: Target) -> None:

@@ -15,6 +15,7 @@ for an error exactly ``{"error", "message"}``; a rejected request stores nothing
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def test_openapi_document_lists_every_route(app_target: Target) -> None:
     for rule in app_target.app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:[a-z]+(?:\([^)]*\))?:)?(\w+)>", r"{\1}", rule.rule)
         routed |= {(m, path) for m in (rule.methods or set()) - {"HEAD", "OPTIONS"}}
     # schemathesis leaves out the schema's own location; the direct fuzz below covers it.
     assert documented == routed - {("GET", "/openapi.json")}

@@ -1,7 +1,10 @@
 """The KGC's HTTP API through the Flask test client (docs/PROTOCOL.md, KGC section).
 
 Every endpoint's success and error paths: status, error code, and that a refused
-request stored nothing.
+request stored nothing. The release tests play a dishonest parameter server
+(docs/PROTOCOL.md): relabelled rounds, repeated rounds, forged or misdirected upload
+statements, outsiders, too few contributors and oversized bodies are all refused, and no
+release is stored.
 """
 
 from __future__ import annotations
@@ -16,22 +19,31 @@ import gmpy2
 import pytest
 from kgc_api_support import PASSPHRASE, ApiWorld, build_api_world, error
 
-from common.blocks import EncryptedVector, JobKey
+from common.blocks import BlockLayout, EncryptedVector, JobKey, element_bytes
 from common.demo_params import load_demo_master_key
+from common.protocol import JobTerms, verify_job_terms
 from common.release import open_release
 from common.sealing import SealError
 from common.signing import (
     generate_signing_key,
     issue_token,
     public_key_from_hex,
+    public_key_hex,
     sign_json,
     verify_json,
+    verify_token,
 )
-from common.wire import FRAME_MAGIC, from_obj, to_obj
+from common.wire import FRAME_MAGIC, MAX_HEADER_BYTES, from_obj, to_obj
 from kgc.app import create_app
 from kgc.keystore import DemoParamsRefusedError, WrongPassphraseError
 from kgc.models import Job, Release, Subject, TokenNonce
-from kgc.testing import TestSubject, encrypt_plaintexts, receipt_for, release_frame
+from kgc.testing import (
+    TestSubject,
+    encrypt_plaintexts,
+    job_request,
+    release_frame,
+    statement_for,
+)
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -206,21 +218,45 @@ def test_complete_enrolment_refusals(api: ApiWorld, owners: list[TestSubject]) -
     assert api.client.post(url, json=good).status_code == 200
 
 
+# ---------------------------------------------------------------- bounded bodies
+
+
+@pytest.mark.parametrize("path", ["/v1/tokens", "/v1/enrolments"])
+def test_control_bodies_over_64_kib_are_refused_unparsed(api: ApiWorld, path: str) -> None:
+    # Not JSON at all: a 400 would mean it was parsed; 413 means it never was read.
+    body = b"{" + b"x" * (64 * 1024)
+    response = api.client.post(path, data=body, content_type="application/json", headers=api.admin)
+    error(response, 413, "too-large")
+    assert (api.count(TokenNonce), api.count(Subject)) == (0, 0)
+    # At the limit it is read (and refused as the malformed JSON it is).
+    at_limit = b"{" + b"x" * (64 * 1024 - 1)
+    error(
+        api.client.post(path, data=at_limit, content_type="application/json", headers=api.admin),
+        400,
+        "malformed-json",
+    )
+
+
 # ---------------------------------------------------------------- tokens
 
 
 def test_token_flow_and_refusals(api: ApiWorld, owners: list[TestSubject]) -> None:
     p = api.enrol(owners[0])
+    ps = api.enrol(TestSubject.param_server(), "PS")
     now = api.clock()
     ok = api.client.post("/v1/tokens", json=p.challenge(now, "nonce-ok-01"))
     assert ok.status_code == 200
     assert ok.get_json()["expires_at"] == int(now) + 300
+    claims = verify_token(_verify_key(api), ok.get_json()["token"], now=now, audience="kgc")
+    assert (claims.subject, claims.audience) == (p.subject_id, "kgc")
     assert api.count(TokenNonce) == 1
 
     forged = {**p.challenge(now, "nonce-x-01"), "signature": sign_json(generate_signing_key(), {})}
+    swapped = {**p.challenge(now, "nonce-x-11"), "audience": ps.subject_id}
     cases: list[tuple[dict[str, Any], int, str]] = [
         ({"json": p.challenge(now, "nonce-ok-01")}, 409, "nonce-replayed"),
         ({"json": forged}, 401, "bad-signature"),
+        ({"json": swapped}, 401, "bad-signature"),
         ({"json": p.challenge(now - 61, "nonce-x-02")}, 401, "stale-timestamp"),
         ({"json": p.challenge(now + 3600, "nonce-x-03")}, 401, "stale-timestamp"),
         (
@@ -230,16 +266,50 @@ def test_token_flow_and_refusals(api: ApiWorld, owners: list[TestSubject]) -> No
         ),
         ({"json": {**p.challenge(now, "nonce-x-05"), "timestamp": True}}, 400, "bad-field"),
         ({"json": {**p.challenge(now, "nonce-x-06"), "nonce": 7}}, 400, "bad-field"),
+        ({"json": {**p.challenge(now, "nonce-x-08"), "audience": ["kgc"]}}, 400, "bad-field"),
+        (
+            {"json": {k: v for k, v in p.challenge(now, "nonce-x-09").items() if k != "audience"}},
+            400,
+            "missing-field",
+        ),
         ({"json": {"subject_id": p.subject_id, "timestamp": int(now)}}, 400, "missing-field"),
         ({"data": "[", "content_type": "application/json"}, 400, "malformed-json"),
         ({"json": {**p.challenge(now, "nonce-x-07"), "subject_id": "sub-none"}}, 404, "not-found"),
+        ({"json": p.challenge(now, "nonce-x-10", audience="sub-none")}, 422, "unknown-audience"),
+        (
+            {"json": p.challenge(now, "nonce-x-12", audience=p.subject_id)},
+            422,
+            "unknown-audience",
+        ),
     ]
     for kwargs, status, code in cases:
         error(api.client.post("/v1/tokens", **kwargs), status, code)
     assert api.count(TokenNonce) == 1
 
 
+def test_a_token_for_a_param_server_is_refused_by_the_kgc(
+    api: ApiWorld, owners: list[TestSubject]
+) -> None:
+    """Attack (e): a token a node got for one PS is no good at the KGC."""
+    ps = api.enrol(TestSubject.param_server(), "PS")
+    api.enrol(owners[0])
+    body = ps.challenge(api.clock(), "nonce-ps-01", audience=ps.subject_id)
+    answer = api.client.post("/v1/tokens", json=body)
+    assert answer.status_code == 200, answer.get_json()
+    token = answer.get_json()["token"]
+    claims = verify_token(_verify_key(api), token, now=api.clock(), audience=ps.subject_id)
+    assert claims.audience == ps.subject_id
+    request = job_request("job-x", [api.enrol(owners[1], "B").subject_id], quorum=1)
+    headers = {"Authorization": f"Bearer {token}"}
+    error(api.client.post("/v1/jobs", json=request, headers=headers), 401, "invalid-token")
+    ok = api.client.post("/v1/jobs", json=request, headers=api.token(ps))
+    assert ok.status_code == 201, ok.get_json()
+
+
 # ---------------------------------------------------------------- jobs
+
+ROUNDS = 3
+NUM_PLAINTEXTS = 5
 
 
 @dataclass
@@ -248,8 +318,34 @@ class JobWorld:
     ps: TestSubject
     members: list[TestSubject]
     outsider: TestSubject
-    job_key: JobKey
+    terms: JobTerms
     ps_auth: dict[str, str]
+
+    @property
+    def job_key(self) -> JobKey:
+        return self.terms.job_key
+
+    def frame(
+        self,
+        vector: EncryptedVector,
+        round_number: int,
+        signers: list[TestSubject],
+        *,
+        ps_key: Any = None,
+        statements: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> bytes:
+        """A release request for ``round_number`` with ``signers``' own statements."""
+        if statements is None:
+            statements = [statement_for(s, self.terms, round_number) for s in signers]
+        return release_frame(
+            ps_key or self.ps.signing_key,
+            vector,
+            job_id=kwargs.pop("job_id", "job-1"),
+            round_number=round_number,
+            statements=statements,
+            **kwargs,
+        )
 
 
 @pytest.fixture
@@ -258,25 +354,37 @@ def job(api: ApiWorld, owners: list[TestSubject]) -> JobWorld:
     members = [api.enrol(o, f"org{i}") for i, o in enumerate(owners[:3])]
     outsider = api.enrol(owners[3], "outsider")
     auth = api.token(ps)
-    body = {
-        "job_id": "job-1",
-        "width": 3,
-        "participants": [m.subject_id for m in members],
-        "quorum": 2,
-    }
+    body = job_request(
+        "job-1",
+        [m.subject_id for m in members],
+        quorum=2,
+        rounds=ROUNDS,
+        width=3,
+        num_plaintexts=NUM_PLAINTEXTS,
+    )
     answer = api.client.post("/v1/jobs", json=body, headers=auth)
     assert answer.status_code == 201, answer.get_json()
     out = answer.get_json()
-    verify_json(_verify_key(api), {"job_id": "job-1", "job_key": out["job_key"]}, out["signature"])
-    job_key = from_obj(out["job_key"])
-    assert isinstance(job_key, JobKey) and job_key.width == 3
-    return JobWorld(api, ps, members, outsider, job_key, auth)
+    assert set(out) == {"job_id", "job_key", "job_terms", "job_terms_signature"}
+    terms = verify_job_terms(
+        _verify_key(api),
+        out["job_terms"],
+        out["job_terms_signature"],
+        load_demo_master_key(1024).params,
+    )
+    assert out["job_key"] == out["job_terms"]["job_key"]
+    assert {k: out["job_terms"][k] for k in body["terms"]} == body["terms"]
+    assert terms.param_server == ps.subject_id and terms.job_key.width == 3
+    assert dict(terms.signing_keys) == {
+        m.subject_id: public_key_hex(m.signing_key) for m in members
+    }
+    return JobWorld(api, ps, members, outsider, terms, auth)
 
 
 def test_create_job_refusals(job: JobWorld) -> None:
     api, now = job.api, job.api.clock()
     ids = [m.subject_id for m in job.members]
-    good = {"job_id": "job-2", "width": 3, "participants": ids, "quorum": 2}
+    good = job_request("job-2", ids, quorum=2)
     p_auth = api.token(job.members[0])
     forged = issue_token(
         generate_signing_key(),
@@ -285,27 +393,35 @@ def test_create_job_refusals(job: JobWorld) -> None:
         now=now,
         ttl_seconds=300,
         token_id="t",
+        audience="kgc",
     )
+
+    def with_terms(**changes: Any) -> dict[str, Any]:
+        return {**good, "terms": {**good["terms"], **changes}}
+
+    def members(participants: list[str]) -> dict[str, Any]:
+        return job_request("job-2", participants, quorum=2)
+
     cases: list[tuple[dict[str, Any], dict[str, str], int, str]] = [
         (good, {}, 401, "unauthorized"),
         (good, {"Authorization": f"Bearer {forged}"}, 401, "invalid-token"),
         (good, {"Authorization": "Bearer v1.a.b"}, 401, "invalid-token"),
         (good, p_auth, 403, "wrong-role"),
         (good, api.admin, 401, "invalid-token"),
-        ({**good, "job_id": "job-1"}, job.ps_auth, 409, "job-exists"),
-        ({**good, "participants": [*ids, "sub-none"]}, job.ps_auth, 422, "unknown-participant"),
-        (
-            {**good, "participants": [*ids, job.ps.subject_id]},
-            job.ps_auth,
-            422,
-            "unknown-participant",
-        ),
-        ({**good, "quorum": 9}, job.ps_auth, 422, "invalid-quorum"),
-        ({**good, "width": "3"}, job.ps_auth, 400, "bad-field"),
-        ({**good, "width": 2.5}, job.ps_auth, 400, "bad-field"),
-        ({**good, "participants": "a,b"}, job.ps_auth, 400, "bad-field"),
-        ({**good, "participants": [1, 2]}, job.ps_auth, 400, "bad-field"),
-        ({k: v for k, v in good.items() if k != "quorum"}, job.ps_auth, 400, "missing-field"),
+        (job_request("job-1", ids, quorum=2), job.ps_auth, 409, "job-exists"),
+        (members([*ids, "sub-none"]), job.ps_auth, 422, "unknown-participant"),
+        (members([*ids, job.ps.subject_id]), job.ps_auth, 422, "unknown-participant"),
+        (with_terms(quorum=9), job.ps_auth, 422, "invalid-quorum"),
+        (with_terms(width=2000), job.ps_auth, 422, "invalid-width"),
+        (with_terms(job_id="job-3"), job.ps_auth, 422, "job-mismatch"),
+        (with_terms(width="3"), job.ps_auth, 400, "bad-terms"),
+        (with_terms(rounds=0), job.ps_auth, 400, "bad-terms"),
+        (with_terms(participants="a,b"), job.ps_auth, 400, "bad-terms"),
+        (with_terms(extra=1), job.ps_auth, 400, "bad-terms"),
+        ({**good, "job_id": "bad id"}, job.ps_auth, 400, "bad-field"),
+        ({**good, "terms": "x"}, job.ps_auth, 400, "bad-field"),
+        ({"job_id": "job-2"}, job.ps_auth, 400, "missing-field"),
+        ({"terms": good["terms"]}, job.ps_auth, 400, "missing-field"),
     ]
     for body, headers, status, code in cases:
         error(api.client.post("/v1/jobs", json=body, headers=headers), status, code)
@@ -325,8 +441,8 @@ def test_create_job_refusals(job: JobWorld) -> None:
 def _blinded(job: JobWorld, seed: int) -> tuple[list[int], list[int], EncryptedVector]:
     n = int(job.job_key.params.n)
     rng = random.Random(seed)
-    model = [rng.randrange(n) for _ in range(5)]
-    blind = [rng.randrange(n) for _ in range(5)]
+    model = [rng.randrange(n) for _ in range(NUM_PLAINTEXTS)]
+    blind = [rng.randrange(n) for _ in range(NUM_PLAINTEXTS)]
     plain = [(w + r) % n for w, r in zip(model, blind, strict=True)]
     return model, blind, encrypt_plaintexts(job.job_key, plain, rng)
 
@@ -344,9 +460,7 @@ def _post_release(
 def test_release_for_contributors_only_and_idempotent(job: JobWorld) -> None:
     model, blind, vector = _blinded(job, 1)
     contributors = [m.subject_id for m in job.members[:2]]
-    frame = release_frame(
-        job.ps.signing_key, vector, job_id="job-1", round_number=0, contributors=contributors
-    )
+    frame = job.frame(vector, 0, job.members[:2])
     first = _post_release(job, frame)
     assert first.status_code == 201, first.get_json()
     bundle = first.get_json()
@@ -381,46 +495,61 @@ def test_release_for_contributors_only_and_idempotent(job: JobWorld) -> None:
     again = _post_release(job, frame, headers=job.api.token(job.ps))
     assert again.status_code == 200
     assert again.get_json() == bundle
+    # Attack (b): round 0 again, with another payload or another contributor set.
     _, _, other = _blinded(job, 2)
-    different = release_frame(
-        job.ps.signing_key, other, job_id="job-1", round_number=0, contributors=contributors
-    )
-    error(_post_release(job, different), 409, "already-released")
+    error(_post_release(job, job.frame(other, 0, job.members[:2])), 409, "already-released")
+    error(_post_release(job, job.frame(vector, 0, job.members)), 409, "already-released")
     assert job.api.count(Release) == 1
 
 
 def test_release_refusals_store_nothing(job: JobWorld) -> None:
-    api, key = job.api, job.ps.signing_key
-    a, b, _ = (m.subject_id for m in job.members)
+    api = job.api
+    a, b, c = job.members
     _, _, vector = _blinded(job, 3)
     rogue = generate_signing_key()
 
-    def frame(vec: EncryptedVector = vector, signer: Any = key, **kwargs: Any) -> bytes:
-        args: dict[str, Any] = {"job_id": "job-1", "round_number": 0, "contributors": [a, b]}
-        args.update(kwargs)
-        return release_frame(signer, vec, **args)
+    def frame(round_number: int = 0, signers: list[TestSubject] | None = None, **kw: Any) -> bytes:
+        return job.frame(vector, round_number, [a, b] if signers is None else signers, **kw)
+
+    def stmt(subject: TestSubject, round_number: int = 0, **kw: Any) -> dict[str, Any]:
+        return statement_for(subject, kw.pop("terms", job.terms), round_number, **kw)
 
     bad = list(vector.elements)
     bad[2] = gmpy2.mpz(job.job_key.params.n) * 3  # shares a factor with N
     outside = EncryptedVector(vector.job_key, vector.layout, tuple(bad), _trusted=True)
+    other_ps = replace(job.terms, param_server="sub-another-ps")
+    other_job = replace(job.terms, job_id="job-2")
     cases: list[tuple[bytes, dict[str, str] | None, int, str]] = [
-        (frame(contributors=[a]), None, 422, "below-quorum"),
-        (frame(signer=rogue), None, 403, "bad-request-signature"),
+        # Attack (a), (g): relabelled rounds.
+        (frame(1000), None, 409, "round-out-of-range"),
+        (frame(ROUNDS), None, 409, "round-out-of-range"),
+        (frame(1), None, 409, "out-of-schedule"),
+        # Attack (c): statements signed by the PS or another participant, or for another
+        # round, job or audience.
         (
-            frame(receipts=[receipt_for(key, "job-1", 0, a), receipt_for(rogue, "job-1", 0, b)]),
+            frame(statements=[stmt(a), stmt(b, signing_key=job.ps.signing_key)]),
             None,
             403,
-            "bad-receipt",
+            "bad-statement-signature",
         ),
         (
-            frame(receipts=[receipt_for(key, "job-1", 0, a), receipt_for(key, "job-1", 5, b)]),
+            frame(statements=[stmt(a), stmt(b, signing_key=c.signing_key)]),
             None,
-            422,
-            "receipt-mismatch",
+            403,
+            "bad-statement-signature",
         ),
-        (frame(contributors=[a, job.outsider.subject_id]), None, 422, "not-a-participant"),
-        (frame(contributors=[a, a]), None, 422, "duplicate-contributor"),
-        (frame(outside), None, 422, "invalid-element"),
+        (frame(statements=[stmt(a), stmt(b, 1)]), None, 422, "statement-mismatch"),
+        (frame(statements=[stmt(a), stmt(b, terms=other_job)]), None, 422, "statement-mismatch"),
+        (frame(statements=[stmt(a), stmt(b, terms=other_ps)]), None, 422, "statement-mismatch"),
+        # Attack (d): an outsider, too few contributors.
+        (frame(signers=[a, job.outsider]), None, 422, "not-a-participant"),
+        (frame(signers=[a]), None, 422, "below-quorum"),
+        (frame(signers=[a, a]), None, 422, "duplicate-contributor"),
+        # The request and the frame.
+        (frame(ps_key=rogue), None, 403, "bad-request-signature"),
+        (frame(extra={"round": -1}), None, 400, "bad-field"),
+        (frame(job_id="job-2"), None, 422, "job-mismatch"),
+        (job.frame(outside, 0, [a, b]), None, 422, "invalid-element"),
         (FRAME_MAGIC + b"\x01garbage", None, 400, "bad-frame"),
         (frame()[:-1], None, 400, "bad-frame"),
         (frame(), {}, 401, "unauthorized"),
@@ -428,14 +557,66 @@ def test_release_refusals_store_nothing(job: JobWorld) -> None:
     ]
     for body, headers, status, code in cases:
         error(_post_release(job, body, headers), status, code)
+        assert api.count(Release) == 0
     error(_post_release(job, frame(), job_id="job-none"), 404, "not-found")
     wrong_type = api.client.post(
         "/v1/jobs/job-1/releases", json={"frame": "x"}, headers=job.ps_auth
     )
     error(wrong_type, 415, "unsupported-media-type")
+    other_ps_subject = api.enrol(TestSubject.param_server(), "PS2")
+    error(
+        _post_release(job, frame(ps_key=other_ps_subject.signing_key), api.token(other_ps_subject)),
+        403,
+        "not-job-owner",
+    )
     api.app.config["MAX_CONTENT_LENGTH"] = 256
     error(_post_release(job, frame()), 413, "too-large")
     assert api.count(Release) == 0
+
+
+def test_release_bodies_are_bounded_by_the_jobs_frame(job: JobWorld) -> None:
+    """Attack (f): a body over the job's frame size is 413, before it is read."""
+    api = job.api
+    params = job.job_key.params
+    layout = BlockLayout(NUM_PLAINTEXTS, 3)
+    limit = 9 + MAX_HEADER_BYTES + layout.num_elements * element_bytes(params)
+    _, _, vector = _blinded(job, 4)
+    good = job.frame(vector, 0, job.members[:2])
+    assert len(good) < limit < 64 * 1024 * 1024
+    error(_post_release(job, b"\0" * (limit + 1)), 413, "too-large")
+    error(_post_release(job, good + b"\0" * (limit + 1 - len(good))), 413, "too-large")
+    # Unknown jobs and foreign tokens are refused before any body is read.
+    error(_post_release(job, b"\0" * (limit + 1), job_id="job-none"), 404, "not-found")
+    error(_post_release(job, b"\0" * (limit + 1), headers={}), 401, "unauthorized")
+    # At the limit the body is read (and refused as the bad frame it is).
+    error(_post_release(job, b"\0" * limit), 400, "bad-frame")
+    assert api.count(Release) == 0
+    assert _post_release(job, good).status_code == 201
+
+
+def test_rounds_are_released_on_the_kgcs_schedule(job: JobWorld) -> None:
+    for t in range(ROUNDS):
+        _, _, vector = _blinded(job, 10 + t)
+        if t + 1 < ROUNDS:
+            error(_post_release(job, job.frame(vector, t + 1, job.members)), 409, "out-of-schedule")
+        answer = _post_release(job, job.frame(vector, t, job.members[: 2 + t % 2]))
+        assert answer.status_code == 201, answer.get_json()
+        assert answer.get_json()["round"] == t
+    _, _, vector = _blinded(job, 99)
+    error(_post_release(job, job.frame(vector, ROUNDS, job.members)), 409, "round-out-of-range")
+    assert job.api.count(Release) == ROUNDS
+
+
+def test_refused_releases_are_logged_with_their_code(
+    job: JobWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    _, _, vector = _blinded(job, 5)
+    error(_post_release(job, job.frame(vector, 1000, job.members)), 409, "round-out-of-range")
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals and refusals[-1].levelno == logging.WARNING
+    assert "round-out-of-range" in refusals[-1].getMessage()
+    assert job.ps_auth["Authorization"].split()[1] not in caplog.text
 
 
 # ---------------------------------------------------------------- app factory, logs

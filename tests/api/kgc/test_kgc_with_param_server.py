@@ -1,9 +1,10 @@
 """The real KGC over HTTP with the parameter server's own KGC client: the contract holds.
 
 The KGC app runs in a thread on loopback; the parameter server enrols with
-``param_server.kgc_gateway.complete_enrolment``, creates a job and releases a round
-through ``HttpKgcGateway`` (tokens by signed challenge, release frames signed as the PS
-signs them). A contributor then opens the released model.
+``param_server.kgc_gateway.complete_enrolment``, creates a job (the KGC signs its terms)
+and releases a round through ``HttpKgcGateway`` (tokens for the KGC's audience by signed
+challenge, release frames carrying the participants' signed upload statements, signed as
+the PS signs them). A contributor then opens the released model.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from param_server.models import metadata as ps_metadata
 from param_server.testing import (
     TestParticipant,
     job_key_of,
+    job_terms_of,
     make_definition,
     open_model,
     upload_frame,
@@ -71,7 +73,13 @@ def test_parameter_server_round_trip_through_the_kgc(
     assert certificate["role"] == "param_server"
     subjects = [api.enrol(o, f"org{i}") for i, o in enumerate(owners[:3])]
     participants = [
-        TestParticipant(s.subject_id, 100 * (i + 1), s.public_key, s.secret_key)  # type: ignore[arg-type]
+        TestParticipant(
+            s.subject_id,
+            100 * (i + 1),
+            s.public_key,  # type: ignore[arg-type]
+            s.secret_key,  # type: ignore[arg-type]
+            signing_key=s.signing_key,  # the key the KGC certified: it signs statements
+        )
         for i, s in enumerate(subjects)
     ]
 
@@ -90,11 +98,23 @@ def test_parameter_server_round_trip_through_the_kgc(
     try:
         w0 = np.linspace(-1.0, 1.0, 40)
         job = ps.create_job(make_definition("interop", participants, w0, rounds=1))
+        # Each participant checks the KGC-signed terms the PS serves before uploading.
+        terms = job_terms_of(job, gateway.info(), param_server=answer["subject_id"])
+        assert terms.rounds == 1 and terms.param_server == answer["subject_id"]
         encryptor = VectorEncryptor(job_key_of(job), window=4)
         delta = np.full(40, 0.125)
         rng = random.Random(4)
         for p in participants:
-            frame = upload_frame(job, p.subject_id, 0, delta, encryptor, rng)
+            frame = upload_frame(
+                job,
+                p.subject_id,
+                0,
+                delta,
+                encryptor,
+                rng,
+                signing_key=p.signing_key,
+                terms=terms,
+            )
             ps.accept_upload("interop", 0, p.subject_id, frame)
         result = ps.tick()
         assert result.released == [("interop", 0)]

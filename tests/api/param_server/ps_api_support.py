@@ -15,10 +15,10 @@ from sqlalchemy import Engine
 
 from common.bcp import MasterKey
 from common.db import make_engine
-from common.signing import generate_signing_key
+from common.signing import generate_signing_key, public_key_hex
 from param_server.app import create_app
 from param_server.domain import ParameterServer
-from param_server.testing import FakeClock, FakeKgc, TestParticipant
+from param_server.testing import PS_SUBJECT_ID, FakeClock, FakeKgc, TestParticipant
 
 ADMIN_TOKEN = "admin-secret-for-tests"
 
@@ -39,8 +39,12 @@ class ApiWorld:
         self.ps.close()
         self.engine.dispose()
 
-    def auth(self, p: TestParticipant, *, role: str = "participant") -> dict[str, str]:
-        return {"Authorization": f"Bearer {p.token(self.kgc, self.clock.now, role=role)}"}
+    def auth(
+        self, p: TestParticipant, *, role: str = "participant", audience: str = PS_SUBJECT_ID
+    ) -> dict[str, str]:
+        """A participant's token from the KGC, for this PS (or ``audience``)."""
+        token = p.token(self.kgc, self.clock.now, role=role, audience=audience)
+        return {"Authorization": f"Bearer {token}"}
 
     @property
     def admin(self) -> dict[str, str]:
@@ -53,8 +57,14 @@ def build_api_world(master: MasterKey, participants: list[TestParticipant], url:
     registered = {p.subject_id: p.public_key for p in participants}
     stranger = TestParticipant.make("stranger", 1, master, random.Random(8))
     registered["stranger"] = stranger.public_key  # enrolled with the KGC, in no job
+    signing_keys = {p.subject_id: public_key_hex(p.signing_key) for p in [*participants, stranger]}
     kgc = FakeKgc(
-        master, rng=random.Random(2), participants=registered, ps_verify_key=ps_key.public_key()
+        master,
+        rng=random.Random(2),
+        participants=registered,
+        signing_keys=signing_keys,
+        ps_verify_key=ps_key.public_key(),
+        ps_subject_id=PS_SUBJECT_ID,
     )
     clock = FakeClock()
     app = create_app(
@@ -64,7 +74,7 @@ def build_api_world(master: MasterKey, participants: list[TestParticipant], url:
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "GATEWAY": kgc,
             "SIGNING_KEY": ps_key,
-            "SUBJECT_ID": "ps-test",
+            "SUBJECT_ID": PS_SUBJECT_ID,
             "CLOCK": clock,
             "RNG": random.Random(3),
             "ENCRYPT_WINDOW": 4,

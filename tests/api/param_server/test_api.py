@@ -7,6 +7,7 @@ checked to hold nothing new.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import struct
@@ -16,13 +17,22 @@ import numpy as np
 import pytest
 from ps_api_support import ApiWorld
 from sqlalchemy import func, select, text
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from common.blocks import VectorEncryptor, element_bytes
 from common.encoding import PackingLayout, encode_vector
+from common.protocol import KGC_AUDIENCE, build_upload_statement, check_job_view, sha256_hex
 from common.signing import generate_signing_key, issue_token, public_key_from_hex, verify_json
 from common.wire import FRAME_MAGIC, decode_frame, encode_frame
 from param_server.models import Job, ModelChunk, Round, Upload
-from param_server.testing import job_key_of, make_definition, open_model, upload_frame
+from param_server.testing import (
+    PS_SUBJECT_ID,
+    TestParticipant,
+    job_key_of,
+    job_terms_of,
+    make_definition,
+    open_model,
+)
 
 LENGTH = 300
 TOLERANCE = 2.0**-18
@@ -59,17 +69,47 @@ def _create(api: ApiWorld, job_id: str = "job-a", **overrides: Any) -> dict[str,
 
 
 class Uploader:
-    """Participants' side: encrypt updates for a job and post them."""
+    """Participants' side: check the job's signed terms, encrypt updates and post them."""
 
     def __init__(self, api: ApiWorld, job: dict[str, Any]) -> None:
         self.api = api
         self.job = job
+        self.terms = job_terms_of(job, api.kgc.info(), param_server=PS_SUBJECT_ID)
         self.encryptor = VectorEncryptor(job_key_of(job), window=4)
         self.rng = random.Random(17)
 
+    def participant(self, subject: str) -> TestParticipant:
+        return next(p for p in self.api.participants if p.subject_id == subject)
+
     def frame(self, subject: str, t: int, delta: Any = None) -> bytes:
         delta = np.full(LENGTH, 0.01) if delta is None else delta
-        return upload_frame(self.job, subject, t, delta, self.encryptor, self.rng)
+        p = self.participant(subject)
+        return p.frame(self.job, self.terms, t, delta, self.encryptor, self.rng)
+
+    def statement(self, subject: str, t: int, payload: bytes) -> dict[str, Any]:
+        """``subject``'s signed statement for ``payload`` as its round-``t`` upload."""
+        return build_upload_statement(
+            self.participant(subject).signing_key,
+            self.terms,
+            round_number=t,
+            subject_id=subject,
+            payload_sha256=sha256_hex(payload),
+        )
+
+    def reframe(
+        self, frame: bytes, *, subject: str = "p1", payload: bytes | None = None, **changes: Any
+    ) -> bytes:
+        """:func:`_reframe` with ``subject``'s statement signed for the new round and payload.
+
+        The participant itself is the attacker here: its statement is honest about what
+        it sends, so the frame reaches the PS's ciphertext checks.
+        """
+        parsed = decode_frame(frame)
+        payload = parsed.payload if payload is None else payload
+        t = changes.get("round", parsed.header["round"])
+        t = t if isinstance(t, int) and not isinstance(t, bool) else 0
+        statement = self.statement(subject, t, payload)
+        return _reframe(frame, payload=payload, **{"statement": statement, **changes})
 
     def post(
         self,
@@ -133,6 +173,50 @@ def test_unknown_route_and_method_are_json_errors(api: ApiWorld) -> None:
     _error(api.client.get("/v1/jobs/job-a/rounds/-1", headers=api.admin), 404)
 
 
+def test_huge_round_numbers_are_404_not_500(api: ApiWorld) -> None:
+    _create(api)
+    p1 = api.participants[0]
+    for t in (2**31, 2**63, 10**30):
+        _error(api.client.get(f"/v1/jobs/job-a/rounds/{t}", headers=api.admin), 404, "not-found")
+        _error(api.client.get(f"/v1/jobs/job-a/rounds/{t}/model", headers=api.auth(p1)), 404)
+        _error(api.client.post(f"/v1/jobs/job-a/rounds/{t}/close", headers=api.admin), 404)
+        _error(
+            api.client.post(
+                f"/v1/jobs/job-a/rounds/{t}/uploads",
+                data=b"x",
+                content_type="application/octet-stream",
+                headers=api.auth(p1),
+            ),
+            404,
+        )
+    _error(
+        api.client.get(f"/v1/jobs/job-a/rounds/{2**31 - 1}", headers=api.admin),
+        404,
+        "round-not-found",
+    )
+
+
+def test_bodies_are_bounded_before_they_are_read(api: ApiWorld) -> None:
+    big = {"pad": "x" * (100 * 1024)}
+    # A JSON control view takes 64 KiB: refused before authentication or parsing.
+    _error(
+        api.client.post("/v1/jobs/job-a/rounds/0/close", json=big, headers=api.admin),
+        413,
+        "too-large",
+    )
+    _error(api.client.post("/v1/jobs/job-a/rounds/0/close", json=big), 413, "too-large")
+    # A job definition carries the initial weights: far more than 64 KiB is read and parsed.
+    response = api.client.post("/v1/jobs", json={**_definition(api), **big}, headers=api.admin)
+    _error(response, 400, "bad-definition")  # the unknown field, not the size
+    large = make_definition("job-large", api.participants, np.zeros(12_000))
+    assert len(json.dumps(large)) > 100 * 1024
+    assert api.client.post("/v1/jobs", json=large, headers=api.admin).status_code == 201
+    # ... up to the app's cap.
+    api.app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    _error(api.client.post("/v1/jobs", json=large, headers=api.admin), 413, "too-large")
+    assert _count(api, Job) == 1
+
+
 # ---------------------------------------------------------------------- jobs
 
 
@@ -144,11 +228,27 @@ def test_create_job(api: ApiWorld) -> None:
     packing = PackingLayout.from_json(job["packing"])
     assert packing.length == LENGTH and packing.max_terms == 1024
     assert job["definition"]["quorum"] == 2
-    verify_json(
-        api.kgc.signing_key.public_key(),
-        {"job_id": "job-a", "job_key": job["job_key"]},
-        job["job_key_signature"],
+    assert set(job) == {
+        "job_id",
+        "status",
+        "current_round",
+        "rounds_total",
+        "created_at",
+        "definition",
+        "job_key",
+        "job_terms",
+        "job_terms_signature",
+        "packing",
+        "weights",
+    }
+    # What a participant checks: KGC-signed terms of exactly the served job, for this PS.
+    info = api.kgc.info()
+    served = api.client.get("/v1/jobs/job-a", headers=api.auth(api.participants[0])).get_json()
+    terms = check_job_view(
+        served, info.verify_key, info.params, min_quorum=2, param_server="ps-test"
     )
+    assert terms.param_server == api.client.get("/v1/info").get_json()["subject_id"]
+    assert terms.participants == ("p1", "p2", "p3", "p4")
     assert _count(api, ModelChunk) == 4  # 12 elements in chunks of 3
     assert api.client.get("/v1/jobs/job-a/rounds/0", headers=api.admin).get_json()["status"] == (
         "open"
@@ -207,6 +307,7 @@ def test_tokens_forged_expired_malformed_or_wrong_role(api: ApiWorld) -> None:
         now=api.clock.now,
         ttl_seconds=300,
         token_id="x",
+        audience=PS_SUBJECT_ID,
     )
     expired = p1.token(api.kgc, api.clock.now - 3600)
     for token in (forged, expired, "v1.abc.def", "garbage", forged + "x"):
@@ -218,6 +319,30 @@ def test_tokens_forged_expired_malformed_or_wrong_role(api: ApiWorld) -> None:
         403,
         "wrong-role",
     )
+
+
+def test_tokens_for_another_audience_or_issuer_are_401_at_every_participant_endpoint(
+    api: ApiWorld,
+) -> None:
+    """A token a participant got for another PS (or for the KGC) is no good here."""
+    job = _create(api)
+    uploader = Uploader(api, job)
+    p1 = api.participants[0]
+    frame = uploader.frame("p1", 0)
+    elsewhere = [
+        api.auth(p1, audience="another-ps"),
+        api.auth(p1, audience=KGC_AUDIENCE),
+        {"Authorization": f"Bearer {p1.token(api.kgc, api.clock.now, issuer='someone')}"},
+    ]
+    for headers in elsewhere:
+        _error(api.client.get("/v1/jobs/job-a", headers=headers), 401, "invalid-token")
+        _error(api.client.get("/v1/jobs/job-a/rounds/0", headers=headers), 401, "invalid-token")
+        _error(uploader.post(frame, headers=headers), 401, "invalid-token")
+        _error(
+            api.client.get("/v1/jobs/job-a/rounds/0/model", headers=headers), 401, "invalid-token"
+        )
+    assert _count(api, Upload) == 0
+    assert uploader.post(frame, headers=api.auth(p1)).status_code == 201
 
 
 def test_get_round(api: ApiWorld) -> None:
@@ -254,6 +379,9 @@ def test_upload_returns_a_receipt_signed_by_the_ps(api: ApiWorld) -> None:
     }
     verify_key = public_key_from_hex(api.client.get("/v1/info").get_json()["verify_key"])
     verify_json(verify_key, receipt, signed["signature"])
+    with api.engine.connect() as conn:
+        stored = conn.execute(select(Upload.statement)).scalar_one()
+    assert stored == decode_frame(frame).header["statement"]
 
 
 def test_upload_auth_errors_store_nothing(api: ApiWorld) -> None:
@@ -287,23 +415,31 @@ def test_upload_frame_errors_store_nothing(api: ApiWorld) -> None:
         PackingLayout.from_json({**job["packing"], "length": LENGTH - 40}),
         clip_bound=1.0,
     )[0]
+    short_vector = uploader.encryptor.encrypt(short, uploader.rng)
     fewer_blocks = encode_frame(
-        uploader.encryptor.encrypt(short, uploader.rng), {"job_id": "job-a", "round": 0}
+        short_vector,
+        {
+            "job_id": "job-a",
+            "round": 0,
+            "statement": uploader.statement("p1", 0, short_vector.to_bytes()),
+        },
     )
+    reframe = uploader.reframe
     cases = [
         (b"NOPE" + frame[4:], 400, "malformed-frame"),  # bad magic
         (frame[:-1] + bytes([frame[-1] ^ 1]), 400, "malformed-frame"),  # digest mismatch
         (frame[:7], 400, "malformed-frame"),  # truncated
         (b"", 400, "malformed-frame"),
-        (_reframe(frame, job_id="job-b"), 422, "frame-mismatch"),
-        (_reframe(frame, round=1), 422, "frame-mismatch"),
-        (_reframe(frame, round=True), 422, "frame-mismatch"),
-        (_reframe(frame, payload=n_element + payload[width:]), 422, "invalid-ciphertext"),
-        (_reframe(frame, payload=big_element + payload[width:]), 422, "invalid-ciphertext"),
-        (_reframe(frame, payload=bytes(width) + payload[width:]), 422, "invalid-ciphertext"),
-        (_reframe(frame, payload=payload[:-width]), 422, "invalid-ciphertext"),
-        (_reframe(frame, num_elements=11), 422, "invalid-ciphertext"),
-        (_reframe(frame, element_bytes=width + 1), 422, "invalid-ciphertext"),
+        (reframe(frame, job_id="job-b"), 422, "frame-mismatch"),
+        (reframe(frame, round=1), 422, "frame-mismatch"),
+        (reframe(frame, round=True), 422, "frame-mismatch"),
+        (_reframe(frame, payload=payload[:-width]), 422, "statement-mismatch"),  # unsigned
+        (reframe(frame, payload=n_element + payload[width:]), 422, "invalid-ciphertext"),
+        (reframe(frame, payload=big_element + payload[width:]), 422, "invalid-ciphertext"),
+        (reframe(frame, payload=bytes(width) + payload[width:]), 422, "invalid-ciphertext"),
+        (reframe(frame, payload=payload[:-width]), 422, "invalid-ciphertext"),
+        (reframe(frame, num_elements=11), 422, "invalid-ciphertext"),
+        (reframe(frame, element_bytes=width + 1), 422, "invalid-ciphertext"),
         (fewer_blocks, 422, "wrong-shape"),  # 8 plaintexts instead of 9
         (frame + bytes(200_000), 413, "too-large"),  # larger than this job's frames
     ]
@@ -322,6 +458,43 @@ def test_upload_past_max_content_length_is_413(api: ApiWorld) -> None:
     assert _count(api, Upload) == 0
 
 
+def test_upload_limit_is_the_jobs_frame_size_set_before_reading(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    p1 = api.participants[0]
+    frame = uploader.frame("p1", 0)
+    oversized = frame + bytes(200_000)
+    # Unknown job, or not a participant: refused before a byte of the body is read.
+    _error(uploader.post(oversized, headers=api.auth(p1), job_id="nope"), 404, "job-not-found")
+    _error(uploader.post(oversized, headers=api.auth(api.stranger)), 403, "not-a-participant")
+
+    stream = io.BytesIO()
+
+    def streamed(data: bytes) -> tuple[int, Any]:
+        """Chunked, as a server that terminates the stream passes it: no Content-Length."""
+        nonlocal stream
+        stream = io.BytesIO(data)
+        environ = EnvironBuilder(
+            path="/v1/jobs/job-a/rounds/0/uploads",
+            method="POST",
+            input_stream=stream,
+            content_type="application/octet-stream",
+            headers=list(api.auth(p1).items()),
+            environ_overrides={"wsgi.input_terminated": True},
+        ).get_environ()
+        del environ["CONTENT_LENGTH"]
+        body, status, _ = run_wsgi_app(api.app, environ)
+        return int(status.split()[0]), json.loads(b"".join(body))
+
+    status, body = streamed(oversized)
+    assert (status, body["error"]) == (413, "too-large")
+    limit = api.ps.upload_limit("job-a", "p1")
+    assert len(frame) <= limit < stream.tell() < len(oversized)  # read no further
+    assert _count(api, Upload) == 0
+    assert streamed(frame)[0] == 201
+    assert _count(api, Upload) == 1
+
+
 def test_replays_are_409_within_and_across_rounds(api: ApiWorld) -> None:
     job = _create(api)
     uploader = Uploader(api, job)
@@ -330,7 +503,10 @@ def test_replays_are_409_within_and_across_rounds(api: ApiWorld) -> None:
     assert uploader.post(first, headers=api.auth(p1)).status_code == 201
     _error(uploader.post(first, headers=api.auth(p1)), 409, "duplicate-upload")
     _error(uploader.post(uploader.frame("p1", 0), headers=api.auth(p1)), 409, "duplicate-upload")
-    _error(uploader.post(first, headers=api.auth(p2)), 409, "replayed-payload")  # copied bytes
+    # p2 copies p1's bytes: p1's statement is not p2's; re-signed by p2, still a replay.
+    _error(uploader.post(first, headers=api.auth(p2)), 422, "statement-mismatch")
+    copied = uploader.reframe(first, subject="p2")
+    _error(uploader.post(copied, headers=api.auth(p2)), 409, "replayed-payload")
     assert _count(api, Upload) == 1
 
     for p in (p2, p3, p4):
@@ -341,8 +517,11 @@ def test_replays_are_409_within_and_across_rounds(api: ApiWorld) -> None:
     assert api.client.get("/v1/jobs/job-a/rounds/1", headers=api.admin).status_code == 200
     # Round 0 is over: the old request again, and its ciphertext re-framed for round 1.
     _error(uploader.post(first, headers=api.auth(p1)), 409, "round-not-open")
+    _error(uploader.post(_reframe(first, round=1), t=1, headers=api.auth(p1)), 422)
     _error(
-        uploader.post(_reframe(first, round=1), t=1, headers=api.auth(p1)), 409, "replayed-payload"
+        uploader.post(uploader.reframe(first, round=1), t=1, headers=api.auth(p1)),
+        409,
+        "replayed-payload",
     )
     assert _count(api, Upload) == 4
 

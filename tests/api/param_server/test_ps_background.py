@@ -7,18 +7,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from common.bcp import MasterKey, PublicParams
 from common.blocks import VectorEncryptor
-from common.signing import generate_signing_key
+from common.signing import generate_signing_key, public_key_hex
 from param_server.app import config_from_env, create_app
 from param_server.testing import (
+    PS_SUBJECT_ID,
     FakeClock,
     FakeKgc,
     TestParticipant,
     job_key_of,
+    job_terms_of,
     make_definition,
-    upload_frame,
 )
 
 
@@ -31,6 +33,7 @@ def test_background_worker_releases_a_completed_round(
     kgc = FakeKgc(
         params_1024[1],
         participants={p.subject_id: p.public_key for p in participants},
+        signing_keys={p.subject_id: public_key_hex(p.signing_key) for p in participants},
         ps_verify_key=ps_key.public_key(),
     )
     clock = FakeClock()
@@ -40,6 +43,7 @@ def test_background_worker_releases_a_completed_round(
             "ADMIN_TOKEN": "admin",
             "GATEWAY": kgc,
             "SIGNING_KEY": ps_key,
+            "SUBJECT_ID": PS_SUBJECT_ID,
             "CLOCK": clock,
             "RNG": random.Random(1),
             "ENCRYPT_WINDOW": 4,
@@ -54,9 +58,10 @@ def test_background_worker_releases_a_completed_round(
             json=make_definition("bg", participants, np.zeros(50), rounds=1),
             headers={"Authorization": "Bearer admin"},
         ).get_json()
+        terms = job_terms_of(job, kgc.info())
         encryptor = VectorEncryptor(job_key_of(job), window=4)
         for p in participants:
-            frame = upload_frame(job, p.subject_id, 0, np.ones(50), encryptor, random.Random(2))
+            frame = p.frame(job, terms, 0, np.ones(50), encryptor, random.Random(2))
             response = client.post(
                 "/v1/jobs/bg/rounds/0/uploads",
                 data=frame,
@@ -91,3 +96,17 @@ def test_config_from_env() -> None:
     assert config["DATABASE_URL"] == "postgresql+psycopg://ps@db/ps"
     assert config["BACKGROUND"] is False and config["MAX_CONTENT_LENGTH"] == 1024
     assert config_from_env({})["BACKGROUND"] is True
+
+
+def test_an_injected_gateway_still_needs_the_ps_subject_id(
+    params_1024: tuple[PublicParams, MasterKey], tmp_path: Path
+) -> None:
+    """Without its subject id the PS could not check its tokens' audience: refuse to start."""
+    with pytest.raises(RuntimeError, match="SUBJECT_ID"):
+        create_app(
+            {
+                "DATABASE_URL": f"sqlite:///{tmp_path}/ps.db",
+                "GATEWAY": FakeKgc(params_1024[1]),
+                "SIGNING_KEY": generate_signing_key(),
+            }
+        )

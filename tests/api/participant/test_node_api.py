@@ -1,7 +1,14 @@
-"""The participant node's operator API through the Flask test client (no KGC, no PS)."""
+"""The participant node's operator API through the Flask test client.
+
+No KGC or PS process: the tests that need them use the fakes of
+:mod:`participant.testing`, whose answers are built with :mod:`common.protocol`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +17,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from common.bcp import MasterKey, PublicParams
+from common.protocol import verify_upload_statement
+from common.signing import generate_signing_key
+from common.wire import decode_frame
 from participant.node_api import create_app
+from participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, JobWorld
 
 ADMIN = {"Authorization": "Bearer node-admin"}
 
@@ -27,6 +39,7 @@ def app(tmp_path: Path) -> Iterator[Flask]:
             "NUM_PARTITIONS": 4,
             "PARTITION_INDEX": 2,
             "PARTITION_SEED": 7,
+            "POLL_SECONDS": 0.05,
         }
     )
     yield app
@@ -129,3 +142,124 @@ def test_missing_passphrase_refuses_to_start(
     monkeypatch.delenv("TRAPDOOR_NODE_PASSPHRASE", raising=False)
     with pytest.raises(ValueError, match="TRAPDOOR_NODE_PASSPHRASE"):
         create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/n.db", "BACKGROUND": False})
+
+
+def test_bodies_over_the_limit_are_413_before_parsing(client: FlaskClient) -> None:
+    big = {"kgc_url": "http://x", "subject_id": "s", "code": "c" * (70 * 1024)}
+    response = client.post("/v1/enrol", json=big, headers=ADMIN)
+    assert response.status_code == 413
+    assert response.json["error"] == "too-large"
+
+
+def test_a_mistyped_ps_subject_id_is_400(client: FlaskClient) -> None:
+    for value in (7, "", "x" * 129):
+        body = {"ps_url": "http://x", "job_id": "j", "ps_subject_id": value}
+        assert client.post("/v1/jobs", json=body, headers=ADMIN).status_code == 400
+
+
+def test_min_quorum_must_be_a_positive_integer(tmp_path: Path) -> None:
+    for value in (0, "3", True):
+        with pytest.raises(ValueError, match="MIN_QUORUM"):
+            create_app(
+                {
+                    "DATABASE_URL": f"sqlite:///{tmp_path}/q.db",
+                    "PASSPHRASE": "p",
+                    "BACKGROUND": False,
+                    "MIN_QUORUM": value,
+                }
+            )
+
+
+def test_the_database_is_owner_only(app: Flask, tmp_path: Path) -> None:
+    assert (tmp_path / "node.db").stat().st_mode & 0o077 == 0
+
+
+# --------------------------------------------------------------------------- with fake services
+
+
+@pytest.fixture
+def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> JobWorld:
+    # the node's data is the digits partition: 64 features, 10 classes
+    return JobWorld(params_1024[0], rng, ["p0", "node", "p2"], layers=(64, 4, 10))
+
+
+@pytest.fixture
+def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
+    net = FakeNetwork(world)
+    monkeypatch.setattr("participant.client.ServiceClient", net.service_client)
+    return net
+
+
+def _enrol(client: FlaskClient, app: Flask, world: JobWorld, network: FakeNetwork) -> None:
+    """Enrol the node as ``node`` at the fake KGC; the job is then signed for its keys."""
+    network.kgc.codes["node"] = "code-node"
+    body = {"kgc_url": KGC_URL, "subject_id": "node", "code": "code-node"}
+    response = client.post("/v1/enrol", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.json
+    world.identities["node"] = app.extensions["participant_node"].client().identity
+    world.resign()
+
+
+def _join(client: FlaskClient, **extra: Any) -> Any:
+    return client.post(
+        "/v1/jobs", json={"ps_url": PS_URL, "job_id": "unit-1", **extra}, headers=ADMIN
+    )
+
+
+def test_enrolment_pins_the_kgc_key(
+    client: FlaskClient, app: Flask, world: JobWorld, network: FakeNetwork
+) -> None:
+    _enrol(client, app, world, network)
+    identity = app.extensions["participant_node"].client().identity
+    assert identity.kgc_verify_key == world.kgc_verify_key
+    assert client.get("/v1/status", headers=ADMIN).json["identity"]["subject_id"] == "node"
+
+
+def test_a_job_the_kgc_did_not_sign_is_422_shown_in_status_and_never_uploaded(
+    client: FlaskClient, app: Flask, world: JobWorld, network: FakeNetwork
+) -> None:
+    _enrol(client, app, world, network)
+    world.resign(kgc_key=generate_signing_key())  # a PS-made job key, signed by the PS
+    response = _join(client)
+    assert response.status_code == 422
+    assert response.json["error"] == "job-refused"
+    assert "bad-job-signature" in response.json["message"]
+    [job] = client.get("/v1/status", headers=ADMIN).json["jobs"]
+    assert job["status"] == "refused" and "bad-job-signature" in job["error"]
+    assert client.get("/v1/jobs/unit-1", headers=ADMIN).json["status"] == "refused"
+    time.sleep(0.2)
+    assert network.ps.uploads == []
+    assert [r for r in network.ps.requests if r[0] == "POST"] == []
+
+
+def test_a_quorum_below_min_quorum_is_422(
+    client: FlaskClient, app: Flask, world: JobWorld, network: FakeNetwork
+) -> None:
+    _enrol(client, app, world, network)
+    world.definition["quorum"] = 2
+    world.resign()
+    response = _join(client)
+    assert response.status_code == 422 and "quorum-too-small" in response.json["message"]
+
+
+def test_a_joined_job_uploads_with_a_signed_statement(
+    client: FlaskClient, app: Flask, world: JobWorld, network: FakeNetwork
+) -> None:
+    _enrol(client, app, world, network)
+    response = _join(client, ps_subject_id=PS_SUBJECT)
+    assert response.status_code == 201, response.json
+    assert response.json["ps_subject_id"] == PS_SUBJECT
+    deadline = time.monotonic() + 60
+    while not network.ps.uploads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [(round_number, frame)] = network.ps.uploads[:1]
+    parsed = decode_frame(frame)
+    statement = verify_upload_statement(
+        parsed.header["statement"],
+        world.terms(),
+        round_number=0,
+        subject_id="node",
+        payload_sha256=hashlib.sha256(parsed.payload).hexdigest(),
+    )
+    assert round_number == 0 and statement["audience"] == PS_SUBJECT
+    assert {r["audience"] for r in network.kgc.token_requests} == {PS_SUBJECT}

@@ -18,15 +18,20 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import sessionmaker
 
 from common.bcp import MasterKey
-from common.blocks import JobKey
 from common.db import MIGRATIONS_ROOT, make_engine, migrate
 from common.demo_params import load_demo_master_key
+from common.protocol import verify_job_terms
 from common.signing import generate_signing_key
-from common.wire import from_obj
 from kgc.domain import KgcService
 from kgc.errors import KgcError
 from kgc.models import metadata
-from kgc.testing import TestSubject, encrypt_plaintexts, release_frame
+from kgc.testing import (
+    TestSubject,
+    encrypt_plaintexts,
+    job_request,
+    release_frame,
+    statement_for,
+)
 
 VERSION_TABLE = "alembic_version_kgc"
 
@@ -104,12 +109,18 @@ def test_postgres_history_and_two_workers_racing(postgres_url: str) -> None:
         outcomes = list(pool.map(lambda s: _outcome(s.issue_token, **challenge), [one, two]))
     assert sorted(outcomes) == ["nonce-replayed", "ok"]
 
-    answer = one.create_job(ps.subject_id, "pg-job", 2, members, 2)
-    job_key = from_obj(answer["job_key"])
-    assert isinstance(job_key, JobKey)
-    vector = encrypt_plaintexts(job_key, [1, 2, 3], rng)
+    request = job_request("pg-job", members, quorum=2, rounds=1, width=2, num_plaintexts=3)
+    answer = one.create_job(ps.subject_id, "pg-job", request["terms"])
+    terms = verify_job_terms(
+        one.verify_key, answer["job_terms"], answer["job_terms_signature"], master.params
+    )
+    vector = encrypt_plaintexts(terms.job_key, [1, 2, 3], rng)
     frame = release_frame(
-        ps.signing_key, vector, job_id="pg-job", round_number=0, contributors=members
+        ps.signing_key,
+        vector,
+        job_id="pg-job",
+        round_number=0,
+        statements=[statement_for(s, terms, 0) for s in subjects[1:]],
     )
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda s: s.release(ps.subject_id, "pg-job", frame), [one, two]))
@@ -123,3 +134,49 @@ def _outcome(call: Any, **kwargs: Any) -> str:
     except KgcError as exc:
         return exc.code
     return "ok"
+
+
+def test_upgrade_from_0001_keeps_legacy_jobs_and_their_releases(tmp_path: Path) -> None:
+    """0002 only adds and drops columns: SQLite never recreates kgc_jobs (no cascade)."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path}/kgc.db"
+    migrate("kgc", url, "0001_initial")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO kgc_subjects (id, name, role, code_hash, completed, created_at)"
+                    " VALUES ('sub-ps', 'PS', 'param_server', :h, 1, 0)"
+                ),
+                {"h": "0" * 64},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO kgc_jobs (job_id, owner_id, job_key, signature, participants,"
+                    " quorum, width, created_at)"
+                    " VALUES ('old', 'sub-ps', '{}', 'sig', '[]', 1, 1, 0)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO kgc_releases (job_id, round, payload_sha256, contributors,"
+                    " bundle, released_at) VALUES ('old', 0, :h, '[]', '{}', 0)"
+                ),
+                {"h": "0" * 64},
+            )
+        migrate("kgc", url)
+        with engine.connect() as conn:
+            job = conn.execute(text("SELECT * FROM kgc_jobs")).mappings().one()
+            assert (job["job_id"], job["terms"], job["terms_signature"], job["rounds"]) == (
+                "old",
+                None,
+                None,
+                None,
+            )
+            assert "signature" not in job
+            assert conn.execute(text("SELECT count(*) FROM kgc_releases")).scalar() == 1
+    finally:
+        engine.dispose()
+    assert _schema_diff(url) == []

@@ -1,18 +1,21 @@
 """A stub KGC speaking the HTTP contract of docs/PROTOCOL.md, over a FakeKgc.
 
 It lets the HTTP gateway, the enrolment and the CLI be tested without the KGC service
-(being written elsewhere) and without sockets: :class:`FlaskSession` routes
-``requests`` calls into the stub's Flask test client.
+and without sockets: :class:`FlaskSession` routes ``requests`` calls into the stub's
+Flask test client. Its checks are the shared ones (:mod:`common.protocol`): token
+challenges for an audience, and the FakeKgc's job and release checks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from flask import Flask, jsonify, request
 
+from common.protocol import KGC_AUDIENCE, token_challenge
 from common.signing import (
     SignatureError,
     TokenError,
@@ -28,6 +31,10 @@ from param_server.kgc_gateway import KgcError
 from param_server.testing import FakeClock, FakeKgc
 
 
+def _same(terms: dict[str, Any]) -> dict[str, Any]:
+    return terms
+
+
 class StubKgc:
     """Enrolment, tokens, jobs and releases; counts tokens and can revoke them."""
 
@@ -41,6 +48,9 @@ class StubKgc:
         self.revoked_before = 0.0  # tokens issued before this time are refused
         self.nonces: set[str] = set()
         self.sign_jobs_with = fake.signing_key
+        #: A dishonest KGC (or a man in the middle): rewrites the signed terms it answers.
+        self.tamper_terms: Callable[[dict[str, Any]], dict[str, Any]] = _same
+        self.token_requests: list[dict[str, Any]] = []
         self.app = self._make_app()
 
     def _make_app(self) -> Flask:
@@ -51,16 +61,21 @@ class StubKgc:
         def _kgc_error(exc: KgcError) -> Any:
             return jsonify(error=exc.code, message=exc.message), exc.status
 
-        def ps_token() -> None:
+        def ps_token() -> str:
             token = request.headers.get("Authorization", "").removeprefix("Bearer ")
             try:
                 claims = verify_token(
-                    fake.signing_key.public_key(), token, now=self.clock(), roles=("param_server",)
+                    fake.signing_key.public_key(),
+                    token,
+                    now=self.clock(),
+                    audience=KGC_AUDIENCE,
+                    roles=("param_server",),
                 )
             except TokenError as exc:
-                raise KgcError(401, "unauthorized", str(exc)) from None
+                raise KgcError(401, "invalid-token", str(exc)) from None
             if claims.issued_at < self.revoked_before:
-                raise KgcError(401, "unauthorized", "revoked")
+                raise KgcError(401, "invalid-token", "revoked")
+            return claims.subject
 
         @app.get("/v1/info")
         def info() -> Any:
@@ -93,12 +108,13 @@ class StubKgc:
         @app.post("/v1/tokens")
         def tokens() -> Any:
             body = request.get_json()
-            challenge = {
-                "purpose": "token",
-                "subject_id": body["subject_id"],
-                "timestamp": body["timestamp"],
-                "nonce": body["nonce"],
-            }
+            self.token_requests.append(body)
+            audience = body.get("audience")
+            if audience not in (KGC_AUDIENCE, self.subject_id):
+                raise KgcError(422, "unknown-audience", "no such audience")
+            challenge = token_challenge(
+                body["subject_id"], body["timestamp"], body["nonce"], audience
+            )
             try:
                 verify_json(public_key_from_hex(self.enrolled_key), challenge, body["signature"])
             except (SignatureError, ValueError):
@@ -115,18 +131,21 @@ class StubKgc:
                 now=now,
                 ttl_seconds=300,
                 token_id=body["nonce"],
+                audience=audience,
             )
             return jsonify(token=token, expires_at=int(now) + 300)
 
         @app.post("/v1/jobs")
         def jobs() -> Any:
-            ps_token()
+            subject = ps_token()
             body = request.get_json()
-            job_key, _ = fake.create_job(
-                body["job_id"], body["width"], body["participants"], body["quorum"]
-            )
-            signed = {"job_id": body["job_id"], "job_key": to_obj(job_key)}
-            return jsonify(**signed, signature=sign_json(self.sign_jobs_with, signed))
+            if set(body) != {"job_id", "terms"}:
+                raise KgcError(400, "bad-request", 'a job request is {"job_id", "terms"}')
+            answer = fake.create_job(body["job_id"], body["terms"], param_server=subject)
+            answer["job_terms"] = self.tamper_terms(answer["job_terms"])
+            if self.sign_jobs_with is not fake.signing_key or self.tamper_terms is not _same:
+                answer["job_terms_signature"] = sign_json(self.sign_jobs_with, answer["job_terms"])
+            return jsonify(answer), 201
 
         @app.post("/v1/jobs/<job_id>/releases")
         def releases(job_id: str) -> Any:

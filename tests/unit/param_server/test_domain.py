@@ -16,18 +16,27 @@ import pytest
 from sqlalchemy import func, select
 
 from common.blocks import VectorEncryptor
-from common.signing import verify_json
+from common.protocol import (
+    build_upload_statement,
+    check_job_view,
+    release_request_header,
+    verify_release_signature,
+)
+from common.signing import generate_signing_key, sign_json, verify_json
+from common.wire import decode_frame, encode_frame
+from param_server.definition import release_header_bytes
 from param_server.domain import ParameterServer
 from param_server.errors import DomainError
 from param_server.kgc_gateway import KgcError
 from param_server.models import Job, ModelChunk, Release, Round, Upload
 from param_server.testing import (
+    PS_SUBJECT_ID,
     PsWorld,
     TestParticipant,
     job_key_of,
+    job_terms_of,
     make_definition,
     open_model,
-    upload_frame,
 )
 
 LENGTH = 300
@@ -53,11 +62,13 @@ class Scenario:
         self.view = world.ps.create_job(
             make_definition(job_id, world.participants, self.w0, **overrides)
         )
+        # What every participant checks before it encrypts anything.
+        self.terms = job_terms_of(self.view, world.kgc.info(), param_server=PS_SUBJECT_ID)
         self.encryptor = VectorEncryptor(job_key_of(self.view), window=4)
         self.rng = random.Random(99)
 
     def frame(self, p: TestParticipant, t: int, delta: npt.NDArray[np.float64]) -> bytes:
-        return upload_frame(self.view, p.subject_id, t, delta, self.encryptor, self.rng)
+        return p.frame(self.view, self.terms, t, delta, self.encryptor, self.rng)
 
     def upload(self, p: TestParticipant, t: int, delta: npt.NDArray[np.float64]) -> dict[str, Any]:
         return self.world.ps.accept_upload(self.job_id, t, p.subject_id, self.frame(p, t, delta))
@@ -284,9 +295,22 @@ def test_upload_checks(world: PsWorld) -> None:
     assert _count(world, Upload) == 0
 
     world.ps.accept_upload("job-a", 0, "p1", frame)
-    for subject, code in (("p1", "duplicate-upload"), ("p2", "replayed-payload")):
+    # p2 copies p1's ciphertext and signs its own statement for it: a replay all the same.
+    p2 = world.participants[1]
+    digest = decode_frame(frame).header["sha256"]
+    copied = _restated(
+        job,
+        frame,
+        build_upload_statement(
+            p2.signing_key, job.terms, round_number=0, subject_id="p2", payload_sha256=digest
+        ),
+    )
+    for subject, data, code in (
+        ("p1", frame, "duplicate-upload"),
+        ("p2", copied, "replayed-payload"),
+    ):
         with pytest.raises(DomainError) as err:
-            world.ps.accept_upload("job-a", 0, subject, frame)
+            world.ps.accept_upload("job-a", 0, subject, data)
         assert (err.value.status, err.value.code) == (409, code)
     assert _count(world, Upload) == 1
 
@@ -313,7 +337,12 @@ def test_create_job_checks_leave_nothing_behind(world: PsWorld) -> None:
     ]
     crowd = [{"subject_id": f"{i:032x}", "num_samples": 1} for i in range(300)]
     too_many = {**make_definition("j", participants, w0), "participants": crowd}
-    bad.append((too_many, 422, "invalid-definition"))  # receipts outgrow one release header
+    bad.append((too_many, 422, "invalid-definition"))  # statements outgrow one release header
+    for training in ({"learning_rate": float("nan")}, {"steps": [float("inf")]}, {1: 2}):
+        # Would hash, store or serve differently from what a strict JSON client reads.
+        bad.append(
+            (make_definition("j", participants, w0, training=training), 400, "bad-definition")
+        )
     for definition, status, code in bad:
         with pytest.raises(DomainError) as err:
             ps.create_job(definition)
@@ -330,6 +359,13 @@ def test_create_job_checks_leave_nothing_behind(world: PsWorld) -> None:
     with pytest.raises(DomainError) as err:
         ps.create_job(make_definition("j", participants, w0))
     assert (err.value.status, err.value.code) == (503, "kgc-unavailable")
+    world.kgc.failure = None
+    world.kgc.ps_subject_id = "another-ps"  # the KGC signs the job for another server
+    with pytest.raises(DomainError) as err:
+        ps.create_job(make_definition("j", participants, w0))
+    assert (err.value.status, err.value.code) == (502, "bad-kgc-answer")
+    world.kgc.ps_subject_id = PS_SUBJECT_ID
+    del world.kgc.jobs["j"]
     assert _count(world, Job) == 0 and _count(world, ModelChunk) == 0
     assert _count(world, Round) == 0
 
@@ -406,3 +442,209 @@ def test_no_blind_is_prepared_for_rounds_that_are_not_open(world: PsWorld) -> No
     assert world.ps.prepare_blind("job-a", 0) is True
     assert world.ps.prepare_blind("job-a", 0) is False
     assert _count(world, Release) == 1
+
+
+# ---------------------------------------------------------------------- signed terms
+
+
+def test_job_view_serves_kgc_signed_terms_of_exactly_the_served_job(world: PsWorld) -> None:
+    job = Scenario(world)
+    view = job.view
+    assert "job_key_signature" not in view
+    assert view["job_terms"]["param_server"] == PS_SUBJECT_ID
+    assert view["job_terms"]["job_key"] == view["job_key"]
+    info = world.kgc.info()
+    terms = check_job_view(view, info.verify_key, info.params, min_quorum=2, param_server="ps-test")
+    assert terms.participants == ("p1", "p2", "p3", "p4") and terms.quorum == 2
+    assert terms.num_plaintexts == 9 and terms.width == 4
+    assert world.ps.job_view("job-a") == view  # what is stored is what was signed
+    with world.sessions() as session:
+        row = session.get(Job, "job-a")
+        assert row is not None and row.job_terms == view["job_terms"]
+
+
+# ---------------------------------------------------------------------- upload statements
+
+
+def _restated(job: Scenario, frame: bytes, statement: Any, **header: Any) -> bytes:
+    """The same ciphertext, framed with another statement (or header fields)."""
+    parsed = decode_frame(frame)
+    extra = {"job_id": parsed.header["job_id"], "round": parsed.header["round"], **header}
+    if statement is not _ABSENT:
+        extra["statement"] = statement
+    return encode_frame(parsed.vector(job_key_of(job.view)), extra)
+
+
+_ABSENT = object()
+
+
+def test_upload_statements_are_checked_before_anything_is_stored(world: PsWorld) -> None:
+    job = Scenario(world)
+    p1, p2 = world.participants[:2]
+    honest = job.frame(p1, 0, np.zeros(LENGTH))
+    digest = decode_frame(honest).header["sha256"]
+    good = decode_frame(honest).header["statement"]
+
+    def statement(key: Any = p1.signing_key, **changes: Any) -> dict[str, Any]:
+        body = {**good["statement"], **changes}
+        return {"statement": body, "signature": sign_json(key, body)}
+
+    def by(p: TestParticipant, subject: str = "p1", t: int = 0) -> dict[str, Any]:
+        return build_upload_statement(
+            p.signing_key, job.terms, round_number=t, subject_id=subject, payload_sha256=digest
+        )
+
+    cases: list[tuple[Any, int, str]] = [
+        (by(p2), 403, "bad-statement-signature"),  # signed by another participant
+        (by(p2, "p2"), 422, "statement-mismatch"),  # p2's own statement, uploaded by p1
+        (statement(generate_signing_key()), 403, "bad-statement-signature"),  # by nobody
+        ({**good, "signature": "A" * 86}, 403, "bad-statement-signature"),
+        ({"statement": good["statement"]}, 403, "bad-statement-signature"),
+        (statement(subject_id="stranger"), 403, "not-a-participant"),
+        (by(p1, t=1), 422, "statement-mismatch"),  # another round
+        (statement(round=True), 422, "statement-mismatch"),
+        (statement(audience="another-ps"), 422, "statement-mismatch"),  # another audience
+        (statement(payload_sha256="0" * 64), 422, "statement-mismatch"),  # another payload
+        (statement(job_terms_sha256="0" * 64), 422, "statement-mismatch"),  # other terms
+        (statement(job_id="job-b"), 422, "statement-mismatch"),
+        (statement(purpose="token"), 422, "statement-mismatch"),
+        (statement(kgc_key_id="0" * 32), 422, "statement-mismatch"),
+        (statement(extra=1), 422, "statement-mismatch"),
+        (statement(payload_sha256="ab"), 422, "bad-statement"),
+        (_ABSENT, 422, "bad-statement"),  # no statement at all
+        ("signed", 422, "bad-statement"),
+        ({"statement": "x", "signature": "y"}, 422, "bad-statement"),
+    ]
+    for signed, status, code in cases:
+        with pytest.raises(DomainError) as err:
+            world.ps.accept_upload("job-a", 0, "p1", _restated(job, honest, signed))
+        assert (err.value.status, err.value.code) == (status, code), signed
+    assert _count(world, Upload) == 0
+
+    # p1's honest statement, posted by p2 (who copied p1's frame): not p2's statement.
+    with pytest.raises(DomainError) as err:
+        world.ps.accept_upload("job-a", 0, "p2", honest)
+    assert (err.value.status, err.value.code) == (422, "statement-mismatch")
+    assert _count(world, Upload) == 0
+
+    receipt = world.ps.accept_upload("job-a", 0, "p1", honest)  # the honest upload still goes
+    assert receipt["receipt"]["sha256"] == digest
+    with world.sessions() as session:
+        stored = session.scalars(select(Upload)).one()
+        assert stored.statement == good and stored.subject_id == "p1"
+
+
+# ---------------------------------------------------------------------- release requests
+
+
+def _resigned(world: PsWorld, job: Scenario, frame: bytes, **changes: Any) -> bytes:
+    """A release request rebuilt from ``frame`` with ``changes``, signed as the PS signs."""
+    parsed = decode_frame(frame)
+    vector = parsed.vector(job_key_of(job.view))
+    base = release_request_header(
+        job_id=parsed.header["job_id"],
+        round_number=parsed.header["round"],
+        statements=parsed.header["statements"],
+    )
+    header = {**base, **changes}
+    key = header.pop("key", world.ps_key)
+    signed = decode_frame(encode_frame(vector, header)).header
+    return encode_frame(vector, {**header, "request_signature": sign_json(key, signed)})
+
+
+def test_release_request_carries_the_statements_and_the_kgc_checks_them(world: PsWorld) -> None:
+    job = Scenario(world)
+    deltas = _deltas(world.participants, seed=8)
+    for p in world.participants:
+        job.upload(p, 0, deltas[p.subject_id])
+    world.kgc.failure = KgcError(0, "unreachable", "down")
+    assert world.ps.tick().released == []
+    world.kgc.failure = None
+    frame = world.kgc.release_frames[-1]
+    header = decode_frame(frame).header
+    with world.sessions() as session:
+        uploads = session.scalars(select(Upload).order_by(Upload.subject_id)).all()
+        statements = [u.statement for u in uploads]
+    assert "receipts" not in header
+    assert header["contributors"] == ["p1", "p2", "p3", "p4"]
+    assert header["statements"] == statements
+    assert verify_release_signature(header, world.ps_key.public_key()) == 0
+    head_bytes = int.from_bytes(frame[5:9], "big")
+    assert head_bytes <= release_header_bytes(
+        "job-a", ["p1", "p2", "p3", "p4"], param_server=PS_SUBJECT_ID
+    )
+
+    kgc = world.kgc
+    p1_statement = header["statements"][0]
+    tampered_round = {**p1_statement["statement"], "round": 1}
+    invented = build_upload_statement(
+        world.ps_key, job.terms, round_number=0, subject_id="p2", payload_sha256="0" * 64
+    )
+    refusals: list[tuple[bytes, int, str]] = [
+        (_resigned(world, job, frame, key=generate_signing_key()), 403, "bad-request-signature"),
+        (
+            _resigned(
+                world,
+                job,
+                frame,
+                statements=[{**p1_statement, "statement": tampered_round}, *statements[1:]],
+            ),
+            403,
+            "bad-statement-signature",
+        ),
+        (
+            _resigned(world, job, frame, statements=[statements[0], invented, *statements[2:]]),
+            403,
+            "bad-statement-signature",
+        ),
+        (_resigned(world, job, frame, round=1), 409, "out-of-schedule"),
+        (_resigned(world, job, frame, round=2), 409, "round-out-of-range"),
+        (_resigned(world, job, frame, contributors=["p1", "p2"]), 422, "statement-mismatch"),
+        (
+            _resigned(world, job, frame, contributors=[*header["contributors"], "stranger"]),
+            422,
+            "not-a-participant",
+        ),
+        (
+            _resigned(world, job, frame, contributors=["p1"], statements=statements[:1]),
+            422,
+            "below-quorum",
+        ),
+    ]
+    for request, status, code in refusals:
+        with pytest.raises(KgcError) as err:
+            kgc.release(request)
+        assert (err.value.status, err.value.code) == (status, code)
+    assert kgc.jobs["job-a"].releases == {}  # nothing sealed
+
+    world.clock.advance(10)  # the honest, stored request goes through on the retry
+    assert world.ps.tick().released == [("job-a", 0)]
+    assert kgc.release_frames[-1] == frame
+    expected = job.expected(job.w0, deltas)
+    assert np.max(np.abs(job.model_of(world.participants[0], 0) - expected)) < TOLERANCE
+    # The same request again is answered with the same bundle; another one is refused.
+    assert kgc.release(frame) == kgc.jobs["job-a"].releases[0][2]
+    with pytest.raises(KgcError) as err:
+        kgc.release(
+            _resigned(world, job, frame, contributors=["p1", "p2", "p3"], statements=statements[:3])
+        )
+    assert (err.value.status, err.value.code) == (409, "already-released")
+
+
+def test_a_statement_tampered_in_the_ps_database_is_refused_by_the_kgc(world: PsWorld) -> None:
+    """The PS's operator rewrites a stored statement: the KGC seals nothing."""
+    job = Scenario(world)
+    for p in world.participants:
+        job.upload(p, 0, np.zeros(LENGTH))
+    with world.sessions() as session, session.begin():
+        upload = session.scalars(select(Upload).where(Upload.subject_id == "p2")).one()
+        assert upload.statement is not None
+        upload.statement = {
+            **upload.statement,
+            "statement": {**upload.statement["statement"], "round": 1},
+        }
+    assert world.ps.tick().released == []
+    rnd = _round(world, "job-a", 0)
+    assert rnd is not None and rnd.status == "closed"
+    assert rnd.last_error and "signed" in rnd.last_error
+    assert world.kgc.release_calls == 1 and world.kgc.jobs["job-a"].releases == {}

@@ -17,20 +17,27 @@ from common.bcp import MasterKey, PublicParams
 from common.blocks import VectorEncryptor
 from common.db import make_engine, migrate
 from common.http import ServiceClient
+from common.protocol import requested_terms
 from common.sealing import SealError
 from common.signing import generate_signing_key, public_key_hex
 from param_server import cli
+from param_server.definition import parse_definition
 from param_server.domain import ParameterServer
 from param_server.identity import enrol, load_identity
-from param_server.kgc_gateway import HttpKgcGateway, KgcError, check_release_bundle
+from param_server.kgc_gateway import (
+    HttpKgcGateway,
+    KgcError,
+    check_job_answer,
+    check_release_bundle,
+)
 from param_server.testing import (
     FakeClock,
     FakeKgc,
     TestParticipant,
     job_key_of,
+    job_terms_of,
     make_definition,
     open_model,
-    upload_frame,
 )
 
 KGC_URL = "http://kgc.test"
@@ -45,6 +52,8 @@ def stub(
         params_1024[1],
         rng=random.Random(4),
         participants={p.subject_id: p.public_key for p in participants},
+        signing_keys={p.subject_id: public_key_hex(p.signing_key) for p in participants},
+        ps_subject_id="ps-1",
     )
     return StubKgc(fake, FakeClock(), subject_id="ps-1", code="one-time-code")
 
@@ -122,21 +131,37 @@ def test_full_round_over_http_with_token_refresh(
         KGC_URL, "ps-1", identity.signing_key, clock=stub.clock, session=FlaskSession(stub.app)
     )
     ps = ParameterServer(
-        sessions, gateway, identity.signing_key, clock=stub.clock, rng=random.Random(1), window=4
+        sessions,
+        gateway,
+        identity.signing_key,
+        clock=stub.clock,
+        rng=random.Random(1),
+        window=4,
+        subject_id="ps-1",
     )
     try:
         w0 = np.linspace(-1, 1, 120)
         job = ps.create_job(make_definition("http-job", participants, w0, rounds=1))
+        terms = job_terms_of(job, gateway.info(), param_server="ps-1")
         encryptor = VectorEncryptor(job_key_of(job), window=4)
         rng = random.Random(2)
         deltas = {p.subject_id: np.full(120, 0.05 * i) for i, p in enumerate(participants)}
         for p in participants:
-            frame = upload_frame(job, p.subject_id, 0, deltas[p.subject_id], encryptor, rng)
+            frame = p.frame(job, terms, 0, deltas[p.subject_id], encryptor, rng)
             ps.accept_upload("http-job", 0, p.subject_id, frame)
         stub.revoked_before = stub.clock() + 1  # the cached token is refused: refresh once
         stub.clock.advance(2)
         assert ps.tick().released == [("http-job", 0)]
         assert stub.tokens_issued == 2
+        # The PS asked for tokens for the KGC's audience, signed over that audience.
+        assert [body["audience"] for body in stub.token_requests] == ["kgc", "kgc"]
+        # Its release request carried the contributors' statements, no receipts.
+        header = stub.fake.release_headers[-1]
+        assert "receipts" not in header
+        assert header["contributors"] == [p.subject_id for p in participants]
+        assert [s["statement"]["subject_id"] for s in header["statements"]] == (
+            header["contributors"]
+        )
         expected = w0 + sum(job["weights"][s] * d for s, d in deltas.items())
         for p in participants:
             got = open_model(job, p, ps.download("http-job", 0, p.subject_id))
@@ -145,17 +170,71 @@ def test_full_round_over_http_with_token_refresh(
         ps.close()
 
 
-def test_gateway_checks_what_the_kgc_signs(stub: StubKgc) -> None:
+def _request(participants: list[TestParticipant], job_id: str, n: int) -> dict[str, Any]:
+    """The terms a PS would ask the KGC to sign for a small job."""
+    definition = parse_definition(
+        make_definition(job_id, participants, np.zeros(20)), n, param_server="ps-1"
+    )
+    packing = definition.packing(n)
+    return requested_terms(
+        job_id=job_id,
+        definition=definition.normalised,
+        packing=packing.to_json(),
+        weights=definition.weights,
+        width=definition.encoding.width,
+        num_plaintexts=packing.num_plaintexts,
+    )
+
+
+def test_gateway_checks_what_the_kgc_signs(
+    stub: StubKgc, participants: list[TestParticipant]
+) -> None:
     key = generate_signing_key()
     stub.enrolled_key = public_key_hex(key)
-    stub.sign_jobs_with = generate_signing_key()  # not the KGC's published key
     gateway = HttpKgcGateway(KGC_URL, "ps-1", key, clock=stub.clock, session=FlaskSession(stub.app))
+    info = gateway.info()
+    n = int(info.params.n)
+
+    def check(job_id: str, *, param_server: str = "ps-1") -> Any:
+        request = _request(participants, job_id, n)
+        return check_job_answer(
+            gateway.create_job(job_id, request),
+            info,
+            job_id=job_id,
+            requested=request,
+            param_server=param_server,
+        )
+
+    terms, signature = check("good")
+    assert terms.param_server == "ps-1" and terms.job_id == "good"
+    assert terms.raw == dict(stub.fake.jobs["good"].terms.raw) and isinstance(signature, str)
+
+    def refused(job_id: str, **kwargs: Any) -> None:
+        with pytest.raises(KgcError) as err:
+            check(job_id, **kwargs)
+        assert (err.value.status, err.value.code) == (502, "bad-kgc-answer"), err.value
+
+    refused("other-ps", param_server="ps-2")  # signed for another server
+    stub.sign_jobs_with = generate_signing_key()  # not the KGC's published key
+    refused("forged")
+    stub.sign_jobs_with = stub.fake.signing_key
+    stub.tamper_terms = lambda t: {**t, "quorum": 1}  # re-signed, but not what was asked
+    refused("lower-quorum")
+    stub.tamper_terms = lambda t: {**t, "weights": {**t["weights"], "p1": 0.5}}
+    refused("other-weights")
+    stub.tamper_terms = lambda t: {**t, "param_server": "ps-2"}
+    refused("renamed")
+
+    stub.tamper_terms = lambda t: t
+    request = _request(participants, "ghosts", n)
+    ghostly = {**request, "participants": ["p1", "ghost"], "weights": {"p1": 0.5, "ghost": 0.5}}
     with pytest.raises(KgcError) as err:
-        gateway.create_job("j", 4, ["p1", "p2"], 2)
-    assert (err.value.status, err.value.code) == (502, "bad-kgc-answer")
+        gateway.create_job("ghosts", ghostly)
+    assert (err.value.status, err.value.code) == (422, "unknown-participant")
+    assert not err.value.retryable
     with pytest.raises(KgcError) as err:
-        gateway.create_job("j2", 4, ["p1", "ghost"], 2)
-    assert err.value.status == 422 and not err.value.retryable
+        gateway.create_job("mislabelled", request)  # terms name job "ghosts"
+    assert (err.value.status, err.value.code) == (422, "job-mismatch")
 
     bundle: dict[str, Any] = {
         "job_id": "j",

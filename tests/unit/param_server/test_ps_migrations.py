@@ -74,7 +74,13 @@ def test_postgres_history_and_a_whole_round(
     participants: list[TestParticipant],
 ) -> None:
     from common.blocks import VectorEncryptor
-    from param_server.testing import job_key_of, make_definition, open_model, upload_frame
+    from param_server.testing import (
+        PS_SUBJECT_ID,
+        job_key_of,
+        job_terms_of,
+        make_definition,
+        open_model,
+    )
 
     migrate("param_server", postgres_url)
     assert _schema_diff(postgres_url) == []
@@ -88,14 +94,16 @@ def test_postgres_history_and_a_whole_round(
         clock=world.clock,
         rng=random.Random(6),
         window=4,
+        subject_id=PS_SUBJECT_ID,
     )
     try:
         w0 = np.linspace(-1, 1, 100)
         job = world.ps.create_job(make_definition("pg-job", participants, w0, rounds=1))
+        terms = job_terms_of(job, world.kgc.info())
         encryptor = VectorEncryptor(job_key_of(job), window=4)
         delta = np.full(100, 0.25)
         rng = random.Random(5)
-        frames = [upload_frame(job, p.subject_id, 0, delta, encryptor, rng) for p in participants]
+        frames = [p.frame(job, terms, 0, delta, encryptor, rng) for p in participants]
         servers = [world.ps, other, world.ps, other]
         with ThreadPoolExecutor(4) as pool:
             list(

@@ -1,8 +1,18 @@
-"""The participant client library without HTTP: identity at rest, tokens, the upload path."""
+"""The participant client library without HTTP: identity, pinned KGC, tokens, jobs, uploads.
+
+The KGC and the PS are fakes (:mod:`participant.testing`) whose answers are built with the
+shared protocol code. Most tests play a dishonest PS: it serves a job the KGC did not sign,
+swaps in a job key of its own, changes what the participants train, lowers the quorum, or
+names another server. The client must refuse each before it encrypts anything.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -11,43 +21,175 @@ import pytest
 from common.bcp import MasterKey, PublicParams
 from common.blocks import BlockLayout, decrypt_vector, generate_job_key
 from common.encoding import PackingLayout, decode_vector
-from common.sealing import SealError
-from common.signing import b64encode, public_key_from_hex, verify_json
+from common.protocol import (
+    DEFAULT_MIN_QUORUM,
+    KGC_AUDIENCE,
+    ProtocolError,
+    token_challenge,
+    verify_upload_statement,
+)
+from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
+from common.signing import (
+    b64encode,
+    generate_signing_key,
+    public_key_from_hex,
+    public_key_hex,
+    sign_json,
+    verify_json,
+)
 from common.wire import decode_frame, to_obj
-from participant.client import Identity, JobView, ParticipantClient, decode_weights
-from participant.models import MLP
+from participant.client import ClientError, Identity, JobView, ParticipantClient, decode_weights
+from participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, FakePs, JobWorld
 from participant.training import TrainingConfig, local_fit, participant_rng
 
-
-def _identity(params: PublicParams, rng: random.Random, subject: str = "alice") -> Identity:
-    return Identity.generate(subject, params, rng)
+SUBJECTS = ["p0", "bob", "p2"]
 
 
-def test_identity_sealing_round_trip(
-    params_1024: tuple[PublicParams, MasterKey], rng: random.Random
-) -> None:
-    identity = _identity(params_1024[0], rng)
-    identity.certificate = {"subject_id": "alice", "role": "participant"}
-    identity.kgc_url = "http://kgc"
+@pytest.fixture
+def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> JobWorld:
+    return JobWorld(params_1024[0], rng, SUBJECTS)
+
+
+@pytest.fixture
+def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
+    net = FakeNetwork(world)
+    monkeypatch.setattr("participant.client.ServiceClient", net.service_client)
+    return net
+
+
+@pytest.fixture
+def bob(world: JobWorld, network: FakeNetwork, rng: random.Random) -> Iterator[ParticipantClient]:
+    client = ParticipantClient(world.identities["bob"], KGC_URL, rng=rng, clock=network.kgc.clock)
+    yield client
+    client.close()
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    data_rng = np.random.default_rng(3)
+    return data_rng.random((40, 8)), data_rng.integers(0, 3, 40)
+
+
+def _refused(client: ParticipantClient, reason: str, **kwargs: Any) -> ClientError:
+    with pytest.raises(ClientError) as caught:
+        client.fetch_job(PS_URL, "unit-1", **kwargs)
+    assert caught.value.code == "job-refused"
+    assert caught.value.reason == reason
+    assert str(caught.value).startswith(f"job refused: {reason}: ")
+    return caught.value
+
+
+def _nothing_encrypted(client: ParticipantClient, ps: FakePs) -> None:
+    assert not client._encryptors and not client._masks
+    assert ps.uploads == []
+    assert [r for r in ps.requests if r[0] == "POST"] == []
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_identity_sealing_round_trip(world: JobWorld) -> None:
+    identity = world.identities["bob"]
     sealed = identity.to_sealed("correct horse")
-    assert "alice" not in str(sealed)  # nothing readable at rest
+    assert "bob" not in str(sealed)  # nothing readable at rest
     opened = Identity.from_sealed(sealed, "correct horse")
-    assert opened.subject_id == "alice"
+    assert opened.subject_id == "bob"
     assert opened.secret_key == identity.secret_key
     assert opened.signing_key_hex == identity.signing_key_hex
     assert opened.certificate == identity.certificate
-    assert opened.kgc_url == "http://kgc"
+    assert opened.kgc_url == KGC_URL
+    assert opened.kgc_verify_key == world.kgc_verify_key
     with pytest.raises(SealError):
         Identity.from_sealed(sealed, "wrong")
     assert "a=" not in repr(opened)
 
 
-def test_token_is_signed_challenge_and_cached(
-    params_1024: tuple[PublicParams, MasterKey], rng: random.Random
+def test_an_identity_sealed_before_pinning_opens_without_a_key(world: JobWorld) -> None:
+    plain = json.loads(open_with_passphrase(world.identities["bob"].to_sealed("pw"), "pw"))
+    del plain["kgc_verify_key"]  # what older node databases hold
+    old = Identity.from_sealed(seal_with_passphrase(json.dumps(plain).encode(), "pw"), "pw")
+    assert old.kgc_verify_key is None and old.certificate is not None
+
+
+def test_enrolment_pins_the_kgc_key_after_checking_the_certificate(
+    world: JobWorld, network: FakeNetwork, rng: random.Random
 ) -> None:
-    identity = _identity(params_1024[0], rng)
+    network.kgc.codes["dave"] = "code-1"
+    client = ParticipantClient.enrol(KGC_URL, "dave", "code-1", rng=rng)
+    identity = client.identity
+    assert identity.kgc_verify_key == world.kgc_verify_key
+    assert identity.certificate is not None
+    assert identity.certificate["signing_key"] == identity.signing_key_hex
+    assert identity.certificate["bcp_public_key"] == to_obj(identity.public_key)
+    reopened = Identity.from_sealed(identity.to_sealed("pw"), "pw")
+    assert reopened.kgc_verify_key == world.kgc_verify_key
+    client.close()
+
+
+def test_enrolment_refuses_a_certificate_for_other_keys(
+    network: FakeNetwork, rng: random.Random
+) -> None:
+    other = public_key_hex(generate_signing_key())
+    network.kgc.codes["dave"] = "code-1"
+    network.kgc.tamper_certificate = lambda cert: {**cert, "signing_key": other}
+    with pytest.raises(ClientError, match="signing_key") as caught:
+        ParticipantClient.enrol(KGC_URL, "dave", "code-1", rng=rng)
+    assert caught.value.code == "bad-certificate"
+
+
+def test_enrolment_refuses_a_certificate_not_signed_by_the_published_key(
+    network: FakeNetwork, rng: random.Random
+) -> None:
+    network.kgc.codes["dave"] = "code-1"
+    network.kgc.info["verify_key"] = public_key_hex(generate_signing_key())
+    with pytest.raises(ClientError) as caught:
+        ParticipantClient.enrol(KGC_URL, "dave", "code-1", rng=rng)
+    assert caught.value.code == "bad-certificate"
+
+
+def test_enrolment_refuses_other_parameters(
+    network: FakeNetwork, rng: random.Random, small_params: tuple[PublicParams, MasterKey]
+) -> None:
+    network.kgc.codes["dave"] = "code-1"
+    with pytest.raises(ClientError) as caught:
+        ParticipantClient.enrol(KGC_URL, "dave", "code-1", small_params[0], rng=rng)
+    assert caught.value.code == "bad-kgc-info"
+
+
+def test_an_older_identity_pins_the_kgc_key_once(
+    world: JobWorld, network: FakeNetwork, rng: random.Random
+) -> None:
+    identity = copy.copy(world.identities["bob"])
+    identity.kgc_verify_key = None
+    client = ParticipantClient(identity, KGC_URL, rng=rng)
+    assert client.ensure_kgc_pinned() is True
+    assert identity.kgc_verify_key == world.kgc_verify_key
+    assert client.ensure_kgc_pinned() is False  # never fetched (nor changed) again
+    network.kgc.info["verify_key"] = public_key_hex(generate_signing_key())
+    assert client.kgc_verify_key == world.kgc_verify_key
+
+
+def test_an_older_identity_refuses_a_kgc_key_that_did_not_sign_its_certificate(
+    world: JobWorld, network: FakeNetwork, rng: random.Random
+) -> None:
+    identity = copy.copy(world.identities["bob"])
+    identity.kgc_verify_key = None
+    network.kgc.info["verify_key"] = public_key_hex(generate_signing_key())
+    client = ParticipantClient(identity, KGC_URL, rng=rng)
+    with pytest.raises(ClientError) as caught:
+        client.ensure_kgc_pinned()
+    assert caught.value.code == "bad-certificate"
+    assert identity.kgc_verify_key is None
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def test_tokens_are_per_audience_signed_challenges_and_cached(
+    world: JobWorld, rng: random.Random
+) -> None:
+    identity = world.identities["bob"]
     now = [1_700_000_000.0]
-    client = ParticipantClient(identity, "http://kgc", rng=rng, clock=lambda: now[0])
+    client = ParticipantClient(identity, KGC_URL, rng=rng, clock=lambda: now[0])
     sent: list[dict[str, Any]] = []
 
     def post_json(path: str, body: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -56,127 +198,297 @@ def test_token_is_signed_challenge_and_cached(
         return {"token": f"tok{len(sent)}", "expires_at": now[0] + 300}
 
     client._kgc.post_json = post_json  # type: ignore[method-assign]
-    assert client.token() == "tok1"
-    assert client.token() == "tok1"  # cached
-    body = sent[0]
-    challenge = {
-        "purpose": "token",
-        "subject_id": "alice",
-        "timestamp": body["timestamp"],
-        "nonce": body["nonce"],
-    }
-    verify_json(public_key_from_hex(identity.signing_key_hex), challenge, body["signature"])
+    assert client.token(PS_SUBJECT) == "tok1"
+    assert client.token(PS_SUBJECT) == "tok1"  # cached per audience
+    assert client.token() == "tok2"  # the KGC's own audience is another token
+    assert client.token(KGC_AUDIENCE) == "tok2"
+    assert [b["audience"] for b in sent] == [PS_SUBJECT, KGC_AUDIENCE]
+    for body in sent:
+        challenge = token_challenge("bob", body["timestamp"], body["nonce"], body["audience"])
+        verify_json(public_key_from_hex(identity.signing_key_hex), challenge, body["signature"])
     now[0] += 290  # within the renewal margin
-    assert client.token() == "tok2"
-    assert sent[1]["nonce"] != sent[0]["nonce"]
+    assert client.token(PS_SUBJECT) == "tok3"
+    assert sent[2]["nonce"] != sent[0]["nonce"]
 
 
-def _job_view(params: PublicParams, rng: random.Random, subjects: list[str]) -> dict[str, Any]:
-    model = MLP([8, 5, 3])
-    w0 = model.init_parameters(np.random.default_rng(1))
-    job_key = generate_job_key(params, 4, rng)
-    packing = PackingLayout(modulus=params.n, length=model.num_parameters)
-    counts = [30, 50, 20]
-    return {
-        "job_id": "unit-1",
-        "definition": {
-            "job_id": "unit-1",
-            "model": model.spec(),
-            "initial_weights": b64encode(np.asarray(w0, dtype="<f8").tobytes()),
-            "training": {"learning_rate": 0.5, "local_epochs": 2, "batch_size": 8, "seed": 7},
-            "participants": [
-                {"subject_id": s, "num_samples": n} for s, n in zip(subjects, counts, strict=True)
-            ],
-            "quorum": 2,
-            "rounds": 3,
-            "encoding": {"clip_bound": 16.0},
-        },
-        "job_key": to_obj(job_key),
-        "packing": packing.to_json(),
-        "weights": {s: n / sum(counts) for s, n in zip(subjects, counts, strict=True)},
-        "current_round": 0,
-        "rounds_total": 3,
-        "status": "running",
-    }
-
-
-def test_upload_frame_decodes_to_weighted_update(
-    params_1024: tuple[PublicParams, MasterKey], rng: random.Random
+def test_the_ps_gets_only_tokens_for_its_own_subject_id(
+    bob: ParticipantClient, network: FakeNetwork
 ) -> None:
-    params, master = params_1024
-    subjects = ["p0", "bob", "p2"]
-    raw = _job_view(params, rng, subjects)
-    job = JobView.parse("http://ps", raw)
-    identity = _identity(params, rng, "bob")
-    client = ParticipantClient(identity, "http://kgc", rng=rng)
-    uploads: list[tuple[str, bytes]] = []
+    bob.fetch_job(PS_URL, "unit-1")
+    assert bob.ps_subject(PS_URL) == PS_SUBJECT  # learned from its /v1/info
+    assert [r["audience"] for r in network.kgc.token_requests] == [PS_SUBJECT]
+    assert all(tok is None for m, p, tok in network.ps.requests if p == "/v1/info")
 
-    class FakePs:
-        def post_bytes(self, path: str, data: bytes) -> dict[str, Any]:
-            uploads.append((path, data))
-            return {"receipt": {"subject_id": "bob"}, "signature": "sig"}
 
-    client._ps = lambda _url: FakePs()  # type: ignore[assignment,method-assign,return-value]
-    data_rng = np.random.default_rng(3)
-    X = data_rng.random((40, 8))
-    y = data_rng.integers(0, 3, 40)
-    w0 = decode_weights(raw["definition"]["initial_weights"])
+def test_a_ps_claiming_another_ps_subject_id_gets_no_token(
+    world: JobWorld, bob: ParticipantClient, network: FakeNetwork
+) -> None:
+    bob.fetch_job(PS_URL, "unit-1")
+    liar = FakePs(world, subject_id="sub-liar", claimed_subject=PS_SUBJECT)
+    network.services["http://liar.test"] = liar
+    with pytest.raises(ClientError) as caught:
+        bob.fetch_job("http://liar.test", "unit-1")
+    assert caught.value.code == "ps-subject-conflict"
+    assert all(tok is None for _, _, tok in liar.requests)  # only /v1/info, no token
+    with pytest.raises(ClientError):
+        bob.fetch_job("http://liar.test", "unit-1", ps_subject_id=PS_SUBJECT)
 
-    receipt, metrics = client.train_and_upload(job, 1, w0, X, y)
 
-    assert receipt["receipt"]["subject_id"] == "bob"
-    path, frame = uploads[0]
-    assert path == "/v1/jobs/unit-1/rounds/1/uploads"
+# --------------------------------------------------------------------------- honest jobs
+
+
+def test_an_honest_job_is_accepted_and_typed_from_the_signed_terms(
+    world: JobWorld, bob: ParticipantClient
+) -> None:
+    job = bob.fetch_job(PS_URL, "unit-1")
+    terms = world.terms()
+    assert job.terms.digest == terms.digest
+    assert job.job_key == terms.job_key
+    assert job.participants == SUBJECTS and job.weights == pytest.approx(world.weights)
+    assert job.rounds_total == 3 and job.ps_subject_id == PS_SUBJECT
+    assert job.job_id == "unit-1"
+    np.testing.assert_array_equal(job.initial_weights, world.initial_weights)
+
+
+def test_unsigned_fields_of_the_view_are_not_used(
+    world: JobWorld, bob: ParticipantClient, network: FakeNetwork
+) -> None:
+    """``rounds_total`` is not part of the terms: the signed ``rounds`` wins."""
+    network.ps.serve = lambda view: {**view, "rounds_total": 99}
+    assert bob.fetch_job(PS_URL, "unit-1").rounds_total == 3
+
+
+# --------------------------------------------------------------------------- dishonest PS
+
+
+def test_a_job_not_signed_by_the_pinned_kgc_is_refused(
+    world: JobWorld, bob: ParticipantClient, network: FakeNetwork
+) -> None:
+    world.resign(kgc_key=generate_signing_key())  # the PS (or anyone) signed it
+    error = _refused(bob, "bad-job-signature")
+    assert "pinned KGC key" in error.message
+    assert not bob._jobs  # no view of it is kept to train or upload for
+    _nothing_encrypted(bob, network.ps)
+
+
+def test_a_job_key_of_the_ps_in_the_view_is_refused(
+    world: JobWorld, bob: ParticipantClient, network: FakeNetwork, rng: random.Random
+) -> None:
+    own = to_obj(generate_job_key(world.params, world.width, rng))  # the PS knows its a_j
+    network.ps.serve = lambda view: {**view, "job_key": own}
+    _refused(bob, "job-mismatch")
+    _nothing_encrypted(bob, network.ps)
+
+
+def test_a_job_key_of_the_ps_in_the_terms_is_refused(
+    world: JobWorld, bob: ParticipantClient, network: FakeNetwork, rng: random.Random
+) -> None:
+    own = to_obj(generate_job_key(world.params, world.width, rng))
+
+    def swap(view: dict[str, Any]) -> dict[str, Any]:
+        return {**view, "job_key": own, "job_terms": {**view["job_terms"], "job_key": own}}
+
+    network.ps.serve = swap
+    _refused(bob, "bad-job-signature")
+    _nothing_encrypted(bob, network.ps)
+
+
+def _change_definition(view: dict[str, Any]) -> None:
+    view["definition"]["training"]["learning_rate"] = 5.0
+
+
+def _change_initial_weights(view: dict[str, Any]) -> None:
+    w = decode_weights(view["definition"]["initial_weights"]) + 1.0
+    view["definition"]["initial_weights"] = b64encode(np.asarray(w, dtype="<f8").tobytes())
+
+
+def _change_weights(view: dict[str, Any]) -> None:
+    view["weights"] = {s: (1.0 if s == "bob" else 0.01) for s in view["weights"]}
+
+
+def _change_packing(view: dict[str, Any]) -> None:
+    view["packing"]["frac_bits"] = int(view["packing"].get("frac_bits", 20)) - 4
+
+
+def _change_model(view: dict[str, Any]) -> None:
+    view["definition"]["model"]["layer_sizes"] = [8, 6, 3]
+
+
+def _change_job_id(view: dict[str, Any]) -> None:
+    view["job_id"] = "unit-2"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _change_definition,
+        _change_initial_weights,
+        _change_weights,
+        _change_packing,
+        _change_model,
+        _change_job_id,
+    ],
+)
+def test_a_view_that_differs_from_the_signed_digests_is_refused(
+    bob: ParticipantClient, network: FakeNetwork, change: Any
+) -> None:
+    def serve(view: dict[str, Any]) -> dict[str, Any]:
+        change(view)
+        return view
+
+    network.ps.serve = serve
+    _refused(bob, "job-mismatch")
+    _nothing_encrypted(bob, network.ps)
+
+
+def test_another_signed_job_served_under_this_id_is_refused(
+    world: JobWorld, bob: ParticipantClient, network: FakeNetwork
+) -> None:
+    world.job_id = world.definition["job_id"] = "other-job"
+    world.resign()
+    other = world.view()
+    network.ps.serve = lambda _view: other
+    world.job_id = "unit-1"  # the fake PS still routes the requested id
+    with pytest.raises(ClientError) as caught:
+        bob.fetch_job(PS_URL, "unit-1")
+    assert caught.value.code == "job-refused" and caught.value.reason == "job-mismatch"
+    assert "other-job" in caught.value.message
+
+
+def test_a_quorum_below_the_minimum_is_refused_unless_configured(
+    world: JobWorld, network: FakeNetwork, rng: random.Random
+) -> None:
+    world.definition["quorum"] = 2
+    world.resign()
+    assert DEFAULT_MIN_QUORUM == 3
+    default = ParticipantClient(world.identities["bob"], KGC_URL, rng=rng)
+    error = _refused(default, "quorum-too-small")
+    assert "at least 3" in error.message
+    _nothing_encrypted(default, network.ps)
+    lowered = ParticipantClient(world.identities["bob"], KGC_URL, rng=rng, min_quorum=2)
+    assert lowered.fetch_job(PS_URL, "unit-1").terms.quorum == 2
+    with pytest.raises(ValueError):
+        ParticipantClient(world.identities["bob"], KGC_URL, min_quorum=0)
+
+
+def test_terms_naming_another_ps_are_refused(
+    world: JobWorld, bob: ParticipantClient, network: FakeNetwork
+) -> None:
+    world.resign(param_server="sub-other-ps")
+    _refused(bob, "wrong-param-server")
+    _nothing_encrypted(bob, network.ps)
+
+
+def test_a_pinned_ps_subject_id_is_the_audience_without_asking_the_ps(
+    bob: ParticipantClient, network: FakeNetwork
+) -> None:
+    assert bob.fetch_job(PS_URL, "unit-1", ps_subject_id=PS_SUBJECT).ps_subject_id == PS_SUBJECT
+    assert [p for _, p, _ in network.ps.requests] == ["/v1/jobs/unit-1"]
+    assert [r["audience"] for r in network.kgc.token_requests] == [PS_SUBJECT]
+
+
+def test_terms_naming_another_ps_than_the_pinned_one_are_refused(
+    world: JobWorld, network: FakeNetwork, rng: random.Random
+) -> None:
+    """The PS at the URL is ``sub-ps``, but the operator pinned ``sub-other-ps`` for it."""
+    other = FakePs(world, subject_id="sub-other-ps")
+    network.services[PS_URL] = other
+    world.ps_subject = "sub-other-ps"  # the fake KGC issues tokens for it...
+    world.resign(param_server=PS_SUBJECT)  # ...but the KGC signed the job for sub-ps
+    client = ParticipantClient(world.identities["bob"], KGC_URL, rng=rng)
+    _refused(client, "wrong-param-server", ps_subject_id="sub-other-ps")
+    _nothing_encrypted(client, other)
+
+
+def test_terms_with_another_signing_key_for_us_are_refused(
+    world: JobWorld, network: FakeNetwork, rng: random.Random
+) -> None:
+    me = copy.copy(world.identities["bob"])
+    me.signing_key = generate_signing_key()  # the KGC certified someone else's key as bob
+    client = ParticipantClient(me, KGC_URL, rng=rng)
+    network.kgc.signing_keys["bob"] = me.signing_key_hex
+    _refused(client, "wrong-signing-key")
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def test_upload_frame_decodes_to_weighted_update_with_a_signed_statement(
+    params_1024: tuple[PublicParams, MasterKey],
+    world: JobWorld,
+    bob: ParticipantClient,
+    network: FakeNetwork,
+) -> None:
+    _, master = params_1024
+    job = bob.fetch_job(PS_URL, "unit-1")
+    X, y = _data()
+    w0 = job.initial_weights
+
+    receipt, metrics = bob.train_and_upload(job, 1, w0, X, y)
+
+    assert receipt["receipt"]["subject_id"] == "bob"  # the fake PS checked the statement
+    [(round_number, frame)] = network.ps.uploads
+    assert round_number == 1
     parsed = decode_frame(frame)
     assert parsed.header["job_id"] == "unit-1" and parsed.header["round"] == 1
+    payload_sha256 = hashlib.sha256(parsed.payload).hexdigest()
+    statement = verify_upload_statement(
+        parsed.header["statement"],
+        world.terms(),
+        round_number=1,
+        subject_id="bob",
+        payload_sha256=payload_sha256,
+    )
+    assert statement["audience"] == PS_SUBJECT
+    for wrong in ({"round_number": 2}, {"round_number": 1, "subject_id": "p0"}):
+        with pytest.raises(ProtocolError):
+            verify_upload_statement(
+                parsed.header["statement"], world.terms(), payload_sha256=payload_sha256, **wrong
+            )
+    with pytest.raises(ProtocolError):
+        verify_upload_statement(
+            parsed.header["statement"],
+            world.terms(),
+            round_number=1,
+            payload_sha256=hashlib.sha256(b"another payload").hexdigest(),
+        )
     decoded = decode_vector(decrypt_vector(master, parsed.vector(job.job_key)), job.packing)
     config = TrainingConfig(learning_rate=0.5, local_epochs=2, batch_size=8)
     expected = local_fit(job.model, w0, X, y, config, participant_rng(7, 1, 1)).update
-    w_i = raw["weights"]["bob"]
+    w_i = world.weights["bob"]
     assert np.max(np.abs(decoded - w_i * expected)) <= 2.0**-18
     assert metrics["bytes_up"] == len(frame)
     assert metrics["clip"]["clipped"] == 0
     timings = metrics["timings"]
     assert {"train_s", "encode_s", "masks_s", "encrypt_s", "upload_s"} <= set(timings)
     assert timings["masks_wait_s"] <= timings["encrypt_s"]
-    client.close()
 
 
 def test_masks_for_the_next_round_are_prepared_and_never_reused(
-    params_1024: tuple[PublicParams, MasterKey], rng: random.Random
+    params_1024: tuple[PublicParams, MasterKey], bob: ParticipantClient, network: FakeNetwork
 ) -> None:
     """After an upload the next round's masks are computed in the background, once."""
-    params, master = params_1024
-    raw = _job_view(params, rng, ["p0", "bob", "p2"])
-    job = JobView.parse("http://ps", raw)
+    _, master = params_1024
+    job = bob.fetch_job(PS_URL, "unit-1")
     assert job.rounds_total > 2
-    client = ParticipantClient(_identity(params, rng, "bob"), "http://kgc", rng=rng)
-    frames: list[bytes] = []
-
-    class FakePs:
-        def post_bytes(self, path: str, data: bytes) -> dict[str, Any]:
-            frames.append(data)
-            return {"receipt": {"subject_id": "bob"}, "signature": "sig"}
-
-    client._ps = lambda _url: FakePs()  # type: ignore[assignment,method-assign,return-value]
     X, y = np.ones((6, 8)), np.array([0, 1, 2, 0, 1, 2])
-    w0 = decode_weights(raw["definition"]["initial_weights"])
-    client.train_and_upload(job, 0, w0, X, y)
-    pending = client._masks[job.job_id]
+    w0 = job.initial_weights
+    bob.train_and_upload(job, 0, w0, X, y)
+    pending = bob._masks[job.job_id]
     masks, _ = pending.result()
     assert not masks.used and masks._zero is not None
     prepared_a = [masks._zero.elements[i] for i in range(len(masks._zero.elements))]
-    client.train_and_upload(job, 1, w0, X, y)
+    bob.train_and_upload(job, 1, w0, X, y)
     assert masks.used  # round 1 used exactly the masks prepared after round 0
     a_offsets = [offset for offset, _ in job_layout(job).block_offsets()]
-    first, second = (decode_frame(f).vector(job.job_key) for f in frames)
+    first, second = (decode_frame(f).vector(job.job_key) for _, f in network.ps.uploads)
     assert all(first.elements[i] != second.elements[i] for i in a_offsets)  # fresh g^r
     assert [second.elements[i] for i in a_offsets] == [prepared_a[i] for i in a_offsets]
     assert len(decrypt_vector(master, second)) == job.packing.num_plaintexts
-    client.train_and_upload(job, job.rounds_total - 1, w0, X, y)
-    assert job.job_id not in client._masks  # no round after the last one
-    client.close()
-    assert client._mask_thread is None and not client._encryptors
+    bob.train_and_upload(job, job.rounds_total - 1, w0, X, y)
+    assert job.job_id not in bob._masks  # no round after the last one
+    bob.close()
+    assert bob._mask_thread is None and not bob._encryptors
 
 
 def job_layout(job: JobView) -> BlockLayout:
@@ -184,10 +496,30 @@ def job_layout(job: JobView) -> BlockLayout:
 
 
 def test_not_a_participant_is_refused(
-    params_1024: tuple[PublicParams, MasterKey], rng: random.Random
+    world: JobWorld, network: FakeNetwork, rng: random.Random
 ) -> None:
-    params, _ = params_1024
-    job = JobView.parse("http://ps", _job_view(params, rng, ["a", "b", "c"]))
-    client = ParticipantClient(_identity(params, rng, "mallory"), "http://kgc", rng=rng)
-    with pytest.raises(RuntimeError, match="not a participant"):
+    job = JobView.parse(PS_URL, world.view(), world.terms())
+    outsider = Identity.generate("mallory", world.params, rng)
+    client = ParticipantClient(outsider, KGC_URL, rng=rng)
+    with pytest.raises(ClientError, match="not a participant") as caught:
         client.train_and_upload(job, 0, job.initial_weights, np.zeros((2, 8)), np.zeros(2, int))
+    assert caught.value.code == "not-a-participant"
+    assert network.ps.uploads == []
+
+
+def test_a_packing_inconsistent_with_the_signed_terms_is_refused(
+    world: JobWorld, params_1024: tuple[PublicParams, MasterKey]
+) -> None:
+    """Signed, but not usable: a packing modulo another N than the KGC's."""
+    world.packing = PackingLayout(modulus=int(params_1024[0].n) - 2, length=63).to_json()
+    world.resign()
+    with pytest.raises(ClientError) as caught:
+        JobView.parse(PS_URL, world.view(), world.terms())
+    assert caught.value.reason == "bad-job"
+
+
+def test_sign_json_fixture_sanity(world: JobWorld) -> None:
+    """The fakes sign with the world's KGC key (what the client pins)."""
+    cert = world.identities["bob"].certificate
+    verify_json(world.kgc_key.public_key(), cert, world.identities["bob"].certificate_signature)
+    assert sign_json(world.kgc_key, {"a": 1}) != sign_json(generate_signing_key(), {"a": 1})

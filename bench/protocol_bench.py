@@ -1,0 +1,153 @@
+"""What the signed protocol messages cost (issue 11, step 1): bytes and CPU per party.
+
+``python -m bench.protocol_bench [--params N] [--k K]`` builds the job terms of an MLP with
+``N`` parameters (default 109,386, the MNIST MLP) and prints, measured in one run:
+
+- the participant's ``check_job_view`` (KGC signature + digests of what the PS serves),
+- signing one upload statement, and its size in the upload frame's header,
+- the PS's check of one statement, and the KGC's check of a release request with ``K``
+  statements (schedule, quorum, one Ed25519 verification per contributor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from common.blocks import generate_job_key
+from common.demo_params import load_demo_master_key
+from common.encoding import PackingLayout
+from common.protocol import (
+    build_upload_statement,
+    check_job_view,
+    check_release_request,
+    release_request_header,
+    requested_terms,
+    sign_job_terms,
+    verify_upload_statement,
+)
+from common.signing import b64encode, generate_signing_key, public_key_hex
+from common.wire import to_obj
+
+
+def _median_ms(call: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=int, default=109_386)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    params = load_demo_master_key(2048).params
+    kgc = generate_signing_key()
+    subjects = [f"sub-{i:016x}" for i in range(args.k)]
+    keys = {s: generate_signing_key() for s in subjects}
+    weights = np.random.default_rng(0).normal(0, 0.1, args.params)
+    definition = {
+        "job_id": "bench-job",
+        "model": {"kind": "mlp", "layer_sizes": [784, 128, 64, 10]},
+        "initial_weights": b64encode(weights.astype("<f8").tobytes()),
+        "training": {"learning_rate": 0.1},
+        "participants": [{"subject_id": s, "num_samples": 100} for s in subjects],
+        "quorum": 3,
+        "rounds": 10,
+    }
+    packing = PackingLayout(modulus=int(params.n), length=args.params).to_json()
+    public_weights = {s: 1 / args.k for s in subjects}
+    job_key = to_obj(generate_job_key(params, 16, random.Random(1)))
+    requested = requested_terms(
+        job_id="bench-job",
+        definition=definition,
+        packing=packing,
+        weights=public_weights,
+        width=16,
+        num_plaintexts=PackingLayout.from_json(packing).num_plaintexts,
+    )
+    signed, signature = sign_job_terms(
+        kgc,
+        requested,
+        param_server="sub-ps",
+        signing_keys={s: public_key_hex(k) for s, k in keys.items()},
+        job_key=job_key,
+    )
+    view = {
+        "job_id": "bench-job",
+        "definition": definition,
+        "packing": packing,
+        "weights": public_weights,
+        "job_key": job_key,
+        "job_terms": signed,
+        "job_terms_signature": signature,
+    }
+    terms = check_job_view(view, kgc.public_key(), params)
+    digest = hashlib.sha256(b"payload").hexdigest()
+    statements = [
+        build_upload_statement(keys[s], terms, round_number=0, subject_id=s, payload_sha256=digest)
+        for s in subjects
+    ]
+    header = release_request_header(job_id="bench-job", round_number=0, statements=statements)
+    rows = [
+        (
+            "participant: check_job_view (signature + digests of the served job)",
+            _median_ms(lambda: check_job_view(view, kgc.public_key(), params), args.repeat),
+        ),
+        (
+            "participant: sign one upload statement",
+            _median_ms(
+                lambda: build_upload_statement(
+                    keys[subjects[0]],
+                    terms,
+                    round_number=0,
+                    subject_id=subjects[0],
+                    payload_sha256=digest,
+                ),
+                args.repeat,
+            ),
+        ),
+        (
+            "PS: verify one upload statement",
+            _median_ms(
+                lambda: verify_upload_statement(
+                    statements[0],
+                    terms,
+                    round_number=0,
+                    subject_id=subjects[0],
+                    payload_sha256=digest,
+                ),
+                args.repeat,
+            ),
+        ),
+        (
+            f"KGC: check a release request with K={args.k} statements",
+            _median_ms(lambda: check_release_request(header, terms, next_round=0), args.repeat),
+        ),
+    ]
+    statement_bytes = len(json.dumps(statements[0], separators=(",", ":")))
+    print(f"Protocol messages, {args.params:,} parameters, 2048-bit N, K={args.k}")
+    print(f"{'step':<72} {'median ms':>10}")
+    for name, ms in rows:
+        print(f"{name:<72} {ms:>10.3f}")
+    print(f"{'signed upload statement in the frame header (bytes)':<72} {statement_bytes:>10}")
+    print(
+        f"{'signed job terms served with the job view (bytes)':<72} {len(json.dumps(signed)):>10}"
+    )
+
+
+if __name__ == "__main__":
+    main()

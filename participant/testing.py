@@ -1,0 +1,393 @@
+"""Test support for the participant side: a KGC-signed job and fake KGC and PS services.
+
+Used by the participant's unit and API tests (and by anyone who wants to drive a
+:class:`~participant.client.ParticipantClient` without running the services). Every
+message is built with the shared protocol code (:mod:`common.protocol`,
+:mod:`common.signing`), never re-implemented: :class:`JobWorld` signs a job's terms with
+:func:`~common.protocol.sign_job_terms` and serves the view a PS would serve;
+:class:`FakeNetwork` answers HTTP calls for a fake KGC and fake PSs and is installed in place
+of :class:`common.http.ServiceClient`::
+
+    world = JobWorld(params, rng, ["alice", "bob", "carol"])
+    network = FakeNetwork(world)
+    monkeypatch.setattr("participant.client.ServiceClient", network.service_client)
+    client = ParticipantClient(world.identities["bob"], KGC_URL)
+    job = client.fetch_job(PS_URL, world.job_id)
+
+A dishonest PS is played by changing what it serves: :attr:`FakePs.serve` maps the honest
+view to the one the PS sends.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from common.bcp import PublicParams
+from common.blocks import generate_job_key
+from common.encoding import PackingLayout
+from common.http import ServiceError
+from common.protocol import (
+    KGC_AUDIENCE,
+    requested_terms,
+    sign_job_terms,
+    token_challenge,
+    verify_job_terms,
+    verify_upload_statement,
+)
+from common.signing import (
+    SignatureError,
+    TokenError,
+    b64encode,
+    generate_signing_key,
+    issue_token,
+    public_key_from_hex,
+    public_key_hex,
+    sign_json,
+    verify_json,
+    verify_token,
+)
+from common.wire import WireError, decode_frame, to_obj
+from participant.client import Identity
+from participant.models import MLP
+
+__all__ = [
+    "KGC_URL",
+    "PS_SUBJECT",
+    "PS_URL",
+    "FakeKgc",
+    "FakeNetwork",
+    "FakePs",
+    "JobWorld",
+    "certify",
+]
+
+KGC_URL = "http://kgc.test"
+PS_URL = "http://ps.test"
+PS_SUBJECT = "sub-ps"
+TOKEN_TTL = 300
+
+
+def certify(kgc_key: Ed25519PrivateKey, identity: Identity, *, now: int = 1_700_000_000) -> None:
+    """Give ``identity`` the certificate and pinned key a KGC with ``kgc_key`` would."""
+    certificate = {
+        "subject_id": identity.subject_id,
+        "name": identity.subject_id,
+        "role": "participant",
+        "signing_key": identity.signing_key_hex,
+        "issued_at": now,
+        "bcp_public_key": to_obj(identity.public_key),
+    }
+    identity.certificate = certificate
+    identity.certificate_signature = sign_json(kgc_key, certificate)
+    identity.kgc_url = KGC_URL
+    identity.kgc_verify_key = public_key_hex(kgc_key)
+
+
+class JobWorld:
+    """A KGC key, enrolled participants, and one job the KGC signed for a PS.
+
+    ``definition``, ``packing`` and ``weights`` are what the PS serves; :meth:`resign`
+    signs them again (after a test changed them, or for another PS, quorum, key).
+    """
+
+    def __init__(
+        self,
+        params: PublicParams,
+        rng: random.Random,
+        subjects: Sequence[str],
+        *,
+        quorum: int = 3,
+        rounds: int = 3,
+        width: int = 4,
+        job_id: str = "unit-1",
+        ps_subject: str = PS_SUBJECT,
+        layers: Sequence[int] = (8, 5, 3),
+    ) -> None:
+        self.params = params
+        self.rng = rng
+        self.kgc_key = generate_signing_key()
+        self.job_id = job_id
+        self.ps_subject = ps_subject
+        self.width = width
+        self.identities: dict[str, Identity] = {}
+        for subject in subjects:
+            identity = Identity.generate(subject, params, rng)
+            certify(self.kgc_key, identity)
+            self.identities[subject] = identity
+        model = MLP(list(layers))
+        self.model = model
+        self.initial_weights = model.init_parameters(np.random.default_rng(1))
+        counts = [30 + 20 * i for i in range(len(subjects))]
+        self.definition: dict[str, Any] = {
+            "job_id": job_id,
+            "model": model.spec(),
+            "initial_weights": b64encode(np.asarray(self.initial_weights, dtype="<f8").tobytes()),
+            "training": {"learning_rate": 0.5, "local_epochs": 2, "batch_size": 8, "seed": 7},
+            "participants": [
+                {"subject_id": s, "num_samples": n} for s, n in zip(subjects, counts, strict=True)
+            ],
+            "quorum": quorum,
+            "rounds": rounds,
+            "encoding": {"clip_bound": 16.0},
+        }
+        self.packing = PackingLayout(modulus=int(params.n), length=model.num_parameters).to_json()
+        self.weights = {s: n / sum(counts) for s, n in zip(subjects, counts, strict=True)}
+        self.job_key = to_obj(generate_job_key(params, width, rng))
+        self.job_terms: dict[str, Any] = {}
+        self.job_terms_signature = ""
+        self.resign()
+
+    @property
+    def kgc_verify_key(self) -> str:
+        return public_key_hex(self.kgc_key)
+
+    @property
+    def num_plaintexts(self) -> int:
+        return PackingLayout.from_json(self.packing).num_plaintexts
+
+    def resign(
+        self,
+        *,
+        kgc_key: Ed25519PrivateKey | None = None,
+        param_server: str | None = None,
+        job_key: dict[str, Any] | None = None,
+    ) -> None:
+        """Sign the current definition, packing and weights (as the KGC would)."""
+        requested = requested_terms(
+            job_id=self.job_id,
+            definition=self.definition,
+            packing=self.packing,
+            weights=self.weights,
+            width=self.width,
+            num_plaintexts=self.num_plaintexts,
+        )
+        self.job_terms, self.job_terms_signature = sign_job_terms(
+            kgc_key or self.kgc_key,
+            requested,
+            param_server=param_server or self.ps_subject,
+            signing_keys={s: i.signing_key_hex for s, i in self.identities.items()},
+            job_key=job_key or self.job_key,
+        )
+
+    def terms(self) -> Any:
+        """The verified :class:`~common.protocol.JobTerms` of the current signature."""
+        return verify_job_terms(
+            self.kgc_key.public_key(), self.job_terms, self.job_terms_signature, self.params
+        )
+
+    def view(self) -> dict[str, Any]:
+        """What an honest PS serves at ``GET /v1/jobs/<id>``."""
+        return copy.deepcopy(
+            {
+                "job_id": self.job_id,
+                "definition": self.definition,
+                "job_key": self.job_key,
+                "packing": self.packing,
+                "weights": self.weights,
+                "job_terms": self.job_terms,
+                "job_terms_signature": self.job_terms_signature,
+                "current_round": 0,
+                "rounds_total": self.definition["rounds"],
+                "status": "running",
+            }
+        )
+
+    def kgc_info(self) -> dict[str, Any]:
+        return {"params": to_obj(self.params), "verify_key": self.kgc_verify_key, "demo": True}
+
+
+# --------------------------------------------------------------------------- fake services
+
+
+@dataclass
+class FakeKgc:
+    """``/v1/info``, enrolment completion and ``/v1/tokens`` of a KGC, with its checks."""
+
+    world: JobWorld
+    #: Enrolment codes the operator handed out: subject id -> code.
+    codes: dict[str, str] = field(default_factory=dict)
+    #: Subject id -> certified Ed25519 key (hex); the world's participants to begin with.
+    signing_keys: dict[str, str] = field(default_factory=dict)
+    #: What ``/v1/info`` answers (a test may swap the key or the parameters).
+    info: dict[str, Any] = field(default_factory=dict)
+    #: Every ``POST /v1/tokens`` body received.
+    token_requests: list[dict[str, Any]] = field(default_factory=list)
+    clock: Callable[[], float] = lambda: 1_700_000_000.0
+    #: Changes the certificate the KGC returns (a dishonest KGC or a man in the middle).
+    tamper_certificate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.info = self.info or self.world.kgc_info()
+        for subject, identity in self.world.identities.items():
+            self.signing_keys.setdefault(subject, identity.signing_key_hex)
+
+    def handle(self, method: str, path: str, body: Any, token: str | None) -> Any:
+        if method == "GET" and path == "/v1/info":
+            return copy.deepcopy(self.info)
+        match = re.fullmatch(r"/v1/enrolments/([^/]+)/complete", path)
+        if method == "POST" and match:
+            return self._complete(match.group(1), body)
+        if method == "POST" and path == "/v1/tokens":
+            return self._token(body)
+        raise ServiceError(404, "not-found", f"fake KGC has no {method} {path}")
+
+    def _complete(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.codes.get(subject) != body.get("code"):
+            raise ServiceError(401, "invalid-code", "the enrolment code is not valid")
+        del self.codes[subject]
+        certificate = {
+            "subject_id": subject,
+            "name": subject,
+            "role": "participant",
+            "signing_key": body["signing_key"],
+            "issued_at": int(self.clock()),
+            "bcp_public_key": body["bcp_public_key"],
+        }
+        if self.tamper_certificate is not None:
+            certificate = self.tamper_certificate(certificate)
+        self.signing_keys[subject] = str(body["signing_key"])
+        return {"certificate": certificate, "signature": sign_json(self.world.kgc_key, certificate)}
+
+    def _token(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.token_requests.append(dict(body))
+        subject, audience = body.get("subject_id"), body.get("audience")
+        if not isinstance(audience, str):
+            raise ServiceError(400, "missing-field", "audience is required")
+        if audience != KGC_AUDIENCE and audience != self.world.ps_subject:
+            raise ServiceError(422, "unknown-audience", "no such audience")
+        key = self.signing_keys.get(str(subject))
+        challenge = token_challenge(str(subject), body["timestamp"], body["nonce"], audience)
+        try:
+            if key is None:
+                raise SignatureError("unknown subject")
+            verify_json(public_key_from_hex(key), challenge, body.get("signature"))
+        except SignatureError:
+            raise ServiceError(401, "invalid-signature", "challenge does not verify") from None
+        now = self.clock()
+        token = issue_token(
+            self.world.kgc_key,
+            subject=str(subject),
+            role="participant",
+            now=now,
+            ttl_seconds=TOKEN_TTL,
+            token_id=f"t{next(self._ids)}",
+            audience=audience,
+        )
+        return {"token": token, "expires_at": now + TOKEN_TTL}
+
+
+@dataclass
+class FakePs:
+    """A parameter server's participant-facing API: info, the job view, uploads.
+
+    It accepts only tokens whose audience is its own ``subject_id`` (as the real PS), and
+    checks upload statements with :func:`~common.protocol.verify_upload_statement`.
+    ``serve`` turns the honest view into the one it sends (a dishonest PS).
+    """
+
+    world: JobWorld
+    subject_id: str = PS_SUBJECT
+    #: What ``/v1/info`` names as this PS's subject id (a lying PS may claim another's).
+    claimed_subject: str | None = None
+    serve: Callable[[dict[str, Any]], dict[str, Any]] = lambda view: view
+    #: Every request received: (method, path, bearer token or None).
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: Every upload frame received, by round.
+    uploads: list[tuple[int, bytes]] = field(default_factory=list)
+    clock: Callable[[], float] = lambda: 1_700_000_000.0
+
+    def _claims(self, token: str | None) -> str:
+        try:
+            claims = verify_token(
+                self.world.kgc_key.public_key(), token, now=self.clock(), audience=self.subject_id
+            )
+        except TokenError as exc:
+            raise ServiceError(401, "invalid-token", str(exc)) from None
+        return claims.subject
+
+    def handle(self, method: str, path: str, body: Any, token: str | None) -> Any:
+        self.requests.append((method, path, token))
+        if method == "GET" and path == "/v1/info":
+            return {
+                "service": "trapdoor-param-server",
+                "subject_id": self.claimed_subject or self.subject_id,
+            }
+        subject = self._claims(token)
+        if subject not in self.world.identities:
+            raise ServiceError(403, "not-a-participant", "not a participant of this job")
+        if method == "GET" and path == f"/v1/jobs/{self.world.job_id}":
+            return self.serve(self.world.view())
+        match = re.fullmatch(rf"/v1/jobs/{re.escape(self.world.job_id)}/rounds/(\d+)/uploads", path)
+        if method == "POST" and match:
+            return self._upload(subject, int(match.group(1)), body)
+        raise ServiceError(404, "not-found", f"fake PS has no {method} {path}")
+
+    def _upload(self, subject: str, round_number: int, data: bytes) -> dict[str, Any]:
+        try:
+            frame = decode_frame(data)
+        except WireError as exc:
+            raise ServiceError(400, "bad-frame", str(exc)) from None
+        verify_upload_statement(
+            frame.header.get("statement"),
+            self.world.terms(),
+            round_number=round_number,
+            subject_id=subject,
+            payload_sha256=frame.header["sha256"],
+        )
+        self.uploads.append((round_number, data))
+        return {"receipt": {"subject_id": subject, "round": round_number}, "signature": "sig"}
+
+
+class FakeNetwork:
+    """Routes the client's HTTP calls to fake services by base URL.
+
+    :meth:`service_client` stands in for :class:`common.http.ServiceClient` (same
+    constructor and methods); a URL with no service behind it is ``ServiceError(0,
+    "unreachable")``, like a refused connection.
+    """
+
+    def __init__(self, world: JobWorld | None = None) -> None:
+        self.services: dict[str, FakeKgc | FakePs] = {}
+        if world is not None:
+            self.kgc = FakeKgc(world)
+            self.ps = FakePs(world)
+            self.services[KGC_URL] = self.kgc
+            self.services[PS_URL] = self.ps
+
+    def service_client(self, base_url: str, token: Any = None, **_: Any) -> _FakeServiceClient:
+        return _FakeServiceClient(self, base_url.rstrip("/"), token)
+
+
+class _FakeServiceClient:
+    def __init__(self, network: FakeNetwork, base_url: str, token: Any) -> None:
+        self.network = network
+        self.base_url = base_url
+        self._token = token
+
+    def _call(self, method: str, path: str, body: Any, auth: bool) -> Any:
+        service = self.network.services.get(self.base_url)
+        if service is None:
+            raise ServiceError(0, "unreachable", f"{method} {self.base_url}{path}: no service")
+        token = None
+        if auth and self._token is not None:
+            token = self._token() if callable(self._token) else self._token
+        return service.handle(method, path, copy.deepcopy(body), token)
+
+    def get_json(self, path: str, *, auth: bool = True, **_: Any) -> Any:
+        return self._call("GET", path, None, auth)
+
+    def post_json(self, path: str, body: Any, *, auth: bool = True, **_: Any) -> Any:
+        return self._call("POST", path, body, auth)
+
+    def post_bytes(self, path: str, data: bytes, *, auth: bool = True, **_: Any) -> Any:
+        return self._call("POST", path, data, auth)
