@@ -196,6 +196,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 # ---------------------------------------------------------------------- job keys
 
 
+def _write_job(engine: Any, job: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET definition = :d, job_key = :k, job_terms = :t WHERE job_id = :j"),
+            {
+                "d": json.dumps(job["definition"]),
+                "k": json.dumps(job["job_key"]),
+                "t": json.dumps(job["job_terms"]),
+                "j": JOB_ID,
+            },
+        )
+
+
 @contextmanager
 def tampered_job(world: World, change: Any) -> Iterator[None]:
     """Rewrite the PS's stored job (as its operator can), then put it back."""
@@ -209,35 +222,12 @@ def tampered_job(world: World, change: Any) -> Iterator[None]:
         original = {
             k: (json.loads(v) if isinstance(v, str) else v) for k, v in row._mapping.items()
         }
-        changed = change(copy.deepcopy(original))
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE jobs SET definition = :d, job_key = :k, job_terms = :t "
-                    "WHERE job_id = :j"
-                ),
-                {
-                    "d": json.dumps(changed["definition"]),
-                    "k": json.dumps(changed["job_key"]),
-                    "t": json.dumps(changed["job_terms"]),
-                    "j": JOB_ID,
-                },
-            )
-        yield
+        _write_job(engine, change(copy.deepcopy(original)))
+        try:
+            yield
+        finally:
+            _write_job(engine, original)
     finally:
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE jobs SET definition = :d, job_key = :k, job_terms = :t "
-                    "WHERE job_id = :j"
-                ),
-                {
-                    "d": json.dumps(original["definition"]),
-                    "k": json.dumps(original["job_key"]),
-                    "t": json.dumps(original["job_terms"]),
-                    "j": JOB_ID,
-                },
-            )
         engine.dispose()
 
 
