@@ -185,3 +185,31 @@ def release_frame(
     }
     signed_header = decode_frame(encode_frame(vector, header)).header
     return encode_frame(vector, {**header, "request_signature": sign_json(ps_key, signed_header)})
+
+
+def signed_release(
+    ps_key: Ed25519PrivateKey,
+    terms: JobTerms,
+    vector: EncryptedVector,
+    round_number: int,
+    signers: Sequence[TestSubject],
+    *,
+    statements: Sequence[dict[str, Any]] | None = None,
+    job_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """A release request for ``round_number`` with ``signers``' own statements.
+
+    ``statements`` replaces them (to offer forged or misdirected ones); ``job_id`` and
+    ``extra`` tamper with the header before the PS signs it.
+    """
+    if statements is None:
+        statements = [statement_for(s, terms, round_number) for s in signers]
+    return release_frame(
+        ps_key,
+        vector,
+        job_id=terms.job_id if job_id is None else job_id,
+        round_number=round_number,
+        statements=statements,
+        extra=extra,
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import gmpy2
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kgc_api_support import PASSPHRASE, ApiWorld, build_api_world, error
 
 from common.blocks import BlockLayout, EncryptedVector, JobKey, element_bytes
@@ -41,7 +42,7 @@ from kgc.testing import (
     TestSubject,
     encrypt_plaintexts,
     job_request,
-    release_frame,
+    signed_release,
     statement_for,
 )
 
@@ -331,21 +332,12 @@ class JobWorld:
         round_number: int,
         signers: list[TestSubject],
         *,
-        ps_key: Any = None,
-        statements: list[dict[str, Any]] | None = None,
+        ps_key: Ed25519PrivateKey | None = None,
         **kwargs: Any,
     ) -> bytes:
         """A release request for ``round_number`` with ``signers``' own statements."""
-        if statements is None:
-            statements = [statement_for(s, self.terms, round_number) for s in signers]
-        return release_frame(
-            ps_key or self.ps.signing_key,
-            vector,
-            job_id=kwargs.pop("job_id", "job-1"),
-            round_number=round_number,
-            statements=statements,
-            **kwargs,
-        )
+        key = ps_key or self.ps.signing_key
+        return signed_release(key, self.terms, vector, round_number, signers, **kwargs)
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ from kgc.testing import (
     TestSubject,
     encrypt_plaintexts,
     job_request,
-    release_frame,
+    signed_release,
     statement_for,
 )
 
@@ -365,20 +365,11 @@ class Setup:
         signers: list[TestSubject],
         *,
         ps_key: Ed25519PrivateKey | None = None,
-        statements: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> bytes:
         """A release request for ``round_number`` with ``signers``' own statements."""
-        if statements is None:
-            statements = [statement_for(s, self.terms, round_number) for s in signers]
-        return release_frame(
-            ps_key or self.ps.signing_key,
-            vector,
-            job_id=kwargs.pop("job_id", "job-1"),
-            round_number=round_number,
-            statements=statements,
-            **kwargs,
-        )
+        key = ps_key or self.ps.signing_key
+        return signed_release(key, self.terms, vector, round_number, signers, **kwargs)
 
 
 @pytest.fixture
