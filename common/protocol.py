@@ -69,6 +69,7 @@ __all__ = [
     "sha256_hex",
     "sign_job_terms",
     "token_challenge",
+    "token_request",
     "verify_job_terms",
     "verify_release_signature",
     "verify_release_statements",
@@ -150,6 +151,15 @@ def token_challenge(subject_id: str, timestamp: int, nonce: str, audience: str) 
         "nonce": nonce,
         "audience": audience,
     }
+
+
+def token_request(
+    signing_key: Ed25519PrivateKey, subject_id: str, timestamp: int, nonce: str, audience: str
+) -> dict[str, Any]:
+    """The body of ``POST /v1/tokens``: the challenge's fields and the subject's signature."""
+    challenge = token_challenge(subject_id, timestamp, nonce, audience)
+    body = {k: v for k, v in challenge.items() if k != "purpose"}
+    return {**body, "signature": sign_json(signing_key, challenge)}
 
 
 # --------------------------------------------------------------------------- job terms
@@ -369,9 +379,7 @@ def check_job_view(
     if view.get("job_key") != terms.raw["job_key"]:
         raise ProtocolError("job-mismatch", "the served job key is not the KGC-signed one")
     if param_server is not None and terms.param_server != param_server:
-        raise ProtocolError(
-            "wrong-param-server", "the job terms name another parameter server"
-        )
+        raise ProtocolError("wrong-param-server", "the job terms name another parameter server")
     if terms.quorum < min_quorum:
         raise ProtocolError(
             "quorum-too-small",

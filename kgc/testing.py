@@ -31,7 +31,7 @@ from common.protocol import (
     build_upload_statement,
     release_request_header,
     requested_terms,
-    token_challenge,
+    token_request,
 )
 from common.signing import b64encode, generate_signing_key, public_key_hex, sign_json
 from common.wire import decode_frame, encode_frame, to_obj
@@ -76,15 +76,7 @@ class TestSubject:
 
     def challenge(self, now: float, nonce: str, audience: str = KGC_AUDIENCE) -> dict[str, Any]:
         """The body of ``POST /v1/tokens`` for ``audience``, signed with this subject's key."""
-        timestamp = int(now)
-        signed = token_challenge(self.subject_id, timestamp, nonce, audience)
-        return {
-            "subject_id": self.subject_id,
-            "timestamp": timestamp,
-            "nonce": nonce,
-            "audience": audience,
-            "signature": sign_json(self.signing_key, signed),
-        }
+        return token_request(self.signing_key, self.subject_id, int(now), nonce, audience)
 
 
 def encrypt_plaintexts(

@@ -30,14 +30,13 @@ from common.protocol import (
     KGC_AUDIENCE,
     JobTerms,
     ProtocolError,
-    token_challenge,
+    token_request,
     verify_job_terms,
 )
 from common.signing import (
     SignatureError,
     public_key_from_hex,
     public_key_hex,
-    sign_json,
     verify_json,
 )
 from common.wire import decode_frame, from_obj
@@ -271,14 +270,9 @@ class HttpKgcGateway:
             now = self._clock()
             if self._cached_token and self._cached_token[1] - TOKEN_REFRESH_MARGIN_SECONDS > now:
                 return self._cached_token[0]
-            challenge = token_challenge(self.subject_id, int(now), self._nonce(), KGC_AUDIENCE)
-            body = {
-                "subject_id": self.subject_id,
-                "timestamp": challenge["timestamp"],
-                "nonce": challenge["nonce"],
-                "audience": KGC_AUDIENCE,
-                "signature": sign_json(self._signing_key, challenge),
-            }
+            body = token_request(
+                self._signing_key, self.subject_id, int(now), self._nonce(), KGC_AUDIENCE
+            )
             try:
                 answer = self._client.post_json("/v1/tokens", body, auth=False)
                 token, expires_at = str(answer["token"]), float(answer["expires_at"])

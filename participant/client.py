@@ -48,7 +48,7 @@ from common.protocol import (
     ProtocolError,
     build_upload_statement,
     check_job_view,
-    token_challenge,
+    token_request,
 )
 from common.release import blind_from_text, open_release
 from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
@@ -60,7 +60,6 @@ from common.signing import (
     private_key_to_bytes,
     public_key_from_hex,
     public_key_hex,
-    sign_json,
     verify_json,
 )
 from common.wire import encode_frame, from_obj, to_obj
@@ -521,16 +520,13 @@ class ParticipantClient:
         cached = self._tokens.get(audience)
         if cached is not None and now < cached[1] - TOKEN_MARGIN_SECONDS:
             return cached[0]
-        subject = self.identity.subject_id
-        nonce = secrets.token_urlsafe(16)
-        challenge = token_challenge(subject, int(now), nonce, audience)
-        body = {
-            "subject_id": subject,
-            "timestamp": challenge["timestamp"],
-            "nonce": nonce,
-            "audience": audience,
-            "signature": sign_json(self.identity.signing_key, challenge),
-        }
+        body = token_request(
+            self.identity.signing_key,
+            self.identity.subject_id,
+            int(now),
+            secrets.token_urlsafe(16),
+            audience,
+        )
         answer = self._kgc.post_json("/v1/tokens", body, auth=False)
         token = (str(answer["token"]), float(answer["expires_at"]))
         self._tokens[audience] = token

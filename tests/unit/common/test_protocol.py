@@ -32,6 +32,7 @@ from common.protocol import (
     requested_terms,
     sign_job_terms,
     token_challenge,
+    token_request,
     verify_job_terms,
     verify_release_signature,
     verify_upload_statement,
@@ -43,6 +44,7 @@ from common.signing import (
     issue_token,
     public_key_hex,
     sign_json,
+    verify_json,
     verify_token,
 )
 from common.wire import to_obj
@@ -393,3 +395,9 @@ def test_the_token_challenge_names_its_audience() -> None:
         "nonce": "nonce-123",
         "audience": "sub-ps",
     }
+    key = generate_signing_key()
+    body = token_request(key, "sub-a", 5, "nonce-123", "sub-ps")
+    assert {k: v for k, v in body.items() if k != "signature"} == {
+        k: v for k, v in challenge.items() if k != "purpose"
+    }
+    verify_json(key.public_key(), challenge, body["signature"])
