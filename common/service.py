@@ -30,6 +30,7 @@ __all__ = [
     "field",
     "json_body",
     "limit_request_bodies",
+    "read_body",
     "register_error_handlers",
     "require_admin",
     "restrict_new_files",
@@ -121,6 +122,25 @@ def limit_request_bodies(app: Flask, default: int = CONTROL_BODY_LIMIT) -> None:
         applied = request.max_content_length
         if length is not None and length > applied:
             raise ApiError(413, "too-large", f"request body is over {applied} bytes")
+
+
+def read_body(limit: int, too_large: str = "request body is too large") -> bytes:
+    """The raw body, at most ``limit`` bytes (and the app's cap); 413 ``too-large`` otherwise.
+
+    For views whose limit is known only after authentication (a job's frame size). A
+    declared length over it is refused before anything is read; a stream without a length
+    is read one byte past the limit, since werkzeug stops at the limit without an error
+    and a truncated body would otherwise pass for a short one.
+    """
+    cap = current_app.config.get("MAX_CONTENT_LENGTH")
+    allowed = min(limit, int(cap)) if cap else limit
+    if request.content_length is not None and request.content_length > allowed:
+        raise ApiError(413, "too-large", too_large)
+    request.max_content_length = allowed + 1
+    data = request.get_data(cache=False)
+    if len(data) > allowed:
+        raise ApiError(413, "too-large", too_large)
+    return data
 
 
 def json_body() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from common.service import (
     body_limit,
     field,
     json_body,
+    read_body,
     require_admin,
 )
 from kgc.domain import KgcService
@@ -130,10 +131,6 @@ def release(job_id: str) -> Any:
             415, "unsupported-media-type", "expected Content-Type: application/octet-stream"
         )
     limit = service().release_body_limit(requester, job_id)
-    cap = current_app.config.get("MAX_CONTENT_LENGTH")
-    request.max_content_length = min(limit, cap) if cap else limit
-    length = request.content_length
-    if length is not None and length > request.max_content_length:
-        raise ApiError(413, "too-large", f"request body is over {request.max_content_length} bytes")
-    bundle, created = service().release(requester, job_id, request.get_data(cache=False))
+    data = read_body(limit, "release request is larger than this job's frame")
+    bundle, created = service().release(requester, job_id, data)
     return jsonify(bundle), 201 if created else 200

@@ -18,7 +18,15 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from common.service import ROUND, ApiError, bearer_token, body_limit, json_body, require_admin
+from common.service import (
+    ROUND,
+    ApiError,
+    bearer_token,
+    body_limit,
+    json_body,
+    read_body,
+    require_admin,
+)
 from common.signing import ROLES, TokenClaims, TokenError, verify_token
 from param_server.domain import ParameterServer
 
@@ -126,16 +134,7 @@ def upload(job_id: str, t: int) -> Any:
         raise ApiError(415, "unsupported-media-type", "expected application/octet-stream")
     # Unknown job (404) or stranger (403) before a byte is read; then the job's frame size.
     limit = _service().upload_limit(job_id, claims.subject)
-    cap = current_app.config.get("MAX_CONTENT_LENGTH")
-    allowed = min(limit, int(cap)) if cap else limit
-    if request.content_length is not None and request.content_length > allowed:
-        raise ApiError(413, "too-large", "upload is larger than this job's model")
-    # A stream without a length is cut off one byte past the limit (werkzeug stops at the
-    # limit without an error), so that an over-long one is told from one that fits.
-    request.max_content_length = allowed + 1
-    data = request.get_data(cache=False)
-    if len(data) > allowed:
-        raise ApiError(413, "too-large", "upload is larger than this job's model")
+    data = read_body(limit, "upload is larger than this job's model")
     return jsonify(_service().accept_upload(job_id, t, claims.subject, data)), 201
 
 
