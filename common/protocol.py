@@ -33,10 +33,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.bcp import PublicParams
-from common.blocks import JobKey
+from common.blocks import EncryptedVector, JobKey, trivial_encryption
+from common.encoding import PackingLayout, encode_vector
 from common.signing import (
     SignatureError,
     b64decode,
@@ -49,19 +52,32 @@ from common.signing import (
 from common.wire import from_obj
 
 __all__ = [
+    "AUDIT_PURPOSE",
+    "CLOSED_SET_PURPOSE",
+    "COMMITMENT_PURPOSE",
     "DEFAULT_MIN_QUORUM",
     "JOB_TERMS_PURPOSE",
     "KGC_AUDIENCE",
+    "MAX_ATTEMPT",
     "MAX_ROUND",
     "TOKEN_PURPOSE",
     "UPLOAD_PURPOSE",
+    "AuditDigests",
+    "ClosedSet",
     "JobTerms",
     "ProtocolError",
+    "ReleaseCheck",
+    "build_audit_statement",
+    "build_closed_set",
+    "build_commitment",
     "build_upload_statement",
     "check_job_view",
     "check_release_request",
     "check_requested_terms",
+    "contributors_sha256",
     "digest_equal",
+    "initial_ciphertext",
+    "initial_weights_of",
     "json_sha256",
     "kgc_key_id",
     "release_request_header",
@@ -70,14 +86,20 @@ __all__ = [
     "sign_job_terms",
     "token_challenge",
     "token_request",
+    "vector_sha256",
+    "verify_audit_statement",
+    "verify_closed_set",
+    "verify_commitment",
     "verify_job_terms",
     "verify_release_signature",
-    "verify_release_statements",
     "verify_upload_statement",
 ]
 
-JOB_TERMS_PURPOSE = "trapdoor/job-terms/v1"
-UPLOAD_PURPOSE = "trapdoor/upload-statement/v1"
+JOB_TERMS_PURPOSE = "trapdoor/job-terms/v2"
+COMMITMENT_PURPOSE = "trapdoor/commitment/v1"
+CLOSED_SET_PURPOSE = "trapdoor/closed-set/v1"
+UPLOAD_PURPOSE = "trapdoor/upload-statement/v2"
+AUDIT_PURPOSE = "trapdoor/audit/v1"
 TOKEN_PURPOSE = "token"
 #: The audience of a token meant for the KGC itself; a PS's audience is its subject id.
 KGC_AUDIENCE = "kgc"
@@ -86,6 +108,8 @@ KGC_AUDIENCE = "kgc"
 DEFAULT_MIN_QUORUM = 3
 #: Round numbers are bounded everywhere (URLs, statements, the KGC's schedule).
 MAX_ROUND = 2**31 - 1
+#: Attempts of one round (a re-aggregation after a contributor failed to audit) are bounded.
+MAX_ATTEMPT = 1000
 
 #: The fields the PS asks the KGC to sign (the KGC adds the rest, see :func:`sign_job_terms`).
 _REQUESTED_FIELDS = (
@@ -100,6 +124,7 @@ _REQUESTED_FIELDS = (
     "packing_sha256",
     "model_sha256",
     "initial_model_sha256",
+    "initial_ciphertext_sha256",
 )
 
 
@@ -137,6 +162,38 @@ def kgc_key_id(verify_key: Ed25519PublicKey | Ed25519PrivateKey | str) -> str:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _in_range(value: object, low: int, high: int) -> bool:
+    """``value`` is an integer (not a bool) in ``[low, high]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def vector_sha256(vector: EncryptedVector) -> str:
+    """SHA-256 of a ciphertext vector's payload bytes (what every vector digest names)."""
+    return sha256_hex(vector.to_bytes())
+
+
+def initial_weights_of(definition: Mapping[str, Any]) -> npt.NDArray[np.float64]:
+    """``W_0`` of a job definition (little-endian float64, base64url)."""
+    raw = b64decode(str(definition["initial_weights"]))
+    if len(raw) % 8:
+        raise ValueError("initial_weights is not a whole number of float64 values")
+    return np.frombuffer(raw, dtype="<f8").astype(np.float64)
+
+
+def initial_ciphertext(
+    job_key: JobKey, packing: PackingLayout, initial_weights: npt.ArrayLike
+) -> EncryptedVector:
+    """``Enc(W_0)``: the trivial (randomness-free) encryption of the encoded initial model.
+
+    ``W_0`` is public, so encrypting it with randomness hides nothing; the trivial form is
+    one multiplication per element, and every participant recomputes the same bytes, so
+    its digest is signed into the job terms and anchors the chain of audited aggregates.
+    ``W_0`` takes at most half a slot, leaving the other half for the updates' sum.
+    """
+    plaintexts, _ = encode_vector(initial_weights, packing, clip_bound=packing.slot_bound / 2)
+    return trivial_encryption(job_key, plaintexts)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -182,6 +239,11 @@ class JobTerms:
     packing_sha256: str
     model_sha256: str
     initial_model_sha256: str
+    #: SHA-256 of the trivial encryption of ``W_0`` (:func:`initial_ciphertext`): the
+    #: base of round 0, where the chain of audited aggregates starts.
+    initial_ciphertext_sha256: str
+    #: The PS's certified Ed25519 key (hex): closed commitment sets verify under it.
+    param_server_key: str
     job_key: JobKey
     #: SHA-256 of the signed terms (canonical JSON): what every later statement names.
     digest: str
@@ -196,6 +258,7 @@ def requested_terms(
     weights: Mapping[str, float],
     width: int,
     num_plaintexts: int,
+    initial_ciphertext_sha256: str,
 ) -> dict[str, Any]:
     """The terms a PS asks the KGC to sign for a validated, normalised job definition."""
     participants = [str(p["subject_id"]) for p in definition["participants"]]
@@ -211,6 +274,7 @@ def requested_terms(
         "packing_sha256": json_sha256(dict(packing)),
         "model_sha256": json_sha256(definition["model"]),
         "initial_model_sha256": sha256_hex(b64decode(str(definition["initial_weights"]))),
+        "initial_ciphertext_sha256": initial_ciphertext_sha256,
     }
 
 
@@ -262,16 +326,19 @@ def sign_job_terms(
     requested: Mapping[str, Any],
     *,
     param_server: str,
+    param_server_key: str,
     signing_keys: Mapping[str, str],
     job_key: Mapping[str, Any],
 ) -> tuple[dict[str, Any], str]:
-    """The KGC's signed terms: the request plus the PS, the participants' keys, the job key."""
+    """The KGC's signed terms: the request plus the PS and its key, the participants' keys,
+    and the job key."""
     terms = check_requested_terms(dict(requested))
     signed = {
         **terms,
         "purpose": JOB_TERMS_PURPOSE,
         "kgc_key_id": kgc_key_id(kgc_key),
         "param_server": param_server,
+        "param_server_key": param_server_key,
         "signing_keys": {s: signing_keys[s] for s in terms["participants"]},
         "job_key": dict(job_key),
     }
@@ -315,6 +382,11 @@ def verify_job_terms(
     param_server = signed.get("param_server")
     if not isinstance(param_server, str):
         raise ProtocolError("bad-job-terms", "param_server must be a subject id")
+    param_server_key = signed.get("param_server_key")
+    try:
+        public_key_from_hex(param_server_key)
+    except (TypeError, ValueError):
+        raise ProtocolError("bad-job-terms", "param_server_key must be an Ed25519 key") from None
     return JobTerms(
         job_id=str(requested["job_id"]),
         param_server=param_server,
@@ -329,6 +401,8 @@ def verify_job_terms(
         packing_sha256=str(requested["packing_sha256"]),
         model_sha256=str(requested["model_sha256"]),
         initial_model_sha256=str(requested["initial_model_sha256"]),
+        initial_ciphertext_sha256=str(requested["initial_ciphertext_sha256"]),
+        param_server_key=str(param_server_key),
         job_key=job_key,
         digest=json_sha256(signed),
         raw=signed,
@@ -366,6 +440,11 @@ def check_job_view(
             weights=dict(view.get("weights") or {}),
             width=terms.width,
             num_plaintexts=terms.num_plaintexts,
+            initial_ciphertext_sha256=vector_sha256(
+                initial_ciphertext(
+                    terms.job_key, PackingLayout.from_json(packing), initial_weights_of(definition)
+                )
+            ),
         )
     except (KeyError, TypeError, ValueError):
         raise ProtocolError("job-mismatch", "the served job definition is malformed") from None
@@ -388,6 +467,200 @@ def check_job_view(
     return terms
 
 
+# --------------------------------------------------------------------------- participant-signed
+
+
+def _statement_base(
+    terms: JobTerms, purpose: str, round_number: int, subject_id: str
+) -> dict[str, Any]:
+    """The fields every participant-signed message of a round starts with."""
+    return {
+        "purpose": purpose,
+        "kgc_key_id": str(terms.raw["kgc_key_id"]),
+        "job_id": terms.job_id,
+        "job_terms_sha256": terms.digest,
+        "round": int(round_number),
+        "subject_id": subject_id,
+        "audience": terms.param_server,
+    }
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and not value.strip("0123456789abcdef")
+
+
+def _verify_participant_signed(
+    signed: object,
+    field: str,
+    terms: JobTerms,
+    purpose: str,
+    *,
+    round_number: int,
+    subject_id: str | None,
+    digests: Sequence[str],
+    integers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Check one participant-signed ``{field: body, "signature"}`` message; return the body.
+
+    The key is the one the KGC certified and wrote into the terms, so the PS, the KGC and
+    any participant check it offline and identically. ``digests`` are the body's other
+    fields (64 lowercase hex characters each), ``integers`` its non-negative counters.
+    """
+    what = field.replace("_", " ")
+    if not isinstance(signed, dict) or not isinstance(signed.get(field), dict):
+        raise ProtocolError(f"bad-{field}", f'a signed {what} is {{"{field}", "signature"}}')
+    body: dict[str, Any] = signed[field]
+    subject = body.get("subject_id")
+    key_hex = terms.signing_keys.get(subject) if isinstance(subject, str) else None
+    if key_hex is None:
+        raise ProtocolError("not-a-participant", f"the {what}'s signer is not a participant")
+    try:
+        verify_json(public_key_from_hex(key_hex), body, signed.get("signature"))
+    except (SignatureError, ValueError):
+        raise ProtocolError(
+            f"bad-{field}-signature", f"the {what} is not signed by its participant"
+        ) from None
+    expected = _statement_base(terms, purpose, round_number, str(subject))
+    if subject_id is not None and subject != subject_id:
+        raise ProtocolError(f"{field}-mismatch", f"the {what} is signed by another participant")
+    if set(body) != {*expected, *digests, *integers} or any(
+        body.get(k) != v or (k == "round" and not _is_int(body.get(k))) for k, v in expected.items()
+    ):
+        raise ProtocolError(
+            f"{field}-mismatch", f"the {what} is for another job, round, signer or audience"
+        )
+    for name in digests:
+        if not _is_digest(body.get(name)):
+            raise ProtocolError(f"bad-{field}", f"{name} must be 64 lowercase hex characters")
+    for name in integers:
+        if not _in_range(body.get(name), 0, MAX_ATTEMPT):
+            raise ProtocolError(f"bad-{field}", f"{name} must be an integer in [0, {MAX_ATTEMPT}]")
+    return body
+
+
+# --------------------------------------------------------------------------- commitments
+
+
+def build_commitment(
+    signing_key: Ed25519PrivateKey,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    subject_id: str,
+    payload_sha256: str,
+) -> dict[str, Any]:
+    """A contributor's signed promise of the ciphertext it will upload this round.
+
+    Sent before any upload of the round is visible to anyone: once the PS closes the set
+    of commitments, no contributor can choose its ciphertext after seeing another's, so
+    none can craft one that cancels an honest upload out of the aggregate.
+    """
+    body = {
+        **_statement_base(terms, COMMITMENT_PURPOSE, round_number, subject_id),
+        "payload_sha256": payload_sha256,
+    }
+    return {"commitment": body, "signature": sign_json(signing_key, body)}
+
+
+def verify_commitment(
+    signed: object, terms: JobTerms, *, round_number: int, subject_id: str | None = None
+) -> dict[str, Any]:
+    """Check a signed commitment for ``round_number`` of the job; return its body."""
+    return _verify_participant_signed(
+        signed,
+        "commitment",
+        terms,
+        COMMITMENT_PURPOSE,
+        round_number=round_number,
+        subject_id=subject_id,
+        digests=("payload_sha256",),
+    )
+
+
+@dataclass(frozen=True)
+class ClosedSet:
+    """A round's closed commitment set, verified: who may upload, and which payload."""
+
+    round: int
+    #: subject id -> the payload SHA-256 it committed to
+    payloads: Mapping[str, str]
+    #: SHA-256 of the signed set body: what upload and audit statements name.
+    digest: str
+    raw: Mapping[str, Any]
+
+
+def build_closed_set(
+    ps_key: Ed25519PrivateKey,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    commitments: Sequence[Mapping[str, Any]],
+    closed_at: int,
+) -> dict[str, Any]:
+    """The PS's signed, final list of a round's commitments (sorted by subject id)."""
+    ordered = sorted(
+        (dict(c) for c in commitments), key=lambda c: str(c["commitment"]["subject_id"])
+    )
+    body = {
+        "purpose": CLOSED_SET_PURPOSE,
+        "kgc_key_id": str(terms.raw["kgc_key_id"]),
+        "job_id": terms.job_id,
+        "job_terms_sha256": terms.digest,
+        "round": int(round_number),
+        "param_server": terms.param_server,
+        "commitments": ordered,
+        "closed_at": int(closed_at),
+    }
+    return {"closed_set": body, "signature": sign_json(ps_key, body)}
+
+
+def verify_closed_set(signed: object, terms: JobTerms, *, round_number: int) -> ClosedSet:
+    """Check a closed set: the PS's key from the terms, every commitment, the quorum.
+
+    One set per round is all a PS can sign that a contributor and the KGC both accept:
+    upload and audit statements name its digest, and the KGC requires them all to agree.
+    """
+    if not isinstance(signed, dict) or not isinstance(signed.get("closed_set"), dict):
+        raise ProtocolError("bad-closed-set", 'a closed set is {"closed_set", "signature"}')
+    body: dict[str, Any] = signed["closed_set"]
+    try:
+        verify_json(public_key_from_hex(terms.param_server_key), body, signed.get("signature"))
+    except (SignatureError, ValueError):
+        raise ProtocolError(
+            "bad-closed-set-signature", "the closed set is not signed by the job's server"
+        ) from None
+    expected = {
+        "purpose": CLOSED_SET_PURPOSE,
+        "kgc_key_id": terms.raw["kgc_key_id"],
+        "job_id": terms.job_id,
+        "job_terms_sha256": terms.digest,
+        "round": round_number,
+        "param_server": terms.param_server,
+    }
+    if (
+        set(body) != {*expected, "commitments", "closed_at"}
+        or any(body.get(k) != v for k, v in expected.items())
+        or not _is_int(body.get("round"))
+        or not _is_int(body.get("closed_at"))
+        or not isinstance(body.get("commitments"), list)
+    ):
+        raise ProtocolError("closed-set-mismatch", "the closed set is for another job or round")
+    payloads: dict[str, str] = {}
+    for commitment in body["commitments"]:
+        checked = verify_commitment(commitment, terms, round_number=round_number)
+        subject = str(checked["subject_id"])
+        if subject in payloads:
+            raise ProtocolError("duplicate-commitment", f"{subject} committed twice")
+        payloads[subject] = str(checked["payload_sha256"])
+    if list(payloads) != sorted(payloads):
+        raise ProtocolError("bad-closed-set", "commitments must be sorted by subject id")
+    if len(payloads) < terms.quorum:
+        raise ProtocolError(
+            "below-quorum", f"{len(payloads)} commitments, the quorum is {terms.quorum}"
+        )
+    return ClosedSet(round_number, payloads, json_sha256(body), signed)
+
+
 # --------------------------------------------------------------------------- uploads
 
 
@@ -398,19 +671,15 @@ def build_upload_statement(
     round_number: int,
     subject_id: str,
     payload_sha256: str,
+    closed_set_sha256: str,
 ) -> dict[str, Any]:
-    """A contributor's signed statement that this payload is its upload for this round."""
-    statement = {
-        "purpose": UPLOAD_PURPOSE,
-        "kgc_key_id": str(terms.raw["kgc_key_id"]),
-        "job_id": terms.job_id,
-        "job_terms_sha256": terms.digest,
-        "round": int(round_number),
-        "subject_id": subject_id,
-        "audience": terms.param_server,
+    """A contributor's signed statement: this payload is its upload under this closed set."""
+    body = {
+        **_statement_base(terms, UPLOAD_PURPOSE, round_number, subject_id),
         "payload_sha256": payload_sha256,
+        "closed_set_sha256": closed_set_sha256,
     }
-    return {"statement": statement, "signature": sign_json(signing_key, statement)}
+    return {"statement": body, "signature": sign_json(signing_key, body)}
 
 
 def verify_upload_statement(
@@ -420,86 +689,127 @@ def verify_upload_statement(
     round_number: int,
     subject_id: str | None = None,
     payload_sha256: str | None = None,
+    closed_set_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """Check a contributor's statement against the job terms; return the statement.
-
-    The signing key is the one the KGC certified and wrote into the terms, so the PS,
-    the KGC and any participant check it offline and identically.
-    """
-    if not isinstance(signed, dict):
-        raise ProtocolError("bad-statement", 'an upload statement is {"statement", "signature"}')
-    statement = signed.get("statement")
-    if not isinstance(statement, dict):
-        raise ProtocolError("bad-statement", 'an upload statement is {"statement", "signature"}')
-    subject = statement.get("subject_id")
-    key_hex = terms.signing_keys.get(subject) if isinstance(subject, str) else None
-    if key_hex is None:
-        raise ProtocolError("not-a-participant", "the statement's signer is not a participant")
-    try:
-        verify_json(public_key_from_hex(key_hex), statement, signed.get("signature"))
-    except (SignatureError, ValueError):
-        raise ProtocolError(
-            "bad-statement-signature", "the upload statement is not signed by its participant"
-        ) from None
-    expected = {
-        "purpose": UPLOAD_PURPOSE,
-        "kgc_key_id": terms.raw["kgc_key_id"],
-        "job_id": terms.job_id,
-        "job_terms_sha256": terms.digest,
-        "round": round_number,
-        "audience": terms.param_server,
-    }
-    if subject_id is not None:
-        expected["subject_id"] = subject_id
-    if set(statement) != {*expected, "subject_id", "payload_sha256"} or any(
-        statement.get(k) != v or (k == "round" and not _is_int(statement.get(k)))
-        for k, v in expected.items()
-    ):
-        raise ProtocolError(
-            "statement-mismatch",
-            "the upload statement is for another job, round, signer or audience",
-        )
-    digest = statement.get("payload_sha256")
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise ProtocolError("bad-statement", "payload_sha256 must be 64 hex characters")
-    if payload_sha256 is not None and not digest_equal(digest, payload_sha256):
+    """Check a contributor's upload statement against the job terms; return its body."""
+    body = _verify_participant_signed(
+        signed,
+        "statement",
+        terms,
+        UPLOAD_PURPOSE,
+        round_number=round_number,
+        subject_id=subject_id,
+        digests=("payload_sha256", "closed_set_sha256"),
+    )
+    if payload_sha256 is not None and not digest_equal(body["payload_sha256"], payload_sha256):
         raise ProtocolError("statement-mismatch", "the statement names another payload")
-    return statement
+    if closed_set_sha256 is not None and body["closed_set_sha256"] != closed_set_sha256:
+        raise ProtocolError("statement-mismatch", "the statement names another closed set")
+    return body
 
 
-def verify_release_statements(
-    statements: object, terms: JobTerms, *, round_number: int, contributors: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Exactly one valid statement per contributor, for this round (the KGC's check)."""
-    if not isinstance(statements, list) or len(statements) != len(contributors):
-        raise ProtocolError("statement-mismatch", "one upload statement per contributor is needed")
-    seen: set[str] = set()
-    checked = []
-    for signed in statements:
-        statement = verify_upload_statement(signed, terms, round_number=round_number)
-        subject = str(statement["subject_id"])
-        if subject not in contributors or subject in seen:
-            raise ProtocolError(
-                "statement-mismatch", "statements and contributors do not match one to one"
-            )
-        seen.add(subject)
-        checked.append(statement)
-    return checked
+# --------------------------------------------------------------------------- audits
+
+
+def contributors_sha256(contributors: Sequence[str]) -> str:
+    """The digest of a contributor set (order does not matter)."""
+    return json_sha256(sorted(contributors))
+
+
+@dataclass(frozen=True)
+class AuditDigests:
+    """What a contributor checked and signs about one attempt at a round's aggregate.
+
+    ``base`` is ``Enc(W_t)``, ``aggregate`` is ``Agg = Enc(W_t) · Π U_k`` over exactly the
+    ``contributors``, ``release`` is ``F = Agg · (1 + R N)`` (what the KGC opens) and
+    ``blind`` is ``R``; all are SHA-256 of their payload bytes.
+    """
+
+    attempt: int
+    closed_set_sha256: str
+    contributors_sha256: str
+    base_sha256: str
+    aggregate_sha256: str
+    release_sha256: str
+    blind_sha256: str
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "closed_set_sha256": self.closed_set_sha256,
+            "contributors_sha256": self.contributors_sha256,
+            "base_sha256": self.base_sha256,
+            "aggregate_sha256": self.aggregate_sha256,
+            "release_sha256": self.release_sha256,
+            "blind_sha256": self.blind_sha256,
+        }
+
+
+_AUDIT_DIGESTS = (
+    "closed_set_sha256",
+    "contributors_sha256",
+    "base_sha256",
+    "aggregate_sha256",
+    "release_sha256",
+    "blind_sha256",
+)
+
+
+def build_audit_statement(
+    signing_key: Ed25519PrivateKey,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    subject_id: str,
+    digests: AuditDigests,
+) -> dict[str, Any]:
+    """A contributor's signature that it recomputed this attempt's aggregate and blind."""
+    body = {
+        **_statement_base(terms, AUDIT_PURPOSE, round_number, subject_id),
+        **digests.fields(),
+    }
+    return {"audit": body, "signature": sign_json(signing_key, body)}
+
+
+def verify_audit_statement(
+    signed: object, terms: JobTerms, *, round_number: int, subject_id: str | None = None
+) -> tuple[dict[str, Any], AuditDigests]:
+    """Check a signed audit statement; return its body and the digests it vouches for."""
+    body = _verify_participant_signed(
+        signed,
+        "audit",
+        terms,
+        AUDIT_PURPOSE,
+        round_number=round_number,
+        subject_id=subject_id,
+        digests=_AUDIT_DIGESTS,
+        integers=("attempt",),
+    )
+    return body, AuditDigests(**{k: body[k] for k in ("attempt", *_AUDIT_DIGESTS)})
 
 
 # --------------------------------------------------------------------------- releases
 
 
 def release_request_header(
-    *, job_id: str, round_number: int, statements: Sequence[Mapping[str, Any]]
+    *,
+    job_id: str,
+    round_number: int,
+    attempt: int,
+    closed_set: Mapping[str, Any],
+    statements: Sequence[Mapping[str, Any]],
+    audits: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """What a PS puts in the header of a release request frame (it signs it whole)."""
     contributors = [str(s["statement"]["subject_id"]) for s in statements]
     return {
         "job_id": job_id,
         "round": int(round_number),
+        "attempt": int(attempt),
         "contributors": contributors,
+        "closed_set": dict(closed_set),
         "statements": [dict(s) for s in statements],
+        "audits": [dict(a) for a in audits],
     }
 
 
@@ -520,15 +830,52 @@ def verify_release_signature(header: Mapping[str, Any], ps_key: Ed25519PublicKey
     return round_number
 
 
-def check_release_request(
-    header: Mapping[str, Any], terms: JobTerms, *, next_round: int
-) -> tuple[int, list[str]]:
-    """The KGC's schedule, contributor, quorum and statement checks of a release request.
+@dataclass(frozen=True)
+class ReleaseCheck:
+    """A release request that passed every check: what the KGC may open, and for whom."""
 
-    ``next_round`` is the number of rounds of this job the KGC has released so far: it
-    releases round ``t`` only for ``0 <= t < rounds``, in order, once (the caller answers
-    a repeat of an already released round before calling this). Returns the round and
-    the contributors.
+    round: int
+    contributors: tuple[str, ...]
+    digests: AuditDigests
+
+
+def _one_per_contributor(
+    signed_list: object, contributors: Sequence[str], what: str, verify: Any
+) -> dict[str, Any]:
+    """Verify one message per contributor (any order); return them by subject id."""
+    if not isinstance(signed_list, list) or len(signed_list) != len(contributors):
+        raise ProtocolError(f"{what}-mismatch", f"one {what} per contributor is needed")
+    by_subject: dict[str, Any] = {}
+    for signed in signed_list:
+        checked = verify(signed)
+        body = checked[0] if isinstance(checked, tuple) else checked
+        subject = str(body["subject_id"])
+        if subject not in contributors or subject in by_subject:
+            raise ProtocolError(
+                f"{what}-mismatch", f"{what}s and contributors do not match one to one"
+            )
+        by_subject[subject] = checked
+    return by_subject
+
+
+def check_release_request(
+    header: Mapping[str, Any],
+    terms: JobTerms,
+    *,
+    next_round: int,
+    base_sha256: str,
+    payload_sha256: str,
+) -> ReleaseCheck:
+    """The KGC's checks of a release request before it opens anything.
+
+    Schedule: round ``t`` only for ``0 <= t < rounds``, in order, once (``next_round`` is
+    the number of rounds already released; the caller answers a repeat of a released
+    round before calling this). Contributors: distinct participants, at least the quorum,
+    all in the one PS-signed closed commitment set. Per contributor: an upload statement
+    for its committed payload under that set, and an audit statement; every audit names
+    the same attempt, set, contributors, ``base_sha256`` (the KGC's latest release's
+    aggregate, or ``Enc(W_0)`` from the terms) and ``payload_sha256`` (the frame it is
+    asked to open) as ``F``.
     """
     if header.get("job_id") != terms.job_id:
         raise ProtocolError("job-mismatch", "the request is for another job")
@@ -546,6 +893,9 @@ def check_release_request(
             "out-of-schedule",
             f"round {round_number} cannot be released now: the next round is {next_round}",
         )
+    attempt = header.get("attempt")
+    if not isinstance(attempt, int) or not _in_range(attempt, 0, MAX_ATTEMPT):
+        raise ProtocolError("bad-field", f"attempt must be an integer in [0, {MAX_ATTEMPT}]")
     contributors = header.get("contributors")
     if not isinstance(contributors, list) or not all(isinstance(c, str) for c in contributors):
         raise ProtocolError("bad-field", "contributors must be a list of subject ids")
@@ -560,7 +910,51 @@ def check_release_request(
         raise ProtocolError(
             "below-quorum", f"{len(contributors)} contributors, the quorum is {terms.quorum}"
         )
-    verify_release_statements(
-        header.get("statements"), terms, round_number=round_number, contributors=contributors
+    closed = verify_closed_set(header.get("closed_set"), terms, round_number=round_number)
+    uncommitted = sorted(set(contributors) - set(closed.payloads))
+    if uncommitted:
+        raise ProtocolError(
+            "not-committed", "contributors without a commitment: " + ", ".join(uncommitted[:10])
+        )
+    _one_per_contributor(
+        header.get("statements"),
+        contributors,
+        "statement",
+        lambda signed: verify_upload_statement(
+            signed,
+            terms,
+            round_number=round_number,
+            payload_sha256=closed.payloads.get(_signer(signed, "statement"), ""),
+            closed_set_sha256=closed.digest,
+        ),
     )
-    return round_number, list(contributors)
+    audits = _one_per_contributor(
+        header.get("audits"),
+        contributors,
+        "audit",
+        lambda signed: verify_audit_statement(signed, terms, round_number=round_number),
+    )
+    expected = AuditDigests(
+        attempt=attempt,
+        closed_set_sha256=closed.digest,
+        contributors_sha256=contributors_sha256(contributors),
+        base_sha256=base_sha256,
+        aggregate_sha256=next(iter(audits.values()))[1].aggregate_sha256,
+        release_sha256=payload_sha256,
+        blind_sha256=next(iter(audits.values()))[1].blind_sha256,
+    )
+    for subject, (_, digests) in sorted(audits.items()):
+        if digests != expected:
+            differing = sorted(k for k, v in digests.fields().items() if expected.fields()[k] != v)
+            raise ProtocolError(
+                "audit-mismatch",
+                f"{subject}'s audit differs from the request in: " + ", ".join(differing),
+            )
+    return ReleaseCheck(round_number, tuple(contributors), expected)
+
+
+def _signer(signed: object, field: str) -> str:
+    """The subject id a signed message claims (checked by its verify function)."""
+    if isinstance(signed, dict) and isinstance(signed.get(field), dict):
+        return str(signed[field].get("subject_id"))
+    return ""

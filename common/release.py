@@ -12,8 +12,10 @@ participant client use one implementation.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gmpy2 import mpz
@@ -31,7 +33,8 @@ from common.sealing import (
 from common.signing import b64decode, b64encode
 
 __all__ = [
-    "blind_context",
+    "ReleaseBinding",
+    "blind_sha256",
     "open_release",
     "plaintexts_from_bytes",
     "plaintexts_to_bytes",
@@ -39,9 +42,65 @@ __all__ = [
 ]
 
 
-def blind_context(job_id: str, round_number: int) -> bytes:
-    """Associated data binding a sealed model and its wrapped keys to one job and round."""
-    return f"trapdoor-release|{job_id}|{round_number}".encode()
+@dataclass(frozen=True)
+class ReleaseBinding:
+    """What a sealed model and its wrapped keys are bound to (AES-GCM associated data).
+
+    The KGC fills it from the request it checked (the audited attempt, the base it
+    continues, the contributor set and the blind's digest); a contributor rebuilds it from
+    the bundle's fields after checking job and round against what it asked for. A PS that
+    serves a bundle under other fields, or another ``R``, gets nothing that opens.
+    """
+
+    job_id: str
+    round: int
+    attempt: int
+    base_sha256: str
+    contributors_sha256: str
+    blind_sha256: str
+
+    def context(self) -> bytes:
+        return "|".join(
+            [
+                "trapdoor-release/v2",
+                self.job_id,
+                str(self.round),
+                str(self.attempt),
+                self.base_sha256,
+                self.contributors_sha256,
+                self.blind_sha256,
+            ]
+        ).encode()
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "round": self.round,
+            "attempt": self.attempt,
+            "base_sha256": self.base_sha256,
+            "contributors_sha256": self.contributors_sha256,
+            "blind_sha256": self.blind_sha256,
+        }
+
+    @classmethod
+    def from_fields(cls, bundle: Mapping[str, Any]) -> ReleaseBinding:
+        """The binding a bundle names (raises ``ValueError`` on a malformed field)."""
+        try:
+            return cls(
+                job_id=str(bundle["job_id"]),
+                round=int(bundle["round"]),
+                attempt=int(bundle["attempt"]),
+                base_sha256=str(bundle["base_sha256"]),
+                contributors_sha256=str(bundle["contributors_sha256"]),
+                blind_sha256=str(bundle["blind_sha256"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"bundle lacks its binding: {exc}") from None
+
+
+def blind_sha256(blind: Sequence[int], n: int) -> str:
+    """SHA-256 of ``R`` as fixed-width big-endian integers (what audits and bundles name)."""
+    return hashlib.sha256(plaintexts_to_bytes(blind, n)).hexdigest()
 
 
 def plaintexts_to_bytes(values: Sequence[int], n: int) -> bytes:
@@ -64,8 +123,7 @@ def seal_release(
     blinded: EncryptedVector,
     contributors: Mapping[str, PublicKey],
     *,
-    job_id: str,
-    round_number: int,
+    binding: ReleaseBinding,
     rng: RandomSource,
     random_bytes: RandomBytes = os.urandom,
     workers: int = 1,
@@ -73,7 +131,7 @@ def seal_release(
     """Open ``Enc(W + R)`` with the master key and seal it for ``contributors`` only."""
     if not contributors:
         raise ValueError("a release needs at least one contributor")
-    context = blind_context(job_id, round_number)
+    context = binding.context()
     blinded_plaintexts = decrypt_vector(master_key, blinded, workers=workers)
     data_key = random_bytes(32)
     sealed = seal_bytes(
@@ -89,8 +147,7 @@ def seal_release(
         for subject, key in sorted(contributors.items())
     }
     return {
-        "job_id": job_id,
-        "round": round_number,
+        **binding.fields(),
         "num_plaintexts": len(blinded_plaintexts),
         "sealed_model": sealed,
         "wrapped_keys": wrapped,
@@ -100,18 +157,20 @@ def seal_release(
 def open_release(
     secret_key: SecretKey,
     *,
-    job_id: str,
-    round_number: int,
+    binding: ReleaseBinding,
     sealed_model: Any,
     wrapped_key: Any,
     blind: Sequence[int],
 ) -> list[mpz]:
     """A contributor's side: unwrap ``K``, open ``M = W + R`` and return ``W`` (mod N).
 
-    Raises :class:`~common.sealing.SealError` when this key cannot open the bundle.
+    Raises :class:`~common.sealing.SealError` when this key cannot open the bundle, or
+    when ``blind`` is not the ``R`` the binding names.
     """
     n = secret_key.public_key.params.n
-    context = blind_context(job_id, round_number)
+    if blind_sha256(blind, n) != binding.blind_sha256:
+        raise SealError("the blind is not the one this release was sealed for")
+    context = binding.context()
     data_key = unwrap_data_key(secret_key, wrapped_key, context)
     blinded = plaintexts_from_bytes(open_bytes(data_key, sealed_model, context), n)
     if len(blinded) != len(blind):
