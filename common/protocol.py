@@ -38,7 +38,13 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.bcp import PublicParams
-from common.blocks import EncryptedVector, JobKey, trivial_encryption
+from common.blocks import (
+    EncryptedVector,
+    JobKey,
+    element_bytes,
+    elements_to_bytes,
+    trivial_encryption,
+)
 from common.encoding import PackingLayout, encode_vector
 from common.signing import (
     SignatureError,
@@ -77,6 +83,8 @@ __all__ = [
     "contributors_sha256",
     "digest_equal",
     "initial_ciphertext",
+    "initial_ciphertext_sha256",
+    "initial_plaintexts",
     "initial_weights_of",
     "json_sha256",
     "kgc_key_id",
@@ -182,6 +190,12 @@ def initial_weights_of(definition: Mapping[str, Any]) -> npt.NDArray[np.float64]
     return np.frombuffer(raw, dtype="<f8").astype(np.float64)
 
 
+def initial_plaintexts(packing: PackingLayout, initial_weights: npt.ArrayLike) -> list[Any]:
+    """``W_0`` encoded: at most half a slot, leaving the other half for the updates' sum."""
+    plaintexts, _ = encode_vector(initial_weights, packing, clip_bound=packing.slot_bound / 2)
+    return plaintexts
+
+
 def initial_ciphertext(
     job_key: JobKey, packing: PackingLayout, initial_weights: npt.ArrayLike
 ) -> EncryptedVector:
@@ -190,10 +204,26 @@ def initial_ciphertext(
     ``W_0`` is public, so encrypting it with randomness hides nothing; the trivial form is
     one multiplication per element, and every participant recomputes the same bytes, so
     its digest is signed into the job terms and anchors the chain of audited aggregates.
-    ``W_0`` takes at most half a slot, leaving the other half for the updates' sum.
     """
-    plaintexts, _ = encode_vector(initial_weights, packing, clip_bound=packing.slot_bound / 2)
-    return trivial_encryption(job_key, plaintexts)
+    return trivial_encryption(job_key, initial_plaintexts(packing, initial_weights))
+
+
+def initial_ciphertext_sha256(
+    params: PublicParams, width: int, packing: PackingLayout, initial_weights: npt.ArrayLike
+) -> str:
+    """The digest of :func:`initial_ciphertext` before any job key exists.
+
+    A trivial encryption (``A = 1``, ``B_j = 1 + m_j N``) does not depend on the key's
+    components, only on ``N`` and the width, so the PS can put this digest in the terms it
+    asks the KGC to sign, and the KGC draws the job key afterwards.
+    """
+    n = params.n
+    plaintexts = initial_plaintexts(packing, initial_weights)
+    elements: list[int] = []
+    for start in range(0, len(plaintexts), width):
+        elements.append(1)
+        elements.extend(int(1 + (int(m) % n) * n) for m in plaintexts[start : start + width])
+    return sha256_hex(elements_to_bytes(elements, element_bytes(params)))
 
 
 # --------------------------------------------------------------------------- tokens
