@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import secrets
 import threading
@@ -37,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from common.audit import audit_round
 from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import EncryptedVector, EncryptionMasks, JobKey, VectorEncryptor
 from common.encoding import EncodingError, PackingLayout, decode_vector, encode_vector
@@ -44,13 +44,19 @@ from common.http import ServiceClient, ServiceError
 from common.protocol import (
     DEFAULT_MIN_QUORUM,
     KGC_AUDIENCE,
+    AuditDigests,
+    ClosedSet,
     JobTerms,
     ProtocolError,
+    build_audit_statement,
+    build_commitment,
     build_upload_statement,
     check_job_view,
     token_request,
+    vector_sha256,
+    verify_closed_set,
 )
-from common.release import blind_from_text, open_release
+from common.release import ReleaseBinding, blind_from_text, open_release
 from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
 from common.signing import (
     SignatureError,
@@ -62,7 +68,7 @@ from common.signing import (
     public_key_hex,
     verify_json,
 )
-from common.wire import encode_frame, from_obj, to_obj
+from common.wire import decode_frame, encode_frame, from_obj, to_obj
 from participant.models import Model, model_from_spec
 from participant.training import TrainingConfig, local_fit, participant_rng
 
@@ -378,6 +384,19 @@ class JobView:
 
 # --------------------------------------------------------------------------- client
 
+#: A round's phases at the PS, in order (``failed`` ends it anywhere).
+ROUND_PHASES = ("open", "committed", "closed", "released")
+
+
+@dataclass
+class PreparedUpload:
+    """This round's encrypted update, before it is committed and uploaded."""
+
+    round: int
+    vector: EncryptedVector = field(repr=False)
+    payload_sha256: str
+    metrics: dict[str, Any]
+
 
 def _default_window(job: JobView) -> int:
     """Small fixed-base tables when few exponentiations will use them (cheap to build)."""
@@ -441,6 +460,8 @@ class ParticipantClient:
         self._encryptors: dict[str, VectorEncryptor] = {}
         self._mask_thread: ThreadPoolExecutor | None = None
         self._masks: dict[str, Future[tuple[EncryptionMasks, float]]] = {}
+        #: What the last audit cost: attempt, contributors, bytes downloaded, seconds.
+        self.last_audit: dict[str, Any] = {}
 
     # -- enrolment and the pinned KGC key
 
@@ -691,19 +712,24 @@ class ParticipantClient:
             self._mask_thread.shutdown(wait=True)
             self._mask_thread = None
 
-    def upload_frame(self, job: JobView, round_number: int, vector: EncryptedVector) -> bytes:
+    # -- one round: commit, upload, audit
+
+    def upload_frame(
+        self, job: JobView, round_number: int, vector: EncryptedVector, closed: ClosedSet
+    ) -> bytes:
         """The upload frame of ``vector``: its header carries our signed upload statement.
 
         The statement (:func:`common.protocol.build_upload_statement`) names the job terms,
-        the round, the payload's SHA-256 and the PS as audience, so neither the PS nor the
-        KGC can move this upload to another round, job or server.
+        the round, the payload's SHA-256, the closed commitment set and the PS as audience,
+        so neither the PS nor the KGC can move this upload to another round, job or server.
         """
         statement = build_upload_statement(
             self.identity.signing_key,
             job.terms,
             round_number=round_number,
             subject_id=self.identity.subject_id,
-            payload_sha256=hashlib.sha256(vector.to_bytes()).hexdigest(),
+            payload_sha256=vector_sha256(vector),
+            closed_set_sha256=closed.digest,
         )
         return encode_frame(
             vector, {"job_id": job.job_id, "round": round_number, "statement": statement}
@@ -713,19 +739,15 @@ class ParticipantClient:
         """A token for the PS at ``ps_url`` only (its subject id is the audience)."""
         return self.token(self.ps_subject(ps_url))
 
-    def train_and_upload(
+    def prepare_update(
         self,
         job: JobView,
         round_number: int,
         weights: npt.ArrayLike,
         X: np.ndarray,
         y: np.ndarray,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Train from ``W_t``, upload ``Enc(w_i Δ_i)`` with a signed upload statement.
-
-        Returns (the PS's signed receipt, metrics). The frame's header carries
-        :func:`common.protocol.build_upload_statement` over the payload's SHA-256.
-        """
+    ) -> PreparedUpload:
+        """Train from ``W_t`` and encrypt ``w_i Δ_i``: the ciphertext this round commits to."""
         subject = self.identity.subject_id
         index = job.index_of(subject)
         w_i = job.weights[subject]
@@ -753,17 +775,9 @@ class ParticipantClient:
         masks, timings["masks_s"] = self._take_masks(job)
         timings["masks_wait_s"] = time.perf_counter() - start
         vector = masks.encrypt(plaintexts)
-        frame = self.upload_frame(job, round_number, vector)
         timings["encrypt_s"] = time.perf_counter() - start  # what is left after training
-
-        start = time.perf_counter()
-        receipt: dict[str, Any] = self._ps(job.ps_url).post_bytes(
-            f"/v1/jobs/{job.job_id}/rounds/{round_number}/uploads", frame
-        )
-        timings["upload_s"] = time.perf_counter() - start
         if self.precompute_next and round_number + 1 < job.rounds_total:
-            self.prepare_encryption(job)  # overlaps waiting for this round's release
-
+            self.prepare_encryption(job)  # overlaps this round's commit, audit and release
         metrics = {
             "round": round_number,
             "train_loss": float(fit.metrics.get("train_loss", float("nan"))),
@@ -776,9 +790,239 @@ class ParticipantClient:
                 "clip_bound": float(clip.clip_bound),
             },
             "timings": timings,
-            "bytes_up": len(frame),
         }
-        return receipt, metrics
+        return PreparedUpload(round_number, vector, vector_sha256(vector), metrics)
+
+    def commit(self, job: JobView, prepared: PreparedUpload) -> dict[str, Any]:
+        """Send our signed commitment to the ciphertext we will upload (before any upload)."""
+        signed = build_commitment(
+            self.identity.signing_key,
+            job.terms,
+            round_number=prepared.round,
+            subject_id=self.identity.subject_id,
+            payload_sha256=prepared.payload_sha256,
+        )
+        answer: dict[str, Any] = self._ps(job.ps_url).post_json(
+            f"/v1/jobs/{job.job_id}/rounds/{prepared.round}/commitments", signed
+        )
+        return answer
+
+    def closed_set(self, job: JobView, round_number: int) -> ClosedSet:
+        """The round's PS-signed closed commitment set, verified against the terms."""
+        raw = self._ps(job.ps_url).get_json(
+            f"/v1/jobs/{job.job_id}/rounds/{round_number}/commitments"
+        )
+        try:
+            return verify_closed_set(
+                raw.get("closed_set") if isinstance(raw, dict) else None,
+                job.terms,
+                round_number=round_number,
+            )
+        except ProtocolError as exc:
+            raise ClientError(f"closed set refused: {exc.code}: {exc.message}", exc.code) from None
+
+    def upload(self, job: JobView, prepared: PreparedUpload, closed: ClosedSet) -> dict[str, Any]:
+        """Upload the committed ciphertext, once the closed set holds our commitment.
+
+        :class:`ClientError` ``not-included`` when the set closed without our commitment
+        (we committed too late) or with another payload under our name.
+        """
+        me = self.identity.subject_id
+        if closed.payloads.get(me) != prepared.payload_sha256:
+            raise ClientError(
+                f"round {prepared.round} closed without our commitment", "not-included"
+            )
+        frame = self.upload_frame(job, prepared.round, prepared.vector, closed)
+        start = time.perf_counter()
+        receipt: dict[str, Any] = self._ps(job.ps_url).post_bytes(
+            f"/v1/jobs/{job.job_id}/rounds/{prepared.round}/uploads", frame
+        )
+        prepared.metrics["timings"]["upload_s"] = time.perf_counter() - start
+        prepared.metrics["bytes_up"] = len(frame)
+        return receipt
+
+    def contribute(
+        self,
+        job: JobView,
+        round_number: int,
+        weights: npt.ArrayLike,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        timeout: float = 600.0,
+        poll_seconds: float = 0.5,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Train, encrypt, commit, wait for the closed set, upload; (receipt, metrics)."""
+        prepared = self.prepare_update(job, round_number, weights, X, y)
+        self.commit(job, prepared)
+        self.wait_for_round(
+            job.ps_url,
+            job.job_id,
+            round_number,
+            timeout,
+            at_least="committed",
+            poll_seconds=poll_seconds,
+            should_stop=should_stop,
+        )
+        closed = self.closed_set(job, round_number)
+        receipt = self.upload(job, prepared, closed)
+        return receipt, prepared.metrics
+
+    def audit(
+        self, job: JobView, round_number: int, *, own: EncryptedVector | None = None
+    ) -> AuditDigests:
+        """Recompute the round's current aggregate and blind; sign them if they check out.
+
+        Fetches the PS's audit package, ``Enc(W_t)`` and every contributor's upload (ours
+        too unless ``own`` is given), runs :func:`common.audit.audit_round` and compares
+        its digests with the ones the PS announces; only then signs and sends the audit
+        statement. Anything that does not check out is :class:`ClientError` with the
+        check's code, and nothing is signed.
+        """
+        ps = self._ps(job.ps_url)
+        prefix = f"/v1/jobs/{job.job_id}/rounds/{round_number}"
+        package = ps.get_json(f"{prefix}/audit")
+        me = self.identity.subject_id
+        start = time.perf_counter()
+        try:
+            closed = verify_closed_set(
+                package.get("closed_set"), job.terms, round_number=round_number
+            )
+            contributors = [str(s) for s in package["contributors"]]
+            attempt = int(package["attempt"])
+            blind = blind_from_text(str(package["blind"]), job.packing.modulus)
+        except ProtocolError as exc:
+            raise ClientError(f"audit refused: {exc.code}: {exc.message}", exc.code) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ClientError(f"malformed audit package: {exc}", "bad-audit-package") from None
+        downloaded = 0
+
+        def vector_at(path: str) -> EncryptedVector:
+            nonlocal downloaded
+            data = ps.get_bytes(path)
+            downloaded += len(data)
+            try:
+                return decode_frame(data).vector(job.job_key)
+            except ValueError as exc:
+                raise ClientError(f"bad frame at {path}: {exc}", "bad-frame") from None
+
+        base = vector_at(f"{prefix}/base")
+        uploads = {
+            s: own if s == me and own is not None else vector_at(f"{prefix}/uploads/{s}")
+            for s in contributors
+        }
+        try:
+            audited = audit_round(
+                job.terms,
+                closed,
+                attempt=attempt,
+                base=base,
+                uploads=uploads,
+                blind=blind,
+                subject_id=me,
+            )
+        except ProtocolError as exc:
+            raise ClientError(f"audit refused: {exc.code}: {exc.message}", exc.code) from None
+        announced = {k: package.get(k) for k in audited.digests.fields() if k in package}
+        mismatched = sorted(k for k, v in announced.items() if audited.digests.fields()[k] != v)
+        if mismatched:
+            raise ClientError(
+                "audit refused: the PS announces other digests: " + ", ".join(mismatched),
+                "audit-mismatch",
+            )
+        signed = build_audit_statement(
+            self.identity.signing_key,
+            job.terms,
+            round_number=round_number,
+            subject_id=me,
+            digests=audited.digests,
+        )
+        ps.post_json(f"{prefix}/audits", signed)
+        self.last_audit = {
+            "attempt": attempt,
+            "contributors": len(contributors),
+            "bytes_down": downloaded,
+            "seconds": time.perf_counter() - start,
+        }
+        return audited.digests
+
+    def audit_until_released(
+        self,
+        job: JobView,
+        round_number: int,
+        timeout: float,
+        *,
+        own: EncryptedVector | None = None,
+        poll_seconds: float = 0.5,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Audit each attempt of the round as it comes, until the round is released.
+
+        Returns the released round's status. :class:`ClientError` ``not-included`` when
+        an attempt no longer lists us (we were dropped), or on a failed or late round.
+        """
+        audited: int | None = None
+        while True:
+            status = self.wait_for_round(
+                job.ps_url,
+                job.job_id,
+                round_number,
+                timeout,
+                at_least="closed",
+                poll_seconds=poll_seconds,
+                should_stop=should_stop,
+            )
+            if status.get("status") == "released":
+                return status
+            attempt = status.get("attempt")
+            if attempt != audited:
+                try:
+                    self.audit(job, round_number, own=own)
+                except ServiceError as exc:
+                    if exc.status == 403:
+                        raise ClientError(
+                            f"dropped from round {round_number}", "not-included"
+                        ) from None
+                    if exc.status != 409:  # 409: the attempt moved on meanwhile
+                        raise
+                audited = attempt
+            self.sleep(poll_seconds)
+
+    def wait_for_round(
+        self,
+        ps_url: str,
+        job_id: str,
+        round_number: int,
+        timeout: float,
+        *,
+        at_least: str = "released",
+        poll_seconds: float = 0.5,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the round until its phase is ``at_least`` or later; its status then.
+
+        :class:`ClientError` if the round fails or does not get there in time.
+        """
+        wanted = ROUND_PHASES.index(at_least)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = self.round_status(ps_url, job_id, round_number)
+            except ServiceError as exc:
+                if exc.status not in (0, 404, 502, 503):
+                    raise
+                status = {"status": "unknown"}
+            phase = status.get("status")
+            if phase == "failed":
+                raise ClientError(f"round {round_number} of {job_id} failed")
+            if phase in ROUND_PHASES and ROUND_PHASES.index(phase) >= wanted:
+                return status
+            if time.monotonic() >= deadline:
+                raise ClientError(f"round {round_number} of {job_id} not {at_least} in time")
+            if should_stop is not None and should_stop():
+                raise ClientError("stopped")
+            self.sleep(poll_seconds)
 
     def wait_for_release(
         self,
@@ -791,23 +1035,14 @@ class ParticipantClient:
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """Poll the round until it is released; :class:`ClientError` if it fails or times out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                status = self.round_status(ps_url, job_id, round_number)
-            except ServiceError as exc:
-                if exc.status not in (0, 404, 502, 503):
-                    raise
-                status = {"status": "unknown"}
-            if status.get("status") == "released":
-                return status
-            if status.get("status") == "failed":
-                raise ClientError(f"round {round_number} of {job_id} failed")
-            if time.monotonic() >= deadline:
-                raise ClientError(f"round {round_number} of {job_id} not released in time")
-            if should_stop is not None and should_stop():
-                raise ClientError("stopped")
-            self.sleep(poll_seconds)
+        return self.wait_for_round(
+            ps_url,
+            job_id,
+            round_number,
+            timeout,
+            poll_seconds=poll_seconds,
+            should_stop=should_stop,
+        )
 
     def download_bundle(self, ps_url: str, job_id: str, round_number: int) -> dict[str, Any]:
         """The raw release bundle (403 for a non-contributor, 409 before release)."""
@@ -816,12 +1051,26 @@ class ParticipantClient:
         )
         return bundle
 
-    def open_bundle(self, job: JobView, bundle: dict[str, Any]) -> npt.NDArray[np.float64]:
-        """Unwrap ``K`` with our own key, open ``W + R``, subtract ``R``, decode."""
+    def open_bundle(
+        self, job: JobView, bundle: dict[str, Any], round_number: int | None = None
+    ) -> npt.NDArray[np.float64]:
+        """Unwrap ``K`` with our own key, open ``W + R``, subtract ``R``, decode.
+
+        The bundle's job (and round, when given) must be the ones asked for; the AES-GCM
+        associated data binds the rest (attempt, base, contributor set, ``R``'s digest),
+        so a bundle served under other fields or with another ``R`` does not open.
+        """
+        try:
+            binding = ReleaseBinding.from_fields(bundle)
+        except ValueError as exc:
+            raise SealError(str(exc)) from None
+        if binding.job_id != job.job_id or (
+            round_number is not None and binding.round != round_number
+        ):
+            raise SealError("the bundle is for another job or round")
         plaintexts = open_release(
             self.identity.secret_key,
-            job_id=str(bundle["job_id"]),
-            round_number=int(bundle["round"]),
+            binding=binding,
             sealed_model=bundle["sealed_model"],
             wrapped_key=bundle["wrapped_key"],
             blind=blind_from_text(str(bundle["blind"]), job.packing.modulus),
@@ -835,6 +1084,6 @@ class ParticipantClient:
         job = self.fetch_job(ps_url, job_id)
         bundle = self.download_bundle(ps_url, job_id, round_number)
         self.last_download_bytes = len(json.dumps(bundle))
-        return self.open_bundle(job, bundle)
+        return self.open_bundle(job, bundle, round_number)
 
     last_download_bytes: int = 0

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bcp import RandomSource
+from common.blocks import EncryptedVector
 from common.db import session_scope
 from common.http import ServiceError
 from common.protocol import DEFAULT_MIN_QUORUM
@@ -600,17 +601,27 @@ class ParticipantNode:
                 self._put_round(job_id, t, metrics={"note": "not a contributor: model withheld"})
                 client.forget_job(job_id)
                 return
-            self._train_round(client, view, job_id, t, weights)
-            self._retry(
-                lambda t=t: client.wait_for_release(  # type: ignore[misc]
-                    ps_url,
-                    job_id,
-                    t,
-                    self.round_timeout,
-                    poll_seconds=self.poll_seconds,
-                    should_stop=self._stop.is_set,
+            try:
+                own = self._train_round(client, view, job_id, t, weights)
+                self._retry(
+                    lambda t=t, own=own: client.audit_until_released(  # type: ignore[misc]
+                        view,
+                        t,
+                        self.round_timeout,
+                        own=own,
+                        poll_seconds=self.poll_seconds,
+                        should_stop=self._stop.is_set,
+                    )
                 )
-            )
+                self._put_round(job_id, t, status="audited", metrics={"audit": client.last_audit})
+            except ClientError as exc:
+                if exc.code != "not-included":
+                    raise
+                # The round's set closed without us, or we were dropped: no W_{t+1}.
+                self._put_round(job_id, t, status="excluded", metrics={"note": exc.message})
+                self._set_job(job_id, status="excluded", holds_model=False, next_round=t + 1)
+                client.forget_job(job_id)
+                return
             weights = self._download(client, view, job_id, t)
             t += 1
         self._set_job(job_id, status="finished", next_round=t)
@@ -623,24 +634,48 @@ class ParticipantNode:
         job_id: str,
         t: int,
         weights: npt.NDArray[np.float64],
-    ) -> None:
+    ) -> EncryptedVector | None:
+        """Train, commit and upload round ``t``; our ciphertext (None after a restart).
+
+        After a restart that came after the upload, the audit fetches our upload back from
+        the PS (checked against our commitment in the closed set).
+        """
         with session_scope(self.sessions) as session:
             done = session.get(NodeRound, (job_id, t))
             if done is not None and done.contributed:
-                return  # uploaded before a restart
+                return None  # uploaded before a restart
         try:
-            receipt, metrics = self._retry(
-                lambda: client.train_and_upload(
-                    view, t, weights, self.data.X_train, self.data.y_train
+            prepared = client.prepare_update(view, t, weights, self.data.X_train, self.data.y_train)
+            self._retry(lambda: client.commit(view, prepared))
+            self._put_round(job_id, t, status="committed", metrics=prepared.metrics)
+            self._retry(
+                lambda: client.wait_for_round(
+                    view.ps_url,
+                    job_id,
+                    t,
+                    self.round_timeout,
+                    at_least="committed",
+                    poll_seconds=self.poll_seconds,
+                    should_stop=self._stop.is_set,
                 )
             )
+            closed = self._retry(lambda: client.closed_set(view, t))
+            receipt = self._retry(lambda: client.upload(view, prepared, closed))
         except ServiceError as exc:
             if exc.status != 409 or "duplicate" not in exc.code:
                 raise
-            receipt, metrics = None, {"note": "upload already accepted before a restart"}
+            # Committed (or uploaded) before a restart with a ciphertext we no longer
+            # hold: this round goes on without us.
+            raise ClientError(f"round {t}: {exc.code} after a restart", "not-included") from None
         self._put_round(
-            job_id, t, status="uploaded", contributed=True, receipt=receipt, metrics=metrics
+            job_id,
+            t,
+            status="uploaded",
+            contributed=True,
+            receipt=receipt,
+            metrics=prepared.metrics,
         )
+        return prepared.vector
 
     def _download(
         self, client: ParticipantClient, view: JobView, job_id: str, t: int

@@ -24,25 +24,37 @@ import copy
 import itertools
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from common.audit import AuditedRound, audit_round
 from common.bcp import PublicParams
-from common.blocks import generate_job_key
+from common.blocks import EncryptedVector, generate_job_key, trivial_encryption
 from common.encoding import PackingLayout
 from common.http import ServiceError
 from common.protocol import (
     KGC_AUDIENCE,
+    ProtocolError,
+    build_closed_set,
+    build_commitment,
+    initial_ciphertext,
+    initial_ciphertext_sha256,
+    initial_weights_of,
     requested_terms,
     sign_job_terms,
     token_challenge,
+    vector_sha256,
+    verify_audit_statement,
+    verify_closed_set,
+    verify_commitment,
     verify_job_terms,
     verify_upload_statement,
 )
+from common.release import blind_to_text
 from common.signing import (
     SignatureError,
     TokenError,
@@ -55,7 +67,7 @@ from common.signing import (
     verify_json,
     verify_token,
 )
-from common.wire import WireError, decode_frame, to_obj
+from common.wire import WireError, decode_frame, encode_frame, to_obj
 from participant.client import Identity
 from participant.models import MLP
 
@@ -115,6 +127,8 @@ class JobWorld:
         self.params = params
         self.rng = rng
         self.kgc_key = generate_signing_key()
+        #: The PS's certified key: it signs closed commitment sets.
+        self.ps_key = generate_signing_key()
         self.job_id = job_id
         self.ps_subject = ps_subject
         self.width = width
@@ -169,11 +183,18 @@ class JobWorld:
             weights=self.weights,
             width=self.width,
             num_plaintexts=self.num_plaintexts,
+            initial_ciphertext_sha256=initial_ciphertext_sha256(
+                self.params,
+                self.width,
+                PackingLayout.from_json(self.packing),
+                initial_weights_of(self.definition),
+            ),
         )
         self.job_terms, self.job_terms_signature = sign_job_terms(
             kgc_key or self.kgc_key,
             requested,
             param_server=param_server or self.ps_subject,
+            param_server_key=public_key_hex(self.ps_key),
             signing_keys={s: i.signing_key_hex for s, i in self.identities.items()},
             job_key=job_key or self.job_key,
         )
@@ -287,12 +308,38 @@ class FakeKgc:
 
 
 @dataclass
+class _FakeRound:
+    """What a fake PS holds about one round."""
+
+    commitments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    closed: dict[str, Any] | None = None
+    uploads: dict[str, EncryptedVector] = field(default_factory=dict)
+    statements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    audited: AuditedRound | None = None
+    blind: list[int] = field(default_factory=list)
+    audits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.closed is None:
+            return "open"
+        if self.audited is None:
+            return "committed"
+        return "released" if set(self.audits) == set(self.audited.contributors) else "closed"
+
+
+@dataclass
 class FakePs:
-    """A parameter server's participant-facing API: info, the job view, uploads.
+    """A parameter server's participant-facing API: info, the job view, one round's phases.
 
     It accepts only tokens whose audience is its own ``subject_id`` (as the real PS), and
-    checks upload statements with :func:`~common.protocol.verify_upload_statement`.
-    ``serve`` turns the honest view into the one it sends (a dishonest PS).
+    checks commitments, upload statements and audits with :mod:`common.protocol`. The
+    other participants of the world are played by the fake: with ``others`` on, the first
+    commitment of a round brings theirs (random ciphertexts) and closes the set; once the
+    test's client uploaded, the round is aggregated with :func:`common.audit.audit_round`
+    and its audit package served; when every contributor audited, the round is released
+    (no bundle: the fake has no KGC). ``serve`` turns the honest job view into the one it
+    sends (a dishonest PS).
     """
 
     world: JobWorld
@@ -304,6 +351,11 @@ class FakePs:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     #: Every upload frame received, by round.
     uploads: list[tuple[int, bytes]] = field(default_factory=list)
+    #: Whether the world's other participants commit, upload and audit (see above).
+    others: bool = True
+    #: Changes the audit package served (a dishonest PS).
+    serve_audit: Callable[[dict[str, Any]], dict[str, Any]] = lambda package: package
+    rounds: dict[int, _FakeRound] = field(default_factory=dict)
     clock: Callable[[], float] = lambda: 1_700_000_000.0
 
     def _claims(self, token: str | None) -> str:
@@ -327,25 +379,146 @@ class FakePs:
             raise ServiceError(403, "not-a-participant", "not a participant of this job")
         if method == "GET" and path == f"/v1/jobs/{self.world.job_id}":
             return self.serve(self.world.view())
-        match = re.fullmatch(rf"/v1/jobs/{re.escape(self.world.job_id)}/rounds/(\d+)/uploads", path)
-        if method == "POST" and match:
-            return self._upload(subject, int(match.group(1)), body)
-        raise ServiceError(404, "not-found", f"fake PS has no {method} {path}")
+        match = re.fullmatch(
+            rf"/v1/jobs/{re.escape(self.world.job_id)}/rounds/(\d+)(/[a-z]+)?(/[^/]+)?", path
+        )
+        if match is None:
+            raise ServiceError(404, "not-found", f"fake PS has no {method} {path}")
+        t, action, item = int(match.group(1)), match.group(2) or "", (match.group(3) or "")[1:]
+        rnd = self.rounds.setdefault(t, _FakeRound())
+        try:
+            return self._route(method, action, item, subject, t, rnd, body)
+        except ProtocolError as exc:
+            raise ServiceError(422, exc.code, exc.message) from None
 
-    def _upload(self, subject: str, round_number: int, data: bytes) -> dict[str, Any]:
+    def _route(
+        self, method: str, action: str, item: str, subject: str, t: int, rnd: _FakeRound, body: Any
+    ) -> Any:
+        terms = self.world.terms()
+        if method == "GET" and action == "":
+            attempt = 0 if rnd.audited is not None else None
+            return {"round": t, "status": rnd.status, "attempt": attempt}
+        if method == "POST" and action == "/commitments":
+            verify_commitment(body, terms, round_number=t, subject_id=subject)
+            if rnd.closed is not None:
+                raise ServiceError(409, "round-not-open", "the commitment set is closed")
+            rnd.commitments[subject] = body
+            if self.others:
+                self.commit_others(t)
+            return {"round": t, "subject_id": subject}
+        if method == "GET" and action == "/commitments":
+            if rnd.closed is None:
+                raise ServiceError(409, "set-not-closed", "the commitment set is not closed")
+            return {"closed_set": rnd.closed}
+        if method == "POST" and action == "/uploads":
+            return self._upload(subject, t, rnd, body)
+        if rnd.audited is None:
+            raise ServiceError(409, "not-aggregated", "the round is not aggregated yet")
+        if subject not in rnd.audited.contributors:
+            raise ServiceError(403, "not-a-contributor", "not a contributor of this attempt")
+        if method == "GET" and action == "/audit":
+            return self.serve_audit(self._package(t, rnd))
+        if method == "GET" and action == "/base":
+            return encode_frame(self._base(), {"job_id": self.world.job_id, "round": t})
+        if method == "GET" and action == "/uploads" and item in rnd.uploads:
+            return encode_frame(rnd.uploads[item], {"job_id": self.world.job_id, "round": t})
+        if method == "POST" and action == "/audits":
+            _, digests = verify_audit_statement(body, terms, round_number=t, subject_id=subject)
+            if digests != rnd.audited.digests:
+                raise ServiceError(422, "audit-mismatch", "the audit names other digests")
+            rnd.audits[subject] = body
+            return {"round": t, "subject_id": subject, "attempt": 0}
+        raise ServiceError(404, "not-found", f"fake PS has no {method} {action}")
+
+    def _base(self) -> EncryptedVector:
+        return initial_ciphertext(
+            self.world.terms().job_key,
+            PackingLayout.from_json(self.world.packing),
+            self.world.initial_weights,
+        )
+
+    def commit_others(self, t: int, *, skip: Collection[str] = ()) -> None:
+        """Every participant not yet committed (but ``skip``) commits to a random
+        ciphertext; then the set closes."""
+        rnd = self.rounds.setdefault(t, _FakeRound())
+        terms = self.world.terms()
+        n = int(self.world.params.n)
+        for other, identity in self.world.identities.items():
+            if other in rnd.commitments or other in skip:
+                continue
+            vector = trivial_encryption(
+                terms.job_key, [self.world.rng.randrange(n) for _ in range(terms.num_plaintexts)]
+            )
+            rnd.uploads[other] = vector
+            rnd.commitments[other] = build_commitment(
+                identity.signing_key,
+                terms,
+                round_number=t,
+                subject_id=other,
+                payload_sha256=vector_sha256(vector),
+            )
+        self.close_set(t)
+
+    def close_set(self, t: int) -> dict[str, Any]:
+        """Sign and close round ``t``'s commitment set as it stands."""
+        rnd = self.rounds.setdefault(t, _FakeRound())
+        rnd.closed = build_closed_set(
+            self.world.ps_key,
+            self.world.terms(),
+            round_number=t,
+            commitments=list(rnd.commitments.values()),
+            closed_at=int(self.clock()),
+        )
+        return rnd.closed
+
+    def _upload(self, subject: str, t: int, rnd: _FakeRound, data: bytes) -> dict[str, Any]:
+        if rnd.closed is None:
+            raise ServiceError(409, "set-not-closed", "the commitment set is not closed")
+        terms = self.world.terms()
+        closed = verify_closed_set(rnd.closed, terms, round_number=t)
         try:
             frame = decode_frame(data)
         except WireError as exc:
             raise ServiceError(400, "bad-frame", str(exc)) from None
-        verify_upload_statement(
+        if closed.payloads.get(subject) != frame.header["sha256"]:
+            raise ServiceError(422, "upload-mismatch", "not the committed payload")
+        rnd.statements[subject] = verify_upload_statement(
             frame.header.get("statement"),
-            self.world.terms(),
-            round_number=round_number,
+            terms,
+            round_number=t,
             subject_id=subject,
             payload_sha256=frame.header["sha256"],
+            closed_set_sha256=closed.digest,
         )
-        self.uploads.append((round_number, data))
-        return {"receipt": {"subject_id": subject, "round": round_number}, "signature": "sig"}
+        self.uploads.append((t, data))
+        rnd.uploads[subject] = frame.vector(terms.job_key)
+        if set(rnd.uploads) >= set(closed.payloads):
+            n = int(self.world.params.n)
+            rnd.blind = [self.world.rng.randrange(n) for _ in range(terms.num_plaintexts)]
+            rnd.audited = audit_round(
+                terms,
+                closed,
+                attempt=0,
+                base=self._base(),
+                uploads={s: rnd.uploads[s] for s in closed.payloads},
+                blind=rnd.blind,
+            )
+            if self.others:  # the others audit at once
+                for other in rnd.audited.contributors:
+                    if other != subject:
+                        rnd.audits[other] = {}
+        return {"receipt": {"subject_id": subject, "round": t}, "signature": "sig"}
+
+    def _package(self, t: int, rnd: _FakeRound) -> dict[str, Any]:
+        assert rnd.audited is not None and rnd.closed is not None
+        return {
+            "job_id": self.world.job_id,
+            "round": t,
+            "contributors": list(rnd.audited.contributors),
+            "closed_set": rnd.closed,
+            "blind": blind_to_text(rnd.blind, int(self.world.params.n)),
+            **rnd.audited.digests.fields(),
+        }
 
 
 class FakeNetwork:
@@ -391,3 +564,7 @@ class _FakeServiceClient:
 
     def post_bytes(self, path: str, data: bytes, *, auth: bool = True, **_: Any) -> Any:
         return self._call("POST", path, data, auth)
+
+    def get_bytes(self, path: str, *, auth: bool = True, **_: Any) -> bytes:
+        data: bytes = self._call("GET", path, None, auth)
+        return data

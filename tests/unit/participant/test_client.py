@@ -26,10 +26,13 @@ from common.protocol import (
     KGC_AUDIENCE,
     ProtocolError,
     token_challenge,
+    verify_audit_statement,
+    verify_closed_set,
     verify_upload_statement,
 )
 from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
 from common.signing import (
+    b64decode,
     b64encode,
     generate_signing_key,
     public_key_from_hex,
@@ -424,7 +427,7 @@ def test_upload_frame_decodes_to_weighted_update_with_a_signed_statement(
     X, y = _data()
     w0 = job.initial_weights
 
-    receipt, metrics = bob.train_and_upload(job, 1, w0, X, y)
+    receipt, metrics = bob.contribute(job, 1, w0, X, y, poll_seconds=0)
 
     assert receipt["receipt"]["subject_id"] == "bob"  # the fake PS checked the statement
     [(round_number, frame)] = network.ps.uploads
@@ -432,12 +435,15 @@ def test_upload_frame_decodes_to_weighted_update_with_a_signed_statement(
     parsed = decode_frame(frame)
     assert parsed.header["job_id"] == "unit-1" and parsed.header["round"] == 1
     payload_sha256 = hashlib.sha256(parsed.payload).hexdigest()
+    closed = verify_closed_set(network.ps.rounds[1].closed, world.terms(), round_number=1)
+    assert closed.payloads["bob"] == payload_sha256  # committed before it uploaded
     statement = verify_upload_statement(
         parsed.header["statement"],
         world.terms(),
         round_number=1,
         subject_id="bob",
         payload_sha256=payload_sha256,
+        closed_set_sha256=closed.digest,
     )
     assert statement["audience"] == PS_SUBJECT
     for wrong in ({"round_number": 2}, {"round_number": 1, "subject_id": "p0"}):
@@ -473,22 +479,99 @@ def test_masks_for_the_next_round_are_prepared_and_never_reused(
     assert job.rounds_total > 2
     X, y = np.ones((6, 8)), np.array([0, 1, 2, 0, 1, 2])
     w0 = job.initial_weights
-    bob.train_and_upload(job, 0, w0, X, y)
+    bob.contribute(job, 0, w0, X, y, poll_seconds=0)
     pending = bob._masks[job.job_id]
     masks, _ = pending.result()
     assert not masks.used and masks._zero is not None
     prepared_a = [masks._zero.elements[i] for i in range(len(masks._zero.elements))]
-    bob.train_and_upload(job, 1, w0, X, y)
+    bob.contribute(job, 1, w0, X, y, poll_seconds=0)
     assert masks.used  # round 1 used exactly the masks prepared after round 0
     a_offsets = [offset for offset, _ in job_layout(job).block_offsets()]
     first, second = (decode_frame(f).vector(job.job_key) for _, f in network.ps.uploads)
     assert all(first.elements[i] != second.elements[i] for i in a_offsets)  # fresh g^r
     assert [second.elements[i] for i in a_offsets] == [prepared_a[i] for i in a_offsets]
     assert len(decrypt_vector(master, second)) == job.packing.num_plaintexts
-    bob.train_and_upload(job, job.rounds_total - 1, w0, X, y)
+    bob.contribute(job, job.rounds_total - 1, w0, X, y, poll_seconds=0)
     assert job.job_id not in bob._masks  # no round after the last one
     bob.close()
     assert bob._mask_thread is None and not bob._encryptors
+
+
+def test_a_contributor_audits_the_aggregate_before_the_release(
+    params_1024: tuple[PublicParams, MasterKey],
+    world: JobWorld,
+    bob: ParticipantClient,
+    network: FakeNetwork,
+) -> None:
+    """Bob recomputes Agg and F from every committed upload and signs exactly those."""
+    _, master = params_1024
+    job = bob.fetch_job(PS_URL, "unit-1")
+    X, y = _data()
+    bob.contribute(job, 0, job.initial_weights, X, y, poll_seconds=0)
+    status = bob.audit_until_released(job, 0, timeout=5, poll_seconds=0)
+
+    assert status["status"] == "released"
+    rnd = network.ps.rounds[0]
+    assert rnd.audited is not None
+    signed = rnd.audits["bob"]
+    _, digests = verify_audit_statement(signed, world.terms(), round_number=0, subject_id="bob")
+    assert digests == rnd.audited.digests
+    assert digests.base_sha256 == world.terms().initial_ciphertext_sha256
+    # F really is W_0 + Σ w_i Δ_i + R, slot by slot (the KGC would open exactly this).
+    opened = decrypt_vector(master, rnd.audited.release)
+    parts = [decrypt_vector(master, rnd.uploads[s]) for s in rnd.audited.contributors]
+    base = decrypt_vector(master, network.ps._base())
+    n = int(world.params.n)
+    assert opened == [
+        (b + sum(column) + r) % n for b, r, *column in zip(base, rnd.blind, *parts, strict=True)
+    ]
+    assert bob.last_audit["contributors"] == 3 and bob.last_audit["bytes_down"] > 0
+
+
+@pytest.mark.parametrize(
+    ("tamper", "code"),
+    [
+        (lambda p: {**p, "blind": b64encode(bytes(len(b64decode(p["blind"]))))}, "audit-mismatch"),
+        (lambda p: {**p, "contributors": p["contributors"][:1]}, "below-quorum"),
+        (
+            lambda p: {**p, "closed_set": {**p["closed_set"], "signature": "AA"}},
+            "bad-closed-set-signature",
+        ),
+    ],
+)
+def test_a_ps_that_serves_another_audit_package_gets_no_audit_signature(
+    bob: ParticipantClient, network: FakeNetwork, tamper: Any, code: str
+) -> None:
+    job = bob.fetch_job(PS_URL, "unit-1")
+    X, y = _data()
+    bob.contribute(job, 0, job.initial_weights, X, y, poll_seconds=0)
+    network.ps.serve_audit = tamper
+    with pytest.raises(ClientError) as caught:
+        bob.audit(job, 0)
+    assert caught.value.code == code
+    assert "bob" not in network.ps.rounds[0].audits  # nothing signed
+
+
+def test_a_set_closed_without_our_commitment_means_no_upload(
+    params_1024: tuple[PublicParams, MasterKey],
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Committing late: the PS closed the set with the three others; bob never uploads."""
+    world = JobWorld(params_1024[0], rng, [*SUBJECTS, "p3"])
+    network = FakeNetwork(world)
+    monkeypatch.setattr("participant.client.ServiceClient", network.service_client)
+    bob = ParticipantClient(world.identities["bob"], KGC_URL, rng=rng, clock=network.kgc.clock)
+    job = bob.fetch_job(PS_URL, "unit-1")
+    X, y = _data()
+    prepared = bob.prepare_update(job, 0, job.initial_weights, X, y)
+    network.ps.commit_others(0, skip={"bob"})
+    closed = verify_closed_set(network.ps.rounds[0].closed, world.terms(), round_number=0)
+    assert "bob" not in closed.payloads
+    with pytest.raises(ClientError) as caught:
+        bob.upload(job, prepared, closed)
+    assert caught.value.code == "not-included"
+    assert network.ps.uploads == []
 
 
 def job_layout(job: JobView) -> BlockLayout:
@@ -502,7 +585,7 @@ def test_not_a_participant_is_refused(
     outsider = Identity.generate("mallory", world.params, rng)
     client = ParticipantClient(outsider, KGC_URL, rng=rng)
     with pytest.raises(ClientError, match="not a participant") as caught:
-        client.train_and_upload(job, 0, job.initial_weights, np.zeros((2, 8)), np.zeros(2, int))
+        client.contribute(job, 0, job.initial_weights, np.zeros((2, 8)), np.zeros(2, int))
     assert caught.value.code == "not-a-participant"
     assert network.ps.uploads == []
 
