@@ -117,13 +117,14 @@ def create_job() -> Any:
 @bp.post("/jobs/<job_id>/releases")
 @body_limit(RELEASE_BODY_CEILING)
 def release(job_id: str) -> Any:
-    """Parameter server: open ``Enc(W + R)`` and seal it for the round's contributors.
+    """Parameter server: open ``F = Enc(W + R)`` and seal it for the round's contributors.
 
     Body: a binary vector frame (``application/octet-stream``) whose header is
-    ``common.protocol.release_request_header`` (job, round, contributors and their signed
-    upload statements) plus the server's ``request_signature``. The body may be no larger
-    than the job's frame (checked before it is read). 201 for a new release, 200 with the
-    stored bundle for a repeat of the same request.
+    ``common.protocol.release_request_header`` (job, round, attempt, contributors, the
+    closed commitment set, the contributors' upload statements and audits) plus the
+    server's ``request_signature``. The body may be no larger than the job's frame
+    (checked before it is read). 201 for a new release, 200 with the stored bundle for a
+    repeat of the same request; the bundle names its ``ReleaseBinding`` fields.
     """
     requester = _param_server()
     if request.mimetype != "application/octet-stream":

@@ -7,11 +7,15 @@ an injected clock and randomness, so tests are deterministic. Every refusal is a
 transaction, and the unique constraints of :mod:`kgc.models` settle races between workers.
 
 The parameter server is semi-trusted: the KGC takes nothing on its word. A job's terms
-(participants, their certified signing keys, weights, quorum, rounds, shape) are signed
-by the KGC when the job is made (:func:`common.protocol.sign_job_terms`); a release is
-granted only on that schedule (each round once, in order, below ``rounds``) and only for
-contributors whose own signed upload statements verify against those terms
-(:func:`common.protocol.check_release_request`).
+(the PS and its certified key, participants and theirs, weights, quorum, rounds, shape,
+the digest of ``Enc(W_0)``) are signed by the KGC when the job is made
+(:func:`common.protocol.sign_job_terms`). A release is granted only on that schedule
+(each round once, in order, below ``rounds``), only for contributors in the PS-signed
+closed commitment set whose own upload and audit statements verify against those terms,
+and only when every audit names the frame being opened as ``F`` and, as its base, the
+aggregate of the job's previous release (round 0: the signed ``Enc(W_0)``), so the chain
+of opened aggregates cannot be broken (:func:`common.protocol.check_release_request`,
+docs/ROUND_PROTOCOL_STEP2.md).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,9 +40,11 @@ from common.bcp import InvalidElementError, MasterKey, PublicKey, PublicParams, 
 from common.blocks import BlockLayout, JobKey, element_bytes, generate_job_key
 from common.db import session_scope
 from common.protocol import (
+    JOB_TERMS_PURPOSE,
     KGC_AUDIENCE,
     JobTerms,
     ProtocolError,
+    ReleaseCheck,
     check_release_request,
     check_requested_terms,
     sign_job_terms,
@@ -46,7 +52,7 @@ from common.protocol import (
     verify_job_terms,
     verify_release_signature,
 )
-from common.release import seal_release
+from common.release import ReleaseBinding, seal_release
 from common.sealing import RandomBytes
 from common.signing import (
     ROLES,
@@ -106,12 +112,16 @@ _TERMS_CACHE_SIZE = 1024
 
 #: How a :class:`common.protocol.ProtocolError` code becomes a refusal (docs/PROTOCOL.md):
 #: a schedule violation is a conflict with the KGC's state, a forged signature is 403 (the
-#: bearer token was valid, the request was not), a malformed field 400, the rest 422.
+#: bearer token was valid, the request was not), a malformed field 400, the rest 422
+#: (``not-committed``, ``closed-set-mismatch``, ``audit-mismatch``, ``bad-audit``, ...).
 _PROTOCOL_REFUSALS: dict[str, type[KgcError]] = {
     "round-out-of-range": ConflictError,
     "out-of-schedule": ConflictError,
     "bad-request-signature": ForbiddenError,
     "bad-statement-signature": ForbiddenError,
+    "bad-closed-set-signature": ForbiddenError,
+    "bad-commitment-signature": ForbiddenError,
+    "bad-audit-signature": ForbiddenError,
     "bad-field": BadRequestError,
     "bad-terms": BadRequestError,
 }
@@ -412,7 +422,8 @@ class KgcService:
         """Check the requested terms, make a job key and sign both (docs/PROTOCOL.md).
 
         ``terms`` is :func:`common.protocol.requested_terms` output. The KGC adds the
-        requesting PS, the participants' certified Ed25519 keys and the fresh job key, and
+        requesting PS and its certified Ed25519 key (closed commitment sets verify under
+        it), the participants' certified Ed25519 keys and the fresh job key, and
         signs the whole (:func:`common.protocol.sign_job_terms`); the job key's secrets are
         never kept (DESIGN §2). Returns ``{"job_id", "job_key", "job_terms",
         "job_terms_signature"}``.
@@ -441,7 +452,7 @@ class KgcService:
                 "invalid-participants", f"a job needs 1 to {MAX_PARTICIPANTS} participants"
             )
         with self._sessions() as session:
-            self._param_server(session, requester)
+            param_server_key = str(self._param_server(session, requester).signing_key)
             if session.get(Job, job_id) is not None:
                 raise ConflictError("job-exists", f"job {job_id} already exists")
             signing_keys = {
@@ -467,6 +478,7 @@ class KgcService:
             self._signing_key,
             requested,
             param_server=requester,
+            param_server_key=param_server_key,
             signing_keys=signing_keys,
             job_key=key_obj,
         )
@@ -503,10 +515,18 @@ class KgcService:
         }
 
     def _terms(self, job: Job) -> JobTerms:
-        """The job's KGC-signed terms, verified (cached per job and signature)."""
-        if job.terms is None or job.terms_signature is None:
+        """The job's KGC-signed terms, verified (cached per job and signature).
+
+        Terms signed before the current protocol (no terms, or another purpose) name no
+        PS key and no ``Enc(W_0)``: nothing could check a release against them.
+        """
+        if (
+            job.terms is None
+            or job.terms_signature is None
+            or job.terms.get("purpose") != JOB_TERMS_PURPOSE
+        ):
             raise ConflictError(
-                "legacy-job", "this job was made before signed job terms: make a new job"
+                "legacy-job", "this job was made under an older protocol: make a new job"
             )
         cache_key = (job.job_id, job.terms_signature)
         with self._terms_lock:
@@ -558,15 +578,18 @@ class KgcService:
     def release(
         self, requester: str, job_id: str, frame_bytes: bytes
     ) -> tuple[dict[str, Any], bool]:
-        """Open ``Enc(W + R)`` and seal ``W + R`` for the round's contributors only.
+        """Open ``F = Enc(W + R)`` and seal ``W + R`` for the round's contributors only.
 
         The request must be signed by the job's server, on the KGC's schedule (round
-        ``t`` only when ``t`` rounds are released and ``t < rounds``), with one valid
-        participant-signed statement per contributor, at least ``quorum`` of them, and a
-        frame of the job's shape (docs/PROTOCOL.md). Returns the signed bundle and
-        whether it is new. The same request again returns the stored bundle; anything
-        else for a released round is 409 ``already-released``. Nothing is decrypted or
-        sealed for a refused request.
+        ``t`` only when ``t`` rounds are released and ``t < rounds``), and carry the
+        PS-signed closed commitment set and, per contributor (at least ``quorum``), an
+        upload statement and an audit statement signed by that participant; every audit
+        must name this frame as ``F`` and, as its base, the aggregate of round ``t - 1``'s
+        release (round 0: the signed ``Enc(W_0)``). The frame must have the job's shape
+        (docs/ROUND_PROTOCOL_STEP2.md). Returns the signed bundle and whether it is new.
+        The same request again returns the stored bundle; anything else for a released
+        round is 409 ``already-released``. Nothing is decrypted or sealed for a refused
+        request.
         """
         try:
             return self._release(requester, job_id, frame_bytes)
@@ -602,47 +625,88 @@ class KgcService:
         with self._sessions() as session:
             stored = self._stored_release(session, job_id, round_number)
             if stored is not None:
-                return self._same_release(stored, digest, header.get("contributors")), False
-            released = int(
-                session.scalar(
-                    select(func.count()).select_from(Release).where(Release.job_id == job_id)
-                )
-                or 0
-            )
+                return self._same_release(stored, digest, header), False
+            next_round, base_sha256 = self._chain(session, job_id, terms)
         try:
-            round_number, contributors = check_release_request(header, terms, next_round=released)
+            check = check_release_request(
+                header,
+                terms,
+                next_round=next_round,
+                base_sha256=base_sha256,
+                payload_sha256=digest,
+            )
         except ProtocolError as exc:
             raise protocol_refusal(exc) from None
         self._check_shape(header, terms)
         with self._sessions() as session:
             keys = {
                 subject.id: PublicKey(self.params, from_hex(subject.bcp_public_key))
-                for subject in session.scalars(select(Subject).where(Subject.id.in_(contributors)))
+                for subject in session.scalars(
+                    select(Subject).where(Subject.id.in_(check.contributors))
+                )
                 if subject.bcp_public_key is not None and subject.role == "participant"
             }
-        if sorted(keys) != sorted(contributors):
+        if sorted(keys) != sorted(check.contributors):
             raise RuntimeError("stored participant keys are inconsistent with the job terms")
-        bundle = self._seal(frame, terms.job_key, keys, job_id, round_number)
+        bundle = self._seal(frame, terms.job_key, keys, self._binding(job_id, check))
         try:
             with session_scope(self._sessions) as session:
                 session.add(
                     Release(
                         job_id=job_id,
-                        round=round_number,
+                        round=check.round,
+                        attempt=check.digests.attempt,
                         payload_sha256=digest,
-                        contributors=sorted(contributors),
+                        aggregate_sha256=check.digests.aggregate_sha256,
+                        contributors=sorted(check.contributors),
                         bundle=bundle,
                         released_at=self._clock(),
                     )
                 )
         except IntegrityError:  # a concurrent request stored this round first
             with self._sessions() as session:
-                stored = self._stored_release(session, job_id, round_number)
+                stored = self._stored_release(session, job_id, check.round)
                 if stored is None:
                     raise
-                return self._same_release(stored, digest, contributors), False
-        log.info("released job %s round %d to %d contributors", job_id, round_number, len(keys))
+                return self._same_release(stored, digest, header), False
+        log.info(
+            "released job %s round %d (attempt %d) to %d contributors",
+            job_id,
+            check.round,
+            check.digests.attempt,
+            len(keys),
+        )
         return bundle, True
+
+    @staticmethod
+    def _chain(session: Session, job_id: str, terms: JobTerms) -> tuple[int, str]:
+        """The next round to release and the base its audits must name.
+
+        Round ``t``'s base is the aggregate (before its blind) that round ``t - 1``'s
+        release was audited for; round 0's is the signed ``Enc(W_0)``. So every opened
+        model continues the previous one: a PS cannot restart from another history.
+        """
+        latest = session.scalar(
+            select(Release).where(Release.job_id == job_id).order_by(Release.round.desc()).limit(1)
+        )
+        if latest is None:
+            return 0, terms.initial_ciphertext_sha256
+        if latest.aggregate_sha256 is None:
+            raise ConflictError("legacy-job", "this job's last release predates audited aggregates")
+        return latest.round + 1, latest.aggregate_sha256
+
+    @staticmethod
+    def _binding(job_id: str, check: ReleaseCheck) -> ReleaseBinding:
+        """What the bundle is sealed to: the audited attempt, its base, set and blind."""
+        digests = check.digests
+        return ReleaseBinding(
+            job_id=job_id,
+            round=check.round,
+            attempt=digests.attempt,
+            base_sha256=digests.base_sha256,
+            contributors_sha256=digests.contributors_sha256,
+            blind_sha256=digests.blind_sha256,
+        )
 
     @staticmethod
     def _check_shape(header: dict[str, Any], terms: JobTerms) -> None:
@@ -666,13 +730,20 @@ class KgcService:
         )
 
     @staticmethod
-    def _same_release(stored: Release, digest: str, contributors: object) -> dict[str, Any]:
-        """The stored bundle for an identical request; 409 for anything else."""
+    def _same_release(stored: Release, digest: str, header: dict[str, Any]) -> dict[str, Any]:
+        """The stored bundle for an identical request (a retry); 409 for anything else.
+
+        Identical means the same frame (``F``), contributor set and attempt: the bundle
+        is bound to them, so returning it for any other request would mislabel it.
+        """
+        contributors = header.get("contributors")
         same = (
             isinstance(contributors, list)
             and all(isinstance(c, str) for c in contributors)
             and stored.payload_sha256 == digest
             and sorted(stored.contributors) == sorted(contributors)
+            and _is_int(header.get("attempt"))
+            and stored.attempt == header.get("attempt")
         )
         if not same:
             raise ConflictError(
@@ -685,8 +756,7 @@ class KgcService:
         frame: VectorFrame,
         job_key: JobKey,
         keys: dict[str, PublicKey],
-        job_id: str,
-        round_number: int,
+        binding: ReleaseBinding,
     ) -> dict[str, Any]:
         try:
             vector = frame.vector(job_key)
@@ -698,8 +768,7 @@ class KgcService:
             self._master_key,
             vector,
             keys,
-            job_id=job_id,
-            round_number=round_number,
+            binding=binding,
             rng=self._rng,
             random_bytes=self._random_bytes,
             workers=self.release_workers,

@@ -133,7 +133,12 @@ class Job(Base):
 
 
 class Release(Base):
-    """The sealed bundle of one (job, round), kept so a retried request gets the same one."""
+    """The sealed bundle of one (job, round), kept so a retried request gets the same one.
+
+    ``aggregate_sha256`` is the audited ``Agg`` of the released attempt ``attempt``: the
+    base the next round's audits must name, which chains the job's releases. Both are
+    NULL for releases made before revision ``0003_release_chain``.
+    """
 
     __tablename__ = "kgc_releases"
     __table_args__ = (UniqueConstraint("job_id", "round", name="uq_kgc_releases_job_round"),)
@@ -143,7 +148,9 @@ class Release(Base):
         String(JOB_ID_LENGTH), ForeignKey("kgc_jobs.job_id", ondelete="CASCADE")
     )
     round: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload_sha256: Mapped[str] = mapped_column(String(64))
+    aggregate_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     contributors: Mapped[list[str]] = mapped_column(JSON)
     bundle: Mapped[dict[str, Any]] = mapped_column(JSON)  # with kgc_signature
     released_at: Mapped[float] = mapped_column(Float)

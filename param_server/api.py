@@ -1,7 +1,9 @@
 """HTTP adapters of the parameter server (docs/PROTOCOL.md, parameter-server section).
 
 Each view authenticates, parses, calls :class:`~param_server.domain.ParameterServer`
-and returns JSON; no business rule lives here. Participant tokens are verified offline
+and returns JSON (or a frame); no business rule lives here. The round protocol's views
+(commitments, uploads, audit package, base, uploads for auditors, audits) follow
+docs/ROUND_PROTOCOL_STEP2.md. Participant tokens are verified offline
 with the KGC's key and must name this PS's subject id as their audience; the operator
 uses the service's admin token.
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from common.service import (
     ROUND,
@@ -75,13 +77,25 @@ def _is_admin(token: str) -> bool:
     return bool(expected) and hmac.compare_digest(token.encode(), str(expected).encode())
 
 
-def _operator_or_participant_of(job_id: str) -> None:
+def _operator_or_participant_of(job_id: str) -> str | None:
+    """The requesting participant's subject id, or None for the operator."""
     token = bearer_token()
     if _is_admin(token):
-        return
+        return None
     claims = _claims(token)
     if claims.subject not in _service().participants(job_id):
         raise ApiError(403, "not-a-participant", "not a participant of this job")
+    return claims.subject
+
+
+def _created(answer: tuple[dict[str, Any], bool]) -> Any:
+    """201 for a message stored now, 200 for the same message again (a retry)."""
+    body, created = answer
+    return jsonify(body), 201 if created else 200
+
+
+def _frame(data: bytes) -> Response:
+    return Response(data, mimetype="application/octet-stream")
 
 
 @bp.get("/v1/info")
@@ -120,9 +134,23 @@ def get_job(job_id: str) -> Any:
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>")
 def get_round(job_id: str, t: int) -> Any:
-    """A round: status, contributors, upload count, deadline."""
+    """A round: phase, attempt, committed subjects, contributors, deadline."""
     _operator_or_participant_of(job_id)
     return jsonify(_service().round_view(job_id, t))
+
+
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/commitments")
+def commit(job_id: str, t: int) -> Any:
+    """Participant: commit to the payload it will upload in round t (commit phase)."""
+    claims = _participant()
+    return _created(_service().accept_commitment(job_id, t, claims.subject, json_body()))
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/commitments")
+def closed_set(job_id: str, t: int) -> Any:
+    """The round's PS-signed closed commitment set (409 set-not-closed before)."""
+    _operator_or_participant_of(job_id)
+    return jsonify(_service().closed_set(job_id, t))
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads")
@@ -138,15 +166,43 @@ def upload(job_id: str, t: int) -> Any:
     return jsonify(_service().accept_upload(job_id, t, claims.subject, data)), 201
 
 
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audit")
+def audit_package(job_id: str, t: int) -> Any:
+    """Contributor of the current attempt: its contributors, closed set, R and digests."""
+    requester = _operator_or_participant_of(job_id)
+    return jsonify(_service().audit_package(job_id, t, requester))
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/base")
+def base(job_id: str, t: int) -> Any:
+    """Contributor of the current attempt: Enc(W_t), framed."""
+    requester = _operator_or_participant_of(job_id)
+    return _frame(_service().base_frame(job_id, t, requester))
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads/<subject_id>")
+def upload_of(job_id: str, t: int, subject_id: str) -> Any:
+    """Contributor of the current attempt: another contributor's upload and statement."""
+    requester = _operator_or_participant_of(job_id)
+    return _frame(_service().upload_frame(job_id, t, subject_id, requester))
+
+
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audits")
+def audit(job_id: str, t: int) -> Any:
+    """Contributor of the current attempt: its signed audit of the aggregate and blind."""
+    claims = _participant()
+    return _created(_service().accept_audit(job_id, t, claims.subject, json_body()))
+
+
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/close")
 def close_round(job_id: str, t: int) -> Any:
-    """Operator: close round t now if it has its quorum (the release follows)."""
+    """Operator: end round t's commit or upload phase now if it has its quorum."""
     require_admin()
     return jsonify(_service().close_round(job_id, t))
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/model")
 def download(job_id: str, t: int) -> Any:
-    """Contributor of round t: its sealed W_{t+1} bundle and the blind R."""
+    """Contributor of round t's released attempt: its sealed bundle, binding and R."""
     claims = _participant()
     return jsonify(_service().download(job_id, t, claims.subject))

@@ -18,7 +18,15 @@ import numpy as np
 import numpy.typing as npt
 
 from common.encoding import EncodingError, PackingLayout
-from common.protocol import UPLOAD_PURPOSE, release_request_header
+from common.protocol import (
+    AUDIT_PURPOSE,
+    CLOSED_SET_PURPOSE,
+    COMMITMENT_PURPOSE,
+    MAX_ATTEMPT,
+    UPLOAD_PURPOSE,
+    AuditDigests,
+    release_request_header,
+)
 from common.signing import b64decode
 from common.wire import MAX_HEADER_BYTES
 from param_server.errors import DomainError
@@ -278,8 +286,8 @@ def parse_definition(
         MAX_HEADER_BYTES
     ):
         raise _invalid(
-            f"{len(participants)} participants' upload statements would not fit the "
-            f"{MAX_HEADER_BYTES}-byte header of one release request"
+            f"{len(participants)} participants' commitments, statements and audits would "
+            f"not fit the {MAX_HEADER_BYTES}-byte header of one release request"
         )
     largest = float(np.abs(weights).max())
     if largest > definition.model_clip_bound:
@@ -292,42 +300,76 @@ def parse_definition(
 def release_header_bytes(
     job_id: str, subject_ids: list[str], *, param_server: str | None = None
 ) -> int:
-    """Worst-case size of a release request's frame header if every participant uploads.
+    """Worst-case size of a release request's frame header if every participant takes part.
 
-    The header carries every contributor's signed upload statement
-    (:func:`common.protocol.release_request_header`) and the PS's signature, and
-    :func:`common.wire.decode_frame` refuses headers over ``MAX_HEADER_BYTES``: a job whose
-    release could never be sent is refused up front. ``param_server`` is the statements'
-    audience (this PS's subject id); unknown, the longest subject id is assumed.
+    The header (:func:`common.protocol.release_request_header`) carries the closed set with
+    every participant's signed commitment, and per contributor its signed upload statement
+    and its signed audit, plus the PS's signature; :func:`common.wire.decode_frame` refuses
+    headers over ``MAX_HEADER_BYTES``, so a job whose release could never be sent is
+    refused up front. ``param_server`` is the messages' audience (this PS's subject id);
+    unknown, the longest subject id is assumed.
     """
     signature = "A" * 86  # base64url of a 64-byte Ed25519 signature
     audience = param_server if param_server is not None else "a" * SUBJECT_ID_MAX
+    digest = "0" * 64
     big = 10**12
-    statements = [
-        {
-            "statement": {
-                "purpose": UPLOAD_PURPOSE,
-                "kgc_key_id": "0" * 32,
-                "job_id": job_id,
-                "job_terms_sha256": "0" * 64,
-                "round": MAX_ROUNDS,
-                "subject_id": subject,
-                "audience": audience,
-                "payload_sha256": "0" * 64,
-            },
-            "signature": signature,
+
+    def signed(field: str, purpose: str, subject: str, **extra: Any) -> dict[str, Any]:
+        """A participant-signed message of the largest shape its fields can take."""
+        body = {
+            "purpose": purpose,
+            "kgc_key_id": "0" * 32,
+            "job_id": job_id,
+            "job_terms_sha256": digest,
+            "round": MAX_ROUNDS,
+            "subject_id": subject,
+            "audience": audience,
+            **extra,
         }
-        for subject in subject_ids
+        return {field: body, "signature": signature}
+
+    closed_set = {
+        "closed_set": {
+            "purpose": CLOSED_SET_PURPOSE,
+            "kgc_key_id": "0" * 32,
+            "job_id": job_id,
+            "job_terms_sha256": digest,
+            "round": MAX_ROUNDS,
+            "param_server": audience,
+            "commitments": [
+                signed("commitment", COMMITMENT_PURPOSE, s, payload_sha256=digest)
+                for s in subject_ids
+            ],
+            "closed_at": big,
+        },
+        "signature": signature,
+    }
+    statements = [
+        signed("statement", UPLOAD_PURPOSE, s, payload_sha256=digest, closed_set_sha256=digest)
+        for s in subject_ids
+    ]
+    audit_digests = {
+        name: digest for name in AuditDigests.__dataclass_fields__ if name != "attempt"
+    }
+    audits = [
+        signed("audit", AUDIT_PURPOSE, s, attempt=MAX_ATTEMPT, **audit_digests) for s in subject_ids
     ]
     header = {
-        **release_request_header(job_id=job_id, round_number=MAX_ROUNDS, statements=statements),
+        **release_request_header(
+            job_id=job_id,
+            round_number=MAX_ROUNDS,
+            attempt=MAX_ATTEMPT,
+            closed_set=closed_set,
+            statements=statements,
+            audits=audits,
+        ),
         "request_signature": signature,
         "kind": "bcp-vector",
         "width": MAX_WIDTH,
         "num_plaintexts": big,
         "num_elements": big,
         "element_bytes": big,
-        "sha256": "0" * 64,
+        "sha256": digest,
     }
     # As common.wire.encode_frame writes it (ASCII-escaped JSON).
     return len(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())

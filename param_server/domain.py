@@ -1,26 +1,27 @@
-"""The parameter server's domain: jobs, rounds, homomorphic aggregation, release, download.
+"""The parameter server's domain: jobs, the round protocol, aggregation, release, download.
 
-No Flask here; :mod:`param_server.api` is a thin adapter. The PS never decrypts: it
-stores ``Enc(W_t)`` as chunked rows, adds the encrypted updates into ``Enc(W_{t+1})``,
-blinds it with a fresh uniform ``R`` and asks the KGC to seal ``W_{t+1} + R`` for the
-round's contributors (DESIGN.md §3–§4).
+No Flask here; :mod:`param_server.api` is a thin adapter. The PS never decrypts and no
+longer encrypts: ``Enc(W_0)`` is the trivial encryption the job terms name, and the blind
+``R`` is added as a trivial encryption too (:func:`common.audit.audit_round`). A round
+(docs/ROUND_PROTOCOL_STEP2.md) goes through these phases, each with its own deadline:
+
+- ``open``: participants commit to the ciphertext they will upload; the PS signs the
+  closed set of commitments when everyone committed, or at the deadline with a quorum;
+- ``committed``: the committed subjects upload exactly the committed payloads; when all
+  did (or at the deadline with a quorum) the PS aggregates attempt 0;
+- ``closed``: the contributors of the current attempt recompute ``Agg`` and ``F`` from
+  what the PS serves and sign audits; at the deadline the PS drops whoever did not audit
+  and aggregates the next attempt over the rest with a fresh ``R``;
+- release: when every contributor audited, (1) persist the exact signed request ``F``,
+  (2) call the KGC, (3) store the bundle, mark released, open the next round. A retry
+  re-sends the stored request, so the KGC (idempotent for the same request) answers with
+  the same bundle.
 
 Every state change is one transaction, so a crash at any point leaves a state from which
-:meth:`ParameterServer.tick` carries on:
-
-- upload: checks and insert in one transaction (the DB enforces one upload per
-  participant and round, and one payload digest per job);
-- close: read ``W_t`` and the uploads, write ``W_{t+1}``, mark the round closed;
-- prepare (while the round is open): claim the round's release row with a fresh ``R``,
-  then store ``Enc(R)``, so that the release after the last upload needs no encryption;
-- release: (1) persist the exact signed request ``Enc(W_{t+1}) + Enc(R)``, (2) call the
-  KGC, (3) store the bundle, mark released, open the next round. A retry re-sends the
-  stored request, so the KGC (idempotent for the same payload) answers with the same
-  bundle.
-
-Concurrency: one in-process lock serialises state changes (SQLite); ``SELECT ... FOR
-UPDATE`` on the round row serialises them across gunicorn workers (PostgreSQL); a lease
-(``rounds.release_after``) keeps two workers from releasing one round at once.
+:meth:`ParameterServer.tick` carries on. Concurrency: one in-process lock serialises state
+changes (SQLite); ``SELECT ... FOR UPDATE`` on the round row serialises them across
+gunicorn workers (PostgreSQL); a lease (``rounds.release_after``) keeps two workers from
+releasing one round at once.
 """
 
 from __future__ import annotations
@@ -34,31 +35,45 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.audit import AuditedRound, audit_round
 from common.bcp import RandomSource
 from common.blocks import (
     BlockLayout,
     EncryptedVector,
     JobKey,
-    VectorEncryptor,
     element_bytes,
     elements_from_bytes,
     elements_to_bytes,
 )
 from common.db import session_scope
-from common.encoding import PackingLayout, encode_vector
+from common.encoding import PackingLayout
 from common.protocol import (
+    MAX_ATTEMPT,
+    ClosedSet,
     JobTerms,
     ProtocolError,
+    build_closed_set,
+    digest_equal,
+    initial_ciphertext,
+    initial_ciphertext_sha256,
     release_request_header,
     requested_terms,
+    verify_audit_statement,
+    verify_closed_set,
+    verify_commitment,
     verify_job_terms,
     verify_upload_statement,
 )
-from common.release import blind_to_text, plaintexts_from_bytes, plaintexts_to_bytes
+from common.release import (
+    ReleaseBinding,
+    blind_to_text,
+    plaintexts_from_bytes,
+    plaintexts_to_bytes,
+)
 from common.signing import public_key_hex, sign_json
 from common.wire import MAX_HEADER_BYTES, WireError, decode_frame, encode_frame, from_obj
 from param_server.definition import parse_definition
@@ -70,26 +85,31 @@ from param_server.kgc_gateway import (
     check_job_answer,
     check_release_bundle,
 )
-from param_server.models import Job, ModelChunk, Release, Round, Upload
+from param_server.models import Audit, Commitment, Job, ModelChunk, Release, Round, Upload
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "DEFAULT_WINDOW", "ParameterServer", "TickResult"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "ParameterServer", "TickResult"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ELEMENTS = 64
-# The PS encrypts one vector per round (W_0, then each blind R): window 5 needs about a
-# third of the table memory of window 7 (≈6.7 MiB per base at 2048 bits, so ≈110 MiB for
-# a width-16 job) for ≈40% more multiplications per exponentiation.
-DEFAULT_WINDOW = 5
 _FRAME_PREFIX_BYTES = 9  # magic, version, header length (common.wire)
-#: Upload statement errors that say "not this participant's signature" (403); the other
-#: codes (bad-statement, statement-mismatch) are a malformed or mislabelled upload (422).
-_FORBIDDEN_STATEMENT_CODES = frozenset({"bad-statement-signature", "not-a-participant"})
+#: Refusals of a participant-signed message that say "not this participant's signature"
+#: (403); the other codes (bad-*, *-mismatch) are a malformed or mislabelled message (422).
+_FORBIDDEN_CODES = frozenset(
+    {
+        "not-a-participant",
+        "bad-statement-signature",
+        "bad-commitment-signature",
+        "bad-audit-signature",
+    }
+)
+#: The phases in which a round still waits for something from its participants.
+_ACTIVE = ("open", "committed", "closed")
 
 
 @dataclass(frozen=True)
 class _JobCrypto:
-    """What a job's uploads are checked against; immutable once the job exists."""
+    """What a job's messages are checked against; immutable once the job exists."""
 
     job_key: JobKey
     packing: PackingLayout
@@ -103,26 +123,18 @@ class _JobCrypto:
         width = element_bytes(self.job_key.params)
         return _FRAME_PREFIX_BYTES + MAX_HEADER_BYTES + self.layout.num_elements * width
 
-
-@dataclass
-class _EncryptorSlot:
-    """A job's encryptor (built lazily) and the lock that serialises its use."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    encryptor: VectorEncryptor | None = None
-
-    def close(self) -> None:
-        with self.lock:
-            if self.encryptor is not None:
-                self.encryptor.close()
-                self.encryptor = None
+    @property
+    def n(self) -> int:
+        return int(self.job_key.params.n)
 
 
 @dataclass
 class TickResult:
     """What one :meth:`ParameterServer.tick` did (for logs and tests)."""
 
+    committed: list[tuple[str, int]] = field(default_factory=list)
     closed: list[tuple[str, int]] = field(default_factory=list)
+    reaggregated: list[tuple[str, int]] = field(default_factory=list)
     failed: list[tuple[str, int]] = field(default_factory=list)
     released: list[tuple[str, int]] = field(default_factory=list)
 
@@ -131,11 +143,10 @@ class ParameterServer:
     """Jobs, rounds, aggregation and release over a database and a :class:`KgcGateway`.
 
     ``clock`` and ``rng`` are passed in so tests are deterministic; ``rng`` draws the
-    blinds ``R`` and the encryption randomness (use ``random.SystemRandom()`` in
-    production). ``workers`` and ``window`` configure the per-job :class:`VectorEncryptor`.
-    With ``prepare_blinds`` :meth:`tick` computes each open round's ``Enc(R)`` ahead of
-    its release. ``subject_id`` is the PS's enrolled subject id: the audience of the
-    participant tokens it accepts and the server the KGC-signed job terms must name.
+    blinds ``R`` (use ``random.SystemRandom()`` in production). ``subject_id`` is the PS's
+    enrolled subject id: the audience of the participant tokens it accepts and the server
+    the KGC-signed job terms must name; ``signing_key`` signs closed sets, receipts and
+    release requests, and the terms must name its public key.
     """
 
     def __init__(
@@ -146,13 +157,10 @@ class ParameterServer:
         *,
         clock: Callable[[], float] = time.time,
         rng: RandomSource | None = None,
-        workers: int = 1,
-        window: int = DEFAULT_WINDOW,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         release_retry_seconds: float = 5.0,
         release_lease_seconds: float = 300.0,
         subject_id: str,
-        prepare_blinds: bool = True,
     ) -> None:
         if chunk_elements < 1:
             raise ValueError("chunk_elements must be at least 1")
@@ -163,18 +171,14 @@ class ParameterServer:
         self._signing_key = signing_key
         self.clock = clock
         self._rng: RandomSource = rng or random.SystemRandom()
-        self._workers = workers
-        self._window = window
         self._chunk_elements = chunk_elements
         self._retry_seconds = release_retry_seconds
         self._lease_seconds = release_lease_seconds
         self.subject_id = subject_id
-        self._prepare_blinds = prepare_blinds
         self.kgc: KgcInfo = gateway.info()
         self._lock = threading.RLock()
         self._cache_lock = threading.Lock()
         self._crypto_cache: dict[str, _JobCrypto] = {}
-        self._encryptors: dict[str, _EncryptorSlot] = {}
         #: Called (without arguments) when a round is ready for release; the app wakes
         #: its background worker with it.
         self.on_release_pending: Callable[[], None] | None = None
@@ -183,7 +187,7 @@ class ParameterServer:
 
     @property
     def verify_key_hex(self) -> str:
-        """The PS's Ed25519 public key (receipts and release requests verify under it)."""
+        """The PS's Ed25519 public key (closed sets, receipts and release requests)."""
         return public_key_hex(self._signing_key)
 
     def ping(self) -> bool:
@@ -193,11 +197,7 @@ class ParameterServer:
         return True
 
     def close(self) -> None:
-        """Stop encryption worker processes (idempotent)."""
-        with self._cache_lock:
-            slots, self._encryptors = self._encryptors, {}
-        for slot in slots.values():
-            slot.close()
+        """Nothing to stop (the PS holds no worker processes); kept for the app's shutdown."""
 
     def _now(self, now: float | None) -> float:
         return self.clock() if now is None else now
@@ -210,8 +210,20 @@ class ParameterServer:
         return job
 
     @staticmethod
+    def _participant(job: Job, subject_id: str) -> None:
+        if subject_id not in job.weights:
+            raise DomainError(403, "not-a-participant", "not a participant of this job")
+
+    @staticmethod
     def _round(session: Session, job_id: str, t: int, *, lock: bool = False) -> Round | None:
         return session.get(Round, (job_id, t), with_for_update=lock or None)
+
+    def _existing_round(self, session: Session, job_id: str, t: int) -> tuple[Job, Round]:
+        job = self._job(session, job_id)
+        rnd = self._round(session, job_id, t)
+        if rnd is None:
+            raise DomainError(404, "round-not-found", f"job {job_id!r} has no round {t}")
+        return job, rnd
 
     def _crypto(self, job: Job) -> _JobCrypto:
         with self._cache_lock:
@@ -230,7 +242,9 @@ class ParameterServer:
                 self.kgc.verify_key, job.job_terms, job.job_terms_signature, self.kgc.params
             )
         except ProtocolError as exc:
-            raise RuntimeError(f"stored terms of {job.job_id!r} do not verify: {exc}") from None
+            raise DomainError(
+                409, "unsigned-job", f"stored terms of {job.job_id!r} do not verify: {exc}"
+            ) from None
         if terms.raw["job_key"] != job.job_key:
             raise RuntimeError(f"stored job key of {job.job_id!r} is not the KGC-signed one")
         packing = PackingLayout.from_json(job.packing)
@@ -245,27 +259,15 @@ class ParameterServer:
             self._crypto_cache[job.job_id] = crypto
         return crypto
 
-    def _encrypt(self, job_id: str, job_key: JobKey, plaintexts: list[Any]) -> EncryptedVector:
-        """Encrypt with the job's cached encryptor: its fixed-base tables are the point.
-
-        The tables are built on first use, under the job's own lock (not the cache's), so
-        building them for one job never stalls requests for another.
-        """
-        with self._cache_lock:
-            slot = self._encryptors.setdefault(job_id, _EncryptorSlot())
-        with slot.lock:
-            if slot.encryptor is None:
-                slot.encryptor = VectorEncryptor(
-                    job_key, workers=self._workers, window=self._window
-                )
-            return slot.encryptor.encrypt(plaintexts, self._rng)
-
-    def _forget(self, job_id: str) -> None:
-        """Drop a finished job's encryptor (its tables are large)."""
-        with self._cache_lock:
-            slot = self._encryptors.pop(job_id, None)
-        if slot is not None:
-            slot.close()
+    @staticmethod
+    def _closed(crypto: _JobCrypto, rnd: Round) -> ClosedSet:
+        """The round's closed set as the PS signed it (verified: the DB is not trusted)."""
+        if rnd.closed_set is None:
+            raise DomainError(409, "set-not-closed", f"round {rnd.round}'s set is not closed")
+        try:
+            return verify_closed_set(rnd.closed_set, crypto.terms, round_number=rnd.round)
+        except ProtocolError as exc:
+            raise RuntimeError(f"stored closed set does not verify: {exc.code}") from None
 
     # ------------------------------------------------------------------ model storage
 
@@ -278,7 +280,10 @@ class ParameterServer:
     def _store_model(
         self, session: Session, job_id: str, version: int, vector: EncryptedVector
     ) -> None:
-        """Write ``Enc(W_version)`` as chunk rows (fixed number of fixed-width elements)."""
+        """Write ``Enc(W_version)`` as chunk rows, replacing an earlier attempt's rows."""
+        session.execute(
+            delete(ModelChunk).where(ModelChunk.job_id == job_id, ModelChunk.version == version)
+        )
         for index, data in self._chunks(vector):
             session.add(ModelChunk(job_id=job_id, version=version, chunk_index=index, data=data))
         session.flush()
@@ -292,7 +297,7 @@ class ParameterServer:
             .where(ModelChunk.job_id == job_id, ModelChunk.version == version)
             .order_by(ModelChunk.chunk_index)
         ).all()
-        if [row.chunk_index for row in rows] != list(range(len(rows))):
+        if not rows or [row.chunk_index for row in rows] != list(range(len(rows))):
             raise RuntimeError(f"model {job_id!r} version {version} has missing chunks")
         width = element_bytes(crypto.job_key.params)
         elements = elements_from_bytes(b"".join(row.data for row in rows), width)
@@ -304,28 +309,30 @@ class ParameterServer:
         """Validate, have the KGC sign the job's terms, store ``Enc(W_0)`` and open round 0.
 
         The terms the KGC signs (:func:`common.protocol.requested_terms`) digest exactly
-        the definition, packing and weights stored here and served by :meth:`job_view`, so
-        a participant can check the served job against them.
+        the definition, packing and weights stored here and served by :meth:`job_view`,
+        and the trivial ``Enc(W_0)`` stored as model version 0: it needs no job key to be
+        digested, so it goes into the request, and costs no exponentiation to store.
         """
         now = self.clock()
         n = int(self.kgc.params.n)
         definition = parse_definition(dict(body), n, param_server=self.subject_id)
         packing = definition.packing(n)
-        plaintexts, _ = encode_vector(
-            definition.initial_weights, packing, clip_bound=definition.model_clip_bound
-        )
         stored = {
             "definition": definition.normalised,
             "packing": packing.to_json(),
             "weights": definition.weights,
         }
+        width = definition.encoding.width
         request = requested_terms(
             job_id=definition.job_id,
             definition=stored["definition"],
             packing=stored["packing"],
             weights=stored["weights"],
-            width=definition.encoding.width,
+            width=width,
             num_plaintexts=packing.num_plaintexts,
+            initial_ciphertext_sha256=initial_ciphertext_sha256(
+                self.kgc.params, width, packing, definition.initial_weights
+            ),
         )
         with self._sessions() as session:
             if session.get(Job, definition.job_id) is not None:
@@ -338,12 +345,12 @@ class ParameterServer:
                 job_id=definition.job_id,
                 requested=request,
                 param_server=self.subject_id,
+                param_server_key=self.verify_key_hex,
             )
         except KgcError as exc:
             raise _from_kgc(exc, conflict="job-exists") from None
-        job_key = terms.job_key
+        model = initial_ciphertext(terms.job_key, packing, definition.initial_weights)
         try:
-            model = self._encrypt(definition.job_id, job_key, plaintexts)
             with self._lock, session_scope(self._sessions) as session:
                 session.add(
                     Job(
@@ -362,23 +369,22 @@ class ParameterServer:
                 )
                 session.flush()
                 self._store_model(session, definition.job_id, 0, model)
-                opened = self.clock()  # after the (slow) encryption: a full first round
-                session.add(self._open_round(definition.job_id, 0, opened, definition.normalised))
+                session.add(self._open_round(definition.job_id, 0, now, definition.normalised))
         except IntegrityError:
-            self._forget(definition.job_id)
             raise DomainError(409, "job-exists", f"job {definition.job_id!r} exists") from None
-        except BaseException:
-            self._forget(definition.job_id)
-            raise
-        log.info(
-            "job %s created: %d values, width %d", definition.job_id, packing.length, job_key.width
-        )
+        log.info("job %s created: %d values, width %d", definition.job_id, packing.length, width)
         return self.job_view(definition.job_id)
 
     @staticmethod
     def _open_round(job_id: str, t: int, now: float, definition: Mapping[str, Any]) -> Round:
-        deadline = now + float(definition["round_deadline_seconds"])
-        return Round(job_id=job_id, round=t, status="open", opened_at=now, deadline=deadline)
+        return Round(
+            job_id=job_id,
+            round=t,
+            status="open",
+            opened_at=now,
+            deadline=_deadline(definition, now),
+            attempt=0,
+        )
 
     def list_jobs(self) -> list[dict[str, Any]]:
         with self._sessions() as session:
@@ -406,8 +412,7 @@ class ParameterServer:
         """
         with self._sessions() as session:
             job = self._job(session, job_id)
-            if subject_id not in job.weights:
-                raise DomainError(403, "not-a-participant", "not a participant of this job")
+            self._participant(job, subject_id)
             return self._crypto(job).max_frame_bytes
 
     def participants(self, job_id: str) -> frozenset[str]:
@@ -417,15 +422,22 @@ class ParameterServer:
 
     def round_view(self, job_id: str, t: int) -> dict[str, Any]:
         with self._sessions() as session:
-            self._job(session, job_id)
-            rnd = self._round(session, job_id, t)
-            if rnd is None:
-                raise DomainError(404, "round-not-found", f"job {job_id!r} has no round {t}")
-            contributors = self._contributors(session, job_id, t)
+            _, rnd = self._existing_round(session, job_id, t)
+            contributors = self._uploaders(session, job_id, t)
+            committed = (
+                sorted(
+                    str(c["commitment"]["subject_id"])
+                    for c in rnd.closed_set["closed_set"]["commitments"]
+                )
+                if rnd.closed_set is not None
+                else []
+            )
             return {
                 "job_id": job_id,
                 "round": t,
                 "status": rnd.status,
+                "attempt": rnd.attempt,
+                "committed": committed,
                 "contributors": contributors,
                 "uploads": len(contributors),
                 "opened_at": rnd.opened_at,
@@ -435,7 +447,7 @@ class ParameterServer:
             }
 
     @staticmethod
-    def _contributors(session: Session, job_id: str, t: int) -> list[str]:
+    def _uploaders(session: Session, job_id: str, t: int) -> list[str]:
         return list(
             session.scalars(
                 select(Upload.subject_id)
@@ -444,30 +456,121 @@ class ParameterServer:
             )
         )
 
-    # ------------------------------------------------------------------ uploads
+    # ------------------------------------------------------------------ commit phase
 
-    def accept_upload(self, job_id: str, t: int, subject_id: str, data: bytes) -> dict[str, Any]:
-        """Validate and store one encrypted update; return the PS-signed receipt.
+    def accept_commitment(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a participant's signed commitment; (answer, whether it is new).
 
-        The frame's header carries the contributor's signed statement
-        (:func:`common.protocol.build_upload_statement`) for this job's terms, round ``t``,
-        its own subject id and the frame's payload digest; it is checked with
-        :func:`common.protocol.verify_upload_statement` and stored with the upload (the
-        KGC checks it again at the release). The checks and the insert are one
-        transaction; the round is closed right after (own transaction) if this was the
-        last participant, or the deadline has passed and the quorum is now met.
+        Checked with :func:`common.protocol.verify_commitment` for this job's terms, round
+        ``t`` and the token's subject. The same commitment again is accepted (a restarted
+        client), another one refused; the set is closed right after (own transaction) if
+        this was the last participant, or the deadline has passed and the quorum is met.
         """
         now = self.clock()
         try:
             with self._lock, session_scope(self._sessions) as session:
                 job = self._job(session, job_id)
-                if subject_id not in job.weights:
-                    raise DomainError(403, "not-a-participant", "not a participant of this job")
+                self._participant(job, subject_id)
+                try:
+                    body = verify_commitment(
+                        signed, self._crypto(job).terms, round_number=t, subject_id=subject_id
+                    )
+                except ProtocolError as exc:
+                    raise _refusal(exc) from None
+                canonical = {"commitment": body, "signature": signed.get("signature")}
+                answer = {
+                    "job_id": job_id,
+                    "round": t,
+                    "subject_id": subject_id,
+                    "payload_sha256": body["payload_sha256"],
+                }
                 rnd = self._round(session, job_id, t, lock=True)
-                if rnd is None or rnd.status != "open":
-                    raise DomainError(409, "round-not-open", f"round {t} is not open")
+                if self._same_commitment(session, job_id, t, subject_id, canonical):
+                    return answer, False
+                if rnd is None or rnd.status != "open" or job.status != "running":
+                    raise DomainError(
+                        409, "round-not-open", f"round {t} is not in its commit phase"
+                    )
+                session.add(
+                    Commitment(
+                        job_id=job_id,
+                        round=t,
+                        subject_id=subject_id,
+                        payload_sha256=body["payload_sha256"],
+                        signed=canonical,
+                        committed_at=now,
+                    )
+                )
+                session.flush()
+        except IntegrityError:  # lost a race with a concurrent request of the same subject
+            with self._sessions() as session:
+                if self._same_commitment(session, job_id, t, subject_id, canonical):
+                    return answer, False
+            raise DomainError(409, "duplicate-commitment", "committed already") from None
+        log.info("job %s round %d: commitment of %s accepted", job_id, t, subject_id)
+        self._settle_quietly(job_id, t, now)
+        return answer, True
+
+    @staticmethod
+    def _same_commitment(
+        session: Session, job_id: str, t: int, subject_id: str, canonical: dict[str, Any]
+    ) -> bool:
+        """True if exactly this commitment is stored; 409 if another one is."""
+        stored = session.scalar(
+            select(Commitment).where(
+                Commitment.job_id == job_id,
+                Commitment.round == t,
+                Commitment.subject_id == subject_id,
+            )
+        )
+        if stored is None:
+            return False
+        if stored.signed != canonical:
+            raise DomainError(
+                409, "duplicate-commitment", f"another commitment for round {t} is stored"
+            )
+        return True
+
+    def closed_set(self, job_id: str, t: int) -> dict[str, Any]:
+        """``{"closed_set": signed}`` of round ``t``; 409 ``set-not-closed`` before."""
+        with self._sessions() as session:
+            _, rnd = self._existing_round(session, job_id, t)
+            if rnd.closed_set is None:
+                raise DomainError(409, "set-not-closed", f"round {t}'s set is not closed yet")
+            return {"closed_set": rnd.closed_set}
+
+    # ------------------------------------------------------------------ upload phase
+
+    def accept_upload(self, job_id: str, t: int, subject_id: str, data: bytes) -> dict[str, Any]:
+        """Validate and store one committed, encrypted update; return the PS-signed receipt.
+
+        Only while the round is ``committed`` and only from a subject in the closed set,
+        whose payload must be the committed one. The frame's header carries the
+        contributor's statement (:func:`common.protocol.build_upload_statement`) naming the
+        closed set; it is stored with the upload (the KGC checks it again at the release).
+        The checks and the insert are one transaction; the round is aggregated right after
+        (own transaction) if this completes the uploads, or the deadline has passed and
+        the quorum is now met.
+        """
+        now = self.clock()
+        try:
+            with self._lock, session_scope(self._sessions) as session:
+                job = self._job(session, job_id)
+                self._participant(job, subject_id)
+                rnd = self._round(session, job_id, t, lock=True)
+                if rnd is not None and rnd.status == "open":
+                    raise DomainError(409, "set-not-closed", f"round {t}'s set is not closed yet")
+                if rnd is None or rnd.status != "committed" or job.status != "running":
+                    raise DomainError(409, "round-not-open", f"round {t} takes no uploads")
                 crypto = self._crypto(job)
-                digest, payload, statement = _check_upload(crypto, job_id, t, subject_id, data)
+                closed = self._closed(crypto, rnd)
+                if subject_id not in closed.payloads:
+                    raise DomainError(403, "not-committed", f"no commitment in round {t}'s set")
+                digest, payload, statement = _check_upload(
+                    crypto, job_id, t, subject_id, data, closed
+                )
                 taken = session.scalar(
                     select(Upload.subject_id).where(
                         Upload.job_id == job_id, Upload.round == t, Upload.subject_id == subject_id
@@ -506,70 +609,372 @@ class ParameterServer:
             # Lost a race with a concurrent identical request (another worker).
             raise DomainError(409, "duplicate-upload", "already uploaded for this round") from None
         log.info("job %s round %d: upload accepted (%d bytes)", job_id, t, len(data))
-        try:  # complete, or past the deadline with quorum: close now
-            self._settle_open_round(job_id, t, now)
-        except Exception as exc:  # the upload is safe; tick() closes the round later
-            log.error("job %s round %d: close failed: %s", job_id, t, type(exc).__name__)
+        self._settle_quietly(job_id, t, now)
         return signed
 
-    # ------------------------------------------------------------------ closing
+    # ------------------------------------------------------------------ audit phase
+
+    def _aggregated(
+        self, session: Session, job_id: str, t: int, requester: str | None
+    ) -> tuple[_JobCrypto, Round]:
+        """Round ``t`` with an aggregate, for the operator (None) or a current contributor."""
+        job, rnd = self._existing_round(session, job_id, t)
+        if rnd.digests is None or rnd.contributors is None or rnd.blind is None:
+            raise DomainError(409, "not-aggregated", f"round {t} has no aggregate yet")
+        if requester is not None and requester not in rnd.contributors:
+            raise DomainError(403, "not-a-contributor", f"not a contributor of round {t}'s attempt")
+        return self._crypto(job), rnd
+
+    def audit_package(self, job_id: str, t: int, requester: str | None) -> dict[str, Any]:
+        """What a contributor audits: the attempt, its contributors, ``R`` and the digests."""
+        with self._sessions() as session:
+            crypto, rnd = self._aggregated(session, job_id, t, requester)
+            assert rnd.digests is not None and rnd.blind is not None  # _aggregated checked
+            digests = rnd.digests
+            return {
+                "job_id": job_id,
+                "round": t,
+                "attempt": rnd.attempt,
+                "contributors": list(rnd.contributors or []),
+                "closed_set": rnd.closed_set,
+                "blind": blind_to_text(plaintexts_from_bytes(rnd.blind, crypto.n), crypto.n),
+                **{
+                    name: digests[name]
+                    for name in (
+                        "base_sha256",
+                        "aggregate_sha256",
+                        "release_sha256",
+                        "blind_sha256",
+                    )
+                },
+            }
+
+    def base_frame(self, job_id: str, t: int, requester: str | None) -> bytes:
+        """``Enc(W_t)``, framed: the base every auditor adds the uploads to."""
+        with self._sessions() as session:
+            crypto, _ = self._aggregated(session, job_id, t, requester)
+            base = self._load_model(session, job_id, t, crypto)
+        return encode_frame(base, {"job_id": job_id, "round": t})
+
+    def upload_frame(self, job_id: str, t: int, subject_id: str, requester: str | None) -> bytes:
+        """A contributor's upload re-framed with its statement, for the other auditors."""
+        with self._sessions() as session:
+            crypto, rnd = self._aggregated(session, job_id, t, requester)
+            upload = session.scalar(
+                select(Upload).where(
+                    Upload.job_id == job_id, Upload.round == t, Upload.subject_id == subject_id
+                )
+            )
+            if upload is None or subject_id not in (rnd.contributors or []):
+                raise DomainError(
+                    404, "upload-not-found", f"{subject_id!r} is no contributor of this attempt"
+                )
+            vector = EncryptedVector.from_bytes(crypto.job_key, crypto.layout, upload.payload)
+            header = {"job_id": job_id, "round": t, "statement": upload.statement}
+        return encode_frame(vector, header)
+
+    def accept_audit(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a contributor's signed audit of the current attempt; (answer, is it new).
+
+        Its digests must be exactly the attempt's (else 422 ``audit-mismatch``, nothing
+        stored); an audit of an earlier attempt is 409 ``stale-attempt``. When every
+        contributor of the attempt has audited, the release is due.
+        """
+        now = self.clock()
+        try:
+            with self._lock, session_scope(self._sessions) as session:
+                job = self._job(session, job_id)
+                self._participant(job, subject_id)
+                try:
+                    body, digests = verify_audit_statement(
+                        signed, self._crypto(job).terms, round_number=t, subject_id=subject_id
+                    )
+                except ProtocolError as exc:
+                    raise _refusal(exc) from None
+                canonical = {"audit": body, "signature": signed.get("signature")}
+                answer = {
+                    "job_id": job_id,
+                    "round": t,
+                    "attempt": digests.attempt,
+                    "subject_id": subject_id,
+                }
+                rnd = self._round(session, job_id, t, lock=True)
+                if rnd is None:
+                    raise DomainError(404, "round-not-found", f"job {job_id!r} has no round {t}")
+                if self._same_audit(session, rnd, digests.attempt, subject_id, canonical):
+                    return answer, False
+                if rnd.digests is None or rnd.contributors is None:
+                    raise DomainError(409, "not-aggregated", f"round {t} has no aggregate yet")
+                if rnd.status != "closed":
+                    raise DomainError(409, "round-not-open", f"round {t} takes no audits")
+                if digests.attempt < rnd.attempt:
+                    raise DomainError(
+                        409, "stale-attempt", f"attempt {digests.attempt} was superseded"
+                    )
+                if subject_id not in rnd.contributors:
+                    raise DomainError(
+                        403, "not-a-contributor", f"not a contributor of attempt {rnd.attempt}"
+                    )
+                if digests.fields() != rnd.digests:
+                    differing = sorted(
+                        k for k, v in digests.fields().items() if rnd.digests.get(k) != v
+                    )
+                    raise DomainError(
+                        422,
+                        "audit-mismatch",
+                        "the audit differs from the attempt in: " + ", ".join(differing),
+                    )
+                session.add(
+                    Audit(
+                        job_id=job_id,
+                        round=t,
+                        attempt=digests.attempt,
+                        subject_id=subject_id,
+                        signed=canonical,
+                        audited_at=now,
+                    )
+                )
+                session.flush()
+                complete = self._audits_complete(session, rnd)
+        except IntegrityError:
+            with self._sessions() as session:
+                rnd = self._round(session, job_id, t)
+                if rnd is not None and self._same_audit(
+                    session, rnd, digests.attempt, subject_id, canonical
+                ):
+                    return answer, False
+            raise
+        log.info("job %s round %d: audit of %s accepted", job_id, t, subject_id)
+        if complete:
+            self._release_pending()
+        return answer, True
+
+    @staticmethod
+    def _same_audit(
+        session: Session, rnd: Round, attempt: int, subject_id: str, canonical: dict[str, Any]
+    ) -> bool:
+        stored = session.scalar(
+            select(Audit.signed).where(
+                Audit.job_id == rnd.job_id,
+                Audit.round == rnd.round,
+                Audit.attempt == attempt,
+                Audit.subject_id == subject_id,
+            )
+        )
+        if stored is None:
+            return False
+        if stored != canonical:
+            raise DomainError(409, "duplicate-audit", "another audit of this attempt is stored")
+        return True
+
+    @staticmethod
+    def _audits(session: Session, rnd: Round) -> dict[str, dict[str, Any]]:
+        """The current attempt's signed audits by subject id."""
+        rows = session.execute(
+            select(Audit.subject_id, Audit.signed).where(
+                Audit.job_id == rnd.job_id, Audit.round == rnd.round, Audit.attempt == rnd.attempt
+            )
+        ).all()
+        return {str(subject): signed for subject, signed in rows}
+
+    def _audits_complete(self, session: Session, rnd: Round) -> bool:
+        return rnd.contributors is not None and set(rnd.contributors) <= set(
+            self._audits(session, rnd)
+        )
+
+    # ------------------------------------------------------------------ phase changes
 
     def close_round(self, job_id: str, t: int, *, now: float | None = None) -> dict[str, Any]:
-        """Operator: close round ``t`` now if it is open and has a quorum (else 409)."""
+        """Operator: end round ``t``'s commit or upload phase now, if it has a quorum.
+
+        Commit phase: close the set of the commitments so far; upload phase: aggregate the
+        uploads so far. 409 ``below-quorum`` without a quorum, ``round-not-open`` later.
+        """
         now = self._now(now)
         with self._lock, session_scope(self._sessions) as session:
             job = self._job(session, job_id)
             rnd = self._round(session, job_id, t, lock=True)
             if rnd is None:
                 raise DomainError(404, "round-not-found", f"job {job_id!r} has no round {t}")
-            if rnd.status != "open":
-                raise DomainError(409, "round-not-open", f"round {t} is not open")
-            count = self._upload_count(session, job_id, t)
+            if rnd.status not in ("open", "committed") or job.status != "running":
+                raise DomainError(409, "round-not-open", f"round {t} is past its upload phase")
+            ready = self._ready(session, job, rnd)
             quorum = int(job.definition["quorum"])
-            if count < quorum:
-                raise DomainError(409, "below-quorum", f"{count} of the {quorum} uploads needed")
-            self._aggregate(session, job, rnd, self._uploads(session, job_id, t), now)
-        self._release_pending()
+            if len(ready) < quorum:
+                raise DomainError(409, "below-quorum", f"{len(ready)} of the {quorum} needed")
+            self._advance(session, job, rnd, ready, now)
         return self.round_view(job_id, t)
 
-    def _settle_open_round(self, job_id: str, t: int, now: float) -> str | None:
-        """Close an open round when complete or due; fail it if due without quorum.
+    def _ready(self, session: Session, job: Job, rnd: Round) -> list[str]:
+        """Who has done the current phase's part: committed, uploaded, or audited."""
+        t = rnd.round
+        if rnd.status == "open":
+            return list(
+                session.scalars(
+                    select(Commitment.subject_id)
+                    .where(Commitment.job_id == job.job_id, Commitment.round == t)
+                    .order_by(Commitment.subject_id)
+                )
+            )
+        if rnd.status == "committed":
+            return self._uploaders(session, job.job_id, t)
+        return sorted(s for s in self._audits(session, rnd) if s in (rnd.contributors or []))
 
-        Returns ``"closed"``, ``"failed"`` or None (nothing to do).
+    def _expected(self, job: Job, rnd: Round, crypto: _JobCrypto) -> int:
+        """How many can take part in the current phase (all of them: no need to wait)."""
+        if rnd.status == "open":
+            return len(job.weights)
+        if rnd.status == "committed":
+            return len(self._closed(crypto, rnd).payloads)
+        return len(rnd.contributors or [])
+
+    def _advance(self, session: Session, job: Job, rnd: Round, ready: list[str], now: float) -> str:
+        """End the current phase with ``ready``: close the set, or aggregate an attempt."""
+        if rnd.status == "open":
+            self._close_set(session, job, rnd, now)
+            return "committed"
+        if rnd.status == "committed":
+            self._aggregate(session, job, rnd, ready, 0, now)
+            return "closed"
+        self._aggregate(session, job, rnd, ready, rnd.attempt + 1, now)
+        return "reaggregated"
+
+    def _settle_quietly(self, job_id: str, t: int, now: float) -> None:
+        """Settle after a participant's message; its own transaction is already safe."""
+        try:
+            self._settle_round(job_id, t, now)
+        except Exception as exc:  # tick() settles the round later
+            log.error("job %s round %d: settle failed: %s", job_id, t, type(exc).__name__)
+
+    def _settle_round(self, job_id: str, t: int, now: float) -> str | None:
+        """End the current phase when complete, or due with a quorum; apply the policy if
+        due without one.
+
+        Returns ``"committed"``, ``"closed"``, ``"reaggregated"``, ``"failed"`` or None
+        (nothing to do; a closed round whose audits are all in waits for its release).
         """
         with self._lock, session_scope(self._sessions) as session:
             job = self._job(session, job_id)
             rnd = self._round(session, job_id, t, lock=True)
-            if rnd is None or rnd.status != "open" or job.status != "running":
+            if rnd is None or rnd.status not in _ACTIVE or job.status != "running":
                 return None
-            count = self._upload_count(session, job_id, t)
+            crypto = self._crypto(job)
+            ready = self._ready(session, job, rnd)
+            expected = self._expected(job, rnd, crypto)
+            complete = len(ready) >= expected
+            if rnd.status == "closed" and complete:
+                return None  # every audit is in: the release is due
             quorum = int(job.definition["quorum"])
             due = now >= rnd.deadline
-            if count == len(job.weights) or (due and count >= quorum):
-                self._aggregate(session, job, rnd, self._uploads(session, job_id, t), now)
-                outcome = "closed"
+            last_attempt = rnd.status == "closed" and rnd.attempt >= MAX_ATTEMPT
+            if (complete or (due and len(ready) >= quorum)) and not last_attempt:
+                outcome = self._advance(session, job, rnd, ready, now)
             elif due and job.definition["below_quorum_policy"] == "fail":
                 rnd.status = "failed"
                 rnd.closed_at = now
                 job.status = "failed"
                 outcome = "failed"
                 log.warning(
-                    "job %s round %d failed: %d uploads, quorum %d", job_id, t, count, quorum
+                    "job %s round %d failed: %d of %d, quorum %d",
+                    job_id,
+                    t,
+                    len(ready),
+                    expected,
+                    quorum,
                 )
             else:
                 return None
-        if outcome == "closed":
-            self._release_pending()
-        else:
-            self._forget(job_id)
         return outcome
 
-    @staticmethod
-    def _upload_count(session: Session, job_id: str, t: int) -> int:
-        return int(
-            session.scalar(select(func.count()).where(Upload.job_id == job_id, Upload.round == t))
-            or 0
+    def _close_set(self, session: Session, job: Job, rnd: Round, now: float) -> None:
+        """Sign the round's commitments as its closed set; the upload phase starts."""
+        crypto = self._crypto(job)
+        commitments = session.scalars(
+            select(Commitment.signed).where(
+                Commitment.job_id == job.job_id, Commitment.round == rnd.round
+            )
+        ).all()
+        rnd.closed_set = build_closed_set(
+            self._signing_key,
+            crypto.terms,
+            round_number=rnd.round,
+            commitments=list(commitments),
+            closed_at=int(now),
         )
+        rnd.status = "committed"
+        rnd.deadline = _deadline(job.definition, now)
+        log.info(
+            "job %s round %d: set closed with %d commitments",
+            job.job_id,
+            rnd.round,
+            len(commitments),
+        )
+
+    def _audit_round(
+        self,
+        session: Session,
+        crypto: _JobCrypto,
+        rnd: Round,
+        contributors: list[str],
+        attempt: int,
+        blind: list[int],
+    ) -> AuditedRound:
+        """``Agg`` and ``F`` of an attempt, computed exactly as every auditor computes them."""
+        uploads = {
+            upload.subject_id: EncryptedVector.from_bytes(
+                crypto.job_key, crypto.layout, upload.payload
+            )
+            for upload in self._uploads(session, rnd.job_id, rnd.round)
+            if upload.subject_id in contributors
+        }
+        try:
+            return audit_round(
+                crypto.terms,
+                self._closed(crypto, rnd),
+                attempt=attempt,
+                base=self._load_model(session, rnd.job_id, rnd.round, crypto),
+                uploads=uploads,
+                blind=blind,
+            )
+        except ProtocolError as exc:  # the PS's own data: never a participant's fault
+            raise RuntimeError(f"aggregating refused: {exc.code}: {exc.message}") from None
+
+    def _aggregate(
+        self,
+        session: Session,
+        job: Job,
+        rnd: Round,
+        contributors: list[str],
+        attempt: int,
+        now: float,
+    ) -> None:
+        """Aggregate ``attempt`` over ``contributors`` with a fresh ``R``, in the caller's
+        transaction: ``Agg`` becomes model version ``t + 1``; the audit phase (re)starts."""
+        crypto = self._crypto(job)
+        blind = self._draw_blind(crypto)
+        audited = self._audit_round(session, crypto, rnd, contributors, attempt, blind)
+        self._store_model(session, job.job_id, rnd.round + 1, audited.aggregate)
+        rnd.status = "closed"
+        rnd.attempt = attempt
+        rnd.contributors = list(audited.contributors)
+        rnd.blind = plaintexts_to_bytes(blind, crypto.n)
+        rnd.digests = audited.digests.fields()
+        rnd.closed_at = now
+        rnd.deadline = _deadline(job.definition, now)
+        rnd.release_after = None
+        log.info(
+            "job %s round %d: attempt %d aggregated over %d uploads",
+            job.job_id,
+            rnd.round,
+            attempt,
+            len(audited.contributors),
+        )
+
+    def _draw_blind(self, crypto: _JobCrypto) -> list[int]:
+        """A fresh uniform ``R``: one value in ``[0, N)`` per packed plaintext."""
+        return [self._rng.randrange(0, crypto.n) for _ in range(crypto.layout.num_plaintexts)]
 
     @staticmethod
     def _uploads(session: Session, job_id: str, t: int) -> list[Upload]:
@@ -581,23 +986,6 @@ class ParameterServer:
             )
         )
 
-    def _aggregate(
-        self, session: Session, job: Job, rnd: Round, uploads: list[Upload], now: float
-    ) -> None:
-        """``Enc(W_{t+1}) = Enc(W_t) + Σ Enc(w_i Δ_i)``, written in the caller's transaction."""
-        crypto = self._crypto(job)
-        t = rnd.round
-        model = self._load_model(session, job.job_id, t, crypto)
-        updates = [
-            EncryptedVector.from_bytes(crypto.job_key, crypto.layout, upload.payload)
-            for upload in uploads
-        ]
-        self._store_model(session, job.job_id, t + 1, EncryptedVector.sum([model, *updates]))
-        rnd.status = "closed"
-        rnd.closed_at = now
-        rnd.release_after = None
-        log.info("job %s round %d closed with %d uploads", job.job_id, t, len(uploads))
-
     def _release_pending(self) -> None:
         if self.on_release_pending is not None:
             self.on_release_pending()
@@ -605,7 +993,7 @@ class ParameterServer:
     # ------------------------------------------------------------------ release
 
     def release_round(self, job_id: str, t: int, *, now: float | None = None) -> bool:
-        """Release a closed round through the KGC; True if it is released now.
+        """Release a fully audited round through the KGC; True if it is released now.
 
         Any failure (KGC unreachable or refusing, a crash) leaves the round closed with a
         back-off; :meth:`tick` tries again.
@@ -613,19 +1001,18 @@ class ParameterServer:
         now = self._now(now)
         with self._lock, session_scope(self._sessions) as session:
             rnd = self._round(session, job_id, t, lock=True)
-            if rnd is None or rnd.status != "closed":
+            if rnd is None or rnd.status != "closed" or not self._audits_complete(session, rnd):
                 return False
             if rnd.release_after is not None and rnd.release_after > now:
                 return False
             rnd.release_after = now + self._lease_seconds  # our lease on this release
         try:
-            frame, contributors, num_plaintexts = self._release_request(job_id, t, now)
+            frame, binding, contributors, num_plaintexts = self._release_request(job_id, t, now)
             bundle = self._gateway.release(frame)
             check_release_bundle(
                 bundle,
                 self.kgc,
-                job_id=job_id,
-                round_number=t,
+                binding=binding,
                 contributors=contributors,
                 num_plaintexts=num_plaintexts,
             )
@@ -643,83 +1030,61 @@ class ParameterServer:
             return False
         return True
 
-    def _draw_blind(self, crypto: _JobCrypto) -> list[int]:
-        """A fresh uniform ``R``: one value in ``[0, N)`` per packed plaintext."""
-        n = int(crypto.job_key.params.n)
-        return [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
+    def _release_request(
+        self, job_id: str, t: int, now: float
+    ) -> tuple[bytes, ReleaseBinding, list[str], int]:
+        """The signed ``F`` frame: the stored one on a retry, else a new one.
 
-    def prepare_blind(self, job_id: str, t: int, *, now: float | None = None) -> bool:
-        """Draw round ``t``'s blind ``R`` and compute ``Enc(R)`` while the round is open.
-
-        The encryption (the PS's one costly step in a release) then happens while the
-        participants train instead of after the last upload. Claim first, encrypt outside
-        the lock, then fill in: two workers never both encrypt, and a release that comes
-        before the fill simply encrypts the claimed ``R`` itself. True if ``Enc(R)`` was
-        stored.
+        ``F`` is recomputed from the stored uploads, base and ``R`` and must have the
+        digests every contributor signed; the header carries the closed set and, per
+        contributor (sorted), its upload statement and its audit.
         """
-        now = self._now(now)
-        with self._lock, session_scope(self._sessions) as session:
-            rnd = self._round(session, job_id, t, lock=True)
-            if rnd is None or rnd.status != "open":
-                return False
-            if session.get(Release, (job_id, t)) is not None:
-                return False
-            crypto = self._crypto(self._job(session, job_id))
-            blind = self._draw_blind(crypto)
-            claimed = plaintexts_to_bytes(blind, int(crypto.job_key.params.n))
-            session.add(Release(job_id=job_id, round=t, blind=claimed, requested_at=now))
-        encrypted = self._encrypt(job_id, crypto.job_key, blind).to_bytes()
-        with self._lock, session_scope(self._sessions) as session:
-            release = session.get(Release, (job_id, t), with_for_update=True)
-            if release is None or release.request is not None or release.blind != claimed:
-                return False
-            release.blind_ciphertext = encrypted
-        log.info("job %s round %d: blind prepared", job_id, t)
-        return True
-
-    def _release_request(self, job_id: str, t: int, now: float) -> tuple[bytes, list[str], int]:
-        """The signed ``Enc(W_{t+1} + R)`` frame: the stored one on a retry, else a new one."""
         with self._sessions() as session:
-            pending = session.get(Release, (job_id, t))
-            if pending is not None and pending.request is not None:
-                return _stored_request(pending.request)
             job = self._job(session, job_id)
             crypto = self._crypto(job)
-            model = self._load_model(session, job_id, t + 1, crypto)
-            uploads = self._uploads(session, job_id, t)  # sorted by subject id
-            contributors = [upload.subject_id for upload in uploads]
-            statements = [upload.statement for upload in uploads]
-            prepared = (pending.blind, pending.blind_ciphertext) if pending else None
-        n = int(crypto.job_key.params.n)
-        if prepared is None:
-            blind = self._draw_blind(crypto)
-            encrypted_blind = self._encrypt(job_id, crypto.job_key, blind)
-        else:  # drawn while the round was open; Enc(R) too unless that was cut short
-            blind = plaintexts_from_bytes(prepared[0], n)
-            encrypted_blind = (
-                EncryptedVector.from_bytes(crypto.job_key, crypto.layout, prepared[1])
-                if prepared[1] is not None
-                else self._encrypt(job_id, crypto.job_key, blind)
+            rnd = self._round(session, job_id, t)
+            if rnd is None or rnd.digests is None or rnd.blind is None or not rnd.contributors:
+                raise RuntimeError(f"round {t} has no audited attempt")
+            contributors = sorted(rnd.contributors)
+            binding = _binding(job_id, rnd)
+            pending = session.get(Release, (job_id, t))
+            if pending is not None and pending.request is not None:
+                return pending.request, binding, contributors, crypto.layout.num_plaintexts
+            blind = plaintexts_from_bytes(rnd.blind, crypto.n)
+            audited = self._audit_round(
+                session, crypto, rnd, contributors, rnd.attempt, [int(r) for r in blind]
             )
-        if any(statement is None for statement in statements):
-            raise DomainError(409, "unsigned-upload", "an upload of this round has no statement")
-        header = release_request_header(
-            job_id=job_id,
-            round_number=t,
-            statements=[statement for statement in statements if statement is not None],
-        )
-        frame = self._signed_frame(model + encrypted_blind, header)
+            if audited.digests.fields() != rnd.digests:
+                raise RuntimeError(f"round {t}'s stored aggregate is not the audited one")
+            statements = {u.subject_id: u.statement for u in self._uploads(session, job_id, t)}
+            audits = self._audits(session, rnd)
+            if any(statements.get(s) is None for s in contributors):
+                raise DomainError(
+                    409, "unsigned-upload", "an upload of this round has no statement"
+                )
+            header = release_request_header(
+                job_id=job_id,
+                round_number=t,
+                attempt=rnd.attempt,
+                closed_set=dict(rnd.closed_set or {}),
+                statements=[statements[s] or {} for s in contributors],
+                audits=[audits[s] for s in contributors],
+            )
+            stored_blind = rnd.blind
+        frame = self._signed_frame(audited.release, header)
         with self._lock, session_scope(self._sessions) as session:
             release = session.get(Release, (job_id, t), with_for_update=True)
             if release is None:
-                release = Release(job_id=job_id, round=t, blind=plaintexts_to_bytes(blind, n))
-                session.add(release)
+                session.add(
+                    Release(
+                        job_id=job_id, round=t, blind=stored_blind, request=frame, requested_at=now
+                    )
+                )
             elif release.request is not None:  # another worker got there first: use its
-                return _stored_request(release.request)
-            release.request = frame
-            release.requested_at = now
-            release.blind_ciphertext = None  # spent: it is inside the request now
-        return frame, contributors, crypto.layout.num_plaintexts
+                return release.request, binding, contributors, crypto.layout.num_plaintexts
+            else:
+                release.blind, release.request, release.requested_at = stored_blind, frame, now
+        return frame, binding, contributors, crypto.layout.num_plaintexts
 
     def _signed_frame(self, vector: EncryptedVector, header: dict[str, Any]) -> bytes:
         """Frame with ``request_signature`` over the full header (``sha256`` included)."""
@@ -742,14 +1107,11 @@ class ParameterServer:
             rnd.released_at = now
             rnd.release_after = None
             rnd.last_error = None
-            finished = t + 1 >= job.rounds_total
-            if finished:
+            if t + 1 >= job.rounds_total:
                 job.status = "finished"
             else:
                 session.add(self._open_round(job_id, t + 1, now, job.definition))
                 job.current_round = t + 1
-        if finished:
-            self._forget(job_id)
         log.info("job %s round %d released", job_id, t)
 
     # ------------------------------------------------------------------ background work
@@ -759,21 +1121,19 @@ class ParameterServer:
         now = self._now(now)
         result = TickResult()
         with self._sessions() as session:
-            open_rounds = session.execute(
+            active = session.execute(
                 select(Round.job_id, Round.round)
                 .join(Job, Job.job_id == Round.job_id)
-                .where(Round.status == "open", Job.status == "running")
+                .where(Round.status.in_(_ACTIVE), Job.status == "running")
             ).all()
-        for job_id, t in open_rounds:
+        for job_id, t in active:
             try:
-                outcome = self._settle_open_round(job_id, t, now)
+                outcome = self._settle_round(job_id, t, now)
             except Exception as exc:
                 log.error("job %s round %d: settle failed: %s", job_id, t, type(exc).__name__)
                 continue
-            if outcome == "closed":
-                result.closed.append((job_id, t))
-            elif outcome == "failed":
-                result.failed.append((job_id, t))
+            if outcome is not None:
+                getattr(result, outcome).append((job_id, t))
         with self._sessions() as session:
             pending = session.execute(
                 select(Round.job_id, Round.round).where(
@@ -784,37 +1144,15 @@ class ParameterServer:
         for job_id, t in pending:
             if self.release_round(job_id, t, now=now):
                 result.released.append((job_id, t))
-        if self._prepare_blinds:
-            self._prepare_open_blinds(now)
         return result
-
-    def _prepare_open_blinds(self, now: float) -> None:
-        """``Enc(R)`` for every open round that has no release row yet."""
-        with self._sessions() as session:
-            unprepared = session.execute(
-                select(Round.job_id, Round.round)
-                .join(Job, Job.job_id == Round.job_id)
-                .outerjoin(
-                    Release, (Release.job_id == Round.job_id) & (Release.round == Round.round)
-                )
-                .where(Round.status == "open", Job.status == "running", Release.job_id.is_(None))
-            ).all()
-        for job_id, t in unprepared:
-            try:
-                self.prepare_blind(job_id, t, now=now)
-            except Exception as exc:  # the release encrypts R itself if this never lands
-                log.error(
-                    "job %s round %d: preparing the blind failed: %s", job_id, t, type(exc).__name__
-                )
 
     # ------------------------------------------------------------------ download
 
     def download(self, job_id: str, t: int, subject_id: str) -> dict[str, Any]:
-        """A contributor's part of the release bundle of round ``t``, with the blind ``R``."""
+        """A contributor's part of round ``t``'s release bundle, its binding and ``R``."""
         with self._sessions() as session:
             job = self._job(session, job_id)
-            if subject_id not in job.weights:
-                raise DomainError(403, "not-a-participant", "not a participant of this job")
+            self._participant(job, subject_id)
             rnd = self._round(session, job_id, t)
             if rnd is None:
                 raise DomainError(404, "round-not-found", f"job {job_id!r} has no round {t}")
@@ -825,10 +1163,10 @@ class ParameterServer:
             wrapped = bundle["wrapped_keys"].get(subject_id)
             if wrapped is None:
                 raise DomainError(403, "not-a-contributor", f"did not contribute to round {t}")
-            n = int(self._crypto(job).job_key.params.n)
+            n = self._crypto(job).n
+            binding = ReleaseBinding.from_fields(bundle)
             return {
-                "job_id": job_id,
-                "round": t,
+                **binding.fields(),
                 "num_plaintexts": bundle["num_plaintexts"],
                 "sealed_model": bundle["sealed_model"],
                 "wrapped_key": wrapped,
@@ -850,13 +1188,36 @@ def _job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def _check_upload(
-    crypto: _JobCrypto, job_id: str, t: int, subject_id: str, data: bytes
-) -> tuple[str, bytes, dict[str, Any]]:
-    """Frame, header, statement, shape and every group element.
+def _deadline(definition: Mapping[str, Any], now: float) -> float:
+    """When the phase starting ``now`` is due: every phase gets the full round deadline."""
+    return now + float(definition["round_deadline_seconds"])
 
-    Returns the payload's SHA-256, the payload and the signed statement. The statement
-    (cheap to check) is checked before the group elements (costly).
+
+def _binding(job_id: str, rnd: Round) -> ReleaseBinding:
+    """What the KGC must seal round ``rnd``'s current attempt to (the audited digests)."""
+    digests = rnd.digests or {}
+    return ReleaseBinding(
+        job_id=job_id,
+        round=rnd.round,
+        attempt=rnd.attempt,
+        base_sha256=str(digests.get("base_sha256")),
+        contributors_sha256=str(digests.get("contributors_sha256")),
+        blind_sha256=str(digests.get("blind_sha256")),
+    )
+
+
+def _refusal(exc: ProtocolError) -> DomainError:
+    """A participant-signed message that does not verify: 403 for a signature, else 422."""
+    return DomainError(403 if exc.code in _FORBIDDEN_CODES else 422, exc.code, exc.message)
+
+
+def _check_upload(
+    crypto: _JobCrypto, job_id: str, t: int, subject_id: str, data: bytes, closed: ClosedSet
+) -> tuple[str, bytes, dict[str, Any]]:
+    """Frame, header, statement, commitment, shape and every group element.
+
+    Returns the payload's SHA-256, the payload and the signed statement. The cheap checks
+    (statement, commitment) come before the group elements (costly).
     """
     if len(data) > crypto.max_frame_bytes:
         raise DomainError(413, "too-large", "upload is larger than this job's model")
@@ -875,10 +1236,12 @@ def _check_upload(
             round_number=t,
             subject_id=subject_id,
             payload_sha256=digest,
+            closed_set_sha256=closed.digest,
         )
     except ProtocolError as exc:
-        status = 403 if exc.code in _FORBIDDEN_STATEMENT_CODES else 422
-        raise DomainError(status, exc.code, exc.message) from None
+        raise _refusal(exc) from None
+    if not digest_equal(digest, closed.payloads[subject_id]):
+        raise DomainError(422, "upload-mismatch", "the payload is not the committed one")
     signed = {"statement": statement, "signature": header["statement"]["signature"]}
     if header.get("num_plaintexts") != crypto.packing.num_plaintexts:
         raise DomainError(
@@ -891,12 +1254,6 @@ def _check_upload(
     if vector.layout != crypto.layout:
         raise DomainError(422, "wrong-shape", "block layout does not match the job")
     return digest, frame.payload, signed
-
-
-def _stored_request(frame: bytes) -> tuple[bytes, list[str], int]:
-    """A persisted release request with the contributors and size its header names."""
-    header = decode_frame(frame).header
-    return frame, list(header["contributors"]), int(header["num_plaintexts"])
 
 
 def _is_int(value: object) -> bool:

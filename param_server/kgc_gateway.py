@@ -6,7 +6,7 @@ service can change its internals freely as long as docs/PROTOCOL.md holds.
 
 Everything the KGC answers is checked here before the PS trusts it: the KGC-signed job
 terms by :func:`check_job_answer` (signature, job key parameters and width, exactly the
-requested terms, this PS as the job's server) and a release bundle by
+requested terms, this PS and its key as the job's server) and a release bundle by
 :func:`check_release_bundle`; the domain calls both on whatever its gateway answers, so a
 fake gateway gets the same checks.
 """
@@ -33,6 +33,7 @@ from common.protocol import (
     token_request,
     verify_job_terms,
 )
+from common.release import ReleaseBinding
 from common.signing import (
     SignatureError,
     public_key_from_hex,
@@ -126,12 +127,14 @@ def check_job_answer(
     job_id: str,
     requested: Mapping[str, Any],
     param_server: str,
+    param_server_key: str,
 ) -> tuple[JobTerms, str]:
     """Check a ``POST /v1/jobs`` answer before the PS stores or serves anything of it.
 
     The KGC-signed terms must verify under the KGC's key with a job key under its
     parameters (:func:`common.protocol.verify_job_terms`), contain exactly the
-    ``requested`` fields, name this PS (``param_server``) as the job's server, and the
+    ``requested`` fields, name this PS (``param_server``) as the job's server with its own
+    key (``param_server_key``, hex: participants check the closed sets under it), and the
     answer's ``job_key`` must be the signed one. Returns the typed terms and the signature.
     """
     if not isinstance(body, dict) or body.get("job_id") != job_id:
@@ -150,6 +153,8 @@ def check_job_answer(
         )
     if terms.param_server != param_server:
         raise KgcError(502, "bad-kgc-answer", "the KGC signed the job for another server")
+    if terms.param_server_key != param_server_key:
+        raise KgcError(502, "bad-kgc-answer", "the KGC signed the job for another server key")
     if body.get("job_key") != terms.raw["job_key"]:
         raise KgcError(502, "bad-kgc-answer", "the answer's job key is not the signed one")
     return terms, str(signature)
@@ -159,15 +164,16 @@ def check_release_bundle(
     bundle: Any,
     info: KgcInfo,
     *,
-    job_id: str,
-    round_number: int,
+    binding: ReleaseBinding,
     contributors: Sequence[str],
     num_plaintexts: int,
 ) -> dict[str, Any]:
     """Check a release bundle before storing it for download.
 
     ``kgc_signature`` signs the bundle without that field (canonical JSON); the bundle
-    must be for this job and round and hold exactly one wrapped key per contributor.
+    must name exactly the ``binding`` of the audited attempt it was asked for (job, round,
+    attempt, base, contributor set, blind: what its sealing is bound to, so contributors
+    can open it) and hold exactly one wrapped key per contributor.
     """
     if not isinstance(bundle, dict):
         raise KgcError(502, "bad-kgc-answer", "release bundle is not an object")
@@ -178,8 +184,7 @@ def check_release_bundle(
         raise KgcError(502, "bad-kgc-answer", "release bundle signature does not verify") from None
     wrapped = bundle.get("wrapped_keys")
     if (
-        bundle.get("job_id") != job_id
-        or bundle.get("round") != round_number
+        any(bundle.get(name) != value for name, value in binding.fields().items())
         or bundle.get("num_plaintexts") != num_plaintexts
         or not isinstance(bundle.get("sealed_model"), dict)
         or not isinstance(wrapped, dict)

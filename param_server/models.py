@@ -1,13 +1,16 @@
 """Database models of the parameter server (SQLAlchemy 2.0, typed).
 
 The PS stores only public or encrypted material: job definitions (``W_0`` is public),
-the job key, ciphertext uploads, the encrypted global model ``Enc(W_t)`` as chunked
-rows of fixed-width group elements, release bundles (sealed for contributors) and the
-blinds ``R``. Its one secret, the Ed25519 signing key, is sealed under a passphrase.
+the job key, participants' signed commitments, audits and ciphertext uploads, the
+encrypted global model ``Enc(W_t)`` as chunked rows of fixed-width group elements,
+release bundles (sealed for contributors) and the blinds ``R`` (public to the round's
+contributors, who audit them). Its one secret, the Ed25519 signing key, is sealed under a
+passphrase.
 
 Invariants the schema enforces (so two gunicorn workers cannot break them):
 
-- one upload per (job, round, participant): ``uq_uploads_job_round_subject``;
+- one commitment and one upload per (job, round, participant);
+- one audit per (job, round, attempt, participant);
 - one payload digest per job: a byte-identical ciphertext can only be a replay;
 - one chunk per (job, version, index), one release per (job, round).
 """
@@ -31,7 +34,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from common.db import make_metadata
 
 __all__ = [
+    "Audit",
     "Base",
+    "Commitment",
     "Identity",
     "Job",
     "ModelChunk",
@@ -92,9 +97,14 @@ class Job(Base):
 class Round(Base):
     """One round ``t`` of a job: it takes ``W_t`` and produces ``W_{t+1}``.
 
-    ``status``: open -> closed (aggregated, release pending) -> released, or open -> failed.
-    ``release_after`` is a lease/back-off: no release attempt before that time, so two
-    workers never release the same round at once and a failed attempt is retried later.
+    ``status`` (docs/ROUND_PROTOCOL_STEP2.md): open (commit phase) -> committed (the
+    PS-signed ``closed_set`` is fixed; upload phase) -> closed (aggregated; audit phase of
+    ``attempt``) -> released; any phase may end in failed. ``deadline`` is the current
+    phase's. While closed, ``contributors``, ``blind`` (``R``) and ``digests`` (the
+    :class:`common.protocol.AuditDigests` fields) describe the current attempt, whose
+    ``Agg`` is model version ``t + 1``. ``release_after`` is a lease/back-off: no release
+    attempt before that time, so two workers never release the same round at once and a
+    failed attempt is retried later.
     """
 
     __tablename__ = "rounds"
@@ -109,6 +119,54 @@ class Round(Base):
     released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     release_after: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: ``{"closed_set", "signature"}`` as the PS signed it (NULL while open).
+    closed_set: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    contributors: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    blind: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    digests: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Commitment(Base):
+    """A participant's signed commitment to the payload it will upload in a round."""
+
+    __tablename__ = "commitments"
+    __table_args__ = (
+        UniqueConstraint("job_id", "round", "subject_id", name="uq_commitments_job_round_subject"),
+        ForeignKeyConstraint(
+            ["job_id", "round"], ["rounds.job_id", "rounds.round"], ondelete="CASCADE"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH))
+    round: Mapped[int] = mapped_column(Integer)
+    subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_LENGTH))
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    signed: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"commitment": {...}, "signature"}
+    committed_at: Mapped[float] = mapped_column(Float)
+
+
+class Audit(Base):
+    """A contributor's signed audit of one attempt at a round's aggregate and blind."""
+
+    __tablename__ = "audits"
+    __table_args__ = (
+        UniqueConstraint(
+            "job_id", "round", "attempt", "subject_id", name="uq_audits_job_round_attempt_subject"
+        ),
+        ForeignKeyConstraint(
+            ["job_id", "round"], ["rounds.job_id", "rounds.round"], ondelete="CASCADE"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH))
+    round: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_LENGTH))
+    signed: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"audit": {...}, "signature"}
+    audited_at: Mapped[float] = mapped_column(Float)
 
 
 class Upload(Base):
@@ -140,8 +198,9 @@ class Upload(Base):
 class ModelChunk(Base):
     """A fixed number of fixed-width group elements of ``Enc(W_version)``.
 
-    Version ``t`` is the model *before* round ``t``. Versions are written once, whole,
-    in the transaction that closes the previous round, and never rewritten.
+    Version ``t`` is the model *before* round ``t``: the audited aggregate of round
+    ``t - 1``'s released attempt (version 0 is the trivial ``Enc(W_0)``). Each attempt at
+    round ``t - 1`` writes it whole in one transaction, replacing an earlier attempt's.
     """
 
     __tablename__ = "model_chunks"
@@ -154,13 +213,13 @@ class ModelChunk(Base):
 
 
 class Release(Base):
-    """The release of round ``t``: the blind ``R``, the signed request, then the bundle.
+    """The release of round ``t``: the released attempt's blind ``R``, the signed request,
+    then the bundle.
 
-    The row is written while the round is still open, with ``R`` and ``Enc(R)``
-    (``blind_ciphertext``) computed ahead, so that closing the round does not wait for an
-    encryption. A row with ``request`` set and ``bundle`` NULL is a release in flight: the
-    exact request frame is kept so that a retry sends the same bytes (the KGC is
-    idempotent only for the same payload).
+    The row is written when every contributor of the attempt has audited. A row with
+    ``request`` set and ``bundle`` NULL is a release in flight: the exact request frame is
+    kept so that a retry sends the same bytes (the KGC is idempotent only for the same
+    request).
     """
 
     __tablename__ = "releases"
@@ -173,7 +232,6 @@ class Release(Base):
     job_id: Mapped[str] = mapped_column(String(JOB_ID_LENGTH), primary_key=True)
     round: Mapped[int] = mapped_column(Integer, primary_key=True)
     blind: Mapped[bytes] = mapped_column(LargeBinary)
-    blind_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     request: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     requested_at: Mapped[float] = mapped_column(Float)

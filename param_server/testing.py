@@ -2,48 +2,64 @@
 
 Used by the parameter server's unit and API tests (and usable by anyone testing against
 the PS without a KGC process). :class:`FakeKgc` implements
-:class:`~param_server.kgc_gateway.KgcGateway` by calling the same
-:mod:`common.protocol` checks as the real KGC (requested and signed job terms, the PS's
-request signature, the release schedule, contributors, quorum, every contributor's
-upload statement), plus frame validity and idempotent releases. It seals with
-:func:`common.release.seal_release` under a master key, so a contributor really opens
-its bundle with :func:`common.release.open_release`. Participants' tokens name the PS's
-subject id as their audience and their uploads carry statements built with
-:func:`common.protocol.build_upload_statement`.
+:class:`~param_server.kgc_gateway.KgcGateway` by calling the same :mod:`common.protocol`
+checks as the real KGC (requested and signed job terms, the PS's request signature, and
+:func:`~common.protocol.check_release_request` with the job's release schedule and its
+chain of audited aggregates), plus frame validity and idempotent releases. It seals with
+:func:`common.release.seal_release` bound to the audited attempt, so a contributor really
+opens its bundle with :func:`common.release.open_release`.
+
+:class:`TestParticipant` plays a contributor's side of the round protocol
+(docs/ROUND_PROTOCOL_STEP2.md) against anything with the PS's methods (:class:`PsPort`:
+the :class:`~param_server.domain.ParameterServer` itself, or :class:`HttpPs` over the
+app): commit, upload under the closed set, and audit by really recomputing the attempt
+with :func:`common.audit.audit_round` from what the PS serves. :func:`play_round` does all
+three for a list of contributors::
+
+    play_round(ps, terms, 0, [(p, p.encrypt(job, delta, encryptor, rng)) for p in ps_])
+    ps.tick()                                    # the release
+    open_model(job, p, ps.download(job_id, 0, p.subject_id))
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.audit import audit_round
 from common.bcp import MasterKey, PublicKey, SecretKey
-from common.blocks import JobKey, VectorEncryptor, generate_job_key
+from common.blocks import EncryptedVector, JobKey, VectorEncryptor, generate_job_key
 from common.clock import ManualClock as FakeClock
 from common.db import make_engine
 from common.encoding import PackingLayout, decode_vector, encode_vector
 from common.protocol import (
+    AuditDigests,
+    ClosedSet,
     JobTerms,
     ProtocolError,
+    build_audit_statement,
+    build_commitment,
     build_upload_statement,
     check_job_view,
     check_release_request,
     check_requested_terms,
-    sha256_hex,
     sign_job_terms,
+    vector_sha256,
+    verify_closed_set,
     verify_job_terms,
     verify_release_signature,
 )
-from common.release import blind_from_text, open_release, seal_release
+from common.release import ReleaseBinding, blind_from_text, open_release, seal_release
 from common.signing import (
     b64encode,
     generate_signing_key,
@@ -53,6 +69,7 @@ from common.signing import (
 )
 from common.wire import WireError, decode_frame, encode_frame, from_obj, to_obj
 from param_server.domain import ParameterServer
+from param_server.errors import DomainError
 from param_server.kgc_gateway import KgcError, KgcInfo
 from param_server.models import metadata
 
@@ -60,6 +77,8 @@ __all__ = [
     "PS_SUBJECT_ID",
     "FakeClock",
     "FakeKgc",
+    "HttpPs",
+    "PsPort",
     "PsWorld",
     "TestParticipant",
     "encode_weights",
@@ -69,6 +88,7 @@ __all__ = [
     "make_participants",
     "make_world",
     "open_model",
+    "play_round",
     "upload_frame",
 ]
 
@@ -77,21 +97,41 @@ __all__ = [
 PS_SUBJECT_ID = "ps-test"
 #: The KGC's bound on a job key's width (kgc.domain.MAX_WIDTH).
 KGC_MAX_WIDTH = 1024
-#: How the KGC answers a refused release (docs/PROTOCOL.md).
+#: How the KGC answers a refused release (docs/PROTOCOL.md, ROUND_PROTOCOL_STEP2.md);
+#: every other refusal is 422.
 _RELEASE_STATUS = {
     "round-out-of-range": 409,
     "out-of-schedule": 409,
     "bad-request-signature": 403,
     "bad-statement-signature": 403,
+    "bad-closed-set-signature": 403,
+    "bad-commitment-signature": 403,
+    "bad-audit-signature": 403,
     "bad-field": 400,
 }
+
+
+@dataclass(frozen=True)
+class _FakeRelease:
+    """What the KGC keeps of a release: enough to answer a retry and to chain the next."""
+
+    payload_sha256: str
+    contributors: tuple[str, ...]
+    attempt: int
+    aggregate_sha256: str
+    bundle: dict[str, Any]
 
 
 @dataclass
 class _FakeJob:
     terms: JobTerms
-    #: round -> (payload digest, contributors, bundle)
-    releases: dict[int, tuple[str, list[str], dict[str, Any]]] = field(default_factory=dict)
+    releases: dict[int, _FakeRelease] = field(default_factory=dict)
+
+    def base_sha256(self) -> str:
+        """The base the next round's audits must name: the last release's ``Agg``."""
+        if not self.releases:
+            return self.terms.initial_ciphertext_sha256
+        return self.releases[max(self.releases)].aggregate_sha256
 
 
 class FakeKgc:
@@ -101,10 +141,11 @@ class FakeKgc:
     :func:`~common.protocol.check_requested_terms` and
     :func:`~common.protocol.sign_job_terms` for a job,
     :func:`~common.protocol.verify_release_signature` and
-    :func:`~common.protocol.check_release_request` (with the job's release schedule) for a
-    release. ``participants`` are the enrolled participants' BCP keys and
-    ``signing_keys`` their certified Ed25519 keys (hex); ``ps_subject_id`` is the PS the
-    jobs are signed for. Set ``failure`` to a :class:`KgcError` to make every call raise
+    :func:`~common.protocol.check_release_request` (with the job's release schedule and
+    the aggregate of its previous release as the base) for a release. ``participants``
+    are the enrolled participants' BCP keys and ``signing_keys`` their certified Ed25519
+    keys (hex); ``ps_subject_id`` and ``ps_verify_key`` are the PS the jobs are signed for
+    and its certified key. Set ``failure`` to a :class:`KgcError` to make every call raise
     it (an unreachable or refusing KGC); ``release_calls`` counts release requests,
     ``release_frames`` keeps each request and ``release_headers`` each decodable header.
     """
@@ -150,6 +191,8 @@ class FakeKgc:
     ) -> dict[str, Any]:
         """``POST /v1/jobs``: check the requested terms, make the job key, sign the terms."""
         self._maybe_fail()
+        if self.ps_verify_key is None:
+            raise KgcError(403, "not-enrolled", "no parameter server key is certified")
         if job_id in self.jobs:
             raise KgcError(409, "job-exists", f"job {job_id} exists")
         try:
@@ -173,6 +216,7 @@ class FakeKgc:
             self.signing_key,
             requested,
             param_server=param_server or self.ps_subject_id,
+            param_server_key=public_key_hex(self.ps_verify_key),
             signing_keys=self.signing_keys,
             job_key=to_obj(job_key),
         )
@@ -207,10 +251,23 @@ class FakeKgc:
             t = verify_release_signature(header, self.ps_verify_key)
             stored = job.releases.get(t)
             if stored is not None:
-                if (stored[0], stored[1]) == (digest, header.get("contributors")):
-                    return stored[2]  # the same request again: the same bundle
+                contributors = header.get("contributors")
+                same = (
+                    isinstance(contributors, list)
+                    and stored.payload_sha256 == digest
+                    and sorted(stored.contributors) == sorted(map(str, contributors))
+                    and stored.attempt == header.get("attempt")
+                )
+                if same:
+                    return stored.bundle  # the same request again: the same bundle
                 raise KgcError(409, "already-released", f"round {t} was released already")
-            _, contributors = check_release_request(header, terms, next_round=len(job.releases))
+            check = check_release_request(
+                header,
+                terms,
+                next_round=len(job.releases),
+                base_sha256=job.base_sha256(),
+                payload_sha256=digest,
+            )
         except ProtocolError as exc:
             raise KgcError(_RELEASE_STATUS.get(exc.code, 422), exc.code, exc.message) from None
         if (header.get("num_plaintexts"), header.get("width")) != (
@@ -222,22 +279,136 @@ class FakeKgc:
             vector = parsed.vector(terms.job_key)
         except ValueError as exc:
             raise KgcError(422, "invalid-ciphertext", str(exc)) from None
+        digests = check.digests
+        binding = ReleaseBinding(
+            job_id=terms.job_id,
+            round=check.round,
+            attempt=digests.attempt,
+            base_sha256=digests.base_sha256,
+            contributors_sha256=digests.contributors_sha256,
+            blind_sha256=digests.blind_sha256,
+        )
         bundle = seal_release(
             self.master_key,
             vector,
-            {c: self.participants[c] for c in contributors},
-            job_id=terms.job_id,
-            round_number=t,
+            {c: self.participants[c] for c in check.contributors},
+            binding=binding,
             rng=self.rng,
         )
         bundle["kgc_signature"] = sign_json(self.signing_key, bundle)
-        job.releases[t] = (digest, contributors, bundle)
+        job.releases[t] = _FakeRelease(
+            digest, check.contributors, digests.attempt, digests.aggregate_sha256, bundle
+        )
         return bundle
+
+
+class PsPort(Protocol):
+    """The PS's side of the round protocol, as a participant reaches it.
+
+    :class:`~param_server.domain.ParameterServer` has these methods; :class:`HttpPs`
+    provides them over the app's HTTP API. Refusals raise
+    :class:`~param_server.errors.DomainError` either way.
+    """
+
+    def accept_commitment(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]: ...
+
+    def closed_set(self, job_id: str, t: int) -> dict[str, Any]: ...
+
+    def accept_upload(
+        self, job_id: str, t: int, subject_id: str, data: bytes
+    ) -> dict[str, Any]: ...
+
+    def audit_package(self, job_id: str, t: int, requester: str | None) -> dict[str, Any]: ...
+
+    def base_frame(self, job_id: str, t: int, requester: str | None) -> bytes: ...
+
+    def upload_frame(
+        self, job_id: str, t: int, subject_id: str, requester: str | None
+    ) -> bytes: ...
+
+    def accept_audit(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]: ...
+
+
+class HttpPs:
+    """:class:`PsPort` over the PS app (a Flask test client), with each participant's token.
+
+    ``auth(subject_id)`` gives the request headers of a participant (None: the operator).
+    A refusal raises :class:`~param_server.errors.DomainError` with the answer's status
+    and code, so the same test helpers drive the domain and the HTTP API.
+    """
+
+    def __init__(self, client: FlaskClient, auth: Callable[[str | None], dict[str, str]]) -> None:
+        self.client = client
+        self.auth = auth
+
+    def _call(self, method: str, path: str, subject: str | None, **kwargs: Any) -> Any:
+        response = self.client.open(path, method=method, headers=self.auth(subject), **kwargs)
+        if response.status_code >= 400:
+            body = response.get_json(silent=True) or {}
+            raise DomainError(
+                response.status_code, str(body.get("error")), str(body.get("message"))
+            )
+        return response
+
+    @staticmethod
+    def _path(job_id: str, t: int, tail: str) -> str:
+        return f"/v1/jobs/{job_id}/rounds/{t}/{tail}"
+
+    def accept_commitment(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]:
+        answer = self._call("POST", self._path(job_id, t, "commitments"), subject_id, json=signed)
+        return answer.get_json(), answer.status_code == 201
+
+    def closed_set(self, job_id: str, t: int) -> dict[str, Any]:
+        body: dict[str, Any] = self._call(
+            "GET", self._path(job_id, t, "commitments"), None
+        ).get_json()
+        return body
+
+    def accept_upload(self, job_id: str, t: int, subject_id: str, data: bytes) -> dict[str, Any]:
+        answer = self._call(
+            "POST",
+            self._path(job_id, t, "uploads"),
+            subject_id,
+            data=data,
+            content_type="application/octet-stream",
+        )
+        body: dict[str, Any] = answer.get_json()
+        return body
+
+    def audit_package(self, job_id: str, t: int, requester: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = self._call(
+            "GET", self._path(job_id, t, "audit"), requester
+        ).get_json()
+        return body
+
+    def base_frame(self, job_id: str, t: int, requester: str | None) -> bytes:
+        return bytes(self._call("GET", self._path(job_id, t, "base"), requester).get_data())
+
+    def upload_frame(self, job_id: str, t: int, subject_id: str, requester: str | None) -> bytes:
+        path = self._path(job_id, t, f"uploads/{subject_id}")
+        return bytes(self._call("GET", path, requester).get_data())
+
+    def accept_audit(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]:
+        answer = self._call("POST", self._path(job_id, t, "audits"), subject_id, json=signed)
+        return answer.get_json(), answer.status_code == 201
 
 
 @dataclass
 class TestParticipant:
-    """A data owner: subject id, sample count, its BCP key pair and its Ed25519 key."""
+    """A data owner: subject id, sample count, its BCP key pair and its Ed25519 key.
+
+    Its round helpers take the PS (:class:`PsPort`) and the job's checked terms; the
+    vector it commits to and uploads is passed explicitly (participants are shared
+    between tests, so they keep no round state).
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -245,7 +416,8 @@ class TestParticipant:
     num_samples: int
     public_key: PublicKey
     secret_key: SecretKey
-    #: The key the KGC certified: it signs this participant's upload statements.
+    #: The key the KGC certified: it signs this participant's commitments, upload
+    #: statements and audits.
     signing_key: Ed25519PrivateKey = field(default_factory=generate_signing_key, repr=False)
 
     @classmethod
@@ -277,26 +449,126 @@ class TestParticipant:
             issuer=issuer,
         )
 
+    def encrypt(
+        self, job: Mapping[str, Any], update: npt.ArrayLike, encryptor: VectorEncryptor, rng: Any
+    ) -> EncryptedVector:
+        """``Enc(w_i Δ_i)``: the update scaled by this participant's public weight."""
+        packing = PackingLayout.from_json(job["packing"])
+        clip = float(job["definition"]["encoding"]["clip_bound"])
+        plaintexts, _ = encode_vector(
+            update, packing, clip_bound=clip, scale=job["weights"][self.subject_id]
+        )
+        return encryptor.encrypt(plaintexts, rng)
+
+    def commitment(self, terms: JobTerms, t: int, vector: EncryptedVector) -> dict[str, Any]:
+        """The signed commitment to ``vector`` as this participant's round-``t`` upload."""
+        return build_commitment(
+            self.signing_key,
+            terms,
+            round_number=t,
+            subject_id=self.subject_id,
+            payload_sha256=vector_sha256(vector),
+        )
+
+    def commit(
+        self, ps: PsPort, terms: JobTerms, t: int, vector: EncryptedVector
+    ) -> dict[str, Any]:
+        """Send the commitment (commit phase); the PS's answer."""
+        answer, _ = ps.accept_commitment(
+            terms.job_id, t, self.subject_id, self.commitment(terms, t, vector)
+        )
+        return answer
+
+    def closed(self, ps: PsPort, terms: JobTerms, t: int) -> ClosedSet:
+        """The round's closed set as the PS serves it, verified as a client verifies it."""
+        served = ps.closed_set(terms.job_id, t)
+        return verify_closed_set(served.get("closed_set"), terms, round_number=t)
+
     def frame(
-        self,
-        job: Mapping[str, Any],
-        terms: JobTerms,
-        round_number: int,
-        update: npt.ArrayLike,
-        encryptor: VectorEncryptor,
-        rng: Any,
+        self, terms: JobTerms, t: int, vector: EncryptedVector, closed_set_sha256: str
     ) -> bytes:
         """This participant's upload frame (:func:`upload_frame`)."""
         return upload_frame(
-            job,
+            terms,
             self.subject_id,
-            round_number,
-            update,
-            encryptor,
-            rng,
+            t,
+            vector,
             signing_key=self.signing_key,
-            terms=terms,
+            closed_set_sha256=closed_set_sha256,
         )
+
+    def upload(
+        self, ps: PsPort, terms: JobTerms, t: int, vector: EncryptedVector
+    ) -> dict[str, Any]:
+        """Upload ``vector`` under the round's closed set (upload phase); the receipt."""
+        closed = self.closed(ps, terms, t)
+        return ps.accept_upload(
+            terms.job_id, t, self.subject_id, self.frame(terms, t, vector, closed.digest)
+        )
+
+    def recompute(self, ps: PsPort, terms: JobTerms, t: int) -> AuditDigests:
+        """The current attempt recomputed from what the PS serves (nothing is sent).
+
+        :class:`~common.protocol.ProtocolError` ``audit-mismatch`` if the PS announces
+        other digests than the recomputation gives.
+        """
+        package = ps.audit_package(terms.job_id, t, self.subject_id)
+        closed = verify_closed_set(package["closed_set"], terms, round_number=t)
+        key = terms.job_key
+
+        def vector(data: bytes) -> EncryptedVector:
+            return decode_frame(data).vector(key)
+
+        audited = audit_round(
+            terms,
+            closed,
+            attempt=int(package["attempt"]),
+            base=vector(ps.base_frame(terms.job_id, t, self.subject_id)),
+            uploads={
+                s: vector(ps.upload_frame(terms.job_id, t, s, self.subject_id))
+                for s in package["contributors"]
+            },
+            blind=blind_from_text(str(package["blind"]), int(key.params.n)),
+            subject_id=self.subject_id,
+        )
+        fields = audited.digests.fields()
+        differing = sorted(k for k in package if k in fields and package[k] != fields[k])
+        if differing:
+            raise ProtocolError("audit-mismatch", "the PS announces other " + ", ".join(differing))
+        return audited.digests
+
+    def audit_statement(self, terms: JobTerms, t: int, digests: AuditDigests) -> dict[str, Any]:
+        return build_audit_statement(
+            self.signing_key, terms, round_number=t, subject_id=self.subject_id, digests=digests
+        )
+
+    def audit(self, ps: PsPort, terms: JobTerms, t: int) -> AuditDigests:
+        """Recompute the current attempt and sign and send its digests (audit phase)."""
+        digests = self.recompute(ps, terms, t)
+        ps.accept_audit(terms.job_id, t, self.subject_id, self.audit_statement(terms, t, digests))
+        return digests
+
+
+def play_round(
+    ps: PsPort,
+    terms: JobTerms,
+    t: int,
+    contributions: Sequence[tuple[TestParticipant, EncryptedVector]],
+    *,
+    audit: bool = True,
+) -> None:
+    """Every listed participant commits, then uploads, then (``audit``) audits.
+
+    The set closes when all of the job's participants committed, so list them all (or
+    close the set some other way before the uploads).
+    """
+    for p, vector in contributions:
+        p.commit(ps, terms, t, vector)
+    for p, vector in contributions:
+        p.upload(ps, terms, t, vector)
+    if audit:
+        for p, _ in contributions:
+            p.audit(ps, terms, t)
 
 
 _TOKEN_IDS = itertools.count()
@@ -339,37 +611,29 @@ def make_definition(
 
 
 def upload_frame(
-    job: Mapping[str, Any],
+    terms: JobTerms,
     subject_id: str,
     round_number: int,
-    update: npt.ArrayLike,
-    encryptor: VectorEncryptor,
-    rng: Any,
+    vector: EncryptedVector,
     *,
     signing_key: Ed25519PrivateKey,
-    terms: JobTerms,
+    closed_set_sha256: str,
 ) -> bytes:
-    """What a participant uploads: ``Enc(w_i Δ_i)`` framed for this job and round.
+    """What a participant uploads: its committed ciphertext framed for this job and round.
 
-    ``job`` is the PS's job view (``GET /v1/jobs/<id>``) and ``terms`` its checked
-    KGC-signed terms (:func:`job_terms_of`); the header carries the statement
-    (:func:`common.protocol.build_upload_statement`) signed with ``signing_key``.
+    The header carries the statement (:func:`common.protocol.build_upload_statement`)
+    naming the payload and the round's closed set, signed with ``signing_key``.
     """
-    packing = PackingLayout.from_json(job["packing"])
-    clip = float(job["definition"]["encoding"]["clip_bound"])
-    plaintexts, _ = encode_vector(
-        update, packing, clip_bound=clip, scale=job["weights"][subject_id]
-    )
-    vector = encryptor.encrypt(plaintexts, rng)
     statement = build_upload_statement(
         signing_key,
         terms,
         round_number=round_number,
         subject_id=subject_id,
-        payload_sha256=sha256_hex(vector.to_bytes()),
+        payload_sha256=vector_sha256(vector),
+        closed_set_sha256=closed_set_sha256,
     )
     return encode_frame(
-        vector, {"job_id": job["job_id"], "round": round_number, "statement": statement}
+        vector, {"job_id": terms.job_id, "round": round_number, "statement": statement}
     )
 
 
@@ -397,12 +661,18 @@ def job_key_of(job: Mapping[str, Any]) -> JobKey:
 def open_model(
     job: Mapping[str, Any], participant: TestParticipant, download: Mapping[str, Any]
 ) -> npt.NDArray[np.float64]:
-    """A contributor's side of the release: unwrap, open, subtract ``R``, decode."""
+    """A contributor's side of the release: unwrap, open, subtract ``R``, decode.
+
+    The binding is rebuilt from the download's fields after checking its job, as a
+    client does; the sealing itself then checks the rest.
+    """
+    binding = ReleaseBinding.from_fields(download)
+    if binding.job_id != job["job_id"]:
+        raise ValueError("the download is for another job")
     packing = PackingLayout.from_json(job["packing"])
     plaintexts = open_release(
         participant.secret_key,
-        job_id=str(download["job_id"]),
-        round_number=int(download["round"]),
+        binding=binding,
         sealed_model=download["sealed_model"],
         wrapped_key=download["wrapped_key"],
         blind=blind_from_text(str(download["blind"]), packing.modulus),
@@ -444,7 +714,7 @@ def make_world(
     create_schema: bool = True,
     chunk_elements: int = 3,
 ) -> PsWorld:
-    """Everything a PS test needs; small tables (window 4) and small chunks."""
+    """Everything a PS test needs; small chunks."""
     ps_key = generate_signing_key()
     kgc = FakeKgc(
         master_key,
@@ -465,7 +735,6 @@ def make_world(
         ps_key,
         clock=clock,
         rng=random.Random(3),
-        window=4,
         chunk_elements=chunk_elements,
         subject_id=PS_SUBJECT_ID,
     )

@@ -2,28 +2,28 @@
 
 Every endpoint's success and error paths: status, error code, and that a refused
 request stored nothing. The release tests play a dishonest parameter server
-(docs/PROTOCOL.md): relabelled rounds, repeated rounds, forged or misdirected upload
-statements, outsiders, too few contributors and oversized bodies are all refused, and no
-release is stored.
+(docs/PROTOCOL.md, docs/ROUND_PROTOCOL_STEP2.md): relabelled rounds, repeated rounds,
+forged or misdirected closed sets, upload statements and audits, another ``F`` than the
+audited one, a broken chain of aggregates, outsiders, too few contributors and oversized
+bodies are all refused with their status, and no release is stored.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import gmpy2
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kgc_api_support import PASSPHRASE, ApiWorld, build_api_world, error
 
-from common.blocks import BlockLayout, EncryptedVector, JobKey, element_bytes
+from common.blocks import BlockLayout, element_bytes
 from common.demo_params import load_demo_master_key
 from common.protocol import JobTerms, verify_job_terms
-from common.release import open_release
+from common.release import ReleaseBinding, open_release
 from common.sealing import SealError
 from common.signing import (
     generate_signing_key,
@@ -38,15 +38,10 @@ from common.wire import FRAME_MAGIC, MAX_HEADER_BYTES, from_obj, to_obj
 from kgc.app import create_app
 from kgc.keystore import DemoParamsRefusedError, WrongPassphraseError
 from kgc.models import Job, Release, Subject, TokenNonce
-from kgc.testing import (
-    TestSubject,
-    encrypt_plaintexts,
-    job_request,
-    signed_release,
-    statement_for,
-)
+from kgc.testing import RoundPlay, TestSubject, dishonest_requests, job_request, play_round
 
 OCTET = {"Content-Type": "application/octet-stream"}
+PARAMS = load_demo_master_key(1024).params
 
 
 def _verify_key(api: ApiWorld) -> Any:
@@ -300,7 +295,8 @@ def test_a_token_for_a_param_server_is_refused_by_the_kgc(
     token = answer.get_json()["token"]
     claims = verify_token(_verify_key(api), token, now=api.clock(), audience=ps.subject_id)
     assert claims.audience == ps.subject_id
-    request = job_request("job-x", [api.enrol(owners[1], "B").subject_id], quorum=1)
+    members = [api.enrol(owners[1], "B").subject_id]
+    request = job_request("job-x", members, params=PARAMS, quorum=1)
     headers = {"Authorization": f"Bearer {token}"}
     error(api.client.post("/v1/jobs", json=request, headers=headers), 401, "invalid-token")
     ok = api.client.post("/v1/jobs", json=request, headers=api.token(ps))
@@ -322,22 +318,12 @@ class JobWorld:
     terms: JobTerms
     ps_auth: dict[str, str]
 
-    @property
-    def job_key(self) -> JobKey:
-        return self.terms.job_key
-
-    def frame(
-        self,
-        vector: EncryptedVector,
-        round_number: int,
-        signers: list[TestSubject],
-        *,
-        ps_key: Ed25519PrivateKey | None = None,
-        **kwargs: Any,
-    ) -> bytes:
-        """A release request for ``round_number`` with ``signers``' own statements."""
-        key = ps_key or self.ps.signing_key
-        return signed_release(key, self.terms, vector, round_number, signers, **kwargs)
+    def play(
+        self, signers: Sequence[TestSubject] | None = None, *, seed: int = 1, **kwargs: Any
+    ) -> RoundPlay:
+        """An honest round played by the PS with ``signers`` (default: the first two)."""
+        chosen = self.members[:2] if signers is None else signers
+        return play_round(self.terms, self.ps.signing_key, chosen, random.Random(seed), **kwargs)
 
 
 @pytest.fixture
@@ -349,6 +335,7 @@ def job(api: ApiWorld, owners: list[TestSubject]) -> JobWorld:
     body = job_request(
         "job-1",
         [m.subject_id for m in members],
+        params=PARAMS,
         quorum=2,
         rounds=ROUNDS,
         width=3,
@@ -358,15 +345,11 @@ def job(api: ApiWorld, owners: list[TestSubject]) -> JobWorld:
     assert answer.status_code == 201, answer.get_json()
     out = answer.get_json()
     assert set(out) == {"job_id", "job_key", "job_terms", "job_terms_signature"}
-    terms = verify_job_terms(
-        _verify_key(api),
-        out["job_terms"],
-        out["job_terms_signature"],
-        load_demo_master_key(1024).params,
-    )
+    terms = verify_job_terms(_verify_key(api), out["job_terms"], out["job_terms_signature"], PARAMS)
     assert out["job_key"] == out["job_terms"]["job_key"]
     assert {k: out["job_terms"][k] for k in body["terms"]} == body["terms"]
     assert terms.param_server == ps.subject_id and terms.job_key.width == 3
+    assert terms.param_server_key == public_key_hex(ps.signing_key)
     assert dict(terms.signing_keys) == {
         m.subject_id: public_key_hex(m.signing_key) for m in members
     }
@@ -376,7 +359,7 @@ def job(api: ApiWorld, owners: list[TestSubject]) -> JobWorld:
 def test_create_job_refusals(job: JobWorld) -> None:
     api, now = job.api, job.api.clock()
     ids = [m.subject_id for m in job.members]
-    good = job_request("job-2", ids, quorum=2)
+    good = job_request("job-2", ids, params=PARAMS, quorum=2)
     p_auth = api.token(job.members[0])
     forged = issue_token(
         generate_signing_key(),
@@ -391,8 +374,8 @@ def test_create_job_refusals(job: JobWorld) -> None:
     def with_terms(**changes: Any) -> dict[str, Any]:
         return {**good, "terms": {**good["terms"], **changes}}
 
-    def members(participants: list[str]) -> dict[str, Any]:
-        return job_request("job-2", participants, quorum=2)
+    def members(participants: list[str], job_id: str = "job-2") -> dict[str, Any]:
+        return job_request(job_id, participants, params=PARAMS, quorum=2)
 
     cases: list[tuple[dict[str, Any], dict[str, str], int, str]] = [
         (good, {}, 401, "unauthorized"),
@@ -400,7 +383,7 @@ def test_create_job_refusals(job: JobWorld) -> None:
         (good, {"Authorization": "Bearer v1.a.b"}, 401, "invalid-token"),
         (good, p_auth, 403, "wrong-role"),
         (good, api.admin, 401, "invalid-token"),
-        (job_request("job-1", ids, quorum=2), job.ps_auth, 409, "job-exists"),
+        (members(ids, "job-1"), job.ps_auth, 409, "job-exists"),
         (members([*ids, "sub-none"]), job.ps_auth, 422, "unknown-participant"),
         (members([*ids, job.ps.subject_id]), job.ps_auth, 422, "unknown-participant"),
         (with_terms(quorum=9), job.ps_auth, 422, "invalid-quorum"),
@@ -409,6 +392,8 @@ def test_create_job_refusals(job: JobWorld) -> None:
         (with_terms(width="3"), job.ps_auth, 400, "bad-terms"),
         (with_terms(rounds=0), job.ps_auth, 400, "bad-terms"),
         (with_terms(participants="a,b"), job.ps_auth, 400, "bad-terms"),
+        (with_terms(initial_ciphertext_sha256=None), job.ps_auth, 400, "bad-terms"),
+        (with_terms(param_server_key="00" * 32), job.ps_auth, 400, "bad-terms"),
         (with_terms(extra=1), job.ps_auth, 400, "bad-terms"),
         ({**good, "job_id": "bad id"}, job.ps_auth, 400, "bad-field"),
         ({**good, "terms": "x"}, job.ps_auth, 400, "bad-field"),
@@ -430,15 +415,6 @@ def test_create_job_refusals(job: JobWorld) -> None:
 # ---------------------------------------------------------------- releases
 
 
-def _blinded(job: JobWorld, seed: int) -> tuple[list[int], list[int], EncryptedVector]:
-    n = int(job.job_key.params.n)
-    rng = random.Random(seed)
-    model = [rng.randrange(n) for _ in range(NUM_PLAINTEXTS)]
-    blind = [rng.randrange(n) for _ in range(NUM_PLAINTEXTS)]
-    plain = [(w + r) % n for w, r in zip(model, blind, strict=True)]
-    return model, blind, encrypt_plaintexts(job.job_key, plain, rng)
-
-
 def _post_release(
     job: JobWorld, frame: bytes, headers: dict[str, str] | None = None, job_id: str = "job-1"
 ) -> Any:
@@ -449,11 +425,22 @@ def _post_release(
     )
 
 
+def _open(bundle: dict[str, Any], subject: TestSubject, wrapped: Any, play: RoundPlay) -> list[int]:
+    """What ``subject`` opens with ``wrapped``, under the binding the bundle names."""
+    assert subject.secret_key is not None
+    opened = open_release(
+        subject.secret_key,
+        binding=ReleaseBinding.from_fields(bundle),
+        sealed_model=bundle["sealed_model"],
+        wrapped_key=wrapped,
+        blind=play.blind,
+    )
+    return [int(v) for v in opened]
+
+
 def test_release_for_contributors_only_and_idempotent(job: JobWorld) -> None:
-    model, blind, vector = _blinded(job, 1)
-    contributors = [m.subject_id for m in job.members[:2]]
-    frame = job.frame(vector, 0, job.members[:2])
-    first = _post_release(job, frame)
+    play = job.play()
+    first = _post_release(job, play.frame())
     assert first.status_code == 201, first.get_json()
     bundle = first.get_json()
     verify_json(
@@ -461,119 +448,81 @@ def test_release_for_contributors_only_and_idempotent(job: JobWorld) -> None:
         {k: v for k, v in bundle.items() if k != "kgc_signature"},
         bundle["kgc_signature"],
     )
-    assert sorted(bundle["wrapped_keys"]) == sorted(contributors)
-
-    def open_with(subject: TestSubject, wrapped: Any) -> list[int]:
-        assert subject.secret_key is not None
-        return [
-            int(v)
-            for v in open_release(
-                subject.secret_key,
-                job_id="job-1",
-                round_number=0,
-                sealed_model=bundle["sealed_model"],
-                wrapped_key=wrapped,
-                blind=blind,
-            )
-        ]
-
-    for member in job.members[:2]:
-        assert open_with(member, bundle["wrapped_keys"][member.subject_id]) == model
+    assert sorted(bundle["wrapped_keys"]) == sorted(play.ids)
+    assert (bundle["job_id"], bundle["round"], bundle["attempt"]) == ("job-1", 0, 0)
+    assert bundle["base_sha256"] == job.terms.initial_ciphertext_sha256
+    assert bundle["blind_sha256"] == play.digests.blind_sha256
+    for member in play.signers:
+        wrapped = bundle["wrapped_keys"][member.subject_id]
+        assert _open(bundle, member, wrapped, play) == list(play.model)
+        # Served under another binding (round, attempt, base...), the bundle opens nothing.
+        for field, value in (("round", 1), ("attempt", 1), ("base_sha256", "ab" * 32)):
+            with pytest.raises(SealError):
+                _open({**bundle, field: value}, member, wrapped, play)
     for stranger in (job.members[2], job.outsider):
         for wrapped in bundle["wrapped_keys"].values():
             with pytest.raises(SealError):
-                open_with(stranger, wrapped)
+                _open(bundle, stranger, wrapped, play)
 
-    again = _post_release(job, frame, headers=job.api.token(job.ps))
+    again = _post_release(job, play.frame(), headers=job.api.token(job.ps))
     assert again.status_code == 200
     assert again.get_json() == bundle
-    # Attack (b): round 0 again, with another payload or another contributor set.
-    _, _, other = _blinded(job, 2)
-    error(_post_release(job, job.frame(other, 0, job.members[:2])), 409, "already-released")
-    error(_post_release(job, job.frame(vector, 0, job.members)), 409, "already-released")
+    # Attack (b): round 0 again, with another F or another contributor set.
+    error(_post_release(job, job.play(seed=2).frame()), 409, "already-released")
+    error(_post_release(job, job.play(job.members).frame()), 409, "already-released")
     assert job.api.count(Release) == 1
 
 
 def test_release_refusals_store_nothing(job: JobWorld) -> None:
+    """A dishonest PS changes one piece of an honest request; the status says which."""
     api = job.api
-    a, b, c = job.members
-    _, _, vector = _blinded(job, 3)
-    rogue = generate_signing_key()
-
-    def frame(round_number: int = 0, signers: list[TestSubject] | None = None, **kw: Any) -> bytes:
-        return job.frame(vector, round_number, [a, b] if signers is None else signers, **kw)
-
-    def stmt(subject: TestSubject, round_number: int = 0, **kw: Any) -> dict[str, Any]:
-        return statement_for(subject, kw.pop("terms", job.terms), round_number, **kw)
-
-    bad = list(vector.elements)
-    bad[2] = gmpy2.mpz(job.job_key.params.n) * 3  # shares a factor with N
-    outside = EncryptedVector(vector.job_key, vector.layout, tuple(bad), _trusted=True)
-    other_ps = replace(job.terms, param_server="sub-another-ps")
-    other_job = replace(job.terms, job_id="job-2")
+    play = job.play(seed=3)
+    refusals = dishonest_requests(
+        play, spare=job.members[2], outsider=job.outsider, rng=random.Random(4)
+    )
+    for refusal in refusals:
+        response = _post_release(job, refusal.frame)
+        assert response.get_json()["error"] == refusal.code, (refusal.what, response.get_json())
+        error(response, refusal.status, refusal.code)
+        assert api.count(Release) == 0
     cases: list[tuple[bytes, dict[str, str] | None, int, str]] = [
-        # Attack (a), (g): relabelled rounds.
-        (frame(1000), None, 409, "round-out-of-range"),
-        (frame(ROUNDS), None, 409, "round-out-of-range"),
-        (frame(1), None, 409, "out-of-schedule"),
-        # Attack (c): statements signed by the PS or another participant, or for another
-        # round, job or audience.
-        (
-            frame(statements=[stmt(a), stmt(b, signing_key=job.ps.signing_key)]),
-            None,
-            403,
-            "bad-statement-signature",
-        ),
-        (
-            frame(statements=[stmt(a), stmt(b, signing_key=c.signing_key)]),
-            None,
-            403,
-            "bad-statement-signature",
-        ),
-        (frame(statements=[stmt(a), stmt(b, 1)]), None, 422, "statement-mismatch"),
-        (frame(statements=[stmt(a), stmt(b, terms=other_job)]), None, 422, "statement-mismatch"),
-        (frame(statements=[stmt(a), stmt(b, terms=other_ps)]), None, 422, "statement-mismatch"),
-        # Attack (d): an outsider, too few contributors.
-        (frame(signers=[a, job.outsider]), None, 422, "not-a-participant"),
-        (frame(signers=[a]), None, 422, "below-quorum"),
-        (frame(signers=[a, a]), None, 422, "duplicate-contributor"),
-        # The request and the frame.
-        (frame(ps_key=rogue), None, 403, "bad-request-signature"),
-        (frame(extra={"round": -1}), None, 400, "bad-field"),
-        (frame(job_id="job-2"), None, 422, "job-mismatch"),
-        (job.frame(outside, 0, [a, b]), None, 422, "invalid-element"),
+        (play.frame(extra={"round": 1000}), None, 409, "round-out-of-range"),
+        (play.frame(extra={"round": ROUNDS}), None, 409, "round-out-of-range"),
+        (job.play(round_number=1).frame(), None, 409, "out-of-schedule"),
         (FRAME_MAGIC + b"\x01garbage", None, 400, "bad-frame"),
-        (frame()[:-1], None, 400, "bad-frame"),
-        (frame(), {}, 401, "unauthorized"),
-        (frame(), api.token(job.members[0]), 403, "wrong-role"),
+        (play.frame()[:-1], None, 400, "bad-frame"),
+        (play.frame(), {}, 401, "unauthorized"),
+        (play.frame(), api.token(job.members[0]), 403, "wrong-role"),
     ]
     for body, headers, status, code in cases:
         error(_post_release(job, body, headers), status, code)
         assert api.count(Release) == 0
-    error(_post_release(job, frame(), job_id="job-none"), 404, "not-found")
+    error(_post_release(job, play.frame(), job_id="job-none"), 404, "not-found")
     wrong_type = api.client.post(
         "/v1/jobs/job-1/releases", json={"frame": "x"}, headers=job.ps_auth
     )
     error(wrong_type, 415, "unsupported-media-type")
-    other_ps_subject = api.enrol(TestSubject.param_server(), "PS2")
+    other_ps = api.enrol(TestSubject.param_server(), "PS2")
     error(
-        _post_release(job, frame(ps_key=other_ps_subject.signing_key), api.token(other_ps_subject)),
+        _post_release(job, play.frame(ps_key=other_ps.signing_key), api.token(other_ps)),
         403,
         "not-job-owner",
     )
+    limit = api.app.config["MAX_CONTENT_LENGTH"]
     api.app.config["MAX_CONTENT_LENGTH"] = 256
-    error(_post_release(job, frame()), 413, "too-large")
+    error(_post_release(job, play.frame()), 413, "too-large")
+    api.app.config["MAX_CONTENT_LENGTH"] = limit
     assert api.count(Release) == 0
+    # The honest request still goes through afterwards.
+    assert _post_release(job, play.frame()).status_code == 201
 
 
 def test_release_bodies_are_bounded_by_the_jobs_frame(job: JobWorld) -> None:
     """Attack (f): a body over the job's frame size is 413, before it is read."""
     api = job.api
-    params = job.job_key.params
     layout = BlockLayout(NUM_PLAINTEXTS, 3)
-    limit = 9 + MAX_HEADER_BYTES + layout.num_elements * element_bytes(params)
-    _, _, vector = _blinded(job, 4)
-    good = job.frame(vector, 0, job.members[:2])
+    limit = 9 + MAX_HEADER_BYTES + layout.num_elements * element_bytes(PARAMS)
+    good = job.play(seed=4).frame()
     assert len(good) < limit < 64 * 1024 * 1024
     error(_post_release(job, b"\0" * (limit + 1)), 413, "too-large")
     error(_post_release(job, good + b"\0" * (limit + 1 - len(good))), 413, "too-large")
@@ -586,16 +535,27 @@ def test_release_bodies_are_bounded_by_the_jobs_frame(job: JobWorld) -> None:
     assert _post_release(job, good).status_code == 201
 
 
-def test_rounds_are_released_on_the_kgcs_schedule(job: JobWorld) -> None:
+def test_rounds_are_released_on_the_kgcs_schedule_and_chain(job: JobWorld) -> None:
+    previous: RoundPlay | None = None
     for t in range(ROUNDS):
-        _, _, vector = _blinded(job, 10 + t)
+        play = job.play(job.members[: 2 + t % 2], seed=10 + t, after=previous)
         if t + 1 < ROUNDS:
-            error(_post_release(job, job.frame(vector, t + 1, job.members)), 409, "out-of-schedule")
-        answer = _post_release(job, job.frame(vector, t, job.members[: 2 + t % 2]))
+            early = job.play(seed=20 + t, after=play)
+            error(_post_release(job, early.frame()), 409, "out-of-schedule")
+        if previous is not None:
+            # A PS that restarts from Enc(W_0), or replays an audit of round t-1.
+            restart = job.play(play.signers, seed=30 + t, round_number=t)
+            error(_post_release(job, restart.frame()), 422, "audit-mismatch")
+            replayed = [previous.audits[0], *play.audits[1:]]
+            error(_post_release(job, play.frame(audits=replayed)), 422, "audit-mismatch")
+        answer = _post_release(job, play.frame())
         assert answer.status_code == 201, answer.get_json()
         assert answer.get_json()["round"] == t
-    _, _, vector = _blinded(job, 99)
-    error(_post_release(job, job.frame(vector, ROUNDS, job.members)), 409, "round-out-of-range")
+        assert answer.get_json()["base_sha256"] == play.digests.base_sha256
+        previous = play
+    assert previous is not None
+    beyond = job.play(seed=99, after=previous, round_number=ROUNDS)
+    error(_post_release(job, beyond.frame()), 409, "round-out-of-range")
     assert job.api.count(Release) == ROUNDS
 
 
@@ -603,8 +563,8 @@ def test_refused_releases_are_logged_with_their_code(
     job: JobWorld, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    _, _, vector = _blinded(job, 5)
-    error(_post_release(job, job.frame(vector, 1000, job.members)), 409, "round-out-of-range")
+    frame = job.play(seed=5).frame(extra={"round": 1000})
+    error(_post_release(job, frame), 409, "round-out-of-range")
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert refusals and refusals[-1].levelno == logging.WARNING
     assert "round-out-of-range" in refusals[-1].getMessage()

@@ -18,7 +18,7 @@ from common.db import make_engine
 from common.signing import generate_signing_key, public_key_hex
 from param_server.app import create_app
 from param_server.domain import ParameterServer
-from param_server.testing import PS_SUBJECT_ID, FakeClock, FakeKgc, TestParticipant
+from param_server.testing import PS_SUBJECT_ID, FakeClock, FakeKgc, HttpPs, TestParticipant
 
 ADMIN_TOKEN = "admin-secret-for-tests"
 
@@ -50,6 +50,17 @@ class ApiWorld:
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
+    def participant(self, subject_id: str) -> TestParticipant:
+        return next(p for p in [*self.participants, self.stranger] if p.subject_id == subject_id)
+
+    @property
+    def port(self) -> HttpPs:
+        """The PS over HTTP for the participants' round helpers (None: the operator)."""
+        return HttpPs(
+            self.client,
+            lambda subject: self.admin if subject is None else self.auth(self.participant(subject)),
+        )
+
 
 def build_api_world(master: MasterKey, participants: list[TestParticipant], url: str) -> ApiWorld:
     """The app with a fake KGC, a fake clock and small tables, over a migrated database."""
@@ -77,7 +88,6 @@ def build_api_world(master: MasterKey, participants: list[TestParticipant], url:
             "SUBJECT_ID": PS_SUBJECT_ID,
             "CLOCK": clock,
             "RNG": random.Random(3),
-            "ENCRYPT_WINDOW": 4,
             "CHUNK_ELEMENTS": 3,
         }
     )

@@ -17,10 +17,12 @@ from param_server.testing import (
     PS_SUBJECT_ID,
     FakeClock,
     FakeKgc,
+    HttpPs,
     TestParticipant,
     job_key_of,
     job_terms_of,
     make_definition,
+    play_round,
 )
 
 
@@ -46,7 +48,6 @@ def test_background_worker_releases_a_completed_round(
             "SUBJECT_ID": PS_SUBJECT_ID,
             "CLOCK": clock,
             "RNG": random.Random(1),
-            "ENCRYPT_WINDOW": 4,
             "BACKGROUND": True,
             "TICK_SECONDS": 30.0,  # only a wake-up can release within the test
         }
@@ -60,15 +61,18 @@ def test_background_worker_releases_a_completed_round(
         ).get_json()
         terms = job_terms_of(job, kgc.info())
         encryptor = VectorEncryptor(job_key_of(job), window=4)
-        for p in participants:
-            frame = p.frame(job, terms, 0, np.ones(50), encryptor, random.Random(2))
-            response = client.post(
-                "/v1/jobs/bg/rounds/0/uploads",
-                data=frame,
-                content_type="application/octet-stream",
-                headers={"Authorization": f"Bearer {p.token(kgc, clock.now)}"},
-            )
-            assert response.status_code == 201
+        by_id = {p.subject_id: p for p in participants}
+
+        def auth(subject: str | None) -> dict[str, str]:
+            token = "admin" if subject is None else by_id[subject].token(kgc, clock.now)
+            return {"Authorization": f"Bearer {token}"}
+
+        port = HttpPs(client, auth)
+        rng = random.Random(2)
+        # The last audit wakes the worker: nothing else releases within the test.
+        play_round(
+            port, terms, 0, [(p, p.encrypt(job, np.ones(50), encryptor, rng)) for p in participants]
+        )
         deadline = time.monotonic() + 20
         status = None
         while time.monotonic() < deadline:

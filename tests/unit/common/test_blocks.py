@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import gmpy2
 import pytest
+from gmpy2 import mpz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,11 +18,13 @@ from common.blocks import (
     EncryptionMasks,
     JobKey,
     VectorEncryptor,
+    add_plaintexts,
     decrypt_vector,
     element_bytes,
     elements_from_bytes,
     elements_to_bytes,
     generate_job_key,
+    trivial_encryption,
 )
 
 HYP = settings(
@@ -428,7 +431,7 @@ def test_masks_reject_bad_plaintexts_and_are_spent(
 ) -> None:
     """Bad input is refused, and the masks are spent anyway (no retry with the same r)."""
     params, _ = small_params
-    values = [0, 0, 0, int(params.n)] if bad == "n" else bad
+    values = [0, 0, 0, int(params.n)] if isinstance(bad, str) else bad
     masks = encryptor_1.precompute(WIDTH + 1, random.Random(6))
     with pytest.raises(ValueError):
         masks.encrypt(values)
@@ -457,3 +460,119 @@ def test_one_encryptor_shared_by_threads(
     with ThreadPoolExecutor(4) as pool:
         vectors = list(pool.map(lambda m: encryptor_2.encrypt(m, random.Random(m[0])), messages))
     assert [decrypt_vector(master, v) for v in vectors] == messages
+
+
+# --------------------------------------------------------------------------- trivial encryption
+
+
+def component_plaintexts(
+    vector: EncryptedVector, job_key: JobKey, secret_keys: list[SecretKey]
+) -> list[int]:
+    """Open every ``(A, B_j)`` with the component's own secret key (not the master key)."""
+    out: list[int] = []
+    for offset, size in vector.layout.block_offsets():
+        for j in range(size):
+            pair = Ciphertext(
+                job_key.component(j), vector.elements[offset], vector.elements[offset + 1 + j]
+            )
+            out.append(secret_keys[j].decrypt(pair))
+    return out
+
+
+@pytest.mark.parametrize("length", [1, WIDTH, WIDTH + 1, 3 * WIDTH - 1])
+def test_trivial_encryption_is_a_known_answer(
+    small_params: Params, keyed: tuple[JobKey, list[SecretKey]], length: int
+) -> None:
+    """``A = 1`` and ``B_j = 1 + m_j N``: no randomness, the same bytes for everyone."""
+    params, master = small_params
+    job_key, secret_keys = keyed
+    n = int(params.n)
+    ms = plaintexts(n, length, seed=length * 2)
+    vector = trivial_encryption(job_key, ms)
+    assert vector.layout == BlockLayout(length, WIDTH)
+    assert a_elements(vector) == [1] * vector.layout.num_blocks
+    position = 0
+    for offset, size in vector.layout.block_offsets():
+        for j in range(size):
+            b = vector.elements[offset + 1 + j]
+            assert b == 1 + ms[position] * n
+            assert master.decrypt(Ciphertext(job_key.component(j), mpz(1), b)) == ms[position]
+            position += 1
+    assert decrypt_vector(master, vector) == ms
+    assert component_plaintexts(vector, job_key, secret_keys) == ms
+    assert trivial_encryption(job_key, ms) == vector
+    parsed = EncryptedVector.from_bytes(job_key, vector.layout, vector.to_bytes())
+    assert parsed == vector  # A = 1 is a valid element on the wire
+
+
+def test_trivial_encryption_does_not_depend_on_the_key_components(
+    small_params: Params, job_key: JobKey
+) -> None:
+    params, _ = small_params
+    other = generate_job_key(params, WIDTH, random.Random(77))
+    ms = [5, 0, int(params.n) - 1, 42]
+    assert trivial_encryption(other, ms).to_bytes() == trivial_encryption(job_key, ms).to_bytes()
+
+
+@pytest.mark.parametrize("bad", [[], [-1], "n"])
+def test_trivial_encryption_rejects_bad_plaintexts(
+    small_params: Params, job_key: JobKey, bad: list[int] | str
+) -> None:
+    params, _ = small_params
+    values = [0, int(params.n)] if isinstance(bad, str) else bad
+    with pytest.raises(ValueError):
+        trivial_encryption(job_key, values)
+
+
+@HYP
+@given(seed=SEEDS, ms=PLAINTEXT_LISTS, data=st.data())
+def test_adding_plaintexts_adds_and_keeps_a(
+    small_params: Params,
+    encryptor_1: VectorEncryptor,
+    keyed: tuple[JobKey, list[SecretKey]],
+    seed: int,
+    ms: list[int],
+    data: st.DataObject,
+) -> None:
+    """``add_plaintexts(Enc(m), r)`` decrypts to ``m + r mod N`` with the same ``A``s."""
+    params, master = small_params
+    job_key, secret_keys = keyed
+    n = int(params.n)
+    ms = [m % n for m in ms]
+    rs = data.draw(st.lists(st.integers(0, n - 1), min_size=len(ms), max_size=len(ms)))
+    vector = encryptor_1.encrypt(ms, random.Random(seed))
+    added = add_plaintexts(vector, rs)
+    expected = [(m + r) % n for m, r in zip(ms, rs, strict=True)]
+    assert a_elements(added) == a_elements(vector)
+    assert added.layout == vector.layout and added.job_key == job_key
+    assert decrypt_vector(master, added) == expected
+    assert component_plaintexts(added, job_key, secret_keys) == expected
+    # adding a trivial encryption is exactly add_plaintexts, and adding zero changes nothing
+    assert vector + trivial_encryption(job_key, rs) == added
+    assert add_plaintexts(vector, [0] * len(ms)) == vector
+    assert add_plaintexts(trivial_encryption(job_key, ms), rs) == trivial_encryption(
+        job_key, expected
+    )
+
+
+def test_add_plaintexts_keeps_the_input_unchanged(
+    small_params: Params, encryptor_1: VectorEncryptor
+) -> None:
+    _, master = small_params
+    vector = encryptor_1.encrypt([1, 2, 3, 4], random.Random(3))
+    before = vector.to_bytes()
+    added = add_plaintexts(vector, [10, 20, 30, 40])
+    assert vector.to_bytes() == before
+    assert decrypt_vector(master, added) == [11, 22, 33, 44]
+    assert decrypt_vector(master, vector) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("bad", [[1, 2], [1, 2, 3, 4, 5], [], [0, 0, 0, -1], "n"])
+def test_add_plaintexts_rejects_bad_plaintexts(
+    small_params: Params, encryptor_1: VectorEncryptor, bad: list[int] | str
+) -> None:
+    params, _ = small_params
+    values = [0, 0, 0, int(params.n)] if isinstance(bad, str) else bad
+    vector = encryptor_1.encrypt([1, 2, 3, 4], random.Random(4))
+    with pytest.raises(ValueError):
+        add_plaintexts(vector, values)

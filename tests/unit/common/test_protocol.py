@@ -1,8 +1,10 @@
-"""The shared protocol messages: job terms, upload statements, release requests, tokens.
+"""The shared protocol messages: job terms, commitments, closed sets, upload statements,
+audits, release requests, tokens.
 
 Each check is played from the side that would break it: a PS that serves another job key
 or definition than the KGC signed, a colluder that signs for another round, a PS that
-relabels a round or names a contributor that never signed.
+relabels a round, names a contributor that never committed, swaps an upload, or asks the
+KGC to open something the contributors did not audit.
 """
 
 from __future__ import annotations
@@ -10,29 +12,52 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.bcp import MasterKey, PublicParams, generate_params
-from common.blocks import generate_job_key
-from common.encoding import PackingLayout
+from common.blocks import BlockLayout, decrypt_vector, generate_job_key
+from common.encoding import PackingLayout, decode_vector
 from common.protocol import (
+    AUDIT_PURPOSE,
+    CLOSED_SET_PURPOSE,
+    COMMITMENT_PURPOSE,
     JOB_TERMS_PURPOSE,
     KGC_AUDIENCE,
+    MAX_ATTEMPT,
+    UPLOAD_PURPOSE,
+    AuditDigests,
+    ClosedSet,
     JobTerms,
     ProtocolError,
+    ReleaseCheck,
+    build_audit_statement,
+    build_closed_set,
+    build_commitment,
     build_upload_statement,
     check_job_view,
     check_release_request,
+    check_requested_terms,
+    contributors_sha256,
+    initial_ciphertext,
+    initial_ciphertext_sha256,
+    initial_plaintexts,
+    json_sha256,
     kgc_key_id,
     release_request_header,
     requested_terms,
     sign_job_terms,
     token_challenge,
     token_request,
+    vector_sha256,
+    verify_audit_statement,
+    verify_closed_set,
+    verify_commitment,
     verify_job_terms,
     verify_release_signature,
     verify_upload_statement,
@@ -49,43 +74,74 @@ from common.signing import (
 )
 from common.wire import to_obj
 
-PARTICIPANTS = ["sub-a", "sub-b", "sub-c"]
+#: Four participants and a quorum of three: room for a contributor outside the closed set
+#: and for an attempt that drops one.
+PARTICIPANTS = ["sub-a", "sub-b", "sub-c", "sub-d"]
+THREE = PARTICIPANTS[:3]
 PS = "sub-ps"
+BASE = "ba" * 32
+RELEASE = "f0" * 32
+AGGREGATE = "a9" * 32
+BLIND = "b1" * 32
+HYP = settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+Params = tuple[PublicParams, MasterKey]
+
+
+def payload(subject: str, round_number: int = 0) -> str:
+    """A stand-in payload digest, distinct per subject and round."""
+    return hashlib.sha256(f"{subject}/{round_number}".encode()).hexdigest()
 
 
 class World:
-    """A KGC key, a job signed for PS, its served view, and the participants' keys."""
+    """A KGC key, a job signed for PS (and its key), its view, and the participants' keys."""
 
-    def __init__(self, params: PublicParams, *, quorum: int = 3, rounds: int = 4) -> None:
+    def __init__(
+        self,
+        params: PublicParams,
+        *,
+        quorum: int = 3,
+        rounds: int = 4,
+        initial_digest: str | None = None,
+    ) -> None:
         rng = random.Random(7)
         self.params = params
         self.kgc = generate_signing_key()
+        self.ps = generate_signing_key()
         self.keys = {s: generate_signing_key() for s in PARTICIPANTS}
-        weights_bytes = bytes(8 * 5)  # five float64 zeros
+        self.initial_weights = np.array([0.5, -1.25, 0.0, 3.0, -0.125])
         self.definition: dict[str, Any] = {
             "job_id": "job-1",
             "model": {"kind": "mlp", "layers": [2, 3]},
-            "initial_weights": b64encode(weights_bytes),
+            "initial_weights": b64encode(self.initial_weights.astype("<f8").tobytes()),
             "training": {"learning_rate": 0.1},
             "participants": [{"subject_id": s, "num_samples": 10} for s in PARTICIPANTS],
             "quorum": quorum,
             "rounds": rounds,
         }
-        self.packing = PackingLayout(modulus=int(params.n), length=5).to_json()
-        self.weights = {s: 1 / 3 for s in PARTICIPANTS}
+        self.layout = PackingLayout(modulus=int(params.n), length=5)
+        self.packing = self.layout.to_json()
+        self.weights = {s: 1 / len(PARTICIPANTS) for s in PARTICIPANTS}
+        if initial_digest is None:
+            initial_digest = initial_ciphertext_sha256(params, 2, self.layout, self.initial_weights)
         requested = requested_terms(
             job_id="job-1",
             definition=self.definition,
             packing=self.packing,
             weights=self.weights,
             width=2,
-            num_plaintexts=1,
+            num_plaintexts=self.layout.num_plaintexts,
+            initial_ciphertext_sha256=initial_digest,
         )
         self.job_key = to_obj(generate_job_key(params, 2, rng))
         self.signed, self.signature = sign_job_terms(
             self.kgc,
             requested,
             param_server=PS,
+            param_server_key=public_key_hex(self.ps),
             signing_keys={s: public_key_hex(k) for s, k in self.keys.items()},
             job_key=self.job_key,
         )
@@ -102,33 +158,122 @@ class World:
             "job_terms_signature": self.signature,
         }
 
-    def statement(self, subject: str, round_number: int = 0, **kw: Any) -> dict[str, Any]:
+    # participant-signed messages
+
+    def commitment(self, subject: str, round_number: int = 0, **kw: Any) -> dict[str, Any]:
+        return build_commitment(
+            kw.pop("key", self.keys[subject]),
+            kw.pop("terms", self.terms),
+            round_number=round_number,
+            subject_id=subject,
+            payload_sha256=kw.pop("digest", payload(subject, round_number)),
+        )
+
+    def closed_set(
+        self,
+        round_number: int = 0,
+        subjects: list[str] = THREE,
+        *,
+        commitments: list[dict[str, Any]] | None = None,
+        key: Any = None,
+        closed_at: int = 1000,
+    ) -> dict[str, Any]:
+        if commitments is None:
+            commitments = [self.commitment(s, round_number) for s in subjects]
+        return build_closed_set(
+            key or self.ps,
+            self.terms,
+            round_number=round_number,
+            commitments=commitments,
+            closed_at=closed_at,
+        )
+
+    def closed(self, signed: dict[str, Any], round_number: int = 0) -> ClosedSet:
+        return verify_closed_set(signed, self.terms, round_number=round_number)
+
+    def statement(
+        self, subject: str, round_number: int = 0, *, closed: str = "cc" * 32, **kw: Any
+    ) -> dict[str, Any]:
         return build_upload_statement(
             kw.pop("key", self.keys[subject]),
             kw.pop("terms", self.terms),
             round_number=round_number,
             subject_id=subject,
-            payload_sha256=kw.pop("digest", hashlib.sha256(subject.encode()).hexdigest()),
+            payload_sha256=kw.pop("digest", payload(subject, round_number)),
+            closed_set_sha256=closed,
         )
 
-    def release_header(self, round_number: int, subjects: list[str], ps_key: Any) -> dict[str, Any]:
+    def digests(
+        self, closed: str, subjects: list[str], *, attempt: int = 0, **kw: str
+    ) -> AuditDigests:
+        return AuditDigests(
+            attempt=attempt,
+            closed_set_sha256=closed,
+            contributors_sha256=contributors_sha256(subjects),
+            base_sha256=kw.get("base", BASE),
+            aggregate_sha256=kw.get("aggregate", AGGREGATE),
+            release_sha256=kw.get("release", RELEASE),
+            blind_sha256=kw.get("blind", BLIND),
+        )
+
+    def audit(
+        self, subject: str, round_number: int, digests: AuditDigests, **kw: Any
+    ) -> dict[str, Any]:
+        return build_audit_statement(
+            kw.pop("key", self.keys[subject]),
+            kw.pop("terms", self.terms),
+            round_number=round_number,
+            subject_id=subject,
+            digests=digests,
+        )
+
+    def release_header(
+        self,
+        round_number: int,
+        subjects: list[str],
+        *,
+        committed: list[str] | None = None,
+        attempt: int = 0,
+        ps_key: Any = None,
+    ) -> dict[str, Any]:
+        """An honest request: closed set, statements and audits of ``subjects``, signed."""
+        closed_signed = self.closed_set(round_number, committed or subjects)
+        closed = self.closed(closed_signed, round_number)
+        digests = self.digests(closed.digest, subjects, attempt=attempt)
         header = release_request_header(
             job_id="job-1",
             round_number=round_number,
-            statements=[self.statement(s, round_number) for s in subjects],
+            attempt=attempt,
+            closed_set=closed_signed,
+            statements=[self.statement(s, round_number, closed=closed.digest) for s in subjects],
+            audits=[self.audit(s, round_number, digests) for s in subjects],
         )
-        return {**header, "request_signature": sign_json(ps_key, header)}
+        return {**header, "request_signature": sign_json(ps_key or self.ps, header)}
 
 
 @pytest.fixture(scope="module")
-def world(small_params: tuple[PublicParams, MasterKey]) -> World:
+def world(small_params: Params) -> World:
     return World(small_params[0])
 
 
-def refused(code: str, call: Any) -> None:
+def refused(code: str, call: Callable[..., object]) -> None:
     with pytest.raises(ProtocolError) as info:
         call()
     assert info.value.code == code, info.value.message
+
+
+def check(world: World, header: dict[str, Any], next_round: int, **kw: str) -> ReleaseCheck:
+    return check_release_request(
+        header,
+        world.terms,
+        next_round=next_round,
+        base_sha256=kw.get("base", BASE),
+        payload_sha256=kw.get("payload", RELEASE),
+    )
+
+
+def resigned(field: str, body: dict[str, Any], key: Any) -> dict[str, Any]:
+    return {field: body, "signature": sign_json(key, body)}
 
 
 # --------------------------------------------------------------------------- job terms
@@ -142,6 +287,11 @@ def test_signed_terms_verify_and_carry_what_the_participant_relies_on(world: Wor
     assert (terms.job_id, terms.param_server, terms.quorum, terms.rounds) == ("job-1", PS, 3, 4)
     assert terms.participants == tuple(PARTICIPANTS)
     assert terms.signing_keys["sub-b"] == public_key_hex(world.keys["sub-b"])
+    assert terms.param_server_key == public_key_hex(world.ps)
+    assert terms.initial_ciphertext_sha256 == vector_sha256(
+        initial_ciphertext(terms.job_key, world.layout, world.initial_weights)
+    )
+    assert terms.num_plaintexts == world.layout.num_plaintexts
     assert check_job_view(world.view(), world.kgc.public_key(), world.params) == terms
 
 
@@ -190,9 +340,40 @@ def test_a_view_that_differs_from_the_signed_terms_is_refused(world: World, muta
     refused("job-mismatch", lambda: check_job_view(view, world.kgc.public_key(), world.params))
 
 
-def test_quorum_below_the_participants_minimum_is_refused(
-    small_params: tuple[PublicParams, MasterKey],
-) -> None:
+def test_terms_naming_another_initial_ciphertext_are_refused(small_params: Params) -> None:
+    """The KGC signed a digest of Enc(W_0) that the served W_0 does not encrypt to."""
+    lying = World(small_params[0], initial_digest="0e" * 32)
+    with pytest.raises(ProtocolError) as info:
+        check_job_view(lying.view(), lying.kgc.public_key(), lying.params)
+    assert info.value.code == "job-mismatch"
+    assert "initial_ciphertext_sha256" in info.value.message
+    assert "initial_model_sha256" not in info.value.message
+
+
+def test_requested_terms_need_a_well_formed_initial_ciphertext_digest(world: World) -> None:
+    added = {"purpose", "kgc_key_id", "param_server", "param_server_key", "signing_keys", "job_key"}
+    requested = {k: v for k, v in world.signed.items() if k not in added}
+    assert check_requested_terms(dict(requested)) == requested
+    missing = {k: v for k, v in requested.items() if k != "initial_ciphertext_sha256"}
+    refused("bad-terms", lambda: check_requested_terms(missing))
+    for bad in ("AB" * 32, "ab" * 31, 7, None):
+        refused(
+            "bad-terms",
+            lambda bad=bad: check_requested_terms({**requested, "initial_ciphertext_sha256": bad}),
+        )
+
+
+@pytest.mark.parametrize("bad", ["", "zz" * 32, "ab" * 31, 5, None])
+def test_terms_with_a_malformed_server_key_are_refused(world: World, bad: object) -> None:
+    signed = {**copy.deepcopy(world.signed), "param_server_key": bad}
+    signature = sign_json(world.kgc, signed)
+    refused(
+        "bad-job-terms",
+        lambda: verify_job_terms(world.kgc.public_key(), signed, signature, world.params),
+    )
+
+
+def test_quorum_below_the_participants_minimum_is_refused(small_params: Params) -> None:
     low = World(small_params[0], quorum=2)
     key = low.kgc.public_key()
     refused("quorum-too-small", lambda: check_job_view(low.view(), key, low.params))
@@ -208,7 +389,7 @@ def test_terms_naming_another_server_are_refused(world: World) -> None:
     assert check_job_view(world.view(), key, world.params, param_server=PS).param_server == PS
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_any_change_to_a_signed_field_breaks_the_signature(world: World, data: Any) -> None:
     name = data.draw(st.sampled_from(sorted(world.signed)))
@@ -220,147 +401,603 @@ def test_any_change_to_a_signed_field_breaks_the_signature(world: World, data: A
         verify_job_terms(world.kgc.public_key(), signed, world.signature, world.params)
 
 
-# --------------------------------------------------------------------------- statements
+# --------------------------------------------------------------------------- Enc(W_0)
 
 
-def test_an_upload_statement_verifies_for_its_round_and_payload(world: World) -> None:
-    digest = "ab" * 32
-    signed = world.statement("sub-a", 2, digest=digest)
-    statement = verify_upload_statement(
-        signed, world.terms, round_number=2, subject_id="sub-a", payload_sha256=digest
+@HYP
+@given(
+    width=st.integers(min_value=1, max_value=4),
+    values=st.lists(
+        st.floats(min_value=-30, max_value=30, allow_nan=False), min_size=1, max_size=30
+    ),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_the_initial_digest_needs_no_job_key(
+    small_params: Params, width: int, values: list[float], seed: int
+) -> None:
+    """Any job key of the width gives the bytes the PS hashed before asking the KGC."""
+    params, master = small_params
+    layout = PackingLayout(modulus=int(params.n), length=len(values))
+    job_key = generate_job_key(params, width, random.Random(seed))
+    vector = initial_ciphertext(job_key, layout, values)
+    assert initial_ciphertext_sha256(params, width, layout, values) == vector_sha256(vector)
+    assert vector.layout == BlockLayout(layout.num_plaintexts, width)
+    assert all(vector.elements[offset] == 1 for offset, _ in vector.layout.block_offsets())
+    plaintexts = decrypt_vector(master, vector)
+    assert plaintexts == [int(m) for m in initial_plaintexts(layout, values)]
+    resolution = 2.0**-layout.frac_bits
+    np.testing.assert_allclose(decode_vector(plaintexts, layout), values, rtol=0, atol=resolution)
+
+
+def test_the_initial_digest_depends_on_weights_width_and_packing(world: World) -> None:
+    params, w0 = world.params, world.initial_weights
+    assert initial_ciphertext_sha256(params, 2, world.layout, w0) == (
+        world.terms.initial_ciphertext_sha256
     )
-    assert statement["audience"] == PS and statement["job_terms_sha256"] == world.terms.digest
+    longer = np.linspace(-3.0, 3.0, 20)
+    layout = PackingLayout(modulus=int(params.n), length=20)  # 3 plaintexts
+    digest = initial_ciphertext_sha256(params, 2, layout, longer)
+    assert initial_ciphertext_sha256(params, 1, layout, longer) != digest
+    assert initial_ciphertext_sha256(params, 3, layout, longer) != digest
+    assert initial_ciphertext_sha256(params, 2, layout, longer + 2.0**-10) != digest
+    finer = PackingLayout(modulus=int(params.n), length=20, frac_bits=18)
+    assert initial_ciphertext_sha256(params, 2, finer, longer) != digest
+
+
+def test_initial_plaintexts_use_at_most_half_a_slot(world: World) -> None:
+    """W_0 is clipped to slot_bound / 2: the other half is left for the updates' sum."""
+    layout = world.layout
+    big = np.full(5, 10 * layout.slot_bound)
+    decoded = decode_vector(initial_plaintexts(layout, big), layout)
+    np.testing.assert_array_equal(decoded, np.full(5, layout.slot_bound / 2))
+
+
+def test_digest_helpers_are_known_answers(world: World) -> None:
+    assert contributors_sha256(["sub-b", "sub-a"]) == contributors_sha256(["sub-a", "sub-b"])
+    assert contributors_sha256(["sub-b", "sub-a"]) == (
+        hashlib.sha256(b'["sub-a","sub-b"]').hexdigest()
+    )
+    assert contributors_sha256(["sub-a"]) != contributors_sha256(["sub-a", "sub-b"])
+    vector = initial_ciphertext(world.terms.job_key, world.layout, world.initial_weights)
+    assert vector_sha256(vector) == hashlib.sha256(vector.to_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- participant-signed
+
+#: The three participant-signed messages of a round, made and checked the same way.
+Kind = tuple[str, str, Callable[..., dict[str, Any]], Callable[..., Any]]
+
+
+def _commit(world: World, subject: str, rnd: int, **kw: Any) -> dict[str, Any]:
+    return world.commitment(subject, rnd, **kw)
+
+
+def _state(world: World, subject: str, rnd: int, **kw: Any) -> dict[str, Any]:
+    return world.statement(subject, rnd, **kw)
+
+
+def _audit(world: World, subject: str, rnd: int, **kw: Any) -> dict[str, Any]:
+    return world.audit(subject, rnd, world.digests("cc" * 32, THREE, attempt=2), **kw)
+
+
+KINDS: list[Kind] = [
+    ("commitment", COMMITMENT_PURPOSE, _commit, verify_commitment),
+    ("statement", UPLOAD_PURPOSE, _state, verify_upload_statement),
+    ("audit", AUDIT_PURPOSE, _audit, verify_audit_statement),
+]
+KIND_IDS = [k[0] for k in KINDS]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_a_participant_signed_message_verifies_for_its_round_and_subject(
+    world: World, kind: Kind
+) -> None:
+    field, purpose, build, verify = kind
+    signed = build(world, "sub-a", 2)
+    checked = verify(signed, world.terms, round_number=2, subject_id="sub-a")
+    body = checked[0] if isinstance(checked, tuple) else checked
+    assert body == signed[field]
+    assert body["purpose"] == purpose
+    assert body["audience"] == PS and body["job_terms_sha256"] == world.terms.digest
+    assert body["kgc_key_id"] == world.terms.raw["kgc_key_id"]
+    assert (body["round"], body["subject_id"], body["job_id"]) == (2, "sub-a", "job-1")
+    assert verify(signed, world.terms, round_number=2) == checked  # any subject
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_a_message_for_another_round_or_subject_is_refused(world: World, kind: Kind) -> None:
+    field, _, build, verify = kind
+    signed = build(world, "sub-a", 2)
+    for rnd in (0, 1, 3):
+        refused(f"{field}-mismatch", lambda r=rnd: verify(signed, world.terms, round_number=r))
+    refused(
+        f"{field}-mismatch",
+        lambda: verify(signed, world.terms, round_number=2, subject_id="sub-b"),
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_a_message_signed_by_another_key_is_refused(world: World, kind: Kind) -> None:
+    """Neither the PS nor a colluder can sign in an honest participant's name."""
+    field, _, build, verify = kind
+    for key in (world.keys["sub-b"], world.ps, generate_signing_key()):
+        forged = build(world, "sub-a", 0, key=key)
+        refused(f"bad-{field}-signature", lambda f=forged: verify(f, world.terms, round_number=0))
+    outsider = build(world, "sub-a", 0)
+    outsider = {**outsider, field: {**outsider[field], "subject_id": "sub-x"}}
+    refused("not-a-participant", lambda: verify(outsider, world.terms, round_number=0))
+    refused(f"bad-{field}", lambda: verify({"body": {}}, world.terms, round_number=0))
+    refused(f"bad-{field}", lambda: verify([outsider], world.terms, round_number=0))
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_a_message_for_another_job_audience_or_purpose_is_refused(
+    world: World, small_params: Params, kind: Kind
+) -> None:
+    field, _, build, verify = kind
+    key = world.keys["sub-a"]
+    other = World(small_params[0], rounds=9)  # another job: another terms digest
+    # other's terms carry other's keys; re-sign with world's key so only the job differs
+    body = build(other, "sub-a", 0)[field]
+    refused(
+        f"{field}-mismatch",
+        lambda: verify(resigned(field, body, key), world.terms, round_number=0),
+    )
+    mine = build(world, "sub-a", 0)[field]
+    for name, value in (
+        ("audience", "sub-other-ps"),
+        ("purpose", JOB_TERMS_PURPOSE),
+        ("purpose", CLOSED_SET_PURPOSE),
+        ("kgc_key_id", "00" * 16),
+        ("job_id", "job-2"),
+        ("round", True),
+        ("round", "0"),
+    ):
+        moved = {**mine, name: value}
+        refused(
+            f"{field}-mismatch",
+            lambda m=moved: verify(resigned(field, m, key), world.terms, round_number=0),
+        )
+    extra = {**mine, "note": "x"}
+    refused(
+        f"{field}-mismatch",
+        lambda: verify(resigned(field, extra, key), world.terms, round_number=0),
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_a_message_with_a_malformed_digest_is_refused(world: World, kind: Kind) -> None:
+    field, _, build, verify = kind
+    body = build(world, "sub-a", 0)[field]
+    for name in [k for k in body if k.endswith("_sha256") and k != "job_terms_sha256"]:
+        for bad in ("AB" * 32, "ab" * 31, 7, None):
+            changed = {**body, name: bad}
+            refused(
+                f"bad-{field}",
+                lambda c=changed: verify(
+                    resigned(field, c, world.keys["sub-a"]), world.terms, round_number=0
+                ),
+            )
+
+
+def test_one_kind_of_signed_message_never_passes_as_another(world: World) -> None:
+    """A commitment and an upload statement both name a payload; the purpose tells them apart."""
+    commitment = world.commitment("sub-a", 0)
+    statement = world.statement("sub-a", 0)
+    audit = _audit(world, "sub-a", 0)
+    as_statement = {"statement": commitment["commitment"], "signature": commitment["signature"]}
+    refused(
+        "statement-mismatch",
+        lambda: verify_upload_statement(as_statement, world.terms, round_number=0),
+    )
+    as_commitment = {"commitment": statement["statement"], "signature": statement["signature"]}
+    refused(
+        "commitment-mismatch",
+        lambda: verify_commitment(as_commitment, world.terms, round_number=0),
+    )
+    # the same fields under another purpose tag (re-signed): still refused by purpose
+    relabelled = {**commitment["commitment"], "purpose": UPLOAD_PURPOSE}
+    refused(
+        "commitment-mismatch",
+        lambda: verify_commitment(
+            resigned("commitment", relabelled, world.keys["sub-a"]), world.terms, round_number=0
+        ),
+    )
+    as_audit = {"audit": statement["statement"], "signature": statement["signature"]}
+    refused("audit-mismatch", lambda: verify_audit_statement(as_audit, world.terms, round_number=0))
+    as_statement = {"statement": audit["audit"], "signature": audit["signature"]}
+    refused(
+        "statement-mismatch",
+        lambda: verify_upload_statement(as_statement, world.terms, round_number=0),
+    )
+
+
+@HYP
+@given(data=st.data())
+def test_any_change_to_a_signed_message_is_refused(world: World, data: Any) -> None:
+    field, _, build, verify = data.draw(st.sampled_from(KINDS))
+    signed = build(world, "sub-a", 1)
+    name = data.draw(st.sampled_from(sorted(signed[field])))
+    value = data.draw(st.one_of(st.integers(), st.text(max_size=5), st.none(), st.just("ab" * 32)))
+    tampered = {**signed, field: {**signed[field], name: value}}
+    if tampered == signed:
+        return
+    with pytest.raises(ProtocolError):
+        verify(tampered, world.terms, round_number=1)
+
+
+# --------------------------------------------------------------------------- commitments
+
+
+def test_a_commitment_names_the_payload(world: World) -> None:
+    signed = world.commitment("sub-c", 3, digest="ab" * 32)
+    body = verify_commitment(signed, world.terms, round_number=3, subject_id="sub-c")
+    assert body["payload_sha256"] == "ab" * 32
+    tampered = {**signed, "commitment": {**body, "payload_sha256": "cd" * 32}}
+    refused(
+        "bad-commitment-signature",
+        lambda: verify_commitment(tampered, world.terms, round_number=3),
+    )
+
+
+# --------------------------------------------------------------------------- closed sets
+
+
+def test_a_closed_set_verifies_and_lists_the_committed_payloads(world: World) -> None:
+    signed = world.closed_set(1, ["sub-d", "sub-b", "sub-a"], closed_at=1234)
+    closed = world.closed(signed, 1)
+    assert closed.round == 1
+    assert dict(closed.payloads) == {s: payload(s, 1) for s in ("sub-a", "sub-b", "sub-d")}
+    assert list(closed.payloads) == ["sub-a", "sub-b", "sub-d"]  # sorted by the builder
+    assert closed.digest == json_sha256(signed["closed_set"])
+    body = signed["closed_set"]
+    assert (body["purpose"], body["param_server"], body["closed_at"]) == (
+        CLOSED_SET_PURPOSE,
+        PS,
+        1234,
+    )
+    assert body["job_terms_sha256"] == world.terms.digest
+    # another set (another time of closing) has another digest
+    assert world.closed(world.closed_set(1, ["sub-a", "sub-b", "sub-d"]), 1).digest != (
+        closed.digest
+    )
+
+
+def test_a_closed_set_for_another_round_or_job_is_refused(
+    world: World, small_params: Params
+) -> None:
+    signed = world.closed_set(1)
+    for rnd in (0, 2):
+        refused("closed-set-mismatch", lambda r=rnd: world.closed(signed, r))
+    other = World(small_params[0], rounds=9)
+    refused(
+        "bad-closed-set-signature",  # other's terms name other's PS key
+        lambda: verify_closed_set(signed, other.terms, round_number=1),
+    )
+    body = signed["closed_set"]
+    for name, value in (
+        ("job_terms_sha256", other.terms.digest),
+        ("job_id", "job-2"),
+        ("param_server", "sub-other-ps"),
+        ("purpose", COMMITMENT_PURPOSE),
+        ("kgc_key_id", "00" * 16),
+        ("round", True),
+        ("closed_at", "now"),
+        ("commitments", {}),
+    ):
+        moved = {**body, name: value}
+        refused(
+            "closed-set-mismatch",
+            lambda m=moved: world.closed(resigned("closed_set", m, world.ps), 1),
+        )
+    extra = {**body, "note": 1}
+    refused("closed-set-mismatch", lambda: world.closed(resigned("closed_set", extra, world.ps), 1))
+
+
+def test_a_closed_set_not_signed_by_the_terms_server_key_is_refused(world: World) -> None:
+    """Only the key the KGC certified for this job's PS signs its closed sets."""
+    for key in (generate_signing_key(), world.kgc, world.keys["sub-a"]):
+        refused("bad-closed-set-signature", lambda k=key: world.closed(world.closed_set(0, key=k)))
+    signed = world.closed_set(0)
+    tampered = {**signed, "closed_set": {**signed["closed_set"], "closed_at": 1}}
+    refused("bad-closed-set-signature", lambda: world.closed(tampered))
+    refused("bad-closed-set-signature", lambda: world.closed({**signed, "signature": None}))
+    refused("bad-closed-set", lambda: world.closed({"closed_set": []}))
+    refused("bad-closed-set", lambda: world.closed(signed["closed_set"]))
+
+
+def test_a_closed_set_with_a_duplicate_subject_is_refused(world: World) -> None:
+    twice = [*(world.commitment(s) for s in THREE), world.commitment("sub-a", digest="ee" * 32)]
+    refused("duplicate-commitment", lambda: world.closed(world.closed_set(commitments=twice)))
+    same = [*(world.commitment(s) for s in THREE), world.commitment("sub-b")]
+    refused("duplicate-commitment", lambda: world.closed(world.closed_set(commitments=same)))
+
+
+def hand_made_set(world: World, commitments: list[Any], round_number: int = 0) -> dict[str, Any]:
+    """A closed set the PS signs in exactly the given order (no builder to tidy it up)."""
+    body = {**world.closed_set(round_number)["closed_set"], "commitments": commitments}
+    return resigned("closed_set", body, world.ps)
+
+
+def test_an_unsorted_closed_set_is_refused(world: World) -> None:
+    commitments = [world.commitment(s) for s in reversed(PARTICIPANTS)]
+    refused("bad-closed-set", lambda: world.closed(hand_made_set(world, commitments)))
+    swapped = [world.commitment(s) for s in ("sub-a", "sub-c", "sub-b")]
+    refused("bad-closed-set", lambda: world.closed(hand_made_set(world, swapped)))
+    ordered = [world.commitment(s) for s in PARTICIPANTS]
+    assert list(world.closed(hand_made_set(world, ordered)).payloads) == PARTICIPANTS
+
+
+def test_a_closed_set_below_the_quorum_is_refused(world: World) -> None:
+    for subjects in (["sub-a", "sub-b"], ["sub-c"], []):
+        refused("below-quorum", lambda s=subjects: world.closed(world.closed_set(0, s)))
+
+
+def test_a_closed_set_with_a_bad_commitment_inside_is_refused(world: World) -> None:
+    honest = [world.commitment(s, 1) for s in THREE]
+    for bad, code in (
+        (world.commitment("sub-d", 0), "commitment-mismatch"),  # another round
+        (world.commitment("sub-d", 2), "commitment-mismatch"),
+        (world.commitment("sub-d", 1, key=world.ps), "bad-commitment-signature"),
+        (world.commitment("sub-d", 1) | {"signature": "x"}, "bad-commitment-signature"),
+        (world.statement("sub-d", 1), "bad-commitment"),  # not a commitment at all
+        ("sub-d", "bad-commitment"),
+    ):
+        signed = hand_made_set(world, [*honest, bad], 1)
+        refused(code, lambda s=signed: world.closed(s, 1))
+
+
+# --------------------------------------------------------------------------- upload statements
+
+
+def test_an_upload_statement_names_its_payload_and_closed_set(world: World) -> None:
+    signed = world.statement("sub-a", 2, digest="ab" * 32, closed="cc" * 32)
+    body = verify_upload_statement(
+        signed,
+        world.terms,
+        round_number=2,
+        subject_id="sub-a",
+        payload_sha256="ab" * 32,
+        closed_set_sha256="cc" * 32,
+    )
+    assert (body["payload_sha256"], body["closed_set_sha256"]) == ("ab" * 32, "cc" * 32)
+    assert body["purpose"] == UPLOAD_PURPOSE
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "code"),
+    "kwargs",
     [
-        ({"round_number": 3}, "statement-mismatch"),
-        ({"round_number": 2, "subject_id": "sub-b"}, "statement-mismatch"),
-        ({"round_number": 2, "payload_sha256": "cd" * 32}, "statement-mismatch"),
+        {"payload_sha256": "cd" * 32},
+        {"closed_set_sha256": "dd" * 32},
+        {"payload_sha256": "ab" * 32, "closed_set_sha256": "dd" * 32},
+        {"subject_id": "sub-b"},
+        {"round_number": 3},
     ],
+    ids=["payload", "closed-set", "closed-set-only", "signer", "round"],
 )
-def test_a_statement_for_another_round_signer_or_payload_is_refused(
-    world: World, kwargs: dict[str, Any], code: str
+def test_a_statement_for_another_payload_closed_set_signer_or_round_is_refused(
+    world: World, kwargs: dict[str, Any]
 ) -> None:
-    signed = world.statement("sub-a", 2, digest="ab" * 32)
-    refused(code, lambda: verify_upload_statement(signed, world.terms, **kwargs))
+    signed = world.statement("sub-a", 2, digest="ab" * 32, closed="cc" * 32)
+    call = {"round_number": 2, **kwargs}
+    refused("statement-mismatch", lambda: verify_upload_statement(signed, world.terms, **call))
 
 
-def test_a_statement_signed_by_someone_else_is_refused(world: World) -> None:
-    """A PS (or a colluder) cannot sign in an honest participant's name."""
-    forged = world.statement("sub-a", 0, key=world.keys["sub-b"])
+# --------------------------------------------------------------------------- audits
+
+
+def test_an_audit_returns_the_digests_it_vouches_for(world: World) -> None:
+    digests = world.digests("cc" * 32, THREE, attempt=7)
+    signed = world.audit("sub-b", 1, digests)
+    body, checked = verify_audit_statement(signed, world.terms, round_number=1, subject_id="sub-b")
+    assert checked == digests
+    assert {k: body[k] for k in digests.fields()} == digests.fields()
+    assert body["purpose"] == AUDIT_PURPOSE
+
+
+@pytest.mark.parametrize("attempt", [-1, MAX_ATTEMPT + 1, True, "0", 1.0, None])
+def test_an_audit_with_a_bad_attempt_is_refused(world: World, attempt: object) -> None:
+    body = {**world.audit("sub-a", 0, world.digests("cc" * 32, THREE))["audit"]}
+    body["attempt"] = attempt
     refused(
-        "bad-statement-signature",
-        lambda: verify_upload_statement(forged, world.terms, round_number=0),
-    )
-    ps_signed = world.statement("sub-a", 0, key=generate_signing_key())
-    refused(
-        "bad-statement-signature",
-        lambda: verify_upload_statement(ps_signed, world.terms, round_number=0),
-    )
-    outsider = {**world.statement("sub-a", 0)}
-    outsider["statement"] = {**outsider["statement"], "subject_id": "sub-x"}
-    refused(
-        "not-a-participant", lambda: verify_upload_statement(outsider, world.terms, round_number=0)
+        "bad-audit",
+        lambda: verify_audit_statement(
+            resigned("audit", body, world.keys["sub-a"]), world.terms, round_number=0
+        ),
     )
 
 
-def test_a_statement_for_another_job_or_audience_is_refused(
-    world: World, small_params: tuple[PublicParams, MasterKey]
-) -> None:
-    other = World(small_params[0], rounds=9)  # another job: another terms digest
-    signed = build_upload_statement(
-        world.keys["sub-a"],
-        other.terms,
-        round_number=0,
-        subject_id="sub-a",
-        payload_sha256="ab" * 32,
-    )
-    # other's terms carry other's keys; re-sign with world's key so only the job differs
-    statement = signed["statement"]
-    resigned = {"statement": statement, "signature": sign_json(world.keys["sub-a"], statement)}
-    refused(
-        "statement-mismatch", lambda: verify_upload_statement(resigned, world.terms, round_number=0)
-    )
-    moved = {**statement, "job_terms_sha256": world.terms.digest, "audience": "sub-other-ps"}
-    resigned = {"statement": moved, "signature": sign_json(world.keys["sub-a"], moved)}
-    refused(
-        "statement-mismatch", lambda: verify_upload_statement(resigned, world.terms, round_number=0)
-    )
+def test_the_last_attempt_is_accepted(world: World) -> None:
+    signed = world.audit("sub-a", 0, world.digests("cc" * 32, THREE, attempt=MAX_ATTEMPT))
+    assert verify_audit_statement(signed, world.terms, round_number=0)[1].attempt == MAX_ATTEMPT
 
 
 # --------------------------------------------------------------------------- releases
 
 
 def test_a_release_request_in_schedule_passes(world: World) -> None:
-    ps_key = generate_signing_key()
-    header = world.release_header(1, ["sub-a", "sub-b", "sub-c"], ps_key)
-    assert verify_release_signature(header, ps_key.public_key()) == 1
-    assert check_release_request(header, world.terms, next_round=1) == (
-        1,
-        ["sub-a", "sub-b", "sub-c"],
-    )
+    header = world.release_header(1, THREE)
+    assert verify_release_signature(header, world.ps.public_key()) == 1
+    result = check(world, header, 1)
+    closed = world.closed(header["closed_set"], 1)
+    assert result == ReleaseCheck(1, tuple(THREE), world.digests(closed.digest, THREE))
+    assert result.digests.release_sha256 == RELEASE and result.digests.base_sha256 == BASE
+
+
+def test_a_release_of_a_later_attempt_over_part_of_the_closed_set_passes(world: World) -> None:
+    """sub-d committed but did not audit attempt 0: attempt 1 runs over the other three."""
+    subjects = ["sub-c", "sub-a", "sub-b"]  # any order: the header lists them as given
+    header = world.release_header(2, subjects, committed=PARTICIPANTS, attempt=1)
+    result = check(world, header, 2)
+    assert result.round == 2 and result.contributors == tuple(subjects)
+    assert result.digests.attempt == 1
+    assert result.digests.contributors_sha256 == contributors_sha256(THREE)
 
 
 def test_release_requests_out_of_schedule_are_refused(world: World) -> None:
     """Relabelled rounds (issue 11 point 2): only the next round, only below ``rounds``."""
-    ps_key = generate_signing_key()
-    everyone = ["sub-a", "sub-b", "sub-c"]
+    refused("out-of-schedule", lambda: check(world, world.release_header(1, THREE), 0))
+    refused("out-of-schedule", lambda: check(world, world.release_header(0, THREE), 1))
+    refused("round-out-of-range", lambda: check(world, world.release_header(4, THREE), 4))
+    refused("round-out-of-range", lambda: check(world, world.release_header(1000, THREE), 1000))
+    for bad in (-1, True, "1", None):
+        header = {**world.release_header(1, THREE), "round": bad}
+        refused("round-out-of-range", lambda h=header: check(world, h, 1))
+
+
+def test_a_request_for_another_job_is_refused(world: World) -> None:
+    header = {**world.release_header(0, THREE), "job_id": "job-2"}
+    refused("job-mismatch", lambda: check(world, header, 0))
     refused(
-        "out-of-schedule",
-        lambda: check_release_request(
-            world.release_header(1, everyone, ps_key), world.terms, next_round=0
-        ),
+        "job-mismatch", lambda: check(world, {k: v for k, v in header.items() if k != "job_id"}, 0)
     )
+
+
+def test_a_replayed_old_round_is_refused(world: World) -> None:
+    """Round 0's request, or its messages relabelled as round 1, cannot release round 1."""
+    old = world.release_header(0, THREE)
+    refused("out-of-schedule", lambda: check(world, old, 1))
+    relabelled = {**old, "round": 1}
+    refused("closed-set-mismatch", lambda: check(world, relabelled, 1))
+    fresh = world.release_header(1, THREE)
     refused(
-        "out-of-schedule",
-        lambda: check_release_request(
-            world.release_header(0, everyone, ps_key), world.terms, next_round=1
-        ),
+        "statement-mismatch",
+        lambda: check(world, {**fresh, "statements": old["statements"]}, 1),
     )
-    refused(
-        "round-out-of-range",
-        lambda: check_release_request(
-            world.release_header(4, everyone, ps_key), world.terms, next_round=4
-        ),
-    )
-    refused(
-        "round-out-of-range",
-        lambda: check_release_request(
-            world.release_header(1000, everyone, ps_key), world.terms, next_round=1000
-        ),
-    )
+    refused("audit-mismatch", lambda: check(world, {**fresh, "audits": old["audits"]}, 1))
 
 
 def test_release_requests_with_wrong_contributors_are_refused(world: World) -> None:
-    ps_key = generate_signing_key()
-    refused(
-        "below-quorum",
-        lambda: check_release_request(
-            world.release_header(0, ["sub-a", "sub-b"], ps_key), world.terms, next_round=0
-        ),
-    )
-    header = world.release_header(0, ["sub-a", "sub-b", "sub-c"], ps_key)
+    refused("below-quorum", lambda: check(world, world.release_header(0, ["sub-a", "sub-b"]), 0))
+    header = world.release_header(0, THREE)
     header["contributors"] = ["sub-a", "sub-b", "sub-x"]
-    refused("not-a-participant", lambda: check_release_request(header, world.terms, next_round=0))
-    header = world.release_header(0, ["sub-a", "sub-b", "sub-c"], ps_key)
+    refused("not-a-participant", lambda: check(world, header, 0))
+    header = world.release_header(0, THREE)
+    header["contributors"] = ["sub-a", "sub-b", "sub-b"]
+    refused("duplicate-contributor", lambda: check(world, header, 0))
+    for bad in ("sub-a", None, ["sub-a", 2, "sub-c"]):
+        header = {**world.release_header(0, THREE), "contributors": bad}
+        refused("bad-field", lambda h=header: check(world, h, 0))
+    header = world.release_header(0, THREE)
     header["statements"][2] = world.statement("sub-c", 1)  # a statement of another round
-    refused("statement-mismatch", lambda: check_release_request(header, world.terms, next_round=0))
-    header = world.release_header(0, ["sub-a", "sub-b", "sub-c"], ps_key)
+    refused("statement-mismatch", lambda: check(world, header, 0))
+    header = world.release_header(0, THREE)
     header["statements"][2] = header["statements"][1]  # one contributor's statement twice
-    refused("statement-mismatch", lambda: check_release_request(header, world.terms, next_round=0))
+    refused("statement-mismatch", lambda: check(world, header, 0))
+    header = world.release_header(0, THREE)
+    header["audits"][2] = header["audits"][1]  # one contributor's audit twice
+    refused("audit-mismatch", lambda: check(world, header, 0))
+
+
+def test_a_contributor_outside_the_closed_set_is_refused(world: World) -> None:
+    """sub-d signs a statement and an audit, but never committed before the set closed."""
+    header = world.release_header(0, PARTICIPANTS, committed=THREE)
+    refused("not-committed", lambda: check(world, header, 0))
+
+
+def test_a_request_whose_closed_set_is_below_quorum_or_forged_is_refused(world: World) -> None:
+    header = world.release_header(0, THREE)
+    header["closed_set"] = world.closed_set(0, ["sub-a", "sub-b"])
+    refused("below-quorum", lambda: check(world, header, 0))
+    header["closed_set"] = world.closed_set(0, THREE, key=generate_signing_key())
+    refused("bad-closed-set-signature", lambda: check(world, header, 0))
+    header["closed_set"] = None
+    refused("bad-closed-set", lambda: check(world, header, 0))
+
+
+def test_a_statement_under_another_closed_set_or_payload_is_refused(world: World) -> None:
+    """The PS cannot show the KGC one closed set and the contributors another."""
+    header = world.release_header(0, THREE)
+    other = world.closed(world.closed_set(0, THREE, closed_at=999))
+    header["statements"][0] = world.statement("sub-a", 0, closed=other.digest)
+    refused("statement-mismatch", lambda: check(world, header, 0))
+    header = world.release_header(0, THREE)
+    closed = world.closed(header["closed_set"])
+    header["statements"][1] = world.statement("sub-b", 0, closed=closed.digest, digest="ee" * 32)
+    refused("statement-mismatch", lambda: check(world, header, 0))
+    # the closed set swapped for another one the contributors did not upload under
+    header = world.release_header(0, THREE)
+    header["closed_set"] = world.closed_set(0, THREE, closed_at=999)
+    refused("statement-mismatch", lambda: check(world, header, 0))
+
+
+def test_a_missing_or_extra_audit_is_refused(world: World) -> None:
+    header = world.release_header(0, THREE)
+    for audits in (header["audits"][:2], [], None, [*header["audits"], header["audits"][0]]):
+        refused("audit-mismatch", lambda a=audits: check(world, {**header, "audits": a}, 0))
+    for statements in (header["statements"][:2], None):
+        refused(
+            "statement-mismatch",
+            lambda s=statements: check(world, {**header, "statements": s}, 0),
+        )
+
+
+def test_a_release_of_something_the_contributors_did_not_audit_is_refused(world: World) -> None:
+    """Another F, another base or another attempt than every audit names."""
+    header = world.release_header(0, THREE)
+    refused("audit-mismatch", lambda: check(world, header, 0, payload="f1" * 32))
+    refused("audit-mismatch", lambda: check(world, header, 0, base="bb" * 32))
+    refused("audit-mismatch", lambda: check(world, {**header, "attempt": 1}, 0))
+    for bad in (-1, MAX_ATTEMPT + 1, True, None):
+        refused("bad-field", lambda b=bad: check(world, {**header, "attempt": b}, 0))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"attempt": 1},
+        {"closed_set_sha256": "cc" * 32},
+        {"contributors_sha256": contributors_sha256(["sub-a", "sub-b"])},
+        {"contributors_sha256": contributors_sha256(PARTICIPANTS)},
+        {"base_sha256": "bb" * 32},
+        {"aggregate_sha256": "ab" * 32},
+        {"release_sha256": "f1" * 32},
+        {"blind_sha256": "b2" * 32},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_one_audit_that_differs_from_the_others_is_refused(
+    world: World, change: dict[str, Any]
+) -> None:
+    """Every contributor must have checked the same attempt, set, base, Agg, F and R."""
+    header = world.release_header(0, THREE)
+    closed = world.closed(header["closed_set"])
+    honest = world.digests(closed.digest, THREE).fields()
+    digests = AuditDigests(**{**honest, **change})
+    for position in (0, 2):  # the first audit sets Agg and R for the others
+        changed = copy.deepcopy(header)
+        changed["audits"][position] = world.audit(THREE[position], 0, digests)
+        with pytest.raises(ProtocolError) as info:
+            check(world, changed, 0)
+        assert info.value.code == "audit-mismatch"
 
 
 def test_a_release_request_not_signed_by_the_server_is_refused(world: World) -> None:
-    ps_key = generate_signing_key()
-    header = world.release_header(0, ["sub-a", "sub-b", "sub-c"], ps_key)
+    header = world.release_header(0, THREE)
     refused(
         "bad-request-signature",
         lambda: verify_release_signature(header, generate_signing_key().public_key()),
     )
     header["round"] = 1  # changed after signing
-    refused("bad-request-signature", lambda: verify_release_signature(header, ps_key.public_key()))
+    refused(
+        "bad-request-signature", lambda: verify_release_signature(header, world.ps.public_key())
+    )
+
+
+def test_the_release_header_lists_contributors_from_the_statements(world: World) -> None:
+    header = world.release_header(3, ["sub-b", "sub-a", "sub-d"])
+    assert header["contributors"] == ["sub-b", "sub-a", "sub-d"]
+    assert (header["job_id"], header["round"], header["attempt"]) == ("job-1", 3, 0)
+    assert set(header) == {
+        "job_id",
+        "round",
+        "attempt",
+        "contributors",
+        "closed_set",
+        "statements",
+        "audits",
+        "request_signature",
+    }
 
 
 # --------------------------------------------------------------------------- tokens

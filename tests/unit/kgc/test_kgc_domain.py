@@ -1,9 +1,11 @@
 """The KGC domain (no Flask): enrolment, tokens, signed job terms, scheduled releases.
 
 Every refusal is checked for its error class and code, and for leaving nothing stored.
-The release tests play the parameter server as an attacker (docs/PROTOCOL.md): it
-relabels rounds, repeats a round with other contributors, forges or misdirects upload
-statements, names outsiders, or stays below quorum; the KGC must release nothing.
+The release tests play the parameter server as an attacker (docs/PROTOCOL.md,
+docs/ROUND_PROTOCOL_STEP2.md): it relabels rounds, repeats a round with other
+contributors, forges or misdirects commitments, closed sets, upload statements and
+audits, sends another ``F`` than the one audited, breaks the chain of aggregates, names
+outsiders, or stays below quorum; the KGC must release nothing.
 """
 
 from __future__ import annotations
@@ -11,21 +13,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import gmpy2
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kgc_unit_support import DomainWorld
 from sqlalchemy import select
 
 from common.bcp import MasterKey
-from common.blocks import BlockLayout, EncryptedVector, JobKey, element_bytes
+from common.blocks import BlockLayout, element_bytes
 from common.db import session_scope
 from common.demo_params import load_demo_master_key
-from common.protocol import JobTerms, verify_job_terms
-from common.release import open_release
+from common.protocol import JobTerms, vector_sha256, verify_job_terms
+from common.release import ReleaseBinding, blind_sha256, open_release
 from common.sealing import SealError
 from common.signing import (
     TokenError,
@@ -49,11 +50,12 @@ from kgc.errors import (
 )
 from kgc.models import Job, Release, Subject, TokenNonce
 from kgc.testing import (
+    RoundPlay,
     TestSubject,
-    encrypt_plaintexts,
+    dishonest_requests,
+    initial_base,
     job_request,
-    signed_release,
-    statement_for,
+    play_round,
 )
 
 
@@ -351,25 +353,15 @@ class Setup:
     terms: JobTerms
 
     @property
-    def job_key(self) -> JobKey:
-        return self.terms.job_key
-
-    @property
     def ids(self) -> list[str]:
         return [m.subject_id for m in self.members]
 
-    def frame(
-        self,
-        vector: EncryptedVector,
-        round_number: int,
-        signers: list[TestSubject],
-        *,
-        ps_key: Ed25519PrivateKey | None = None,
-        **kwargs: Any,
-    ) -> bytes:
-        """A release request for ``round_number`` with ``signers``' own statements."""
-        key = ps_key or self.ps.signing_key
-        return signed_release(key, self.terms, vector, round_number, signers, **kwargs)
+    def play(
+        self, signers: Sequence[TestSubject] | None = None, *, seed: int = 4, **kwargs: Any
+    ) -> RoundPlay:
+        """An honest round played by the PS with ``signers`` (default: the first two)."""
+        chosen = self.members[:2] if signers is None else signers
+        return play_round(self.terms, self.ps.signing_key, chosen, random.Random(seed), **kwargs)
 
 
 @pytest.fixture
@@ -380,6 +372,7 @@ def setup(world: DomainWorld, people: list[TestSubject]) -> Setup:
     request = job_request(
         "job-1",
         [m.subject_id for m in members],
+        params=world.service.params,
         quorum=2,
         rounds=ROUNDS,
         width=3,
@@ -403,6 +396,9 @@ def test_create_job_signs_the_terms_and_stores_the_public_key_only(
 ) -> None:
     terms = setup.terms
     assert (terms.job_id, terms.param_server) == ("job-1", setup.ps.subject_id)
+    # The PS's certified key: closed commitment sets of this job verify under it.
+    assert terms.param_server_key == public_key_hex(setup.ps.signing_key)
+    assert terms.initial_ciphertext_sha256 == vector_sha256(initial_base(terms))
     assert terms.participants == tuple(setup.ids)
     assert dict(terms.signing_keys) == {
         m.subject_id: public_key_hex(m.signing_key) for m in setup.members
@@ -413,8 +409,8 @@ def test_create_job_signs_the_terms_and_stores_the_public_key_only(
         3,
         NUM_PLAINTEXTS,
     )
-    assert setup.job_key.width == 3
-    assert setup.job_key.params == world.service.params
+    assert terms.job_key.width == 3
+    assert terms.job_key.params == world.service.params
     with world.sessions() as session:
         job = session.get(Job, "job-1")
         assert job is not None
@@ -438,7 +434,9 @@ def test_create_job_refusals_store_nothing(world: DomainWorld, setup: Setup) -> 
     def terms(participants: list[str] | None = None, **changes: Any) -> dict[str, Any]:
         members = ids if participants is None else participants
         quorum = changes.pop("quorum", 2)
-        body = job_request("j2", members, quorum=quorum, rounds=2, width=3, num_plaintexts=4)
+        body = job_request(
+            "j2", members, params=svc.params, quorum=quorum, rounds=2, width=3, num_plaintexts=4
+        )
         return {**body["terms"], **changes}
 
     many = [f"sub-{i:05d}" for i in range(10_001)]
@@ -483,7 +481,17 @@ def test_create_job_refusals_store_nothing(world: DomainWorld, setup: Setup) -> 
             "bad-terms",
         ),
         (lambda: svc.create_job(ps, "j2", terms(model_sha256="00")), BadRequestError, "bad-terms"),
+        (
+            lambda: svc.create_job(ps, "j2", terms(initial_ciphertext_sha256="AB" * 32)),
+            BadRequestError,
+            "bad-terms",
+        ),
         (lambda: svc.create_job(ps, "j2", terms(param_server=ps)), BadRequestError, "bad-terms"),
+        (
+            lambda: svc.create_job(ps, "j2", terms(param_server_key="00" * 32)),
+            BadRequestError,
+            "bad-terms",
+        ),
         (lambda: svc.create_job(ps, "j2", ["not", "terms"]), BadRequestError, "bad-terms"),
         (
             lambda: svc.create_job(ps, "bad id", terms(job_id="bad id")),
@@ -500,78 +508,124 @@ def test_create_job_refusals_store_nothing(world: DomainWorld, setup: Setup) -> 
 # ---------------------------------------------------------------- releases
 
 
-def _blinded(setup: Setup, n: int, seed: int = 4) -> tuple[list[int], list[int], EncryptedVector]:
-    rng = random.Random(seed)
-    model = [rng.randrange(n) for _ in range(NUM_PLAINTEXTS)]
-    blind = [rng.randrange(n) for _ in range(NUM_PLAINTEXTS)]
-    vector = encrypt_plaintexts(
-        setup.job_key, [(w + r) % n for w, r in zip(model, blind, strict=True)], rng
+def _stored(world: DomainWorld) -> list[tuple[int, int | None, str | None]]:
+    """(round, attempt, aggregate digest) of every stored release, in round order."""
+    with world.sessions() as session:
+        rows = session.scalars(select(Release).order_by(Release.round))
+        return [(r.round, r.attempt, r.aggregate_sha256) for r in rows]
+
+
+def _opened(bundle: dict[str, Any], member: TestSubject, play: RoundPlay) -> list[int]:
+    """What ``member`` opens from ``bundle``, rebuilding the binding from its fields."""
+    opened = open_release(
+        member.secret_key,  # type: ignore[arg-type]
+        binding=ReleaseBinding.from_fields(bundle),
+        sealed_model=bundle["sealed_model"],
+        wrapped_key=bundle["wrapped_keys"][member.subject_id],
+        blind=play.blind,
     )
-    return model, blind, vector
+    return [int(v) for v in opened]
 
 
 def test_release_only_contributors_open_the_model(world: DomainWorld, setup: Setup) -> None:
-    n = int(world.service.params.n)
-    model, blind, vector = _blinded(setup, n)
-    contributors = setup.ids[:2]
-    frame = setup.frame(vector, 0, setup.members[:2])
-    bundle, created = world.service.release(setup.ps.subject_id, "job-1", frame)
+    play = setup.play()
+    bundle, created = world.service.release(setup.ps.subject_id, "job-1", play.frame())
     assert created
     body = {k: v for k, v in bundle.items() if k != "kgc_signature"}
     verify_json(world.service.verify_key, body, bundle["kgc_signature"])
-    assert sorted(bundle["wrapped_keys"]) == sorted(contributors)
-    assert (bundle["job_id"], bundle["round"], bundle["num_plaintexts"]) == (
-        "job-1",
-        0,
-        NUM_PLAINTEXTS,
+    assert sorted(bundle["wrapped_keys"]) == sorted(play.ids)
+    digests = play.digests
+    assert ReleaseBinding.from_fields(bundle) == ReleaseBinding(
+        "job-1", 0, 0, digests.base_sha256, digests.contributors_sha256, digests.blind_sha256
     )
-    for member in setup.members[:2]:
-        opened = open_release(
-            member.secret_key,  # type: ignore[arg-type]
-            job_id="job-1",
-            round_number=0,
-            sealed_model=bundle["sealed_model"],
-            wrapped_key=bundle["wrapped_keys"][member.subject_id],
-            blind=blind,
-        )
-        assert [int(v) for v in opened] == model
+    assert digests.base_sha256 == setup.terms.initial_ciphertext_sha256
+    assert bundle["num_plaintexts"] == NUM_PLAINTEXTS
+    for member in play.signers:
+        assert _opened(bundle, member, play) == list(play.model)
     for stranger in (setup.members[2], setup.outsider):
         for wrapped in bundle["wrapped_keys"].values():
             with pytest.raises(SealError):
                 open_release(
                     stranger.secret_key,  # type: ignore[arg-type]
-                    job_id="job-1",
-                    round_number=0,
+                    binding=ReleaseBinding.from_fields(bundle),
                     sealed_model=bundle["sealed_model"],
                     wrapped_key=wrapped,
-                    blind=blind,
+                    blind=play.blind,
                 )
     # Nothing in the bundle is the blinded model in the clear.
+    n = int(world.service.params.n)
     sealed = b64decode(bundle["sealed_model"]["ct"])
-    first = ((model[0] + blind[0]) % n).to_bytes(128, "big")
-    assert first not in sealed
+    assert ((play.model[0] + play.blind[0]) % n).to_bytes(128, "big") not in sealed
+    assert _stored(world) == [(0, 0, digests.aggregate_sha256)]
 
-    again, created = world.service.release(setup.ps.subject_id, "job-1", frame)
+    again, created = world.service.release(setup.ps.subject_id, "job-1", play.frame())
     assert (again, created) == (bundle, False)
-    # The same contributors, re-signed statements, the same payload: the same request.
-    reordered = setup.frame(vector, 0, list(reversed(setup.members[:2])))
+    # The same contributors, attempt and F in another order: the same request.
+    reordered = play.frame(statements=play.statements[::-1], audits=play.audits[::-1])
     assert world.service.release(setup.ps.subject_id, "job-1", reordered) == (bundle, False)
     assert world.count(Release) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"job_id": "job-2"},
+        {"round": 1},
+        {"attempt": 1},
+        {"base_sha256": "ab" * 32},
+        {"contributors_sha256": "ab" * 32},
+    ],
+)
+def test_the_bundle_opens_only_under_its_own_binding(
+    world: DomainWorld, setup: Setup, change: dict[str, Any]
+) -> None:
+    """A PS that serves the bundle under other fields gets nothing that opens."""
+    play = setup.play()
+    bundle, _ = world.service.release(setup.ps.subject_id, "job-1", play.frame())
+    member = play.signers[0]
+    assert _opened(bundle, member, play) == list(play.model)
+    with pytest.raises(SealError):
+        _opened({**bundle, **change}, member, play)
+
+
+def test_the_bundle_opens_only_with_its_own_blind(world: DomainWorld, setup: Setup) -> None:
+    """Another ``R``, even with a binding that names it, opens nothing (nor its digest)."""
+    play = setup.play()
+    bundle, _ = world.service.release(setup.ps.subject_id, "job-1", play.frame())
+    n = int(world.service.params.n)
+    other = replace(play, blind=tuple((r + 1) % n for r in play.blind))
+    member = play.signers[0]
+    with pytest.raises(SealError):
+        _opened(bundle, member, other)
+    renamed = {**bundle, "blind_sha256": blind_sha256(other.blind, n)}
+    with pytest.raises(SealError):
+        _opened(renamed, member, other)
+
+
+def test_a_later_attempt_is_released_and_bound_to_its_number(
+    world: DomainWorld, setup: Setup
+) -> None:
+    """After a contributor failed to audit, the PS re-aggregates: attempt 1 is released."""
+    play = setup.play(setup.members[1:], attempt=1)
+    bundle, created = world.service.release(setup.ps.subject_id, "job-1", play.frame())
+    assert created and bundle["attempt"] == 1
+    assert _stored(world) == [(0, 1, play.digests.aggregate_sha256)]
+    assert _opened(bundle, play.signers[0], play) == list(play.model)
 
 
 def test_a_released_round_is_not_released_again_for_another_request(
     world: DomainWorld, setup: Setup
 ) -> None:
-    """Attack (b): the PS repeats round 0 with another payload or contributor set."""
-    n = int(world.service.params.n)
-    _, _, vector = _blinded(setup, n)
-    world.service.release(setup.ps.subject_id, "job-1", setup.frame(vector, 0, setup.members[:2]))
-    _, _, other = _blinded(setup, n, seed=5)
+    """Attack (b): the PS repeats round 0 with another payload, set or attempt."""
+    play = setup.play()
+    world.service.release(setup.ps.subject_id, "job-1", play.frame())
+    retry = play.frame(attempt=1, audits=play.audits_with(attempt=1))
     for frame in (
-        setup.frame(other, 0, setup.members[:2]),  # another payload
-        setup.frame(vector, 0, setup.members),  # a wider contributor set
-        setup.frame(vector, 0, [setup.members[0], setup.members[2]]),  # another pair
-        setup.frame(vector, 0, [setup.members[0]]),  # even one that would be refused
+        setup.play(seed=5).frame(),  # another F for the same contributors
+        setup.play(setup.members).frame(),  # a wider contributor set
+        setup.play([setup.members[0], setup.members[2]]).frame(),  # another pair
+        retry,  # the same F and set, announced as another attempt
+        play.frame(statements=play.statements[:1], audits=play.audits[:1]),  # even a bad one
     ):
         refused(
             lambda f=frame: world.service.release(setup.ps.subject_id, "job-1", f),
@@ -581,147 +635,43 @@ def test_a_released_round_is_not_released_again_for_another_request(
     assert world.count(Release) == 1
 
 
-def _tampered_requests(
-    setup: Setup, vector: EncryptedVector
-) -> list[tuple[str, bytes, type[KgcError], str]]:
-    """(requester, frame, refusal, code) for round-0 requests the KGC must refuse."""
-    a, b, c = setup.members
-    terms = setup.terms
-    rogue = generate_signing_key()
-
-    def frame(round_number: int = 0, signers: list[TestSubject] | None = None, **kw: Any) -> bytes:
-        return setup.frame(vector, round_number, [a, b] if signers is None else signers, **kw)
-
-    def stmt(subject: TestSubject, round_number: int = 0, **kw: Any) -> dict[str, Any]:
-        return statement_for(subject, kw.pop("terms", terms), round_number, **kw)
-
-    params = vector.job_key.params
-    n = int(params.n)
-    bad_elements = list(vector.elements)
-    bad_elements[1] = gmpy2.mpz(n)  # not invertible modulo N^2
-    outside = EncryptedVector(vector.job_key, vector.layout, tuple(bad_elements), _trusted=True)
-    zero = list(vector.elements)
-    zero[0] = gmpy2.mpz(0)
-    with_zero = EncryptedVector(vector.job_key, vector.layout, tuple(zero), _trusted=True)
-    narrow_key = JobKey(params, vector.job_key.hs[:2])
-    narrow = EncryptedVector(
-        narrow_key, BlockLayout(2, 2), tuple(vector.elements[:3]), _trusted=True
-    )
-    short = EncryptedVector(
-        vector.job_key, BlockLayout(3, 3), tuple(vector.elements[:4]), _trusted=True
-    )
-    ps = setup.ps.subject_id
-    other_ps = replace(terms, param_server="sub-another-ps")
-    other_job = replace(terms, job_id="job-2")
-    other_digest = replace(terms, digest="0" * 64)
-    return [
-        # The request itself: not this PS's, not this job's, malformed.
-        (ps, frame(ps_key=rogue), ForbiddenError, "bad-request-signature"),
-        (a.subject_id, frame(), ForbiddenError, "not-job-owner"),
-        (ps, frame(job_id="job-2"), InvalidError, "job-mismatch"),
-        (ps, frame(extra={"round": -1}), BadRequestError, "bad-field"),
-        (ps, frame(extra={"round": "0"}), BadRequestError, "bad-field"),
-        (ps, frame(extra={"round": True}), BadRequestError, "bad-field"),
-        (ps, frame(extra={"contributors": "a,b"}), BadRequestError, "bad-field"),
-        (ps, b"TDFL garbage", BadRequestError, "bad-frame"),
-        # Attack (a), (g): relabelled rounds, off the KGC's schedule.
-        (ps, frame(1000), ConflictError, "round-out-of-range"),
-        (ps, frame(ROUNDS), ConflictError, "round-out-of-range"),
-        (ps, frame(2**31 - 1), ConflictError, "round-out-of-range"),
-        (ps, frame(1), ConflictError, "out-of-schedule"),
-        # Attack (c): statements not signed by their participant, or for something else.
-        (
-            ps,
-            frame(statements=[stmt(a), stmt(b, signing_key=setup.ps.signing_key)]),
-            ForbiddenError,
-            "bad-statement-signature",
-        ),
-        (
-            ps,
-            frame(statements=[stmt(a), stmt(b, signing_key=a.signing_key)]),
-            ForbiddenError,
-            "bad-statement-signature",
-        ),
-        (
-            ps,
-            frame(statements=[stmt(a), stmt(b, signing_key=rogue)]),
-            ForbiddenError,
-            "bad-statement-signature",
-        ),
-        (ps, frame(statements=[stmt(a), stmt(b, 1)]), InvalidError, "statement-mismatch"),
-        (
-            ps,
-            frame(statements=[stmt(a), stmt(b, terms=other_job)]),
-            InvalidError,
-            "statement-mismatch",
-        ),
-        (
-            ps,
-            frame(statements=[stmt(a), stmt(b, terms=other_ps)]),
-            InvalidError,
-            "statement-mismatch",
-        ),
-        (
-            ps,
-            frame(statements=[stmt(a), stmt(b, terms=other_digest)]),
-            InvalidError,
-            "statement-mismatch",
-        ),
-        # A statement of a's own, relabelled by the PS as b's contribution.
-        (
-            ps,
-            frame(
-                statements=[stmt(a), stmt(c)], extra={"contributors": [a.subject_id, b.subject_id]}
-            ),
-            InvalidError,
-            "statement-mismatch",
-        ),
-        (
-            ps,
-            frame(statements=[stmt(a)], extra={"contributors": [a.subject_id, b.subject_id]}),
-            InvalidError,
-            "statement-mismatch",
-        ),
-        (ps, frame(extra={"statements": {}}), InvalidError, "statement-mismatch"),
-        (ps, frame(extra={"statements": ["s1", "s2"]}), InvalidError, "bad-statement"),
-        # Attack (d): outsiders and too few contributors.
-        (ps, frame(signers=[a, setup.outsider]), InvalidError, "not-a-participant"),
-        (ps, frame(signers=[a, a]), InvalidError, "duplicate-contributor"),
-        (ps, frame(signers=[a]), InvalidError, "below-quorum"),
-        (ps, frame(signers=[]), InvalidError, "below-quorum"),
-        # The frame: not of the job's shape, or not group elements.
-        (ps, setup.frame(narrow, 0, [a, b]), InvalidError, "wrong-shape"),
-        (ps, setup.frame(short, 0, [a, b]), InvalidError, "wrong-shape"),
-        (ps, setup.frame(outside, 0, [a, b]), InvalidError, "invalid-element"),
-        (ps, setup.frame(with_zero, 0, [a, b]), InvalidError, "invalid-element"),
-    ]
-
-
 def test_release_refusals_store_nothing(world: DomainWorld, setup: Setup) -> None:
-    _, _, vector = _blinded(setup, int(world.service.params.n))
-    for requester, frame, kind, code in _tampered_requests(setup, vector):
+    """A dishonest PS changes one piece of an honest request: nothing is sealed."""
+    play = setup.play()
+    ps = setup.ps.subject_id
+    refusals = dishonest_requests(
+        play, spare=setup.members[2], outsider=setup.outsider, rng=random.Random(6)
+    )
+    statuses = {
+        400: BadRequestError,
+        403: ForbiddenError,
+        409: ConflictError,
+        422: InvalidError,
+    }
+    for refusal in refusals:
         with pytest.raises(KgcError) as info:
-            world.service.release(requester, "job-1", frame)
-        assert (type(info.value), info.value.code) == (kind, code), info.value.message
+            world.service.release(ps, "job-1", refusal.frame)
+        got = (type(info.value), info.value.code)
+        assert got == (statuses[refusal.status], refusal.code), (refusal.what, info.value.message)
         assert world.count(Release) == 0
-    good = setup.frame(vector, 0, setup.members[:2], job_id="nope")
+    # Before the frame is even parsed: not the job's owner, no such job, too large.
     refused(
-        lambda: world.service.release(setup.ps.subject_id, "nope", good), NotFoundError, "not-found"
+        lambda: world.service.release(setup.ids[0], "job-1", play.frame()),
+        ForbiddenError,
+        "not-job-owner",
     )
+    elsewhere = play.frame(job_id="nope")
+    refused(lambda: world.service.release(ps, "nope", elsewhere), NotFoundError, "not-found")
+    refused(lambda: world.service.release(ps, "nope", b""), NotFoundError, "not-found")
+    limit = world.service.release_body_limit(ps, "job-1")
     refused(
-        lambda: world.service.release(setup.ps.subject_id, "nope", b""), NotFoundError, "not-found"
-    )
-    limit = world.service.release_body_limit(setup.ps.subject_id, "job-1")
-    refused(
-        lambda: world.service.release(setup.ps.subject_id, "job-1", b"TDFL" + bytes(limit)),
+        lambda: world.service.release(ps, "job-1", b"TDFL" + bytes(limit)),
         BadRequestError,
         "bad-frame",
     )
     assert world.count(Release) == 0
-    # Every refusal left the schedule as it was: round 0 is still releasable.
-    _, created = world.service.release(
-        setup.ps.subject_id, "job-1", setup.frame(vector, 0, setup.members[:2])
-    )
+    # Every refusal left the schedule and the chain as they were: round 0 is releasable.
+    _, created = world.service.release(ps, "job-1", play.frame())
     assert created
 
 
@@ -729,9 +679,9 @@ def test_refusals_are_logged_with_their_code(
     world: DomainWorld, setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kgc.domain")
-    _, _, vector = _blinded(setup, int(world.service.params.n))
+    frame = setup.play().frame(extra={"round": 7})
     with pytest.raises(ConflictError):
-        world.service.release(setup.ps.subject_id, "job-1", setup.frame(vector, 7, setup.members))
+        world.service.release(setup.ps.subject_id, "job-1", frame)
     record = caplog.records[-1]
     assert record.levelno == logging.WARNING
     assert "round-out-of-range" in record.getMessage() and "job-1" in record.getMessage()
@@ -742,8 +692,7 @@ def test_release_body_limit_is_the_jobs_frame(world: DomainWorld, setup: Setup) 
     layout = BlockLayout(NUM_PLAINTEXTS, 3)
     expected = 9 + MAX_HEADER_BYTES + layout.num_elements * element_bytes(svc.params)
     assert svc.release_body_limit(setup.ps.subject_id, "job-1") == expected
-    _, _, vector = _blinded(setup, int(svc.params.n))
-    assert len(setup.frame(vector, 0, setup.members)) < expected
+    assert len(setup.play(setup.members).frame()) < expected
     refused(lambda: svc.release_body_limit(setup.ps.subject_id, "nope"), NotFoundError, "not-found")
     refused(lambda: svc.release_body_limit(setup.ids[0], "job-1"), ForbiddenError, "not-job-owner")
 
@@ -752,8 +701,7 @@ def test_a_second_param_server_cannot_release_anothers_job(
     world: DomainWorld, setup: Setup
 ) -> None:
     other = enrol(world, TestSubject.param_server(), "PS2")
-    _, _, vector = _blinded(setup, int(world.service.params.n))
-    frame = setup.frame(vector, 0, setup.members, ps_key=other.signing_key)
+    frame = setup.play().frame(ps_key=other.signing_key)
     refused(
         lambda: world.service.release(other.subject_id, "job-1", frame),
         ForbiddenError,
@@ -762,75 +710,90 @@ def test_a_second_param_server_cannot_release_anothers_job(
     assert world.count(Release) == 0
 
 
-def test_rounds_are_released_in_order_once_each_and_no_more(
+def _chain_breaks(setup: Setup, previous: RoundPlay, play: RoundPlay) -> list[tuple[bytes, str]]:
+    """Requests for ``play``'s round, ``previous`` being released, that break the chain;
+    each with the code the KGC must refuse it with."""
+    sibling = setup.play(previous.signers, seed=70 + play.round, round_number=previous.round)
+    fork = setup.play(play.signers, seed=60 + play.round, after=sibling)
+    restart = setup.play(play.signers, seed=80 + play.round, round_number=play.round)
+    first = play.signers[0].subject_id
+    replayed = [previous.audits[previous.ids.index(first)], *play.audits[1:]]
+    old_statements = [previous.statement(s) for s in play.signers]
+    return [
+        (fork.frame(), "audit-mismatch"),  # the base is another round-t-1 aggregate
+        (restart.frame(), "audit-mismatch"),  # a PS that restarts from Enc(W_0)
+        (play.frame(audits=replayed), "audit-mismatch"),  # a round-t-1 audit replayed
+        (play.frame(statements=old_statements), "statement-mismatch"),
+    ]
+
+
+def test_rounds_are_released_in_order_on_one_chain_once_each_and_no_more(
     world: DomainWorld, setup: Setup
 ) -> None:
-    n = int(world.service.params.n)
     ps = setup.ps.subject_id
+
+    def release(frame: bytes) -> tuple[dict[str, Any], bool]:
+        return world.service.release(ps, "job-1", frame)
+
+    plays: list[RoundPlay] = []
     bundles: list[dict[str, Any]] = []
     for t in range(ROUNDS):
-        _, _, vector = _blinded(setup, n, seed=10 + t)
-        # Attack (a): the next-but-one round is never released early.
-        if t + 1 < ROUNDS:
-            early = setup.frame(vector, t + 1, setup.members)
-            refused(
-                lambda f=early: world.service.release(ps, "job-1", f),
-                ConflictError,
-                "out-of-schedule",
-            )
-        signers = setup.members[: 2 + t % 2]
-        frame = setup.frame(vector, t, signers)
-        bundle, created = world.service.release(ps, "job-1", frame)
-        assert created
+        previous = plays[-1] if plays else None
+        play = setup.play(setup.members[: 2 + t % 2], seed=10 + t, after=previous)
+        if t + 1 < ROUNDS:  # Attack (a): the next-but-one round is never released early.
+            early = setup.play(seed=40 + t, after=play).frame()
+            refused(lambda f=early: release(f), ConflictError, "out-of-schedule")
+        if previous is not None:
+            for frame, code in _chain_breaks(setup, previous, play):
+                refused(lambda f=frame: release(f), InvalidError, code)
+        bundle, created = release(play.frame())
+        assert created and bundle["round"] == t
+        assert bundle["base_sha256"] == (
+            setup.terms.initial_ciphertext_sha256
+            if previous is None
+            else previous.digests.aggregate_sha256
+        )
+        assert _opened(bundle, play.signers[-1], play) == list(play.model)
+        plays.append(play)
         bundles.append(bundle)
-        assert sorted(bundle["wrapped_keys"]) == sorted(s.subject_id for s in signers)
-        # A statement for round t is worthless in round t + 1.
-        if t + 1 < ROUNDS:
-            stale = setup.frame(
-                vector,
-                t + 1,
-                signers,
-                statements=[statement_for(s, setup.terms, t) for s in signers],
-            )
-            refused(
-                lambda f=stale: world.service.release(ps, "job-1", f),
-                InvalidError,
-                "statement-mismatch",
-            )
-    assert [b["round"] for b in bundles] == list(range(ROUNDS))
-    assert world.count(Release) == ROUNDS
+    assert _stored(world) == [(p.round, 0, p.digests.aggregate_sha256) for p in plays]
+    # A retry of an earlier round still gets its stored bundle.
+    assert release(plays[0].frame()) == (bundles[0], False)
     # Attack (g): every round is released; round `rounds` and beyond never are.
-    _, _, vector = _blinded(setup, n, seed=99)
     for t in (ROUNDS, ROUNDS + 1, 1000):
-        frame = setup.frame(vector, t, setup.members)
-        refused(
-            lambda f=frame: world.service.release(ps, "job-1", f),
-            ConflictError,
-            "round-out-of-range",
-        )
+        frame = setup.play(seed=99, after=plays[-1], round_number=t).frame()
+        refused(lambda f=frame: release(f), ConflictError, "round-out-of-range")
     assert world.count(Release) == ROUNDS
 
 
-def test_a_job_without_signed_terms_is_never_released(world: DomainWorld, setup: Setup) -> None:
-    """Jobs made before revision 0002 have no terms: nothing can check their statements."""
+def test_a_job_under_older_terms_is_never_released(world: DomainWorld, setup: Setup) -> None:
+    """Jobs made before revision 0002, or under v1 terms, name no PS key or ``Enc(W_0)``."""
+    old_terms = {**setup.terms.raw, "purpose": "trapdoor/job-terms/v1"}
     with session_scope(world.sessions) as session:
-        session.add(
-            Job(
-                job_id="legacy",
-                owner_id=setup.ps.subject_id,
-                job_key=to_obj(setup.job_key),
-                terms=None,
-                terms_signature=None,
-                participants=setup.ids,
-                quorum=1,
-                rounds=None,
-                width=3,
-                created_at=0.0,
+        for job_id, terms in (("legacy", None), ("v1-job", old_terms)):
+            session.add(
+                Job(
+                    job_id=job_id,
+                    owner_id=setup.ps.subject_id,
+                    job_key=to_obj(setup.terms.job_key),
+                    terms=terms,
+                    terms_signature=None
+                    if terms is None
+                    else sign_json(world.service._signing_key, terms),
+                    participants=setup.ids,
+                    quorum=1,
+                    rounds=None,
+                    width=3,
+                    created_at=0.0,
+                )
             )
-        )
-    _, _, vector = _blinded(setup, int(world.service.params.n))
-    frame = setup.frame(vector, 0, setup.members, job_id="legacy")
     ps = setup.ps.subject_id
-    refused(lambda: world.service.release_body_limit(ps, "legacy"), ConflictError, "legacy-job")
-    refused(lambda: world.service.release(ps, "legacy", frame), ConflictError, "legacy-job")
+    for job_id in ("legacy", "v1-job"):
+        frame = setup.play().frame(job_id=job_id)
+        refused(
+            lambda j=job_id: world.service.release_body_limit(ps, j), ConflictError, "legacy-job"
+        )
+        refused(
+            lambda j=job_id, f=frame: world.service.release(ps, j, f), ConflictError, "legacy-job"
+        )
     assert world.count(Release) == 0

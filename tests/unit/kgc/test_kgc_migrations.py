@@ -25,13 +25,7 @@ from common.signing import generate_signing_key
 from kgc.domain import KgcService
 from kgc.errors import KgcError
 from kgc.models import metadata
-from kgc.testing import (
-    TestSubject,
-    encrypt_plaintexts,
-    job_request,
-    release_frame,
-    statement_for,
-)
+from kgc.testing import TestSubject, job_request, play_round
 
 VERSION_TABLE = "alembic_version_kgc"
 
@@ -109,19 +103,14 @@ def test_postgres_history_and_two_workers_racing(postgres_url: str) -> None:
         outcomes = list(pool.map(lambda s: _outcome(s.issue_token, **challenge), [one, two]))
     assert sorted(outcomes) == ["nonce-replayed", "ok"]
 
-    request = job_request("pg-job", members, quorum=2, rounds=1, width=2, num_plaintexts=3)
+    request = job_request(
+        "pg-job", members, params=master.params, quorum=2, rounds=1, width=2, num_plaintexts=3
+    )
     answer = one.create_job(ps.subject_id, "pg-job", request["terms"])
     terms = verify_job_terms(
         one.verify_key, answer["job_terms"], answer["job_terms_signature"], master.params
     )
-    vector = encrypt_plaintexts(terms.job_key, [1, 2, 3], rng)
-    frame = release_frame(
-        ps.signing_key,
-        vector,
-        job_id="pg-job",
-        round_number=0,
-        statements=[statement_for(s, terms, 0) for s in subjects[1:]],
-    )
+    frame = play_round(terms, ps.signing_key, subjects[1:], rng).frame()
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda s: s.release(ps.subject_id, "pg-job", frame), [one, two]))
     assert sorted(created for _, created in results) == [False, True]
@@ -137,7 +126,8 @@ def _outcome(call: Any, **kwargs: Any) -> str:
 
 
 def test_upgrade_from_0001_keeps_legacy_jobs_and_their_releases(tmp_path: Path) -> None:
-    """0002 only adds and drops columns: SQLite never recreates kgc_jobs (no cascade)."""
+    """0002 and 0003 only add and drop columns: SQLite never recreates kgc_jobs or
+    kgc_releases (no cascade); old releases have no attempt or aggregate digest."""
     from sqlalchemy import text
 
     url = f"sqlite:///{tmp_path}/kgc.db"
@@ -176,7 +166,12 @@ def test_upgrade_from_0001_keeps_legacy_jobs_and_their_releases(tmp_path: Path) 
                 None,
             )
             assert "signature" not in job
-            assert conn.execute(text("SELECT count(*) FROM kgc_releases")).scalar() == 1
+            release = conn.execute(text("SELECT * FROM kgc_releases")).mappings().one()
+            assert (release["job_id"], release["attempt"], release["aggregate_sha256"]) == (
+                "old",
+                None,
+                None,
+            )
     finally:
         engine.dispose()
     assert _schema_diff(url) == []

@@ -17,9 +17,10 @@ from common.bcp import MasterKey, PublicParams
 from common.blocks import VectorEncryptor
 from common.db import make_engine, migrate
 from common.http import ServiceClient
-from common.protocol import requested_terms
+from common.protocol import initial_ciphertext_sha256, requested_terms
+from common.release import ReleaseBinding
 from common.sealing import SealError
-from common.signing import generate_signing_key, public_key_hex
+from common.signing import generate_signing_key, public_key_hex, sign_json
 from param_server import cli
 from param_server.definition import parse_definition
 from param_server.domain import ParameterServer
@@ -38,6 +39,7 @@ from param_server.testing import (
     job_terms_of,
     make_definition,
     open_model,
+    play_round,
 )
 
 KGC_URL = "http://kgc.test"
@@ -136,7 +138,6 @@ def test_full_round_over_http_with_token_refresh(
         identity.signing_key,
         clock=stub.clock,
         rng=random.Random(1),
-        window=4,
         subject_id="ps-1",
     )
     try:
@@ -146,22 +147,20 @@ def test_full_round_over_http_with_token_refresh(
         encryptor = VectorEncryptor(job_key_of(job), window=4)
         rng = random.Random(2)
         deltas = {p.subject_id: np.full(120, 0.05 * i) for i, p in enumerate(participants)}
-        for p in participants:
-            frame = p.frame(job, terms, 0, deltas[p.subject_id], encryptor, rng)
-            ps.accept_upload("http-job", 0, p.subject_id, frame)
+        vectors = [(p, p.encrypt(job, deltas[p.subject_id], encryptor, rng)) for p in participants]
+        play_round(ps, terms, 0, vectors)
         stub.revoked_before = stub.clock() + 1  # the cached token is refused: refresh once
         stub.clock.advance(2)
         assert ps.tick().released == [("http-job", 0)]
         assert stub.tokens_issued == 2
         # The PS asked for tokens for the KGC's audience, signed over that audience.
         assert [body["audience"] for body in stub.token_requests] == ["kgc", "kgc"]
-        # Its release request carried the contributors' statements, no receipts.
+        # Its release request carried the closed set, the statements and audits, no receipts.
         header = stub.fake.release_headers[-1]
         assert "receipts" not in header
         assert header["contributors"] == [p.subject_id for p in participants]
-        assert [s["statement"]["subject_id"] for s in header["statements"]] == (
-            header["contributors"]
-        )
+        for name, field in (("statements", "statement"), ("audits", "audit")):
+            assert [s[field]["subject_id"] for s in header[name]] == header["contributors"]
         expected = w0 + sum(job["weights"][s] * d for s, d in deltas.items())
         for p in participants:
             got = open_model(job, p, ps.download("http-job", 0, p.subject_id))
@@ -170,8 +169,11 @@ def test_full_round_over_http_with_token_refresh(
         ps.close()
 
 
-def _request(participants: list[TestParticipant], job_id: str, n: int) -> dict[str, Any]:
+def _request(
+    participants: list[TestParticipant], job_id: str, params: PublicParams
+) -> dict[str, Any]:
     """The terms a PS would ask the KGC to sign for a small job."""
+    n = int(params.n)
     definition = parse_definition(
         make_definition(job_id, participants, np.zeros(20)), n, param_server="ps-1"
     )
@@ -183,6 +185,9 @@ def _request(participants: list[TestParticipant], job_id: str, n: int) -> dict[s
         weights=definition.weights,
         width=definition.encoding.width,
         num_plaintexts=packing.num_plaintexts,
+        initial_ciphertext_sha256=initial_ciphertext_sha256(
+            params, definition.encoding.width, packing, definition.initial_weights
+        ),
     )
 
 
@@ -191,22 +196,24 @@ def test_gateway_checks_what_the_kgc_signs(
 ) -> None:
     key = generate_signing_key()
     stub.enrolled_key = public_key_hex(key)
+    stub.fake.ps_verify_key = key.public_key()
     gateway = HttpKgcGateway(KGC_URL, "ps-1", key, clock=stub.clock, session=FlaskSession(stub.app))
     info = gateway.info()
-    n = int(info.params.n)
 
     def check(job_id: str, *, param_server: str = "ps-1") -> Any:
-        request = _request(participants, job_id, n)
+        request = _request(participants, job_id, info.params)
         return check_job_answer(
             gateway.create_job(job_id, request),
             info,
             job_id=job_id,
             requested=request,
             param_server=param_server,
+            param_server_key=public_key_hex(key),
         )
 
     terms, signature = check("good")
     assert terms.param_server == "ps-1" and terms.job_id == "good"
+    assert terms.param_server_key == public_key_hex(key)
     assert terms.raw == dict(stub.fake.jobs["good"].terms.raw) and isinstance(signature, str)
 
     def refused(job_id: str, **kwargs: Any) -> None:
@@ -224,9 +231,12 @@ def test_gateway_checks_what_the_kgc_signs(
     refused("other-weights")
     stub.tamper_terms = lambda t: {**t, "param_server": "ps-2"}
     refused("renamed")
+    other_key = public_key_hex(generate_signing_key())
+    stub.tamper_terms = lambda t: {**t, "param_server_key": other_key}  # closed sets by others
+    refused("other-key")
 
     stub.tamper_terms = lambda t: t
-    request = _request(participants, "ghosts", n)
+    request = _request(participants, "ghosts", info.params)
     ghostly = {**request, "participants": ["p1", "ghost"], "weights": {"p1": 0.5, "ghost": 0.5}}
     with pytest.raises(KgcError) as err:
         gateway.create_job("ghosts", ghostly)
@@ -236,23 +246,23 @@ def test_gateway_checks_what_the_kgc_signs(
         gateway.create_job("mislabelled", request)  # terms name job "ghosts"
     assert (err.value.status, err.value.code) == (422, "job-mismatch")
 
+    binding = ReleaseBinding("j", 0, 1, "0" * 64, "1" * 64, "2" * 64)
     bundle: dict[str, Any] = {
-        "job_id": "j",
-        "round": 0,
+        **binding.fields(),
         "num_plaintexts": 1,
         "sealed_model": {},
         "wrapped_keys": {"p1": {}},
     }
-    info = gateway.info()
-    with pytest.raises(KgcError):
-        check_release_bundle(
-            {**bundle, "kgc_signature": "AAAA"},
-            info,
-            job_id="j",
-            round_number=0,
-            contributors=["p1"],
-            num_plaintexts=1,
-        )
+    signed = {**bundle, "kgc_signature": sign_json(stub.fake.signing_key, bundle)}
+    expected = {"binding": binding, "contributors": ["p1"], "num_plaintexts": 1}
+    assert check_release_bundle(signed, info, **expected) == signed
+    forged = {**bundle, "kgc_signature": "AAAA"}
+    other_attempt = {**bundle, "attempt": 0}  # sealed to another attempt: would not open
+    other_attempt["kgc_signature"] = sign_json(stub.fake.signing_key, other_attempt)
+    for answer in (forged, other_attempt):
+        with pytest.raises(KgcError) as err:
+            check_release_bundle(answer, info, **expected)
+        assert err.value.code == "bad-kgc-answer"
 
 
 def test_unreachable_kgc_is_retryable() -> None:

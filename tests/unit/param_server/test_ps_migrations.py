@@ -93,7 +93,6 @@ def test_postgres_history_and_a_whole_round(
         world.ps_key,
         clock=world.clock,
         rng=random.Random(6),
-        window=4,
         subject_id=PS_SUBJECT_ID,
     )
     try:
@@ -103,15 +102,22 @@ def test_postgres_history_and_a_whole_round(
         encryptor = VectorEncryptor(job_key_of(job), window=4)
         delta = np.full(100, 0.25)
         rng = random.Random(5)
-        frames = [p.frame(job, terms, 0, delta, encryptor, rng) for p in participants]
+        vectors = [p.encrypt(job, delta, encryptor, rng) for p in participants]
         servers = [world.ps, other, world.ps, other]
-        with ThreadPoolExecutor(4) as pool:
+
+        def each(step: str) -> None:
+            """Every participant's ``step`` at once, through both servers."""
             list(
                 pool.map(
-                    lambda i: servers[i].accept_upload("pg-job", 0, f"p{i + 1}", frames[i]),
+                    lambda i: getattr(participants[i], step)(servers[i], terms, 0, vectors[i]),
                     range(4),
                 )
             )
+
+        with ThreadPoolExecutor(4) as pool:
+            each("commit")
+            each("upload")
+            list(pool.map(lambda i: participants[i].audit(servers[i], terms, 0), range(4)))
             ticks = list(pool.map(lambda ps: ps.tick(), [world.ps, other]))
         assert sorted(r for tick in ticks for r in tick.released) == [("pg-job", 0)]
         assert world.kgc.release_calls == 1

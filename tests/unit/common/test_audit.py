@@ -1,0 +1,546 @@
+"""audit_round: the one computation of a round's ``Agg`` and ``F``, as the PS and every
+auditor make it, and what it refuses.
+
+The uploads are real encryptions under a real (small) job key, so the checks decrypt
+``F`` with the master key: ``W + ΣΔ + R``. The attacks are the ones the commit–audit
+protocol exists for: a colluder whose upload is not what it committed (a ciphertext that
+cancels an honest one), a PS that swaps the base, drops a contributor or opens something
+else than what every contributor audited.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gmpy2
+import numpy as np
+import numpy.typing as npt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.audit import AuditedRound, audit_round
+from common.bcp import MasterKey, PublicParams
+from common.blocks import (
+    EncryptedVector,
+    VectorEncryptor,
+    add_plaintexts,
+    decrypt_vector,
+    generate_job_key,
+)
+from common.encoding import PackingLayout, decode_vector, encode_vector
+from common.protocol import (
+    ClosedSet,
+    JobTerms,
+    ProtocolError,
+    build_audit_statement,
+    build_closed_set,
+    build_commitment,
+    build_upload_statement,
+    check_release_request,
+    contributors_sha256,
+    initial_ciphertext,
+    initial_ciphertext_sha256,
+    initial_plaintexts,
+    release_request_header,
+    requested_terms,
+    sign_job_terms,
+    vector_sha256,
+    verify_closed_set,
+    verify_job_terms,
+)
+from common.release import blind_sha256
+from common.signing import b64encode, generate_signing_key, public_key_hex
+from common.wire import to_obj
+
+PARTICIPANTS = ["sub-a", "sub-b", "sub-c", "sub-d"]
+THREE = PARTICIPANTS[:3]
+LENGTH = 20  # three plaintexts at 256 bits: two blocks of width 2, the last one ragged
+WIDTH = 2
+CLIP = 1.0
+Params = tuple[PublicParams, MasterKey]
+
+
+@dataclass
+class Job:
+    """A signed job, its participants' keys and encryptor, and W_0."""
+
+    params: PublicParams
+    master: MasterKey
+    terms: JobTerms
+    ps: Ed25519PrivateKey
+    keys: dict[str, Ed25519PrivateKey]
+    layout: PackingLayout
+    w0: npt.NDArray[np.float64]
+    encryptor: VectorEncryptor
+
+    @property
+    def n(self) -> int:
+        return int(self.params.n)
+
+    def base0(self) -> EncryptedVector:
+        return initial_ciphertext(self.terms.job_key, self.layout, self.w0)
+
+    def delta(self, subject: str, round_number: int = 0) -> npt.NDArray[np.float64]:
+        rng = np.random.default_rng([PARTICIPANTS.index(subject), round_number])
+        return np.clip(rng.normal(0.0, 0.5, LENGTH), -CLIP, CLIP)
+
+    def encoded(self, subject: str, round_number: int = 0) -> list[int]:
+        plaintexts, _ = encode_vector(
+            self.delta(subject, round_number), self.layout, clip_bound=CLIP
+        )
+        return [int(m) for m in plaintexts]
+
+    def upload(self, subject: str, round_number: int = 0, seed: int = 0) -> EncryptedVector:
+        rng = random.Random(f"{subject}/{round_number}/{seed}")
+        return self.encryptor.encrypt(self.encoded(subject, round_number), rng)
+
+    def closed_set(
+        self, round_number: int, payloads: dict[str, str], closed_at: int = 1000
+    ) -> dict[str, Any]:
+        commitments = [
+            build_commitment(
+                self.keys[s],
+                self.terms,
+                round_number=round_number,
+                subject_id=s,
+                payload_sha256=digest,
+            )
+            for s, digest in payloads.items()
+        ]
+        return build_closed_set(
+            self.ps,
+            self.terms,
+            round_number=round_number,
+            commitments=commitments,
+            closed_at=closed_at,
+        )
+
+    def closed(self, round_number: int, uploads: dict[str, EncryptedVector]) -> ClosedSet:
+        signed = self.closed_set(round_number, {s: vector_sha256(u) for s, u in uploads.items()})
+        return verify_closed_set(signed, self.terms, round_number=round_number)
+
+    def blind(self, seed: int = 0) -> list[int]:
+        rng = random.Random(seed)
+        return [rng.randrange(self.n) for _ in range(self.layout.num_plaintexts)]
+
+
+@pytest.fixture(scope="module")
+def job(small_params: Params) -> Iterator[Job]:
+    params, master = small_params
+    kgc, ps = generate_signing_key(), generate_signing_key()
+    keys = {s: generate_signing_key() for s in PARTICIPANTS}
+    layout = PackingLayout(modulus=int(params.n), length=LENGTH)
+    w0 = np.linspace(-2.0, 2.0, LENGTH)
+    definition = {
+        "job_id": "job-1",
+        "model": {"kind": "mlp", "layers": [4, 5]},
+        "initial_weights": b64encode(w0.astype("<f8").tobytes()),
+        "training": {"learning_rate": 0.1},
+        "participants": [{"subject_id": s, "num_samples": 10} for s in PARTICIPANTS],
+        "quorum": 3,
+        "rounds": 3,
+    }
+    requested = requested_terms(
+        job_id="job-1",
+        definition=definition,
+        packing=layout.to_json(),
+        weights={s: 0.25 for s in PARTICIPANTS},
+        width=WIDTH,
+        num_plaintexts=layout.num_plaintexts,
+        initial_ciphertext_sha256=initial_ciphertext_sha256(params, WIDTH, layout, w0),
+    )
+    job_key = generate_job_key(params, WIDTH, random.Random(11))
+    signed, signature = sign_job_terms(
+        kgc,
+        requested,
+        param_server="sub-ps",
+        param_server_key=public_key_hex(ps),
+        signing_keys={s: public_key_hex(k) for s, k in keys.items()},
+        job_key=to_obj(job_key),
+    )
+    terms = verify_job_terms(kgc.public_key(), signed, signature, params)
+    with VectorEncryptor(job_key, workers=1) as encryptor:
+        yield Job(params, master, terms, ps, keys, layout, w0, encryptor)
+
+
+@pytest.fixture(scope="module")
+def uploads(job: Job) -> dict[str, EncryptedVector]:
+    """Round 0's honest uploads of all four participants."""
+    return {s: job.upload(s) for s in PARTICIPANTS}
+
+
+def refused(code: str, call: Callable[..., object]) -> None:
+    with pytest.raises(ProtocolError) as info:
+        call()
+    assert info.value.code == code, info.value.message
+
+
+def a_elements(vector: EncryptedVector) -> list[int]:
+    return [int(vector.elements[offset]) for offset, _ in vector.layout.block_offsets()]
+
+
+def audit0(job: Job, uploads: dict[str, EncryptedVector], **kw: Any) -> AuditedRound:
+    """Round 0, attempt 0, over ``uploads`` (all committed), base Enc(W_0), blind R_0."""
+    closed = kw.pop("closed", None) or job.closed(0, uploads)
+    return audit_round(
+        job.terms,
+        closed,
+        attempt=kw.pop("attempt", 0),
+        base=kw.pop("base", job.base0()),
+        uploads=uploads,
+        blind=kw.pop("blind", job.blind()),
+        **kw,
+    )
+
+
+# --------------------------------------------------------------------------- the computation
+
+
+def test_agg_and_f_are_the_base_times_the_uploads_then_blinded(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    three = {s: uploads[s] for s in ("sub-c", "sub-a", "sub-b")}  # any order
+    closed = job.closed(0, three)
+    blind = job.blind(5)
+    base = job.base0()
+    audited = audit0(job, three, closed=closed, blind=blind)
+    assert audited.contributors == tuple(THREE)
+    assert audited.aggregate == EncryptedVector.sum([base, *(uploads[s] for s in THREE)])
+    assert audited.release == add_plaintexts(audited.aggregate, blind)
+    assert a_elements(audited.release) == a_elements(audited.aggregate)
+
+    n = job.n
+    w = [int(m) for m in initial_plaintexts(job.layout, job.w0)]
+    summed = [(w[i] + sum(job.encoded(s)[i] for s in THREE)) % n for i in range(len(w))]
+    assert decrypt_vector(job.master, audited.aggregate) == summed
+    assert decrypt_vector(job.master, audited.release) == [
+        (m + r) % n for m, r in zip(summed, blind, strict=True)
+    ]
+    expected = job.w0 + sum(job.delta(s) for s in THREE)
+    decoded = decode_vector(decrypt_vector(job.master, audited.aggregate), job.layout)
+    np.testing.assert_allclose(decoded, expected, rtol=0, atol=4 * 2.0**-job.layout.frac_bits)
+
+    digests = audited.digests
+    assert digests.attempt == 0
+    assert digests.closed_set_sha256 == closed.digest
+    assert digests.contributors_sha256 == contributors_sha256(THREE)
+    assert digests.base_sha256 == vector_sha256(base) == job.terms.initial_ciphertext_sha256
+    assert digests.aggregate_sha256 == vector_sha256(audited.aggregate)
+    assert digests.release_sha256 == vector_sha256(audited.release)
+    assert digests.blind_sha256 == blind_sha256(blind, n)
+
+
+def test_every_auditor_gets_the_same_digests(job: Job, uploads: dict[str, EncryptedVector]) -> None:
+    three = {s: uploads[s] for s in THREE}
+    closed = job.closed(0, three)
+    by_ps = audit0(job, three, closed=closed)
+    for subject in THREE:
+        assert audit0(job, three, closed=closed, subject_id=subject) == by_ps
+
+
+def test_a_later_attempt_runs_over_part_of_the_closed_set(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    """sub-c committed and uploaded but did not audit: attempt 1 drops it, with a fresh R."""
+    closed = job.closed(0, uploads)
+    assert len(closed.payloads) == 4
+    first = audit0(job, uploads, closed=closed)
+    kept = {s: uploads[s] for s in ("sub-a", "sub-b", "sub-d")}
+    second = audit0(job, kept, closed=closed, attempt=1, blind=job.blind(1))
+    assert second.contributors == ("sub-a", "sub-b", "sub-d")
+    assert second.digests.attempt == 1
+    assert second.digests.closed_set_sha256 == first.digests.closed_set_sha256
+    assert second.digests.contributors_sha256 != first.digests.contributors_sha256
+    assert second.digests.aggregate_sha256 != first.digests.aggregate_sha256
+    assert second.digests.blind_sha256 != first.digests.blind_sha256
+
+
+def test_a_later_round_may_start_from_any_base(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    """From round 1 on the base is chained by the KGC (previous release), not by the terms."""
+    three = {s: uploads[s] for s in THREE}
+    previous = audit0(job, three)
+    round1 = {s: job.upload(s, 1) for s in THREE}
+    audited = audit_round(
+        job.terms,
+        job.closed(1, round1),
+        attempt=0,
+        base=previous.aggregate,
+        uploads=round1,
+        blind=job.blind(2),
+    )
+    assert audited.digests.base_sha256 == previous.digests.aggregate_sha256
+    expected = job.w0 + sum(job.delta(s) + job.delta(s, 1) for s in THREE)
+    decoded = decode_vector(decrypt_vector(job.master, audited.aggregate), job.layout)
+    np.testing.assert_allclose(decoded, expected, rtol=0, atol=8 * 2.0**-job.layout.frac_bits)
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(seed=st.integers(min_value=0, max_value=2**32), edge=st.sampled_from([None, 0, -1]))
+def test_f_decrypts_to_agg_plus_r_for_any_blind(
+    job: Job, uploads: dict[str, EncryptedVector], seed: int, edge: int | None
+) -> None:
+    blind = job.blind(seed)
+    if edge is not None:
+        blind = [edge % job.n] * len(blind)  # 0 and N - 1 are in range
+    three = {s: uploads[s] for s in THREE}
+    audited = audit0(job, three, blind=blind)
+    opened = decrypt_vector(job.master, audited.release)
+    plain = decrypt_vector(job.master, audited.aggregate)
+    assert opened == [(m + r) % job.n for m, r in zip(plain, blind, strict=True)]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_an_upload_that_differs_from_its_commitment_is_refused(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    three = {s: uploads[s] for s in THREE}
+    closed = job.closed(0, three)
+    # the same plaintexts under other randomness: another ciphertext, another digest
+    reencrypted = {**three, "sub-b": job.upload("sub-b", seed=1)}
+    refused("upload-mismatch", lambda: audit0(job, reencrypted, closed=closed))
+    # another participant's upload relabelled
+    relabelled = {**three, "sub-b": uploads["sub-d"]}
+    refused("upload-mismatch", lambda: audit0(job, relabelled, closed=closed))
+
+
+def test_a_contributor_without_a_commitment_is_refused(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    closed = job.closed(0, {s: uploads[s] for s in THREE})
+    refused("not-committed", lambda: audit0(job, uploads, closed=closed))
+
+
+def test_fewer_uploads_than_the_quorum_are_refused(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    closed = job.closed(0, uploads)
+    for subjects in (["sub-a", "sub-b"], ["sub-d"], []):
+        two = {s: uploads[s] for s in subjects}
+        refused("below-quorum", lambda u=two: audit0(job, u, closed=closed))
+
+
+def test_an_auditor_that_is_not_included_is_refused(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    """sub-d was dropped from this attempt (or never committed): it does not sign it."""
+    three = {s: uploads[s] for s in THREE}
+    closed = job.closed(0, uploads)
+    for subject in ("sub-d", "sub-x"):
+        refused(
+            "not-included",
+            lambda s=subject: audit0(job, three, closed=closed, subject_id=s),
+        )
+
+
+def test_round_0_must_start_from_the_signed_initial_ciphertext(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    three = {s: uploads[s] for s in THREE}
+    closed = job.closed(0, three)
+    w = [int(m) for m in initial_plaintexts(job.layout, job.w0)]
+    randomised = job.encryptor.encrypt(w, random.Random(3))  # same W_0, other bytes
+    assert decrypt_vector(job.master, randomised) == w
+    shifted = add_plaintexts(job.base0(), [1] + [0] * (len(w) - 1))
+    for base in (randomised, shifted, uploads["sub-d"]):
+        refused("base-mismatch", lambda b=base: audit0(job, three, closed=closed, base=b))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n, k: [0] * (k - 1),
+        lambda n, k: [0] * (k + 1),
+        lambda n, k: [],
+        lambda n, k: [0] * (k - 1) + [n],
+        lambda n, k: [-1] + [0] * (k - 1),
+        lambda n, k: [n * n] * k,
+    ],
+    ids=["short", "long", "empty", "n", "negative", "n-squared"],
+)
+def test_a_blind_of_the_wrong_length_or_out_of_range_is_refused(
+    job: Job, uploads: dict[str, EncryptedVector], make: Callable[[int, int], list[int]]
+) -> None:
+    three = {s: uploads[s] for s in THREE}
+    blind = make(job.n, job.layout.num_plaintexts)
+    refused("bad-blind", lambda: audit0(job, three, blind=blind))
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def inverse(vector: EncryptedVector) -> EncryptedVector:
+    """``U^-1`` element-wise: encrypts ``-m`` (what a canceller multiplies in)."""
+    n2 = vector.job_key.params.nsquare
+    elements = tuple(gmpy2.invert(x, n2) for x in vector.elements)
+    return EncryptedVector(vector.job_key, vector.layout, elements)
+
+
+def test_a_cancelling_ciphertext_is_refused(job: Job, uploads: dict[str, EncryptedVector]) -> None:
+    """A colluder (sub-c) that saw sub-b's upload sends ``U_c · U_b^-1`` instead of ``U_c``.
+
+    Accepted, it would take sub-b's update out of the aggregate (so two releases would
+    differ by sub-b's update alone). It was not what sub-c committed before any upload was
+    visible, so every auditor refuses the attempt.
+    """
+    three = {s: uploads[s] for s in THREE}
+    closed = job.closed(0, three)
+    crafted = uploads["sub-c"] + inverse(uploads["sub-b"])
+    n = job.n
+    cancelled = EncryptedVector.sum([job.base0(), uploads["sub-a"], uploads["sub-b"], crafted])
+    w = [int(m) for m in initial_plaintexts(job.layout, job.w0)]
+    without_b = [
+        (w[i] + job.encoded("sub-a")[i] + job.encoded("sub-c")[i]) % n for i in range(len(w))
+    ]
+    assert decrypt_vector(job.master, cancelled) == without_b  # the threat is real
+    for subject in (None, "sub-a", "sub-b"):
+        refused(
+            "upload-mismatch",
+            lambda s=subject: audit0(job, {**three, "sub-c": crafted}, closed=closed, subject_id=s),
+        )
+
+
+# --------------------------------------------------------------------------- with the KGC's check
+
+
+def release_header(
+    job: Job,
+    round_number: int,
+    closed_signed: dict[str, Any],
+    uploads: dict[str, EncryptedVector],
+    audited: AuditedRound,
+    *,
+    statements_under: str | None = None,
+) -> dict[str, Any]:
+    closed = verify_closed_set(closed_signed, job.terms, round_number=round_number)
+    subjects = sorted(uploads)
+    statements = [
+        build_upload_statement(
+            job.keys[s],
+            job.terms,
+            round_number=round_number,
+            subject_id=s,
+            payload_sha256=vector_sha256(uploads[s]),
+            closed_set_sha256=statements_under or closed.digest,
+        )
+        for s in subjects
+    ]
+    audits = [
+        build_audit_statement(
+            job.keys[s],
+            job.terms,
+            round_number=round_number,
+            subject_id=s,
+            digests=audited.digests,
+        )
+        for s in subjects
+    ]
+    return release_request_header(
+        job_id=job.terms.job_id,
+        round_number=round_number,
+        attempt=audited.digests.attempt,
+        closed_set=closed_signed,
+        statements=statements,
+        audits=audits,
+    )
+
+
+def test_the_kgc_accepts_exactly_what_every_contributor_audited(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    three = {s: uploads[s] for s in THREE}
+    signed = job.closed_set(0, {s: vector_sha256(u) for s, u in three.items()})
+    closed = verify_closed_set(signed, job.terms, round_number=0)
+    audited = audit0(job, three, closed=closed)
+    header = release_header(job, 0, signed, three, audited)
+    initial = job.terms.initial_ciphertext_sha256
+    check = check_release_request(
+        header,
+        job.terms,
+        next_round=0,
+        base_sha256=initial,
+        payload_sha256=vector_sha256(audited.release),
+    )
+    assert check.round == 0 and check.contributors == tuple(THREE)
+    assert check.digests == audited.digests
+
+    # a PS that asks to open something else than the audited F: an individual upload,
+    # blinded like F, or F under another R
+    for other in (
+        add_plaintexts(uploads["sub-a"], job.blind()),
+        add_plaintexts(audited.aggregate, job.blind(9)),
+        audited.aggregate,
+    ):
+        with pytest.raises(ProtocolError) as info:
+            check_release_request(
+                header,
+                job.terms,
+                next_round=0,
+                base_sha256=initial,
+                payload_sha256=vector_sha256(other),
+            )
+        assert info.value.code == "audit-mismatch"
+
+    # round 1 must continue from round 0's audited aggregate, not from another base
+    round1 = {s: job.upload(s, 1) for s in THREE}
+    signed1 = job.closed_set(1, {s: vector_sha256(u) for s, u in round1.items()})
+    closed1 = verify_closed_set(signed1, job.terms, round_number=1)
+    for base, ok in ((audited.aggregate, True), (job.base0(), False)):
+        audited1 = audit_round(
+            job.terms, closed1, attempt=0, base=base, uploads=round1, blind=job.blind(4)
+        )
+        header1 = release_header(job, 1, signed1, round1, audited1)
+
+        def check1(h: dict[str, Any] = header1, a: AuditedRound = audited1) -> object:
+            return check_release_request(
+                h,
+                job.terms,
+                next_round=1,
+                base_sha256=audited.digests.aggregate_sha256,
+                payload_sha256=vector_sha256(a.release),
+            )
+
+        if ok:
+            assert check1() is not None
+        else:
+            refused("audit-mismatch", check1)
+
+
+def test_a_second_closed_set_with_a_crafted_commitment_is_refused(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    """The PS re-closes the set so the canceller's crafted upload matches a commitment.
+
+    The auditors of the new set would accept it, but the honest contributors uploaded under
+    the first set and their statements name its digest: the KGC refuses the request.
+    """
+    three = {s: uploads[s] for s in THREE}
+    first = job.closed_set(0, {s: vector_sha256(u) for s, u in three.items()})
+    first_digest = verify_closed_set(first, job.terms, round_number=0).digest
+    crafted = {**three, "sub-c": uploads["sub-c"] + inverse(uploads["sub-b"])}
+    second = job.closed_set(0, {s: vector_sha256(u) for s, u in crafted.items()}, closed_at=2000)
+    closed2 = verify_closed_set(second, job.terms, round_number=0)
+    audited = audit0(job, crafted, closed=closed2)  # consistent with the second set
+    header = release_header(job, 0, second, crafted, audited, statements_under=first_digest)
+    refused(
+        "statement-mismatch",
+        lambda: check_release_request(
+            header,
+            job.terms,
+            next_round=0,
+            base_sha256=job.terms.initial_ciphertext_sha256,
+            payload_sha256=vector_sha256(audited.release),
+        ),
+    )
