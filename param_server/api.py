@@ -139,18 +139,20 @@ def get_round(job_id: str, t: int) -> Any:
     return jsonify(_service().round_view(job_id, t))
 
 
-@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/commitments")
-def commit(job_id: str, t: int) -> Any:
-    """Participant: commit to the payload it will upload in round t (commit phase)."""
+@bp.route(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/commitments", methods=["GET", "POST"])
+def commitments(job_id: str, t: int) -> Any:
+    """POST, participant: commit to the payload it will upload in round t (commit phase).
+    GET, participant of the job or operator: the PS-signed closed commitment set (409
+    set-not-closed before).
+
+    One view for both methods: werkzeug answers 405 instead of 404 for an out-of-range
+    round when two views share a path.
+    """
+    if request.method == "GET":
+        _operator_or_participant_of(job_id)
+        return jsonify(_service().closed_set(job_id, t))
     claims = _participant()
     return _created(_service().accept_commitment(job_id, t, claims.subject, json_body()))
-
-
-@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/commitments")
-def closed_set(job_id: str, t: int) -> Any:
-    """The round's PS-signed closed commitment set (409 set-not-closed before)."""
-    _operator_or_participant_of(job_id)
-    return jsonify(_service().closed_set(job_id, t))
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads")

@@ -2,9 +2,12 @@
 
 The KGC app runs in a thread on loopback; the parameter server enrols with
 ``param_server.kgc_gateway.complete_enrolment``, creates a job (the KGC signs its terms)
-and releases a round through ``HttpKgcGateway`` (tokens for the KGC's audience by signed
-challenge, release frames carrying the participants' signed upload statements, signed as
-the PS signs them). A contributor then opens the released model.
+and plays two rounds of the round protocol v2 (docs/ROUND_PROTOCOL_STEP2.md): the
+participants commit, upload under the PS-signed closed set and audit the aggregate, and
+the PS releases through ``HttpKgcGateway`` (tokens for the KGC's audience by signed
+challenge, release frames carrying the closed set and the participants' statements and
+audits, signed as the PS signs them). The KGC chains round 1 to round 0's audited
+aggregate; every contributor opens each released model.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from param_server.testing import (
     job_terms_of,
     make_definition,
     open_model,
-    upload_frame,
+    play_round,
 )
 
 
@@ -92,37 +95,27 @@ def test_parameter_server_round_trip_through_the_kgc(
         ps_key,
         clock=FakeClock(),
         rng=random.Random(3),
-        window=4,
         subject_id=answer["subject_id"],
     )
     try:
         w0 = np.linspace(-1.0, 1.0, 40)
-        job = ps.create_job(make_definition("interop", participants, w0, rounds=1))
+        job = ps.create_job(make_definition("interop", participants, w0, rounds=2))
         # Each participant checks the KGC-signed terms the PS serves before uploading.
         terms = job_terms_of(job, gateway.info(), param_server=answer["subject_id"])
-        assert terms.rounds == 1 and terms.param_server == answer["subject_id"]
+        assert terms.rounds == 2 and terms.param_server == answer["subject_id"]
         encryptor = VectorEncryptor(job_key_of(job), window=4)
-        delta = np.full(40, 0.125)
         rng = random.Random(4)
-        for p in participants:
-            frame = upload_frame(
-                job,
-                p.subject_id,
-                0,
-                delta,
-                encryptor,
-                rng,
-                signing_key=p.signing_key,
-                terms=terms,
+        expected = w0
+        for t, delta in enumerate((np.full(40, 0.125), np.full(40, -0.25))):
+            play_round(
+                ps, terms, t, [(p, p.encrypt(job, delta, encryptor, rng)) for p in participants]
             )
-            ps.accept_upload("interop", 0, p.subject_id, frame)
-        result = ps.tick()
-        assert result.released == [("interop", 0)]
-        assert api.count(Release) == 1
-        got = open_model(
-            job, participants[0], ps.download("interop", 0, participants[0].subject_id)
-        )
-        assert np.max(np.abs(got - (w0 + delta))) < 2.0**-18
+            assert ps.tick().released == [("interop", t)]
+            assert api.count(Release) == t + 1
+            expected = expected + delta  # the weights sum to 1
+            for p in participants:
+                got = open_model(job, p, ps.download("interop", t, p.subject_id))
+                assert np.max(np.abs(got - expected)) < 2.0**-18
     finally:
         ps.close()
         engine.dispose()

@@ -11,6 +11,7 @@ import io
 import json
 import random
 import struct
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,21 @@ from ps_api_support import ApiWorld
 from sqlalchemy import func, select, text
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from common.blocks import VectorEncryptor, element_bytes
+from common.blocks import EncryptedVector, VectorEncryptor, element_bytes
 from common.encoding import PackingLayout, encode_vector
-from common.protocol import KGC_AUDIENCE, build_upload_statement, check_job_view, sha256_hex
+from common.protocol import (
+    KGC_AUDIENCE,
+    build_commitment,
+    build_upload_statement,
+    check_job_view,
+    sha256_hex,
+    vector_sha256,
+)
+from common.sealing import SealError
 from common.signing import generate_signing_key, issue_token, public_key_from_hex, verify_json
 from common.wire import FRAME_MAGIC, decode_frame, encode_frame
-from param_server.models import Job, ModelChunk, Round, Upload
+from param_server.errors import DomainError
+from param_server.models import Audit, Commitment, Job, ModelChunk, Round, Upload
 from param_server.testing import (
     PS_SUBJECT_ID,
     TestParticipant,
@@ -32,10 +42,12 @@ from param_server.testing import (
     job_terms_of,
     make_definition,
     open_model,
+    play_round,
 )
 
 LENGTH = 300
 TOLERANCE = 2.0**-18
+ALL = ("p1", "p2", "p3", "p4")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -69,7 +81,11 @@ def _create(api: ApiWorld, job_id: str = "job-a", **overrides: Any) -> dict[str,
 
 
 class Uploader:
-    """Participants' side: check the job's signed terms, encrypt updates and post them."""
+    """Participants' side: check the job's signed terms, commit, encrypt and post uploads.
+
+    Each subject's round-``t`` vector is drawn once (:meth:`vector`), so what it commits
+    to is what :meth:`frame` uploads.
+    """
 
     def __init__(self, api: ApiWorld, job: dict[str, Any]) -> None:
         self.api = api
@@ -77,14 +93,35 @@ class Uploader:
         self.terms = job_terms_of(job, api.kgc.info(), param_server=PS_SUBJECT_ID)
         self.encryptor = VectorEncryptor(job_key_of(job), window=4)
         self.rng = random.Random(17)
+        self.vectors: dict[tuple[str, int], EncryptedVector] = {}
 
     def participant(self, subject: str) -> TestParticipant:
-        return next(p for p in self.api.participants if p.subject_id == subject)
+        return self.api.participant(subject)
+
+    def vector(self, subject: str, t: int, delta: Any = None) -> EncryptedVector:
+        if (subject, t) not in self.vectors:
+            delta = np.full(LENGTH, 0.01) if delta is None else delta
+            p = self.participant(subject)
+            self.vectors[subject, t] = p.encrypt(self.job, delta, self.encryptor, self.rng)
+        return self.vectors[subject, t]
+
+    def commit(self, t: int, subjects: tuple[str, ...] = ALL, **deltas: Any) -> None:
+        """``subjects`` commit over HTTP (all of them: the set closes)."""
+        for s in subjects:
+            self.participant(s).commit(
+                self.api.port, self.terms, t, self.vector(s, t, deltas.get(s))
+            )
+
+    def closed_digest(self, t: int) -> str:
+        """The round's closed set digest ("0" * 64 while it is not closed)."""
+        try:
+            return self.participant("p1").closed(self.api.port, self.terms, t).digest
+        except DomainError:
+            return "0" * 64
 
     def frame(self, subject: str, t: int, delta: Any = None) -> bytes:
-        delta = np.full(LENGTH, 0.01) if delta is None else delta
-        p = self.participant(subject)
-        return p.frame(self.job, self.terms, t, delta, self.encryptor, self.rng)
+        vector = self.vector(subject, t, delta)
+        return self.participant(subject).frame(self.terms, t, vector, self.closed_digest(t))
 
     def statement(self, subject: str, t: int, payload: bytes) -> dict[str, Any]:
         """``subject``'s signed statement for ``payload`` as its round-``t`` upload."""
@@ -94,7 +131,19 @@ class Uploader:
             round_number=t,
             subject_id=subject,
             payload_sha256=sha256_hex(payload),
+            closed_set_sha256=self.closed_digest(t),
         )
+
+    def commit_payload(self, subject: str, t: int, payload: bytes) -> None:
+        """``subject`` commits to arbitrary bytes (a participant that means harm)."""
+        signed = build_commitment(
+            self.participant(subject).signing_key,
+            self.terms,
+            round_number=t,
+            subject_id=subject,
+            payload_sha256=sha256_hex(payload),
+        )
+        self.api.port.accept_commitment(self.job["job_id"], t, subject, signed)
 
     def reframe(
         self, frame: bytes, *, subject: str = "p1", payload: bytes | None = None, **changes: Any
@@ -149,7 +198,12 @@ def test_openapi_lists_every_route_and_health(api: ApiWorld) -> None:
         "/v1/jobs": {"get", "post"},
         "/v1/jobs/{job_id}": {"get"},
         "/v1/jobs/{job_id}/rounds/{t}": {"get"},
+        "/v1/jobs/{job_id}/rounds/{t}/commitments": {"get", "post"},
         "/v1/jobs/{job_id}/rounds/{t}/uploads": {"post"},
+        "/v1/jobs/{job_id}/rounds/{t}/uploads/{subject_id}": {"get"},
+        "/v1/jobs/{job_id}/rounds/{t}/audit": {"get"},
+        "/v1/jobs/{job_id}/rounds/{t}/base": {"get"},
+        "/v1/jobs/{job_id}/rounds/{t}/audits": {"post"},
         "/v1/jobs/{job_id}/rounds/{t}/close": {"post"},
         "/v1/jobs/{job_id}/rounds/{t}/model": {"get"},
     }
@@ -178,7 +232,13 @@ def test_huge_round_numbers_are_404_not_500(api: ApiWorld) -> None:
     p1 = api.participants[0]
     for t in (2**31, 2**63, 10**30):
         _error(api.client.get(f"/v1/jobs/job-a/rounds/{t}", headers=api.admin), 404, "not-found")
-        _error(api.client.get(f"/v1/jobs/job-a/rounds/{t}/model", headers=api.auth(p1)), 404)
+        for tail in ("model", "audit", "base", "commitments", "uploads/p1"):
+            _error(api.client.get(f"/v1/jobs/job-a/rounds/{t}/{tail}", headers=api.auth(p1)), 404)
+        for tail in ("commitments", "audits"):
+            _error(
+                api.client.post(f"/v1/jobs/job-a/rounds/{t}/{tail}", json={}, headers=api.auth(p1)),
+                404,
+            )
         _error(api.client.post(f"/v1/jobs/job-a/rounds/{t}/close", headers=api.admin), 404)
         _error(
             api.client.post(
@@ -328,7 +388,9 @@ def test_tokens_for_another_audience_or_issuer_are_401_at_every_participant_endp
     job = _create(api)
     uploader = Uploader(api, job)
     p1 = api.participants[0]
+    uploader.commit(0)
     frame = uploader.frame("p1", 0)
+    commitment = p1.commitment(uploader.terms, 1, uploader.vector("p1", 1))
     elsewhere = [
         api.auth(p1, audience="another-ps"),
         api.auth(p1, audience=KGC_AUDIENCE),
@@ -338,10 +400,15 @@ def test_tokens_for_another_audience_or_issuer_are_401_at_every_participant_endp
         _error(api.client.get("/v1/jobs/job-a", headers=headers), 401, "invalid-token")
         _error(api.client.get("/v1/jobs/job-a/rounds/0", headers=headers), 401, "invalid-token")
         _error(uploader.post(frame, headers=headers), 401, "invalid-token")
-        _error(
-            api.client.get("/v1/jobs/job-a/rounds/0/model", headers=headers), 401, "invalid-token"
-        )
-    assert _count(api, Upload) == 0
+        for tail in ("model", "audit", "base", "commitments", "uploads/p1"):
+            response = api.client.get(f"/v1/jobs/job-a/rounds/0/{tail}", headers=headers)
+            _error(response, 401, "invalid-token")
+        for tail, body in (("commitments", commitment), ("audits", {})):
+            response = api.client.post(
+                f"/v1/jobs/job-a/rounds/1/{tail}", json=body, headers=headers
+            )
+            _error(response, 401, "invalid-token")
+    assert _count(api, Upload) == 0 and _count(api, Commitment) == 4
     assert uploader.post(frame, headers=api.auth(p1)).status_code == 201
 
 
@@ -349,10 +416,15 @@ def test_get_round(api: ApiWorld) -> None:
     job = _create(api)
     uploader = Uploader(api, job)
     p1 = api.participants[0]
+    view = api.client.get("/v1/jobs/job-a/rounds/0", headers=api.auth(p1)).get_json()
+    assert (view["status"], view["attempt"], view["committed"]) == ("open", 0, [])
+    api.clock.advance(5)
+    uploader.commit(0)
     assert uploader.post(uploader.frame("p1", 0), headers=api.auth(p1)).status_code == 201
     view = api.client.get("/v1/jobs/job-a/rounds/0", headers=api.auth(p1)).get_json()
-    assert view["status"] == "open" and view["contributors"] == ["p1"] and view["uploads"] == 1
-    assert view["deadline"] == api.clock.now + 600
+    assert view["status"] == "committed" and view["committed"] == list(ALL)
+    assert view["contributors"] == ["p1"] and view["uploads"] == 1
+    assert view["deadline"] == api.clock.now + 600  # the upload phase's own deadline
     _error(api.client.get("/v1/jobs/job-a/rounds/5", headers=api.admin), 404, "round-not-found")
     _error(api.client.get("/v1/jobs/job-a/rounds/0", headers=api.auth(api.stranger)), 403)
     _error(api.client.get("/v1/jobs/nope/rounds/0", headers=api.admin), 404)
@@ -365,6 +437,7 @@ def test_get_round(api: ApiWorld) -> None:
 def test_upload_returns_a_receipt_signed_by_the_ps(api: ApiWorld) -> None:
     job = _create(api)
     uploader = Uploader(api, job)
+    uploader.commit(0)
     frame = uploader.frame("p2", 0)
     response = uploader.post(frame, headers=api.auth(api.participants[1]))
     assert response.status_code == 201
@@ -387,6 +460,7 @@ def test_upload_returns_a_receipt_signed_by_the_ps(api: ApiWorld) -> None:
 def test_upload_auth_errors_store_nothing(api: ApiWorld) -> None:
     job = _create(api)
     uploader = Uploader(api, job)
+    uploader.commit(0)
     frame = uploader.frame("p1", 0)
     p1 = api.participants[0]
     _error(uploader.post(frame), 401, "unauthorized")
@@ -400,14 +474,29 @@ def test_upload_auth_errors_store_nothing(api: ApiWorld) -> None:
     assert _count(api, Upload) == 0
 
 
+def test_upload_before_the_set_is_closed_is_409_and_stores_nothing(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    uploader.commit(0, ("p1",))
+    _error(
+        uploader.post(uploader.frame("p1", 0), headers=api.auth(api.participants[0])),
+        409,
+        "set-not-closed",
+    )
+    _error(
+        api.client.get("/v1/jobs/job-a/rounds/0/commitments", headers=api.admin),
+        409,
+        "set-not-closed",
+    )
+    assert _count(api, Upload) == 0
+
+
 def test_upload_frame_errors_store_nothing(api: ApiWorld) -> None:
     job = _create(api)
     uploader = Uploader(api, job)
-    frame = uploader.frame("p1", 0)
-    headers = api.auth(api.participants[0])
     params = job_key_of(job).params
     width = element_bytes(params)
-    payload = decode_frame(frame).payload
+    payload = uploader.vector("p1", 0).to_bytes()
     n_element = int(params.n).to_bytes(width, "big")  # gcd(N, N) != 1: not in Z*_{N^2}
     big_element = int(params.nsquare).to_bytes(width, "big")  # not below N^2
     short = encode_vector(
@@ -416,42 +505,52 @@ def test_upload_frame_errors_store_nothing(api: ApiWorld) -> None:
         clip_bound=1.0,
     )[0]
     short_vector = uploader.encryptor.encrypt(short, uploader.rng)
+    # A participant must commit to the bytes it uploads: p2 .. p4 commit to bad ones.
+    bad_payloads = {
+        "p2": n_element + payload[width:],
+        "p3": big_element + payload[width:],
+        "p4": short_vector.to_bytes(),
+    }
+    uploader.commit(0, ("p1",))
+    for subject, bad in bad_payloads.items():
+        uploader.commit_payload(subject, 0, bad)
+    frame = uploader.frame("p1", 0)
     fewer_blocks = encode_frame(
         short_vector,
         {
             "job_id": "job-a",
             "round": 0,
-            "statement": uploader.statement("p1", 0, short_vector.to_bytes()),
+            "statement": uploader.statement("p4", 0, bad_payloads["p4"]),
         },
     )
     reframe = uploader.reframe
     cases = [
-        (b"NOPE" + frame[4:], 400, "malformed-frame"),  # bad magic
-        (frame[:-1] + bytes([frame[-1] ^ 1]), 400, "malformed-frame"),  # digest mismatch
-        (frame[:7], 400, "malformed-frame"),  # truncated
-        (b"", 400, "malformed-frame"),
-        (reframe(frame, job_id="job-b"), 422, "frame-mismatch"),
-        (reframe(frame, round=1), 422, "frame-mismatch"),
-        (reframe(frame, round=True), 422, "frame-mismatch"),
-        (_reframe(frame, payload=payload[:-width]), 422, "statement-mismatch"),  # unsigned
-        (reframe(frame, payload=n_element + payload[width:]), 422, "invalid-ciphertext"),
-        (reframe(frame, payload=big_element + payload[width:]), 422, "invalid-ciphertext"),
-        (reframe(frame, payload=bytes(width) + payload[width:]), 422, "invalid-ciphertext"),
-        (reframe(frame, payload=payload[:-width]), 422, "invalid-ciphertext"),
-        (reframe(frame, num_elements=11), 422, "invalid-ciphertext"),
-        (reframe(frame, element_bytes=width + 1), 422, "invalid-ciphertext"),
-        (fewer_blocks, 422, "wrong-shape"),  # 8 plaintexts instead of 9
-        (frame + bytes(200_000), 413, "too-large"),  # larger than this job's frames
+        ("p1", b"NOPE" + frame[4:], 400, "malformed-frame"),  # bad magic
+        ("p1", frame[:-1] + bytes([frame[-1] ^ 1]), 400, "malformed-frame"),  # digest mismatch
+        ("p1", frame[:7], 400, "malformed-frame"),  # truncated
+        ("p1", b"", 400, "malformed-frame"),
+        ("p1", reframe(frame, job_id="job-b"), 422, "frame-mismatch"),
+        ("p1", reframe(frame, round=1), 422, "frame-mismatch"),
+        ("p1", reframe(frame, round=True), 422, "frame-mismatch"),
+        ("p1", _reframe(frame, payload=payload[:-width]), 422, "statement-mismatch"),  # unsigned
+        ("p1", reframe(frame, payload=payload[:-width]), 422, "upload-mismatch"),  # uncommitted
+        ("p1", reframe(frame, num_elements=11), 422, "invalid-ciphertext"),
+        ("p1", reframe(frame, element_bytes=width + 1), 422, "invalid-ciphertext"),
+        ("p2", reframe(frame, subject="p2", payload=bad_payloads["p2"]), 422, "invalid-ciphertext"),
+        ("p3", reframe(frame, subject="p3", payload=bad_payloads["p3"]), 422, "invalid-ciphertext"),
+        ("p4", fewer_blocks, 422, "wrong-shape"),  # 8 plaintexts instead of 9
+        ("p1", frame + bytes(200_000), 413, "too-large"),  # larger than this job's frames
     ]
-    for data, status, code in cases:
-        _error(uploader.post(data, headers=headers), status, code)
+    for subject, data, status, code in cases:
+        _error(uploader.post(data, headers=api.auth(api.participant(subject))), status, code)
     assert _count(api, Upload) == 0
-    assert uploader.post(frame, headers=headers).status_code == 201
+    assert uploader.post(frame, headers=api.auth(api.participants[0])).status_code == 201
 
 
 def test_upload_past_max_content_length_is_413(api: ApiWorld) -> None:
     job = _create(api)
     uploader = Uploader(api, job)
+    uploader.commit(0)
     api.app.config["MAX_CONTENT_LENGTH"] = 1024
     response = uploader.post(uploader.frame("p1", 0), headers=api.auth(api.participants[0]))
     _error(response, 413, "too-large")
@@ -461,6 +560,7 @@ def test_upload_past_max_content_length_is_413(api: ApiWorld) -> None:
 def test_upload_limit_is_the_jobs_frame_size_set_before_reading(api: ApiWorld) -> None:
     job = _create(api)
     uploader = Uploader(api, job)
+    uploader.commit(0)
     p1 = api.participants[0]
     frame = uploader.frame("p1", 0)
     oversized = frame + bytes(200_000)
@@ -500,30 +600,164 @@ def test_replays_are_409_within_and_across_rounds(api: ApiWorld) -> None:
     uploader = Uploader(api, job)
     p1, p2, p3, p4 = api.participants
     first = uploader.frame("p1", 0)
+    # p2 commits to p1's ciphertext (it saw it somewhere): the upload is a replay still.
+    uploader.commit(0, ("p1", "p3", "p4"))
+    uploader.commit_payload("p2", 0, decode_frame(first).payload)
+    first = uploader.frame("p1", 0)  # now under the closed set
     assert uploader.post(first, headers=api.auth(p1)).status_code == 201
     _error(uploader.post(first, headers=api.auth(p1)), 409, "duplicate-upload")
-    _error(uploader.post(uploader.frame("p1", 0), headers=api.auth(p1)), 409, "duplicate-upload")
-    # p2 copies p1's bytes: p1's statement is not p2's; re-signed by p2, still a replay.
+    # p2 posts p1's bytes: p1's statement is not p2's; re-signed by p2, still a replay.
     _error(uploader.post(first, headers=api.auth(p2)), 422, "statement-mismatch")
     copied = uploader.reframe(first, subject="p2")
     _error(uploader.post(copied, headers=api.auth(p2)), 409, "replayed-payload")
     assert _count(api, Upload) == 1
 
-    for p in (p2, p3, p4):
+    for p in (p3, p4):
         assert (
             uploader.post(uploader.frame(p.subject_id, 0), headers=api.auth(p)).status_code == 201
         )
+    api.clock.advance(601)  # p2 has nothing it may upload: the deadline ends the phase
     api.ps.tick()
-    assert api.client.get("/v1/jobs/job-a/rounds/1", headers=api.admin).status_code == 200
+    for s in ("p1", "p3", "p4"):
+        api.participant(s).audit(api.port, uploader.terms, 0)
+    assert api.ps.tick().released == [("job-a", 0)]
     # Round 0 is over: the old request again, and its ciphertext re-framed for round 1.
     _error(uploader.post(first, headers=api.auth(p1)), 409, "round-not-open")
+    uploader.commit(1, ("p2", "p3", "p4"))
+    uploader.commit_payload("p1", 1, decode_frame(first).payload)
     _error(uploader.post(_reframe(first, round=1), t=1, headers=api.auth(p1)), 422)
     _error(
         uploader.post(uploader.reframe(first, round=1), t=1, headers=api.auth(p1)),
         409,
         "replayed-payload",
     )
-    assert _count(api, Upload) == 4
+    assert _count(api, Upload) == 3
+
+
+# ---------------------------------------------------------------------- commitments and audits
+
+
+def test_commitments_over_http(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    p1 = api.participants[0]
+    url = "/v1/jobs/job-a/rounds/0/commitments"
+    signed = p1.commitment(uploader.terms, 0, uploader.vector("p1", 0))
+    _error(api.client.post(url, json=signed), 401, "unauthorized")
+    _error(api.client.post(url, json=signed, headers=api.admin), 401, "invalid-token")
+    _error(
+        api.client.post(url, json=signed, headers=api.auth(api.stranger)), 403, "not-a-participant"
+    )
+    _error(
+        api.client.post(url, json=signed, headers=api.auth(api.participants[1])),
+        422,
+        "commitment-mismatch",
+    )
+    _error(api.client.post(url, data="x", content_type="text/plain", headers=api.auth(p1)), 415)
+    _error(api.client.post(url, json={"pad": "x" * 70_000}, headers=api.auth(p1)), 413, "too-large")
+    _error(api.client.get(url, headers=api.auth(p1)), 409, "set-not-closed")
+    assert _count(api, Commitment) == 0
+
+    response = api.client.post(url, json=signed, headers=api.auth(p1))
+    assert response.status_code == 201
+    assert response.get_json() == {
+        "job_id": "job-a",
+        "round": 0,
+        "subject_id": "p1",
+        "payload_sha256": vector_sha256(uploader.vector("p1", 0)),
+    }
+    again = api.client.post(url, json=signed, headers=api.auth(p1))
+    assert (again.status_code, again.get_json()) == (200, response.get_json())
+    other = p1.commitment(uploader.terms, 0, uploader.vector("p2", 0))
+    _error(api.client.post(url, json=other, headers=api.auth(p1)), 409, "duplicate-commitment")
+    uploader.commit(0, ("p2", "p3", "p4"))
+    served = api.client.get(url, headers=api.auth(p1)).get_json()
+    assert served == api.client.get(url, headers=api.admin).get_json()
+    assert [
+        c["commitment"]["subject_id"] for c in served["closed_set"]["closed_set"]["commitments"]
+    ] == list(ALL)
+    _error(api.client.get(url, headers=api.auth(api.stranger)), 403, "not-a-participant")
+    assert _count(api, Commitment) == 4
+
+
+def test_audit_endpoints(api: ApiWorld) -> None:
+    job = _create(api, quorum=2)
+    uploader = Uploader(api, job)
+    p1, p2, p3, _ = api.participants
+    uploader.commit(0, ("p1", "p2", "p3"))
+    api.client.post("/v1/jobs/job-a/rounds/0/close", headers=api.admin)  # the set: p1 .. p3
+    prefix = "/v1/jobs/job-a/rounds/0"
+    _error(api.client.get(f"{prefix}/audit", headers=api.auth(p1)), 409, "not-aggregated")
+    for s in ("p1", "p2"):
+        uploader.post(uploader.frame(s, 0), headers=api.auth(api.participant(s)))
+    api.clock.advance(601)
+    assert api.ps.tick().closed == [("job-a", 0)]
+
+    package = api.client.get(f"{prefix}/audit", headers=api.auth(p1)).get_json()
+    assert set(package) == {
+        "job_id",
+        "round",
+        "attempt",
+        "contributors",
+        "closed_set",
+        "blind",
+        "base_sha256",
+        "aggregate_sha256",
+        "release_sha256",
+        "blind_sha256",
+    }
+    assert package["contributors"] == ["p1", "p2"] and package["attempt"] == 0
+    base = api.client.get(f"{prefix}/base", headers=api.auth(p1))
+    assert base.mimetype == "application/octet-stream"
+    assert decode_frame(base.get_data()).header["round"] == 0
+    upload = api.client.get(f"{prefix}/uploads/p2", headers=api.auth(p1))
+    header = decode_frame(upload.get_data()).header
+    assert header["statement"]["statement"]["subject_id"] == "p2"
+    assert header["sha256"] == vector_sha256(uploader.vector("p2", 0))
+    for path in ("audit", "base", "uploads/p1"):
+        _error(api.client.get(f"{prefix}/{path}", headers=api.auth(p3)), 403, "not-a-contributor")
+        _error(api.client.get(f"{prefix}/{path}", headers=api.auth(api.stranger)), 403)
+        _error(api.client.get(f"{prefix}/{path}"), 401)
+    _error(api.client.get(f"{prefix}/uploads/p3", headers=api.auth(p1)), 404, "upload-not-found")
+
+    digests = p1.recompute(api.port, uploader.terms, 0)  # really recomputed from what is served
+    wrong = p1.audit_statement(uploader.terms, 0, replace(digests, release_sha256="0" * 64))
+    audits = f"{prefix}/audits"
+    _error(api.client.post(audits, json=wrong, headers=api.auth(p1)), 422, "audit-mismatch")
+    good = p1.audit_statement(uploader.terms, 0, digests)
+    _error(api.client.post(audits, json=good, headers=api.auth(p2)), 422, "audit-mismatch")
+    by_p3 = p3.audit_statement(uploader.terms, 0, digests)  # p3 committed but never uploaded
+    _error(api.client.post(audits, json=by_p3, headers=api.auth(p3)), 403, "not-a-contributor")
+    assert _count(api, Audit) == 0
+    response = api.client.post(audits, json=good, headers=api.auth(p1))
+    assert response.status_code == 201
+    assert response.get_json() == {"job_id": "job-a", "round": 0, "attempt": 0, "subject_id": "p1"}
+    assert api.client.post(audits, json=good, headers=api.auth(p1)).status_code == 200
+    p2.audit(api.port, uploader.terms, 0)
+    assert api.ps.tick().released == [("job-a", 0)]
+    assert _count(api, Audit) == 2
+
+
+def test_full_job_over_http_every_contributor_decodes_the_fedavg_model(api: ApiWorld) -> None:
+    job = _create(api)
+    uploader = Uploader(api, job)
+    w = np.random.default_rng(1).normal(0.0, 0.5, LENGTH)
+    for t in range(2):
+        deltas = {
+            s: np.random.default_rng(10 * t + i).normal(0, 0.2, LENGTH) for i, s in enumerate(ALL)
+        }
+        contributions = [(api.participant(s), uploader.vector(s, t, deltas[s])) for s in ALL]
+        play_round(api.port, uploader.terms, t, contributions)
+        assert api.ps.tick().released == [("job-a", t)]
+        expected = w + sum(job["weights"][s] * d for s, d in deltas.items())
+        for s in ALL:
+            bundle = api.client.get(
+                f"/v1/jobs/job-a/rounds/{t}/model", headers=api.auth(api.participant(s))
+            ).get_json()
+            got = open_model(job, api.participant(s), bundle)
+            assert np.max(np.abs(got - expected)) < TOLERANCE
+        w = expected
+    assert api.client.get("/v1/jobs/job-a", headers=api.admin).get_json()["status"] == "finished"
 
 
 # ---------------------------------------------------------------------- close and download
@@ -534,13 +768,18 @@ def test_close_round(api: ApiWorld) -> None:
     uploader = Uploader(api, job)
     p1, p2, *_ = api.participants
     close = "/v1/jobs/job-a/rounds/0/close"
-    uploader.post(uploader.frame("p1", 0), headers=api.auth(p1))
+    uploader.commit(0, ("p1",))
     _error(api.client.post(close), 401)
     _error(api.client.post(close, headers=api.auth(p1)), 401)
     _error(api.client.post(close, headers=api.admin), 409, "below-quorum")
-    uploader.post(uploader.frame("p2", 0), headers=api.auth(p2))
+    uploader.commit(0, ("p2",))
     response = api.client.post(close, headers=api.admin)
-    assert response.status_code == 200 and response.get_json()["status"] == "closed"
+    assert response.status_code == 200 and response.get_json()["status"] == "committed"
+    uploader.post(uploader.frame("p1", 0), headers=api.auth(p1))
+    _error(api.client.post(close, headers=api.admin), 409, "below-quorum")
+    uploader.post(uploader.frame("p2", 0), headers=api.auth(p2))  # the last committed upload
+    view = api.client.get("/v1/jobs/job-a/rounds/0", headers=api.admin).get_json()
+    assert view["status"] == "closed"
     _error(api.client.post(close, headers=api.admin), 409, "round-not-open")
     _error(api.client.post("/v1/jobs/job-a/rounds/7/close", headers=api.admin), 404)
     _error(api.client.post("/v1/jobs/nope/rounds/0/close", headers=api.admin), 404)
@@ -552,11 +791,14 @@ def test_download_contributors_only(api: ApiWorld) -> None:
     p1, p2, p3, _ = api.participants
     deltas = {s: np.random.default_rng(i).normal(0, 0.2, LENGTH) for i, s in enumerate("ab")}
     model = "/v1/jobs/job-a/rounds/0/model"
-    uploader.post(uploader.frame("p1", 0, deltas["a"]), headers=api.auth(p1))
-    uploader.post(uploader.frame("p3", 0, deltas["b"]), headers=api.auth(p3))
-    _error(api.client.get(model, headers=api.auth(p1)), 409, "not-released")
+    uploader.commit(0, ("p1", "p3"), p1=deltas["a"], p3=deltas["b"])
     api.client.post("/v1/jobs/job-a/rounds/0/close", headers=api.admin)
+    uploader.post(uploader.frame("p1", 0), headers=api.auth(p1))
     _error(api.client.get(model, headers=api.auth(p1)), 409, "not-released")
+    uploader.post(uploader.frame("p3", 0), headers=api.auth(p3))
+    _error(api.client.get(model, headers=api.auth(p1)), 409, "not-released")
+    for p in (p1, p3):
+        p.audit(api.port, uploader.terms, 0)
     assert api.ps.tick().released == [("job-a", 0)]
 
     response = api.client.get(model, headers=api.auth(p1))
@@ -565,6 +807,10 @@ def test_download_contributors_only(api: ApiWorld) -> None:
     assert set(bundle) == {
         "job_id",
         "round",
+        "attempt",
+        "base_sha256",
+        "contributors_sha256",
+        "blind_sha256",
         "num_plaintexts",
         "sealed_model",
         "wrapped_key",
@@ -576,6 +822,9 @@ def test_download_contributors_only(api: ApiWorld) -> None:
     for p in (p1, p3):
         got = open_model(job, p, api.client.get(model, headers=api.auth(p)).get_json())
         assert np.max(np.abs(got - expected)) < TOLERANCE
+    # Served under another binding (here: another attempt), the bundle does not open.
+    with pytest.raises(SealError):
+        open_model(job, p1, {**bundle, "attempt": 1})
 
     _error(api.client.get(model, headers=api.auth(p2)), 403, "not-a-contributor")
     _error(api.client.get(model, headers=api.auth(api.stranger)), 403, "not-a-participant")
