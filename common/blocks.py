@@ -36,11 +36,13 @@ __all__ = [
     "EncryptionMasks",
     "JobKey",
     "VectorEncryptor",
+    "add_plaintexts",
     "decrypt_vector",
     "element_bytes",
     "elements_from_bytes",
     "elements_to_bytes",
     "generate_job_key",
+    "trivial_encryption",
 ]
 
 
@@ -228,6 +230,46 @@ class EncryptedVector:
         return cls(job_key, layout, tuple(elements))
 
 
+def add_plaintexts(vector: EncryptedVector, plaintexts: Sequence[int]) -> EncryptedVector:
+    """``vector`` plus known plaintexts: each ``B_j`` times ``(1 + m_j N)``, ``A`` unchanged.
+
+    This is adding a *trivial* encryption (randomness ``r = 0``) of ``m``: one
+    multiplication per element and no exponentiation. The parameter server blinds the
+    aggregate with it (``F = Agg * (1 + R N)``). Fresh randomness there would protect
+    nothing: the only party that ever opens ``F`` is the KGC, which holds the master key
+    and so sees ``W + R`` either way, and the contributors who audit ``F`` receive ``R``.
+    Keeping ``A`` also keeps ``F`` checkable against its inputs (docs/SECURITY.md).
+    """
+    layout = vector.layout
+    if len(plaintexts) != layout.num_plaintexts:
+        raise ValueError(f"expected {layout.num_plaintexts} plaintexts, got {len(plaintexts)}")
+    n = vector.job_key.params.n
+    n2 = vector.job_key.params.nsquare
+    ms = [mpz(m) for m in plaintexts]
+    if any(not 0 <= m < n for m in ms):
+        raise ValueError("plaintexts must lie in [0, N)")
+    elements = list(vector.elements)
+    position = 0
+    for offset, size in layout.block_offsets():
+        for j in range(1, size + 1):
+            elements[offset + j] = elements[offset + j] * (1 + ms[position] * n) % n2
+            position += 1
+    return EncryptedVector(vector.job_key, layout, tuple(elements), _trusted=True)
+
+
+def trivial_encryption(job_key: JobKey, plaintexts: Sequence[int]) -> EncryptedVector:
+    """The randomness-free encryption ``A = 1``, ``B_j = 1 + m_j N`` of public plaintexts.
+
+    For a value everyone may know (the initial model ``W_0``): it costs one multiplication
+    per element instead of an exponentiation, is the same for everyone who computes it (so
+    its digest can be signed into the job terms and recomputed by each participant), and
+    decrypts like any other ciphertext.
+    """
+    layout = BlockLayout(len(plaintexts), job_key.width)
+    ones = EncryptedVector(job_key, layout, (mpz(1),) * layout.num_elements, _trusted=True)
+    return add_plaintexts(ones, plaintexts)
+
+
 class EncryptionMasks:
     """The offline half of one encryption: ``Enc(0)`` with a fresh ``r`` per block.
 
@@ -260,18 +302,7 @@ class EncryptionMasks:
             raise ValueError(
                 f"masks are for {zero.layout.num_plaintexts} plaintexts, got {len(plaintexts)}"
             )
-        n = self.job_key.params.n
-        n2 = self.job_key.params.nsquare
-        ms = [mpz(m) for m in plaintexts]
-        if any(not 0 <= m < n for m in ms):
-            raise ValueError("plaintexts must lie in [0, N)")
-        elements = list(zero.elements)
-        position = 0
-        for offset, size in zero.layout.block_offsets():
-            for j in range(1, size + 1):
-                elements[offset + j] = elements[offset + j] * (1 + ms[position] * n) % n2
-                position += 1
-        return EncryptedVector(self.job_key, self.layout, tuple(elements), _trusted=True)
+        return add_plaintexts(zero, plaintexts)
 
 
 def decrypt_vector(

@@ -11,9 +11,9 @@ used), ``MAX_CONTENT_LENGTH`` (64 MiB: the cap on any body; JSON views take 64 K
 job definition up to 64 MiB, an upload up to its job's frame size), ``SUBJECT_ID`` (the
 PS's enrolled subject id: its tokens' audience; from the identity unless injected),
 ``BACKGROUND`` (run :meth:`tick` every
-``TICK_SECONDS`` in a thread), ``AUTO_MIGRATE``, ``ENCRYPT_WORKERS``, ``ENCRYPT_WINDOW``,
-``CHUNK_ELEMENTS``, ``RELEASE_RETRY_SECONDS``, ``PREPARE_BLINDS`` (compute each open
-round's ``Enc(R)`` in the background tick, ahead of its release).
+``TICK_SECONDS`` in a thread), ``AUTO_MIGRATE``, ``CHUNK_ELEMENTS``,
+``RELEASE_RETRY_SECONDS``. The PS encrypts nothing with randomness (``W_0`` and the blind
+are trivial encryptions), so it has no encryption workers to configure.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from sqlalchemy.orm import sessionmaker
 from common.db import make_engine, migrate
 from common.service import add_common_routes, limit_request_bodies, register_error_handlers
 from param_server.api import bp
-from param_server.domain import DEFAULT_CHUNK_ELEMENTS, DEFAULT_WINDOW, ParameterServer
+from param_server.domain import DEFAULT_CHUNK_ELEMENTS, ParameterServer
 from param_server.errors import DomainError
 from param_server.identity import load_identity
 from param_server.kgc_gateway import HttpKgcGateway, KgcGateway
@@ -52,11 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "BACKGROUND": False,
     "TICK_SECONDS": 1.0,
     "AUTO_MIGRATE": True,
-    "ENCRYPT_WORKERS": 1,
-    "ENCRYPT_WINDOW": DEFAULT_WINDOW,
     "CHUNK_ELEMENTS": DEFAULT_CHUNK_ELEMENTS,
     "RELEASE_RETRY_SECONDS": 5.0,
-    "PREPARE_BLINDS": True,
     "CLOCK": None,
     "RNG": None,
     "GATEWAY": None,
@@ -142,12 +139,9 @@ def _build_service(config: Mapping[str, Any]) -> ParameterServer:
         signing_key,
         clock=clock,
         rng=config["RNG"],
-        workers=int(config["ENCRYPT_WORKERS"]),
-        window=int(config["ENCRYPT_WINDOW"]),
         chunk_elements=int(config["CHUNK_ELEMENTS"]),
         release_retry_seconds=float(config["RELEASE_RETRY_SECONDS"]),
         subject_id=str(subject_id),
-        prepare_blinds=bool(config["PREPARE_BLINDS"]),
     )
 
 
@@ -193,7 +187,6 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "KGC_URL": env.get("TRAPDOOR_KGC_URL") or None,
         "PASSPHRASE": env.get("TRAPDOOR_PS_PASSPHRASE") or None,
         "BACKGROUND": _flag(env.get("TRAPDOOR_PS_BACKGROUND"), True),
-        "ENCRYPT_WORKERS": int(env.get("TRAPDOOR_PS_ENCRYPT_WORKERS", "1")),
     }
     if env.get("TRAPDOOR_PS_MAX_CONTENT_LENGTH"):
         config["MAX_CONTENT_LENGTH"] = int(env["TRAPDOOR_PS_MAX_CONTENT_LENGTH"])

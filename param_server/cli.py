@@ -45,7 +45,6 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8600, help="0 picks a free port")
     serve.add_argument("--enrol-subject", help="subject id given by the KGC operator")
     serve.add_argument("--enrol-code", help="one-time enrolment code")
-    serve.add_argument("--encrypt-workers", type=int, default=1)
     enrol_cmd = commands.add_parser("enrol", help="enrol with the KGC and exit (for gunicorn)")
     enrol_cmd.add_argument(
         "--db",
@@ -111,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "SIGNING_KEY": identity.signing_key,
             "SUBJECT_ID": identity.subject_id,
             "BACKGROUND": True,
-            "ENCRYPT_WORKERS": args.encrypt_workers,
         }
     )
 

@@ -3,7 +3,11 @@
 No Flask here; :mod:`param_server.api` is a thin adapter. The PS never decrypts: it
 stores ``Enc(W_t)`` as chunked rows, adds the encrypted updates into ``Enc(W_{t+1})``,
 blinds it with a fresh uniform ``R`` and asks the KGC to seal ``W_{t+1} + R`` for the
-round's contributors (DESIGN.md §3–§4).
+round's contributors (DESIGN.md §3–§4). It never encrypts with randomness either: ``W_0``
+is public and ``R`` is opened only by the KGC, which holds the master key, so both are
+added as *trivial* encryptions (:func:`common.blocks.trivial_encryption`,
+:func:`common.blocks.add_plaintexts`), one multiplication per element
+(docs/SECURITY.md explains why fresh randomness there would protect nothing).
 
 Every state change is one transaction, so a crash at any point leaves a state from which
 :meth:`ParameterServer.tick` carries on:
@@ -11,9 +15,7 @@ Every state change is one transaction, so a crash at any point leaves a state fr
 - upload: checks and insert in one transaction (the DB enforces one upload per
   participant and round, and one payload digest per job);
 - close: read ``W_t`` and the uploads, write ``W_{t+1}``, mark the round closed;
-- prepare (while the round is open): claim the round's release row with a fresh ``R``,
-  then store ``Enc(R)``, so that the release after the last upload needs no encryption;
-- release: (1) persist the exact signed request ``Enc(W_{t+1}) + Enc(R)``, (2) call the
+- release: (1) persist the exact signed request ``F = Enc(W_{t+1}) · (1 + R N)``, (2) call the
   KGC, (3) store the bundle, mark released, open the next round. A retry re-sends the
   stored request, so the KGC (idempotent for the same payload) answers with the same
   bundle.
@@ -43,10 +45,11 @@ from common.blocks import (
     BlockLayout,
     EncryptedVector,
     JobKey,
-    VectorEncryptor,
+    add_plaintexts,
     element_bytes,
     elements_from_bytes,
     elements_to_bytes,
+    trivial_encryption,
 )
 from common.db import session_scope
 from common.encoding import PackingLayout, encode_vector
@@ -72,15 +75,11 @@ from param_server.kgc_gateway import (
 )
 from param_server.models import Job, ModelChunk, Release, Round, Upload
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "DEFAULT_WINDOW", "ParameterServer", "TickResult"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "ParameterServer", "TickResult"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ELEMENTS = 64
-# The PS encrypts one vector per round (W_0, then each blind R): window 5 needs about a
-# third of the table memory of window 7 (≈6.7 MiB per base at 2048 bits, so ≈110 MiB for
-# a width-16 job) for ≈40% more multiplications per exponentiation.
-DEFAULT_WINDOW = 5
 _FRAME_PREFIX_BYTES = 9  # magic, version, header length (common.wire)
 #: Upload statement errors that say "not this participant's signature" (403); the other
 #: codes (bad-statement, statement-mismatch) are a malformed or mislabelled upload (422).
@@ -105,20 +104,6 @@ class _JobCrypto:
 
 
 @dataclass
-class _EncryptorSlot:
-    """A job's encryptor (built lazily) and the lock that serialises its use."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    encryptor: VectorEncryptor | None = None
-
-    def close(self) -> None:
-        with self.lock:
-            if self.encryptor is not None:
-                self.encryptor.close()
-                self.encryptor = None
-
-
-@dataclass
 class TickResult:
     """What one :meth:`ParameterServer.tick` did (for logs and tests)."""
 
@@ -131,11 +116,9 @@ class ParameterServer:
     """Jobs, rounds, aggregation and release over a database and a :class:`KgcGateway`.
 
     ``clock`` and ``rng`` are passed in so tests are deterministic; ``rng`` draws the
-    blinds ``R`` and the encryption randomness (use ``random.SystemRandom()`` in
-    production). ``workers`` and ``window`` configure the per-job :class:`VectorEncryptor`.
-    With ``prepare_blinds`` :meth:`tick` computes each open round's ``Enc(R)`` ahead of
-    its release. ``subject_id`` is the PS's enrolled subject id: the audience of the
-    participant tokens it accepts and the server the KGC-signed job terms must name.
+    blinds ``R`` (use ``random.SystemRandom()`` in production). ``subject_id`` is the PS's
+    enrolled subject id: the audience of the participant tokens it accepts and the server
+    the KGC-signed job terms must name.
     """
 
     def __init__(
@@ -146,13 +129,10 @@ class ParameterServer:
         *,
         clock: Callable[[], float] = time.time,
         rng: RandomSource | None = None,
-        workers: int = 1,
-        window: int = DEFAULT_WINDOW,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         release_retry_seconds: float = 5.0,
         release_lease_seconds: float = 300.0,
         subject_id: str,
-        prepare_blinds: bool = True,
     ) -> None:
         if chunk_elements < 1:
             raise ValueError("chunk_elements must be at least 1")
@@ -163,18 +143,14 @@ class ParameterServer:
         self._signing_key = signing_key
         self.clock = clock
         self._rng: RandomSource = rng or random.SystemRandom()
-        self._workers = workers
-        self._window = window
         self._chunk_elements = chunk_elements
         self._retry_seconds = release_retry_seconds
         self._lease_seconds = release_lease_seconds
         self.subject_id = subject_id
-        self._prepare_blinds = prepare_blinds
         self.kgc: KgcInfo = gateway.info()
         self._lock = threading.RLock()
         self._cache_lock = threading.Lock()
         self._crypto_cache: dict[str, _JobCrypto] = {}
-        self._encryptors: dict[str, _EncryptorSlot] = {}
         #: Called (without arguments) when a round is ready for release; the app wakes
         #: its background worker with it.
         self.on_release_pending: Callable[[], None] | None = None
@@ -193,11 +169,7 @@ class ParameterServer:
         return True
 
     def close(self) -> None:
-        """Stop encryption worker processes (idempotent)."""
-        with self._cache_lock:
-            slots, self._encryptors = self._encryptors, {}
-        for slot in slots.values():
-            slot.close()
+        """Nothing to stop: the PS keeps no worker processes (kept for the app's teardown)."""
 
     def _now(self, now: float | None) -> float:
         return self.clock() if now is None else now
@@ -244,28 +216,6 @@ class ParameterServer:
         with self._cache_lock:
             self._crypto_cache[job.job_id] = crypto
         return crypto
-
-    def _encrypt(self, job_id: str, job_key: JobKey, plaintexts: list[Any]) -> EncryptedVector:
-        """Encrypt with the job's cached encryptor: its fixed-base tables are the point.
-
-        The tables are built on first use, under the job's own lock (not the cache's), so
-        building them for one job never stalls requests for another.
-        """
-        with self._cache_lock:
-            slot = self._encryptors.setdefault(job_id, _EncryptorSlot())
-        with slot.lock:
-            if slot.encryptor is None:
-                slot.encryptor = VectorEncryptor(
-                    job_key, workers=self._workers, window=self._window
-                )
-            return slot.encryptor.encrypt(plaintexts, self._rng)
-
-    def _forget(self, job_id: str) -> None:
-        """Drop a finished job's encryptor (its tables are large)."""
-        with self._cache_lock:
-            slot = self._encryptors.pop(job_id, None)
-        if slot is not None:
-            slot.close()
 
     # ------------------------------------------------------------------ model storage
 
@@ -342,8 +292,8 @@ class ParameterServer:
         except KgcError as exc:
             raise _from_kgc(exc, conflict="job-exists") from None
         job_key = terms.job_key
+        model = trivial_encryption(job_key, plaintexts)  # W_0 is public: no randomness
         try:
-            model = self._encrypt(definition.job_id, job_key, plaintexts)
             with self._lock, session_scope(self._sessions) as session:
                 session.add(
                     Job(
@@ -362,14 +312,10 @@ class ParameterServer:
                 )
                 session.flush()
                 self._store_model(session, definition.job_id, 0, model)
-                opened = self.clock()  # after the (slow) encryption: a full first round
+                opened = self.clock()  # after the KGC call: a full first round
                 session.add(self._open_round(definition.job_id, 0, opened, definition.normalised))
         except IntegrityError:
-            self._forget(definition.job_id)
             raise DomainError(409, "job-exists", f"job {definition.job_id!r} exists") from None
-        except BaseException:
-            self._forget(definition.job_id)
-            raise
         log.info(
             "job %s created: %d values, width %d", definition.job_id, packing.length, job_key.width
         )
@@ -560,8 +506,6 @@ class ParameterServer:
                 return None
         if outcome == "closed":
             self._release_pending()
-        else:
-            self._forget(job_id)
         return outcome
 
     @staticmethod
@@ -648,35 +592,6 @@ class ParameterServer:
         n = int(crypto.job_key.params.n)
         return [self._rng.randrange(0, n) for _ in range(crypto.layout.num_plaintexts)]
 
-    def prepare_blind(self, job_id: str, t: int, *, now: float | None = None) -> bool:
-        """Draw round ``t``'s blind ``R`` and compute ``Enc(R)`` while the round is open.
-
-        The encryption (the PS's one costly step in a release) then happens while the
-        participants train instead of after the last upload. Claim first, encrypt outside
-        the lock, then fill in: two workers never both encrypt, and a release that comes
-        before the fill simply encrypts the claimed ``R`` itself. True if ``Enc(R)`` was
-        stored.
-        """
-        now = self._now(now)
-        with self._lock, session_scope(self._sessions) as session:
-            rnd = self._round(session, job_id, t, lock=True)
-            if rnd is None or rnd.status != "open":
-                return False
-            if session.get(Release, (job_id, t)) is not None:
-                return False
-            crypto = self._crypto(self._job(session, job_id))
-            blind = self._draw_blind(crypto)
-            claimed = plaintexts_to_bytes(blind, int(crypto.job_key.params.n))
-            session.add(Release(job_id=job_id, round=t, blind=claimed, requested_at=now))
-        encrypted = self._encrypt(job_id, crypto.job_key, blind).to_bytes()
-        with self._lock, session_scope(self._sessions) as session:
-            release = session.get(Release, (job_id, t), with_for_update=True)
-            if release is None or release.request is not None or release.blind != claimed:
-                return False
-            release.blind_ciphertext = encrypted
-        log.info("job %s round %d: blind prepared", job_id, t)
-        return True
-
     def _release_request(self, job_id: str, t: int, now: float) -> tuple[bytes, list[str], int]:
         """The signed ``Enc(W_{t+1} + R)`` frame: the stored one on a retry, else a new one."""
         with self._sessions() as session:
@@ -689,18 +604,9 @@ class ParameterServer:
             uploads = self._uploads(session, job_id, t)  # sorted by subject id
             contributors = [upload.subject_id for upload in uploads]
             statements = [upload.statement for upload in uploads]
-            prepared = (pending.blind, pending.blind_ciphertext) if pending else None
+            drawn = pending.blind if pending is not None else None
         n = int(crypto.job_key.params.n)
-        if prepared is None:
-            blind = self._draw_blind(crypto)
-            encrypted_blind = self._encrypt(job_id, crypto.job_key, blind)
-        else:  # drawn while the round was open; Enc(R) too unless that was cut short
-            blind = plaintexts_from_bytes(prepared[0], n)
-            encrypted_blind = (
-                EncryptedVector.from_bytes(crypto.job_key, crypto.layout, prepared[1])
-                if prepared[1] is not None
-                else self._encrypt(job_id, crypto.job_key, blind)
-            )
+        blind = plaintexts_from_bytes(drawn, n) if drawn is not None else self._draw_blind(crypto)
         if any(statement is None for statement in statements):
             raise DomainError(409, "unsigned-upload", "an upload of this round has no statement")
         header = release_request_header(
@@ -708,7 +614,7 @@ class ParameterServer:
             round_number=t,
             statements=[statement for statement in statements if statement is not None],
         )
-        frame = self._signed_frame(model + encrypted_blind, header)
+        frame = self._signed_frame(add_plaintexts(model, blind), header)
         with self._lock, session_scope(self._sessions) as session:
             release = session.get(Release, (job_id, t), with_for_update=True)
             if release is None:
@@ -718,7 +624,6 @@ class ParameterServer:
                 return _stored_request(release.request)
             release.request = frame
             release.requested_at = now
-            release.blind_ciphertext = None  # spent: it is inside the request now
         return frame, contributors, crypto.layout.num_plaintexts
 
     def _signed_frame(self, vector: EncryptedVector, header: dict[str, Any]) -> bytes:
@@ -748,8 +653,6 @@ class ParameterServer:
             else:
                 session.add(self._open_round(job_id, t + 1, now, job.definition))
                 job.current_round = t + 1
-        if finished:
-            self._forget(job_id)
         log.info("job %s round %d released", job_id, t)
 
     # ------------------------------------------------------------------ background work
@@ -784,28 +687,7 @@ class ParameterServer:
         for job_id, t in pending:
             if self.release_round(job_id, t, now=now):
                 result.released.append((job_id, t))
-        if self._prepare_blinds:
-            self._prepare_open_blinds(now)
         return result
-
-    def _prepare_open_blinds(self, now: float) -> None:
-        """``Enc(R)`` for every open round that has no release row yet."""
-        with self._sessions() as session:
-            unprepared = session.execute(
-                select(Round.job_id, Round.round)
-                .join(Job, Job.job_id == Round.job_id)
-                .outerjoin(
-                    Release, (Release.job_id == Round.job_id) & (Release.round == Round.round)
-                )
-                .where(Round.status == "open", Job.status == "running", Release.job_id.is_(None))
-            ).all()
-        for job_id, t in unprepared:
-            try:
-                self.prepare_blind(job_id, t, now=now)
-            except Exception as exc:  # the release encrypts R itself if this never lands
-                log.error(
-                    "job %s round %d: preparing the blind failed: %s", job_id, t, type(exc).__name__
-                )
 
     # ------------------------------------------------------------------ download
 

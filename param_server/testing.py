@@ -465,7 +465,6 @@ def make_world(
         ps_key,
         clock=clock,
         rng=random.Random(3),
-        window=4,
         chunk_elements=chunk_elements,
         subject_id=PS_SUBJECT_ID,
     )

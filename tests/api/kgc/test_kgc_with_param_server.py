@@ -92,7 +92,6 @@ def test_parameter_server_round_trip_through_the_kgc(
         ps_key,
         clock=FakeClock(),
         rng=random.Random(3),
-        window=4,
         subject_id=answer["subject_id"],
     )
     try:

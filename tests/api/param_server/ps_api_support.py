@@ -77,7 +77,6 @@ def build_api_world(master: MasterKey, participants: list[TestParticipant], url:
             "SUBJECT_ID": PS_SUBJECT_ID,
             "CLOCK": clock,
             "RNG": random.Random(3),
-            "ENCRYPT_WINDOW": 4,
             "CHUNK_ELEMENTS": 3,
         }
     )

@@ -46,7 +46,6 @@ def test_background_worker_releases_a_completed_round(
             "SUBJECT_ID": PS_SUBJECT_ID,
             "CLOCK": clock,
             "RNG": random.Random(1),
-            "ENCRYPT_WINDOW": 4,
             "BACKGROUND": True,
             "TICK_SECONDS": 30.0,  # only a wake-up can release within the test
         }

@@ -15,13 +15,14 @@ import numpy.typing as npt
 import pytest
 from sqlalchemy import func, select
 
-from common.blocks import VectorEncryptor
+from common.blocks import VectorEncryptor, add_plaintexts
 from common.protocol import (
     build_upload_statement,
     check_job_view,
     release_request_header,
     verify_release_signature,
 )
+from common.release import plaintexts_from_bytes
 from common.signing import generate_signing_key, sign_json, verify_json
 from common.wire import decode_frame, encode_frame
 from param_server.definition import release_header_bytes
@@ -396,52 +397,49 @@ def _release_round_zero(world: PsWorld, job: Scenario, seed: int) -> Release:
     return released
 
 
-def test_blind_is_prepared_while_the_round_is_open_and_used_by_the_release(
-    world: PsWorld,
-) -> None:
-    job = Scenario(world)
-    ps = world.ps
-    assert _release_row(world, "job-a", 0) is None
-    ps.tick()  # nothing to close or release: prepares Enc(R) of the open round
-    prepared = _release_row(world, "job-a", 0)
-    assert prepared is not None and prepared.request is None
-    assert prepared.blind_ciphertext is not None
-    assert ps.prepare_blind("job-a", 0) is False  # once per round
+def test_w0_and_the_blind_are_trivial_encryptions_the_kgc_opens(world: PsWorld) -> None:
+    """``Enc(W_0)`` has ``A = 1``; the release is ``F = Agg · (1 + R N)`` with Agg's ``A``.
 
+    The PS never draws encryption randomness: ``W_0`` is public and only the KGC, which
+    holds the master key, ever opens ``F``. The contributors still decode the FedAvg model.
+    """
+    job = Scenario(world)
+    crypto = world.ps._crypto(_job_row(world, "job-a"))
+    with world.sessions() as session:
+        w0 = world.ps._load_model(session, "job-a", 0, crypto)
+    a_offsets = [offset for offset, _ in crypto.layout.block_offsets()]
+    assert all(w0.elements[i] == 1 for i in a_offsets)
+
+    frames: list[bytes] = []
+    release = world.kgc.release
+    world.kgc.release = lambda frame: frames.append(frame) or release(frame)  # type: ignore[method-assign]
     released = _release_round_zero(world, job, seed=5)
-    assert released.blind == prepared.blind
-    assert released.blind_ciphertext is None and released.request is None
-    # The same tick opened round 1 and prepared its blind, a fresh one.
-    following = _release_row(world, "job-a", 1)
-    assert following is not None and following.blind_ciphertext is not None
-    assert following.blind != prepared.blind
+    with world.sessions() as session:
+        aggregate = world.ps._load_model(session, "job-a", 1, crypto)
+    [frame] = frames
+    blinded = decode_frame(frame).vector(crypto.job_key)
+    n = int(crypto.job_key.params.n)
+    blind = plaintexts_from_bytes(released.blind, n)
+    assert blinded == add_plaintexts(aggregate, blind)
+    assert all(blinded.elements[i] == aggregate.elements[i] for i in a_offsets)
 
 
-def test_claimed_blind_without_ciphertext_is_encrypted_by_the_release(
-    world: PsWorld, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A crash between claiming R and storing Enc(R) costs only time at the release."""
+def test_each_round_draws_a_fresh_blind(world: PsWorld) -> None:
     job = Scenario(world)
-    ps = world.ps
-
-    def crash(*_: Any) -> Any:
-        raise MemoryError("simulated crash while encrypting R")
-
-    monkeypatch.setattr(ps, "_encrypt", crash)
-    assert ps.tick().released == []  # the failure is logged, the tick goes on
-    claimed = _release_row(world, "job-a", 0)
-    assert claimed is not None and claimed.blind_ciphertext is None
-    monkeypatch.undo()
-
-    assert _release_round_zero(world, job, seed=6).blind == claimed.blind
+    first = _release_round_zero(world, job, seed=6)
+    deltas = _deltas(world.participants, seed=7)
+    for p in world.participants:
+        job.upload(p, 1, deltas[p.subject_id])
+    assert world.ps.tick().released == [("job-a", 1)]
+    second = _release_row(world, "job-a", 1)
+    assert second is not None and second.blind != first.blind
 
 
-def test_no_blind_is_prepared_for_rounds_that_are_not_open(world: PsWorld) -> None:
-    Scenario(world)
-    assert world.ps.prepare_blind("job-a", 5) is False  # no such round
-    assert world.ps.prepare_blind("job-a", 0) is True
-    assert world.ps.prepare_blind("job-a", 0) is False
-    assert _count(world, Release) == 1
+def _job_row(world: PsWorld, job_id: str) -> Job:
+    with world.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
 
 
 # ---------------------------------------------------------------------- signed terms

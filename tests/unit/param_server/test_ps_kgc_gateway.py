@@ -136,7 +136,6 @@ def test_full_round_over_http_with_token_refresh(
         identity.signing_key,
         clock=stub.clock,
         rng=random.Random(1),
-        window=4,
         subject_id="ps-1",
     )
     try:

@@ -93,7 +93,6 @@ def test_postgres_history_and_a_whole_round(
         world.ps_key,
         clock=world.clock,
         rng=random.Random(6),
-        window=4,
         subject_id=PS_SUBJECT_ID,
     )
     try:
