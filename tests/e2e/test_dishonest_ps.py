@@ -354,8 +354,8 @@ def test_a_token_for_one_ps_is_refused_by_another_ps_and_by_the_kgc(world: World
             "-m", "param_server", "serve",
             "--db", f"sqlite:///{cluster.workdir}/ps2.db",
             "--kgc", cluster.kgc_url, "--port", "0",
-            "--enrol-subject", str(enrolment["subject_id"]),
-            "--enrol-code", str(enrolment["code"]),
+            f"--enrol-subject={enrolment['subject_id']}",
+            f"--enrol-code={enrolment['code']}",  # a code may start with "-"
         ],
         {"TRAPDOOR_PS_PASSPHRASE": "second-ps-passphrase", "TRAPDOOR_ADMIN_TOKEN": "second-admin"},
     )  # fmt: skip

@@ -171,6 +171,30 @@ def test_homomorphic_sum(small_params: Params, encryptor: VectorEncryptor, lengt
         EncryptedVector.sum([])
 
 
+@HYP
+@given(seed=SEEDS, length=st.integers(min_value=1, max_value=8))
+def test_trivial_encryption_and_added_plaintexts_decrypt(
+    small_params: Params, encryptor_1: VectorEncryptor, seed: int, length: int
+) -> None:
+    """``A = 1, B = 1 + mN`` opens to ``m``; adding known ``r`` keeps ``A`` and adds ``r``."""
+    params, master = small_params
+    n = int(params.n)
+    rng = random.Random(seed)
+    ms = [rng.randrange(n) for _ in range(length)]
+    rs = [rng.randrange(n) for _ in range(length)]
+    trivial = trivial_encryption(encryptor_1.job_key, ms)
+    assert a_elements(trivial) == [1] * trivial.layout.num_blocks
+    assert decrypt_vector(master, trivial) == ms
+    fresh = encryptor_1.encrypt(ms, rng)
+    shifted = add_plaintexts(fresh, rs)
+    assert a_elements(shifted) == a_elements(fresh)
+    assert decrypt_vector(master, shifted) == [(m + r) % n for m, r in zip(ms, rs, strict=True)]
+    with pytest.raises(ValueError):
+        add_plaintexts(fresh, rs[:-1] if length > 1 else [*rs, 0])
+    with pytest.raises(ValueError):
+        add_plaintexts(fresh, [n] * length)
+
+
 @pytest.mark.parametrize("k", [0, 1, 2, 7, -1, -3, 2**300 + 1, -(2**200)])
 def test_scalar_multiplication(small_params: Params, encryptor_1: VectorEncryptor, k: int) -> None:
     params, master = small_params
