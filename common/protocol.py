@@ -55,7 +55,7 @@ from common.signing import (
     sign_json,
     verify_json,
 )
-from common.wire import from_obj
+from common.wire import MAX_HEADER_BYTES, from_obj
 
 __all__ = [
     "AUDIT_PURPOSE",
@@ -88,6 +88,7 @@ __all__ = [
     "initial_weights_of",
     "json_sha256",
     "kgc_key_id",
+    "release_header_limit",
     "release_request_header",
     "requested_terms",
     "sha256_hex",
@@ -116,6 +117,9 @@ KGC_AUDIENCE = "kgc"
 DEFAULT_MIN_QUORUM = 3
 #: Round numbers are bounded everywhere (URLs, statements, the KGC's schedule).
 MAX_ROUND = 2**31 - 1
+#: A release request's header carries, per participant, a signed commitment (in the closed
+#: set), upload statement and audit (about 2.3 KiB with long ids); this much is allowed.
+RELEASE_HEADER_BYTES_PER_PARTICIPANT = 4096
 #: Attempts of one round (a re-aggregation after a contributor failed to audit) are bounded.
 MAX_ATTEMPT = 1000
 
@@ -819,6 +823,11 @@ def verify_audit_statement(
 
 
 # --------------------------------------------------------------------------- releases
+
+
+def release_header_limit(participants: int) -> int:
+    """The header cap of a release request for a job of ``participants`` (sized to it)."""
+    return MAX_HEADER_BYTES + RELEASE_HEADER_BYTES_PER_PARTICIPANT * max(participants, 0)
 
 
 def release_request_header(

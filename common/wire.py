@@ -225,8 +225,16 @@ def encode_frame(vector: EncryptedVector, extra_header: Mapping[str, Any] | None
     return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, len(head)) + head + payload
 
 
-def decode_frame(data: bytes, *, max_bytes: int | None = None) -> VectorFrame:
-    """Split a frame into header and payload, checking magic, version, sizes and digest."""
+def decode_frame(
+    data: bytes, *, max_bytes: int | None = None, max_header_bytes: int | None = MAX_HEADER_BYTES
+) -> VectorFrame:
+    """Split a frame into header and payload, checking magic, version, sizes and digest.
+
+    Headers are capped at ``MAX_HEADER_BYTES`` unless the caller sizes the cap to the
+    message (a release request carries its contributors' evidence:
+    :func:`common.protocol.release_header_limit`) or decodes a frame it built itself
+    (``None``).
+    """
     if max_bytes is not None and len(data) > max_bytes:
         raise WireError(f"frame larger than {max_bytes} bytes")
     if len(data) < _PREFIX.size:
@@ -236,7 +244,8 @@ def decode_frame(data: bytes, *, max_bytes: int | None = None) -> VectorFrame:
         raise WireError("not a Trapdoor FL vector frame")
     if version != FRAME_VERSION:
         raise WireError(f"unsupported frame version {version}")
-    if head_len > MAX_HEADER_BYTES or _PREFIX.size + head_len > len(data):
+    too_long = max_header_bytes is not None and head_len > max_header_bytes
+    if too_long or _PREFIX.size + head_len > len(data):
         raise WireError("frame header length out of range")
     try:
         header = json.loads(data[_PREFIX.size : _PREFIX.size + head_len])

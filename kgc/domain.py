@@ -47,6 +47,7 @@ from common.protocol import (
     ReleaseCheck,
     check_release_request,
     check_requested_terms,
+    release_header_limit,
     sign_job_terms,
     token_challenge,
     verify_job_terms,
@@ -68,7 +69,6 @@ from common.signing import (
     verify_token,
 )
 from common.wire import (
-    MAX_HEADER_BYTES,
     VectorFrame,
     WireError,
     decode_frame,
@@ -551,7 +551,9 @@ class KgcService:
         """The largest release frame ``terms`` allow: prefix, header, the job's elements."""
         layout = BlockLayout(terms.num_plaintexts, terms.width)
         return (
-            FRAME_PREFIX_BYTES + MAX_HEADER_BYTES + layout.num_elements * element_bytes(self.params)
+            FRAME_PREFIX_BYTES
+            + release_header_limit(len(terms.participants))
+            + layout.num_elements * element_bytes(self.params)
         )
 
     def _owned_job(self, session: Session, requester: str, job_id: str) -> Job:
@@ -611,7 +613,11 @@ class KgcService:
             terms = self._terms(job)
             ps_key = public_key_from_hex(str(ps.signing_key))
         try:
-            frame = decode_frame(frame_bytes, max_bytes=self.frame_limit(terms))
+            frame = decode_frame(
+                frame_bytes,
+                max_bytes=self.frame_limit(terms),
+                max_header_bytes=release_header_limit(len(terms.participants)),
+            )
         except WireError as exc:
             raise BadRequestError("bad-frame", str(exc)) from None
         header = frame.header

@@ -269,7 +269,7 @@ def release_frame(
         ),
         **(extra or {}),
     }
-    signed_header = decode_frame(encode_frame(vector, header)).header
+    signed_header = decode_frame(encode_frame(vector, header), max_header_bytes=None).header
     return encode_frame(vector, {**header, "request_signature": sign_json(ps_key, signed_header)})
 
 

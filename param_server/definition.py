@@ -25,10 +25,10 @@ from common.protocol import (
     MAX_ATTEMPT,
     UPLOAD_PURPOSE,
     AuditDigests,
+    release_header_limit,
     release_request_header,
 )
 from common.signing import b64decode
-from common.wire import MAX_HEADER_BYTES
 from param_server.errors import DomainError
 
 __all__ = ["EncodingSettings", "JobDefinition", "parse_definition"]
@@ -282,12 +282,13 @@ def parse_definition(
     largest_weight = max(definition.weights.values())
     if encoding.clip_bound * largest_weight > layout.slot_bound:
         raise _invalid("clip_bound * largest weight exceeds slot_bound: one update cannot fit")
+    header_limit = release_header_limit(len(participants))
     if release_header_bytes(job_id, definition.subject_ids, param_server=param_server) > (
-        MAX_HEADER_BYTES
+        header_limit
     ):
         raise _invalid(
             f"{len(participants)} participants' commitments, statements and audits would "
-            f"not fit the {MAX_HEADER_BYTES}-byte header of one release request"
+            f"not fit the {header_limit}-byte header of one release request"
         )
     largest = float(np.abs(weights).max())
     if largest > definition.model_clip_bound:
@@ -304,9 +305,9 @@ def release_header_bytes(
 
     The header (:func:`common.protocol.release_request_header`) carries the closed set with
     every participant's signed commitment, and per contributor its signed upload statement
-    and its signed audit, plus the PS's signature; :func:`common.wire.decode_frame` refuses
-    headers over ``MAX_HEADER_BYTES``, so a job whose release could never be sent is
-    refused up front. ``param_server`` is the messages' audience (this PS's subject id);
+    and its signed audit, plus the PS's signature; the KGC refuses headers over
+    :func:`common.protocol.release_header_limit`, so a job whose release could never be
+    sent is refused up front. ``param_server`` is the messages' audience (this PS's subject id);
     unknown, the longest subject id is assumed.
     """
     signature = "A" * 86  # base64url of a 64-byte Ed25519 signature

@@ -1088,7 +1088,7 @@ class ParameterServer:
 
     def _signed_frame(self, vector: EncryptedVector, header: dict[str, Any]) -> bytes:
         """Frame with ``request_signature`` over the full header (``sha256`` included)."""
-        signed_header = decode_frame(encode_frame(vector, header)).header
+        signed_header = decode_frame(encode_frame(vector, header), max_header_bytes=None).header
         signature = sign_json(self._signing_key, signed_header)
         return encode_frame(vector, {**header, "request_signature": signature})
 

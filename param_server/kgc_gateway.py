@@ -309,7 +309,7 @@ class HttpKgcGateway:
         return answer
 
     def release(self, frame: bytes) -> dict[str, Any]:
-        job_id = decode_frame(frame).header.get("job_id")
+        job_id = decode_frame(frame, max_header_bytes=None).header.get("job_id")  # our own
         if not isinstance(job_id, str):
             raise ValueError("release frame names no job")
         path = f"/v1/jobs/{quote(job_id, safe='')}/releases"

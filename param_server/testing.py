@@ -235,7 +235,7 @@ class FakeKgc:
         self.release_frames.append(frame)
         self._maybe_fail()
         try:
-            parsed = decode_frame(frame)
+            parsed = decode_frame(frame, max_header_bytes=None)
         except WireError as exc:
             raise KgcError(400, "bad-frame", str(exc)) from None
         header = dict(parsed.header)

@@ -22,7 +22,7 @@ from kgc_api_support import PASSPHRASE, ApiWorld, build_api_world, error
 
 from common.blocks import BlockLayout, element_bytes
 from common.demo_params import load_demo_master_key
-from common.protocol import JobTerms, verify_job_terms
+from common.protocol import JobTerms, release_header_limit, verify_job_terms
 from common.release import ReleaseBinding, open_release
 from common.sealing import SealError
 from common.signing import (
@@ -34,7 +34,7 @@ from common.signing import (
     verify_json,
     verify_token,
 )
-from common.wire import FRAME_MAGIC, MAX_HEADER_BYTES, from_obj, to_obj
+from common.wire import FRAME_MAGIC, from_obj, to_obj
 from kgc.app import create_app
 from kgc.keystore import DemoParamsRefusedError, WrongPassphraseError
 from kgc.models import Job, Release, Subject, TokenNonce
@@ -521,7 +521,8 @@ def test_release_bodies_are_bounded_by_the_jobs_frame(job: JobWorld) -> None:
     """Attack (f): a body over the job's frame size is 413, before it is read."""
     api = job.api
     layout = BlockLayout(NUM_PLAINTEXTS, 3)
-    limit = 9 + MAX_HEADER_BYTES + layout.num_elements * element_bytes(PARAMS)
+    header = release_header_limit(len(job.terms.participants))  # sized to the job
+    limit = 9 + header + layout.num_elements * element_bytes(PARAMS)
     good = job.play(seed=4).frame()
     assert len(good) < limit < 64 * 1024 * 1024
     error(_post_release(job, b"\0" * (limit + 1)), 413, "too-large")

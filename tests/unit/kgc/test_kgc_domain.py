@@ -25,7 +25,7 @@ from common.bcp import MasterKey
 from common.blocks import BlockLayout, element_bytes
 from common.db import session_scope
 from common.demo_params import load_demo_master_key
-from common.protocol import JobTerms, vector_sha256, verify_job_terms
+from common.protocol import JobTerms, release_header_limit, vector_sha256, verify_job_terms
 from common.release import ReleaseBinding, blind_sha256, open_release
 from common.sealing import SealError
 from common.signing import (
@@ -38,7 +38,7 @@ from common.signing import (
     verify_json,
     verify_token,
 )
-from common.wire import MAX_HEADER_BYTES, from_obj, to_obj
+from common.wire import from_obj, to_obj
 from kgc.errors import (
     BadRequestError,
     ConflictError,
@@ -690,7 +690,8 @@ def test_refusals_are_logged_with_their_code(
 def test_release_body_limit_is_the_jobs_frame(world: DomainWorld, setup: Setup) -> None:
     svc = world.service
     layout = BlockLayout(NUM_PLAINTEXTS, 3)
-    expected = 9 + MAX_HEADER_BYTES + layout.num_elements * element_bytes(svc.params)
+    header = release_header_limit(len(setup.terms.participants))  # sized to the job
+    expected = 9 + header + layout.num_elements * element_bytes(svc.params)
     assert svc.release_body_limit(setup.ps.subject_id, "job-1") == expected
     assert len(setup.play(setup.members).frame()) < expected
     refused(lambda: svc.release_body_limit(setup.ps.subject_id, "nope"), NotFoundError, "not-found")

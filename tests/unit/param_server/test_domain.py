@@ -22,6 +22,7 @@ from common.protocol import (
     check_job_view,
     initial_ciphertext,
     initial_weights_of,
+    release_header_limit,
     release_request_header,
     vector_sha256,
     verify_closed_set,
@@ -485,9 +486,6 @@ def test_create_job_checks_leave_nothing_behind(world: PsWorld) -> None:
             "invalid-definition",
         ),
     ]
-    crowd = [{"subject_id": f"{i:032x}", "num_samples": 1} for i in range(300)]
-    too_many = {**make_definition("j", participants, w0), "participants": crowd}
-    bad.append((too_many, 422, "invalid-definition"))  # messages outgrow one release header
     for training in ({"learning_rate": float("nan")}, {"steps": [float("inf")]}, {1: 2}):
         # Would hash, store or serve differently from what a strict JSON client reads.
         bad.append(
@@ -855,3 +853,12 @@ def test_a_statement_tampered_in_the_ps_database_is_refused_by_the_kgc(world: Ps
     assert rnd is not None and rnd.status == "closed"
     assert rnd.last_error and "signed" in rnd.last_error
     assert world.kgc.release_calls == 1 and world.kgc.jobs["job-a"].releases == {}
+
+
+@pytest.mark.parametrize("count", [1, 3, 30, 300])
+def test_a_release_header_always_fits_the_limit_sized_to_its_job(count: int) -> None:
+    """Longest ids and job id: every contributor's evidence fits the KGC's header cap."""
+    subjects = [f"{i:0128x}" for i in range(count)]
+    worst = release_header_bytes("j" * 64, subjects)
+    assert worst <= release_header_limit(count)
+    assert worst > 2000 * count  # ~2 KiB of commitment, statement and audit each
