@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -432,11 +432,18 @@ class ParameterServer:
                 if rnd.closed_set is not None
                 else []
             )
+            commitments = int(
+                session.scalar(
+                    select(func.count()).where(Commitment.job_id == job_id, Commitment.round == t)
+                )
+                or 0
+            )
             return {
                 "job_id": job_id,
                 "round": t,
                 "status": rnd.status,
                 "attempt": rnd.attempt,
+                "commitments": commitments,
                 "committed": committed,
                 "contributors": contributors,
                 "uploads": len(contributors),
@@ -1214,10 +1221,11 @@ def _refusal(exc: ProtocolError) -> DomainError:
 def _check_upload(
     crypto: _JobCrypto, job_id: str, t: int, subject_id: str, data: bytes, closed: ClosedSet
 ) -> tuple[str, bytes, dict[str, Any]]:
-    """Frame, header, statement, commitment, shape and every group element.
+    """Frame, header, statement, shape, every group element, then the commitment.
 
-    Returns the payload's SHA-256, the payload and the signed statement. The cheap checks
-    (statement, commitment) come before the group elements (costly).
+    Returns the payload's SHA-256, the payload and the signed statement. The statement
+    (cheap) is checked before the group elements (costly); only subjects in the closed set
+    get this far.
     """
     if len(data) > crypto.max_frame_bytes:
         raise DomainError(413, "too-large", "upload is larger than this job's model")
@@ -1240,8 +1248,6 @@ def _check_upload(
         )
     except ProtocolError as exc:
         raise _refusal(exc) from None
-    if not digest_equal(digest, closed.payloads[subject_id]):
-        raise DomainError(422, "upload-mismatch", "the payload is not the committed one")
     signed = {"statement": statement, "signature": header["statement"]["signature"]}
     if header.get("num_plaintexts") != crypto.packing.num_plaintexts:
         raise DomainError(
@@ -1253,6 +1259,10 @@ def _check_upload(
         raise DomainError(422, "invalid-ciphertext", str(exc)) from None
     if vector.layout != crypto.layout:
         raise DomainError(422, "wrong-shape", "block layout does not match the job")
+    # Last, so a malformed upload is named for what is wrong with it, even when its
+    # sender committed to exactly those bytes.
+    if not digest_equal(digest, closed.payloads[subject_id]):
+        raise DomainError(422, "upload-mismatch", "the payload is not the committed one")
     return digest, frame.payload, signed
 
 

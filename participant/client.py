@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit import audit_round
+from common.audit import AuditedRound, audit_round
 from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import EncryptedVector, EncryptionMasks, JobKey, VectorEncryptor
 from common.encoding import EncodingError, PackingLayout, decode_vector, encode_vector
@@ -869,16 +869,16 @@ class ParticipantClient:
         receipt = self.upload(job, prepared, closed)
         return receipt, prepared.metrics
 
-    def audit(
+    def recompute_round(
         self, job: JobView, round_number: int, *, own: EncryptedVector | None = None
-    ) -> AuditDigests:
-        """Recompute the round's current aggregate and blind; sign them if they check out.
+    ) -> AuditedRound:
+        """The round's current attempt recomputed from what the PS serves, checked.
 
         Fetches the PS's audit package, ``Enc(W_t)`` and every contributor's upload (ours
         too unless ``own`` is given), runs :func:`common.audit.audit_round` and compares
-        its digests with the ones the PS announces; only then signs and sends the audit
-        statement. Anything that does not check out is :class:`ClientError` with the
-        check's code, and nothing is signed.
+        its digests with the ones the PS announces. Anything that does not check out is
+        :class:`ClientError` with the check's code. Records what it cost in
+        :attr:`last_audit`.
         """
         ps = self._ps(job.ps_url)
         prefix = f"/v1/jobs/{job.job_id}/rounds/{round_number}"
@@ -931,20 +931,33 @@ class ParticipantClient:
                 "audit refused: the PS announces other digests: " + ", ".join(mismatched),
                 "audit-mismatch",
             )
-        signed = build_audit_statement(
-            self.identity.signing_key,
-            job.terms,
-            round_number=round_number,
-            subject_id=me,
-            digests=audited.digests,
-        )
-        ps.post_json(f"{prefix}/audits", signed)
         self.last_audit = {
             "attempt": attempt,
             "contributors": len(contributors),
             "bytes_down": downloaded,
             "seconds": time.perf_counter() - start,
         }
+        return audited
+
+    def audit(
+        self, job: JobView, round_number: int, *, own: EncryptedVector | None = None
+    ) -> AuditDigests:
+        """Recompute the round's current aggregate and blind; sign them if they check out.
+
+        :meth:`recompute_round` does the checking; only then is the audit statement signed
+        and sent, so nothing is signed for a package that does not check out.
+        """
+        audited = self.recompute_round(job, round_number, own=own)
+        signed = build_audit_statement(
+            self.identity.signing_key,
+            job.terms,
+            round_number=round_number,
+            subject_id=self.identity.subject_id,
+            digests=audited.digests,
+        )
+        self._ps(job.ps_url).post_json(
+            f"/v1/jobs/{job.job_id}/rounds/{round_number}/audits", signed
+        )
         return audited.digests
 
     def audit_until_released(

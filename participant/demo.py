@@ -396,8 +396,12 @@ def _follow_rounds(
                     break
                 if state == "failed":
                     raise DemoError(f"round {t} failed at the PS")
-                if state == "open" and len(who) < k and int(status.get("uploads", 0)) >= len(who):
-                    try:  # everyone still able to train has uploaded: no need to wait
+                if (
+                    state == "open"
+                    and len(who) < k
+                    and int(status.get("commitments", 0)) >= len(who)
+                ):
+                    try:  # everyone still able to train has committed: no need to wait
                         ps_ops.post_json(f"/v1/jobs/{job_id}/rounds/{t}/close", {})
                     except ServiceError as exc:
                         if exc.status != 409:

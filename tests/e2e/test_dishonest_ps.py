@@ -41,12 +41,18 @@ from sqlalchemy.orm import sessionmaker
 from common.blocks import BlockLayout, EncryptedVector, generate_job_key
 from common.db import make_engine
 from common.http import ServiceClient, ServiceError
-from common.protocol import build_upload_statement, release_request_header
+from common.protocol import (
+    ClosedSet,
+    build_audit_statement,
+    build_upload_statement,
+    release_request_header,
+    verify_audit_statement,
+)
 from common.signing import b64encode, sign_json
 from common.wire import decode_frame, encode_frame, to_obj
 from param_server.identity import load_identity
 from param_server.kgc_gateway import HttpKgcGateway, KgcError
-from participant.client import ClientError, ParticipantClient
+from participant.client import ClientError, JobView, ParticipantClient, PreparedUpload
 from participant.cluster import LocalCluster
 from participant.models import MLP
 
@@ -90,10 +96,54 @@ class World:
         rng = np.random.default_rng(100 + i)
         return rng.normal(size=(40, 64)), rng.integers(0, 10, size=40)
 
-    def upload(self, i: int, t: int, weights: np.ndarray) -> None:
-        job = self.clients[i].fetch_job(self.ps_url, JOB_ID)
+    def job(self, i: int) -> JobView:
+        return self.clients[i].fetch_job(self.ps_url, JOB_ID)
+
+    def commit(self, i: int, t: int, weights: np.ndarray) -> PreparedUpload:
+        """Participant ``i`` trains, encrypts and commits (it does not upload yet)."""
         X, y = self.data(i)
-        self.clients[i].train_and_upload(job, t, weights, X, y)
+        prepared = self.clients[i].prepare_update(self.job(i), t, weights, X, y)
+        self.clients[i].commit(self.job(i), prepared)
+        return prepared
+
+    def upload(self, i: int, prepared: PreparedUpload) -> None:
+        """Participant ``i`` uploads its committed ciphertext under the closed set."""
+        job = self.job(i)
+        self.clients[i].upload(job, prepared, self.clients[i].closed_set(job, prepared.round))
+
+    def audit(self, i: int, t: int) -> None:
+        self.clients[i].wait_for_round(self.ps_url, JOB_ID, t, 120, at_least="closed")
+        self.clients[i].audit(self.job(i), t)
+
+    def play_round(self, t: int, weights: np.ndarray) -> None:
+        """Every participant commits, uploads and audits round ``t``; it is released."""
+        prepared = {i: self.commit(i, t, weights) for i in range(K)}
+        for i, p in prepared.items():
+            self.upload(i, p)
+        for i in range(K):
+            self.audit(i, t)
+        for c in self.clients:
+            c.wait_for_release(self.ps_url, JOB_ID, t, timeout=120)
+
+    def release_payload(self, t: int) -> bytes:
+        """The true ``F`` of round ``t``'s current attempt, as any contributor recomputes it."""
+        return self.clients[0].recompute_round(self.job(0), t).release.to_bytes()
+
+    def stored_audits(self, t: int) -> list[dict[str, Any]]:
+        """The signed audits the PS operator reads in its own database."""
+        engine = self.ps_db()
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "SELECT signed FROM audits WHERE job_id = :j AND round = :t "
+                        "ORDER BY subject_id"
+                    ),
+                    {"j": JOB_ID, "t": t},
+                ).all()
+        finally:
+            engine.dispose()
+        return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
 
     def stored_uploads(self, t: int) -> list[tuple[str, bytes, dict[str, Any]]]:
         """What the PS operator reads in its own database: payloads and signed statements."""
@@ -117,16 +167,28 @@ class World:
         return out
 
     def forged_release(
-        self, round_number: int, payload: bytes, statements: list[dict[str, Any]]
+        self,
+        round_number: int,
+        payload: bytes,
+        statements: list[dict[str, Any]],
+        *,
+        closed_set: dict[str, Any],
+        audits: list[dict[str, Any]] | None = None,
+        attempt: int = 0,
     ) -> bytes:
         """A release request signed with the PS's real key, carrying whatever it likes."""
-        job = self.clients[0].fetch_job(self.ps_url, JOB_ID)
+        job = self.job(0)
         layout = BlockLayout(job.packing.num_plaintexts, job.job_key.width)
         vector = EncryptedVector.from_bytes(job.job_key, layout, payload)
         header = release_request_header(
-            job_id=JOB_ID, round_number=round_number, statements=statements
+            job_id=JOB_ID,
+            round_number=round_number,
+            attempt=attempt,
+            closed_set=closed_set,
+            statements=statements,
+            audits=audits or [],
         )
-        signed_header = decode_frame(encode_frame(vector, header)).header
+        signed_header = decode_frame(encode_frame(vector, header), max_header_bytes=None).header
         return encode_frame(
             vector,
             {**header, "request_signature": sign_json(self.ps_signing_key, signed_header)},
@@ -276,31 +338,72 @@ def test_participants_refuse_a_job_the_kgc_did_not_sign(
 # ---------------------------------------------------------------------- the KGC's schedule
 
 
-def test_kgc_refuses_relabelled_rounds_invented_statements_and_outsiders(world: World) -> None:
+def test_uploads_wait_for_the_closed_set_and_match_their_commitment(world: World) -> None:
+    """No upload before the set is closed; none that differs from its commitment."""
+    prepared = {i: world.commit(i, 0, world.w0) for i in range(3)}
+    job = world.job(3)
+    mine = world.clients[3].prepare_update(job, 0, world.w0, *world.data(3))
+    premature = world.clients[3].upload_frame(job, 0, mine.vector, ClosedSet(0, {}, "00" * 32, {}))
+    ps = world.clients[3]._ps(world.ps_url)
+    with pytest.raises(ServiceError) as info:
+        ps.post_bytes(f"/v1/jobs/{JOB_ID}/rounds/0/uploads", premature)
+    assert (info.value.status, info.value.code) == (409, "set-not-closed")
+
+    world.clients[3].commit(job, mine)  # the last commitment closes the set
+    closed = world.clients[3].closed_set(job, 0)
+    assert sorted(closed.payloads) == sorted(c.identity.subject_id for c in world.clients)
+    # a ciphertext chosen after the set closed (say, to cancel another upload): refused
+    other = world.clients[3].prepare_update(job, 0, world.w0, *world.data(3))
+    swapped = world.clients[3].upload_frame(job, 0, other.vector, closed)
+    with pytest.raises(ServiceError) as info:
+        ps.post_bytes(f"/v1/jobs/{JOB_ID}/rounds/0/uploads", swapped)
+    assert (info.value.status, info.value.code) == (422, "upload-mismatch")
+    for i, p in {**prepared, 3: mine}.items():
+        world.upload(i, p)
+    assert world.stored_uploads(0) and len(world.stored_uploads(0)) == K
+    assert world.kgc_releases() == 0
+
+
+def test_kgc_refuses_relabelled_rounds_invented_statements_and_unaudited_aggregates(
+    world: World,
+) -> None:
+    """Round 0 is aggregated; three of four contributors audited it, the fourth has not."""
     for i in range(3):
-        world.upload(i, 0, world.w0)
+        world.audit(i, 0)
     uploads = world.stored_uploads(0)
-    assert len(uploads) == 3
     statements = [statement for _, _, statement in uploads]
     single = uploads[0][1]  # one participant's upload, offered as "the aggregate"
+    job = world.job(0)
+    closed = world.clients[0].closed_set(job, 0)
+    audits = world.stored_audits(0)
+    assert len(audits) == 3
+
+    def refused(frame_args: dict[str, Any], status: int, code: str, t: int = 0) -> None:
+        args = {"closed_set": dict(closed.raw), "audits": audits, **frame_args}
+        payload = args.pop("payload", single)
+        world.refused_by_kgc(
+            world.forged_release(t, payload, args.pop("statements", statements), **args),
+            status,
+            code,
+        )
 
     # relabelled: past the job's last round, far in the future, the next round too early
     for t in (1000, ROUNDS, 10**6):
-        world.refused_by_kgc(world.forged_release(t, single, statements), 409, "round-out-of-range")
-    world.refused_by_kgc(world.forged_release(1, single, statements), 409, "out-of-schedule")
+        refused({}, 409, "round-out-of-range", t)
+    refused({}, 409, "out-of-schedule", 1)
 
-    # a statement the PS signed itself in the name of participant 3, who never uploaded
-    job = world.clients[0].fetch_job(world.ps_url, JOB_ID)
+    # a statement the PS signed itself in the name of participant 3
     invented = build_upload_statement(
         world.ps_signing_key,
         job.terms,
         round_number=0,
         subject_id=world.clients[3].identity.subject_id,
-        payload_sha256="00" * 32,
+        payload_sha256=closed.payloads[world.clients[3].identity.subject_id],
+        closed_set_sha256=closed.digest,
     )
-    world.refused_by_kgc(
-        world.forged_release(0, single, [*statements, invented]), 403, "bad-statement-signature"
-    )
+    p3 = world.clients[3].identity.subject_id
+    others = [s for s in statements if s["statement"]["subject_id"] != p3]
+    refused({"statements": [*others, invented]}, 403, "bad-statement-signature")
     # an enrolled outsider, signing honestly for itself
     outsider = build_upload_statement(
         world.outsider.identity.signing_key,
@@ -308,16 +411,29 @@ def test_kgc_refuses_relabelled_rounds_invented_statements_and_outsiders(world: 
         round_number=0,
         subject_id=world.outsider.identity.subject_id,
         payload_sha256="00" * 32,
+        closed_set_sha256=closed.digest,
     )
-    world.refused_by_kgc(
-        world.forged_release(0, single, [*statements, outsider]), 422, "not-a-participant"
+    refused({"statements": [*statements, outsider]}, 422, "not-a-participant")
+    refused({"statements": statements[:2]}, 422, "below-quorum")
+    # one contributor's upload in place of the aggregate, with the three real audits and
+    # the three auditors as "the contributors": their audits name another F and set
+    refused({"statements": others}, 422, "audit-mismatch")
+    # the fourth contributor's audit, forged with the PS's key
+    forged = build_audit_statement(
+        world.ps_signing_key,
+        job.terms,
+        round_number=0,
+        subject_id=p3,
+        digests=verify_audit_statement(audits[0], job.terms, round_number=0)[1],
     )
-    world.refused_by_kgc(world.forged_release(0, single, statements[:2]), 422, "below-quorum")
+    refused({"audits": [*audits, forged]}, 403, "bad-audit-signature")
+    # the honest payload and evidence, but the fourth audit is missing
+    refused({"payload": world.release_payload(0)}, 422, "audit-mismatch")
     assert world.kgc_releases() == 0
 
 
 def test_the_honest_job_finishes_after_the_attacks(world: World) -> None:
-    world.upload(3, 0, world.w0)  # the last upload closes round 0; the PS releases it
+    world.audit(3, 0)  # the last audit: the PS releases round 0
     for c in world.clients:
         c.wait_for_release(world.ps_url, JOB_ID, 0, timeout=120)
     models = [c.download_model(world.ps_url, JOB_ID, 0) for c in world.clients]
@@ -325,21 +441,32 @@ def test_the_honest_job_finishes_after_the_attacks(world: World) -> None:
         np.testing.assert_array_equal(m, models[0])
     assert np.all(np.isfinite(models[0])) and not np.array_equal(models[0], world.w0)
 
-    # round 0's statements replayed as round 1 (the round now open): refused
+    # round 0's evidence replayed as round 1 (the round now open): refused
+    closed0 = dict(world.clients[0].closed_set(world.job(0), 0).raw)
     round0 = [s for _, _, s in world.stored_uploads(0)]
+    audits0 = world.stored_audits(0)
     payload = world.stored_uploads(0)[0][1]
-    world.refused_by_kgc(world.forged_release(1, payload, round0), 422, "statement-mismatch")
+    world.refused_by_kgc(
+        world.forged_release(1, payload, round0, closed_set=closed0, audits=audits0),
+        422,
+        "closed-set-mismatch",
+    )
     # round 0 again, for another contributor set: the KGC released it once
-    world.refused_by_kgc(world.forged_release(0, payload, round0[:3]), 409, "already-released")
+    world.refused_by_kgc(
+        world.forged_release(0, payload, round0[:3], closed_set=closed0, audits=audits0[:3]),
+        409,
+        "already-released",
+    )
 
-    for i in range(K):
-        world.upload(i, 1, models[0])
-    for c in world.clients:
-        c.wait_for_release(world.ps_url, JOB_ID, 1, timeout=120)
+    world.play_round(1, models[0])
     final = world.clients[0].download_model(world.ps_url, JOB_ID, 1)
     assert np.all(np.isfinite(final))
     assert world.kgc_releases() == ROUNDS
-    world.refused_by_kgc(world.forged_release(ROUNDS, payload, round0), 409, "round-out-of-range")
+    world.refused_by_kgc(
+        world.forged_release(ROUNDS, payload, round0, closed_set=closed0, audits=audits0),
+        409,
+        "round-out-of-range",
+    )
 
 
 # ---------------------------------------------------------------------- tokens and files

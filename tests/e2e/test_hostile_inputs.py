@@ -6,6 +6,8 @@ module. The test itself plays the four participants over real HTTP with the clie
 with the job's public weight and encrypts it under the job key, so the released model can
 be checked against ``W_0 + Σ w_i Δ_i``.
 
+Every participant commits to its honest upload when the job starts (the commitment set
+closes), so the hostile uploads arrive where real ones would: in the upload phase.
 Every refusal is checked three ways: the HTTP status, the JSON error code, and the round
 status at the PS (upload count and contributors unchanged: nothing was stored). The tests
 share one job and run in file order; the last one completes the round.
@@ -27,14 +29,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from common.blocks import element_bytes
+from common.blocks import EncryptedVector, element_bytes
 from common.encoding import encode_vector
 from common.http import ServiceClient, ServiceError
-from common.protocol import build_upload_statement
+from common.protocol import ClosedSet, build_upload_statement, vector_sha256
 from common.sealing import SealError
 from common.signing import b64decode, b64encode, generate_signing_key, issue_token
 from common.wire import FRAME_MAGIC, decode_frame, encode_frame
-from participant.client import JobView, ParticipantClient
+from participant.client import JobView, ParticipantClient, PreparedUpload
 from participant.cluster import LocalCluster
 from participant.models import MLP
 
@@ -57,6 +59,9 @@ class Deployment:
     job: JobView
     w0: npt.NDArray[np.float64]
     outsider: ParticipantClient  # enrolled at the KGC, not a participant of the job
+    #: Each participant's committed ciphertext of ``w_i Δ_i``, and the closed set.
+    committed: dict[int, EncryptedVector]
+    closed: ClosedSet
     accepted: dict[int, npt.NDArray[np.float64]] = field(default_factory=dict)
 
     @property
@@ -79,15 +84,31 @@ class Deployment:
         rng = np.random.default_rng(1000 + i)
         return rng.normal(0.0, 0.05, self.job.packing.length)
 
-    def frame(self, i: int, *, round_number: int = ROUND, plaintexts: int | None = None) -> bytes:
-        """``Enc(w_i Δ_i)`` framed as the client library frames it (fresh randomness)."""
+    def encrypt(self, i: int, plaintexts: int | None = None) -> EncryptedVector:
+        """``Enc(w_i Δ_i)`` as the client library encrypts it (fresh randomness)."""
         client = self.clients[i]
         weight = self.job.weights[client.identity.subject_id]
         encoded, _ = encode_vector(
             self.delta(i), self.job.packing, clip_bound=self.job.clip_bound, scale=weight
         )
-        vector = client.encryptor(self.job).encrypt(encoded[:plaintexts], client.rng)
-        return client.upload_frame(self.job, round_number, vector)
+        return client.encryptor(self.job).encrypt(encoded[:plaintexts], client.rng)
+
+    def frame(
+        self,
+        i: int,
+        *,
+        round_number: int = ROUND,
+        plaintexts: int | None = None,
+        fresh: bool = False,
+    ) -> bytes:
+        """Participant ``i``'s committed upload framed as the client library frames it.
+
+        ``fresh`` (or another shape) encrypts anew: a ciphertext it did not commit to.
+        """
+        vector = (
+            self.encrypt(i, plaintexts) if fresh or plaintexts is not None else self.committed[i]
+        )
+        return self.clients[i].upload_frame(self.job, round_number, vector, self.closed)
 
     def upload(self, i: int, data: bytes) -> dict[str, Any]:
         receipt: dict[str, Any] = self.as_participant(i).post_bytes(_uploads(), data)
@@ -108,7 +129,7 @@ def _reframe(
     payload: bytes,
     *,
     digest: bool = True,
-    signer: tuple[ParticipantClient, JobView] | None = None,
+    signer: tuple[ParticipantClient, JobView, ClosedSet] | None = None,
 ) -> bytes:
     """A frame with this header and payload; ``sha256`` recomputed unless ``digest=False``.
 
@@ -119,13 +140,14 @@ def _reframe(
     if digest:
         head["sha256"] = hashlib.sha256(payload).hexdigest()
     if signer is not None:
-        client, job = signer
+        client, job, closed = signer
         head["statement"] = build_upload_statement(
             client.identity.signing_key,
             job.terms,
             round_number=int(head["round"]),
             subject_id=client.identity.subject_id,
             payload_sha256=hashlib.sha256(payload).hexdigest(),
+            closed_set_sha256=closed.digest,
         )
     raw = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
     return struct.pack(">4sBI", FRAME_MAGIC, 1, len(raw)) + raw + payload
@@ -147,7 +169,7 @@ def _refused(
     after = dep.round_status()
     assert after["uploads"] == before["uploads"]
     assert after["contributors"] == before["contributors"]
-    assert after["status"] == before["status"] == "open"
+    assert after["status"] == before["status"] == "committed"
     return info.value
 
 
@@ -197,7 +219,12 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         job = clients[0].fetch_job(cluster.ps_url, JOB_ID)
         for c in clients[1:K]:
             c.fetch_job(cluster.ps_url, JOB_ID)
-        deployment = Deployment(cluster, ps_ops, clients[:K], job, w0, clients[K])
+        deployment = Deployment(cluster, ps_ops, clients[:K], job, w0, clients[K], {}, None)  # type: ignore[arg-type]
+        for i, c in enumerate(clients[:K]):  # the last commitment closes the set
+            vector = deployment.encrypt(i)
+            deployment.committed[i] = vector
+            c.commit(job, PreparedUpload(ROUND, vector, vector_sha256(vector), {}))
+        deployment.closed = clients[0].closed_set(job, ROUND)
         try:
             yield deployment
         finally:
@@ -215,26 +242,25 @@ def test_replayed_upload_is_409_and_not_stored(dep: Deployment) -> None:
     assert receipt["receipt"]["sha256"] == decode_frame(frame).header["sha256"]
     assert dep.round_status()["uploads"] == 1
 
-    # the same bytes again, and a fresh encryption by the same participant
+    # the same bytes again, and a fresh encryption by the same participant (which is
+    # not what it committed to)
     _refused(
         dep, lambda: dep.as_participant(0).post_bytes(_uploads(), frame), 409, "duplicate-upload"
     )
     _refused(
         dep,
-        lambda: dep.as_participant(0).post_bytes(_uploads(), dep.frame(0)),
-        409,
-        "duplicate-upload",
+        lambda: dep.as_participant(0).post_bytes(_uploads(), dep.frame(0, fresh=True)),
+        422,
+        "upload-mismatch",
     )
     # another participant replaying the captured frame: the statement names participant 0
     _refused(
         dep, lambda: dep.as_participant(1).post_bytes(_uploads(), frame), 422, "statement-mismatch"
     )
-    # ... or the captured ciphertext under a statement of its own: a replayed payload
+    # ... or the captured ciphertext under a statement of its own: not its commitment
     parsed = decode_frame(frame)
-    own = _reframe(parsed.header, parsed.payload, signer=(dep.clients[1], dep.job))
-    _refused(
-        dep, lambda: dep.as_participant(1).post_bytes(_uploads(), own), 409, "replayed-payload"
-    )
+    own = _reframe(parsed.header, parsed.payload, signer=(dep.clients[1], dep.job, dep.closed))
+    _refused(dep, lambda: dep.as_participant(1).post_bytes(_uploads(), own), 422, "upload-mismatch")
 
 
 # ---------------------------------------------------------------------- credentials
@@ -313,7 +339,7 @@ def test_malformed_frames_are_400_or_422(dep: Deployment) -> None:
     good = dep.frame(2)
     parsed = decode_frame(good)
     header, payload = parsed.header, parsed.payload
-    signer = (dep.clients[2], dep.job)
+    signer = (dep.clients[2], dep.job, dep.closed)
     flipped = bytearray(payload)
     flipped[len(flipped) // 2] ^= 0xFF
     cases: dict[str, tuple[bytes, str]] = {
@@ -370,7 +396,7 @@ def test_element_outside_the_group_is_422(dep: Deployment, bad: str) -> None:
     assert width == 256 and value.bit_length() <= 8 * width
     parsed = decode_frame(dep.frame(2))
     payload = value.to_bytes(width, "big") + parsed.payload[width:]
-    data = _reframe(parsed.header, payload, signer=(dep.clients[2], dep.job))
+    data = _reframe(parsed.header, payload, signer=(dep.clients[2], dep.job, dep.closed))
     error = _refused(
         dep, lambda: dep.as_participant(2).post_bytes(_uploads(), data), 422, "invalid-ciphertext"
     )
@@ -395,7 +421,7 @@ def test_wrong_shape_is_422(dep: Deployment) -> None:
             _reframe(
                 {**header, "num_elements": header["num_elements"] - 1},
                 payload[:-width],
-                signer=(dep.clients[2], dep.job),
+                signer=(dep.clients[2], dep.job, dep.closed),
             ),
             "invalid-ciphertext",
         ),
@@ -403,7 +429,7 @@ def test_wrong_shape_is_422(dep: Deployment) -> None:
             _reframe(
                 {**header, "num_elements": header["num_elements"] + 1},
                 payload + payload[:width],
-                signer=(dep.clients[2], dep.job),
+                signer=(dep.clients[2], dep.job, dep.closed),
             ),
             "invalid-ciphertext",
         ),
@@ -451,9 +477,11 @@ def test_below_quorum_releases_nothing_then_contributors_only(dep: Deployment) -
 
     dep.ensure_uploaded(2)
     status = dep.round_status()
-    assert status["uploads"] == 3 and status["status"] == "open"  # 3 of 4: still open
+    assert status["uploads"] == 3 and status["status"] == "committed"  # 3 of 4: still open
     closed = ps_ops.post_json(close, {})
-    assert closed["status"] in ("closed", "released")
+    assert closed["status"] == "closed"  # aggregated: the contributors audit it
+    for i in (0, 1, 2):
+        p[i].audit(dep.job, ROUND)
     released = p[0].wait_for_release(dep.ps_url, JOB_ID, ROUND, timeout=60, poll_seconds=0.2)
     contributors = sorted(p[i].identity.subject_id for i in (0, 1, 2))
     assert released["contributors"] == contributors
