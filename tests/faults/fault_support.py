@@ -12,17 +12,19 @@ import functools
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from common.blocks import VectorEncryptor
+from common.blocks import EncryptedVector, VectorEncryptor
 from common.encoding import encode_vector
 from common.http import ServiceClient, ServiceError
+from common.protocol import vector_sha256
 from common.signing import b64encode
-from participant.client import JobView, ParticipantClient
+from participant.client import JobView, ParticipantClient, PreparedUpload
 from participant.cluster import LocalCluster
 from participant.models import MLP
 
@@ -51,6 +53,8 @@ class PlayedJob:
     view: JobView
     w0: npt.NDArray[np.float64]
     accepted: dict[int, npt.NDArray[np.float64]] = field(default_factory=dict)
+    #: (round, participant) -> the ciphertext it committed to.
+    committed: dict[tuple[int, int], EncryptedVector] = field(default_factory=dict)
     _encryptor: VectorEncryptor | None = None
 
     @property
@@ -61,17 +65,44 @@ class PlayedJob:
         """Participant ``i``'s update: small and deterministic, well inside the clip bound."""
         return np.random.default_rng(1000 + i).normal(0.0, 0.05, self.view.packing.length)
 
-    def frame(self, i: int, *, round_number: int = 0, seed: int | None = None) -> bytes:
-        """``Enc(w_i Δ_i)`` as the client library frames it; one shared encryptor (tables)."""
+    def encrypt(self, i: int) -> EncryptedVector:
+        """``Enc(w_i Δ_i)`` with fresh randomness; one shared encryptor (tables)."""
         if self._encryptor is None:
             self._encryptor = VectorEncryptor(self.view.job_key, workers=1, window=4)
         weight = self.view.weights[self.subjects[i]]
         encoded, _ = encode_vector(
             self.delta(i), self.view.packing, clip_bound=self.view.clip_bound, scale=weight
         )
-        rng = random.Random(seed if seed is not None else random.getrandbits(64))
-        vector = self._encryptor.encrypt(encoded, rng)
-        return self.clients[i].upload_frame(self.view, round_number, vector)
+        return self._encryptor.encrypt(encoded, random.Random(random.getrandbits(64)))
+
+    def commit(self, i: int, *, round_number: int = 0) -> None:
+        """Participant ``i`` encrypts its update and commits to it."""
+        vector = self.encrypt(i)
+        self.committed[(round_number, i)] = vector
+        self.clients[i].commit(
+            self.view, PreparedUpload(round_number, vector, vector_sha256(vector), {})
+        )
+
+    def frame(self, i: int, *, round_number: int = 0, fresh: bool = False) -> bytes:
+        """The committed upload of ``i`` (``fresh``: a new ciphertext) under the closed set."""
+        closed = self.clients[i].closed_set(self.view, round_number)
+        vector = self.encrypt(i) if fresh else self.committed[(round_number, i)]
+        return self.clients[i].upload_frame(self.view, round_number, vector, closed)
+
+    def audit(self, participants: Sequence[int], *, t: int = 0) -> None:
+        """Once the round is aggregated, ``participants`` recompute and sign it (threads)."""
+        self.wait_status(["closed"], t=t, timeout=120)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda i: self.clients[i].audit(self.view, t), participants))
+
+    def play(self, participants: Sequence[int], *, t: int = 0) -> None:
+        """``participants`` commit; once the set is closed they upload and audit."""
+        for i in participants:
+            self.commit(i, round_number=t)
+        self.wait_status(["committed"], t=t, timeout=120)
+        for i in participants:
+            self.upload(i, round_number=t)
+        self.audit(participants, t=t)
 
     def as_participant(self, i: int, *, timeout: float = 120.0) -> ServiceClient:
         token = functools.partial(self.clients[i].ps_token, self.ps_url)

@@ -34,6 +34,8 @@ def test_ps_sigkill_mid_round_keeps_every_acknowledged_upload(deployment: Deploy
     cluster, clients = deployment.cluster, deployment.clients[:4]
     job = create_job(cluster, clients, "crash-ps", quorum=3)
     try:
+        for i in range(4):
+            job.commit(i)  # the last commitment closes the set
         acknowledged = {i: job.upload(i) for i in (0, 1)}
         in_flight = job.frame(2)
         with ThreadPoolExecutor(max_workers=1) as pool:  # an upload racing the crash
@@ -48,7 +50,7 @@ def test_ps_sigkill_mid_round_keeps_every_acknowledged_upload(deployment: Deploy
         cluster.restart(cluster.param_server)
 
         status = job.round()
-        assert status["status"] == "open"
+        assert status["status"] == "committed"
         stored = set(status["contributors"])
         assert {job.subjects[i] for i in acknowledged} <= stored, "an acknowledged upload was lost"
         if job.subjects[2] not in stored:
@@ -58,6 +60,7 @@ def test_ps_sigkill_mid_round_keeps_every_acknowledged_upload(deployment: Deploy
                 job.upload(2)
             assert info.value.status == 409
         job.upload(3)
+        job.audit(range(4))
         job.wait_status(["released"], timeout=90)
         assert job.round()["contributors"] == sorted(job.subjects)
         job.check_model(range(4))
@@ -71,6 +74,8 @@ def test_kgc_down_during_release_leaves_round_closed_then_releases(
     cluster, clients = deployment.cluster, deployment.clients[4:8]
     job = create_job(cluster, clients, "crash-kgc", quorum=3)
     try:
+        for i in range(4):
+            job.commit(i)
         frames = [job.frame(i) for i in range(4)]
         for c in clients:
             c.ps_token(cluster.ps_url)  # cached for 300 s: uploads need no KGC
@@ -78,6 +83,7 @@ def test_kgc_down_during_release_leaves_round_closed_then_releases(
         cluster.kill(cluster.kgc)
         for i in range(4):
             job.upload(i, frames[i])
+        job.audit(range(4))  # audits go to the PS only
         assert job.wait_status(["closed", "released"]) == "closed"
         time.sleep(7)  # past one retry back-off (5 s): still not released, nothing half-done
         assert job.round()["status"] == "closed"

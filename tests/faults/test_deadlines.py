@@ -25,8 +25,7 @@ def test_dropout_closes_at_deadline_with_quorum(deployment: Deployment) -> None:
     job = create_job(cluster, clients, "dropout", quorum=3, deadline=DEADLINE)
     try:
         clients[3].fetch_job(job.ps_url, job.job_id)  # joined, then drops out
-        for i in range(3):
-            job.upload(i)
+        job.play(range(3))  # the set closes at the commit deadline with three
         job.wait_status(["released"], timeout=60)
         assert job.round()["contributors"] == sorted(job.subjects[:3])
         job.check_model(range(3))  # W_0 + Σ over the three: the dropout adds nothing
@@ -42,16 +41,16 @@ def test_deadline_without_quorum_fails_under_policy_fail(deployment: Deployment)
     job = create_job(cluster, clients, "deadline-fail", quorum=3, deadline=DEADLINE, policy="fail")
     try:
         for i in range(2):
-            job.upload(i)
+            job.commit(i)
         job.wait_status(["failed"], timeout=60)
         assert job.as_participant(0).get_json(f"/v1/jobs/{job.job_id}")["status"] == "failed"
         with pytest.raises(ServiceError) as info:
-            job.upload(2)
+            job.commit(2)
         assert (info.value.status, info.value.code) == (409, "round-not-open")
         with pytest.raises(ServiceError) as info:
             clients[0].download_bundle(job.ps_url, job.job_id, 0)
         assert info.value.status == 409
-        assert job.round()["uploads"] == 2
+        assert job.round()["commitments"] == 2 and job.round()["uploads"] == 0
     finally:
         job.close()
 
@@ -61,11 +60,15 @@ def test_deadline_without_quorum_stays_open_until_a_late_upload(deployment: Depl
     job = create_job(cluster, clients, "deadline-stay", quorum=3, deadline=DEADLINE)
     try:
         for i in range(2):
-            job.upload(i)
+            job.commit(i)
         time.sleep(DEADLINE + 2)
         status = job.round()
-        assert status["status"] == "open" and status["uploads"] == 2
-        job.upload(2)  # past the deadline with a quorum now: closes at once
+        assert status["status"] == "open" and status["commitments"] == 2
+        job.commit(2)  # past the deadline with a quorum now: the set closes at once
+        assert job.round()["status"] == "committed"
+        for i in range(3):
+            job.upload(i)
+        job.audit(range(3))
         job.wait_status(["released"], timeout=60)
         job.check_model(range(3))
     finally:
