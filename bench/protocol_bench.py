@@ -1,12 +1,17 @@
-"""What the signed protocol messages cost (issue 11, step 1): bytes and CPU per party.
+"""What the signed protocol messages cost (issue 11): bytes and CPU per party.
 
 ``python -m bench.protocol_bench [--params N] [--k K]`` builds the job terms of an MLP with
 ``N`` parameters (default 109,386, the MNIST MLP) and prints, measured in one run:
 
-- the participant's ``check_job_view`` (KGC signature + digests of what the PS serves),
+- the participant's ``check_job_view`` (KGC signature + digests of what the PS serves,
+  including recomputing the trivial ``Enc(W_0)``),
 - signing one upload statement, and its size in the upload frame's header,
 - the PS's check of one statement, and the KGC's check of a release request with ``K``
-  statements (schedule, quorum, one Ed25519 verification per contributor).
+  contributors (schedule, quorum, the closed set of ``K`` commitments, ``K`` upload
+  statements and ``K`` audits: ``3K + 1`` Ed25519 verifications), and the header's size.
+
+The audit itself (downloads and the recomputation of ``Agg`` and ``F``) is measured by
+``bench.round_bench``, against real services.
 """
 
 from __future__ import annotations
@@ -26,12 +31,19 @@ from common.blocks import generate_job_key
 from common.demo_params import load_demo_master_key
 from common.encoding import PackingLayout
 from common.protocol import (
+    AuditDigests,
+    build_audit_statement,
+    build_closed_set,
+    build_commitment,
     build_upload_statement,
     check_job_view,
     check_release_request,
+    contributors_sha256,
+    initial_ciphertext_sha256,
     release_request_header,
     requested_terms,
     sign_job_terms,
+    verify_closed_set,
     verify_upload_statement,
 )
 from common.signing import b64encode, generate_signing_key, public_key_hex
@@ -71,18 +83,22 @@ def main(argv: list[str] | None = None) -> None:
     packing = PackingLayout(modulus=int(params.n), length=args.params).to_json()
     public_weights = {s: 1 / args.k for s in subjects}
     job_key = to_obj(generate_job_key(params, 16, random.Random(1)))
+    layout = PackingLayout.from_json(packing)
     requested = requested_terms(
         job_id="bench-job",
         definition=definition,
         packing=packing,
         weights=public_weights,
         width=16,
-        num_plaintexts=PackingLayout.from_json(packing).num_plaintexts,
+        num_plaintexts=layout.num_plaintexts,
+        initial_ciphertext_sha256=initial_ciphertext_sha256(params, 16, layout, weights),
     )
+    ps_key = generate_signing_key()
     signed, signature = sign_job_terms(
         kgc,
         requested,
         param_server="sub-ps",
+        param_server_key=public_key_hex(ps_key),
         signing_keys={s: public_key_hex(k) for s, k in keys.items()},
         job_key=job_key,
     )
@@ -96,12 +112,52 @@ def main(argv: list[str] | None = None) -> None:
         "job_terms_signature": signature,
     }
     terms = check_job_view(view, kgc.public_key(), params)
-    digest = hashlib.sha256(b"payload").hexdigest()
+    payloads = {s: hashlib.sha256(s.encode()).hexdigest() for s in subjects}
+    closed_set = build_closed_set(
+        ps_key,
+        terms,
+        round_number=0,
+        commitments=[
+            build_commitment(keys[s], terms, round_number=0, subject_id=s, payload_sha256=d)
+            for s, d in payloads.items()
+        ],
+        closed_at=0,
+    )
+    closed = verify_closed_set(closed_set, terms, round_number=0)
     statements = [
-        build_upload_statement(keys[s], terms, round_number=0, subject_id=s, payload_sha256=digest)
+        build_upload_statement(
+            keys[s],
+            terms,
+            round_number=0,
+            subject_id=s,
+            payload_sha256=payloads[s],
+            closed_set_sha256=closed.digest,
+        )
         for s in subjects
     ]
-    header = release_request_header(job_id="bench-job", round_number=0, statements=statements)
+    release_digest = hashlib.sha256(b"F").hexdigest()
+    digests = AuditDigests(
+        attempt=0,
+        closed_set_sha256=closed.digest,
+        contributors_sha256=contributors_sha256(subjects),
+        base_sha256=terms.initial_ciphertext_sha256,
+        aggregate_sha256=hashlib.sha256(b"Agg").hexdigest(),
+        release_sha256=release_digest,
+        blind_sha256=hashlib.sha256(b"R").hexdigest(),
+    )
+    audits = [
+        build_audit_statement(keys[s], terms, round_number=0, subject_id=s, digests=digests)
+        for s in subjects
+    ]
+    header = release_request_header(
+        job_id="bench-job",
+        round_number=0,
+        attempt=0,
+        closed_set=closed_set,
+        statements=statements,
+        audits=audits,
+    )
+    digest = payloads[subjects[0]]
     rows = [
         (
             "participant: check_job_view (signature + digests of the served job)",
@@ -116,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                     round_number=0,
                     subject_id=subjects[0],
                     payload_sha256=digest,
+                    closed_set_sha256=closed.digest,
                 ),
                 args.repeat,
             ),
@@ -129,21 +186,46 @@ def main(argv: list[str] | None = None) -> None:
                     round_number=0,
                     subject_id=subjects[0],
                     payload_sha256=digest,
+                    closed_set_sha256=closed.digest,
                 ),
                 args.repeat,
             ),
         ),
         (
-            f"KGC: check a release request with K={args.k} statements",
-            _median_ms(lambda: check_release_request(header, terms, next_round=0), args.repeat),
+            "participant: sign one audit statement",
+            _median_ms(
+                lambda: build_audit_statement(
+                    keys[subjects[0]],
+                    terms,
+                    round_number=0,
+                    subject_id=subjects[0],
+                    digests=digests,
+                ),
+                args.repeat,
+            ),
+        ),
+        (
+            f"KGC: check a release request with K={args.k} contributors",
+            _median_ms(
+                lambda: check_release_request(
+                    header,
+                    terms,
+                    next_round=0,
+                    base_sha256=terms.initial_ciphertext_sha256,
+                    payload_sha256=release_digest,
+                ),
+                args.repeat,
+            ),
         ),
     ]
     statement_bytes = len(json.dumps(statements[0], separators=(",", ":")))
+    header_bytes = len(json.dumps(header, separators=(",", ":")))
     print(f"Protocol messages, {args.params:,} parameters, 2048-bit N, K={args.k}")
     print(f"{'step':<72} {'median ms':>10}")
     for name, ms in rows:
         print(f"{name:<72} {ms:>10.3f}")
     print(f"{'signed upload statement in the frame header (bytes)':<72} {statement_bytes:>10}")
+    print(f"{f'release request header, K={args.k} (bytes)':<72} {header_bytes:>10}")
     print(
         f"{'signed job terms served with the job view (bytes)':<72} {len(json.dumps(signed)):>10}"
     )

@@ -243,25 +243,39 @@ def measure_round(
     first_round: dict[str, Any] | None = None
     db_round_start = db_job
     for t in range(rounds):
-        if t > 0:  # the PS's Enc(R) of the new round, while participants would train
+        if t > 0:  # let the PS settle after the previous release (it draws R at aggregation)
             _wait_until_idle(ps_pid)
         cpu_ps0, cpu_kgc0 = _cpu(ps_pid), _cpu(kgc_pid)
         per: list[dict[str, Any]] = []
+        prepared = []
         for i, (c, jv) in enumerate(zip(clients, jobs, strict=True)):
             part = parts[i]
             c0 = time.process_time() + sum(_cpu(p) for p in wpids)
-            _, metrics = c.train_and_upload(
-                jv, t, weights, dataset.X_train[part], dataset.y_train[part]
-            )
-            cpu_s = time.process_time() + sum(_cpu(p) for p in wpids) - c0
-            timings = metrics["timings"]
+            ready = c.prepare_update(jv, t, weights, dataset.X_train[part], dataset.y_train[part])
+            t0 = time.perf_counter()
+            c.commit(jv, ready)
+            ready.metrics["timings"]["commit_s"] = time.perf_counter() - t0
+            prepared.append(ready)
+            per.append({"cpu_up_s": time.process_time() + sum(_cpu(p) for p in wpids) - c0})
+        for c, jv, ready, row in zip(clients, jobs, prepared, per, strict=True):
+            c0 = time.process_time()
+            c.upload(jv, ready, c.closed_set(jv, t))  # every commitment is in: the set closed
+            timings = ready.metrics["timings"]
             # What encrypting would cost without the masks computed ahead.
             timings["encrypt_total_s"] = (
                 timings["masks_s"] + timings["encrypt_s"] - timings["masks_wait_s"]
             )
-            per.append({**timings, "bytes_up": metrics["bytes_up"], "cpu_up_s": cpu_s})
-        t_last, t_last_epoch = time.perf_counter(), time.time()
+            row.update(timings, bytes_up=ready.metrics["bytes_up"])
+            row["cpu_up_s"] += time.process_time() - c0
         cpu_ps_up, cpu_kgc_up = _cpu(ps_pid), _cpu(kgc_pid)
+        clients[0].wait_for_round(cluster.ps_url, job_id, t, 1800, at_least="closed")
+        for c, jv, ready, row in zip(clients, jobs, prepared, per, strict=True):
+            c0 = time.process_time()
+            c.audit(jv, t, own=ready.vector)  # fetches Enc(W_t) and the other K-1 uploads
+            row["audit_s"] = c.last_audit["seconds"]
+            row["audit_bytes_down"] = c.last_audit["bytes_down"]
+            row["audit_cpu_s"] = time.process_time() - c0
+        t_last, t_last_epoch = time.perf_counter(), time.time()  # the last audit is in
         status: dict[str, Any] = {}
         while time.perf_counter() - t_last < 1800:
             status = ps_ops.get_json(f"/v1/jobs/{job_id}/rounds/{t}")
@@ -272,7 +286,7 @@ def measure_round(
             raise RuntimeError(f"round not released: {status}")
         # The PS stamps released_at when it stores the bundle (same machine, same clock), so
         # the poll can be slow: it neither loads the PS nor rounds the latency up.
-        release_s = float(status["released_at"]) - t_last_epoch
+        release_s = float(status["released_at"]) - t_last_epoch  # after the last audit
         if status.get("status") != "released":
             raise RuntimeError(f"round not released: {status}")
         cpu_ps_rel, cpu_kgc_rel = _cpu(ps_pid), _cpu(kgc_pid)
@@ -286,7 +300,7 @@ def measure_round(
             row["download_s"] = time.perf_counter() - t0
             row["bytes_down"] = len(json.dumps(bundle))
             t0 = time.perf_counter()
-            models.append(c.open_bundle(c.fetch_job(cluster.ps_url, job_id), bundle))
+            models.append(c.open_bundle(c.fetch_job(cluster.ps_url, job_id), bundle, t))
             row["decrypt_s"] = time.perf_counter() - t0
             row["cpu_down_s"] = time.process_time() - c0
         if any(not np.array_equal(models[0], m) for m in models[1:]):
@@ -328,6 +342,12 @@ def measure_round(
         "last_upload_s": per[-1]["upload_s"],
         "median_upload_s": statistics.median(r["upload_s"] for r in per),
         "release_latency_s": release_s,
+        # Contributors audit in parallel in a deployment: the slowest one is on the path.
+        "audit_s": statistics.fmean(r["audit_s"] for r in per),
+        "max_audit_s": max(r["audit_s"] for r in per),
+        "audit_cpu_s": statistics.fmean(r["audit_cpu_s"] for r in per),
+        "audit_bytes_down": statistics.fmean(r["audit_bytes_down"] for r in per),
+        "upload_to_release_s": max(r["audit_s"] for r in per) + release_s,
         "release_ps_cpu_s": cpu_ps_rel - cpu_ps_up,
         "release_kgc_cpu_s": cpu_kgc_rel - cpu_kgc_up,
         "uploads_ps_cpu_s": cpu_ps_up - cpu_ps0,

@@ -15,7 +15,7 @@ closed commitment set whose own upload and audit statements verify against those
 and only when every audit names the frame being opened as ``F`` and, as its base, the
 aggregate of the job's previous release (round 0: the signed ``Enc(W_0)``), so the chain
 of opened aggregates cannot be broken (:func:`common.protocol.check_release_request`,
-docs/ROUND_PROTOCOL_STEP2.md).
+docs/PROTOCOL.md).
 """
 
 from __future__ import annotations
@@ -588,7 +588,7 @@ class KgcService:
         upload statement and an audit statement signed by that participant; every audit
         must name this frame as ``F`` and, as its base, the aggregate of round ``t - 1``'s
         release (round 0: the signed ``Enc(W_0)``). The frame must have the job's shape
-        (docs/ROUND_PROTOCOL_STEP2.md). Returns the signed bundle and whether it is new.
+        (docs/PROTOCOL.md). Returns the signed bundle and whether it is new.
         The same request again returns the stored bundle; anything else for a released
         round is 409 ``already-released``. Nothing is decrypted or sealed for a refused
         request.

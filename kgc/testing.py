@@ -6,7 +6,7 @@ does the real crypto; nothing is mocked, and every message is built with the sha
 :mod:`common.protocol` functions, exactly as the services build them: token challenges
 (:func:`~common.protocol.token_challenge`), requested job terms
 (:func:`~common.protocol.requested_terms`, with the digest of a real ``Enc(W_0)``), and
-one round of the round protocol v2 (docs/ROUND_PROTOCOL_STEP2.md) as an honest PS plays
+one round of the round protocol v2 (docs/PROTOCOL.md) as an honest PS plays
 it (:func:`play_round`): tiny real uploads, the contributors' commitments, the PS-signed
 closed set, upload statements naming it, a real :func:`~common.audit.audit_round` and
 every contributor's audit of its digests. :meth:`RoundPlay.frame` turns that into the

@@ -3,7 +3,7 @@
 Each view authenticates, parses, calls :class:`~param_server.domain.ParameterServer`
 and returns JSON (or a frame); no business rule lives here. The round protocol's views
 (commitments, uploads, audit package, base, uploads for auditors, audits) follow
-docs/ROUND_PROTOCOL_STEP2.md. Participant tokens are verified offline
+docs/PROTOCOL.md. Participant tokens are verified offline
 with the KGC's key and must name this PS's subject id as their audience; the operator
 uses the service's admin token.
 

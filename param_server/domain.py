@@ -3,7 +3,7 @@
 No Flask here; :mod:`param_server.api` is a thin adapter. The PS never decrypts and no
 longer encrypts: ``Enc(W_0)`` is the trivial encryption the job terms name, and the blind
 ``R`` is added as a trivial encryption too (:func:`common.audit.audit_round`). A round
-(docs/ROUND_PROTOCOL_STEP2.md) goes through these phases, each with its own deadline:
+(docs/PROTOCOL.md) goes through these phases, each with its own deadline:
 
 - ``open``: participants commit to the ciphertext they will upload; the PS signs the
   closed set of commitments when everyone committed, or at the deadline with a quorum;

@@ -97,7 +97,7 @@ class Job(Base):
 class Round(Base):
     """One round ``t`` of a job: it takes ``W_t`` and produces ``W_{t+1}``.
 
-    ``status`` (docs/ROUND_PROTOCOL_STEP2.md): open (commit phase) -> committed (the
+    ``status`` (docs/PROTOCOL.md): open (commit phase) -> committed (the
     PS-signed ``closed_set`` is fixed; upload phase) -> closed (aggregated; audit phase of
     ``attempt``) -> released; any phase may end in failed. ``deadline`` is the current
     phase's. While closed, ``contributors``, ``blind`` (``R``) and ``digests`` (the

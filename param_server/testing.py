@@ -10,7 +10,7 @@ chain of audited aggregates), plus frame validity and idempotent releases. It se
 opens its bundle with :func:`common.release.open_release`.
 
 :class:`TestParticipant` plays a contributor's side of the round protocol
-(docs/ROUND_PROTOCOL_STEP2.md) against anything with the PS's methods (:class:`PsPort`:
+(docs/PROTOCOL.md) against anything with the PS's methods (:class:`PsPort`:
 the :class:`~param_server.domain.ParameterServer` itself, or :class:`HttpPs` over the
 app): commit, upload under the closed set, and audit by really recomputing the attempt
 with :func:`common.audit.audit_round` from what the PS serves. :func:`play_round` does all

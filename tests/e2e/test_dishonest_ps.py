@@ -9,15 +9,18 @@ Attacks played here (issue 11):
 
 - the PS serves a job key it made itself, or a job that differs from what the KGC signed:
   every participant refuses the job before encrypting anything;
+- an upload before the commitment set is closed, or one that differs from its commitment
+  (a ciphertext chosen after seeing others, to cancel them): the PS refuses it;
 - the PS relabels uploads as another round (1000, a round past the job's end, the next
   round before this one): the KGC refuses, nothing is sealed;
-- the PS invents a contributor's statement, names a non-participant, or drops below the
-  quorum: refused;
+- the PS invents a contributor's statement or audit, names a non-participant, drops below
+  the quorum, offers one participant's upload as the aggregate, or leaves out an audit:
+  refused;
+- round 0's closed set, statements and audits replayed for round 1: refused;
 - a token a participant sent to one PS is replayed at another PS and at the KGC: 401.
 
-Not closed by this step and therefore not asserted here: a PS whose colluding contributors
-sign statements may still submit something other than the true aggregate (the contributor
-audit of the next step closes that; docs/SECURITY.md says so).
+Not closed yet (step 3) and therefore not asserted here: an old upload of an honest
+participant, re-randomised and audited by a colluding quorum (docs/SECURITY.md §5).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A round commits, closes its set of commitments, takes the committed uploads, aggregates an
 attempt with a trivial blind, collects every contributor's audit and only then asks for
-the release (docs/ROUND_PROTOCOL_STEP2.md). The PS no longer encrypts anything, so the
+the release (docs/PROTOCOL.md). The PS no longer encrypts anything, so the
 prepared ``Enc(R)`` of the releases goes.
 
 Revision ID: 0004_round_protocol

@@ -2,7 +2,7 @@
 
 Every endpoint's success and error paths: status, error code, and that a refused
 request stored nothing. The release tests play a dishonest parameter server
-(docs/PROTOCOL.md, docs/ROUND_PROTOCOL_STEP2.md): relabelled rounds, repeated rounds,
+(docs/PROTOCOL.md): relabelled rounds, repeated rounds,
 forged or misdirected closed sets, upload statements and audits, another ``F`` than the
 audited one, a broken chain of aggregates, outsiders, too few contributors and oversized
 bodies are all refused with their status, and no release is stored.

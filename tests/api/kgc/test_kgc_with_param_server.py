@@ -2,7 +2,7 @@
 
 The KGC app runs in a thread on loopback; the parameter server enrols with
 ``param_server.kgc_gateway.complete_enrolment``, creates a job (the KGC signs its terms)
-and plays two rounds of the round protocol v2 (docs/ROUND_PROTOCOL_STEP2.md): the
+and plays two rounds of the round protocol v2 (docs/PROTOCOL.md): the
 participants commit, upload under the PS-signed closed set and audit the aggregate, and
 the PS releases through ``HttpKgcGateway`` (tokens for the KGC's audience by signed
 challenge, release frames carrying the closed set and the participants' statements and

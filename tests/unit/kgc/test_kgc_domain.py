@@ -2,7 +2,7 @@
 
 Every refusal is checked for its error class and code, and for leaving nothing stored.
 The release tests play the parameter server as an attacker (docs/PROTOCOL.md,
-docs/ROUND_PROTOCOL_STEP2.md): it relabels rounds, repeats a round with other
+docs/PROTOCOL.md): it relabels rounds, repeats a round with other
 contributors, forges or misdirects commitments, closed sets, upload statements and
 audits, sends another ``F`` than the one audited, breaks the chain of aggregates, names
 outsiders, or stays below quorum; the KGC must release nothing.

@@ -2,7 +2,7 @@
 
 1024-bit parameters, a 300-value model (9 packed plaintexts, 3 blocks of width 4,
 12 group elements stored as 4 chunk rows of 3), four participants with weights
-0.1 .. 0.4. Rounds follow docs/ROUND_PROTOCOL_STEP2.md: commit, upload, audit, release.
+0.1 .. 0.4. Rounds follow docs/PROTOCOL.md: commit, upload, audit, release.
 """
 
 from __future__ import annotations
