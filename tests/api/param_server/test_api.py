@@ -524,6 +524,7 @@ def test_upload_frame_errors_store_nothing(api: ApiWorld) -> None:
         },
     )
     reframe = uploader.reframe
+    uncommitted = uploader.vector("p1", 1).to_bytes()  # a well-formed ciphertext, not p1's
     cases = [
         ("p1", b"NOPE" + frame[4:], 400, "malformed-frame"),  # bad magic
         ("p1", frame[:-1] + bytes([frame[-1] ^ 1]), 400, "malformed-frame"),  # digest mismatch
@@ -533,7 +534,8 @@ def test_upload_frame_errors_store_nothing(api: ApiWorld) -> None:
         ("p1", reframe(frame, round=1), 422, "frame-mismatch"),
         ("p1", reframe(frame, round=True), 422, "frame-mismatch"),
         ("p1", _reframe(frame, payload=payload[:-width]), 422, "statement-mismatch"),  # unsigned
-        ("p1", reframe(frame, payload=payload[:-width]), 422, "upload-mismatch"),  # uncommitted
+        ("p1", reframe(frame, payload=payload[:-width]), 422, "invalid-ciphertext"),  # short
+        ("p1", reframe(frame, payload=uncommitted), 422, "upload-mismatch"),  # valid, other
         ("p1", reframe(frame, num_elements=11), 422, "invalid-ciphertext"),
         ("p1", reframe(frame, element_bytes=width + 1), 422, "invalid-ciphertext"),
         ("p2", reframe(frame, subject="p2", payload=bad_payloads["p2"]), 422, "invalid-ciphertext"),
