@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from common.blocks import generate_job_key
+from common.blocks import BlockLayout, generate_job_key
 from common.demo_params import load_demo_master_key
 from common.encoding import PackingLayout
+from common.pok import prove_randomness, verify_randomness
 from common.protocol import (
     AuditDigests,
     build_audit_statement,
@@ -40,6 +41,7 @@ from common.protocol import (
     check_release_request,
     contributors_sha256,
     initial_ciphertext_sha256,
+    pok_context,
     release_request_header,
     requested_terms,
     sign_job_terms,
@@ -124,6 +126,16 @@ def main(argv: list[str] | None = None) -> None:
         closed_at=0,
     )
     closed = verify_closed_set(closed_set, terms, round_number=0)
+    blocks = BlockLayout(terms.num_plaintexts, terms.width).num_blocks
+    rng = random.Random(3)
+    randomness = {s: [params.random_exponent(rng) for _ in range(blocks)] for s in subjects}
+    context = pok_context(terms, 0, closed.digest)
+    proofs = {s: prove_randomness(params, randomness[s], context, s, rng) for s in subjects}
+    n2 = int(params.nsquare)
+    current_a = [
+        pow(int(params.g), sum(int(randomness[s][b]) for s in subjects), n2) for b in range(blocks)
+    ]
+    first_a = [pow(int(params.g), int(r), n2) for r in randomness[subjects[0]]]
     statements = [
         build_upload_statement(
             keys[s],
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             subject_id=s,
             payload_sha256=payloads[s],
             closed_set_sha256=closed.digest,
+            randomness_proof=proofs[s].to_obj(),
         )
         for s in subjects
     ]
@@ -173,6 +186,28 @@ def main(argv: list[str] | None = None) -> None:
                     subject_id=subjects[0],
                     payload_sha256=digest,
                     closed_set_sha256=closed.digest,
+                    randomness_proof=proofs[subjects[0]].to_obj(),
+                ),
+                args.repeat,
+            ),
+        ),
+        (
+            f"participant: prove knowledge of the randomness ({blocks} blocks)",
+            _median_ms(
+                lambda: prove_randomness(params, randomness[subjects[0]], context, "s", rng),
+                args.repeat,
+            ),
+        ),
+        (
+            "PS: verify one randomness proof against the upload's A components",
+            _median_ms(
+                lambda: verify_randomness(
+                    params,
+                    proofs[subjects[0]],
+                    context,
+                    subjects[0],
+                    a_components=first_a,
+                    blocks=blocks,
                 ),
                 args.repeat,
             ),
@@ -213,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                     next_round=0,
                     base_sha256=terms.initial_ciphertext_sha256,
                     payload_sha256=release_digest,
+                    previous_a=[1] * blocks,
+                    current_a=current_a,
                 ),
                 args.repeat,
             ),

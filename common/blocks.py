@@ -209,6 +209,10 @@ class EncryptedVector:
 
     __rmul__ = __mul__
 
+    def a_components(self) -> list[mpz]:
+        """Each block's ``A = g^r``: what randomness proofs and the KGC's chain check use."""
+        return [self.elements[offset] for offset, _ in self.layout.block_offsets()]
+
     @classmethod
     def sum(cls, vectors: Sequence[EncryptedVector]) -> EncryptedVector:
         """Homomorphic sum of one or more vectors (one pass, one reduction per product)."""
@@ -282,10 +286,13 @@ class EncryptionMasks:
     (``B / B' = 1 + (m - m') N``), so :meth:`encrypt` works once and then raises.
     """
 
-    def __init__(self, zero: EncryptedVector) -> None:
+    def __init__(self, zero: EncryptedVector, randomness: Sequence[int] = ()) -> None:
         self.job_key = zero.job_key
         self.layout = zero.layout
         self._zero: EncryptedVector | None = zero
+        #: The ``r`` of each block (secret; kept in memory only): an upload proves
+        #: knowledge of them (:mod:`common.pok`).
+        self.randomness: tuple[mpz, ...] = tuple(mpz(r) for r in randomness)
         self._lock = threading.Lock()
 
     @property
@@ -499,10 +506,17 @@ class VectorEncryptor:
 
     def precompute(self, num_plaintexts: int, rng: RandomSource) -> EncryptionMasks:
         """Masks for one later encryption of ``num_plaintexts`` values (the slow part)."""
-        return EncryptionMasks(self.encrypt([0] * num_plaintexts, rng))
+        zero, randomness = self.encrypt_with_randomness([0] * num_plaintexts, rng)
+        return EncryptionMasks(zero, randomness)
 
     def encrypt(self, plaintexts: Sequence[int], rng: RandomSource) -> EncryptedVector:
         """Encrypt plaintexts in ``[0, N)`` with one fresh ``r`` per block."""
+        return self.encrypt_with_randomness(plaintexts, rng)[0]
+
+    def encrypt_with_randomness(
+        self, plaintexts: Sequence[int], rng: RandomSource
+    ) -> tuple[EncryptedVector, list[mpz]]:
+        """:meth:`encrypt`, also returning each block's ``r`` (for :mod:`common.pok`)."""
         params = self.job_key.params
         if not plaintexts:
             raise ValueError("nothing to encrypt")
@@ -529,7 +543,7 @@ class VectorEncryptor:
             self._compute_into(place, messages_for, rs, sizes)
         if any(e is None for e in elements):
             raise RuntimeError("encryption left a gap in the vector")
-        return EncryptedVector(self.job_key, layout, tuple(elements), _trusted=True)
+        return EncryptedVector(self.job_key, layout, tuple(elements), _trusted=True), rs
 
     def _compute_into(
         self,

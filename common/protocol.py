@@ -46,6 +46,7 @@ from common.blocks import (
     trivial_encryption,
 )
 from common.encoding import PackingLayout, encode_vector
+from common.pok import RandomnessProof, verify_randomness, verify_release_chain
 from common.signing import (
     SignatureError,
     b64decode,
@@ -88,6 +89,7 @@ __all__ = [
     "initial_weights_of",
     "json_sha256",
     "kgc_key_id",
+    "pok_context",
     "release_header_limit",
     "release_request_header",
     "requested_terms",
@@ -118,8 +120,9 @@ DEFAULT_MIN_QUORUM = 3
 #: Round numbers are bounded everywhere (URLs, statements, the KGC's schedule).
 MAX_ROUND = 2**31 - 1
 #: A release request's header carries, per participant, a signed commitment (in the closed
-#: set), upload statement and audit (about 2.3 KiB with long ids); this much is allowed.
-RELEASE_HEADER_BYTES_PER_PARTICIPANT = 4096
+#: set), upload statement with its randomness proof, and audit: about 5.5 KiB at a 2048-bit
+#: N with long ids, 9 KiB at 4096 bits; this much is allowed.
+RELEASE_HEADER_BYTES_PER_PARTICIPANT = 12 * 1024
 #: Attempts of one round (a re-aggregation after a contributor failed to audit) are bounded.
 MAX_ATTEMPT = 1000
 
@@ -519,6 +522,12 @@ def _statement_base(
     }
 
 
+def pok_context(terms: JobTerms, round_number: int, closed_set_sha256: str) -> bytes:
+    """What binds the round's randomness proofs (:mod:`common.pok`): the job terms, the
+    round and the closed commitment set, fixed only after every upload was committed."""
+    return f"trapdoor/pok/v1|{terms.digest}|{int(round_number)}|{closed_set_sha256}".encode()
+
+
 def _is_digest(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and not value.strip("0123456789abcdef")
 
@@ -533,6 +542,7 @@ def _verify_participant_signed(
     subject_id: str | None,
     digests: Sequence[str],
     integers: Sequence[str] = (),
+    objects: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Check one participant-signed ``{field: body, "signature"}`` message; return the body.
 
@@ -557,7 +567,7 @@ def _verify_participant_signed(
     expected = _statement_base(terms, purpose, round_number, str(subject))
     if subject_id is not None and subject != subject_id:
         raise ProtocolError(f"{field}-mismatch", f"the {what} is signed by another participant")
-    if set(body) != {*expected, *digests, *integers} or any(
+    if set(body) != {*expected, *digests, *integers, *objects} or any(
         body.get(k) != v or (k == "round" and not _is_int(body.get(k))) for k, v in expected.items()
     ):
         raise ProtocolError(
@@ -706,12 +716,19 @@ def build_upload_statement(
     subject_id: str,
     payload_sha256: str,
     closed_set_sha256: str,
+    randomness_proof: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """A contributor's signed statement: this payload is its upload under this closed set."""
+    """A contributor's signed statement: this payload is its upload under this closed set.
+
+    ``randomness_proof`` (:func:`common.pok.prove_randomness` under :func:`pok_context`)
+    shows the signer knows the upload's encryption randomness, so nobody can pass off a
+    re-randomised copy of someone else's (earlier) upload as its own.
+    """
     body = {
         **_statement_base(terms, UPLOAD_PURPOSE, round_number, subject_id),
         "payload_sha256": payload_sha256,
         "closed_set_sha256": closed_set_sha256,
+        "randomness_proof": dict(randomness_proof),
     }
     return {"statement": body, "signature": sign_json(signing_key, body)}
 
@@ -734,7 +751,12 @@ def verify_upload_statement(
         round_number=round_number,
         subject_id=subject_id,
         digests=("payload_sha256", "closed_set_sha256"),
+        objects=("randomness_proof",),
     )
+    try:
+        RandomnessProof.from_obj(body["randomness_proof"])
+    except ValueError as exc:
+        raise ProtocolError("bad-statement", f"randomness_proof: {exc}") from None
     if payload_sha256 is not None and not digest_equal(body["payload_sha256"], payload_sha256):
         raise ProtocolError("statement-mismatch", "the statement names another payload")
     if closed_set_sha256 is not None and body["closed_set_sha256"] != closed_set_sha256:
@@ -904,6 +926,8 @@ def check_release_request(
     next_round: int,
     base_sha256: str,
     payload_sha256: str,
+    previous_a: Sequence[int],
+    current_a: Sequence[int],
 ) -> ReleaseCheck:
     """The KGC's checks of a release request before it opens anything.
 
@@ -955,7 +979,7 @@ def check_release_request(
         raise ProtocolError(
             "not-committed", "contributors without a commitment: " + ", ".join(uncommitted[:10])
         )
-    _one_per_contributor(
+    statements = _one_per_contributor(
         header.get("statements"),
         contributors,
         "statement",
@@ -989,7 +1013,47 @@ def check_release_request(
                 "audit-mismatch",
                 f"{subject}'s audit differs from the request in: " + ", ".join(differing),
             )
+    _check_a_chain(
+        terms,
+        round_number,
+        closed.digest,
+        [statements[s] for s in sorted(statements)],
+        previous_a,
+        current_a,
+    )
     return ReleaseCheck(round_number, tuple(contributors), expected)
+
+
+def _check_a_chain(
+    terms: JobTerms,
+    round_number: int,
+    closed_set_sha256: str,
+    statements: Sequence[Mapping[str, Any]],
+    previous_a: Sequence[int],
+    current_a: Sequence[int],
+) -> None:
+    """Every contributor's randomness proof, and ``A(F_t) = A(F_{t-1}) · Π_k A_k``.
+
+    The KGC has only each upload's batched ``A*``: the proofs show their senders know the
+    randomness, and the chain shows that the vector it opens holds those uploads and no
+    other ciphertext (the trivial blind keeps ``A``; ``Enc(W_0)`` has ``A = 1``).
+    """
+    params = terms.job_key.params
+    context = pok_context(terms, round_number, closed_set_sha256)
+    a_stars = []
+    for body in statements:
+        proof = RandomnessProof.from_obj(body["randomness_proof"])
+        try:
+            verify_randomness(
+                params, proof, context, str(body["subject_id"]), blocks=len(current_a)
+            )
+        except ValueError as exc:
+            raise ProtocolError("bad-randomness-proof", f"{body['subject_id']}: {exc}") from None
+        a_stars.append(proof.a_star)
+    try:
+        verify_release_chain(params, previous_a, current_a, a_stars, context)
+    except ValueError as exc:
+        raise ProtocolError("broken-a-chain", str(exc)) from None
 
 
 def _signer(signed: object, field: str) -> str:

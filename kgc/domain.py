@@ -32,12 +32,21 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from gmpy2 import mpz
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.bcp import InvalidElementError, MasterKey, PublicKey, PublicParams, RandomSource
-from common.blocks import BlockLayout, JobKey, element_bytes, generate_job_key
+from common.blocks import (
+    BlockLayout,
+    EncryptedVector,
+    JobKey,
+    element_bytes,
+    elements_from_bytes,
+    elements_to_bytes,
+    generate_job_key,
+)
 from common.db import session_scope
 from common.protocol import (
     JOB_TERMS_PURPOSE,
@@ -632,7 +641,10 @@ class KgcService:
             stored = self._stored_release(session, job_id, round_number)
             if stored is not None:
                 return self._same_release(stored, digest, header), False
-            next_round, base_sha256 = self._chain(session, job_id, terms)
+            next_round, base_sha256, previous_a = self._chain(session, job_id, terms)
+        self._check_shape(header, terms)
+        vector = self._vector(frame, terms.job_key)  # every element checked, nothing opened
+        current_a = vector.a_components()
         try:
             check = check_release_request(
                 header,
@@ -640,10 +652,11 @@ class KgcService:
                 next_round=next_round,
                 base_sha256=base_sha256,
                 payload_sha256=digest,
+                previous_a=previous_a or [1] * len(current_a),
+                current_a=current_a,
             )
         except ProtocolError as exc:
             raise protocol_refusal(exc) from None
-        self._check_shape(header, terms)
         with self._sessions() as session:
             keys = {
                 subject.id: PublicKey(self.params, from_hex(subject.bcp_public_key))
@@ -654,7 +667,7 @@ class KgcService:
             }
         if sorted(keys) != sorted(check.contributors):
             raise RuntimeError("stored participant keys are inconsistent with the job terms")
-        bundle = self._seal(frame, terms.job_key, keys, self._binding(job_id, check))
+        bundle = self._seal(vector, keys, self._binding(job_id, check))
         try:
             with session_scope(self._sessions) as session:
                 session.add(
@@ -664,6 +677,7 @@ class KgcService:
                         attempt=check.digests.attempt,
                         payload_sha256=digest,
                         aggregate_sha256=check.digests.aggregate_sha256,
+                        a_components=elements_to_bytes(current_a, element_bytes(self.params)),
                         contributors=sorted(check.contributors),
                         bundle=bundle,
                         released_at=self._clock(),
@@ -684,9 +698,11 @@ class KgcService:
         )
         return bundle, True
 
-    @staticmethod
-    def _chain(session: Session, job_id: str, terms: JobTerms) -> tuple[int, str]:
-        """The next round to release and the base its audits must name.
+    def _chain(
+        self, session: Session, job_id: str, terms: JobTerms
+    ) -> tuple[int, str, list[mpz] | None]:
+        """The next round to release, the base its audits must name, and the ``A``
+        components it must grow from (None for round 0: ``Enc(W_0)`` has ``A = 1``).
 
         Round ``t``'s base is the aggregate (before its blind) that round ``t - 1``'s
         release was audited for; round 0's is the signed ``Enc(W_0)``. So every opened
@@ -696,10 +712,11 @@ class KgcService:
             select(Release).where(Release.job_id == job_id).order_by(Release.round.desc()).limit(1)
         )
         if latest is None:
-            return 0, terms.initial_ciphertext_sha256
-        if latest.aggregate_sha256 is None:
+            return 0, terms.initial_ciphertext_sha256, None
+        if latest.aggregate_sha256 is None or latest.a_components is None:
             raise ConflictError("legacy-job", "this job's last release predates audited aggregates")
-        return latest.round + 1, latest.aggregate_sha256
+        previous_a = elements_from_bytes(latest.a_components, element_bytes(self.params))
+        return latest.round + 1, latest.aggregate_sha256, previous_a
 
     @staticmethod
     def _binding(job_id: str, check: ReleaseCheck) -> ReleaseBinding:
@@ -757,19 +774,22 @@ class KgcService:
             )
         return dict(stored.bundle)
 
-    def _seal(
-        self,
-        frame: VectorFrame,
-        job_key: JobKey,
-        keys: dict[str, PublicKey],
-        binding: ReleaseBinding,
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _vector(frame: VectorFrame, job_key: JobKey) -> EncryptedVector:
+        """The frame's vector, every element checked (nothing is opened yet)."""
         try:
-            vector = frame.vector(job_key)
+            return frame.vector(job_key)
         except InvalidElementError as exc:
             raise InvalidError("invalid-element", str(exc)) from None
         except ValueError as exc:
             raise InvalidError("invalid-frame", str(exc)) from None
+
+    def _seal(
+        self,
+        vector: EncryptedVector,
+        keys: dict[str, PublicKey],
+        binding: ReleaseBinding,
+    ) -> dict[str, Any]:
         bundle = seal_release(
             self._master_key,
             vector,

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -151,6 +152,9 @@ class Release(Base):
     attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload_sha256: Mapped[str] = mapped_column(String(64))
     aggregate_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The opened vector's ``A`` components (fixed-width elements): the next release must
+    #: be these times its round's proven uploads. NULL before ``0004_release_a_components``.
+    a_components: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     contributors: Mapped[list[str]] = mapped_column(JSON)
     bundle: Mapped[dict[str, Any]] = mapped_column(JSON)  # with kgc_signature
     released_at: Mapped[float] = mapped_column(Float)

@@ -38,6 +38,7 @@ from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import BlockLayout, EncryptedVector, JobKey
 from common.clock import ManualClock as FakeClock
 from common.encoding import PackingLayout
+from common.pok import prove_randomness
 from common.protocol import (
     KGC_AUDIENCE,
     MAX_ATTEMPT,
@@ -50,6 +51,7 @@ from common.protocol import (
     initial_ciphertext,
     initial_ciphertext_sha256,
     initial_plaintexts,
+    pok_context,
     release_request_header,
     requested_terms,
     token_request,
@@ -114,19 +116,29 @@ def encrypt_plaintexts(
     job_key: JobKey, plaintexts: Sequence[int], rng: random.Random
 ) -> EncryptedVector:
     """Block encryption with one fresh ``r`` per block (plain powmods: tiny test vectors)."""
+    return encrypt_with_randomness(job_key, plaintexts, rng)[0]
+
+
+def encrypt_with_randomness(
+    job_key: JobKey, plaintexts: Sequence[int], rng: random.Random
+) -> tuple[EncryptedVector, list[Any]]:
+    """:func:`encrypt_plaintexts`, also returning each block's ``r`` (for its proof)."""
     params = job_key.params
+    randomness = []
     n, n2 = params.n, params.nsquare
     layout = BlockLayout(len(plaintexts), job_key.width)
     elements: list[int] = []
     position = 0
     for size in layout.block_sizes():
         r = params.random_exponent(rng)
+        randomness.append(r)
         elements.append(int(gmpy2.powmod(params.g, r, n2)))
         for j in range(size):
             m = gmpy2.mpz(plaintexts[position]) % n
             elements.append(int(gmpy2.powmod(job_key.hs[j], r, n2) * (1 + m * n) % n2))
             position += 1
-    return EncryptedVector(job_key, layout, tuple(gmpy2.mpz(e) for e in elements))
+    vector = EncryptedVector(job_key, layout, tuple(gmpy2.mpz(e) for e in elements))
+    return vector, randomness
 
 
 # ---------------------------------------------------------------- job terms
@@ -205,20 +217,33 @@ def statement_for(
     *,
     payload_sha256: str,
     closed_set_sha256: str,
+    randomness: Sequence[int] | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     subject_id: str | None = None,
 ) -> dict[str, Any]:
     """``subject``'s signed upload statement for ``round_number`` of the job ``terms`` fix.
 
-    ``signing_key`` and ``subject_id`` let a test forge one (another signer, another name).
+    It proves knowledge of ``randomness`` (``None``: of made-up randomness, a proof that
+    does not verify). ``signing_key`` and ``subject_id`` let a test forge one (another
+    signer, another name).
     """
+    sid = subject.subject_id if subject_id is None else subject_id
+    blocks = BlockLayout(terms.num_plaintexts, terms.width).num_blocks
+    proof = prove_randomness(
+        terms.job_key.params,
+        [1] * blocks if randomness is None else randomness,
+        pok_context(terms, round_number, closed_set_sha256),
+        sid,
+        random.Random(round_number),
+    )
     return build_upload_statement(
         subject.signing_key if signing_key is None else signing_key,
         terms,
         round_number=round_number,
-        subject_id=subject.subject_id if subject_id is None else subject_id,
+        subject_id=sid,
         payload_sha256=payload_sha256,
         closed_set_sha256=closed_set_sha256,
+        randomness_proof=proof.to_obj(),
     )
 
 
@@ -290,6 +315,8 @@ class RoundPlay:
     attempt: int
     signers: tuple[TestSubject, ...]
     uploads: Mapping[str, EncryptedVector]
+    #: Each upload's block randomness (its sender proves knowledge of it).
+    randomness: Mapping[str, list[Any]]
     commitments: tuple[dict[str, Any], ...]
     closed_set: dict[str, Any]
     statements: tuple[dict[str, Any], ...]
@@ -317,6 +344,7 @@ class RoundPlay:
             "round_number": self.round,
             "payload_sha256": "0" * 64 if payload is None else vector_sha256(payload),
             "closed_set_sha256": self.digests.closed_set_sha256,
+            "randomness": self.randomness.get(subject.subject_id),
             **changes,
         }
         return statement_for(subject, **args)
@@ -393,7 +421,8 @@ def play_round(
     n = int(terms.job_key.params.n)
     size = terms.num_plaintexts
     plain = {s.subject_id: [rng.randrange(n) for _ in range(size)] for s in signers}
-    uploads = {sid: encrypt_plaintexts(terms.job_key, p, rng) for sid, p in plain.items()}
+    encrypted = {sid: encrypt_with_randomness(terms.job_key, p, rng) for sid, p in plain.items()}
+    uploads = {sid: vector for sid, (vector, _) in encrypted.items()}
     commitments = tuple(
         build_commitment(
             s.signing_key,
@@ -418,6 +447,7 @@ def play_round(
         attempt=attempt,
         signers=tuple(signers),
         uploads=uploads,
+        randomness={sid: r for sid, (_, r) in encrypted.items()},
         commitments=commitments,
         closed_set=closed_set,
         statements=(),

@@ -283,9 +283,12 @@ def parse_definition(
     if encoding.clip_bound * largest_weight > layout.slot_bound:
         raise _invalid("clip_bound * largest weight exceeds slot_bound: one update cannot fit")
     header_limit = release_header_limit(len(participants))
-    if release_header_bytes(job_id, definition.subject_ids, param_server=param_server) > (
-        header_limit
-    ):
+    if release_header_bytes(
+        job_id,
+        definition.subject_ids,
+        param_server=param_server,
+        modulus_bits=int(modulus).bit_length(),
+    ) > (header_limit):
         raise _invalid(
             f"{len(participants)} participants' commitments, statements and audits would "
             f"not fit the {header_limit}-byte header of one release request"
@@ -299,7 +302,11 @@ def parse_definition(
 
 
 def release_header_bytes(
-    job_id: str, subject_ids: list[str], *, param_server: str | None = None
+    job_id: str,
+    subject_ids: list[str],
+    *,
+    param_server: str | None = None,
+    modulus_bits: int = 4096,
 ) -> int:
     """Worst-case size of a release request's frame header if every participant takes part.
 
@@ -307,10 +314,14 @@ def release_header_bytes(
     every participant's signed commitment, and per contributor its signed upload statement
     and its signed audit, plus the PS's signature; the KGC refuses headers over
     :func:`common.protocol.release_header_limit`, so a job whose release could never be
-    sent is refused up front. ``param_server`` is the messages' audience (this PS's subject id);
-    unknown, the longest subject id is assumed.
+    sent is refused up front. ``param_server`` is the messages' audience (this PS's subject
+    id); unknown, the longest subject id is assumed. ``modulus_bits`` is ``N``'s length
+    (each randomness proof holds two elements of ``Z*_{N^2}`` and a response).
     """
     signature = "A" * 86  # base64url of a 64-byte Ed25519 signature
+    # A randomness proof: A* and T below N^2, z at most N^2's length plus ~400 bits.
+    element_hex = "f" * (2 * modulus_bits // 4)
+    proof = {"a_star": element_hex, "t": element_hex, "z": "f" * ((2 * modulus_bits + 512) // 4)}
     audience = param_server if param_server is not None else "a" * SUBJECT_ID_MAX
     digest = "0" * 64
     big = 10**12
@@ -346,7 +357,14 @@ def release_header_bytes(
         "signature": signature,
     }
     statements = [
-        signed("statement", UPLOAD_PURPOSE, s, payload_sha256=digest, closed_set_sha256=digest)
+        signed(
+            "statement",
+            UPLOAD_PURPOSE,
+            s,
+            payload_sha256=digest,
+            closed_set_sha256=digest,
+            randomness_proof=proof,
+        )
         for s in subject_ids
     ]
     audit_digests = {

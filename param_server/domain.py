@@ -51,6 +51,7 @@ from common.blocks import (
 )
 from common.db import session_scope
 from common.encoding import PackingLayout
+from common.pok import RandomnessProof, verify_randomness
 from common.protocol import (
     MAX_ATTEMPT,
     ClosedSet,
@@ -60,6 +61,7 @@ from common.protocol import (
     digest_equal,
     initial_ciphertext,
     initial_ciphertext_sha256,
+    pok_context,
     release_request_header,
     requested_terms,
     verify_audit_statement,
@@ -575,7 +577,7 @@ class ParameterServer:
                 closed = self._closed(crypto, rnd)
                 if subject_id not in closed.payloads:
                     raise DomainError(403, "not-committed", f"no commitment in round {t}'s set")
-                digest, payload, statement = _check_upload(
+                digest, vector, statement = _check_upload(
                     crypto, job_id, t, subject_id, data, closed
                 )
                 taken = session.scalar(
@@ -591,6 +593,7 @@ class ParameterServer:
                     raise DomainError(
                         409, "replayed-payload", "this ciphertext was uploaded before"
                     )
+                _check_randomness_proof(crypto, t, subject_id, closed, statement, vector)
                 receipt = {
                     "job_id": job_id,
                     "round": t,
@@ -605,7 +608,7 @@ class ParameterServer:
                         round=t,
                         subject_id=subject_id,
                         sha256=digest,
-                        payload=payload,
+                        payload=vector.to_bytes(),
                         receipt=signed,
                         statement=statement,
                         accepted_at=now,
@@ -1220,10 +1223,10 @@ def _refusal(exc: ProtocolError) -> DomainError:
 
 def _check_upload(
     crypto: _JobCrypto, job_id: str, t: int, subject_id: str, data: bytes, closed: ClosedSet
-) -> tuple[str, bytes, dict[str, Any]]:
+) -> tuple[str, EncryptedVector, dict[str, Any]]:
     """Frame, header, statement, shape, every group element, then the commitment.
 
-    Returns the payload's SHA-256, the payload and the signed statement. The statement
+    Returns the payload's SHA-256, the checked vector and the signed statement. The statement
     (cheap) is checked before the group elements (costly); only subjects in the closed set
     get this far.
     """
@@ -1263,7 +1266,32 @@ def _check_upload(
     # sender committed to exactly those bytes.
     if not digest_equal(digest, closed.payloads[subject_id]):
         raise DomainError(422, "upload-mismatch", "the payload is not the committed one")
-    return digest, frame.payload, signed
+    return digest, vector, signed
+
+
+def _check_randomness_proof(
+    crypto: _JobCrypto,
+    t: int,
+    subject_id: str,
+    closed: ClosedSet,
+    signed: Mapping[str, Any],
+    vector: EncryptedVector,
+) -> None:
+    """The sender knows the upload's randomness: it is no re-randomised copy of another's.
+
+    Checked last (two exponentiations), after the cheap replay checks.
+    """
+    try:
+        verify_randomness(
+            crypto.job_key.params,
+            RandomnessProof.from_obj(signed["statement"]["randomness_proof"]),
+            pok_context(crypto.terms, t, closed.digest),
+            subject_id,
+            a_components=vector.a_components(),
+            blocks=crypto.layout.num_blocks,
+        )
+    except ValueError as exc:
+        raise DomainError(422, "bad-randomness-proof", str(exc)) from None
 
 
 def _is_int(value: object) -> bool:

@@ -38,10 +38,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.audit import audit_round
 from common.bcp import MasterKey, PublicKey, SecretKey
-from common.blocks import EncryptedVector, JobKey, VectorEncryptor, generate_job_key
+from common.blocks import BlockLayout, EncryptedVector, JobKey, VectorEncryptor, generate_job_key
 from common.clock import ManualClock as FakeClock
 from common.db import make_engine
 from common.encoding import PackingLayout, decode_vector, encode_vector
+from common.pok import prove_randomness
 from common.protocol import (
     AuditDigests,
     ClosedSet,
@@ -53,6 +54,7 @@ from common.protocol import (
     check_job_view,
     check_release_request,
     check_requested_terms,
+    pok_context,
     sign_job_terms,
     vector_sha256,
     verify_closed_set,
@@ -120,6 +122,7 @@ class _FakeRelease:
     attempt: int
     aggregate_sha256: str
     bundle: dict[str, Any]
+    a_components: list[Any]
 
 
 @dataclass
@@ -132,6 +135,12 @@ class _FakeJob:
         if not self.releases:
             return self.terms.initial_ciphertext_sha256
         return self.releases[max(self.releases)].aggregate_sha256
+
+    def previous_a(self, blocks: int) -> list[Any]:
+        """The ``A`` components of the last release (round 0: ``Enc(W_0)``'s, all 1)."""
+        if not self.releases:
+            return [1] * blocks
+        return self.releases[max(self.releases)].a_components
 
 
 class FakeKgc:
@@ -246,6 +255,10 @@ class FakeKgc:
         terms = job.terms
         digest = str(header.get("sha256"))
         try:
+            vector = parsed.vector(terms.job_key)
+        except ValueError as exc:
+            raise KgcError(422, "invalid-ciphertext", str(exc)) from None
+        try:
             if self.ps_verify_key is None:
                 raise ProtocolError("bad-request-signature", "no PS key registered")
             t = verify_release_signature(header, self.ps_verify_key)
@@ -267,6 +280,8 @@ class FakeKgc:
                 next_round=len(job.releases),
                 base_sha256=job.base_sha256(),
                 payload_sha256=digest,
+                previous_a=job.previous_a(len(vector.a_components())),
+                current_a=vector.a_components(),
             )
         except ProtocolError as exc:
             raise KgcError(_RELEASE_STATUS.get(exc.code, 422), exc.code, exc.message) from None
@@ -275,10 +290,6 @@ class FakeKgc:
             terms.width,
         ):
             raise KgcError(422, "wrong-shape", "the frame does not have the job's shape")
-        try:
-            vector = parsed.vector(terms.job_key)
-        except ValueError as exc:
-            raise KgcError(422, "invalid-ciphertext", str(exc)) from None
         digests = check.digests
         binding = ReleaseBinding(
             job_id=terms.job_id,
@@ -297,7 +308,12 @@ class FakeKgc:
         )
         bundle["kgc_signature"] = sign_json(self.signing_key, bundle)
         job.releases[t] = _FakeRelease(
-            digest, check.contributors, digests.attempt, digests.aggregate_sha256, bundle
+            digest,
+            check.contributors,
+            digests.attempt,
+            digests.aggregate_sha256,
+            bundle,
+            vector.a_components(),
         )
         return bundle
 
@@ -419,6 +435,9 @@ class TestParticipant:
     #: The key the KGC certified: it signs this participant's commitments, upload
     #: statements and audits.
     signing_key: Ed25519PrivateKey = field(default_factory=generate_signing_key, repr=False)
+    #: Payload SHA-256 -> the randomness of a vector this participant encrypted: its
+    #: upload proves knowledge of it (a vector it did not encrypt gets a wrong proof).
+    randomness: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def make(
@@ -458,7 +477,9 @@ class TestParticipant:
         plaintexts, _ = encode_vector(
             update, packing, clip_bound=clip, scale=job["weights"][self.subject_id]
         )
-        return encryptor.encrypt(plaintexts, rng)
+        vector, randomness = encryptor.encrypt_with_randomness(plaintexts, rng)
+        self.randomness[vector_sha256(vector)] = randomness
+        return vector
 
     def commitment(self, terms: JobTerms, t: int, vector: EncryptedVector) -> dict[str, Any]:
         """The signed commitment to ``vector`` as this participant's round-``t`` upload."""
@@ -495,6 +516,7 @@ class TestParticipant:
             vector,
             signing_key=self.signing_key,
             closed_set_sha256=closed_set_sha256,
+            randomness=self.randomness.get(vector_sha256(vector)),
         )
 
     def upload(
@@ -618,12 +640,16 @@ def upload_frame(
     *,
     signing_key: Ed25519PrivateKey,
     closed_set_sha256: str,
+    randomness: Sequence[int] | None,
 ) -> bytes:
     """What a participant uploads: its committed ciphertext framed for this job and round.
 
     The header carries the statement (:func:`common.protocol.build_upload_statement`)
-    naming the payload and the round's closed set, signed with ``signing_key``.
+    naming the payload and the round's closed set, signed with ``signing_key``, with a
+    proof of knowledge of ``randomness`` (``None``: of made-up randomness, a proof that
+    does not verify, as from someone who re-randomised another's ciphertext).
     """
+    proof = randomness_proof(terms, round_number, closed_set_sha256, subject_id, randomness)
     statement = build_upload_statement(
         signing_key,
         terms,
@@ -631,10 +657,30 @@ def upload_frame(
         subject_id=subject_id,
         payload_sha256=vector_sha256(vector),
         closed_set_sha256=closed_set_sha256,
+        randomness_proof=proof,
     )
     return encode_frame(
         vector, {"job_id": terms.job_id, "round": round_number, "statement": statement}
     )
+
+
+def randomness_proof(
+    terms: JobTerms,
+    round_number: int,
+    closed_set_sha256: str,
+    subject_id: str,
+    randomness: Sequence[int] | None = None,
+) -> dict[str, str]:
+    """A statement's ``randomness_proof`` (wire form) for ``randomness``; ``None``: for
+    made-up randomness, which does not verify against a real upload."""
+    blocks = BlockLayout(terms.num_plaintexts, terms.width).num_blocks
+    return prove_randomness(
+        terms.job_key.params,
+        [1] * blocks if randomness is None else randomness,
+        pok_context(terms, round_number, closed_set_sha256),
+        subject_id,
+        random.Random(round_number),
+    ).to_obj()
 
 
 def job_terms_of(

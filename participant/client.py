@@ -27,7 +27,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +41,7 @@ from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import EncryptedVector, EncryptionMasks, JobKey, VectorEncryptor
 from common.encoding import EncodingError, PackingLayout, decode_vector, encode_vector
 from common.http import ServiceClient, ServiceError
+from common.pok import prove_randomness
 from common.protocol import (
     DEFAULT_MIN_QUORUM,
     KGC_AUDIENCE,
@@ -52,6 +53,7 @@ from common.protocol import (
     build_commitment,
     build_upload_statement,
     check_job_view,
+    pok_context,
     token_request,
     vector_sha256,
     verify_closed_set,
@@ -396,6 +398,9 @@ class PreparedUpload:
     vector: EncryptedVector = field(repr=False)
     payload_sha256: str
     metrics: dict[str, Any]
+    #: Each block's encryption randomness (secret, memory only): the upload proves it
+    #: knows them (:mod:`common.pok`).
+    randomness: Sequence[int] = field(default=(), repr=False)
 
 
 def _default_window(job: JobView) -> int:
@@ -715,14 +720,28 @@ class ParticipantClient:
     # -- one round: commit, upload, audit
 
     def upload_frame(
-        self, job: JobView, round_number: int, vector: EncryptedVector, closed: ClosedSet
+        self,
+        job: JobView,
+        round_number: int,
+        vector: EncryptedVector,
+        closed: ClosedSet,
+        randomness: Sequence[int],
     ) -> bytes:
         """The upload frame of ``vector``: its header carries our signed upload statement.
 
         The statement (:func:`common.protocol.build_upload_statement`) names the job terms,
         the round, the payload's SHA-256, the closed commitment set and the PS as audience,
-        so neither the PS nor the KGC can move this upload to another round, job or server.
+        so neither the PS nor the KGC can move this upload to another round, job or server;
+        it carries a proof that we know ``randomness``, each block's ``r`` (bound to the
+        round and the closed set by :func:`common.protocol.pok_context`).
         """
+        proof = prove_randomness(
+            job.job_key.params,
+            randomness,
+            pok_context(job.terms, round_number, closed.digest),
+            self.identity.subject_id,
+            self.rng,
+        )
         statement = build_upload_statement(
             self.identity.signing_key,
             job.terms,
@@ -730,6 +749,7 @@ class ParticipantClient:
             subject_id=self.identity.subject_id,
             payload_sha256=vector_sha256(vector),
             closed_set_sha256=closed.digest,
+            randomness_proof=proof.to_obj(),
         )
         return encode_frame(
             vector, {"job_id": job.job_id, "round": round_number, "statement": statement}
@@ -791,7 +811,9 @@ class ParticipantClient:
             },
             "timings": timings,
         }
-        return PreparedUpload(round_number, vector, vector_sha256(vector), metrics)
+        return PreparedUpload(
+            round_number, vector, vector_sha256(vector), metrics, masks.randomness
+        )
 
     def commit(self, job: JobView, prepared: PreparedUpload) -> dict[str, Any]:
         """Send our signed commitment to the ciphertext we will upload (before any upload)."""
@@ -832,7 +854,7 @@ class ParticipantClient:
             raise ClientError(
                 f"round {prepared.round} closed without our commitment", "not-included"
             )
-        frame = self.upload_frame(job, prepared.round, prepared.vector, closed)
+        frame = self.upload_frame(job, prepared.round, prepared.vector, closed, prepared.randomness)
         start = time.perf_counter()
         receipt: dict[str, Any] = self._ps(job.ps_url).post_bytes(
             f"/v1/jobs/{job.job_id}/rounds/{prepared.round}/uploads", frame

@@ -346,7 +346,9 @@ def test_uploads_wait_for_the_closed_set_and_match_their_commitment(world: World
     prepared = {i: world.commit(i, 0, world.w0) for i in range(3)}
     job = world.job(3)
     mine = world.clients[3].prepare_update(job, 0, world.w0, *world.data(3))
-    premature = world.clients[3].upload_frame(job, 0, mine.vector, ClosedSet(0, {}, "00" * 32, {}))
+    premature = world.clients[3].upload_frame(
+        job, 0, mine.vector, ClosedSet(0, {}, "00" * 32, {}), mine.randomness
+    )
     ps = world.clients[3]._ps(world.ps_url)
     with pytest.raises(ServiceError) as info:
         ps.post_bytes(f"/v1/jobs/{JOB_ID}/rounds/0/uploads", premature)
@@ -357,7 +359,7 @@ def test_uploads_wait_for_the_closed_set_and_match_their_commitment(world: World
     assert sorted(closed.payloads) == sorted(c.identity.subject_id for c in world.clients)
     # a ciphertext chosen after the set closed (say, to cancel another upload): refused
     other = world.clients[3].prepare_update(job, 0, world.w0, *world.data(3))
-    swapped = world.clients[3].upload_frame(job, 0, other.vector, closed)
+    swapped = world.clients[3].upload_frame(job, 0, other.vector, closed, other.randomness)
     with pytest.raises(ServiceError) as info:
         ps.post_bytes(f"/v1/jobs/{JOB_ID}/rounds/0/uploads", swapped)
     assert (info.value.status, info.value.code) == (422, "upload-mismatch")
@@ -403,6 +405,7 @@ def test_kgc_refuses_relabelled_rounds_invented_statements_and_unaudited_aggrega
         subject_id=world.clients[3].identity.subject_id,
         payload_sha256=closed.payloads[world.clients[3].identity.subject_id],
         closed_set_sha256=closed.digest,
+        randomness_proof=statements[0]["statement"]["randomness_proof"],
     )
     p3 = world.clients[3].identity.subject_id
     others = [s for s in statements if s["statement"]["subject_id"] != p3]
@@ -415,6 +418,7 @@ def test_kgc_refuses_relabelled_rounds_invented_statements_and_unaudited_aggrega
         subject_id=world.outsider.identity.subject_id,
         payload_sha256="00" * 32,
         closed_set_sha256=closed.digest,
+        randomness_proof=statements[0]["statement"]["randomness_proof"],
     )
     refused({"statements": [*statements, outsider]}, 422, "not-a-participant")
     refused({"statements": statements[:2]}, 422, "below-quorum")

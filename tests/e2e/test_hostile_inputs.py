@@ -62,6 +62,8 @@ class Deployment:
     #: Each participant's committed ciphertext of ``w_i Δ_i``, and the closed set.
     committed: dict[int, EncryptedVector]
     closed: ClosedSet
+    #: Payload SHA-256 -> its encryption randomness (uploads prove knowledge of it).
+    randomness: dict[str, list[Any]] = field(default_factory=dict)
     accepted: dict[int, npt.NDArray[np.float64]] = field(default_factory=dict)
 
     @property
@@ -91,7 +93,11 @@ class Deployment:
         encoded, _ = encode_vector(
             self.delta(i), self.job.packing, clip_bound=self.job.clip_bound, scale=weight
         )
-        return client.encryptor(self.job).encrypt(encoded[:plaintexts], client.rng)
+        vector, randomness = client.encryptor(self.job).encrypt_with_randomness(
+            encoded[:plaintexts], client.rng
+        )
+        self.randomness[vector_sha256(vector)] = randomness
+        return vector
 
     def frame(
         self,
@@ -108,7 +114,9 @@ class Deployment:
         vector = (
             self.encrypt(i, plaintexts) if fresh or plaintexts is not None else self.committed[i]
         )
-        return self.clients[i].upload_frame(self.job, round_number, vector, self.closed)
+        return self.clients[i].upload_frame(
+            self.job, round_number, vector, self.closed, self.randomness[vector_sha256(vector)]
+        )
 
     def upload(self, i: int, data: bytes) -> dict[str, Any]:
         receipt: dict[str, Any] = self.as_participant(i).post_bytes(_uploads(), data)
@@ -148,6 +156,8 @@ def _reframe(
             subject_id=client.identity.subject_id,
             payload_sha256=hashlib.sha256(payload).hexdigest(),
             closed_set_sha256=closed.digest,
+            # the proof of the original upload: the checks under test come first
+            randomness_proof=head["statement"]["statement"]["randomness_proof"],
         )
     raw = json.dumps(head, separators=(",", ":"), sort_keys=True).encode()
     return struct.pack(">4sBI", FRAME_MAGIC, 1, len(raw)) + raw + payload

@@ -55,6 +55,8 @@ class PlayedJob:
     accepted: dict[int, npt.NDArray[np.float64]] = field(default_factory=dict)
     #: (round, participant) -> the ciphertext it committed to.
     committed: dict[tuple[int, int], EncryptedVector] = field(default_factory=dict)
+    #: Payload SHA-256 -> its encryption randomness (uploads prove knowledge of it).
+    randomness: dict[str, list[Any]] = field(default_factory=dict)
     _encryptor: VectorEncryptor | None = None
 
     @property
@@ -73,7 +75,11 @@ class PlayedJob:
         encoded, _ = encode_vector(
             self.delta(i), self.view.packing, clip_bound=self.view.clip_bound, scale=weight
         )
-        return self._encryptor.encrypt(encoded, random.Random(random.getrandbits(64)))
+        vector, randomness = self._encryptor.encrypt_with_randomness(
+            encoded, random.Random(random.getrandbits(64))
+        )
+        self.randomness[vector_sha256(vector)] = randomness
+        return vector
 
     def commit(self, i: int, *, round_number: int = 0) -> None:
         """Participant ``i`` encrypts its update and commits to it."""
@@ -87,7 +93,9 @@ class PlayedJob:
         """The committed upload of ``i`` (``fresh``: a new ciphertext) under the closed set."""
         closed = self.clients[i].closed_set(self.view, round_number)
         vector = self.encrypt(i) if fresh else self.committed[(round_number, i)]
-        return self.clients[i].upload_frame(self.view, round_number, vector, closed)
+        return self.clients[i].upload_frame(
+            self.view, round_number, vector, closed, self.randomness[vector_sha256(vector)]
+        )
 
     def audit(self, participants: Sequence[int], *, t: int = 0) -> None:
         """Once the round is aggregated, ``participants`` recompute and sign it (threads)."""

@@ -43,6 +43,7 @@ from param_server.testing import (
     make_definition,
     open_model,
     play_round,
+    randomness_proof,
 )
 
 LENGTH = 300
@@ -132,6 +133,9 @@ class Uploader:
             subject_id=subject,
             payload_sha256=sha256_hex(payload),
             closed_set_sha256=self.closed_digest(t),
+            randomness_proof=randomness_proof(
+                self.terms, t, self.closed_digest(t), subject
+            ),  # made up: the checks under test come first
         )
 
     def commit_payload(self, subject: str, t: int, payload: bytes) -> None:

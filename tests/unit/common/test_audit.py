@@ -10,9 +10,10 @@ else than what every contributor audited.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gmpy2
@@ -33,6 +34,7 @@ from common.blocks import (
     generate_job_key,
 )
 from common.encoding import PackingLayout, decode_vector, encode_vector
+from common.pok import RandomnessProof, batched_a, prove_randomness
 from common.protocol import (
     ClosedSet,
     JobTerms,
@@ -46,6 +48,7 @@ from common.protocol import (
     initial_ciphertext,
     initial_ciphertext_sha256,
     initial_plaintexts,
+    pok_context,
     release_request_header,
     requested_terms,
     sign_job_terms,
@@ -67,7 +70,11 @@ Params = tuple[PublicParams, MasterKey]
 
 @dataclass
 class Job:
-    """A signed job, its participants' keys and encryptor, and W_0."""
+    """A signed job, its participants' keys and encryptor, and W_0.
+
+    ``randomness`` remembers each upload's encryption randomness (by ``vector_sha256``):
+    what its sender, and only its sender, can prove knowledge of.
+    """
 
     params: PublicParams
     master: MasterKey
@@ -77,10 +84,19 @@ class Job:
     layout: PackingLayout
     w0: npt.NDArray[np.float64]
     encryptor: VectorEncryptor
+    randomness: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return int(self.params.n)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.base0().layout.num_blocks
+
+    def initial_a(self) -> list[int]:
+        """The A components of Enc(W_0) (trivial): what round 0's chain starts from."""
+        return [1] * self.num_blocks
 
     def base0(self) -> EncryptedVector:
         return initial_ciphertext(self.terms.job_key, self.layout, self.w0)
@@ -97,7 +113,36 @@ class Job:
 
     def upload(self, subject: str, round_number: int = 0, seed: int = 0) -> EncryptedVector:
         rng = random.Random(f"{subject}/{round_number}/{seed}")
-        return self.encryptor.encrypt(self.encoded(subject, round_number), rng)
+        vector, randomness = self.encryptor.encrypt_with_randomness(
+            self.encoded(subject, round_number), rng
+        )
+        self.randomness[vector_sha256(vector)] = [int(r) for r in randomness]
+        return vector
+
+    def zero(self, seed: int) -> tuple[EncryptedVector, list[int]]:
+        """A fresh encryption of zero and its randomness (what a re-randomiser knows)."""
+        vector, randomness = self.encryptor.encrypt_with_randomness(
+            [0] * self.layout.num_plaintexts, random.Random(f"zero/{seed}")
+        )
+        return vector, [int(r) for r in randomness]
+
+    def proof(
+        self, round_number: int, closed_digest: str, subject: str, upload: EncryptedVector
+    ) -> dict[str, Any]:
+        """The upload's randomness proof, from its remembered randomness.
+
+        A vector with no known randomness (a crafted one) gets made-up randomness: its
+        proof is not about the upload's A components.
+        """
+        digest = vector_sha256(upload)
+        randomness = self.randomness.get(digest, [1] * self.num_blocks)
+        return prove_randomness(
+            self.params,
+            randomness,
+            pok_context(self.terms, round_number, closed_digest),
+            subject,
+            random.Random(f"proof/{subject}/{round_number}/{digest}"),
+        ).to_obj()
 
     def closed_set(
         self, round_number: int, payloads: dict[str, str], closed_at: int = 1000
@@ -423,8 +468,11 @@ def release_header(
     audited: AuditedRound,
     *,
     statements_under: str | None = None,
+    proofs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The PS's release request; ``proofs`` replaces some contributors' randomness proofs."""
     closed = verify_closed_set(closed_signed, job.terms, round_number=round_number)
+    under = statements_under or closed.digest
     subjects = sorted(uploads)
     statements = [
         build_upload_statement(
@@ -433,7 +481,8 @@ def release_header(
             round_number=round_number,
             subject_id=s,
             payload_sha256=vector_sha256(uploads[s]),
-            closed_set_sha256=statements_under or closed.digest,
+            closed_set_sha256=under,
+            randomness_proof=(proofs or {}).get(s) or job.proof(round_number, under, s, uploads[s]),
         )
         for s in subjects
     ]
@@ -472,6 +521,8 @@ def test_the_kgc_accepts_exactly_what_every_contributor_audited(
         next_round=0,
         base_sha256=initial,
         payload_sha256=vector_sha256(audited.release),
+        previous_a=job.initial_a(),
+        current_a=audited.release.a_components(),
     )
     assert check.round == 0 and check.contributors == tuple(THREE)
     assert check.digests == audited.digests
@@ -490,6 +541,8 @@ def test_the_kgc_accepts_exactly_what_every_contributor_audited(
                 next_round=0,
                 base_sha256=initial,
                 payload_sha256=vector_sha256(other),
+                previous_a=job.initial_a(),
+                current_a=other.a_components(),
             )
         assert info.value.code == "audit-mismatch"
 
@@ -510,6 +563,8 @@ def test_the_kgc_accepts_exactly_what_every_contributor_audited(
                 next_round=1,
                 base_sha256=audited.digests.aggregate_sha256,
                 payload_sha256=vector_sha256(a.release),
+                previous_a=audited.release.a_components(),
+                current_a=a.release.a_components(),
             )
 
         if ok:
@@ -542,5 +597,108 @@ def test_a_second_closed_set_with_a_crafted_commitment_is_refused(
             next_round=0,
             base_sha256=job.terms.initial_ciphertext_sha256,
             payload_sha256=vector_sha256(audited.release),
+            previous_a=job.initial_a(),
+            current_a=audited.release.a_components(),
+        ),
+    )
+
+
+def released_round0(job: Job, uploads: dict[str, EncryptedVector]) -> AuditedRound:
+    """Round 0 over sub-a, sub-b and sub-c, checked by the KGC: its F is the chain's start."""
+    three = {s: uploads[s] for s in THREE}
+    signed = job.closed_set(0, {s: vector_sha256(u) for s, u in three.items()})
+    audited = audit0(job, three, closed=verify_closed_set(signed, job.terms, round_number=0))
+    check_release_request(
+        release_header(job, 0, signed, three, audited),
+        job.terms,
+        next_round=0,
+        base_sha256=job.terms.initial_ciphertext_sha256,
+        payload_sha256=vector_sha256(audited.release),
+        previous_a=job.initial_a(),
+        current_a=audited.release.a_components(),
+    )
+    return audited
+
+
+def test_a_rerandomised_copy_of_an_earlier_upload_is_refused(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    """A colluding quorum (sub-b, sub-c, sub-d, with the PS) replays sub-a's round-0 upload.
+
+    sub-d uploads ``U_a · Enc(0)`` in round 1: new bytes, so it commits, uploads and audits
+    like any other upload, and two releases would then differ by sub-a's update alone. But
+    sub-d knows only the zero's randomness, not sub-a's: it cannot prove knowledge of its
+    upload's randomness, and the KGC refuses.
+    """
+    round0 = released_round0(job, uploads)
+    zero, zero_randomness = job.zero(1)
+    copy = uploads["sub-a"] + zero
+    assert decrypt_vector(job.master, copy) == job.encoded("sub-a")  # the threat is real
+    round1 = {
+        "sub-b": job.upload("sub-b", 1),
+        "sub-c": job.upload("sub-c", 1),
+        "sub-d": copy,
+    }
+    signed = job.closed_set(1, {s: vector_sha256(u) for s, u in round1.items()})
+    closed = verify_closed_set(signed, job.terms, round_number=1)
+    audited = audit_round(  # every auditor of the colluding quorum accepts it
+        job.terms, closed, attempt=0, base=round0.aggregate, uploads=round1, blind=job.blind(6)
+    )
+    assert audited.contributors == ("sub-b", "sub-c", "sub-d")
+    context = pok_context(job.terms, 1, closed.digest)
+    known = prove_randomness(
+        job.params, zero_randomness, context, "sub-d", random.Random("colluder")
+    )
+    # the proof from what sub-d knows, but about its upload's A components: it cannot verify
+    claimed = RandomnessProof(batched_a(job.params, copy.a_components(), context), known.t, known.z)
+
+    def check(proof: RandomnessProof) -> object:
+        header = release_header(job, 1, signed, round1, audited, proofs={"sub-d": proof.to_obj()})
+        return check_release_request(
+            header,
+            job.terms,
+            next_round=1,
+            base_sha256=round0.digests.aggregate_sha256,
+            payload_sha256=vector_sha256(audited.release),
+            previous_a=round0.release.a_components(),
+            current_a=audited.release.a_components(),
+        )
+
+    refused("bad-randomness-proof", lambda: check(claimed))
+    # a valid proof of the zero alone leaves sub-a's A components unaccounted for
+    refused("broken-a-chain", lambda: check(known))
+
+
+def test_opening_a_vector_off_the_a_chain_is_refused(
+    job: Job, uploads: dict[str, EncryptedVector]
+) -> None:
+    """The PS asks to open ``F · Enc(0)``, with every audit re-signed to name it as F.
+
+    It decrypts to the same ``W + ΣΔ + R``, but its A components are not the previous
+    release's times the proven uploads: the KGC refuses it (and would refuse anything
+    else the PS multiplied in, such as a replayed upload).
+    """
+    three = {s: uploads[s] for s in THREE}
+    signed = job.closed_set(0, {s: vector_sha256(u) for s, u in three.items()})
+    audited = audit0(job, three, closed=verify_closed_set(signed, job.terms, round_number=0))
+    zero, _ = job.zero(2)
+    other = audited.release + zero
+    assert decrypt_vector(job.master, other) == decrypt_vector(job.master, audited.release)
+    renamed = dataclasses.replace(
+        audited,
+        release=other,
+        digests=dataclasses.replace(audited.digests, release_sha256=vector_sha256(other)),
+    )
+    header = release_header(job, 0, signed, three, renamed)
+    refused(
+        "broken-a-chain",
+        lambda: check_release_request(
+            header,
+            job.terms,
+            next_round=0,
+            base_sha256=job.terms.initial_ciphertext_sha256,
+            payload_sha256=vector_sha256(other),
+            previous_a=job.initial_a(),
+            current_a=other.a_components(),
         ),
     )

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from common.bcp import MasterKey, PublicParams, generate_params
 from common.blocks import BlockLayout, decrypt_vector, generate_job_key
 from common.encoding import PackingLayout, decode_vector
+from common.pok import prove_randomness
 from common.protocol import (
     AUDIT_PURPOSE,
     CLOSED_SET_PURPOSE,
@@ -49,6 +50,7 @@ from common.protocol import (
     initial_plaintexts,
     json_sha256,
     kgc_key_id,
+    pok_context,
     release_request_header,
     requested_terms,
     sign_job_terms,
@@ -146,6 +148,24 @@ class World:
             job_key=self.job_key,
         )
         self.terms = verify_job_terms(self.kgc.public_key(), self.signed, self.signature, params)
+        self.blocks = BlockLayout(self.terms.num_plaintexts, self.terms.width).num_blocks
+
+    def randomness(self, subject: str, round_number: int) -> list[Any]:
+        """The (made-up) block randomness of ``subject``'s round upload: ``A_b = g^{r_b}``."""
+        rng = random.Random(f"{subject}/{round_number}")
+        return [self.params.random_exponent(rng) for _ in range(self.blocks)]
+
+    def a_of(self, subjects: list[str], round_number: int) -> list[Any]:
+        """The ``A`` components of a released vector holding these subjects' uploads."""
+        n2 = self.params.nsquare
+        return [
+            pow(
+                int(self.params.g),
+                sum(int(self.randomness(s, round_number)[b]) for s in subjects),
+                int(n2),
+            )
+            for b in range(self.blocks)
+        ]
 
     def view(self) -> dict[str, Any]:
         return {
@@ -201,6 +221,13 @@ class World:
             subject_id=subject,
             payload_sha256=kw.pop("digest", payload(subject, round_number)),
             closed_set_sha256=closed,
+            randomness_proof=prove_randomness(
+                self.params,
+                self.randomness(subject, round_number),
+                pok_context(self.terms, round_number, closed),
+                subject,
+                random.Random(0),
+            ).to_obj(),
         )
 
     def digests(
@@ -263,12 +290,18 @@ def refused(code: str, call: Callable[..., object]) -> None:
 
 
 def check(world: World, header: dict[str, Any], next_round: int, **kw: str) -> ReleaseCheck:
+    """The KGC's check; the vector it opens holds exactly the listed contributors' ``A``."""
+    contributors = header.get("contributors")
+    holds = [str(c) for c in contributors] if isinstance(contributors, list) else []
+    round_number = header.get("round") if isinstance(header.get("round"), int) else 0
     return check_release_request(
         header,
         world.terms,
         next_round=next_round,
         base_sha256=kw.get("base", BASE),
         payload_sha256=kw.get("payload", RELEASE),
+        previous_a=[1] * world.blocks,
+        current_a=world.a_of(holds, int(round_number)),
     )
 
 
@@ -1038,3 +1071,60 @@ def test_the_token_challenge_names_its_audience() -> None:
         k: v for k, v in challenge.items() if k != "purpose"
     }
     verify_json(key.public_key(), challenge, body["signature"])
+
+
+# --------------------------------------------------------------------------- randomness proofs
+
+
+def test_the_kgc_refuses_a_statement_without_a_proof_of_its_randomness(world: World) -> None:
+    """A colluder vouching for a ciphertext whose randomness it does not know: refused."""
+    header = world.release_header(0, THREE)
+    closed = world.closed(header["closed_set"]).digest
+    forged = build_upload_statement(
+        world.keys[THREE[0]],
+        world.terms,
+        round_number=0,
+        subject_id=THREE[0],
+        payload_sha256=payload(THREE[0], 0),
+        closed_set_sha256=closed,
+        randomness_proof=prove_randomness(  # knows some randomness, not the upload's
+            world.params,
+            world.randomness(THREE[0], 99),
+            pok_context(world.terms, 0, closed),
+            THREE[0],
+            random.Random(1),
+        ).to_obj(),
+    )
+    body = {k: v for k, v in header.items() if k != "request_signature"}
+    body["statements"] = [forged, *body["statements"][1:]]
+    refused("broken-a-chain", lambda: check(world, body, 0))
+    # a proof made for another round's context does not verify in this one
+    replayed = world.statement(THREE[0], 1, closed=closed)
+    body["statements"] = [replayed, *header["statements"][1:]]
+    refused("statement-mismatch", lambda: check(world, body, 0))
+
+
+def test_the_kgc_refuses_a_vector_that_holds_more_than_the_proven_uploads(world: World) -> None:
+    header = world.release_header(0, THREE)
+    extra = world.a_of([*THREE, PARTICIPANTS[3]], 0)  # a fourth, unproven ciphertext inside
+    refused(
+        "broken-a-chain",
+        lambda: check_release_request(
+            header,
+            world.terms,
+            next_round=0,
+            base_sha256=BASE,
+            payload_sha256=RELEASE,
+            previous_a=[1] * world.blocks,
+            current_a=extra,
+        ),
+    )
+    tampered = {k: v for k, v in header.items()}
+    proof = dict(tampered["statements"][0]["statement"]["randomness_proof"])
+    proof["z"] = format(int(proof["z"], 16) + 1, "x")
+    body = {**tampered["statements"][0]["statement"], "randomness_proof": proof}
+    tampered["statements"] = [
+        {"statement": body, "signature": sign_json(world.keys[THREE[0]], body)},
+        *tampered["statements"][1:],
+    ]
+    refused("bad-randomness-proof", lambda: check(world, tampered, 0))

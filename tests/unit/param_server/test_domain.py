@@ -578,6 +578,7 @@ def test_upload_statements_are_checked_before_anything_is_stored(world: PsWorld)
             subject_id=subject,
             payload_sha256=digest,
             closed_set_sha256=closed_set,
+            randomness_proof=good["statement"]["randomness_proof"],
         )
 
     cases: list[tuple[Any, int, str]] = [
@@ -773,6 +774,7 @@ def test_release_request_carries_the_set_statements_and_audits_and_the_kgc_check
         subject_id="p2",
         payload_sha256="0" * 64,
         closed_set_sha256="0" * 64,
+        randomness_proof=header["statements"][1]["statement"]["randomness_proof"],
     )
     other_set = {**header["closed_set"], "signature": sign_json(world.ps_key, {"x": 1})}
     refusals: list[tuple[bytes, int, str]] = [
