@@ -17,10 +17,12 @@ Attacks played here (issue 11):
   the quorum, offers one participant's upload as the aggregate, or leaves out an audit:
   refused;
 - round 0's closed set, statements and audits replayed for round 1: refused;
+- a colluder commits to a re-randomised copy of an honest participant's earlier upload:
+  it cannot prove the copy's randomness, and the PS refuses the upload;
 - a token a participant sent to one PS is replayed at another PS and at the KGC: 401.
 
-Not closed yet (step 3) and therefore not asserted here: an old upload of an honest
-participant, re-randomised and audited by a colluding quorum (docs/SECURITY.md §5).
+The KGC's side of that last attack (a colluding quorum that audits such a copy) is
+played in tests/unit/common/test_audit.py against ``check_release_request``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from common.protocol import (
     build_audit_statement,
     build_upload_statement,
     release_request_header,
+    vector_sha256,
     verify_audit_statement,
 )
 from common.signing import b64encode, sign_json
@@ -117,16 +120,6 @@ class World:
     def audit(self, i: int, t: int) -> None:
         self.clients[i].wait_for_round(self.ps_url, JOB_ID, t, 120, at_least="closed")
         self.clients[i].audit(self.job(i), t)
-
-    def play_round(self, t: int, weights: np.ndarray) -> None:
-        """Every participant commits, uploads and audits round ``t``; it is released."""
-        prepared = {i: self.commit(i, t, weights) for i in range(K)}
-        for i, p in prepared.items():
-            self.upload(i, p)
-        for i in range(K):
-            self.audit(i, t)
-        for c in self.clients:
-            c.wait_for_release(self.ps_url, JOB_ID, t, timeout=120)
 
     def release_payload(self, t: int) -> bytes:
         """The true ``F`` of round ``t``'s current attempt, as any contributor recomputes it."""
@@ -465,7 +458,38 @@ def test_the_honest_job_finishes_after_the_attacks(world: World) -> None:
         "already-released",
     )
 
-    world.play_round(1, models[0])
+    # Round 1: participant 3 colludes. It commits to participant 0's round-0 upload,
+    # re-randomised (times an encryption of zero it made), and cannot prove its randomness.
+    prepared = {i: world.commit(i, 1, models[0]) for i in range(3)}
+    job3 = world.job(3)
+    old = EncryptedVector.from_bytes(
+        job3.job_key,
+        BlockLayout(job3.packing.num_plaintexts, job3.job_key.width),
+        dict((s, p) for s, p, _ in world.stored_uploads(0))[world.clients[0].identity.subject_id],
+    )
+    zero, zero_randomness = (
+        world.clients[3]
+        .encryptor(job3)
+        .encrypt_with_randomness([0] * job3.packing.num_plaintexts, world.clients[3].rng)
+    )
+    copy_of_old = old + zero
+    world.clients[3].commit(
+        job3, PreparedUpload(1, copy_of_old, vector_sha256(copy_of_old), {}, zero_randomness)
+    )  # the set closes: all four committed
+    for i, p in prepared.items():
+        world.upload(i, p)
+    closed1 = world.clients[3].closed_set(job3, 1)
+    copied = world.clients[3].upload_frame(job3, 1, copy_of_old, closed1, zero_randomness)
+    with pytest.raises(ServiceError) as info:
+        world.clients[3]._ps(world.ps_url).post_bytes(f"/v1/jobs/{JOB_ID}/rounds/1/uploads", copied)
+    assert (info.value.status, info.value.code) == (422, "bad-randomness-proof")
+    world.cluster.ps_operator().post_json(f"/v1/jobs/{JOB_ID}/rounds/1/close", {})
+    for i in range(3):
+        world.audit(i, 1)
+    world.clients[0].wait_for_release(world.ps_url, JOB_ID, 1, timeout=120)
+    assert world.cluster.ps_operator().get_json(f"/v1/jobs/{JOB_ID}/rounds/1")[
+        "contributors"
+    ] == sorted(c.identity.subject_id for c in world.clients[:3])
     final = world.clients[0].download_model(world.ps_url, JOB_ID, 1)
     assert np.all(np.isfinite(final))
     assert world.kgc_releases() == ROUNDS
