@@ -664,9 +664,22 @@ class ParticipantNode:
         except ServiceError as exc:
             if exc.status != 409 or "duplicate" not in exc.code:
                 raise
-            # Committed (or uploaded) before a restart with a ciphertext we no longer
-            # hold: this round goes on without us.
-            raise ClientError(f"round {t}: {exc.code} after a restart", "not-included") from None
+            # Committed before a restart. If the upload got through too (we died before
+            # recording it), the audit fetches it back from the PS; otherwise we no longer
+            # hold the committed ciphertext and the round goes on without us.
+            status = self._retry(lambda: client.round_status(view.ps_url, job_id, t))
+            if client.identity.subject_id not in status.get("contributors", []):
+                raise ClientError(
+                    f"round {t}: {exc.code} after a restart", "not-included"
+                ) from None
+            self._put_round(
+                job_id,
+                t,
+                status="uploaded",
+                contributed=True,
+                metrics={"note": "uploaded before a restart"},
+            )
+            return None
         self._put_round(
             job_id,
             t,
