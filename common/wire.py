@@ -42,6 +42,7 @@ __all__ = [
     "decode_frame",
     "dumps",
     "encode_frame",
+    "encode_payload_frame",
     "from_hex",
     "from_obj",
     "loads",
@@ -209,15 +210,33 @@ class VectorFrame:
 
 def encode_frame(vector: EncryptedVector, extra_header: Mapping[str, Any] | None = None) -> bytes:
     """Frame an encrypted vector with a JSON header (job, round, ... in ``extra_header``)."""
-    payload = vector.to_bytes()
+    return encode_payload_frame(
+        vector.to_bytes(), vector.layout, element_bytes(vector.job_key.params), extra_header
+    )
+
+
+def encode_payload_frame(
+    payload: bytes,
+    layout: BlockLayout,
+    element_width: int,
+    extra_header: Mapping[str, Any] | None = None,
+) -> bytes:
+    """:func:`encode_frame` of a vector's payload bytes, without parsing them.
+
+    For a sender that serves bytes it checked when it stored them (the PS re-serving
+    uploads and ``Enc(W_t)`` to auditors): converting every element to an integer and back
+    would cost more than the whole request otherwise.
+    """
+    if len(payload) != layout.num_elements * element_width:
+        raise WireError("payload length does not match the layout")
     header = dict(extra_header or {})
     header.update(
         {
             "kind": "bcp-vector",
-            "width": vector.layout.width,
-            "num_plaintexts": vector.layout.num_plaintexts,
-            "num_elements": vector.layout.num_elements,
-            "element_bytes": element_bytes(vector.job_key.params),
+            "width": layout.width,
+            "num_plaintexts": layout.num_plaintexts,
+            "num_elements": layout.num_elements,
+            "element_bytes": element_width,
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
     )

@@ -77,7 +77,14 @@ from common.release import (
     plaintexts_to_bytes,
 )
 from common.signing import public_key_hex, sign_json
-from common.wire import MAX_HEADER_BYTES, WireError, decode_frame, encode_frame, from_obj
+from common.wire import (
+    MAX_HEADER_BYTES,
+    WireError,
+    decode_frame,
+    encode_frame,
+    encode_payload_frame,
+    from_obj,
+)
 from param_server.definition import parse_definition
 from param_server.errors import DomainError
 from param_server.kgc_gateway import (
@@ -128,6 +135,10 @@ class _JobCrypto:
     @property
     def n(self) -> int:
         return int(self.job_key.params.n)
+
+    @property
+    def element_width(self) -> int:
+        return element_bytes(self.job_key.params)
 
 
 @dataclass
@@ -294,6 +305,13 @@ class ParameterServer:
     def _load_model(
         session: Session, job_id: str, version: int, crypto: _JobCrypto
     ) -> EncryptedVector:
+        payload = ParameterServer._model_bytes(session, job_id, version)
+        elements = elements_from_bytes(payload, crypto.element_width)
+        return EncryptedVector(crypto.job_key, crypto.layout, tuple(elements))
+
+    @staticmethod
+    def _model_bytes(session: Session, job_id: str, version: int) -> bytes:
+        """``Enc(W_version)``'s payload as stored (its chunks, in order)."""
         rows = session.scalars(
             select(ModelChunk)
             .where(ModelChunk.job_id == job_id, ModelChunk.version == version)
@@ -301,9 +319,7 @@ class ParameterServer:
         ).all()
         if not rows or [row.chunk_index for row in rows] != list(range(len(rows))):
             raise RuntimeError(f"model {job_id!r} version {version} has missing chunks")
-        width = element_bytes(crypto.job_key.params)
-        elements = elements_from_bytes(b"".join(row.data for row in rows), width)
-        return EncryptedVector(crypto.job_key, crypto.layout, tuple(elements))
+        return b"".join(row.data for row in rows)
 
     # ------------------------------------------------------------------ jobs
 
@@ -663,8 +679,10 @@ class ParameterServer:
         """``Enc(W_t)``, framed: the base every auditor adds the uploads to."""
         with self._sessions() as session:
             crypto, _ = self._aggregated(session, job_id, t, requester)
-            base = self._load_model(session, job_id, t, crypto)
-        return encode_frame(base, {"job_id": job_id, "round": t})
+            payload = self._model_bytes(session, job_id, t)
+        return encode_payload_frame(
+            payload, crypto.layout, crypto.element_width, {"job_id": job_id, "round": t}
+        )
 
     def upload_frame(self, job_id: str, t: int, subject_id: str, requester: str | None) -> bytes:
         """A contributor's upload re-framed with its statement, for the other auditors."""
@@ -679,9 +697,9 @@ class ParameterServer:
                 raise DomainError(
                     404, "upload-not-found", f"{subject_id!r} is no contributor of this attempt"
                 )
-            vector = EncryptedVector.from_bytes(crypto.job_key, crypto.layout, upload.payload)
             header = {"job_id": job_id, "round": t, "statement": upload.statement}
-        return encode_frame(vector, header)
+            payload = upload.payload  # checked when it was accepted: served as stored
+        return encode_payload_frame(payload, crypto.layout, crypto.element_width, header)
 
     def accept_audit(
         self, job_id: str, t: int, subject_id: str, signed: Any

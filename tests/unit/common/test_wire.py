@@ -32,6 +32,7 @@ from common.wire import (
     decode_frame,
     dumps,
     encode_frame,
+    encode_payload_frame,
     from_hex,
     from_obj,
     loads,
@@ -553,3 +554,17 @@ def test_decode_mutated_frames_only_raises_value_error(
     data[position % len(data)] = byte
     _check_decode(bytes(data[: len(data) - cut % len(data)]), job_key)
     _check_decode(bytes(data), job_key)
+
+
+def test_a_payload_framed_as_stored_is_the_vector_framed(
+    framed: tuple[JobKey, EncryptedVector], objects: dict[str, Any]
+) -> None:
+    """The PS re-serves stored uploads without parsing them: the same bytes either way."""
+    _, vector = framed
+    width = element_bytes(vector.job_key.params)
+    header = {"job_id": "job-7", "round": 3}
+    assert encode_payload_frame(vector.to_bytes(), vector.layout, width, header) == encode_frame(
+        vector, header
+    )
+    with pytest.raises(WireError):
+        encode_payload_frame(vector.to_bytes()[:-1], vector.layout, width)
