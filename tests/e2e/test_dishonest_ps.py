@@ -17,6 +17,7 @@ Attacks played here (issue 11):
   the quorum, offers one participant's upload as the aggregate, or leaves out an audit:
   refused;
 - round 0's closed set, statements and audits replayed for round 1: refused;
+- the PS swaps the blind ``R`` after aggregating: no contributor signs an audit;
 - a colluder commits to a re-randomised copy of an honest participant's earlier upload:
   it cannot prove the copy's randomness, and the PS refuses the upload;
 - a token a participant sent to one PS is replayed at another PS and at the KGC: 401.
@@ -432,6 +433,35 @@ def test_kgc_refuses_relabelled_rounds_invented_statements_and_unaudited_aggrega
     assert world.kgc_releases() == 0
 
 
+@contextmanager
+def rewritten_blind(world: World, t: int) -> Iterator[None]:
+    """The PS operator replaces round ``t``'s stored ``R`` (as it can), then puts it back."""
+    engine = world.ps_db()
+    try:
+        with engine.begin() as conn:
+            where = {"j": JOB_ID, "t": t}
+            stored = conn.execute(
+                text("SELECT blind FROM rounds WHERE job_id = :j AND round = :t"), where
+            ).scalar_one()
+            width = (int(world.job(0).packing.modulus).bit_length() + 7) // 8
+            raw = bytes(stored)  # another R: its first two values swapped
+            other = raw[width : 2 * width] + raw[:width] + raw[2 * width :]
+            conn.execute(
+                text("UPDATE rounds SET blind = :b WHERE job_id = :j AND round = :t"),
+                {**where, "b": other},
+            )
+        try:
+            yield
+        finally:
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE rounds SET blind = :b WHERE job_id = :j AND round = :t"),
+                    {**where, "b": stored},
+                )
+    finally:
+        engine.dispose()
+
+
 def test_the_honest_job_finishes_after_the_attacks(world: World) -> None:
     world.audit(3, 0)  # the last audit: the PS releases round 0
     for c in world.clients:
@@ -484,6 +514,14 @@ def test_the_honest_job_finishes_after_the_attacks(world: World) -> None:
         world.clients[3]._ps(world.ps_url).post_bytes(f"/v1/jobs/{JOB_ID}/rounds/1/uploads", copied)
     assert (info.value.status, info.value.code) == (422, "bad-randomness-proof")
     world.cluster.ps_operator().post_json(f"/v1/jobs/{JOB_ID}/rounds/1/close", {})
+    # The PS operator swaps R in its database after aggregating: what it now serves does
+    # not give the F it announced, so no contributor signs anything.
+    with rewritten_blind(world, 1):
+        world.clients[0].wait_for_round(world.ps_url, JOB_ID, 1, 120, at_least="closed")
+        with pytest.raises(ClientError) as refused:
+            world.clients[0].audit(world.job(0), 1)
+        assert refused.value.code == "audit-mismatch"
+        assert world.stored_audits(1) == []
     for i in range(3):
         world.audit(i, 1)
     world.clients[0].wait_for_release(world.ps_url, JOB_ID, 1, timeout=120)
