@@ -45,6 +45,7 @@ from common.blocks import (
     BlockLayout,
     EncryptedVector,
     JobKey,
+    add_plaintexts,
     element_bytes,
     elements_from_bytes,
     elements_to_bytes,
@@ -64,6 +65,7 @@ from common.protocol import (
     pok_context,
     release_request_header,
     requested_terms,
+    vector_sha256,
     verify_audit_statement,
     verify_closed_set,
     verify_commitment,
@@ -1063,8 +1065,9 @@ class ParameterServer:
     ) -> tuple[bytes, ReleaseBinding, list[str], int]:
         """The signed ``F`` frame: the stored one on a retry, else a new one.
 
-        ``F`` is recomputed from the stored uploads, base and ``R`` and must have the
-        digests every contributor signed; the header carries the closed set and, per
+        ``F = Agg · (1 + R N)`` from the stored aggregate (model version ``t + 1``) and
+        ``R``; both must have the digests every contributor signed, so nothing the
+        auditors did not recompute is sent. The header carries the closed set and, per
         contributor (sorted), its upload statement and its audit.
         """
         with self._sessions() as session:
@@ -1078,11 +1081,12 @@ class ParameterServer:
             pending = session.get(Release, (job_id, t))
             if pending is not None and pending.request is not None:
                 return pending.request, binding, contributors, crypto.layout.num_plaintexts
-            blind = plaintexts_from_bytes(rnd.blind, crypto.n)
-            audited = self._audit_round(
-                session, crypto, rnd, contributors, rnd.attempt, [int(r) for r in blind]
-            )
-            if audited.digests.fields() != rnd.digests:
+            aggregate = self._load_model(session, job_id, t + 1, crypto)
+            blinded = add_plaintexts(aggregate, plaintexts_from_bytes(rnd.blind, crypto.n))
+            if (vector_sha256(aggregate), vector_sha256(blinded)) != (
+                rnd.digests["aggregate_sha256"],
+                rnd.digests["release_sha256"],
+            ):
                 raise RuntimeError(f"round {t}'s stored aggregate is not the audited one")
             statements = {u.subject_id: u.statement for u in self._uploads(session, job_id, t)}
             audits = self._audits(session, rnd)
@@ -1099,7 +1103,7 @@ class ParameterServer:
                 audits=[audits[s] for s in contributors],
             )
             stored_blind = rnd.blind
-        frame = self._signed_frame(audited.release, header)
+        frame = self._signed_frame(blinded, header)
         with self._lock, session_scope(self._sessions) as session:
             release = session.get(Release, (job_id, t), with_for_update=True)
             if release is None:
