@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, func, select, text
@@ -101,6 +101,8 @@ from param_server.models import Audit, Commitment, Job, ModelChunk, Release, Rou
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "ParameterServer", "TickResult"]
 
 log = logging.getLogger(__name__)
+#: What a participant message's check returns (its body, or body and digests).
+_Checked = TypeVar("_Checked")
 
 DEFAULT_CHUNK_ELEMENTS = 64
 _FRAME_PREFIX_BYTES = 9  # magic, version, header length (common.wire)
@@ -498,14 +500,14 @@ class ParameterServer:
         now = self.clock()
         try:
             with self._lock, session_scope(self._sessions) as session:
-                job = self._job(session, job_id)
-                self._participant(job, subject_id)
-                try:
-                    body = verify_commitment(
-                        signed, self._crypto(job).terms, round_number=t, subject_id=subject_id
-                    )
-                except ProtocolError as exc:
-                    raise _refusal(exc) from None
+                job, body = self._participant_message(
+                    session,
+                    job_id,
+                    subject_id,
+                    lambda terms: verify_commitment(
+                        signed, terms, round_number=t, subject_id=subject_id
+                    ),
+                )
                 canonical = {"commitment": body, "signature": signed.get("signature")}
                 answer = {
                     "job_id": job_id,
@@ -540,25 +542,40 @@ class ParameterServer:
         self._settle_quietly(job_id, t, now)
         return answer, True
 
+    def _participant_message(
+        self,
+        session: Session,
+        job_id: str,
+        subject_id: str,
+        verify: Callable[[JobTerms], _Checked],
+    ) -> tuple[Job, _Checked]:
+        """The job and a participant's signed message checked against its terms.
+
+        404 for no job, 403 for a non-participant, and a message that does not verify is
+        refused with the status its protocol code calls for (:func:`_refusal`).
+        """
+        job = self._job(session, job_id)
+        self._participant(job, subject_id)
+        try:
+            return job, verify(self._crypto(job).terms)
+        except ProtocolError as exc:
+            raise _refusal(exc) from None
+
     @staticmethod
     def _same_commitment(
         session: Session, job_id: str, t: int, subject_id: str, canonical: dict[str, Any]
     ) -> bool:
         """True if exactly this commitment is stored; 409 if another one is."""
         stored = session.scalar(
-            select(Commitment).where(
+            select(Commitment.signed).where(
                 Commitment.job_id == job_id,
                 Commitment.round == t,
                 Commitment.subject_id == subject_id,
             )
         )
-        if stored is None:
-            return False
-        if stored.signed != canonical:
-            raise DomainError(
-                409, "duplicate-commitment", f"another commitment for round {t} is stored"
-            )
-        return True
+        return _already_stored(
+            stored, canonical, "duplicate-commitment", f"another commitment for round {t} is stored"
+        )
 
     def closed_set(self, job_id: str, t: int) -> dict[str, Any]:
         """``{"closed_set": signed}`` of round ``t``; 409 ``set-not-closed`` before."""
@@ -715,14 +732,14 @@ class ParameterServer:
         now = self.clock()
         try:
             with self._lock, session_scope(self._sessions) as session:
-                job = self._job(session, job_id)
-                self._participant(job, subject_id)
-                try:
-                    body, digests = verify_audit_statement(
-                        signed, self._crypto(job).terms, round_number=t, subject_id=subject_id
-                    )
-                except ProtocolError as exc:
-                    raise _refusal(exc) from None
+                _, (body, digests) = self._participant_message(
+                    session,
+                    job_id,
+                    subject_id,
+                    lambda terms: verify_audit_statement(
+                        signed, terms, round_number=t, subject_id=subject_id
+                    ),
+                )
                 canonical = {"audit": body, "signature": signed.get("signature")}
                 answer = {
                     "job_id": job_id,
@@ -793,11 +810,9 @@ class ParameterServer:
                 Audit.subject_id == subject_id,
             )
         )
-        if stored is None:
-            return False
-        if stored != canonical:
-            raise DomainError(409, "duplicate-audit", "another audit of this attempt is stored")
-        return True
+        return _already_stored(
+            stored, canonical, "duplicate-audit", "another audit of this attempt is stored"
+        )
 
     @staticmethod
     def _audits(session: Session, rnd: Round) -> dict[str, dict[str, Any]]:
@@ -1289,6 +1304,15 @@ def _check_upload(
     if not digest_equal(digest, closed.payloads[subject_id]):
         raise DomainError(422, "upload-mismatch", "the payload is not the committed one")
     return digest, vector, signed
+
+
+def _already_stored(stored: object, canonical: Mapping[str, Any], code: str, message: str) -> bool:
+    """A retried message: True if exactly it is stored, 409 ``code`` if another one is."""
+    if stored is None:
+        return False
+    if stored != canonical:
+        raise DomainError(409, code, message)
+    return True
 
 
 def _check_randomness_proof(
