@@ -39,6 +39,8 @@ class AuditedRound:
     aggregate: EncryptedVector
     release: EncryptedVector
     digests: AuditDigests
+    #: the run the closed set is for (what the audit statement must name)
+    run: int = 0
 
 
 def audit_round(
@@ -89,4 +91,4 @@ def audit_round(
         release_sha256=vector_sha256(release),
         blind_sha256=blind_sha256(blind, n),
     )
-    return AuditedRound(contributors, aggregate, release, digests)
+    return AuditedRound(contributors, aggregate, release, digests, closed.run)

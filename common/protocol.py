@@ -67,16 +67,20 @@ __all__ = [
     "KGC_AUDIENCE",
     "MAX_ATTEMPT",
     "MAX_ROUND",
+    "MAX_RUN",
     "TOKEN_PURPOSE",
+    "UNDECODABLE_PURPOSE",
     "UPLOAD_PURPOSE",
     "AuditDigests",
     "ClosedSet",
     "JobTerms",
     "ProtocolError",
     "ReleaseCheck",
+    "UndecodedRelease",
     "build_audit_statement",
     "build_closed_set",
     "build_commitment",
+    "build_undecodable_statement",
     "build_upload_statement",
     "check_job_view",
     "check_release_request",
@@ -92,6 +96,7 @@ __all__ = [
     "pok_context",
     "release_header_limit",
     "release_request_header",
+    "request_run",
     "requested_terms",
     "sha256_hex",
     "sign_job_terms",
@@ -103,14 +108,16 @@ __all__ = [
     "verify_commitment",
     "verify_job_terms",
     "verify_release_signature",
+    "verify_undecodable_statement",
     "verify_upload_statement",
 ]
 
 JOB_TERMS_PURPOSE = "trapdoor/job-terms/v2"
-COMMITMENT_PURPOSE = "trapdoor/commitment/v1"
-CLOSED_SET_PURPOSE = "trapdoor/closed-set/v1"
-UPLOAD_PURPOSE = "trapdoor/upload-statement/v2"
-AUDIT_PURPOSE = "trapdoor/audit/v1"
+COMMITMENT_PURPOSE = "trapdoor/commitment/v2"
+CLOSED_SET_PURPOSE = "trapdoor/closed-set/v2"
+UPLOAD_PURPOSE = "trapdoor/upload-statement/v3"
+AUDIT_PURPOSE = "trapdoor/audit/v2"
+UNDECODABLE_PURPOSE = "trapdoor/undecodable/v1"
 TOKEN_PURPOSE = "token"
 #: The audience of a token meant for the KGC itself; a PS's audience is its subject id.
 KGC_AUDIENCE = "kgc"
@@ -125,6 +132,8 @@ MAX_ROUND = 2**31 - 1
 RELEASE_HEADER_BYTES_PER_PARTICIPANT = 12 * 1024
 #: Attempts of one round (a re-aggregation after a contributor failed to audit) are bounded.
 MAX_ATTEMPT = 1000
+#: A round runs once, and at most once more after a release that did not decode (run 1).
+MAX_RUN = 1
 
 #: The fields the PS asks the KGC to sign (the KGC adds the rest, see :func:`sign_job_terms`).
 _REQUESTED_FIELDS = (
@@ -508,15 +517,20 @@ def check_job_view(
 
 
 def _statement_base(
-    terms: JobTerms, purpose: str, round_number: int, subject_id: str
+    terms: JobTerms, purpose: str, round_number: int, subject_id: str, run: int = 0
 ) -> dict[str, Any]:
-    """The fields every participant-signed message of a round starts with."""
+    """The fields every participant-signed message of a round starts with.
+
+    ``run`` is 0, or 1 for the single re-run of a round whose release did not decode: a
+    message of one run is never valid in the other.
+    """
     return {
         "purpose": purpose,
         "kgc_key_id": str(terms.raw["kgc_key_id"]),
         "job_id": terms.job_id,
         "job_terms_sha256": terms.digest,
         "round": int(round_number),
+        "run": int(run),
         "subject_id": subject_id,
         "audience": terms.param_server,
     }
@@ -543,6 +557,7 @@ def _verify_participant_signed(
     digests: Sequence[str],
     integers: Sequence[str] = (),
     objects: Sequence[str] = (),
+    run: int = 0,
 ) -> dict[str, Any]:
     """Check one participant-signed ``{field: body, "signature"}`` message; return the body.
 
@@ -564,14 +579,15 @@ def _verify_participant_signed(
         raise ProtocolError(
             f"bad-{field}-signature", f"the {what} is not signed by its participant"
         ) from None
-    expected = _statement_base(terms, purpose, round_number, str(subject))
+    expected = _statement_base(terms, purpose, round_number, str(subject), run)
     if subject_id is not None and subject != subject_id:
         raise ProtocolError(f"{field}-mismatch", f"the {what} is signed by another participant")
     if set(body) != {*expected, *digests, *integers, *objects} or any(
-        body.get(k) != v or (k == "round" and not _is_int(body.get(k))) for k, v in expected.items()
+        body.get(k) != v or (k in ("round", "run") and not _is_int(body.get(k)))
+        for k, v in expected.items()
     ):
         raise ProtocolError(
-            f"{field}-mismatch", f"the {what} is for another job, round, signer or audience"
+            f"{field}-mismatch", f"the {what} is for another job, round, run, signer or audience"
         )
     for name in digests:
         if not _is_digest(body.get(name)):
@@ -592,6 +608,7 @@ def build_commitment(
     round_number: int,
     subject_id: str,
     payload_sha256: str,
+    run: int = 0,
 ) -> dict[str, Any]:
     """A contributor's signed promise of the ciphertext it will upload this round.
 
@@ -600,16 +617,21 @@ def build_commitment(
     none can craft one that cancels an honest upload out of the aggregate.
     """
     body = {
-        **_statement_base(terms, COMMITMENT_PURPOSE, round_number, subject_id),
+        **_statement_base(terms, COMMITMENT_PURPOSE, round_number, subject_id, run),
         "payload_sha256": payload_sha256,
     }
     return {"commitment": body, "signature": sign_json(signing_key, body)}
 
 
 def verify_commitment(
-    signed: object, terms: JobTerms, *, round_number: int, subject_id: str | None = None
+    signed: object,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    subject_id: str | None = None,
+    run: int = 0,
 ) -> dict[str, Any]:
-    """Check a signed commitment for ``round_number`` of the job; return its body."""
+    """Check a signed commitment for ``round_number`` (``run``) of the job; its body."""
     return _verify_participant_signed(
         signed,
         "commitment",
@@ -618,6 +640,7 @@ def verify_commitment(
         round_number=round_number,
         subject_id=subject_id,
         digests=("payload_sha256",),
+        run=run,
     )
 
 
@@ -626,6 +649,7 @@ class ClosedSet:
     """A round's closed commitment set, verified: who may upload, and which payload."""
 
     round: int
+    run: int
     #: subject id -> the payload SHA-256 it committed to
     payloads: Mapping[str, str]
     #: SHA-256 of the signed set body: what upload and audit statements name.
@@ -640,6 +664,7 @@ def build_closed_set(
     round_number: int,
     commitments: Sequence[Mapping[str, Any]],
     closed_at: int,
+    run: int = 0,
 ) -> dict[str, Any]:
     """The PS's signed, final list of a round's commitments (sorted by subject id)."""
     ordered = sorted(
@@ -651,6 +676,7 @@ def build_closed_set(
         "job_id": terms.job_id,
         "job_terms_sha256": terms.digest,
         "round": int(round_number),
+        "run": int(run),
         "param_server": terms.param_server,
         "commitments": ordered,
         "closed_at": int(closed_at),
@@ -658,7 +684,9 @@ def build_closed_set(
     return {"closed_set": body, "signature": sign_json(ps_key, body)}
 
 
-def verify_closed_set(signed: object, terms: JobTerms, *, round_number: int) -> ClosedSet:
+def verify_closed_set(
+    signed: object, terms: JobTerms, *, round_number: int, run: int = 0
+) -> ClosedSet:
     """Check a closed set: the PS's key from the terms, every commitment, the quorum.
 
     One set per round is all a PS can sign that a contributor and the KGC both accept:
@@ -679,19 +707,23 @@ def verify_closed_set(signed: object, terms: JobTerms, *, round_number: int) -> 
         "job_id": terms.job_id,
         "job_terms_sha256": terms.digest,
         "round": round_number,
+        "run": run,
         "param_server": terms.param_server,
     }
     if (
         set(body) != {*expected, "commitments", "closed_at"}
         or any(body.get(k) != v for k, v in expected.items())
         or not _is_int(body.get("round"))
+        or not _is_int(body.get("run"))
         or not _is_int(body.get("closed_at"))
         or not isinstance(body.get("commitments"), list)
     ):
-        raise ProtocolError("closed-set-mismatch", "the closed set is for another job or round")
+        raise ProtocolError(
+            "closed-set-mismatch", "the closed set is for another job, round or run"
+        )
     payloads: dict[str, str] = {}
     for commitment in body["commitments"]:
-        checked = verify_commitment(commitment, terms, round_number=round_number)
+        checked = verify_commitment(commitment, terms, round_number=round_number, run=run)
         subject = str(checked["subject_id"])
         if subject in payloads:
             raise ProtocolError("duplicate-commitment", f"{subject} committed twice")
@@ -702,7 +734,7 @@ def verify_closed_set(signed: object, terms: JobTerms, *, round_number: int) -> 
         raise ProtocolError(
             "below-quorum", f"{len(payloads)} commitments, the quorum is {terms.quorum}"
         )
-    return ClosedSet(round_number, payloads, json_sha256(body), signed)
+    return ClosedSet(round_number, run, payloads, json_sha256(body), signed)
 
 
 # --------------------------------------------------------------------------- uploads
@@ -717,6 +749,7 @@ def build_upload_statement(
     payload_sha256: str,
     closed_set_sha256: str,
     randomness_proof: Mapping[str, Any],
+    run: int = 0,
 ) -> dict[str, Any]:
     """A contributor's signed statement: this payload is its upload under this closed set.
 
@@ -725,7 +758,7 @@ def build_upload_statement(
     re-randomised copy of someone else's (earlier) upload as its own.
     """
     body = {
-        **_statement_base(terms, UPLOAD_PURPOSE, round_number, subject_id),
+        **_statement_base(terms, UPLOAD_PURPOSE, round_number, subject_id, run),
         "payload_sha256": payload_sha256,
         "closed_set_sha256": closed_set_sha256,
         "randomness_proof": dict(randomness_proof),
@@ -741,6 +774,7 @@ def verify_upload_statement(
     subject_id: str | None = None,
     payload_sha256: str | None = None,
     closed_set_sha256: str | None = None,
+    run: int = 0,
 ) -> dict[str, Any]:
     """Check a contributor's upload statement against the job terms; return its body."""
     body = _verify_participant_signed(
@@ -752,6 +786,7 @@ def verify_upload_statement(
         subject_id=subject_id,
         digests=("payload_sha256", "closed_set_sha256"),
         objects=("randomness_proof",),
+        run=run,
     )
     try:
         RandomnessProof.from_obj(body["randomness_proof"])
@@ -818,17 +853,23 @@ def build_audit_statement(
     round_number: int,
     subject_id: str,
     digests: AuditDigests,
+    run: int = 0,
 ) -> dict[str, Any]:
     """A contributor's signature that it recomputed this attempt's aggregate and blind."""
     body = {
-        **_statement_base(terms, AUDIT_PURPOSE, round_number, subject_id),
+        **_statement_base(terms, AUDIT_PURPOSE, round_number, subject_id, run),
         **digests.fields(),
     }
     return {"audit": body, "signature": sign_json(signing_key, body)}
 
 
 def verify_audit_statement(
-    signed: object, terms: JobTerms, *, round_number: int, subject_id: str | None = None
+    signed: object,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    subject_id: str | None = None,
+    run: int = 0,
 ) -> tuple[dict[str, Any], AuditDigests]:
     """Check a signed audit statement; return its body and the digests it vouches for."""
     body = _verify_participant_signed(
@@ -840,8 +881,58 @@ def verify_audit_statement(
         subject_id=subject_id,
         digests=_AUDIT_DIGESTS,
         integers=("attempt",),
+        run=run,
     )
     return body, AuditDigests(**{k: body[k] for k in ("attempt", *_AUDIT_DIGESTS)})
+
+
+# --------------------------------------------------------------------------- undecodable
+
+
+def build_undecodable_statement(
+    signing_key: Ed25519PrivateKey,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    run: int,
+    subject_id: str,
+    bundle_sha256: str,
+) -> dict[str, Any]:
+    """A contributor's signed report that the release it opened does not decode.
+
+    It names the bundle (:func:`common.release.bundle_sha256`): the KGC allows round
+    ``t``'s one re-run only with such a report from every contributor of that bundle.
+    """
+    body = {
+        **_statement_base(terms, UNDECODABLE_PURPOSE, round_number, subject_id, run),
+        "bundle_sha256": bundle_sha256,
+    }
+    return {"undecodable": body, "signature": sign_json(signing_key, body)}
+
+
+def verify_undecodable_statement(
+    signed: object,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    run: int,
+    subject_id: str | None = None,
+    bundle_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Check an ``undecodable`` report (for ``bundle_sha256`` when given); its body."""
+    body = _verify_participant_signed(
+        signed,
+        "undecodable",
+        terms,
+        UNDECODABLE_PURPOSE,
+        round_number=round_number,
+        subject_id=subject_id,
+        digests=("bundle_sha256",),
+        run=run,
+    )
+    if bundle_sha256 is not None and not digest_equal(body["bundle_sha256"], bundle_sha256):
+        raise ProtocolError("undecodable-mismatch", "the report names another release")
+    return body
 
 
 # --------------------------------------------------------------------------- releases
@@ -860,12 +951,20 @@ def release_request_header(
     closed_set: Mapping[str, Any],
     statements: Sequence[Mapping[str, Any]],
     audits: Sequence[Mapping[str, Any]],
+    run: int = 0,
+    undecodable: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """What a PS puts in the header of a release request frame (it signs it whole)."""
+    """What a PS puts in the header of a release request frame (it signs it whole).
+
+    ``undecodable`` is empty for run 0; for run 1 it is every run-0 contributor's report
+    that run 0's release did not decode.
+    """
     contributors = [str(s["statement"]["subject_id"]) for s in statements]
     return {
         "job_id": job_id,
         "round": int(round_number),
+        "run": int(run),
+        "undecodable": [dict(u) for u in undecodable],
         "attempt": int(attempt),
         "contributors": contributors,
         "closed_set": dict(closed_set),
@@ -896,8 +995,26 @@ class ReleaseCheck:
     """A release request that passed every check: what the KGC may open, and for whom."""
 
     round: int
+    run: int
     contributors: tuple[str, ...]
     digests: AuditDigests
+
+
+@dataclass(frozen=True)
+class UndecodedRelease:
+    """The KGC's record of the run-0 release a run-1 request would re-run."""
+
+    round: int
+    contributors: tuple[str, ...]
+    bundle_sha256: str
+
+
+def request_run(header: Mapping[str, Any]) -> int:
+    """The run a release request names (0, or 1 for a re-run); ``bad-field`` otherwise."""
+    run = header.get("run")
+    if not isinstance(run, int) or not _in_range(run, 0, MAX_RUN):
+        raise ProtocolError("bad-field", f"run must be an integer in [0, {MAX_RUN}]")
+    return run
 
 
 def _one_per_contributor(
@@ -928,6 +1045,7 @@ def check_release_request(
     payload_sha256: str,
     previous_a: Sequence[int],
     current_a: Sequence[int],
+    undecoded: UndecodedRelease | None = None,
 ) -> ReleaseCheck:
     """The KGC's checks of a release request before it opens anything.
 
@@ -939,6 +1057,11 @@ def check_release_request(
     the same attempt, set, contributors, ``base_sha256`` (the KGC's latest release's
     aggregate, or ``Enc(W_0)`` from the terms) and ``payload_sha256`` (the frame it is
     asked to open) as ``F``.
+
+    Re-run (``run`` 1): allowed only when ``undecoded`` is the job's latest release,
+    of this round and run 0, and then only for exactly its contributor set, with its
+    ``undecodable`` report from each of them; the caller gives the base and ``A`` that
+    run 0 started from. So one base gives at most two releases, both over one set.
     """
     if header.get("job_id") != terms.job_id:
         raise ProtocolError("job-mismatch", "the request is for another job")
@@ -956,6 +1079,7 @@ def check_release_request(
             "out-of-schedule",
             f"round {round_number} cannot be released now: the next round is {next_round}",
         )
+    run = request_run(header)
     attempt = header.get("attempt")
     if not isinstance(attempt, int) or not _in_range(attempt, 0, MAX_ATTEMPT):
         raise ProtocolError("bad-field", f"attempt must be an integer in [0, {MAX_ATTEMPT}]")
@@ -973,7 +1097,8 @@ def check_release_request(
         raise ProtocolError(
             "below-quorum", f"{len(contributors)} contributors, the quorum is {terms.quorum}"
         )
-    closed = verify_closed_set(header.get("closed_set"), terms, round_number=round_number)
+    _check_rerun(header, terms, round_number, run, contributors, undecoded)
+    closed = verify_closed_set(header.get("closed_set"), terms, round_number=round_number, run=run)
     uncommitted = sorted(set(contributors) - set(closed.payloads))
     if uncommitted:
         raise ProtocolError(
@@ -989,13 +1114,14 @@ def check_release_request(
             round_number=round_number,
             payload_sha256=closed.payloads.get(_signer(signed, "statement"), ""),
             closed_set_sha256=closed.digest,
+            run=run,
         ),
     )
     audits = _one_per_contributor(
         header.get("audits"),
         contributors,
         "audit",
-        lambda signed: verify_audit_statement(signed, terms, round_number=round_number),
+        lambda signed: verify_audit_statement(signed, terms, round_number=round_number, run=run),
     )
     expected = AuditDigests(
         attempt=attempt,
@@ -1021,7 +1147,46 @@ def check_release_request(
         previous_a,
         current_a,
     )
-    return ReleaseCheck(round_number, tuple(contributors), expected)
+    return ReleaseCheck(round_number, run, tuple(contributors), expected)
+
+
+def _check_rerun(
+    header: Mapping[str, Any],
+    terms: JobTerms,
+    round_number: int,
+    run: int,
+    contributors: Sequence[str],
+    undecoded: UndecodedRelease | None,
+) -> None:
+    """Run 0 carries no reports; run 1 re-runs exactly the undecoded release's set."""
+    reports = header.get("undecodable")
+    if not isinstance(reports, list):
+        raise ProtocolError("bad-field", "undecodable must be a list")
+    if run == 0:
+        if reports:
+            raise ProtocolError("undecodable-mismatch", "run 0 carries no undecodable reports")
+        return
+    if undecoded is None or undecoded.round != round_number:
+        raise ProtocolError(
+            "out-of-schedule", f"round {round_number} has no undecoded release to re-run"
+        )
+    if sorted(contributors) != sorted(undecoded.contributors):
+        raise ProtocolError(
+            "rerun-set-mismatch",
+            "a re-run must have exactly the contributors of the release it replaces",
+        )
+    _one_per_contributor(
+        reports,
+        undecoded.contributors,
+        "undecodable",
+        lambda signed: verify_undecodable_statement(
+            signed,
+            terms,
+            round_number=round_number,
+            run=0,
+            bundle_sha256=undecoded.bundle_sha256,
+        ),
+    )
 
 
 def _check_a_chain(

@@ -30,11 +30,12 @@ from common.sealing import (
     unwrap_data_key,
     wrap_data_key,
 )
-from common.signing import b64decode, b64encode
+from common.signing import b64decode, b64encode, canonical_json
 
 __all__ = [
     "ReleaseBinding",
     "blind_sha256",
+    "bundle_sha256",
     "open_release",
     "plaintexts_from_bytes",
     "plaintexts_to_bytes",
@@ -58,13 +59,16 @@ class ReleaseBinding:
     base_sha256: str
     contributors_sha256: str
     blind_sha256: str
+    #: 0, or 1 for the one re-run of a round whose release did not decode
+    run: int = 0
 
     def context(self) -> bytes:
         return "|".join(
             [
-                "trapdoor-release/v2",
+                "trapdoor-release/v3",
                 self.job_id,
                 str(self.round),
+                str(self.run),
                 str(self.attempt),
                 self.base_sha256,
                 self.contributors_sha256,
@@ -76,6 +80,7 @@ class ReleaseBinding:
         return {
             "job_id": self.job_id,
             "round": self.round,
+            "run": self.run,
             "attempt": self.attempt,
             "base_sha256": self.base_sha256,
             "contributors_sha256": self.contributors_sha256,
@@ -89,6 +94,7 @@ class ReleaseBinding:
             return cls(
                 job_id=str(bundle["job_id"]),
                 round=int(bundle["round"]),
+                run=int(bundle["run"]),
                 attempt=int(bundle["attempt"]),
                 base_sha256=str(bundle["base_sha256"]),
                 contributors_sha256=str(bundle["contributors_sha256"]),
@@ -96,6 +102,20 @@ class ReleaseBinding:
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bundle lacks its binding: {exc}") from None
+
+
+def bundle_sha256(binding: ReleaseBinding, sealed_model: Any) -> str:
+    """The digest that names one release bundle to everyone who holds part of it.
+
+    A contributor sees only its own wrapped key, so the digest covers what every
+    contributor and the KGC share: the binding and the sealed model. An ``undecodable``
+    statement names it, so it cannot be replayed against another release.
+    """
+    named = {
+        **binding.fields(),
+        "sealed_model_sha256": hashlib.sha256(canonical_json(sealed_model)).hexdigest(),
+    }
+    return hashlib.sha256(canonical_json(named)).hexdigest()
 
 
 def blind_sha256(blind: Sequence[int], n: int) -> str:

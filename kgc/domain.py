@@ -29,6 +29,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -54,15 +55,17 @@ from common.protocol import (
     JobTerms,
     ProtocolError,
     ReleaseCheck,
+    UndecodedRelease,
     check_release_request,
     check_requested_terms,
     release_header_limit,
+    request_run,
     sign_job_terms,
     token_challenge,
     verify_job_terms,
     verify_release_signature,
 )
-from common.release import ReleaseBinding, seal_release
+from common.release import ReleaseBinding, bundle_sha256, seal_release
 from common.sealing import RandomBytes
 from common.signing import (
     ROLES,
@@ -131,6 +134,7 @@ _PROTOCOL_REFUSALS: dict[str, type[KgcError]] = {
     "bad-closed-set-signature": ForbiddenError,
     "bad-commitment-signature": ForbiddenError,
     "bad-audit-signature": ForbiddenError,
+    "bad-undecodable-signature": ForbiddenError,
     "bad-field": BadRequestError,
     "bad-terms": BadRequestError,
 }
@@ -147,6 +151,17 @@ def _digest(text: str) -> str:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """What the next release must continue: round, base digest, ``A`` (None: all 1), and
+    for a re-run the release it replaces."""
+
+    next_round: int
+    base_sha256: str
+    previous_a: list[mpz] | None
+    undecoded: UndecodedRelease | None = None
 
 
 class KgcService:
@@ -633,15 +648,16 @@ class KgcService:
         digest = str(header["sha256"])
         try:
             round_number = verify_release_signature(header, ps_key)
+            run = request_run(header)
         except ProtocolError as exc:
             raise protocol_refusal(exc) from None
         if header.get("job_id") != job_id:
             raise InvalidError("job-mismatch", "the request is for another job")
         with self._sessions() as session:
-            stored = self._stored_release(session, job_id, round_number)
+            stored = self._stored_release(session, job_id, round_number, run)
             if stored is not None:
                 return self._same_release(stored, digest, header), False
-            next_round, base_sha256, previous_a = self._chain(session, job_id, terms)
+            chain = self._chain(session, job_id, terms, run)
         self._check_shape(header, terms)
         vector = self._vector(frame, terms.job_key)  # every element checked, nothing opened
         current_a = vector.a_components()
@@ -649,11 +665,12 @@ class KgcService:
             check = check_release_request(
                 header,
                 terms,
-                next_round=next_round,
-                base_sha256=base_sha256,
+                next_round=chain.next_round,
+                base_sha256=chain.base_sha256,
                 payload_sha256=digest,
-                previous_a=previous_a or [1] * len(current_a),
+                previous_a=chain.previous_a or [1] * len(current_a),
                 current_a=current_a,
+                undecoded=chain.undecoded,
             )
         except ProtocolError as exc:
             raise protocol_refusal(exc) from None
@@ -674,6 +691,8 @@ class KgcService:
                     Release(
                         job_id=job_id,
                         round=check.round,
+                        run=check.run,
+                        undecodable=list(header["undecodable"]) if check.run else None,
                         attempt=check.digests.attempt,
                         payload_sha256=digest,
                         aggregate_sha256=check.digests.aggregate_sha256,
@@ -685,38 +704,61 @@ class KgcService:
                 )
         except IntegrityError:  # a concurrent request stored this round first
             with self._sessions() as session:
-                stored = self._stored_release(session, job_id, check.round)
+                stored = self._stored_release(session, job_id, check.round, check.run)
                 if stored is None:
                     raise
                 return self._same_release(stored, digest, header), False
         log.info(
-            "released job %s round %d (attempt %d) to %d contributors",
+            "released job %s round %d (run %d, attempt %d) to %d contributors",
             job_id,
             check.round,
+            check.run,
             check.digests.attempt,
             len(keys),
         )
         return bundle, True
 
-    def _chain(
-        self, session: Session, job_id: str, terms: JobTerms
-    ) -> tuple[int, str, list[mpz] | None]:
-        """The next round to release, the base its audits must name, and the ``A``
-        components it must grow from (None for round 0: ``Enc(W_0)`` has ``A = 1``).
+    def _chain(self, session: Session, job_id: str, terms: JobTerms, run: int) -> _Chain:
+        """Where a request for ``run`` must continue the job's chain of releases.
 
         Round ``t``'s base is the aggregate (before its blind) that round ``t - 1``'s
         release was audited for; round 0's is the signed ``Enc(W_0)``. So every opened
         model continues the previous one: a PS cannot restart from another history.
+        Run 0 continues the latest release. Run 1 re-runs the latest release, if that is
+        a run 0, from the base that run 0 started from, for exactly its contributors.
         """
-        latest = session.scalar(
-            select(Release).where(Release.job_id == job_id).order_by(Release.round.desc()).limit(1)
-        )
+        releases = session.scalars(
+            select(Release)
+            .where(Release.job_id == job_id)
+            .order_by(Release.round.desc(), Release.run.desc())
+            .limit(2)
+        ).all()
+        latest = releases[0] if releases else None
+        if run == 0:
+            return self._continuing(terms, latest, latest.round + 1 if latest else 0)
         if latest is None:
-            return 0, terms.initial_ciphertext_sha256, None
-        if latest.aggregate_sha256 is None or latest.a_components is None:
+            return self._continuing(terms, None, 0)
+        before = releases[1] if len(releases) > 1 and releases[1].round < latest.round else None
+        chain = self._continuing(terms, before, latest.round)
+        if latest.run != 0:
+            return chain  # already re-run: check_release_request refuses another
+        undecoded = UndecodedRelease(
+            round=latest.round,
+            contributors=tuple(latest.contributors),
+            bundle_sha256=bundle_sha256(
+                ReleaseBinding.from_fields(latest.bundle), latest.bundle["sealed_model"]
+            ),
+        )
+        return _Chain(chain.next_round, chain.base_sha256, chain.previous_a, undecoded)
+
+    def _continuing(self, terms: JobTerms, previous: Release | None, next_round: int) -> _Chain:
+        """The chain after ``previous`` (None: from ``Enc(W_0)``, whose ``A`` is 1)."""
+        if previous is None:
+            return _Chain(next_round, terms.initial_ciphertext_sha256, None)
+        if previous.aggregate_sha256 is None or previous.a_components is None:
             raise ConflictError("legacy-job", "this job's last release predates audited aggregates")
-        previous_a = elements_from_bytes(latest.a_components, element_bytes(self.params))
-        return latest.round + 1, latest.aggregate_sha256, previous_a
+        previous_a = elements_from_bytes(previous.a_components, element_bytes(self.params))
+        return _Chain(next_round, previous.aggregate_sha256, previous_a)
 
     @staticmethod
     def _binding(job_id: str, check: ReleaseCheck) -> ReleaseBinding:
@@ -725,6 +767,7 @@ class KgcService:
         return ReleaseBinding(
             job_id=job_id,
             round=check.round,
+            run=check.run,
             attempt=digests.attempt,
             base_sha256=digests.base_sha256,
             contributors_sha256=digests.contributors_sha256,
@@ -747,9 +790,13 @@ class KgcService:
             )
 
     @staticmethod
-    def _stored_release(session: Session, job_id: str, round_number: int) -> Release | None:
+    def _stored_release(
+        session: Session, job_id: str, round_number: int, run: int
+    ) -> Release | None:
         return session.scalar(
-            select(Release).where(Release.job_id == job_id, Release.round == round_number)
+            select(Release).where(
+                Release.job_id == job_id, Release.round == round_number, Release.run == run
+            )
         )
 
     @staticmethod
@@ -770,7 +817,8 @@ class KgcService:
         )
         if not same:
             raise ConflictError(
-                "already-released", f"round {stored.round} was released for another request"
+                "already-released",
+                f"round {stored.round} (run {stored.run}) was released for another request",
             )
         return dict(stored.bundle)
 

@@ -10,8 +10,9 @@ stored without their secrets ``a_j``: the master key opens anything under them.
 Invariants the schema enforces, so concurrent gunicorn workers cannot break them:
 
 - one use of a token-challenge nonce per subject: ``uq_kgc_token_nonces_subject_nonce``;
-- one release per (job, round): ``uq_kgc_releases_job_round`` (with the KGC's schedule,
-  rounds are released in order, so a job's release count is its next round).
+- one release per (job, round, run): ``uq_kgc_releases_job_round_run`` (with the KGC's
+  schedule, rounds are released in order, and run 1 only right after the same round's
+  run 0, so the latest (round, run) says what may come next).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Job(Base):
 
 
 class Release(Base):
-    """The sealed bundle of one (job, round), kept so a retried request gets the same one.
+    """The sealed bundle of one (job, round, run), kept so a retried request gets the same one.
 
     ``aggregate_sha256`` is the audited ``Agg`` of the released attempt ``attempt``: the
     base the next round's audits must name, which chains the job's releases. Both are
@@ -142,13 +143,17 @@ class Release(Base):
     """
 
     __tablename__ = "kgc_releases"
-    __table_args__ = (UniqueConstraint("job_id", "round", name="uq_kgc_releases_job_round"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "round", "run", name="uq_kgc_releases_job_round_run"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(
         String(JOB_ID_LENGTH), ForeignKey("kgc_jobs.job_id", ondelete="CASCADE")
     )
     round: Mapped[int] = mapped_column(Integer)
+    #: 0, or 1 for the one re-run of a round whose run-0 release did not decode
+    run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload_sha256: Mapped[str] = mapped_column(String(64))
     aggregate_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -157,4 +162,6 @@ class Release(Base):
     a_components: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     contributors: Mapped[list[str]] = mapped_column(JSON)
     bundle: Mapped[dict[str, Any]] = mapped_column(JSON)  # with kgc_signature
+    #: run 1 only: every run-0 contributor's signed report that run 0 did not decode
+    undecodable: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     released_at: Mapped[float] = mapped_column(Float)

@@ -196,6 +196,13 @@ def audit(job_id: str, t: int) -> Any:
     return _created(_service().accept_audit(job_id, t, claims.subject, json_body()))
 
 
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/undecodable")
+def undecodable(job_id: str, t: int) -> Any:
+    """Contributor of round t's release: its signed report that the release does not decode."""
+    claims = _participant()
+    return _created(_service().accept_undecodable(job_id, t, claims.subject, json_body()))
+
+
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/close")
 def close_round(job_id: str, t: int) -> Any:
     """Operator: end round t's commit or upload phase now if it has its quorum."""

@@ -55,6 +55,7 @@ from common.encoding import PackingLayout
 from common.pok import RandomnessProof, verify_randomness
 from common.protocol import (
     MAX_ATTEMPT,
+    MAX_RUN,
     ClosedSet,
     JobTerms,
     ProtocolError,
@@ -70,11 +71,13 @@ from common.protocol import (
     verify_closed_set,
     verify_commitment,
     verify_job_terms,
+    verify_undecodable_statement,
     verify_upload_statement,
 )
 from common.release import (
     ReleaseBinding,
     blind_to_text,
+    bundle_sha256,
     plaintexts_from_bytes,
     plaintexts_to_bytes,
 )
@@ -114,6 +117,7 @@ _FORBIDDEN_CODES = frozenset(
         "bad-statement-signature",
         "bad-commitment-signature",
         "bad-audit-signature",
+        "bad-undecodable-signature",
     }
 )
 #: The phases in which a round still waits for something from its participants.
@@ -282,7 +286,9 @@ class ParameterServer:
         if rnd.closed_set is None:
             raise DomainError(409, "set-not-closed", f"round {rnd.round}'s set is not closed")
         try:
-            return verify_closed_set(rnd.closed_set, crypto.terms, round_number=rnd.round)
+            return verify_closed_set(
+                rnd.closed_set, crypto.terms, round_number=rnd.round, run=rnd.run
+            )
         except ProtocolError as exc:
             raise RuntimeError(f"stored closed set does not verify: {exc.code}") from None
 
@@ -464,6 +470,7 @@ class ParameterServer:
                 "job_id": job_id,
                 "round": t,
                 "status": rnd.status,
+                "run": rnd.run,
                 "attempt": rnd.attempt,
                 "commitments": commitments,
                 "committed": committed,
@@ -500,27 +507,35 @@ class ParameterServer:
         now = self.clock()
         try:
             with self._lock, session_scope(self._sessions) as session:
+                rnd = self._round(session, job_id, t, lock=True)
+                run = rnd.run if rnd is not None else 0
                 job, body = self._participant_message(
                     session,
                     job_id,
                     subject_id,
                     lambda terms: verify_commitment(
-                        signed, terms, round_number=t, subject_id=subject_id
+                        signed, terms, round_number=t, subject_id=subject_id, run=run
                     ),
                 )
                 canonical = {"commitment": body, "signature": signed.get("signature")}
                 answer = {
                     "job_id": job_id,
                     "round": t,
+                    "run": run,
                     "subject_id": subject_id,
                     "payload_sha256": body["payload_sha256"],
                 }
-                rnd = self._round(session, job_id, t, lock=True)
                 if self._same_commitment(session, job_id, t, subject_id, canonical):
                     return answer, False
                 if rnd is None or rnd.status != "open" or job.status != "running":
                     raise DomainError(
                         409, "round-not-open", f"round {t} is not in its commit phase"
+                    )
+                if rnd.previous_run is not None and subject_id not in _rerun_set(rnd):
+                    raise DomainError(
+                        403,
+                        "not-in-rerun",
+                        f"round {t} re-runs only the contributors of its undecodable release",
                     )
                 session.add(
                     Commitment(
@@ -679,6 +694,7 @@ class ParameterServer:
             return {
                 "job_id": job_id,
                 "round": t,
+                "run": rnd.run,
                 "attempt": rnd.attempt,
                 "contributors": list(rnd.contributors or []),
                 "closed_set": rnd.closed_set,
@@ -732,22 +748,24 @@ class ParameterServer:
         now = self.clock()
         try:
             with self._lock, session_scope(self._sessions) as session:
+                rnd = self._round(session, job_id, t, lock=True)
+                run = rnd.run if rnd is not None else 0
                 _, (body, digests) = self._participant_message(
                     session,
                     job_id,
                     subject_id,
                     lambda terms: verify_audit_statement(
-                        signed, terms, round_number=t, subject_id=subject_id
+                        signed, terms, round_number=t, subject_id=subject_id, run=run
                     ),
                 )
                 canonical = {"audit": body, "signature": signed.get("signature")}
                 answer = {
                     "job_id": job_id,
                     "round": t,
+                    "run": run,
                     "attempt": digests.attempt,
                     "subject_id": subject_id,
                 }
-                rnd = self._round(session, job_id, t, lock=True)
                 if rnd is None:
                     raise DomainError(404, "round-not-found", f"job {job_id!r} has no round {t}")
                 if self._same_audit(session, rnd, digests.attempt, subject_id, canonical):
@@ -849,6 +867,10 @@ class ParameterServer:
             quorum = int(job.definition["quorum"])
             if len(ready) < quorum:
                 raise DomainError(409, "below-quorum", f"{len(ready)} of the {quorum} needed")
+            if rnd.run > 0 and len(ready) < self._expected(job, rnd, self._crypto(job)):
+                raise DomainError(
+                    409, "rerun-incomplete", "a re-run goes on only with its whole set"
+                )
             self._advance(session, job, rnd, ready, now)
         return self.round_view(job_id, t)
 
@@ -870,7 +892,7 @@ class ParameterServer:
     def _expected(self, job: Job, rnd: Round, crypto: _JobCrypto) -> int:
         """How many can take part in the current phase (all of them: no need to wait)."""
         if rnd.status == "open":
-            return len(job.weights)
+            return len(_rerun_set(rnd)) if rnd.previous_run is not None else len(job.weights)
         if rnd.status == "committed":
             return len(self._closed(crypto, rnd).payloads)
         return len(rnd.contributors or [])
@@ -914,24 +936,27 @@ class ParameterServer:
             quorum = int(job.definition["quorum"])
             due = now >= rnd.deadline
             last_attempt = rnd.status == "closed" and rnd.attempt >= MAX_ATTEMPT
-            if (complete or (due and len(ready) >= quorum)) and not last_attempt:
+            # A re-run must keep run 0's whole set (the KGC allows no other), so it never
+            # goes on without someone: it fails instead.
+            partial_ok = due and len(ready) >= quorum and rnd.previous_run is None
+            if (complete or partial_ok) and not last_attempt:
                 outcome = self._advance(session, job, rnd, ready, now)
-            elif due and job.definition["below_quorum_policy"] == "fail":
-                rnd.status = "failed"
-                rnd.closed_at = now
-                job.status = "failed"
+            elif due and (
+                job.definition["below_quorum_policy"] == "fail" or rnd.previous_run is not None
+            ):
+                self._fail_round(job, rnd, now, f"{len(ready)} of {expected}, quorum {quorum}")
                 outcome = "failed"
-                log.warning(
-                    "job %s round %d failed: %d of %d, quorum %d",
-                    job_id,
-                    t,
-                    len(ready),
-                    expected,
-                    quorum,
-                )
             else:
                 return None
         return outcome
+
+    @staticmethod
+    def _fail_round(job: Job, rnd: Round, now: float, reason: str) -> None:
+        rnd.status = "failed"
+        rnd.closed_at = now
+        rnd.last_error = reason[:500]
+        job.status = "failed"
+        log.warning("job %s round %d (run %d) failed: %s", job.job_id, rnd.round, rnd.run, reason)
 
     def _close_set(self, session: Session, job: Job, rnd: Round, now: float) -> None:
         """Sign the round's commitments as its closed set; the upload phase starts."""
@@ -947,6 +972,7 @@ class ParameterServer:
             round_number=rnd.round,
             commitments=list(commitments),
             closed_at=int(now),
+            run=rnd.run,
         )
         rnd.status = "committed"
         rnd.deadline = _deadline(job.definition, now)
@@ -1116,6 +1142,8 @@ class ParameterServer:
                 closed_set=dict(rnd.closed_set or {}),
                 statements=[statements[s] or {} for s in contributors],
                 audits=[audits[s] for s in contributors],
+                run=rnd.run,
+                undecodable=(rnd.previous_run or {}).get("undecodable", []),
             )
             stored_blind = rnd.blind
         frame = self._signed_frame(blinded, header)
@@ -1160,6 +1188,127 @@ class ParameterServer:
                 session.add(self._open_round(job_id, t + 1, now, job.definition))
                 job.current_round = t + 1
         log.info("job %s round %d released", job_id, t)
+
+    # ------------------------------------------------------------------ undecodable releases
+
+    def accept_undecodable(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """A contributor's signed report that round ``t``'s release does not decode.
+
+        Accepted for a released round while the next round has not closed its set, from
+        a contributor of the release, naming exactly its bundle
+        (:func:`common.release.bundle_sha256`). When every contributor reported, run 0 is
+        rolled back and round ``t`` runs once more from ``W_t`` over the same set (run 1;
+        the reports go to the KGC with its release request); after run 1 the job fails.
+        (answer, whether the report is new).
+        """
+        now = self.clock()
+        with self._lock, session_scope(self._sessions) as session:
+            job = self._job(session, job_id)
+            self._participant(job, subject_id)
+            rnd = self._round(session, job_id, t, lock=True)
+            if rnd is None:
+                raise DomainError(404, "round-not-found", f"job {job_id!r} has no round {t}")
+            release = session.get(Release, (job_id, t))
+            if rnd.status != "released" or release is None or release.bundle is None:
+                raise DomainError(409, "not-released", f"round {t} is not released")
+            following = self._round(session, job_id, t + 1, lock=True)
+            if following is not None and following.status != "open":
+                raise DomainError(409, "round-moved-on", f"round {t + 1} is under way")
+            if subject_id not in (rnd.contributors or []):
+                raise DomainError(403, "not-a-contributor", f"did not contribute to round {t}")
+            digest = bundle_sha256(
+                ReleaseBinding.from_fields(release.bundle), release.bundle["sealed_model"]
+            )
+            try:
+                body = verify_undecodable_statement(
+                    signed,
+                    self._crypto(job).terms,
+                    round_number=t,
+                    run=rnd.run,
+                    subject_id=subject_id,
+                    bundle_sha256=digest,
+                )
+            except ProtocolError as exc:
+                raise _refusal(exc) from None
+            canonical = {"undecodable": body, "signature": signed.get("signature")}
+            answer = {"job_id": job_id, "round": t, "run": rnd.run, "subject_id": subject_id}
+            reports = dict(rnd.undecodable or {})
+            if _already_stored(
+                reports.get(subject_id), canonical, "duplicate-report", "reported already"
+            ):
+                return answer, False
+            reports[subject_id] = canonical
+            rnd.undecodable = reports
+            log.warning(
+                "job %s round %d (run %d): %s reports an undecodable release (%d of %d)",
+                job_id,
+                t,
+                rnd.run,
+                subject_id,
+                len(reports),
+                len(rnd.contributors or []),
+            )
+            if set(reports) >= set(rnd.contributors or []):
+                if following is not None:
+                    self._drop_round(session, following)
+                if rnd.run < MAX_RUN:
+                    self._rerun(session, job, rnd, release, digest, now)
+                else:
+                    self._fail_round(job, rnd, now, "the re-run's release did not decode either")
+        return answer, True
+
+    def _drop_round(self, session: Session, rnd: Round) -> None:
+        """Remove a round that has only begun (the round before it is being undone)."""
+        session.execute(
+            delete(Commitment).where(Commitment.job_id == rnd.job_id, Commitment.round == rnd.round)
+        )
+        session.delete(rnd)
+        session.flush()
+
+    def _rerun(
+        self, session: Session, job: Job, rnd: Round, release: Release, digest: str, now: float
+    ) -> None:
+        """Roll round ``t`` back to ``W_t`` and open its one re-run over the same set.
+
+        Run 0's commitments, uploads, audits and release give way to run 1's (the PS's
+        uniqueness rules are per round); what the KGC and an operator need of run 0 stays
+        in ``previous_run``. Model version ``t + 1`` is replaced when run 1 aggregates.
+        """
+        reports = rnd.undecodable or {}
+        rnd.previous_run = {
+            "run": rnd.run,
+            "attempt": rnd.attempt,
+            "contributors": sorted(rnd.contributors or []),
+            "bundle_sha256": digest,
+            "digests": rnd.digests,
+            "closed_set": rnd.closed_set,
+            "released_at": rnd.released_at,
+            "undecodable": [reports[s] for s in sorted(reports)],
+        }
+        for table in (Commitment, Upload, Audit):
+            session.execute(
+                delete(table).where(table.job_id == job.job_id, table.round == rnd.round)
+            )
+        session.delete(release)
+        rnd.run += 1
+        rnd.status = "open"
+        rnd.opened_at = now
+        rnd.deadline = _deadline(job.definition, now)
+        rnd.attempt = 0
+        rnd.closed_set = rnd.contributors = rnd.blind = rnd.digests = None
+        rnd.undecodable = None
+        rnd.closed_at = rnd.released_at = rnd.release_after = None
+        rnd.last_error = None
+        job.current_round = rnd.round
+        job.status = "running"
+        log.warning(
+            "job %s round %d: release undecodable for every contributor; re-running it (run %d)",
+            job.job_id,
+            rnd.round,
+            rnd.run,
+        )
 
     # ------------------------------------------------------------------ background work
 
@@ -1246,11 +1395,17 @@ def _binding(job_id: str, rnd: Round) -> ReleaseBinding:
     return ReleaseBinding(
         job_id=job_id,
         round=rnd.round,
+        run=rnd.run,
         attempt=rnd.attempt,
         base_sha256=str(digests.get("base_sha256")),
         contributors_sha256=str(digests.get("contributors_sha256")),
         blind_sha256=str(digests.get("blind_sha256")),
     )
+
+
+def _rerun_set(rnd: Round) -> list[str]:
+    """Who a re-run is for: exactly the contributors of run 0's release."""
+    return list((rnd.previous_run or {}).get("contributors", []))
 
 
 def _refusal(exc: ProtocolError) -> DomainError:
@@ -1285,6 +1440,7 @@ def _check_upload(
             subject_id=subject_id,
             payload_sha256=digest,
             closed_set_sha256=closed.digest,
+            run=closed.run,
         )
     except ProtocolError as exc:
         raise _refusal(exc) from None

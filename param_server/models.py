@@ -102,7 +102,9 @@ class Round(Base):
     ``attempt``) -> released; any phase may end in failed. ``deadline`` is the current
     phase's. While closed, ``contributors``, ``blind`` (``R``) and ``digests`` (the
     :class:`common.protocol.AuditDigests` fields) describe the current attempt, whose
-    ``Agg`` is model version ``t + 1``. ``release_after`` is a lease/back-off: no release
+    ``Agg`` is model version ``t + 1``. A released round whose every contributor reports
+    that it does not decode runs once more (``run`` 1) from ``W_t`` over the same set;
+    ``previous_run`` keeps run 0's evidence. ``release_after`` is a lease/back-off: no release
     attempt before that time, so two workers never release the same round at once and a
     failed attempt is retried later.
     """
@@ -125,6 +127,14 @@ class Round(Base):
     contributors: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     blind: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     digests: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: 0, or 1 for the round's one re-run after a release that did not decode.
+    run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Once released: the contributors' signed reports that the release does not decode,
+    #: by subject id.
+    undecodable: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: Run 1 only: what run 0 was (contributors, bundle digest, digests, closed set, and
+    #: the reports the KGC needs to allow the re-run); run 0's rows are gone.
+    previous_run: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Commitment(Base):

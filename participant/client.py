@@ -45,12 +45,14 @@ from common.pok import prove_randomness
 from common.protocol import (
     DEFAULT_MIN_QUORUM,
     KGC_AUDIENCE,
+    MAX_RUN,
     AuditDigests,
     ClosedSet,
     JobTerms,
     ProtocolError,
     build_audit_statement,
     build_commitment,
+    build_undecodable_statement,
     build_upload_statement,
     check_job_view,
     pok_context,
@@ -58,7 +60,7 @@ from common.protocol import (
     vector_sha256,
     verify_closed_set,
 )
-from common.release import ReleaseBinding, blind_from_text, open_release
+from common.release import ReleaseBinding, blind_from_text, bundle_sha256, open_release
 from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
 from common.signing import (
     SignatureError,
@@ -81,6 +83,7 @@ __all__ = [
     "JobView",
     "KgcInfo",
     "ParticipantClient",
+    "UndecodableReleaseError",
     "decode_weights",
     "fetch_kgc_info",
     "fetch_kgc_params",
@@ -107,6 +110,20 @@ class ClientError(RuntimeError):
         self.message = message
         #: For ``job-refused``: the :class:`~common.protocol.ProtocolError` code.
         self.reason = reason
+
+
+class UndecodableReleaseError(ClientError):
+    """A release opened (it is the one the KGC sealed for us) but does not decode.
+
+    Someone uploaded an encryption of out-of-range values. :meth:`ParticipantClient.
+    report_undecodable` tells the PS, naming the bundle; when every contributor does,
+    the round runs once more (run 1) from ``W_t``, and after that the job fails.
+    """
+
+    def __init__(self, message: str, binding: ReleaseBinding, bundle_sha256: str):
+        super().__init__(message, "undecodable-release")
+        self.binding = binding
+        self.bundle_sha256 = bundle_sha256
 
 
 # --------------------------------------------------------------------------- the KGC
@@ -401,6 +418,8 @@ class PreparedUpload:
     #: Each block's encryption randomness (secret, memory only): the upload proves it
     #: knows them (:mod:`common.pok`).
     randomness: Sequence[int] = field(default=(), repr=False)
+    #: The round's run this update is committed in (set by :meth:`ParticipantClient.commit`).
+    run: int = 0
 
 
 def _default_window(job: JobView) -> int:
@@ -750,6 +769,7 @@ class ParticipantClient:
             payload_sha256=vector_sha256(vector),
             closed_set_sha256=closed.digest,
             randomness_proof=proof.to_obj(),
+            run=closed.run,
         )
         return encode_frame(
             vector, {"job_id": job.job_id, "round": round_number, "statement": statement}
@@ -816,21 +836,31 @@ class ParticipantClient:
         )
 
     def commit(self, job: JobView, prepared: PreparedUpload) -> dict[str, Any]:
-        """Send our signed commitment to the ciphertext we will upload (before any upload)."""
+        """Send our signed commitment to the ciphertext we will upload (before any upload).
+
+        It names the round's current run (0, or 1 for a re-run after an undecodable
+        release), read from the PS: a commitment for the other run is refused.
+        """
+        status = self.round_status(job.ps_url, job.job_id, prepared.round)
+        run = status.get("run", 0)
+        if not isinstance(run, int) or isinstance(run, bool) or not 0 <= run <= MAX_RUN:
+            raise ClientError(f"the PS names run {run!r}", "bad-round-status")
+        prepared.run = run
         signed = build_commitment(
             self.identity.signing_key,
             job.terms,
             round_number=prepared.round,
             subject_id=self.identity.subject_id,
             payload_sha256=prepared.payload_sha256,
+            run=run,
         )
         answer: dict[str, Any] = self._ps(job.ps_url).post_json(
             f"/v1/jobs/{job.job_id}/rounds/{prepared.round}/commitments", signed
         )
         return answer
 
-    def closed_set(self, job: JobView, round_number: int) -> ClosedSet:
-        """The round's PS-signed closed commitment set, verified against the terms."""
+    def closed_set(self, job: JobView, round_number: int, run: int = 0) -> ClosedSet:
+        """The round's PS-signed closed commitment set for ``run``, verified."""
         raw = self._ps(job.ps_url).get_json(
             f"/v1/jobs/{job.job_id}/rounds/{round_number}/commitments"
         )
@@ -839,6 +869,7 @@ class ParticipantClient:
                 raw.get("closed_set") if isinstance(raw, dict) else None,
                 job.terms,
                 round_number=round_number,
+                run=run,
             )
         except ProtocolError as exc:
             raise ClientError(f"closed set refused: {exc.code}: {exc.message}", exc.code) from None
@@ -887,7 +918,7 @@ class ParticipantClient:
             poll_seconds=poll_seconds,
             should_stop=should_stop,
         )
-        closed = self.closed_set(job, round_number)
+        closed = self.closed_set(job, round_number, prepared.run)
         receipt = self.upload(job, prepared, closed)
         return receipt, prepared.metrics
 
@@ -908,8 +939,11 @@ class ParticipantClient:
         me = self.identity.subject_id
         start = time.perf_counter()
         try:
+            run = package.get("run")
+            if not isinstance(run, int) or isinstance(run, bool):
+                raise ValueError("run must be an integer")
             closed = verify_closed_set(
-                package.get("closed_set"), job.terms, round_number=round_number
+                package.get("closed_set"), job.terms, round_number=round_number, run=run
             )
             contributors = [str(s) for s in package["contributors"]]
             attempt = int(package["attempt"])
@@ -976,6 +1010,7 @@ class ParticipantClient:
             round_number=round_number,
             subject_id=self.identity.subject_id,
             digests=audited.digests,
+            run=audited.run,
         )
         self._ps(job.ps_url).post_json(
             f"/v1/jobs/{job.job_id}/rounds/{round_number}/audits", signed
@@ -1110,7 +1145,56 @@ class ParticipantClient:
             wrapped_key=bundle["wrapped_key"],
             blind=blind_from_text(str(bundle["blind"]), job.packing.modulus),
         )
-        return decode_vector(plaintexts, job.packing)
+        try:
+            return decode_vector(plaintexts, job.packing)
+        except EncodingError as exc:
+            raise UndecodableReleaseError(
+                f"round {binding.round} (run {binding.run}) does not decode: {exc}",
+                binding,
+                bundle_sha256(binding, bundle["sealed_model"]),
+            ) from None
+
+    def report_undecodable(self, job: JobView, exc: UndecodableReleaseError) -> dict[str, Any]:
+        """Sign and send our report that this release does not decode (names its bundle)."""
+        signed = build_undecodable_statement(
+            self.identity.signing_key,
+            job.terms,
+            round_number=exc.binding.round,
+            run=exc.binding.run,
+            subject_id=self.identity.subject_id,
+            bundle_sha256=exc.bundle_sha256,
+        )
+        answer: dict[str, Any] = self._ps(job.ps_url).post_json(
+            f"/v1/jobs/{job.job_id}/rounds/{exc.binding.round}/undecodable", signed
+        )
+        return answer
+
+    def wait_for_rerun(
+        self,
+        job: JobView,
+        round_number: int,
+        timeout: float,
+        *,
+        poll_seconds: float = 0.5,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until round ``round_number`` is open again for its re-run (run 1).
+
+        :class:`ClientError` if the round or job fails instead, or it does not happen in
+        time (another contributor decoded the release, so there is no re-run).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.round_status(job.ps_url, job.job_id, round_number)
+            if status.get("status") == "failed":
+                raise ClientError(f"round {round_number} of {job.job_id} failed")
+            if status.get("run") == MAX_RUN and status.get("status") != "released":
+                return status
+            if time.monotonic() >= deadline:
+                raise ClientError(f"round {round_number} of {job.job_id} was not re-run in time")
+            if should_stop is not None and should_stop():
+                raise ClientError("stopped")
+            self.sleep(poll_seconds)
 
     def download_model(
         self, ps_url: str, job_id: str, round_number: int

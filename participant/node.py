@@ -37,10 +37,16 @@ from common.bcp import RandomSource
 from common.blocks import EncryptedVector
 from common.db import session_scope
 from common.http import ServiceError
-from common.protocol import DEFAULT_MIN_QUORUM
+from common.protocol import DEFAULT_MIN_QUORUM, MAX_RUN
 from common.sealing import SealError
 from common.signing import b64encode, canonical_json, private_key_to_bytes
-from participant.client import ClientError, Identity, JobView, ParticipantClient
+from participant.client import (
+    ClientError,
+    Identity,
+    JobView,
+    ParticipantClient,
+    UndecodableReleaseError,
+)
 from participant.datasets import Dataset, load_dataset, partition
 from participant.node_models import NodeIdentity, NodeJob, NodeModel, NodeRound
 from participant.training import evaluate
@@ -622,7 +628,11 @@ class ParticipantNode:
                 self._set_job(job_id, status="excluded", holds_model=False, next_round=t + 1)
                 client.forget_job(job_id)
                 return
-            weights = self._download(client, view, job_id, t)
+            try:
+                weights = self._download(client, view, job_id, t)
+            except UndecodableReleaseError as exc:
+                self._report_undecodable(client, view, job_id, t, exc)
+                continue  # round t's re-run, from the same W_t
             t += 1
         self._set_job(job_id, status="finished", next_round=t)
         client.forget_job(job_id)
@@ -689,6 +699,41 @@ class ParticipantNode:
             metrics=prepared.metrics,
         )
         return prepared.vector
+
+    def _report_undecodable(
+        self,
+        client: ParticipantClient,
+        view: JobView,
+        job_id: str,
+        t: int,
+        exc: UndecodableReleaseError,
+    ) -> None:
+        """Report round ``t``'s undecodable release and wait for its re-run.
+
+        After a re-run's release fails to decode as well, the job cannot go on
+        (:class:`ClientError`: the worker marks it failed).
+        """
+        run = exc.binding.run
+        self._put_round(
+            job_id,
+            t,
+            status="undecodable",
+            contributed=False,
+            metrics={f"undecodable_run_{run}": exc.message},
+        )
+        self._retry(lambda: client.report_undecodable(view, exc))
+        if run >= MAX_RUN:
+            raise ClientError(f"round {t}: the re-run's release did not decode either", exc.code)
+        self._retry(
+            lambda: client.wait_for_rerun(
+                view,
+                t,
+                self.round_timeout,
+                poll_seconds=self.poll_seconds,
+                should_stop=self._stop.is_set,
+            )
+        )
+        self._put_round(job_id, t, status="rerun")
 
     def _download(
         self, client: ParticipantClient, view: JobView, job_id: str, t: int

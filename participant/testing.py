@@ -397,7 +397,7 @@ class FakePs:
         terms = self.world.terms()
         if method == "GET" and action == "":
             attempt = 0 if rnd.audited is not None else None
-            return {"round": t, "status": rnd.status, "attempt": attempt}
+            return {"round": t, "status": rnd.status, "run": 0, "attempt": attempt}
         if method == "POST" and action == "/commitments":
             verify_commitment(body, terms, round_number=t, subject_id=subject)
             if rnd.closed is not None:
@@ -514,6 +514,7 @@ class FakePs:
         return {
             "job_id": self.world.job_id,
             "round": t,
+            "run": 0,
             "contributors": list(rnd.audited.contributors),
             "closed_set": rnd.closed,
             "blind": blind_to_text(rnd.blind, int(self.world.params.n)),

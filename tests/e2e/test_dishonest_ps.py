@@ -341,7 +341,7 @@ def test_uploads_wait_for_the_closed_set_and_match_their_commitment(world: World
     job = world.job(3)
     mine = world.clients[3].prepare_update(job, 0, world.w0, *world.data(3))
     premature = world.clients[3].upload_frame(
-        job, 0, mine.vector, ClosedSet(0, {}, "00" * 32, {}), mine.randomness
+        job, 0, mine.vector, ClosedSet(0, 0, {}, "00" * 32, {}), mine.randomness
     )
     ps = world.clients[3]._ps(world.ps_url)
     with pytest.raises(ServiceError) as info:

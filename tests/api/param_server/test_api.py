@@ -210,6 +210,7 @@ def test_openapi_lists_every_route_and_health(api: ApiWorld) -> None:
         "/v1/jobs/{job_id}/rounds/{t}/audits": {"post"},
         "/v1/jobs/{job_id}/rounds/{t}/close": {"post"},
         "/v1/jobs/{job_id}/rounds/{t}/model": {"get"},
+        "/v1/jobs/{job_id}/rounds/{t}/undecodable": {"post"},
     }
     assert {path: set(ops) for path, ops in doc["paths"].items()} == expected
     assert doc["info"]["title"] == "trapdoor-param-server"
@@ -669,6 +670,7 @@ def test_commitments_over_http(api: ApiWorld) -> None:
     assert response.get_json() == {
         "job_id": "job-a",
         "round": 0,
+        "run": 0,
         "subject_id": "p1",
         "payload_sha256": vector_sha256(uploader.vector("p1", 0)),
     }
@@ -703,6 +705,7 @@ def test_audit_endpoints(api: ApiWorld) -> None:
     assert set(package) == {
         "job_id",
         "round",
+        "run",
         "attempt",
         "contributors",
         "closed_set",
@@ -737,7 +740,13 @@ def test_audit_endpoints(api: ApiWorld) -> None:
     assert _count(api, Audit) == 0
     response = api.client.post(audits, json=good, headers=api.auth(p1))
     assert response.status_code == 201
-    assert response.get_json() == {"job_id": "job-a", "round": 0, "attempt": 0, "subject_id": "p1"}
+    assert response.get_json() == {
+        "job_id": "job-a",
+        "round": 0,
+        "run": 0,
+        "attempt": 0,
+        "subject_id": "p1",
+    }
     assert api.client.post(audits, json=good, headers=api.auth(p1)).status_code == 200
     p2.audit(api.port, uploader.terms, 0)
     assert api.ps.tick().released == [("job-a", 0)]
@@ -813,6 +822,7 @@ def test_download_contributors_only(api: ApiWorld) -> None:
     assert set(bundle) == {
         "job_id",
         "round",
+        "run",
         "attempt",
         "base_sha256",
         "contributors_sha256",

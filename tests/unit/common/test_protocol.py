@@ -853,7 +853,7 @@ def test_a_release_request_in_schedule_passes(world: World) -> None:
     assert verify_release_signature(header, world.ps.public_key()) == 1
     result = check(world, header, 1)
     closed = world.closed(header["closed_set"], 1)
-    assert result == ReleaseCheck(1, tuple(THREE), world.digests(closed.digest, THREE))
+    assert result == ReleaseCheck(1, 0, tuple(THREE), world.digests(closed.digest, THREE))
     assert result.digests.release_sha256 == RELEASE and result.digests.base_sha256 == BASE
 
 
@@ -1021,9 +1021,12 @@ def test_the_release_header_lists_contributors_from_the_statements(world: World)
     header = world.release_header(3, ["sub-b", "sub-a", "sub-d"])
     assert header["contributors"] == ["sub-b", "sub-a", "sub-d"]
     assert (header["job_id"], header["round"], header["attempt"]) == ("job-1", 3, 0)
+    assert (header["run"], header["undecodable"]) == (0, [])
     assert set(header) == {
         "job_id",
         "round",
+        "run",
+        "undecodable",
         "attempt",
         "contributors",
         "closed_set",

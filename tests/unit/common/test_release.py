@@ -25,6 +25,7 @@ from common.release import (
     blind_from_text,
     blind_sha256,
     blind_to_text,
+    bundle_sha256,
     open_release,
     plaintexts_from_bytes,
     plaintexts_to_bytes,
@@ -233,12 +234,13 @@ def test_the_binding_context_names_every_field(setup: Setup) -> None:
     assert (
         b.context()
         == (
-            f"trapdoor-release/v2|job-1|2|1|{'ba' * 32}|{b.contributors_sha256}|{b.blind_sha256}"
+            f"trapdoor-release/v3|job-1|2|0|1|{'ba' * 32}|{b.contributors_sha256}|{b.blind_sha256}"
         ).encode()
     )
     changes: list[dict[str, Any]] = [
         {"job_id": "job-2"},
         {"round": 3},
+        {"run": 1},
         {"attempt": 2},
         {"base_sha256": "bb" * 32},
         {"contributors_sha256": "cc" * 32},
@@ -246,6 +248,19 @@ def test_the_binding_context_names_every_field(setup: Setup) -> None:
     ]
     contexts = {dataclasses.replace(b, **c).context() for c in changes}
     assert len(contexts) == len(changes) and b.context() not in contexts
+
+
+def test_the_bundle_digest_names_the_binding_and_the_sealed_model(setup: Setup) -> None:
+    b = setup.binding
+    sealed = {"nonce": "AAAA", "ciphertext": "BBBB"}
+    digest = bundle_sha256(b, sealed)
+    assert len(digest) == 64 and digest == bundle_sha256(b, dict(sealed))
+    others = {
+        bundle_sha256(dataclasses.replace(b, run=1), sealed),
+        bundle_sha256(dataclasses.replace(b, attempt=2), sealed),
+        bundle_sha256(b, {**sealed, "ciphertext": "BBBC"}),
+    }
+    assert len(others) == 3 and digest not in others
 
 
 def test_the_binding_is_rebuilt_from_a_bundle(setup: Setup) -> None:

@@ -397,6 +397,7 @@ def test_commitments_are_checked_idempotent_and_final(world: PsWorld) -> None:
     assert created and answer == {
         "job_id": "job-a",
         "round": 0,
+        "run": 0,
         "subject_id": "p1",
         "payload_sha256": vector_sha256(vectors["p1"]),
     }
@@ -662,7 +663,13 @@ def test_audits_must_name_exactly_the_attempts_digests(world: PsWorld) -> None:
 
     good = p1.audit_statement(job.terms, 0, digests)
     answer, created = world.ps.accept_audit("job-a", 0, "p1", good)
-    assert created and answer == {"job_id": "job-a", "round": 0, "attempt": 0, "subject_id": "p1"}
+    assert created and answer == {
+        "job_id": "job-a",
+        "round": 0,
+        "run": 0,
+        "attempt": 0,
+        "subject_id": "p1",
+    }
     assert world.ps.accept_audit("job-a", 0, "p1", good) == (answer, False)
     assert world.ps.tick().released == []  # p2 and p3 have not audited
     assert _count(world, Audit) == 1
