@@ -259,7 +259,8 @@ def measure_round(
             per.append({"cpu_up_s": time.process_time() + sum(_cpu(p) for p in wpids) - c0})
         for c, jv, ready, row in zip(clients, jobs, prepared, per, strict=True):
             c0 = time.process_time()
-            c.upload(jv, ready, c.closed_set(jv, t))  # every commitment is in: the set closed
+            # every commitment is in: the set closed
+            c.upload(jv, ready, c.closed_set(jv, t, ready.run))
             timings = ready.metrics["timings"]
             # What encrypting would cost without the masks computed ahead.
             timings["encrypt_total_s"] = (

@@ -669,7 +669,7 @@ class ParticipantNode:
                     should_stop=self._stop.is_set,
                 )
             )
-            closed = self._retry(lambda: client.closed_set(view, t))
+            closed = self._retry(lambda: client.closed_set(view, t, prepared.run))
             receipt = self._retry(lambda: client.upload(view, prepared, closed))
         except ServiceError as exc:
             if exc.status != 409 or "duplicate" not in exc.code:
