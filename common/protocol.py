@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,8 @@ __all__ = [
     "JobTerms",
     "ProtocolError",
     "ReleaseCheck",
+    "ReleaseSchedule",
+    "ReleasedRound",
     "UndecodedRelease",
     "build_audit_statement",
     "build_closed_set",
@@ -96,6 +98,7 @@ __all__ = [
     "pok_context",
     "release_header_limit",
     "release_request_header",
+    "release_schedule",
     "request_run",
     "requested_terms",
     "sha256_hex",
@@ -1007,6 +1010,58 @@ class UndecodedRelease:
     round: int
     contributors: tuple[str, ...]
     bundle_sha256: str
+
+
+@dataclass(frozen=True)
+class ReleasedRound:
+    """What the KGC keeps of one release to schedule the next (newest decides)."""
+
+    round: int
+    run: int
+    contributors: tuple[str, ...]
+    #: the audited ``Agg`` (before the blind): the next round's base
+    aggregate_sha256: str
+    #: the opened vector's ``A`` components: the next release grows from them
+    a_components: Sequence[int]
+    #: :func:`common.release.bundle_sha256` of its bundle (what reports name)
+    bundle_sha256: str
+
+
+@dataclass(frozen=True)
+class ReleaseSchedule:
+    """Where a release request must continue the job's chain (see :func:`release_schedule`)."""
+
+    next_round: int
+    base_sha256: str
+    #: None: ``Enc(W_0)``'s, all 1
+    previous_a: Sequence[int] | None
+    undecoded: UndecodedRelease | None = None
+
+
+def release_schedule(terms: JobTerms, newest: Sequence[ReleasedRound], run: int) -> ReleaseSchedule:
+    """What a request for ``run`` may release, given the job's releases newest first
+    (the newest two are enough; the KGC and its test fake both call this).
+
+    Round ``t``'s base is the aggregate (before its blind) that round ``t - 1``'s release
+    was audited for; round 0's is the signed ``Enc(W_0)``. Run 0 continues the newest
+    release. Run 1 re-runs the newest release, if that is a run 0, from the base that
+    run 0 started from and for exactly its contributors (:func:`check_release_request`).
+    """
+
+    def after(previous: ReleasedRound | None, next_round: int) -> ReleaseSchedule:
+        if previous is None:
+            return ReleaseSchedule(next_round, terms.initial_ciphertext_sha256, None)
+        return ReleaseSchedule(next_round, previous.aggregate_sha256, previous.a_components)
+
+    latest = newest[0] if newest else None
+    if run == 0 or latest is None:
+        return after(latest, latest.round + 1 if latest else 0)
+    before = newest[1] if len(newest) > 1 and newest[1].round < latest.round else None
+    schedule = after(before, latest.round)
+    if latest.run != 0:
+        return schedule  # re-run already: check_release_request refuses another
+    undecoded = UndecodedRelease(latest.round, latest.contributors, latest.bundle_sha256)
+    return replace(schedule, undecoded=undecoded)
 
 
 def request_run(header: Mapping[str, Any]) -> int:

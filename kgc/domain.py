@@ -29,11 +29,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from gmpy2 import mpz
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,10 +53,12 @@ from common.protocol import (
     JobTerms,
     ProtocolError,
     ReleaseCheck,
-    UndecodedRelease,
+    ReleasedRound,
+    ReleaseSchedule,
     check_release_request,
     check_requested_terms,
     release_header_limit,
+    release_schedule,
     request_run,
     sign_job_terms,
     token_challenge,
@@ -151,17 +151,6 @@ def _digest(text: str) -> str:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class _Chain:
-    """What the next release must continue: round, base digest, ``A`` (None: all 1), and
-    for a re-run the release it replaces."""
-
-    next_round: int
-    base_sha256: str
-    previous_a: list[mpz] | None
-    undecoded: UndecodedRelease | None = None
 
 
 class KgcService:
@@ -718,47 +707,39 @@ class KgcService:
         )
         return bundle, True
 
-    def _chain(self, session: Session, job_id: str, terms: JobTerms, run: int) -> _Chain:
-        """Where a request for ``run`` must continue the job's chain of releases.
-
-        Round ``t``'s base is the aggregate (before its blind) that round ``t - 1``'s
-        release was audited for; round 0's is the signed ``Enc(W_0)``. So every opened
-        model continues the previous one: a PS cannot restart from another history.
-        Run 0 continues the latest release. Run 1 re-runs the latest release, if that is
-        a run 0, from the base that run 0 started from, for exactly its contributors.
-        """
-        releases = session.scalars(
+    def _chain(self, session: Session, job_id: str, terms: JobTerms, run: int) -> ReleaseSchedule:
+        """Where a request for ``run`` must continue the job's chain of releases
+        (:func:`common.protocol.release_schedule` over the newest two releases), so a
+        PS can neither restart from another history nor re-run anything but the newest."""
+        rows = session.scalars(
             select(Release)
             .where(Release.job_id == job_id)
             .order_by(Release.round.desc(), Release.run.desc())
             .limit(2)
         ).all()
-        latest = releases[0] if releases else None
-        if run == 0:
-            return self._continuing(terms, latest, latest.round + 1 if latest else 0)
-        if latest is None:
-            return self._continuing(terms, None, 0)
-        before = releases[1] if len(releases) > 1 and releases[1].round < latest.round else None
-        chain = self._continuing(terms, before, latest.round)
-        if latest.run != 0:
-            return chain  # already re-run: check_release_request refuses another
-        undecoded = UndecodedRelease(
-            round=latest.round,
-            contributors=tuple(latest.contributors),
-            bundle_sha256=bundle_sha256(
-                ReleaseBinding.from_fields(latest.bundle), latest.bundle["sealed_model"]
-            ),
-        )
-        return _Chain(chain.next_round, chain.base_sha256, chain.previous_a, undecoded)
-
-    def _continuing(self, terms: JobTerms, previous: Release | None, next_round: int) -> _Chain:
-        """The chain after ``previous`` (None: from ``Enc(W_0)``, whose ``A`` is 1)."""
-        if previous is None:
-            return _Chain(next_round, terms.initial_ciphertext_sha256, None)
-        if previous.aggregate_sha256 is None or previous.a_components is None:
-            raise ConflictError("legacy-job", "this job's last release predates audited aggregates")
-        previous_a = elements_from_bytes(previous.a_components, element_bytes(self.params))
-        return _Chain(next_round, previous.aggregate_sha256, previous_a)
+        width = element_bytes(self.params)
+        newest = []
+        for index, row in enumerate(rows):
+            if row.aggregate_sha256 is None or row.a_components is None:
+                raise ConflictError(
+                    "legacy-job", "this job's last release predates audited aggregates"
+                )
+            newest.append(
+                ReleasedRound(
+                    round=row.round,
+                    run=row.run,
+                    contributors=tuple(row.contributors),
+                    aggregate_sha256=row.aggregate_sha256,
+                    a_components=elements_from_bytes(row.a_components, width),
+                    # only the newest can be re-run: only its reports are ever checked
+                    bundle_sha256=bundle_sha256(
+                        ReleaseBinding.from_fields(row.bundle), row.bundle["sealed_model"]
+                    )
+                    if index == 0 and run > 0
+                    else "",
+                )
+            )
+        return release_schedule(terms, newest, run)
 
     @staticmethod
     def _binding(job_id: str, check: ReleaseCheck) -> ReleaseBinding:

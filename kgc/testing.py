@@ -47,6 +47,7 @@ from common.protocol import (
     build_audit_statement,
     build_closed_set,
     build_commitment,
+    build_undecodable_statement,
     build_upload_statement,
     initial_ciphertext,
     initial_ciphertext_sha256,
@@ -58,6 +59,7 @@ from common.protocol import (
     vector_sha256,
     verify_closed_set,
 )
+from common.release import ReleaseBinding, bundle_sha256
 from common.signing import b64encode, generate_signing_key, public_key_hex, sign_json
 from common.wire import decode_frame, encode_frame, to_obj
 
@@ -76,6 +78,7 @@ __all__ = [
     "play_round",
     "release_frame",
     "statement_for",
+    "undecodable_reports",
 ]
 
 
@@ -220,6 +223,7 @@ def statement_for(
     randomness: Sequence[int] | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     subject_id: str | None = None,
+    run: int = 0,
 ) -> dict[str, Any]:
     """``subject``'s signed upload statement for ``round_number`` of the job ``terms`` fix.
 
@@ -244,6 +248,7 @@ def statement_for(
         payload_sha256=payload_sha256,
         closed_set_sha256=closed_set_sha256,
         randomness_proof=proof.to_obj(),
+        run=run,
     )
 
 
@@ -254,6 +259,7 @@ def audit_for(
     digests: AuditDigests,
     *,
     signing_key: Ed25519PrivateKey | None = None,
+    run: int = 0,
 ) -> dict[str, Any]:
     """``subject``'s signed audit of ``digests`` (``signing_key`` forges one)."""
     return build_audit_statement(
@@ -262,7 +268,28 @@ def audit_for(
         round_number=round_number,
         subject_id=subject.subject_id,
         digests=digests,
+        run=run,
     )
+
+
+def undecodable_reports(
+    terms: JobTerms, bundle: Mapping[str, Any], signers: Sequence[TestSubject]
+) -> list[dict[str, Any]]:
+    """Each signer's report that the release ``bundle`` (as the KGC answered it) does
+    not decode: what allows the bundle's round one re-run."""
+    binding = ReleaseBinding.from_fields(bundle)
+    digest = bundle_sha256(binding, bundle["sealed_model"])
+    return [
+        build_undecodable_statement(
+            s.signing_key,
+            terms,
+            round_number=binding.round,
+            run=binding.run,
+            subject_id=s.subject_id,
+            bundle_sha256=digest,
+        )
+        for s in signers
+    ]
 
 
 def release_frame(
@@ -276,6 +303,8 @@ def release_frame(
     statements: Sequence[Mapping[str, Any]],
     audits: Sequence[Mapping[str, Any]],
     extra: Mapping[str, Any] | None = None,
+    run: int = 0,
+    undecodable: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
     """A PS-signed release request for ``vector`` (``F``).
 
@@ -291,6 +320,8 @@ def release_frame(
             closed_set=closed_set,
             statements=statements,
             audits=audits,
+            run=run,
+            undecodable=undecodable,
         ),
         **(extra or {}),
     }
@@ -326,6 +357,9 @@ class RoundPlay:
     model: tuple[int, ...]
     #: The play whose aggregate is this one's base (None: the signed ``Enc(W_0)``).
     previous: RoundPlay | None = None
+    #: 0, or 1 for a re-run, which carries the run-0 contributors' reports
+    run: int = 0
+    undecodable: tuple[dict[str, Any], ...] = ()
 
     @property
     def digests(self) -> AuditDigests:
@@ -345,6 +379,7 @@ class RoundPlay:
             "payload_sha256": "0" * 64 if payload is None else vector_sha256(payload),
             "closed_set_sha256": self.digests.closed_set_sha256,
             "randomness": self.randomness.get(subject.subject_id),
+            "run": self.run,
             **changes,
         }
         return statement_for(subject, **args)
@@ -353,7 +388,7 @@ class RoundPlay:
         """Every signer's audit of this play's digests with ``changes`` (``release_sha256``,
         ``base_sha256``, ``attempt``...): what contributors fooled by the PS would sign."""
         digests = replace(self.digests, **changes)
-        return [audit_for(s, self.terms, self.round, digests) for s in self.signers]
+        return [audit_for(s, self.terms, self.round, digests, run=self.run) for s in self.signers]
 
     def closed_set_of(
         self, subjects: Sequence[str], *, ps_key: Ed25519PrivateKey | None = None
@@ -366,6 +401,7 @@ class RoundPlay:
             round_number=self.round,
             commitments=[c for c in self.commitments if c["commitment"]["subject_id"] in subjects],
             closed_at=int(self.closed_set["closed_set"]["closed_at"]),
+            run=self.run,
         )
 
     def frame(
@@ -392,6 +428,8 @@ class RoundPlay:
             statements=self.statements if statements is None else statements,
             audits=self.audits if audits is None else audits,
             extra=extra,
+            run=self.run,
+            undecodable=self.undecodable,
         )
 
 
@@ -404,13 +442,16 @@ def play_round(
     after: RoundPlay | None = None,
     round_number: int | None = None,
     attempt: int = 0,
+    run: int = 0,
+    undecodable: Sequence[dict[str, Any]] = (),
 ) -> RoundPlay:
     """An honest round: ``signers`` upload tiny random ciphertexts and audit the aggregate.
 
     The base is ``after``'s aggregate (the previous round, as released) or, without it,
     the signed ``Enc(W_0)``; the round is the one after ``after`` (or 0) unless
-    ``round_number`` says otherwise. ``ps_key`` must be the key the KGC certified for the
-    job's PS (``terms.param_server_key``) for the closed set to verify.
+    ``round_number`` says otherwise; ``run`` 1 with the run-0 contributors'
+    ``undecodable`` reports is a re-run of that round. ``ps_key`` must be the key the KGC
+    certified for the job's PS (``terms.param_server_key``) for the closed set to verify.
     """
     if round_number is None:
         round_number = 0 if after is None else after.round + 1
@@ -430,13 +471,19 @@ def play_round(
             round_number=round_number,
             subject_id=s.subject_id,
             payload_sha256=vector_sha256(uploads[s.subject_id]),
+            run=run,
         )
         for s in signers
     )
     closed_set = build_closed_set(
-        ps_key, terms, round_number=round_number, commitments=commitments, closed_at=1_700_000_000
+        ps_key,
+        terms,
+        round_number=round_number,
+        commitments=commitments,
+        closed_at=1_700_000_000,
+        run=run,
     )
-    closed = verify_closed_set(closed_set, terms, round_number=round_number)
+    closed = verify_closed_set(closed_set, terms, round_number=round_number, run=run)
     blind = tuple(rng.randrange(n) for _ in range(size))
     audited = audit_round(terms, closed, attempt=attempt, base=base, uploads=uploads, blind=blind)
     model = tuple((m + sum(p[i] for p in plain.values())) % n for i, m in enumerate(base_model))
@@ -456,6 +503,8 @@ def play_round(
         audited=audited,
         model=model,
         previous=after,
+        run=run,
+        undecodable=tuple(undecodable),
     )
     return replace(
         play,

@@ -48,6 +48,8 @@ from common.protocol import (
     ClosedSet,
     JobTerms,
     ProtocolError,
+    ReleasedRound,
+    ReleaseSchedule,
     build_audit_statement,
     build_commitment,
     build_upload_statement,
@@ -55,13 +57,21 @@ from common.protocol import (
     check_release_request,
     check_requested_terms,
     pok_context,
+    release_schedule,
+    request_run,
     sign_job_terms,
     vector_sha256,
     verify_closed_set,
     verify_job_terms,
     verify_release_signature,
 )
-from common.release import ReleaseBinding, blind_from_text, open_release, seal_release
+from common.release import (
+    ReleaseBinding,
+    blind_from_text,
+    bundle_sha256,
+    open_release,
+    seal_release,
+)
 from common.signing import (
     b64encode,
     generate_signing_key,
@@ -109,6 +119,7 @@ _RELEASE_STATUS = {
     "bad-closed-set-signature": 403,
     "bad-commitment-signature": 403,
     "bad-audit-signature": 403,
+    "bad-undecodable-signature": 403,
     "bad-field": 400,
 }
 
@@ -118,29 +129,21 @@ class _FakeRelease:
     """What the KGC keeps of a release: enough to answer a retry and to chain the next."""
 
     payload_sha256: str
-    contributors: tuple[str, ...]
     attempt: int
-    aggregate_sha256: str
     bundle: dict[str, Any]
-    a_components: list[Any]
+    #: what :func:`common.protocol.release_schedule` needs of it
+    record: ReleasedRound
 
 
 @dataclass
 class _FakeJob:
     terms: JobTerms
-    releases: dict[int, _FakeRelease] = field(default_factory=dict)
+    #: by (round, run)
+    releases: dict[tuple[int, int], _FakeRelease] = field(default_factory=dict)
 
-    def base_sha256(self) -> str:
-        """The base the next round's audits must name: the last release's ``Agg``."""
-        if not self.releases:
-            return self.terms.initial_ciphertext_sha256
-        return self.releases[max(self.releases)].aggregate_sha256
-
-    def previous_a(self, blocks: int) -> list[Any]:
-        """The ``A`` components of the last release (round 0: ``Enc(W_0)``'s, all 1)."""
-        if not self.releases:
-            return [1] * blocks
-        return self.releases[max(self.releases)].a_components
+    def schedule(self, run: int) -> ReleaseSchedule:
+        newest = [self.releases[key].record for key in sorted(self.releases, reverse=True)]
+        return release_schedule(self.terms, newest[:2], run)
 
 
 class FakeKgc:
@@ -262,26 +265,30 @@ class FakeKgc:
             if self.ps_verify_key is None:
                 raise ProtocolError("bad-request-signature", "no PS key registered")
             t = verify_release_signature(header, self.ps_verify_key)
-            stored = job.releases.get(t)
+            run = request_run(header)
+            stored = job.releases.get((t, run))
             if stored is not None:
                 contributors = header.get("contributors")
                 same = (
                     isinstance(contributors, list)
                     and stored.payload_sha256 == digest
-                    and sorted(stored.contributors) == sorted(map(str, contributors))
+                    and sorted(stored.record.contributors) == sorted(map(str, contributors))
                     and stored.attempt == header.get("attempt")
                 )
                 if same:
                     return stored.bundle  # the same request again: the same bundle
                 raise KgcError(409, "already-released", f"round {t} was released already")
+            schedule = job.schedule(run)
+            current_a = vector.a_components()
             check = check_release_request(
                 header,
                 terms,
-                next_round=len(job.releases),
-                base_sha256=job.base_sha256(),
+                next_round=schedule.next_round,
+                base_sha256=schedule.base_sha256,
                 payload_sha256=digest,
-                previous_a=job.previous_a(len(vector.a_components())),
-                current_a=vector.a_components(),
+                previous_a=schedule.previous_a or [1] * len(current_a),
+                current_a=current_a,
+                undecoded=schedule.undecoded,
             )
         except ProtocolError as exc:
             raise KgcError(_RELEASE_STATUS.get(exc.code, 422), exc.code, exc.message) from None
@@ -294,6 +301,7 @@ class FakeKgc:
         binding = ReleaseBinding(
             job_id=terms.job_id,
             round=check.round,
+            run=check.run,
             attempt=digests.attempt,
             base_sha256=digests.base_sha256,
             contributors_sha256=digests.contributors_sha256,
@@ -307,13 +315,18 @@ class FakeKgc:
             rng=self.rng,
         )
         bundle["kgc_signature"] = sign_json(self.signing_key, bundle)
-        job.releases[t] = _FakeRelease(
+        job.releases[(t, check.run)] = _FakeRelease(
             digest,
-            check.contributors,
             digests.attempt,
-            digests.aggregate_sha256,
             bundle,
-            vector.a_components(),
+            ReleasedRound(
+                round=t,
+                run=check.run,
+                contributors=check.contributors,
+                aggregate_sha256=digests.aggregate_sha256,
+                a_components=current_a,
+                bundle_sha256=bundle_sha256(binding, bundle["sealed_model"]),
+            ),
         )
         return bundle
 
@@ -481,7 +494,9 @@ class TestParticipant:
         self.randomness[vector_sha256(vector)] = randomness
         return vector
 
-    def commitment(self, terms: JobTerms, t: int, vector: EncryptedVector) -> dict[str, Any]:
+    def commitment(
+        self, terms: JobTerms, t: int, vector: EncryptedVector, run: int = 0
+    ) -> dict[str, Any]:
         """The signed commitment to ``vector`` as this participant's round-``t`` upload."""
         return build_commitment(
             self.signing_key,
@@ -489,24 +504,30 @@ class TestParticipant:
             round_number=t,
             subject_id=self.subject_id,
             payload_sha256=vector_sha256(vector),
+            run=run,
         )
 
     def commit(
-        self, ps: PsPort, terms: JobTerms, t: int, vector: EncryptedVector
+        self, ps: PsPort, terms: JobTerms, t: int, vector: EncryptedVector, run: int = 0
     ) -> dict[str, Any]:
         """Send the commitment (commit phase); the PS's answer."""
         answer, _ = ps.accept_commitment(
-            terms.job_id, t, self.subject_id, self.commitment(terms, t, vector)
+            terms.job_id, t, self.subject_id, self.commitment(terms, t, vector, run)
         )
         return answer
 
-    def closed(self, ps: PsPort, terms: JobTerms, t: int) -> ClosedSet:
+    def closed(self, ps: PsPort, terms: JobTerms, t: int, run: int = 0) -> ClosedSet:
         """The round's closed set as the PS serves it, verified as a client verifies it."""
         served = ps.closed_set(terms.job_id, t)
-        return verify_closed_set(served.get("closed_set"), terms, round_number=t)
+        return verify_closed_set(served.get("closed_set"), terms, round_number=t, run=run)
 
     def frame(
-        self, terms: JobTerms, t: int, vector: EncryptedVector, closed_set_sha256: str
+        self,
+        terms: JobTerms,
+        t: int,
+        vector: EncryptedVector,
+        closed_set_sha256: str,
+        run: int = 0,
     ) -> bytes:
         """This participant's upload frame (:func:`upload_frame`)."""
         return upload_frame(
@@ -517,15 +538,16 @@ class TestParticipant:
             signing_key=self.signing_key,
             closed_set_sha256=closed_set_sha256,
             randomness=self.randomness.get(vector_sha256(vector)),
+            run=run,
         )
 
     def upload(
-        self, ps: PsPort, terms: JobTerms, t: int, vector: EncryptedVector
+        self, ps: PsPort, terms: JobTerms, t: int, vector: EncryptedVector, run: int = 0
     ) -> dict[str, Any]:
         """Upload ``vector`` under the round's closed set (upload phase); the receipt."""
-        closed = self.closed(ps, terms, t)
+        closed = self.closed(ps, terms, t, run)
         return ps.accept_upload(
-            terms.job_id, t, self.subject_id, self.frame(terms, t, vector, closed.digest)
+            terms.job_id, t, self.subject_id, self.frame(terms, t, vector, closed.digest, run)
         )
 
     def recompute(self, ps: PsPort, terms: JobTerms, t: int) -> AuditDigests:
@@ -535,7 +557,9 @@ class TestParticipant:
         other digests than the recomputation gives.
         """
         package = ps.audit_package(terms.job_id, t, self.subject_id)
-        closed = verify_closed_set(package["closed_set"], terms, round_number=t)
+        closed = verify_closed_set(
+            package["closed_set"], terms, round_number=t, run=int(package["run"])
+        )
         key = terms.job_key
 
         def vector(data: bytes) -> EncryptedVector:
@@ -559,15 +583,24 @@ class TestParticipant:
             raise ProtocolError("audit-mismatch", "the PS announces other " + ", ".join(differing))
         return audited.digests
 
-    def audit_statement(self, terms: JobTerms, t: int, digests: AuditDigests) -> dict[str, Any]:
+    def audit_statement(
+        self, terms: JobTerms, t: int, digests: AuditDigests, run: int = 0
+    ) -> dict[str, Any]:
         return build_audit_statement(
-            self.signing_key, terms, round_number=t, subject_id=self.subject_id, digests=digests
+            self.signing_key,
+            terms,
+            round_number=t,
+            subject_id=self.subject_id,
+            digests=digests,
+            run=run,
         )
 
-    def audit(self, ps: PsPort, terms: JobTerms, t: int) -> AuditDigests:
+    def audit(self, ps: PsPort, terms: JobTerms, t: int, run: int = 0) -> AuditDigests:
         """Recompute the current attempt and sign and send its digests (audit phase)."""
         digests = self.recompute(ps, terms, t)
-        ps.accept_audit(terms.job_id, t, self.subject_id, self.audit_statement(terms, t, digests))
+        ps.accept_audit(
+            terms.job_id, t, self.subject_id, self.audit_statement(terms, t, digests, run)
+        )
         return digests
 
 
@@ -578,6 +611,7 @@ def play_round(
     contributions: Sequence[tuple[TestParticipant, EncryptedVector]],
     *,
     audit: bool = True,
+    run: int = 0,
 ) -> None:
     """Every listed participant commits, then uploads, then (``audit``) audits.
 
@@ -585,12 +619,12 @@ def play_round(
     close the set some other way before the uploads).
     """
     for p, vector in contributions:
-        p.commit(ps, terms, t, vector)
+        p.commit(ps, terms, t, vector, run)
     for p, vector in contributions:
-        p.upload(ps, terms, t, vector)
+        p.upload(ps, terms, t, vector, run)
     if audit:
         for p, _ in contributions:
-            p.audit(ps, terms, t)
+            p.audit(ps, terms, t, run)
 
 
 _TOKEN_IDS = itertools.count()
@@ -641,6 +675,7 @@ def upload_frame(
     signing_key: Ed25519PrivateKey,
     closed_set_sha256: str,
     randomness: Sequence[int] | None,
+    run: int = 0,
 ) -> bytes:
     """What a participant uploads: its committed ciphertext framed for this job and round.
 
@@ -658,6 +693,7 @@ def upload_frame(
         payload_sha256=vector_sha256(vector),
         closed_set_sha256=closed_set_sha256,
         randomness_proof=proof,
+        run=run,
     )
     return encode_frame(
         vector, {"job_id": terms.job_id, "round": round_number, "statement": statement}

@@ -25,11 +25,13 @@ from common.encoding import PackingLayout, encode_vector
 from common.protocol import (
     KGC_AUDIENCE,
     build_commitment,
+    build_undecodable_statement,
     build_upload_statement,
     check_job_view,
     sha256_hex,
     vector_sha256,
 )
+from common.release import ReleaseBinding, bundle_sha256
 from common.sealing import SealError
 from common.signing import generate_signing_key, issue_token, public_key_from_hex, verify_json
 from common.wire import FRAME_MAGIC, decode_frame, encode_frame
@@ -848,6 +850,32 @@ def test_download_contributors_only(api: ApiWorld) -> None:
     _error(api.client.get(model), 401)
     _error(api.client.get(model, headers=api.admin), 401)
     _error(api.client.get("/v1/jobs/nope/rounds/0/model", headers=api.auth(p1)), 404)
+
+    # Reports that the release does not decode: the contributor's own, for this bundle.
+    report = "/v1/jobs/job-a/rounds/0/undecodable"
+    signed = build_undecodable_statement(
+        p1.signing_key,
+        uploader.terms,
+        round_number=0,
+        run=0,
+        subject_id=p1.subject_id,
+        bundle_sha256=bundle_sha256(ReleaseBinding.from_fields(bundle), bundle["sealed_model"]),
+    )
+    _error(api.client.post(report, json=signed), 401)
+    _error(api.client.post(report, json=signed, headers=api.auth(p2)), 403, "not-a-contributor")
+    bad_json = {"data": "{", "content_type": "application/json", "headers": api.auth(p1)}
+    _error(api.client.post(report, **bad_json), 400)
+    _error(
+        api.client.post(report, json={**signed, "signature": "x"}, headers=api.auth(p1)),
+        403,
+        "bad-undecodable-signature",
+    )
+    _error(api.client.post(report.replace("/0/", "/1/"), json=signed, headers=api.auth(p1)), 409)
+    created = api.client.post(report, json=signed, headers=api.auth(p1))
+    assert created.status_code == 201 and created.get_json()["run"] == 0
+    assert api.client.post(report, json=signed, headers=api.auth(p1)).status_code == 200
+    # One report of two: the round stays released, the model still downloadable.
+    assert api.client.get(model, headers=api.auth(p1)).status_code == 200
     _error(api.client.get("/v1/jobs/job-a/rounds/9/model", headers=api.auth(p1)), 404)
 
 

@@ -31,15 +31,19 @@ from common.protocol import (
     JOB_TERMS_PURPOSE,
     KGC_AUDIENCE,
     MAX_ATTEMPT,
+    MAX_RUN,
+    UNDECODABLE_PURPOSE,
     UPLOAD_PURPOSE,
     AuditDigests,
     ClosedSet,
     JobTerms,
     ProtocolError,
     ReleaseCheck,
+    UndecodedRelease,
     build_audit_statement,
     build_closed_set,
     build_commitment,
+    build_undecodable_statement,
     build_upload_statement,
     check_job_view,
     check_release_request,
@@ -62,6 +66,7 @@ from common.protocol import (
     verify_commitment,
     verify_job_terms,
     verify_release_signature,
+    verify_undecodable_statement,
     verify_upload_statement,
 )
 from common.signing import (
@@ -85,6 +90,7 @@ BASE = "ba" * 32
 RELEASE = "f0" * 32
 AGGREGATE = "a9" * 32
 BLIND = "b1" * 32
+BUNDLE = "bd" * 32  # run 0's bundle, as the KGC and every contributor name it
 HYP = settings(
     max_examples=10,
     deadline=None,
@@ -187,6 +193,7 @@ class World:
             round_number=round_number,
             subject_id=subject,
             payload_sha256=kw.pop("digest", payload(subject, round_number)),
+            run=kw.pop("run", 0),
         )
 
     def closed_set(
@@ -197,19 +204,21 @@ class World:
         commitments: list[dict[str, Any]] | None = None,
         key: Any = None,
         closed_at: int = 1000,
+        run: int = 0,
     ) -> dict[str, Any]:
         if commitments is None:
-            commitments = [self.commitment(s, round_number) for s in subjects]
+            commitments = [self.commitment(s, round_number, run=run) for s in subjects]
         return build_closed_set(
             key or self.ps,
             self.terms,
             round_number=round_number,
             commitments=commitments,
             closed_at=closed_at,
+            run=run,
         )
 
-    def closed(self, signed: dict[str, Any], round_number: int = 0) -> ClosedSet:
-        return verify_closed_set(signed, self.terms, round_number=round_number)
+    def closed(self, signed: dict[str, Any], round_number: int = 0, run: int = 0) -> ClosedSet:
+        return verify_closed_set(signed, self.terms, round_number=round_number, run=run)
 
     def statement(
         self, subject: str, round_number: int = 0, *, closed: str = "cc" * 32, **kw: Any
@@ -228,6 +237,7 @@ class World:
                 subject,
                 random.Random(0),
             ).to_obj(),
+            run=kw.pop("run", 0),
         )
 
     def digests(
@@ -252,6 +262,19 @@ class World:
             round_number=round_number,
             subject_id=subject,
             digests=digests,
+            run=kw.pop("run", 0),
+        )
+
+    def undecodable(
+        self, subject: str, round_number: int, bundle: str = BUNDLE, **kw: Any
+    ) -> dict[str, Any]:
+        return build_undecodable_statement(
+            kw.pop("key", self.keys[subject]),
+            self.terms,
+            round_number=round_number,
+            run=kw.pop("run", 0),
+            subject_id=subject,
+            bundle_sha256=bundle,
         )
 
     def release_header(
@@ -262,18 +285,30 @@ class World:
         committed: list[str] | None = None,
         attempt: int = 0,
         ps_key: Any = None,
+        run: int = 0,
+        undecodable: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """An honest request: closed set, statements and audits of ``subjects``, signed."""
-        closed_signed = self.closed_set(round_number, committed or subjects)
-        closed = self.closed(closed_signed, round_number)
+        """An honest request: closed set, statements and audits of ``subjects``, signed.
+
+        A re-run (``run`` 1) carries every subject's report on run 0's bundle unless
+        ``undecodable`` says otherwise.
+        """
+        closed_signed = self.closed_set(round_number, committed or subjects, run=run)
+        closed = self.closed(closed_signed, round_number, run)
         digests = self.digests(closed.digest, subjects, attempt=attempt)
+        if undecodable is None:
+            undecodable = [self.undecodable(s, round_number) for s in subjects] if run else []
         header = release_request_header(
             job_id="job-1",
             round_number=round_number,
             attempt=attempt,
             closed_set=closed_signed,
-            statements=[self.statement(s, round_number, closed=closed.digest) for s in subjects],
-            audits=[self.audit(s, round_number, digests) for s in subjects],
+            statements=[
+                self.statement(s, round_number, closed=closed.digest, run=run) for s in subjects
+            ],
+            audits=[self.audit(s, round_number, digests, run=run) for s in subjects],
+            run=run,
+            undecodable=undecodable,
         )
         return {**header, "request_signature": sign_json(ps_key or self.ps, header)}
 
@@ -289,7 +324,13 @@ def refused(code: str, call: Callable[..., object]) -> None:
     assert info.value.code == code, info.value.message
 
 
-def check(world: World, header: dict[str, Any], next_round: int, **kw: str) -> ReleaseCheck:
+def check(
+    world: World,
+    header: dict[str, Any],
+    next_round: int,
+    undecoded: UndecodedRelease | None = None,
+    **kw: str,
+) -> ReleaseCheck:
     """The KGC's check; the vector it opens holds exactly the listed contributors' ``A``."""
     contributors = header.get("contributors")
     holds = [str(c) for c in contributors] if isinstance(contributors, list) else []
@@ -302,6 +343,7 @@ def check(world: World, header: dict[str, Any], next_round: int, **kw: str) -> R
         payload_sha256=kw.get("payload", RELEASE),
         previous_a=[1] * world.blocks,
         current_a=world.a_of(holds, int(round_number)),
+        undecoded=undecoded,
     )
 
 
@@ -1034,6 +1076,134 @@ def test_the_release_header_lists_contributors_from_the_statements(world: World)
         "audits",
         "request_signature",
     }
+
+
+# --------------------------------------------------------------------------- re-runs
+
+
+def test_every_round_message_names_its_run_and_is_void_in_the_other(world: World) -> None:
+    commitment = world.commitment("sub-a", 1, run=1)
+    assert commitment["commitment"]["run"] == 1
+    assert verify_commitment(commitment, world.terms, round_number=1, run=1)["run"] == 1
+    refused(
+        "commitment-mismatch", lambda: verify_commitment(commitment, world.terms, round_number=1)
+    )
+    closed = world.closed_set(1, run=1)
+    assert world.closed(closed, 1, run=1).run == 1
+    refused("closed-set-mismatch", lambda: world.closed(closed, 1, run=0))
+    # a closed set of run 1 holding a commitment of run 0
+    mixed = world.closed_set(
+        1, commitments=[world.commitment(s, 1, run=0 if s == "sub-a" else 1) for s in THREE], run=1
+    )
+    refused("commitment-mismatch", lambda: world.closed(mixed, 1, run=1))
+    audit = world.audit("sub-a", 1, world.digests("cc" * 32, THREE), run=1)
+    refused("audit-mismatch", lambda: verify_audit_statement(audit, world.terms, round_number=1))
+    statement = world.statement("sub-a", 1, run=1)
+    refused(
+        "statement-mismatch",
+        lambda: verify_upload_statement(statement, world.terms, round_number=1),
+    )
+
+
+def test_undecodable_reports_name_their_bundle(world: World) -> None:
+    report = world.undecodable("sub-b", 2)
+    body = verify_undecodable_statement(
+        report, world.terms, round_number=2, run=0, subject_id="sub-b", bundle_sha256=BUNDLE
+    )
+    assert (body["purpose"], body["run"], body["bundle_sha256"]) == (UNDECODABLE_PURPOSE, 0, BUNDLE)
+    refused(
+        "undecodable-mismatch",
+        lambda: verify_undecodable_statement(
+            report, world.terms, round_number=2, run=0, bundle_sha256="be" * 32
+        ),
+    )
+    refused(
+        "undecodable-mismatch",
+        lambda: verify_undecodable_statement(report, world.terms, round_number=2, run=1),
+    )
+    refused(
+        "undecodable-mismatch",
+        lambda: verify_undecodable_statement(report, world.terms, round_number=3, run=0),
+    )
+    forged = world.undecodable("sub-b", 2, key=world.keys["sub-a"])
+    refused(
+        "bad-undecodable-signature",
+        lambda: verify_undecodable_statement(forged, world.terms, round_number=2, run=0),
+    )
+    not_hex = world.undecodable("sub-b", 2, bundle="xyz")
+    refused(
+        "bad-undecodable",
+        lambda: verify_undecodable_statement(not_hex, world.terms, round_number=2, run=0),
+    )
+
+
+UNDECODED = UndecodedRelease(round=1, contributors=tuple(THREE), bundle_sha256=BUNDLE)
+
+
+def test_a_re_run_over_the_same_set_with_every_report_passes(world: World) -> None:
+    header = world.release_header(1, ["sub-c", "sub-a", "sub-b"], run=1)
+    result = check(world, header, 1, UNDECODED)
+    assert (result.round, result.run, result.contributors) == (1, 1, ("sub-c", "sub-a", "sub-b"))
+    assert result.digests.base_sha256 == BASE
+
+
+def test_a_re_run_is_refused_without_an_undecoded_release_of_that_round(world: World) -> None:
+    header = world.release_header(1, THREE, run=1)
+    refused("out-of-schedule", lambda: check(world, header, 1))
+    other_round = UndecodedRelease(round=0, contributors=tuple(THREE), bundle_sha256=BUNDLE)
+    refused("out-of-schedule", lambda: check(world, header, 1, other_round))
+    for bad in (MAX_RUN + 1, -1, "1", True, None):
+        refused("bad-field", lambda b=bad: check(world, {**header, "run": b}, 1, UNDECODED))
+
+
+def test_a_re_run_over_another_set_is_refused(world: World) -> None:
+    """A smaller or larger set would let release₀ − release₁ reveal someone's update."""
+    for subjects in (PARTICIPANTS, ["sub-a", "sub-b", "sub-d"]):
+        header = world.release_header(1, subjects, run=1)
+        refused("rerun-set-mismatch", lambda h=header: check(world, h, 1, UNDECODED))
+    larger = UndecodedRelease(round=1, contributors=tuple(PARTICIPANTS), bundle_sha256=BUNDLE)
+    refused(
+        "rerun-set-mismatch", lambda: check(world, world.release_header(1, THREE, run=1), 1, larger)
+    )
+
+
+def test_a_re_run_needs_every_members_report_on_the_undecoded_bundle(world: World) -> None:
+    reports = [world.undecodable(s, 1) for s in THREE]
+    cases = {
+        "one missing": reports[:2],
+        "one twice": [reports[0], reports[0], reports[1]],
+        "another bundle": [*reports[:2], world.undecodable("sub-c", 1, bundle="be" * 32)],
+        "another round": [*reports[:2], world.undecodable("sub-c", 0)],
+        "of run 1": [*reports[:2], world.undecodable("sub-c", 1, run=1)],
+    }
+    for name, sent in cases.items():
+        header = world.release_header(1, THREE, run=1, undecodable=sent)
+        with pytest.raises(ProtocolError) as info:
+            check(world, header, 1, UNDECODED)
+        assert info.value.code == "undecodable-mismatch", name
+    forged = [*reports[:2], world.undecodable("sub-c", 1, key=world.keys["sub-a"])]
+    header = world.release_header(1, THREE, run=1, undecodable=forged)
+    refused("bad-undecodable-signature", lambda: check(world, header, 1, UNDECODED))
+    header = world.release_header(1, THREE, run=1)
+    refused("bad-field", lambda: check(world, {**header, "undecodable": None}, 1, UNDECODED))
+
+
+def test_run_0_carries_no_reports_and_run_0_messages_do_not_serve_a_re_run(world: World) -> None:
+    header = world.release_header(1, THREE, undecodable=[world.undecodable("sub-a", 1)])
+    refused("undecodable-mismatch", lambda: check(world, header, 1))
+    run0 = world.release_header(1, THREE)
+    rerun = world.release_header(1, THREE, run=1)
+    refused(
+        "closed-set-mismatch",
+        lambda: check(world, {**rerun, "closed_set": run0["closed_set"]}, 1, UNDECODED),
+    )
+    refused(
+        "statement-mismatch",
+        lambda: check(world, {**rerun, "statements": run0["statements"]}, 1, UNDECODED),
+    )
+    refused(
+        "audit-mismatch", lambda: check(world, {**rerun, "audits": run0["audits"]}, 1, UNDECODED)
+    )
 
 
 # --------------------------------------------------------------------------- tokens

@@ -56,6 +56,7 @@ from kgc.testing import (
     initial_base,
     job_request,
     play_round,
+    undecodable_reports,
 )
 
 
@@ -765,6 +766,86 @@ def test_rounds_are_released_in_order_on_one_chain_once_each_and_no_more(
         frame = setup.play(seed=99, after=plays[-1], round_number=t).frame()
         refused(lambda f=frame: release(f), ConflictError, "round-out-of-range")
     assert world.count(Release) == ROUNDS
+
+
+def test_an_undecodable_round_is_re_run_once_over_the_same_set_from_the_same_base(
+    world: DomainWorld, setup: Setup
+) -> None:
+    """Item 7 of issue 11: one re-run, only with every contributor's report, never twice."""
+    ps = setup.ps.subject_id
+
+    def release(frame: bytes) -> tuple[dict[str, Any], bool]:
+        return world.service.release(ps, "job-1", frame)
+
+    run0 = setup.play()
+    bundle0, _ = release(run0.frame())
+    reports = undecodable_reports(setup.terms, bundle0, run0.signers)
+
+    def rerun(**kwargs: Any) -> RoundPlay:
+        return setup.play(seed=kwargs.pop("seed", 6), run=1, **kwargs)
+
+    for frame, kind, code in [
+        (rerun().frame(), InvalidError, "undecodable-mismatch"),  # no reports
+        (rerun(undecodable=reports[:1]).frame(), InvalidError, "undecodable-mismatch"),
+        (  # reports on another bundle (the same one under another attempt)
+            rerun(
+                undecodable=undecodable_reports(
+                    setup.terms, {**bundle0, "attempt": 1}, run0.signers
+                )
+            ).frame(),
+            InvalidError,
+            "undecodable-mismatch",
+        ),
+        (  # a wider set: release₀ − release₁ would be the added member's update
+            rerun(signers=setup.members, undecodable=reports).frame(),
+            InvalidError,
+            "rerun-set-mismatch",
+        ),
+        (  # audits naming run 0's aggregate as the base: a re-run starts where run 0 did
+            rerun(undecodable=reports).frame(
+                audits=rerun(undecodable=reports).audits_with(
+                    base_sha256=run0.digests.aggregate_sha256
+                )
+            ),
+            InvalidError,
+            "audit-mismatch",
+        ),
+        (rerun(undecodable=reports).frame(extra={"run": 2}), BadRequestError, "bad-field"),
+    ]:
+        refused(lambda f=frame: release(f), kind, code)
+    assert world.count(Release) == 1
+
+    play = rerun(undecodable=reports)
+    bundle1, created = release(play.frame())
+    assert created and (bundle1["round"], bundle1["run"]) == (0, 1)
+    assert bundle1["base_sha256"] == setup.terms.initial_ciphertext_sha256
+    assert _opened(bundle1, play.signers[0], play) == list(play.model)
+    with world.sessions() as session:
+        stored = session.scalars(select(Release).where(Release.run == 1)).one()
+        assert stored.undecodable == reports
+    assert release(play.frame()) == (bundle1, False)
+    # Never a third release from that base, whatever the run.
+    for frame in (rerun(seed=7, undecodable=reports).frame(), setup.play(seed=8).frame()):
+        refused(lambda f=frame: release(f), ConflictError, "already-released")
+    # The job goes on from the re-run's aggregate.
+    after = setup.play(seed=9, after=play)
+    bundle2, _ = release(after.frame())
+    assert bundle2["base_sha256"] == play.digests.aggregate_sha256
+    assert world.count(Release) == 3
+
+
+def test_only_the_latest_release_can_be_re_run(world: DomainWorld, setup: Setup) -> None:
+    ps = setup.ps.subject_id
+    run0 = setup.play()
+    bundle0, _ = world.service.release(ps, "job-1", run0.frame())
+    world.service.release(ps, "job-1", setup.play(seed=5, after=run0).frame())
+    late = setup.play(
+        seed=6, run=1, undecodable=undecodable_reports(setup.terms, bundle0, run0.signers)
+    )
+    refused(
+        lambda: world.service.release(ps, "job-1", late.frame()), ConflictError, "out-of-schedule"
+    )
+    assert world.count(Release) == 2
 
 
 def test_a_job_under_older_terms_is_never_released(world: DomainWorld, setup: Setup) -> None:

@@ -7,15 +7,13 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
+from ps_domain_support import LENGTH, Scenario, deltas_for, initial_w
 from sqlalchemy import func, select
 
-from common.blocks import EncryptedVector, VectorEncryptor
 from common.encoding import PackingLayout
 from common.protocol import (
     build_upload_statement,
@@ -40,85 +38,8 @@ from param_server.testing import (
     PsWorld,
     TestParticipant,
     job_key_of,
-    job_terms_of,
     make_definition,
-    open_model,
-    play_round,
 )
-
-LENGTH = 300
-TOLERANCE = 2.0**-18
-Deltas = dict[str, npt.NDArray[np.float64]]
-
-
-def _w0(seed: int = 11) -> npt.NDArray[np.float64]:
-    return np.random.default_rng(seed).normal(0.0, 0.5, LENGTH)
-
-
-def _deltas(participants: list[TestParticipant], seed: int) -> Deltas:
-    rng = np.random.default_rng(seed)
-    return {p.subject_id: rng.normal(0.0, 0.2, LENGTH) for p in participants}
-
-
-class Scenario:
-    """A job as the participants see it, with their shared encryptor for uploads."""
-
-    def __init__(self, world: PsWorld, job_id: str = "job-a", **overrides: Any) -> None:
-        self.world = world
-        self.ps = world.ps
-        self.job_id = job_id
-        self.w0 = _w0()
-        self.view = world.ps.create_job(
-            make_definition(job_id, world.participants, self.w0, **overrides)
-        )
-        # What every participant checks before it encrypts anything.
-        self.terms = job_terms_of(self.view, world.kgc.info(), param_server=PS_SUBJECT_ID)
-        self.encryptor = VectorEncryptor(job_key_of(self.view), window=4)
-        self.rng = random.Random(99)
-
-    def p(self, subject: str) -> TestParticipant:
-        return next(p for p in self.world.participants if p.subject_id == subject)
-
-    def vectors(self, deltas: Deltas) -> dict[str, EncryptedVector]:
-        return {
-            s: self.p(s).encrypt(self.view, d, self.encryptor, self.rng) for s, d in deltas.items()
-        }
-
-    def commit(self, t: int, vectors: dict[str, EncryptedVector]) -> None:
-        for s, v in vectors.items():
-            self.p(s).commit(self.ps, self.terms, t, v)
-
-    def upload(self, t: int, vectors: dict[str, EncryptedVector]) -> None:
-        for s, v in vectors.items():
-            self.p(s).upload(self.ps, self.terms, t, v)
-
-    def audit(self, t: int, subjects: list[str]) -> None:
-        for s in subjects:
-            self.p(s).audit(self.ps, self.terms, t)
-
-    def play(self, t: int, deltas: Deltas, *, audit: bool = True) -> dict[str, EncryptedVector]:
-        """Every participant in ``deltas`` commits, uploads and (``audit``) audits."""
-        vectors = self.vectors(deltas)
-        play_round(
-            self.ps, self.terms, t, [(self.p(s), v) for s, v in vectors.items()], audit=audit
-        )
-        return vectors
-
-    def closed_digest(self, t: int) -> str:
-        return verify_closed_set(
-            self.ps.closed_set(self.job_id, t)["closed_set"], self.terms, round_number=t
-        ).digest
-
-    def expected(self, w: npt.NDArray[np.float64], deltas: Deltas) -> npt.NDArray[np.float64]:
-        weights = self.view["weights"]
-        return w + sum(weights[s] * d for s, d in deltas.items())
-
-    def model_of(self, p: TestParticipant, t: int) -> npt.NDArray[np.float64]:
-        return open_model(self.view, p, self.ps.download(self.job_id, t, p.subject_id))
-
-    def assert_models(self, t: int, expected: npt.NDArray[np.float64], subjects: list[str]) -> None:
-        for s in subjects:
-            assert np.max(np.abs(self.model_of(self.p(s), t) - expected)) < TOLERANCE, s
 
 
 def _count(world: PsWorld, model: Any, *where: Any) -> int:
@@ -150,7 +71,7 @@ def test_full_job_every_contributor_decodes_the_fedavg_model(world: PsWorld) -> 
 
     w = job.w0
     for t in range(2):
-        deltas = _deltas(world.participants, seed=t)
+        deltas = deltas_for(world.participants, seed=t)
         vectors = job.vectors(deltas)
         job.commit(t, vectors)  # everyone committed: the set is closed at once
         view = ps.round_view("job-a", t)
@@ -200,7 +121,7 @@ def test_job_creation_stores_the_trivial_enc_w0_the_terms_name(world: PsWorld) -
 def test_deadline_with_quorum_releases_to_contributors_only(world: PsWorld) -> None:
     job = Scenario(world, quorum=2)
     _, p2, _, p4 = world.participants
-    deltas = {s: d for s, d in _deltas(world.participants, seed=3).items() if s in ("p1", "p3")}
+    deltas = {s: d for s, d in deltas_for(world.participants, seed=3).items() if s in ("p1", "p3")}
     vectors = job.vectors(deltas)
     job.commit(0, vectors)
     assert world.ps.tick().committed == []  # before the deadline, 2 of 4 is not enough
@@ -231,7 +152,7 @@ def test_deadline_with_quorum_releases_to_contributors_only(world: PsWorld) -> N
 
 def test_upload_deadline_with_quorum_aggregates_the_uploads_so_far(world: PsWorld) -> None:
     job = Scenario(world, quorum=2)
-    deltas = _deltas(world.participants, seed=4)
+    deltas = deltas_for(world.participants, seed=4)
     vectors = job.vectors(deltas)
     job.commit(0, vectors)
     job.upload(0, {s: vectors[s] for s in ("p2", "p4")})
@@ -289,7 +210,7 @@ def test_operator_close_needs_quorum(world: PsWorld) -> None:
 
 def test_kgc_unreachable_leaves_round_closed_and_tick_retries(world: PsWorld) -> None:
     job = Scenario(world)
-    deltas = _deltas(world.participants, seed=5)
+    deltas = deltas_for(world.participants, seed=5)
     world.kgc.failure = KgcError(0, "unreachable", "connection refused")
     job.play(0, deltas)
     assert world.ps.tick().released == []
@@ -315,7 +236,7 @@ def test_crash_after_kgc_answer_resends_the_same_request(
 ) -> None:
     """The stored request (same R, same bytes) is re-sent; the KGC answers idempotently."""
     job = Scenario(world)
-    deltas = _deltas(world.participants, seed=6)
+    deltas = deltas_for(world.participants, seed=6)
     original = ParameterServer._finish_release
 
     def crash(*args: Any, **kwargs: Any) -> None:
@@ -342,7 +263,7 @@ def test_crash_while_aggregating_keeps_uploads_and_the_upload_phase(
     world: PsWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = Scenario(world)
-    deltas = _deltas(world.participants, seed=7)
+    deltas = deltas_for(world.participants, seed=7)
     original = ParameterServer._store_model
 
     def half_write(self: ParameterServer, session: Any, job_id: str, version: int, v: Any) -> None:
@@ -469,7 +390,7 @@ def test_upload_checks(world: PsWorld) -> None:
 
 def test_create_job_checks_leave_nothing_behind(world: PsWorld) -> None:
     ps, participants = world.ps, world.participants
-    w0 = _w0()
+    w0 = initial_w()
     bad: list[tuple[dict[str, Any], int, str]] = [
         (make_definition("bad id!", participants, w0), 400, "bad-definition"),
         (make_definition("j", participants, w0, quorum=5), 422, "invalid-definition"),
@@ -626,7 +547,7 @@ def test_upload_statements_are_checked_before_anything_is_stored(world: PsWorld)
 def test_audits_must_name_exactly_the_attempts_digests(world: PsWorld) -> None:
     job = Scenario(world)
     p1 = job.p("p1")
-    vectors = job.vectors(_deltas(world.participants, seed=9))
+    vectors = job.vectors(deltas_for(world.participants, seed=9))
     job.commit(0, vectors)
     _refused(409, "not-aggregated", world.ps.audit_package, "job-a", 0, "p1")
     job.upload(0, {s: vectors[s] for s in ("p1", "p2", "p3")})
@@ -679,7 +600,7 @@ def test_audit_deadline_drops_the_missing_auditor_and_reaggregates_with_a_fresh_
     world: PsWorld,
 ) -> None:
     job = Scenario(world, quorum=2)
-    deltas = _deltas(world.participants, seed=10)
+    deltas = deltas_for(world.participants, seed=10)
     job.play(0, deltas, audit=False)
     job.audit(0, ["p1", "p2", "p3"])  # p4 never audits
     first = world.ps.audit_package("job-a", 0, None)
@@ -710,7 +631,7 @@ def test_audit_deadline_drops_the_missing_auditor_and_reaggregates_with_a_fresh_
     assert (bundle["attempt"], bundle["blind_sha256"]) == (1, second["blind_sha256"])
 
     # Round 1 continues from the released attempt's aggregate: the KGC's chain holds.
-    later = _deltas(world.participants, seed=11)
+    later = deltas_for(world.participants, seed=11)
     job.play(1, later)
     assert world.ps.tick().released == [("job-a", 1)]
     job.assert_models(1, job.expected(expected, later), ALL)
@@ -718,7 +639,7 @@ def test_audit_deadline_drops_the_missing_auditor_and_reaggregates_with_a_fresh_
 
 def test_audit_deadline_below_quorum_fails_under_the_fail_policy(world: PsWorld) -> None:
     job = Scenario(world, quorum=3, below_quorum_policy="fail")
-    job.play(0, _deltas(world.participants, seed=12), audit=False)
+    job.play(0, deltas_for(world.participants, seed=12), audit=False)
     job.audit(0, ["p1", "p2"])
     world.clock.advance(601)
     assert world.ps.tick().failed == [("job-a", 0)]
@@ -751,7 +672,7 @@ def test_release_request_carries_the_set_statements_and_audits_and_the_kgc_check
     world: PsWorld,
 ) -> None:
     job = Scenario(world)
-    deltas = _deltas(world.participants, seed=8)
+    deltas = deltas_for(world.participants, seed=8)
     job.play(0, deltas)
     world.kgc.failure = KgcError(0, "unreachable", "down")
     assert world.ps.tick().released == []
@@ -831,7 +752,7 @@ def test_release_request_carries_the_set_statements_and_audits_and_the_kgc_check
     assert kgc.release_frames[-1] == frame
     job.assert_models(0, job.expected(job.w0, deltas), ["p1"])
     # The same request again is answered with the same bundle; another one is refused.
-    assert kgc.release(frame) == kgc.jobs["job-a"].releases[0].bundle
+    assert kgc.release(frame) == kgc.jobs["job-a"].releases[(0, 0)].bundle
     with pytest.raises(KgcError) as err:
         kgc.release(
             _resigned(
