@@ -39,6 +39,7 @@ __all__ = [
     "EncodingError",
     "EncodingOverflowError",
     "PackingLayout",
+    "check_json_keys",
     "decode_fixed",
     "decode_vector",
     "encode_fixed",
@@ -55,6 +56,16 @@ _JSON_KEYS = frozenset({"modulus", "length", "frac_bits", "slot_bits", "slot_bou
 
 class EncodingError(ValueError):
     """Invalid input or parameters for encoding/packing."""
+
+
+def check_json_keys(d: object, keys: frozenset[str], what: str) -> None:
+    """A JSON object with exactly ``keys``: encoding parameters come from other parties."""
+    if not isinstance(d, Mapping):
+        raise EncodingError(f"{what} JSON must be an object")
+    found = set(d)
+    if found != keys:
+        missing, extra = sorted(keys - found), sorted(found - keys)
+        raise EncodingError(f"bad {what} JSON keys: missing {missing}, unexpected {extra}")
 
 
 class EncodingOverflowError(EncodingError):
@@ -157,13 +168,7 @@ class PackingLayout:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PackingLayout:
         """Inverse of :meth:`to_json`; strict, since layouts come from other parties."""
-        if not isinstance(d, Mapping):
-            raise EncodingError("layout JSON must be an object")
-        keys = set(d)
-        if keys != _JSON_KEYS:
-            missing = sorted(_JSON_KEYS - keys)
-            extra = sorted(keys - _JSON_KEYS)
-            raise EncodingError(f"bad layout JSON keys: missing {missing}, unexpected {extra}")
+        check_json_keys(d, _JSON_KEYS, "layout")
         mod = d["modulus"]
         if not isinstance(mod, str) or not _HEX_RE.fullmatch(mod):
             raise EncodingError("modulus must be a lowercase hex string without 0x prefix")

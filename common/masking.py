@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.bcp import Ciphertext, MasterKey, PublicKey, RandomSource
-from common.encoding import EncodingError, EncodingOverflowError
+from common.encoding import EncodingError, EncodingOverflowError, check_json_keys
 from common.signing import canonical_json
 
 __all__ = [
@@ -143,13 +143,7 @@ class RingSpec:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RingSpec:
         """Inverse of :meth:`to_json`; strict (exact keys, JSON integers, no booleans)."""
-        if not isinstance(d, Mapping):
-            raise EncodingError("ring spec JSON must be an object")
-        keys = set(d)
-        if keys != _RING_JSON_KEYS:
-            missing = sorted(_RING_JSON_KEYS - keys)
-            extra = sorted(keys - _RING_JSON_KEYS)
-            raise EncodingError(f"bad ring spec JSON keys: missing {missing}, unexpected {extra}")
+        check_json_keys(d, _RING_JSON_KEYS, "ring spec")
         for name in ("bits", "frac_bits"):
             if not isinstance(d[name], int) or isinstance(d[name], bool):
                 raise EncodingError(f"{name} must be a JSON integer")

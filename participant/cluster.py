@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +44,7 @@ from typing import Any
 
 from common.http import ServiceClient
 
-__all__ = ["ClusterError", "LocalCluster", "ServiceProcess"]
+__all__ = ["ClusterError", "LocalCluster", "ServiceProcess", "wait_until"]
 
 #: Files the services create (databases, journals, logs) are owner-only.
 CHILD_UMASK = 0o077
@@ -468,6 +468,42 @@ class LocalCluster:
             raise ClusterError(f"{node.name} is not running")
         return ServiceClient(node.url, self.node_admin_token, timeout=timeout)
 
+    def start_all(
+        self,
+        nodes: int,
+        *,
+        dataset: str,
+        partition_seed: int,
+        bits: int = 1024,
+        partition_scheme: str = "iid",
+        min_quorum: int | None = None,
+        timeout: float = 300,
+    ) -> list[str]:
+        """A whole local deployment: the KGC (demo parameters of ``bits``), then the PS and
+        ``nodes`` nodes booting in parallel, each node enrolled. The nodes' subject ids."""
+        self.start_kgc(bits, demo=True)
+        ps = self.start_param_server(wait=False)
+        started = self.start_nodes(
+            nodes,
+            dataset=dataset,
+            partition_seed=partition_seed,
+            partition_scheme=partition_scheme,
+            poll_seconds=0.3,
+            wait=False,
+            min_quorum=min_quorum,
+        )
+        self.wait_ready([ps, *started], timeout)
+        return self.enrol_nodes()
+
+    def enrol_nodes(self) -> list[str]:
+        """Enrol every started node at the KGC (one code each); their subject ids."""
+        subjects = []
+        for index in range(len(self.nodes)):
+            enrolment = self.enrol(f"node-{index}", "participant")
+            self.enrol_node(index, enrolment)
+            subjects.append(str(enrolment["subject_id"]))
+        return subjects
+
     def enrol_node(self, index: int, enrolment: dict[str, Any]) -> dict[str, Any]:
         """Have node ``index`` complete an enrolment (it makes its keys locally)."""
         answer: dict[str, Any] = self.node_operator(index).post_json(
@@ -479,6 +515,19 @@ class LocalCluster:
             },
         )
         return answer
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.3) -> Any:
+    """Poll ``check`` until it returns something truthy; that value. ``TimeoutError``
+    naming ``what`` when it does not come in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(poll)
 
 
 def _private_log(path: Path) -> Any:

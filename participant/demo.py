@@ -227,25 +227,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     cluster = LocalCluster(args.workdir, keep_workdir=bool(getattr(args, "keep_workdir", False)))
     t_start = time.perf_counter()
     try:
-        cluster.start_kgc(args.bits, demo=True)
-        enrolments = [cluster.enrol(f"participant-{i}", "participant") for i in range(k)]
-        # the parameter server and the nodes boot in parallel
-        ps = cluster.start_param_server(wait=False)
-        nodes = cluster.start_nodes(
+        subjects = cluster.start_all(
             k,
+            bits=args.bits,
             dataset=args.dataset,
             partition_seed=args.seed,
             partition_scheme=args.partition_scheme,
-            poll_seconds=0.3,
-            wait=False,
             min_quorum=min_quorum,
         )
-        cluster.wait_ready([ps, *nodes], 300)
         node_ops = [cluster.node_operator(i) for i in range(k)]
-        subjects = []
-        for i, enrolment in enumerate(enrolments):
-            cluster.enrol_node(i, enrolment)
-            subjects.append(enrolment["subject_id"])
 
         # -- the job
         dataset, parts = dataset_partitions(args.dataset, k, args.partition_scheme, args.seed)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from participant.client import (
     PreparedUpload,
     UndecodableReleaseError,
 )
-from participant.cluster import LocalCluster
+from participant.cluster import LocalCluster, wait_until
 from participant.models import MLP
 from participant.node import dataset_partitions
 
@@ -122,9 +121,10 @@ class World:
 
     def node_job(self, i: int, job_id: str, statuses: tuple[str, ...]) -> dict[str, Any]:
         op = self.cluster.node_operator(i)
-        found: dict[str, Any] = _wait(
+        found: dict[str, Any] = wait_until(
             f"node {i} to reach {statuses}",
             lambda: (j := op.get_json(f"/v1/jobs/{job_id}"))["status"] in statuses and j,
+            TIMEOUT,
         )
         return found
 
@@ -145,30 +145,11 @@ def _out_of_range(
     )
 
 
-def _wait(what: str, check: Any, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     workdir: Path = tmp_path_factory.mktemp("undecodable")
     with LocalCluster(workdir) as cluster:
-        cluster.start_kgc(1024, demo=True)
-        ps = cluster.start_param_server(wait=False)
-        nodes = cluster.start_nodes(
-            NODES, dataset="digits", partition_seed=7, poll_seconds=0.3, wait=False
-        )
-        cluster.wait_ready([ps, *nodes], 300)
-        enrolments = [cluster.enrol(f"node-{i}", "participant") for i in range(NODES)]
-        for i, e in enumerate(enrolments):
-            cluster.enrol_node(i, e)
+        subjects = cluster.start_all(NODES, dataset="digits", partition_seed=7)
         fourth = cluster.enrol("fourth", "participant")
         poisoner = ParticipantClient.enrol(
             cluster.kgc_url, fourth["subject_id"], fourth["code"], rng=random.Random(4)
@@ -179,7 +160,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             yield World(
                 cluster,
                 poisoner,
-                [str(e["subject_id"]) for e in enrolments] + [poisoner.identity.subject_id],
+                [*subjects, poisoner.identity.subject_id],
                 np.asarray(w0),
                 dataset.X_train[:120],
                 dataset.y_train[:120],
@@ -196,13 +177,19 @@ def test_one_garbage_upload_costs_one_re_run_and_the_job_goes_on(world: World) -
 
     report = world.contribute(job, 0, world.w0, garbage=True)
     assert isinstance(report, UndecodableReleaseError) and report.binding.run == 0
-    _wait("the re-run", lambda: ps.get_json(f"/v1/jobs/{job_id}/rounds/0")["run"] == 1)
+    wait_until(
+        "the re-run", lambda: ps.get_json(f"/v1/jobs/{job_id}/rounds/0")["run"] == 1, TIMEOUT
+    )
     w1 = world.contribute(job, 0, world.w0, garbage=False)  # run 1: a proper update
     assert isinstance(w1, np.ndarray) and np.all(np.isfinite(w1))
     w2 = world.contribute(job, 1, w1, garbage=False)
     assert isinstance(w2, np.ndarray)
 
-    _wait("the job to finish", lambda: ps.get_json(f"/v1/jobs/{job_id}")["status"] == "finished")
+    wait_until(
+        "the job to finish",
+        lambda: ps.get_json(f"/v1/jobs/{job_id}")["status"] == "finished",
+        TIMEOUT,
+    )
     for i in range(NODES):
         node_job = world.node_job(i, job_id, ("finished",))
         round0 = next(r for r in node_job["rounds"] if r["round"] == 0)
@@ -228,11 +215,15 @@ def test_garbage_again_in_the_re_run_fails_the_job_and_nothing_more_is_released(
     ps = world.cluster.ps_operator()
 
     assert isinstance(world.contribute(job, 0, world.w0, garbage=True), UndecodableReleaseError)
-    _wait("the re-run", lambda: ps.get_json(f"/v1/jobs/{job_id}/rounds/0")["run"] == 1)
+    wait_until(
+        "the re-run", lambda: ps.get_json(f"/v1/jobs/{job_id}/rounds/0")["run"] == 1, TIMEOUT
+    )
     again = world.contribute(job, 0, world.w0, garbage=True)
     assert isinstance(again, UndecodableReleaseError) and again.binding.run == 1
 
-    _wait("the job to fail", lambda: ps.get_json(f"/v1/jobs/{job_id}")["status"] == "failed")
+    wait_until(
+        "the job to fail", lambda: ps.get_json(f"/v1/jobs/{job_id}")["status"] == "failed", TIMEOUT
+    )
     round0 = ps.get_json(f"/v1/jobs/{job_id}/rounds/0")
     assert (round0["status"], round0["run"]) == ("failed", 1)
     for i in range(NODES):

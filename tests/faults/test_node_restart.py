@@ -10,7 +10,6 @@ is searched for the secrets that passed through the services.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from common.db import make_engine
 from common.http import ServiceError
 from common.signing import b64decode, b64encode
 from participant.client import ParticipantClient
-from participant.cluster import LocalCluster
+from participant.cluster import LocalCluster, wait_until
 from participant.models import MLP
 from participant.node import dataset_partitions, load_identity
 
@@ -48,31 +47,11 @@ class Run:
     secrets: dict[str, str]
 
 
-def _wait(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     workdir: Path = tmp_path_factory.mktemp("node-restart")
     with LocalCluster(workdir) as cluster:
-        cluster.start_kgc(1024, demo=True)
-        ps = cluster.start_param_server(wait=False)
-        nodes = cluster.start_nodes(
-            NODES, dataset="digits", partition_seed=7, poll_seconds=0.3, wait=False
-        )
-        cluster.wait_ready([ps, *nodes], 300)
-        enrolments = [cluster.enrol(f"node-{i}", "participant") for i in range(NODES)]
-        for i, e in enumerate(enrolments):
-            cluster.enrol_node(i, e)
-        subjects = [str(e["subject_id"]) for e in enrolments]
+        subjects = cluster.start_all(NODES, dataset="digits", partition_seed=7)
         _, parts = dataset_partitions("digits", NODES, "iid", 7)
         model = MLP(LAYERS)
         w0 = model.init_parameters(np.random.default_rng(7))
@@ -103,7 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             status = ps_ops.get_json(f"/v1/jobs/{JOB_ID}/rounds/0")
             return subjects[0] in status["contributors"]
 
-        _wait("node 0's round-0 upload", node0_uploaded, 180)
+        wait_until("node 0's round-0 upload", node0_uploaded, 180)
         status_before = ops[0].get_json("/v1/status")
         cluster.kill(cluster.nodes[0])
         cluster.restart(cluster.nodes[0])
@@ -113,9 +92,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         def finished() -> bool:
             return bool(ps_ops.get_json(f"/v1/jobs/{JOB_ID}")["status"] == "finished")
 
-        _wait("the job to finish", finished, 240)
+        wait_until("the job to finish", finished, 240)
         node_jobs = [
-            _wait(
+            wait_until(
                 f"node {i}",
                 lambda op=op: (
                     (j := op.get_json(f"/v1/jobs/{JOB_ID}"))["status"] == "finished" and j
