@@ -1253,6 +1253,7 @@ class ParameterServer:
             if set(reports) >= set(rnd.contributors or []):
                 if following is not None:
                     self._drop_round(session, following)
+                job.current_round = t
                 if rnd.run < MAX_RUN:
                     self._rerun(session, job, rnd, release, digest, now)
                 else:
@@ -1301,7 +1302,6 @@ class ParameterServer:
         rnd.undecodable = None
         rnd.closed_at = rnd.released_at = rnd.release_after = None
         rnd.last_error = None
-        job.current_round = rnd.round
         job.status = "running"
         log.warning(
             "job %s round %d: release undecodable for every contributor; re-running it (run %d)",
