@@ -93,6 +93,7 @@ __all__ = [
     "initial_ciphertext_sha256",
     "initial_plaintexts",
     "initial_weights_of",
+    "is_json_int",
     "json_sha256",
     "kgc_key_id",
     "pok_context",
@@ -187,7 +188,8 @@ def kgc_key_id(verify_key: Ed25519PublicKey | Ed25519PrivateKey | str) -> str:
     return sha256_hex(bytes.fromhex(raw))[:32]
 
 
-def _is_int(value: object) -> bool:
+def is_json_int(value: object) -> bool:
+    """A JSON integer: an ``int`` but not a ``bool`` (``true`` is never a count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -354,7 +356,7 @@ def check_requested_terms(terms: object) -> dict[str, Any]:
         ):
             raise ProtocolError("bad-terms", "each weight must be a number in (0, 1]")
     for name in ("quorum", "rounds", "width", "num_plaintexts"):
-        if not _is_int(terms[name]) or terms[name] < 1:
+        if not is_json_int(terms[name]) or terms[name] < 1:
             raise ProtocolError("bad-terms", f"{name} must be a positive integer")
     if terms["quorum"] > len(participants):
         raise ProtocolError("invalid-quorum", "quorum must be between 1 and the participant count")
@@ -586,7 +588,7 @@ def _verify_participant_signed(
     if subject_id is not None and subject != subject_id:
         raise ProtocolError(f"{field}-mismatch", f"the {what} is signed by another participant")
     if set(body) != {*expected, *digests, *integers, *objects} or any(
-        body.get(k) != v or (k in ("round", "run") and not _is_int(body.get(k)))
+        body.get(k) != v or (k in ("round", "run") and not is_json_int(body.get(k)))
         for k, v in expected.items()
     ):
         raise ProtocolError(
@@ -716,9 +718,9 @@ def verify_closed_set(
     if (
         set(body) != {*expected, "commitments", "closed_at"}
         or any(body.get(k) != v for k, v in expected.items())
-        or not _is_int(body.get("round"))
-        or not _is_int(body.get("run"))
-        or not _is_int(body.get("closed_at"))
+        or not is_json_int(body.get("round"))
+        or not is_json_int(body.get("run"))
+        or not is_json_int(body.get("closed_at"))
         or not isinstance(body.get("commitments"), list)
     ):
         raise ProtocolError(

@@ -57,6 +57,7 @@ from common.protocol import (
     ReleaseSchedule,
     check_release_request,
     check_requested_terms,
+    is_json_int,
     release_header_limit,
     release_schedule,
     request_run,
@@ -147,10 +148,6 @@ def protocol_refusal(exc: ProtocolError) -> KgcError:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class KgcService:
@@ -760,8 +757,8 @@ class KgcService:
         """The frame carries exactly the job's ``num_plaintexts`` and ``width``."""
         num_plaintexts, width = header.get("num_plaintexts"), header.get("width")
         if (
-            not _is_int(num_plaintexts)
-            or not _is_int(width)
+            not is_json_int(num_plaintexts)
+            or not is_json_int(width)
             or num_plaintexts != terms.num_plaintexts
             or width != terms.width
         ):
@@ -793,7 +790,7 @@ class KgcService:
             and all(isinstance(c, str) for c in contributors)
             and stored.payload_sha256 == digest
             and sorted(stored.contributors) == sorted(contributors)
-            and _is_int(header.get("attempt"))
+            and is_json_int(header.get("attempt"))
             and stored.attempt == header.get("attempt")
         )
         if not same:

@@ -63,6 +63,7 @@ from common.protocol import (
     digest_equal,
     initial_ciphertext,
     initial_ciphertext_sha256,
+    is_json_int,
     pok_context,
     release_request_header,
     requested_terms,
@@ -1429,7 +1430,8 @@ def _check_upload(
     except WireError as exc:
         raise DomainError(400, "malformed-frame", str(exc)) from None
     header = frame.header
-    if header.get("job_id") != job_id or not _is_int(header.get("round")) or header["round"] != t:
+    round_number = header.get("round")
+    if header.get("job_id") != job_id or not is_json_int(round_number) or round_number != t:
         raise DomainError(422, "frame-mismatch", "frame header is for another job or round")
     digest = str(header["sha256"])
     try:
@@ -1494,10 +1496,6 @@ def _check_randomness_proof(
         )
     except ValueError as exc:
         raise DomainError(422, "bad-randomness-proof", str(exc)) from None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _from_kgc(exc: KgcError, *, conflict: str) -> DomainError:
