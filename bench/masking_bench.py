@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.crypto_bench import _loadavg, _log, _machine
+from bench.crypto_bench import MNIST_MLP_VALUES, _loadavg, _log, _machine
 from common.bcp import Ciphertext, MasterKey, PublicKey, SecretKey
 from common.blocks import element_bytes, elements_from_bytes, elements_to_bytes, generate_job_key
 from common.demo_params import load_demo_master_key
@@ -82,7 +82,6 @@ from common.wire import to_obj
 
 __all__ = ["main"]
 
-MNIST_MLP_VALUES = 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10  # 109,386
 FRAC_BITS = 22  # the demo's encoding (participant.demo.DEMO_ENCODING)
 CLIP_BOUND = 8.0  # the demo's per-value clip bound
 MODEL_BOUND = 16.0  # the demo's slot bound, used as B_W to show choose_ring's pick
