@@ -39,6 +39,7 @@ __all__ = [
     "EncodingError",
     "EncodingOverflowError",
     "PackingLayout",
+    "as_finite_floats",
     "check_json_keys",
     "decode_fixed",
     "decode_vector",
@@ -188,7 +189,7 @@ class PackingLayout:
 # --------------------------------------------------------------------------- fixed point
 
 
-def _as_finite_floats(x: object, what: str = "x") -> npt.NDArray[np.float64]:
+def as_finite_floats(x: object, what: str = "x") -> npt.NDArray[np.float64]:
     """1-D finite float64 view of `x`; NaN/inf would encode as garbage, so reject them."""
     arr = np.asarray(x)
     if arr.ndim != 1:
@@ -239,7 +240,7 @@ def encode_fixed(
     bound = _check_bound(clip_bound)
     if math.ldexp(bound, frac_bits) >= 2.0**62:
         raise EncodingError("clip_bound * 2^frac_bits does not fit in int64")
-    xc, report = _clip(_as_finite_floats(x), bound)
+    xc, report = _clip(as_finite_floats(x), bound)
     return _to_fixed(xc, frac_bits), report
 
 
@@ -363,7 +364,7 @@ def encode_vector(
             f"clip_bound * |scale| = {bound * abs(w)} exceeds layout.slot_bound "
             f"{layout.slot_bound}: lower clip_bound or raise slot_bound"
         )
-    xf = _as_finite_floats(x)
+    xf = as_finite_floats(x)
     if xf.shape[0] != layout.length:
         raise EncodingError(f"expected {layout.length} values, got {xf.shape[0]}")
     xc, report = _clip(xf, bound)

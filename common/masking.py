@@ -42,7 +42,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.bcp import Ciphertext, MasterKey, PublicKey, RandomSource
-from common.encoding import EncodingError, EncodingOverflowError, check_json_keys
+from common.encoding import (
+    EncodingError,
+    EncodingOverflowError,
+    as_finite_floats,
+    check_json_keys,
+)
 from common.signing import canonical_json
 
 __all__ = [
@@ -199,16 +204,7 @@ def encode_ring(values: npt.ArrayLike, spec: RingSpec) -> RingVector:
     where ``ldexp`` and ``rint`` are exact; the result is an integer below ``2^63`` in
     magnitude, so the conversion through int64 is exact too.
     """
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise EncodingError(f"values must be 1-D, got shape {arr.shape}")
-    if arr.size and not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise EncodingError(f"values must be numeric, got dtype {arr.dtype}")
-    x = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise EncodingError("values contain NaN or infinity")
+    x = as_finite_floats(values, "values")
     with np.errstate(over="ignore"):  # an overflow to inf is caught by the bound below
         scaled = np.rint(np.ldexp(x, spec.frac_bits))
     limit = float(1 << (spec.bits - 1))  # a power of two: exact in float64
