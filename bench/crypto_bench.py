@@ -43,6 +43,7 @@ from typing import Any
 
 import gmpy2
 import numpy as np
+import numpy.typing as npt
 from gmpy2 import mpz
 
 from common.bcp import MasterKey
@@ -174,6 +175,27 @@ def _machine() -> dict[str, Any]:
         "gmp": gmpy2.mp_version(),
         "numpy": np.__version__,
     }
+
+
+def grouped_bars(
+    ax: Any,
+    groups: int,
+    series: Sequence[tuple[str, Sequence[float], str]],
+    label: Callable[[float], str],
+) -> npt.NDArray[np.int64]:
+    """Each ``(name, values, color)`` series as bars side by side in ``groups`` groups,
+    every bar labelled with ``label(value)`` (a NaN value draws no bar and no label).
+    Returns the group positions, for the tick labels."""
+    xs = np.arange(groups)
+    width = 0.8 / len(series)
+    for i, (name, values, color) in enumerate(series):
+        offset = (i - (len(series) - 1) / 2) * width
+        bars = ax.bar(xs + offset, values, width, label=name, color=color)
+        for bar, v in zip(bars, values, strict=True):
+            if not math.isnan(v):
+                centre = bar.get_x() + bar.get_width() / 2
+                ax.annotate(label(v), (centre, v), ha="center", va="bottom", fontsize=7)
+    return xs
 
 
 def _fmt_s(seconds: float) -> str:
@@ -772,22 +794,8 @@ def _plot(runs: list[dict[str, Any]], path: Path) -> None:
                 "tab:red",
             )
         )
-        xs = np.arange(len(groups))
-        width = 0.8 / len(series)
-        for i, (label, vals, color) in enumerate(series):
-            bars = ax.bar(
-                xs + (i - (len(series) - 1) / 2) * width, vals, width, label=label, color=color
-            )
-            for bar, v in zip(bars, vals, strict=True):
-                if math.isnan(v):  # addition has no worker count: one bar is enough
-                    continue
-                ax.annotate(
-                    _fmt_s(v),
-                    (bar.get_x() + bar.get_width() / 2, v),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        # addition has no worker count: its NaN leaves one bar of the group empty
+        xs = grouped_bars(ax, len(groups), series, _fmt_s)
         ax.set_yscale("log")
         top = max(v for _, vals, _ in series for v in vals if not math.isnan(v))
         ax.set_ylim(top=top * 30)  # room for the legend above the tallest bar

@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.crypto_bench import MNIST_MLP_VALUES, _loadavg, _log, _machine
+from bench.crypto_bench import MNIST_MLP_VALUES, _loadavg, _log, _machine, grouped_bars
 from common.bcp import Ciphertext, MasterKey, PublicKey, SecretKey
 from common.blocks import element_bytes, elements_from_bytes, elements_to_bytes, generate_job_key
 from common.demo_params import load_demo_master_key
@@ -729,21 +729,7 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
     series.append(("plaintext float32", [p * 1e3 for _, _, p in groups], "tab:orange"))
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1.3]})
-    xs = np.arange(len(groups))
-    width = 0.8 / len(series)
-    for i, (label, vals, color) in enumerate(series):
-        bars = ax.bar(
-            xs + (i - (len(series) - 1) / 2) * width, vals, width, label=label, color=color
-        )
-        for bar, v in zip(bars, vals, strict=True):
-            if not math.isnan(v):
-                ax.annotate(
-                    f"{v:.2g}",
-                    (bar.get_x() + bar.get_width() / 2, v),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+    xs = grouped_bars(ax, len(groups), series, lambda v: f"{v:.2g}")
     ax.axhline(TARGET_PARTICIPANT_S * 1e3, color="tab:red", ls="--", lw=0.8)
     ax.annotate(
         "participant target 20 ms",
@@ -761,25 +747,15 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
     ax.grid(axis="y", which="both", alpha=0.3)
 
     ks = doc["k"]
-    xs2 = np.arange(len(ks))
-    width2 = 0.8 / len(ring_keys)
-    for i, b in enumerate(ring_keys):
-        vals = [rel["kgc_steps_s"]["total"] for rel in doc["rings"][b]["releases"]]
-        bars = ax2.bar(
-            xs2 + (i - (len(ring_keys) - 1) / 2) * width2,
-            vals,
-            width2,
-            label=f"masked, k={b}",
-            color=colors.get(b, "tab:gray"),
+    release_series = [
+        (
+            f"masked, k={b}",
+            [rel["kgc_steps_s"]["total"] for rel in doc["rings"][b]["releases"]],
+            colors.get(b, "tab:gray"),
         )
-        for bar, v in zip(bars, vals, strict=True):
-            ax2.annotate(
-                f"{v:.2f} s",
-                (bar.get_x() + bar.get_width() / 2, v),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+        for b in ring_keys
+    ]
+    xs2 = grouped_bars(ax2, len(ks), release_series, lambda v: f"{v:.2f} s")
     for j, k in enumerate(ks):
         goal = TARGET_RELEASE_S.get(k)
         if goal is not None:
