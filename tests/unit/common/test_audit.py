@@ -39,6 +39,7 @@ from common.protocol import (
     ClosedSet,
     JobTerms,
     ProtocolError,
+    ReleaseCheck,
     build_audit_statement,
     build_closed_set,
     build_commitment,
@@ -97,6 +98,18 @@ class Job:
     def initial_a(self) -> list[int]:
         """The A components of Enc(W_0) (trivial): what round 0's chain starts from."""
         return [1] * self.num_blocks
+
+    def kgc_check0(self, header: dict[str, Any], opened: EncryptedVector) -> ReleaseCheck:
+        """The KGC's check of a round-0 request to open ``opened``: from ``Enc(W_0)``."""
+        return check_release_request(
+            header,
+            self.terms,
+            next_round=0,
+            base_sha256=self.terms.initial_ciphertext_sha256,
+            payload_sha256=vector_sha256(opened),
+            previous_a=self.initial_a(),
+            current_a=opened.a_components(),
+        )
 
     def base0(self) -> EncryptedVector:
         return initial_ciphertext(self.terms.job_key, self.layout, self.w0)
@@ -514,16 +527,7 @@ def test_the_kgc_accepts_exactly_what_every_contributor_audited(
     closed = verify_closed_set(signed, job.terms, round_number=0)
     audited = audit0(job, three, closed=closed)
     header = release_header(job, 0, signed, three, audited)
-    initial = job.terms.initial_ciphertext_sha256
-    check = check_release_request(
-        header,
-        job.terms,
-        next_round=0,
-        base_sha256=initial,
-        payload_sha256=vector_sha256(audited.release),
-        previous_a=job.initial_a(),
-        current_a=audited.release.a_components(),
-    )
+    check = job.kgc_check0(header, audited.release)
     assert check.round == 0 and check.contributors == tuple(THREE)
     assert check.digests == audited.digests
 
@@ -535,15 +539,7 @@ def test_the_kgc_accepts_exactly_what_every_contributor_audited(
         audited.aggregate,
     ):
         with pytest.raises(ProtocolError) as info:
-            check_release_request(
-                header,
-                job.terms,
-                next_round=0,
-                base_sha256=initial,
-                payload_sha256=vector_sha256(other),
-                previous_a=job.initial_a(),
-                current_a=other.a_components(),
-            )
+            job.kgc_check0(header, other)
         assert info.value.code == "audit-mismatch"
 
     # round 1 must continue from round 0's audited aggregate, not from another base
@@ -591,15 +587,7 @@ def test_a_second_closed_set_with_a_crafted_commitment_is_refused(
     header = release_header(job, 0, second, crafted, audited, statements_under=first_digest)
     refused(
         "statement-mismatch",
-        lambda: check_release_request(
-            header,
-            job.terms,
-            next_round=0,
-            base_sha256=job.terms.initial_ciphertext_sha256,
-            payload_sha256=vector_sha256(audited.release),
-            previous_a=job.initial_a(),
-            current_a=audited.release.a_components(),
-        ),
+        lambda: job.kgc_check0(header, audited.release),
     )
 
 
@@ -608,15 +596,7 @@ def released_round0(job: Job, uploads: dict[str, EncryptedVector]) -> AuditedRou
     three = {s: uploads[s] for s in THREE}
     signed = job.closed_set(0, {s: vector_sha256(u) for s, u in three.items()})
     audited = audit0(job, three, closed=verify_closed_set(signed, job.terms, round_number=0))
-    check_release_request(
-        release_header(job, 0, signed, three, audited),
-        job.terms,
-        next_round=0,
-        base_sha256=job.terms.initial_ciphertext_sha256,
-        payload_sha256=vector_sha256(audited.release),
-        previous_a=job.initial_a(),
-        current_a=audited.release.a_components(),
-    )
+    job.kgc_check0(release_header(job, 0, signed, three, audited), audited.release)
     return audited
 
 
@@ -692,13 +672,5 @@ def test_opening_a_vector_off_the_a_chain_is_refused(
     header = release_header(job, 0, signed, three, renamed)
     refused(
         "broken-a-chain",
-        lambda: check_release_request(
-            header,
-            job.terms,
-            next_round=0,
-            base_sha256=job.terms.initial_ciphertext_sha256,
-            payload_sha256=vector_sha256(other),
-            previous_a=job.initial_a(),
-            current_a=other.a_components(),
-        ),
+        lambda: job.kgc_check0(header, other),
     )
