@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from e2e_support import json_column, read_rows
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
@@ -88,16 +89,12 @@ class World:
         return make_engine(f"sqlite:///{self.cluster.workdir}/ps.db")
 
     def kgc_releases(self) -> int:
-        engine = make_engine(f"sqlite:///{self.cluster.workdir}/kgc.db")
-        try:
-            with engine.connect() as conn:
-                return int(
-                    conn.execute(
-                        text("SELECT count(*) FROM kgc_releases WHERE job_id = :j"), {"j": JOB_ID}
-                    ).scalar_one()
-                )
-        finally:
-            engine.dispose()
+        rows = read_rows(
+            self.cluster.workdir / "kgc.db",
+            "SELECT count(*) FROM kgc_releases WHERE job_id = :j",
+            j=JOB_ID,
+        )
+        return int(rows[0][0])
 
     def data(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(100 + i)
@@ -128,40 +125,24 @@ class World:
 
     def stored_audits(self, t: int) -> list[dict[str, Any]]:
         """The signed audits the PS operator reads in its own database."""
-        engine = self.ps_db()
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    text(
-                        "SELECT signed FROM audits WHERE job_id = :j AND round = :t "
-                        "ORDER BY subject_id"
-                    ),
-                    {"j": JOB_ID, "t": t},
-                ).all()
-        finally:
-            engine.dispose()
-        return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
+        rows = read_rows(
+            self.cluster.workdir / "ps.db",
+            "SELECT signed FROM audits WHERE job_id = :j AND round = :t ORDER BY subject_id",
+            j=JOB_ID,
+            t=t,
+        )
+        return [json_column(r[0]) for r in rows]
 
     def stored_uploads(self, t: int) -> list[tuple[str, bytes, dict[str, Any]]]:
         """What the PS operator reads in its own database: payloads and signed statements."""
-        engine = self.ps_db()
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    text(
-                        "SELECT subject_id, payload, statement FROM uploads "
-                        "WHERE job_id = :j AND round = :t ORDER BY subject_id"
-                    ),
-                    {"j": JOB_ID, "t": t},
-                ).all()
-        finally:
-            engine.dispose()
-        out = []
-        for subject, payload, statement in rows:
-            if isinstance(statement, str):
-                statement = json.loads(statement)
-            out.append((str(subject), bytes(payload), statement))
-        return out
+        rows = read_rows(
+            self.cluster.workdir / "ps.db",
+            "SELECT subject_id, payload, statement FROM uploads "
+            "WHERE job_id = :j AND round = :t ORDER BY subject_id",
+            j=JOB_ID,
+            t=t,
+        )
+        return [(str(subject), bytes(payload), json_column(st)) for subject, payload, st in rows]
 
     def forged_release(
         self,

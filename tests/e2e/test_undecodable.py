@@ -16,7 +16,6 @@ and the KGC releases that run only with every member's report.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from e2e_support import json_column, read_rows
 
-from common.db import make_engine
 from common.protocol import vector_sha256
 from common.signing import b64decode, b64encode
 from participant.client import (
@@ -105,19 +103,13 @@ class World:
 
     def kgc_releases(self, job_id: str) -> list[tuple[int, int, int]]:
         """(round, run, number of undecodable reports) of every release the KGC made."""
-        engine = make_engine(f"sqlite:///{self.cluster.workdir}/kgc.db")
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    text(
-                        "SELECT round, run, undecodable FROM kgc_releases WHERE job_id = :j "
-                        "ORDER BY round, run"
-                    ),
-                    {"j": job_id},
-                ).all()
-        finally:
-            engine.dispose()
-        return [(int(r), int(run), len(_json(u) or [])) for r, run, u in rows]
+        rows = read_rows(
+            self.cluster.workdir / "kgc.db",
+            "SELECT round, run, undecodable FROM kgc_releases WHERE job_id = :j "
+            "ORDER BY round, run",
+            j=job_id,
+        )
+        return [(int(r), int(run), len(json_column(u) or [])) for r, run, u in rows]
 
     def node_job(self, i: int, job_id: str, statuses: tuple[str, ...]) -> dict[str, Any]:
         op = self.cluster.node_operator(i)
@@ -127,10 +119,6 @@ class World:
             TIMEOUT,
         )
         return found
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _out_of_range(
