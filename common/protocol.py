@@ -100,6 +100,7 @@ __all__ = [
     "release_header_limit",
     "release_request_header",
     "release_schedule",
+    "repeats_release",
     "request_run",
     "requested_terms",
     "sha256_hex",
@@ -1064,6 +1065,28 @@ def release_schedule(terms: JobTerms, newest: Sequence[ReleasedRound], run: int)
         return schedule  # re-run already: check_release_request refuses another
     undecoded = UndecodedRelease(latest.round, latest.contributors, latest.bundle_sha256)
     return replace(schedule, undecoded=undecoded)
+
+
+def repeats_release(
+    header: Mapping[str, Any],
+    payload_sha256: str,
+    *,
+    released_payload_sha256: str,
+    released_contributors: Sequence[str],
+    released_attempt: int | None,
+) -> bool:
+    """Whether a request for an already released (round, run) is that release's request
+    again (a retry): the same frame ``F``, contributor set and attempt. The bundle is bound
+    to them, so answering any other request with it would mislabel it."""
+    contributors = header.get("contributors")
+    return (
+        isinstance(contributors, list)
+        and all(isinstance(c, str) for c in contributors)
+        and payload_sha256 == released_payload_sha256
+        and sorted(contributors) == sorted(released_contributors)
+        and is_json_int(header.get("attempt"))
+        and header.get("attempt") == released_attempt
+    )
 
 
 def request_run(header: Mapping[str, Any]) -> int:

@@ -60,6 +60,7 @@ from common.protocol import (
     is_json_int,
     release_header_limit,
     release_schedule,
+    repeats_release,
     request_run,
     sign_job_terms,
     token_challenge,
@@ -779,19 +780,14 @@ class KgcService:
 
     @staticmethod
     def _same_release(stored: Release, digest: str, header: dict[str, Any]) -> dict[str, Any]:
-        """The stored bundle for an identical request (a retry); 409 for anything else.
-
-        Identical means the same frame (``F``), contributor set and attempt: the bundle
-        is bound to them, so returning it for any other request would mislabel it.
-        """
-        contributors = header.get("contributors")
-        same = (
-            isinstance(contributors, list)
-            and all(isinstance(c, str) for c in contributors)
-            and stored.payload_sha256 == digest
-            and sorted(stored.contributors) == sorted(contributors)
-            and is_json_int(header.get("attempt"))
-            and stored.attempt == header.get("attempt")
+        """The stored bundle for the same request again (a retry); 409 for anything else
+        (:func:`common.protocol.repeats_release`)."""
+        same = repeats_release(
+            header,
+            digest,
+            released_payload_sha256=stored.payload_sha256,
+            released_contributors=stored.contributors,
+            released_attempt=stored.attempt,
         )
         if not same:
             raise ConflictError(

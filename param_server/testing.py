@@ -58,6 +58,7 @@ from common.protocol import (
     check_requested_terms,
     pok_context,
     release_schedule,
+    repeats_release,
     request_run,
     sign_job_terms,
     vector_sha256,
@@ -268,14 +269,13 @@ class FakeKgc:
             run = request_run(header)
             stored = job.releases.get((t, run))
             if stored is not None:
-                contributors = header.get("contributors")
-                same = (
-                    isinstance(contributors, list)
-                    and stored.payload_sha256 == digest
-                    and sorted(stored.record.contributors) == sorted(map(str, contributors))
-                    and stored.attempt == header.get("attempt")
-                )
-                if same:
+                if repeats_release(
+                    header,
+                    digest,
+                    released_payload_sha256=stored.payload_sha256,
+                    released_contributors=stored.record.contributors,
+                    released_attempt=stored.attempt,
+                ):
                     return stored.bundle  # the same request again: the same bundle
                 raise KgcError(409, "already-released", f"round {t} was released already")
             schedule = job.schedule(run)
