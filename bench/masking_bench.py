@@ -190,6 +190,7 @@ def _context(subject: str, d: int, spec: RingSpec) -> MaskContext:
         job_id=JOB_ID,
         job_terms_sha256=JOB_TERMS_SHA256,
         round=0,
+        run=0,
         attempt=0,
         signer=subject,
         length=d,

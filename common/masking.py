@@ -300,14 +300,17 @@ def _context_int(value: object, name: str) -> int:
 class MaskContext:
     """Everything a mask key is bound to, so that no two uploads ever share a key.
 
-    Binding the job terms digest, round, attempt and signer makes each key single-use
+    Binding the job terms digest, round, run, attempt and signer makes each key single-use
     even if a seed were reused; binding ``length`` and ``ring_bits`` means a mask expanded
-    for one shape is never reinterpreted as another.
+    for one shape is never reinterpreted as another. ``run`` is 0, or 1 for a round's
+    re-run after an undecodable release; ``attempt`` is always 0 in the masked mode (it has
+    no audit and so no re-aggregation) and is kept so that the info names every counter.
     """
 
     job_id: str
     job_terms_sha256: str  # lowercase hex
     round: int
+    run: int
     attempt: int
     signer: str  # the contributor's subject id
     length: int  # d: number of model parameters
@@ -321,7 +324,7 @@ class MaskContext:
             self.job_terms_sha256
         ):
             raise ValueError("job_terms_sha256 must be 64 lowercase hex digits")
-        for name in ("round", "attempt", "length"):
+        for name in ("round", "run", "attempt", "length"):
             object.__setattr__(self, name, _context_int(getattr(self, name), name))
         if not _is_int(self.ring_bits) or int(self.ring_bits) not in RING_BITS:
             raise ValueError(f"ring_bits must be one of {RING_BITS}")
@@ -335,6 +338,7 @@ class MaskContext:
                 "job_id": self.job_id,
                 "job_terms_sha256": self.job_terms_sha256,
                 "round": self.round,
+                "run": self.run,
                 "attempt": self.attempt,
                 "signer": self.signer,
                 "length": self.length,

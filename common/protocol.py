@@ -59,6 +59,7 @@ from common.signing import (
 from common.wire import MAX_HEADER_BYTES, from_obj
 
 __all__ = [
+    "AGGREGATIONS",
     "AUDIT_PURPOSE",
     "CLOSED_SET_PURPOSE",
     "COMMITMENT_PURPOSE",
@@ -92,6 +93,7 @@ __all__ = [
     "initial_ciphertext",
     "initial_ciphertext_sha256",
     "initial_plaintexts",
+    "initial_state_digest",
     "initial_weights_of",
     "is_json_int",
     "json_sha256",
@@ -117,7 +119,7 @@ __all__ = [
     "verify_upload_statement",
 ]
 
-JOB_TERMS_PURPOSE = "trapdoor/job-terms/v2"
+JOB_TERMS_PURPOSE = "trapdoor/job-terms/v3"
 COMMITMENT_PURPOSE = "trapdoor/commitment/v2"
 CLOSED_SET_PURPOSE = "trapdoor/closed-set/v2"
 UPLOAD_PURPOSE = "trapdoor/upload-statement/v3"
@@ -154,7 +156,10 @@ _REQUESTED_FIELDS = (
     "model_sha256",
     "initial_model_sha256",
     "initial_ciphertext_sha256",
+    "aggregation",
 )
+#: How a job aggregates (DESIGN §2.2): packed BCP ciphertexts, or masked ring vectors.
+AGGREGATIONS = ("bcp", "masked")
 
 
 class ProtocolError(ValueError):
@@ -248,6 +253,21 @@ def initial_ciphertext_sha256(
     return sha256_hex(elements_to_bytes(elements, element_bytes(params)))
 
 
+def initial_state_digest(
+    job_key: JobKey, definition: Mapping[str, Any], packing: Mapping[str, Any], *, aggregation: str
+) -> str:
+    """The digest a participant recomputes for ``initial_ciphertext_sha256``: of
+    ``Enc(W_0)`` for a bcp job, of ``Z_0 = encode(W_0)`` for a masked one."""
+    weights = initial_weights_of(definition)
+    if aggregation == "masked":
+        from common.masked_protocol import MaskedLayout, initial_state_sha256
+
+        return initial_state_sha256(MaskedLayout.from_json(packing), weights)
+    return vector_sha256(
+        initial_ciphertext(job_key, PackingLayout.from_json(dict(packing)), weights)
+    )
+
+
 # --------------------------------------------------------------------------- tokens
 
 
@@ -297,6 +317,10 @@ class JobTerms:
     #: The PS's certified Ed25519 key (hex): closed commitment sets verify under it.
     param_server_key: str
     job_key: JobKey
+    #: ``"bcp"`` or ``"masked"``; for masked jobs ``packing_sha256`` is the digest of the
+    #: :class:`common.masked_protocol.MaskedLayout` and ``initial_ciphertext_sha256`` that
+    #: of ``Z_0`` (:func:`common.masked_protocol.initial_state_sha256`).
+    aggregation: str
     #: SHA-256 of the signed terms (canonical JSON): what every later statement names.
     digest: str
     raw: Mapping[str, Any]
@@ -327,6 +351,7 @@ def requested_terms(
         "model_sha256": json_sha256(definition["model"]),
         "initial_model_sha256": sha256_hex(b64decode(str(definition["initial_weights"]))),
         "initial_ciphertext_sha256": initial_ciphertext_sha256,
+        "aggregation": str(definition.get("aggregation", "bcp")),
     }
 
 
@@ -370,6 +395,8 @@ def check_requested_terms(terms: object) -> dict[str, Any]:
                 raise ProtocolError("bad-terms", f"{name} must be 64 lowercase hex characters")
     if not isinstance(terms["job_id"], str):
         raise ProtocolError("bad-terms", "job_id must be a string")
+    if terms["aggregation"] not in AGGREGATIONS:
+        raise ProtocolError("bad-terms", f"aggregation must be one of {AGGREGATIONS}")
     return dict(terms)
 
 
@@ -456,6 +483,7 @@ def verify_job_terms(
         initial_ciphertext_sha256=str(requested["initial_ciphertext_sha256"]),
         param_server_key=str(param_server_key),
         job_key=job_key,
+        aggregation=str(requested["aggregation"]),
         digest=json_sha256(signed),
         raw=signed,
     )
@@ -492,10 +520,8 @@ def check_job_view(
             weights=dict(view.get("weights") or {}),
             width=terms.width,
             num_plaintexts=terms.num_plaintexts,
-            initial_ciphertext_sha256=vector_sha256(
-                initial_ciphertext(
-                    terms.job_key, PackingLayout.from_json(packing), initial_weights_of(definition)
-                )
+            initial_ciphertext_sha256=initial_state_digest(
+                terms.job_key, definition, packing, aggregation=terms.aggregation
             ),
         )
     except (KeyError, TypeError, ValueError):

@@ -16,7 +16,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gmpy2 import mpz
 
@@ -104,12 +104,17 @@ class ReleaseBinding:
             raise ValueError(f"bundle lacks its binding: {exc}") from None
 
 
-def bundle_sha256(binding: ReleaseBinding, sealed_model: Any) -> str:
+class _NamesFields(Protocol):
+    def fields(self) -> dict[str, Any]: ...
+
+
+def bundle_sha256(binding: _NamesFields, sealed_model: Any) -> str:
     """The digest that names one release bundle to everyone who holds part of it.
 
     A contributor sees only its own wrapped key, so the digest covers what every
-    contributor and the KGC share: the binding and the sealed model. An ``undecodable``
-    statement names it, so it cannot be replayed against another release.
+    contributor and the KGC share: the binding and the sealed model (of either mode: a
+    :class:`ReleaseBinding` and ``W + R``, or a masked binding and the mask sum). An
+    ``undecodable`` statement names it, so it cannot be replayed against another release.
     """
     named = {
         **binding.fields(),

@@ -17,7 +17,9 @@ Vector frame (``application/octet-stream``)::
     b"TDFL" | u8 version | u32 header length | header JSON (UTF-8) | payload
 
 The header says what the payload is (job, round, layout, element width, SHA-256 of the
-payload); the payload is fixed-width big-endian group elements. Never pickle.
+payload); the payload is fixed-width big-endian group elements (kind ``bcp-vector``), or
+fixed-width little-endian ring elements of the masked mode (kind ``ring-vector``:
+``bits``, ``num_elements``). Never pickle.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from common.blocks import BlockLayout, EncryptedVector, JobKey, element_bytes, e
 
 __all__ = [
     "FRAME_MAGIC",
+    "RING_FRAME_KIND",
     "VectorFrame",
     "WireError",
     "decode_frame",
     "dumps",
     "encode_frame",
     "encode_payload_frame",
+    "encode_ring_frame",
     "from_hex",
     "from_obj",
     "loads",
@@ -173,6 +177,7 @@ def loads(text: str | bytes) -> WireObject:
 
 FRAME_MAGIC = b"TDFL"
 FRAME_VERSION = 1
+RING_FRAME_KIND = "ring-vector"
 _PREFIX = struct.Struct(">4sBI")
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -244,8 +249,32 @@ def encode_payload_frame(
     return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, len(head)) + head + payload
 
 
+def encode_ring_frame(
+    payload: bytes, *, bits: int, num_elements: int, extra_header: Mapping[str, Any] | None = None
+) -> bytes:
+    """A frame of ring elements (the masked mode's ``y``, ``Z`` or mask sum): fixed-width
+    little-endian ``bits``-bit words, ``num_elements`` of them."""
+    if len(payload) * 8 != bits * num_elements:
+        raise WireError("payload length does not match the ring layout")
+    header = dict(extra_header or {})
+    header.update(
+        {
+            "kind": RING_FRAME_KIND,
+            "bits": bits,
+            "num_elements": num_elements,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+    )
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, len(head)) + head + payload
+
+
 def decode_frame(
-    data: bytes, *, max_bytes: int | None = None, max_header_bytes: int | None = MAX_HEADER_BYTES
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    max_header_bytes: int | None = MAX_HEADER_BYTES,
+    kind: str = "bcp-vector",
 ) -> VectorFrame:
     """Split a frame into header and payload, checking magic, version, sizes and digest.
 
@@ -270,8 +299,8 @@ def decode_frame(
         header = json.loads(data[_PREFIX.size : _PREFIX.size + head_len])
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise WireError("frame header is not valid JSON") from None
-    if not isinstance(header, dict) or header.get("kind") != "bcp-vector":
-        raise WireError("frame header must be a bcp-vector object")
+    if not isinstance(header, dict) or header.get("kind") != kind:
+        raise WireError(f"frame header must be a {kind} object")
     payload = bytes(data[_PREFIX.size + head_len :])
     if header.get("sha256") != hashlib.sha256(payload).hexdigest():
         raise WireError("payload digest does not match the header")

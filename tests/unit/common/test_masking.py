@@ -59,6 +59,7 @@ def context(**changes: Any) -> MaskContext:
         job_id="job-1",
         job_terms_sha256=DIGEST,
         round=3,
+        run=0,
         attempt=0,
         signer="alice",
         length=8,
@@ -460,7 +461,7 @@ def test_context_info_is_canonical_json() -> None:
     ctx = context()
     expected = (
         '{"attempt":0,"job_id":"job-1","job_terms_sha256":"' + DIGEST + '","length":8,'
-        '"purpose":"trapdoor/mask/v1","ring_bits":32,"round":3,"signer":"alice"}'
+        '"purpose":"trapdoor/mask/v1","ring_bits":32,"round":3,"run":0,"signer":"alice"}'
     ).encode()
     assert ctx.info() == expected
     assert json.loads(ctx.info())["purpose"] == MASK_PURPOSE
@@ -477,6 +478,8 @@ def test_context_info_is_canonical_json() -> None:
         {"round": -1},
         {"round": True},
         {"attempt": 1.0},
+        {"run": -1},
+        {"run": False},
         {"length": 2**63},
         {"ring_bits": 16},
         {"ring_bits": True},
@@ -505,6 +508,7 @@ def test_mask_key_matches_rfc5869_reference() -> None:
         {"job_terms_sha256": "cd" * 32},
         {"round": 4},
         {"attempt": 1},
+        {"run": 1},
         {"signer": "bob"},
         {"length": 9},
         {"ring_bits": 64},
