@@ -41,6 +41,7 @@ __all__ = [
     "PackingLayout",
     "as_finite_floats",
     "check_json_keys",
+    "clip_values",
     "decode_fixed",
     "decode_vector",
     "encode_fixed",
@@ -220,6 +221,11 @@ def _clip(x: npt.NDArray[np.float64], bound: float) -> tuple[npt.NDArray[np.floa
         clip_bound=bound,
     )
     return np.clip(x, -bound, bound), report
+
+
+def clip_values(x: npt.ArrayLike, clip_bound: float) -> tuple[npt.NDArray[np.float64], ClipReport]:
+    """``x`` clipped to ±clip_bound, and the report (for encoders other than :func:`pack`)."""
+    return _clip(as_finite_floats(x), _check_bound(clip_bound))
 
 
 def _to_fixed(x: npt.NDArray[np.float64], frac_bits: int) -> npt.NDArray[np.int64]:

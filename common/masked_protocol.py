@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.bcp import Ciphertext, MasterKey, PublicKey, RandomSource, SecretKey
 from common.blocks import JobKey
-from common.encoding import EncodingError, check_json_keys
+from common.encoding import ClipReport, EncodingError, check_json_keys, clip_values
 from common.masking import (
     MaskContext,
     RingSpec,
@@ -82,6 +82,7 @@ __all__ = [
     "MaskedReleaseCheck",
     "build_masked_upload_statement",
     "check_masked_release_request",
+    "encode_update",
     "initial_state",
     "initial_state_sha256",
     "kgc_mask_sum",
@@ -195,6 +196,19 @@ def masked_layout(
             "so that models round-trip exactly through float64"
         )
     return MaskedLayout(ring, int(length), float(model_bound), float(clip_bound))
+
+
+def encode_update(
+    update: npt.ArrayLike, layout: MaskedLayout, weight: float
+) -> tuple[RingVector, ClipReport]:
+    """``encode(w·clip(Δ))``: what a contributor masks. ``0 < w <= 1``, so one term stays
+    within ``±clip_bound``, the headroom the ring was chosen for."""
+    if isinstance(weight, bool) or not (math.isfinite(weight) and 0 < weight <= 1):
+        raise EncodingError("the weight must be in (0, 1]")
+    clipped, report = clip_values(update, layout.clip_bound)
+    if clipped.shape != (layout.length,):
+        raise EncodingError(f"the update must have {layout.length} values, got {clipped.shape}")
+    return encode_ring(clipped * float(weight), layout.ring), report
 
 
 def initial_state(layout: MaskedLayout, initial_weights: npt.ArrayLike) -> RingVector:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import secrets
 import threading
@@ -37,10 +38,30 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.audit import AuditedRound, audit_round
-from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
+from common.bcp import Ciphertext, PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import EncryptedVector, EncryptionMasks, JobKey, VectorEncryptor
-from common.encoding import EncodingError, PackingLayout, decode_vector, encode_vector
+from common.encoding import ClipReport, EncodingError, PackingLayout, decode_vector, encode_vector
 from common.http import ServiceClient, ServiceError
+from common.masked_protocol import (
+    MaskedLayout,
+    MaskedReleaseBinding,
+    build_masked_upload_statement,
+    encode_update,
+    mask_context,
+    next_model,
+    open_mask_sum,
+    seed_sha256,
+    seed_to_obj,
+    verify_release_statement,
+)
+from common.masking import (
+    derive_mask,
+    draw_seed,
+    mask_vector,
+    seed_to_int,
+    vector_from_bytes,
+    vector_to_bytes,
+)
 from common.pok import prove_randomness
 from common.protocol import (
     DEFAULT_MIN_QUORUM,
@@ -55,6 +76,7 @@ from common.protocol import (
     build_undecodable_statement,
     build_upload_statement,
     check_job_view,
+    digest_equal,
     pok_context,
     token_request,
     vector_sha256,
@@ -72,9 +94,16 @@ from common.signing import (
     public_key_hex,
     verify_json,
 )
-from common.wire import decode_frame, encode_frame, from_obj, to_obj
+from common.wire import (
+    RING_FRAME_KIND,
+    decode_frame,
+    encode_frame,
+    encode_ring_frame,
+    from_obj,
+    to_obj,
+)
 from participant.models import Model, model_from_spec
-from participant.training import TrainingConfig, local_fit, participant_rng
+from participant.training import FitResult, TrainingConfig, local_fit, participant_rng
 
 __all__ = [
     "DEFAULT_MIN_QUORUM",
@@ -120,7 +149,9 @@ class UndecodableReleaseError(ClientError):
     the round runs once more (run 1) from ``W_t``, and after that the job fails.
     """
 
-    def __init__(self, message: str, binding: ReleaseBinding, bundle_sha256: str):
+    def __init__(
+        self, message: str, binding: ReleaseBinding | MaskedReleaseBinding, bundle_sha256: str
+    ):
         super().__init__(message, "undecodable-release")
         self.binding = binding
         self.bundle_sha256 = bundle_sha256
@@ -323,7 +354,10 @@ class JobView:
     raw: dict[str, Any]
     terms: JobTerms
     job_key: JobKey
-    packing: PackingLayout
+    #: the bcp mode's packing (None for a masked job)
+    packing: PackingLayout | None
+    #: the masked mode's ring layout (None for a bcp job)
+    layout: MaskedLayout | None
     model: Model
     training: TrainingConfig
     seed: int
@@ -341,6 +375,30 @@ class JobView:
     def ps_subject_id(self) -> str:
         """The parameter server the KGC signed this job for (the tokens' audience)."""
         return self.terms.param_server
+
+    @property
+    def aggregation(self) -> str:
+        """``"bcp"`` or ``"masked"``, as the KGC signed it."""
+        return self.terms.aggregation
+
+    @property
+    def bcp_packing(self) -> PackingLayout:
+        """The packing of a bcp job (:class:`ClientError` for a masked one)."""
+        if self.packing is None:
+            raise ClientError(f"{self.job_id} is a masked job", "wrong-aggregation")
+        return self.packing
+
+    @property
+    def masked_layout(self) -> MaskedLayout:
+        """The ring layout of a masked job (:class:`ClientError` for a bcp one)."""
+        if self.layout is None:
+            raise ClientError(f"{self.job_id} is a bcp job", "wrong-aggregation")
+        return self.layout
+
+    @property
+    def seed_plaintexts(self) -> int:
+        """Plaintexts encrypted per upload: the packed model, or the masked mode's seed."""
+        return 1 if self.layout is not None else self.bcp_packing.num_plaintexts
 
     def index_of(self, subject_id: str) -> int:
         """Participant ``i`` is the ``i``-th entry of the job's list (seeds its training)."""
@@ -363,7 +421,9 @@ class JobView:
                 batch_size=int(training.get("batch_size", 32)),
                 mode=str(training.get("mode", "fedavg")),
             )
-            packing = PackingLayout.from_json(raw["packing"])
+            masked = terms.aggregation == "masked"
+            packing = None if masked else PackingLayout.from_json(raw["packing"])
+            layout = MaskedLayout.from_json(raw["packing"]) if masked else None
             model = model_from_spec(definition["model"])
             initial = decode_weights(definition["initial_weights"])
             clip_bound = float(definition["encoding"]["clip_bound"])
@@ -374,11 +434,18 @@ class JobView:
             ) from None
         job_key = terms.job_key
         problems = []
-        if packing.modulus != int(job_key.params.n):
-            problems.append("the packing is not modulo the KGC's N")
-        if packing.num_plaintexts != terms.num_plaintexts:
-            problems.append("the packing's plaintext count differs from the signed one")
-        if packing.length != model.num_parameters or initial.size != model.num_parameters:
+        if packing is not None:
+            if packing.modulus != int(job_key.params.n):
+                problems.append("the packing is not modulo the KGC's N")
+            if packing.num_plaintexts != terms.num_plaintexts:
+                problems.append("the packing's plaintext count differs from the signed one")
+        length = packing.length if packing is not None else terms.num_plaintexts
+        if layout is not None:
+            if job_key.width != 1:
+                problems.append("a masked job's key has one component")
+            if layout.length != terms.num_plaintexts:
+                problems.append("the layout's length differs from the signed one")
+        if length != model.num_parameters or initial.size != model.num_parameters:
             problems.append("the packing, model and initial weights differ in size")
         if problems:
             raise ClientError(
@@ -390,6 +457,7 @@ class JobView:
             terms=terms,
             job_key=job_key,
             packing=packing,
+            layout=layout,
             model=model,
             training=config,
             seed=seed,
@@ -422,9 +490,40 @@ class PreparedUpload:
     run: int = 0
 
 
+@dataclass
+class PreparedMaskedUpload:
+    """This round's masked update, ready to upload in one request: the ring frame of
+    ``y = encode(w·Δ) + μ``, with ``Enc(s)`` and the signed statement in its header."""
+
+    round: int
+    run: int
+    frame: bytes = field(repr=False)
+    payload_sha256: str
+    metrics: dict[str, Any]
+
+
+def _fit_metrics(
+    round_number: int, fit: FitResult, weight: float, clip: ClipReport, timings: dict[str, float]
+) -> dict[str, Any]:
+    """What a node records about one round's local update."""
+    return {
+        "round": round_number,
+        "train_loss": float(fit.metrics.get("train_loss", float("nan"))),
+        "steps": int(fit.metrics.get("steps", 0)),
+        "num_examples": int(fit.num_examples),
+        "weight": weight,
+        "clip": {
+            "clipped": int(clip.clipped),
+            "max_abs": float(clip.max_abs),
+            "clip_bound": float(clip.clip_bound),
+        },
+        "timings": timings,
+    }
+
+
 def _default_window(job: JobView) -> int:
     """Small fixed-base tables when few exponentiations will use them (cheap to build)."""
-    blocks = -(-job.packing.num_plaintexts // job.job_key.width)
+    blocks = -(-job.seed_plaintexts // job.job_key.width)
     return 7 if blocks * max(job.rounds_total, 1) >= 64 else 4
 
 
@@ -711,7 +810,7 @@ class ParticipantClient:
 
     def _compute_masks(self, job: JobView) -> tuple[EncryptionMasks, float]:
         start = time.perf_counter()
-        masks = self.encryptor(job).precompute(job.packing.num_plaintexts, self.rng)
+        masks = self.encryptor(job).precompute(job.seed_plaintexts, self.rng)
         return masks, time.perf_counter() - start
 
     def _take_masks(self, job: JobView) -> tuple[EncryptionMasks, float]:
@@ -788,27 +887,14 @@ class ParticipantClient:
         y: np.ndarray,
     ) -> PreparedUpload:
         """Train from ``W_t`` and encrypt ``w_i Δ_i``: the ciphertext this round commits to."""
-        subject = self.identity.subject_id
-        index = job.index_of(subject)
-        w_i = job.weights[subject]
+        job.index_of(self.identity.subject_id)  # ClientError for a non-participant
+        w_i = job.weights[self.identity.subject_id]
+        packing = job.bcp_packing
         timings: dict[str, float] = {}
-        self.prepare_encryption(job)  # exponentiations overlap the training below
+        fit = self._train(job, round_number, weights, X, y, timings)
 
         start = time.perf_counter()
-        fit = local_fit(
-            job.model,
-            np.asarray(weights, dtype=np.float64),
-            X,
-            y,
-            job.training,
-            participant_rng(job.seed, index, round_number),
-        )
-        timings["train_s"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        plaintexts, clip = encode_vector(
-            fit.update, job.packing, clip_bound=job.clip_bound, scale=w_i
-        )
+        plaintexts, clip = encode_vector(fit.update, packing, clip_bound=job.clip_bound, scale=w_i)
         timings["encode_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -818,22 +904,118 @@ class ParticipantClient:
         timings["encrypt_s"] = time.perf_counter() - start  # what is left after training
         if self.precompute_next and round_number + 1 < job.rounds_total:
             self.prepare_encryption(job)  # overlaps this round's commit, audit and release
-        metrics = {
-            "round": round_number,
-            "train_loss": float(fit.metrics.get("train_loss", float("nan"))),
-            "steps": int(fit.metrics.get("steps", 0)),
-            "num_examples": int(fit.num_examples),
-            "weight": w_i,
-            "clip": {
-                "clipped": int(clip.clipped),
-                "max_abs": float(clip.max_abs),
-                "clip_bound": float(clip.clip_bound),
-            },
-            "timings": timings,
-        }
+        metrics = _fit_metrics(round_number, fit, w_i, clip, timings)
         return PreparedUpload(
             round_number, vector, vector_sha256(vector), metrics, masks.randomness
         )
+
+    def _train(
+        self,
+        job: JobView,
+        round_number: int,
+        weights: npt.ArrayLike,
+        X: np.ndarray,
+        y: np.ndarray,
+        timings: dict[str, float],
+    ) -> FitResult:
+        """Local training from ``W_t``; the upload's exponentiations start first, so they
+        overlap it (:meth:`prepare_encryption`)."""
+        self.prepare_encryption(job)
+        start = time.perf_counter()
+        fit = local_fit(
+            job.model,
+            np.asarray(weights, dtype=np.float64),
+            X,
+            y,
+            job.training,
+            participant_rng(job.seed, job.index_of(self.identity.subject_id), round_number),
+        )
+        timings["train_s"] = time.perf_counter() - start
+        return fit
+
+    def prepare_masked_update(
+        self,
+        job: JobView,
+        round_number: int,
+        weights: npt.ArrayLike,
+        X: np.ndarray,
+        y: np.ndarray,
+    ) -> PreparedMaskedUpload:
+        """Train from ``W_t`` and mask ``w_i Δ_i`` with a fresh seed (masked jobs).
+
+        The seed comes from ``os.urandom`` every time (never from the injectable ``rng``,
+        which tests seed), and the mask is bound to job, round, current run and signer,
+        so no two uploads ever share one. ``Enc(s)``'s exponentiations ran during
+        training; what is left after it is one ChaCha20 keystream, one addition, one
+        multiplication and a signature (``after_training_s``).
+        """
+        layout = job.masked_layout
+        me = self.identity.subject_id
+        job.index_of(me)  # ClientError for a non-participant
+        w_i = job.weights[me]
+        timings: dict[str, float] = {}
+        fit = self._train(job, round_number, weights, X, y, timings)
+        run = self.current_run(job, round_number)
+
+        start = time.perf_counter()
+        encoded, clip = encode_update(fit.update, layout, w_i)
+        seed = draw_seed()
+        value = seed_to_int(seed)
+        context = mask_context(job.terms, layout, round_number=round_number, run=run, signer=me)
+        masked = mask_vector(
+            encoded, derive_mask(value, int(job.job_key.params.n), context, layout.ring)
+        )
+        payload = vector_to_bytes(masked, layout.ring)
+        masks, timings["masks_s"] = self._take_masks(job)
+        a, b = masks.encrypt([value]).elements
+        seed_obj = seed_to_obj(Ciphertext(job.job_key.component(0), a, b))
+        payload_sha256 = hashlib.sha256(payload).hexdigest()
+        statement = build_masked_upload_statement(
+            self.identity.signing_key,
+            job.terms,
+            round_number=round_number,
+            subject_id=me,
+            payload_sha256=payload_sha256,
+            seed_sha256=seed_sha256(seed_obj),
+            run=run,
+        )
+        frame = encode_ring_frame(
+            payload,
+            bits=layout.ring.bits,
+            num_elements=layout.length,
+            extra_header={
+                "job_id": job.job_id,
+                "round": round_number,
+                "statement": statement,
+                "seed": seed_obj,
+            },
+        )
+        timings["after_training_s"] = time.perf_counter() - start
+        if self.precompute_next and round_number + 1 < job.rounds_total:
+            self.prepare_encryption(job)
+        metrics = _fit_metrics(round_number, fit, w_i, clip, timings)
+        return PreparedMaskedUpload(round_number, run, frame, payload_sha256, metrics)
+
+    def upload_masked(self, job: JobView, prepared: PreparedMaskedUpload) -> dict[str, Any]:
+        """Upload a masked update (one request); the PS's signed receipt.
+
+        :class:`ClientError` ``not-included`` when the round no longer takes uploads (it
+        closed without us).
+        """
+        start = time.perf_counter()
+        try:
+            receipt: dict[str, Any] = self._ps(job.ps_url).post_bytes(
+                f"/v1/jobs/{job.job_id}/rounds/{prepared.round}/uploads", prepared.frame
+            )
+        except ServiceError as exc:
+            if exc.status == 409 and exc.code == "round-not-open":
+                raise ClientError(
+                    f"round {prepared.round} closed without our upload", "not-included"
+                ) from None
+            raise
+        prepared.metrics["timings"]["upload_s"] = time.perf_counter() - start
+        prepared.metrics["bytes_up"] = len(prepared.frame)
+        return receipt
 
     def commit(self, job: JobView, prepared: PreparedUpload) -> dict[str, Any]:
         """Send our signed commitment to the ciphertext we will upload (before any upload).
@@ -841,10 +1023,7 @@ class ParticipantClient:
         It names the round's current run (0, or 1 for a re-run after an undecodable
         release), read from the PS: a commitment for the other run is refused.
         """
-        status = self.round_status(job.ps_url, job.job_id, prepared.round)
-        run = status.get("run", 0)
-        if not isinstance(run, int) or isinstance(run, bool) or not 0 <= run <= MAX_RUN:
-            raise ClientError(f"the PS names run {run!r}", "bad-round-status")
+        run = self.current_run(job, prepared.round)
         prepared.run = run
         signed = build_commitment(
             self.identity.signing_key,
@@ -858,6 +1037,14 @@ class ParticipantClient:
             f"/v1/jobs/{job.job_id}/rounds/{prepared.round}/commitments", signed
         )
         return answer
+
+    def current_run(self, job: JobView, round_number: int) -> int:
+        """The round's current run at the PS (0, or 1 for a re-run): what we sign for."""
+        status = self.round_status(job.ps_url, job.job_id, round_number)
+        run = status.get("run", 0)
+        if not isinstance(run, int) or isinstance(run, bool) or not 0 <= run <= MAX_RUN:
+            raise ClientError(f"the PS names run {run!r}", "bad-round-status")
+        return run
 
     def closed_set(self, job: JobView, round_number: int, run: int = 0) -> ClosedSet:
         """The round's PS-signed closed commitment set for ``run``, verified."""
@@ -906,7 +1093,13 @@ class ParticipantClient:
         poll_seconds: float = 0.5,
         should_stop: Callable[[], bool] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Train, encrypt, commit, wait for the closed set, upload; (receipt, metrics)."""
+        """Train, encrypt, commit, wait for the closed set, upload; (receipt, metrics).
+
+        A masked job has no commitment: train, mask and upload in one request.
+        """
+        if job.aggregation == "masked":
+            masked = self.prepare_masked_update(job, round_number, weights, X, y)
+            return self.upload_masked(job, masked), masked.metrics
         prepared = self.prepare_update(job, round_number, weights, X, y)
         self.commit(job, prepared)
         self.wait_for_round(
@@ -947,7 +1140,7 @@ class ParticipantClient:
             )
             contributors = [str(s) for s in package["contributors"]]
             attempt = int(package["attempt"])
-            blind = blind_from_text(str(package["blind"]), job.packing.modulus)
+            blind = blind_from_text(str(package["blind"]), job.bcp_packing.modulus)
         except ProtocolError as exc:
             raise ClientError(f"audit refused: {exc.code}: {exc.message}", exc.code) from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -1143,10 +1336,10 @@ class ParticipantClient:
             binding=binding,
             sealed_model=bundle["sealed_model"],
             wrapped_key=bundle["wrapped_key"],
-            blind=blind_from_text(str(bundle["blind"]), job.packing.modulus),
+            blind=blind_from_text(str(bundle["blind"]), job.bcp_packing.modulus),
         )
         try:
-            return decode_vector(plaintexts, job.packing)
+            return decode_vector(plaintexts, job.bcp_packing)
         except EncodingError as exc:
             raise UndecodableReleaseError(
                 f"round {binding.round} (run {binding.run}) does not decode: {exc}",
@@ -1197,12 +1390,87 @@ class ParticipantClient:
             self.sleep(poll_seconds)
 
     def download_model(
-        self, ps_url: str, job_id: str, round_number: int
+        self,
+        ps_url: str,
+        job_id: str,
+        round_number: int,
+        current: npt.ArrayLike | None = None,
     ) -> npt.NDArray[np.float64]:
-        """``W_{t+1}`` released at the end of round ``t`` (contributors of ``t`` only)."""
+        """``W_{t+1}`` released at the end of round ``t`` (contributors of ``t`` only).
+
+        A masked job's release is the round's change, so ``current`` (our ``W_t``) is
+        required there (:meth:`open_masked_bundle`).
+        """
         job = self.fetch_job(ps_url, job_id)
         bundle = self.download_bundle(ps_url, job_id, round_number)
         self.last_download_bytes = len(json.dumps(bundle))
+        if job.aggregation == "masked":
+            if current is None:
+                raise ClientError("a masked release needs our W_t", "missing-model")
+            return self.open_masked_bundle(job, bundle, round_number, current)
         return self.open_bundle(job, bundle, round_number)
+
+    def open_masked_bundle(
+        self,
+        job: JobView,
+        bundle: dict[str, Any],
+        round_number: int,
+        current: npt.ArrayLike,
+    ) -> npt.NDArray[np.float64]:
+        """``W_{t+1} = decode(encode(W_t) + Σ y_i − D_t)`` from a checked masked release.
+
+        The KGC's ``release_signature`` must verify under the pinned key over the bundle
+        with our wrapped key; the bundle must be for this job terms and round and list
+        us; each listed upload is downloaded and must have exactly its listed digest, so
+        the PS cannot add, drop or swap anything. A model beyond the job's bound is
+        :class:`UndecodableReleaseError` (reported like the bcp mode's).
+        """
+        layout = job.masked_layout
+        me = self.identity.subject_id
+        try:
+            binding = verify_release_statement(
+                public_key_from_hex(self.kgc_verify_key), bundle, subject_id=me
+            )
+        except ProtocolError as exc:
+            raise ClientError(f"release refused: {exc.message}", exc.code) from None
+        if (
+            binding.job_id != job.job_id
+            or binding.job_terms_sha256 != job.terms.digest
+            or binding.round != round_number
+        ):
+            raise ClientError("the release is for another job or round", "bad-release")
+        if me not in binding.uploads:
+            raise ClientError(f"round {round_number} was released without us", "not-included")
+        mask_sum = open_mask_sum(
+            self.identity.secret_key, binding, bundle["sealed_mask"], bundle["wrapped_key"], layout
+        )
+        uploads = [
+            self._listed_upload(job, round_number, subject, digest)
+            for subject, digest in sorted(binding.uploads.items())
+        ]
+        try:
+            return next_model(layout, current, uploads, mask_sum)
+        except EncodingError as exc:
+            raise UndecodableReleaseError(
+                f"round {binding.round} (run {binding.run}) does not decode: {exc}",
+                binding,
+                bundle_sha256(binding, bundle["sealed_mask"]),
+            ) from None
+
+    def _listed_upload(
+        self, job: JobView, round_number: int, subject: str, digest: str
+    ) -> npt.NDArray[Any]:
+        """One contributor's ``y`` from the PS, checked against the digest the KGC listed."""
+        layout = job.masked_layout
+        path = f"/v1/jobs/{job.job_id}/rounds/{round_number}/uploads/{subject}"
+        data = self._ps(job.ps_url).get_bytes(path)
+        self.last_download_bytes += len(data)
+        try:
+            frame = decode_frame(data, kind=RING_FRAME_KIND)
+            if not digest_equal(frame.header.get("sha256"), digest):
+                raise ValueError("not the upload the release lists")
+            return vector_from_bytes(frame.payload, layout.ring, layout.length)
+        except ValueError as exc:
+            raise ClientError(f"upload of {subject}: {exc}", "upload-mismatch") from None
 
     last_download_bytes: int = 0

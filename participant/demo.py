@@ -33,6 +33,7 @@ from sqlalchemy.orm import sessionmaker
 
 from common.db import make_engine
 from common.http import ServiceClient, ServiceError
+from common.masked_protocol import MaskedReleaseBinding, open_mask_sum
 from common.protocol import DEFAULT_MIN_QUORUM
 from common.sealing import SealError
 from common.signing import b64encode
@@ -75,6 +76,14 @@ DEMO_ENCODING: dict[str, float | int] = {
     "clip_bound": 8.0,
     "width": 16,
 }
+#: The same precision for the masked mode: 22 fractional bits, updates clipped to ±8 and
+#: models within ±16, which fits a 32-bit ring (4 bytes per parameter).
+DEMO_MASKED_ENCODING: dict[str, float | int] = {
+    "frac_bits": 22,
+    "clip_bound": 8.0,
+    "model_bound": 16.0,
+}
+AGGREGATIONS = ("masked", "bcp")
 
 
 def build_model(kind: str, dataset: str) -> Model:
@@ -112,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODELS,
         default="mlp",
         help="architecture (rnn: a GRU reading the image row by row); default mlp",
+    )
+    parser.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        default="masked",
+        help="masked: BCP-sealed seeds and additive masks (default); bcp: packed BCP "
+        "ciphertexts, the patent's literal form (docs/PROTOCOL.md)",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -206,6 +222,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if k < 1 or rounds < 1:
         raise DemoError("need at least one participant and one round")
     model_name = getattr(args, "model", None) or "mlp"
+    aggregation = getattr(args, "aggregation", None) or "masked"
     model = build_model(model_name, args.dataset)
     learning_rate = getattr(args, "learning_rate", None)
     if learning_rate is None:
@@ -263,7 +280,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": rounds,
             "round_deadline_seconds": 3600,
             "below_quorum_policy": "stay-open",
-            "encoding": dict(DEMO_ENCODING),
+            "aggregation": aggregation,
+            "encoding": dict(DEMO_MASKED_ENCODING if aggregation == "masked" else DEMO_ENCODING),
         }
         ps_ops = cluster.ps_operator()
         t_job = time.perf_counter()
@@ -323,6 +341,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "job_id": job_id,
         "dataset": args.dataset,
         "model_name": model_name,
+        "aggregation": aggregation,
         "model": model.spec(),
         "num_parameters": model.num_parameters,
         "learning_rate": learning_rate,
@@ -386,11 +405,9 @@ def _follow_rounds(
                     break
                 if state == "failed":
                     raise DemoError(f"round {t} failed at the PS")
-                if (
-                    state == "open"
-                    and len(who) < k
-                    and int(status.get("commitments", 0)) >= len(who)
-                ):
+                # bcp rounds count commitments in their open phase, masked ones uploads
+                arrived = max(int(status.get("commitments", 0)), int(status.get("uploads", 0)))
+                if state == "open" and len(who) < k and arrived >= len(who):
                     try:  # everyone still able to train has committed: no need to wait
                         ps_ops.post_json(f"/v1/jobs/{job_id}/rounds/{t}/close", {})
                     except ServiceError as exc:
@@ -458,12 +475,26 @@ def _check_refusal(
         got_403 = exc.status == 403
     bundle = insider.download_bundle(ps_url, job_id, round_number)
     job = outsider.fetch_job(ps_url, job_id)
+
+    def open_as(client: ParticipantClient) -> None:
+        if job.aggregation == "masked":
+            binding = MaskedReleaseBinding.from_fields(bundle)
+            open_mask_sum(
+                client.identity.secret_key,
+                binding,
+                bundle["sealed_mask"],
+                bundle["wrapped_key"],
+                job.masked_layout,
+            )
+        else:
+            client.open_bundle(job, bundle)
+
     try:
-        outsider.open_bundle(job, bundle)
+        open_as(outsider)
         sealed = False
     except SealError:
         sealed = True
-    insider.open_bundle(job, bundle)  # the rightful owner does open it
+    open_as(insider)  # the rightful owner does open it
     return got_403 and sealed
 
 

@@ -608,18 +608,10 @@ class ParticipantNode:
                 client.forget_job(job_id)
                 return
             try:
-                own = self._train_round(client, view, job_id, t, weights)
-                self._retry(
-                    lambda t=t, own=own: client.audit_until_released(  # type: ignore[misc]
-                        view,
-                        t,
-                        self.round_timeout,
-                        own=own,
-                        poll_seconds=self.poll_seconds,
-                        should_stop=self._stop.is_set,
-                    )
-                )
-                self._put_round(job_id, t, status="audited", metrics={"audit": client.last_audit})
+                if view.aggregation == "masked":
+                    self._masked_round(client, view, job_id, t, weights)
+                else:
+                    self._bcp_round(client, view, job_id, t, weights)
             except ClientError as exc:
                 if exc.code != "not-included":
                     raise
@@ -629,13 +621,83 @@ class ParticipantNode:
                 client.forget_job(job_id)
                 return
             try:
-                weights = self._download(client, view, job_id, t)
+                weights = self._download(client, view, job_id, t, weights)
             except UndecodableReleaseError as exc:
                 self._report_undecodable(client, view, job_id, t, exc)
                 continue  # round t's re-run, from the same W_t
             t += 1
         self._set_job(job_id, status="finished", next_round=t)
         client.forget_job(job_id)
+
+    def _bcp_round(
+        self,
+        client: ParticipantClient,
+        view: JobView,
+        job_id: str,
+        t: int,
+        weights: npt.NDArray[np.float64],
+    ) -> None:
+        """Commit, upload, and audit each attempt until round ``t`` is released."""
+        own = self._train_round(client, view, job_id, t, weights)
+        self._retry(
+            lambda: client.audit_until_released(
+                view,
+                t,
+                self.round_timeout,
+                own=own,
+                poll_seconds=self.poll_seconds,
+                should_stop=self._stop.is_set,
+            )
+        )
+        self._put_round(job_id, t, status="audited", metrics={"audit": client.last_audit})
+
+    def _masked_round(
+        self,
+        client: ParticipantClient,
+        view: JobView,
+        job_id: str,
+        t: int,
+        weights: npt.NDArray[np.float64],
+    ) -> None:
+        """Train, mask and upload round ``t`` in one request, then wait for its release.
+
+        After a restart that came after the upload (409 ``duplicate-upload``), the round
+        goes on with our upload. :class:`ClientError` ``not-included`` when the round was
+        released without us.
+        """
+        with session_scope(self.sessions) as session:
+            done = session.get(NodeRound, (job_id, t))
+            uploaded = done is not None and done.contributed
+        if not uploaded:
+            prepared = client.prepare_masked_update(
+                view, t, weights, self.data.X_train, self.data.y_train
+            )
+            try:
+                receipt = self._retry(lambda: client.upload_masked(view, prepared))
+            except ServiceError as exc:
+                if exc.status != 409 or exc.code != "duplicate-upload":
+                    raise
+                receipt = None
+            self._put_round(
+                job_id,
+                t,
+                status="uploaded",
+                contributed=True,
+                receipt=receipt,
+                metrics=prepared.metrics,
+            )
+        status = self._retry(
+            lambda: client.wait_for_release(
+                view.ps_url,
+                job_id,
+                t,
+                self.round_timeout,
+                poll_seconds=self.poll_seconds,
+                should_stop=self._stop.is_set,
+            )
+        )
+        if client.identity.subject_id not in status.get("contributors", []):
+            raise ClientError(f"round {t} was released without us", "not-included")
 
     def _train_round(
         self,
@@ -736,11 +798,16 @@ class ParticipantNode:
         self._put_round(job_id, t, status="rerun")
 
     def _download(
-        self, client: ParticipantClient, view: JobView, job_id: str, t: int
+        self,
+        client: ParticipantClient,
+        view: JobView,
+        job_id: str,
+        t: int,
+        current: npt.NDArray[np.float64],
     ) -> npt.NDArray[np.float64]:
         start = time.perf_counter()
         weights: npt.NDArray[np.float64] = self._retry(
-            lambda: client.download_model(view.ps_url, job_id, t)
+            lambda: client.download_model(view.ps_url, job_id, t, current)
         )
         download_s = time.perf_counter() - start
         test = evaluate(view.model, weights, self.data.X_test, self.data.y_test)
