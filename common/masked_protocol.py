@@ -161,12 +161,36 @@ class MaskedLayout:
                 raise EncodingError(f"{name} must be finite and > 0")
         if obj["length"] < 1:
             raise EncodingError("length must be at least 1")
-        return cls(
+        layout = cls(
             ring=RingSpec(bits=obj["bits"], frac_bits=obj["frac_bits"]),
             length=int(obj["length"]),
             model_bound=float(obj["model_bound"]),
             clip_bound=float(obj["clip_bound"]),
         )
+        layout.check_fits(participants=1, rounds=1)
+        return layout
+
+    def check_fits(self, *, participants: int, rounds: int) -> None:
+        """Refuse a layout whose ring is smaller than its bounds need for ``participants``
+        and ``rounds`` (:func:`common.masking.choose_ring`), or that float64 cannot hold.
+
+        A participant calls it with the signed terms' counts: a PS that serves a ring too
+        small for the bounds would let an in-range sum wrap and decode to a wrong model
+        that still passes the bound check.
+        """
+        needed = masked_layout(
+            length=self.length,
+            frac_bits=self.ring.frac_bits,
+            model_bound=self.model_bound,
+            clip_bound=self.clip_bound,
+            participants=participants,
+            rounds=rounds,
+        )
+        if needed.ring.bits > self.ring.bits:
+            raise EncodingError(
+                f"a {self.ring.bits}-bit ring cannot hold these bounds: "
+                f"{needed.ring.bits} bits are needed"
+            )
 
 
 def masked_layout(
@@ -183,6 +207,8 @@ def masked_layout(
     Raises :class:`EncodingError` when even 64 bits do not fit, or when a model value
     could not round-trip exactly through float64 (participants keep models as float64).
     """
+    if not is_json_int(length) or length < 1:
+        raise EncodingError("length must be an integer >= 1")
     ring = choose_ring(
         model_bound=model_bound,
         clip_bound=clip_bound,

@@ -441,6 +441,10 @@ class JobView:
                 problems.append("the packing's plaintext count differs from the signed one")
         length = packing.length if packing is not None else terms.num_plaintexts
         if layout is not None:
+            try:
+                layout.check_fits(participants=len(terms.participants), rounds=terms.rounds)
+            except EncodingError as exc:
+                problems.append(f"the ring layout: {exc}")
             if job_key.width != 1:
                 problems.append("a masked job's key has one component")
             if layout.length != terms.num_plaintexts:

@@ -24,15 +24,18 @@ from common.blocks import (
     element_bytes,
     generate_job_key,
 )
+from common.masking import RingSpec, vector_from_bytes
 from common.wire import (
     FRAME_MAGIC,
     MAX_HEADER_BYTES,
+    RING_FRAME_KIND,
     VectorFrame,
     WireError,
     decode_frame,
     dumps,
     encode_frame,
     encode_payload_frame,
+    encode_ring_frame,
     from_hex,
     from_obj,
     loads,
@@ -568,3 +571,128 @@ def test_a_payload_framed_as_stored_is_the_vector_framed(
     )
     with pytest.raises(WireError):
         encode_payload_frame(vector.to_bytes()[:-1], vector.layout, width)
+
+
+# --------------------------------------------------------------------------- ring frames
+
+
+def _ring_payload(bits: int, values: list[int]) -> bytes:
+    return struct.pack(f"<{len(values)}{'I' if bits == 32 else 'Q'}", *values)
+
+
+RING_VALUES = [0, 1, 2**31, 2**32 - 1, 123_456_789]
+
+
+def test_ring_frame_round_trip() -> None:
+    payload = _ring_payload(32, RING_VALUES)
+    data = encode_ring_frame(
+        payload, bits=32, num_elements=5, extra_header={"job_id": "j", "round": 2}
+    )
+    assert data[:4] == b"TDFL" and data[4] == 1 and data.endswith(payload)
+    frame = decode_frame(data, kind=RING_FRAME_KIND)
+    assert RING_FRAME_KIND == "ring-vector"
+    assert frame.header == {
+        "kind": "ring-vector",
+        "bits": 32,
+        "num_elements": 5,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "job_id": "j",
+        "round": 2,
+    }
+    assert frame.payload == payload
+    assert list(struct.unpack("<5I", frame.payload)) == RING_VALUES
+    # The exact bytes: prefix, sorted compact header, payload.
+    head = json.dumps(frame.header, separators=(",", ":"), sort_keys=True).encode()
+    assert data == struct.pack(">4sBI", b"TDFL", 1, len(head)) + head + payload
+    # The frame's own fields win over extra header fields of the same name.
+    spoofed = decode_frame(
+        encode_ring_frame(
+            payload, bits=32, num_elements=5, extra_header={"kind": "bcp-vector", "bits": 64}
+        ),
+        kind="ring-vector",
+    )
+    assert (spoofed.header["kind"], spoofed.header["bits"]) == ("ring-vector", 32)
+    # An empty vector and a 64-bit one frame too.
+    assert (
+        decode_frame(encode_ring_frame(b"", bits=64, num_elements=0), kind="ring-vector").payload
+        == b""
+    )
+    wide = _ring_payload(64, [2**64 - 1, 5])
+    frame64 = decode_frame(encode_ring_frame(wide, bits=64, num_elements=2), kind="ring-vector")
+    assert frame64.payload == wide and frame64.header["bits"] == 64
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    bits=st.sampled_from([32, 64]),
+    data=st.data(),
+)
+def test_ring_frame_round_trip_property(bits: int, data: st.DataObject) -> None:
+    values = data.draw(st.lists(st.integers(min_value=0, max_value=2**bits - 1), max_size=40))
+    payload = _ring_payload(bits, values)
+    frame = decode_frame(
+        encode_ring_frame(payload, bits=bits, num_elements=len(values)), kind="ring-vector"
+    )
+    assert frame.payload == payload
+    assert frame.header["num_elements"] == len(values) and frame.header["bits"] == bits
+
+
+def test_ring_and_bcp_frames_do_not_cross(framed: tuple[JobKey, EncryptedVector]) -> None:
+    _, vector = framed
+    ring = encode_ring_frame(_ring_payload(32, RING_VALUES), bits=32, num_elements=5)
+    with pytest.raises(WireError, match="bcp-vector"):
+        decode_frame(ring)
+    with pytest.raises(WireError, match="bcp-vector"):
+        decode_frame(ring, kind="bcp-vector")
+    with pytest.raises(WireError, match="ring-vector"):
+        decode_frame(encode_frame(vector), kind="ring-vector")
+    with pytest.raises(WireError):
+        decode_frame(ring, kind="other")
+
+
+@pytest.mark.parametrize(
+    ("bits", "num_elements", "size"),
+    [(32, 5, 19), (32, 5, 21), (32, 5, 40), (64, 5, 20), (64, 2, 15), (32, 0, 4), (32, 1, 0)],
+)
+def test_ring_frame_refuses_a_payload_of_the_wrong_length(
+    bits: int, num_elements: int, size: int
+) -> None:
+    with pytest.raises(WireError, match="payload length"):
+        encode_ring_frame(bytes(size), bits=bits, num_elements=num_elements)
+
+
+def test_ring_frame_refuses_a_payload_not_matching_its_digest() -> None:
+    payload = _ring_payload(32, RING_VALUES)
+    data = encode_ring_frame(payload, bits=32, num_elements=5, extra_header={"round": 1})
+    for cut in (1, 4, len(payload)):
+        with pytest.raises(WireError, match="digest"):
+            decode_frame(data[:-cut], kind="ring-vector")
+    with pytest.raises(WireError, match="digest"):
+        decode_frame(data + b"\x00\x00\x00\x00", kind="ring-vector")
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x80
+    with pytest.raises(WireError, match="digest"):
+        decode_frame(bytes(flipped), kind="ring-vector")
+    header = json.loads(data[9 : len(data) - len(payload)])
+    for digest in ("00" * 32, hashlib.sha256(payload).hexdigest().upper(), None):
+        with pytest.raises(WireError, match="digest"):
+            decode_frame(build_frame({**header, "sha256": digest}, payload), kind="ring-vector")
+
+
+def test_ring_frame_length_is_checked_against_the_layout_by_the_reader() -> None:
+    """``decode_frame`` checks the digest only; a payload whose length disagrees with its
+    header's ``bits·num_elements`` is refused when read as the job's ring vector."""
+    short = _ring_payload(32, RING_VALUES[:4])
+    header = {
+        "kind": "ring-vector",
+        "bits": 32,
+        "num_elements": 5,
+        "sha256": hashlib.sha256(short).hexdigest(),
+    }
+    frame = decode_frame(build_frame(header, short), kind="ring-vector")
+    with pytest.raises(ValueError, match="expected 20 bytes"):
+        vector_from_bytes(frame.payload, RingSpec(bits=32, frac_bits=20), 5)
+    assert (
+        vector_from_bytes(frame.payload, RingSpec(bits=32, frac_bits=20), 4).tolist()
+        == (RING_VALUES[:4])
+    )
