@@ -117,21 +117,26 @@ def create_job() -> Any:
 @bp.post("/jobs/<job_id>/releases")
 @body_limit(RELEASE_BODY_CEILING)
 def release(job_id: str) -> Any:
-    """Parameter server: open ``F = Enc(W + R)`` and seal it for the round's contributors.
+    """Parameter server: release one round of a job, sealed for its contributors.
 
-    Body: a binary vector frame (``application/octet-stream``) whose header is
-    ``common.protocol.release_request_header`` (job, round, attempt, contributors, the
-    closed commitment set, the contributors' upload statements and audits) plus the
-    server's ``request_signature``. The body may be no larger than the job's frame
-    (checked before it is read). 201 for a new release, 200 with the stored bundle for a
-    repeat of the same request; the bundle names its ``ReleaseBinding`` fields.
+    A bcp job (``application/octet-stream``): a binary vector frame ``F = Enc(W + R)``
+    whose header is ``common.protocol.release_request_header`` (job, round, attempt,
+    contributors, the closed commitment set, the contributors' upload statements and
+    audits) plus the server's ``request_signature``; at most the job's frame size.
+    A masked job (``application/json``): ``common.masked_protocol.
+    masked_release_request_header`` plus ``request_signature``; at most
+    ``common.protocol.release_header_limit(P)`` bytes. Either cap is checked before the
+    body is read (413); a content type that is not the job's is 415. 201 for a new
+    release, 200 with the stored bundle for a repeat of the same request.
     """
     requester = _param_server()
-    if request.mimetype != "application/octet-stream":
+    intake = service().release_intake(requester, job_id)
+    if request.mimetype != intake.media_type:
         raise ApiError(
-            415, "unsupported-media-type", "expected Content-Type: application/octet-stream"
+            415,
+            "unsupported-media-type",
+            f"this is a {intake.aggregation} job: expected Content-Type: {intake.media_type}",
         )
-    limit = service().release_body_limit(requester, job_id)
-    data = read_body(limit, "release request is larger than this job's frame")
+    data = read_body(intake.limit, f"release request is over this job's {intake.limit} bytes")
     bundle, created = service().release(requester, job_id, data)
     return jsonify(bundle), 201 if created else 200

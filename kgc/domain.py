@@ -15,20 +15,25 @@ closed commitment set whose own upload and audit statements verify against those
 and only when every audit names the frame being opened as ``F`` and, as its base, the
 aggregate of the job's previous release (round 0: the signed ``Enc(W_0)``), so the chain
 of opened aggregates cannot be broken (:func:`common.protocol.check_release_request`,
-docs/PROTOCOL.md).
+docs/PROTOCOL.md). A masked job (docs/PROTOCOL.md, "Masked mode") is released on the same
+schedule from a JSON request whose statements each name one contributor's ``y`` and seed
+(:func:`common.masked_protocol.check_masked_release_request`): the KGC decrypts those
+seeds under the job key only and seals the sum of their masks, never a model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -47,6 +52,13 @@ from common.blocks import (
     generate_job_key,
 )
 from common.db import session_scope
+from common.masked_protocol import (
+    MaskedReleaseBinding,
+    MaskedReleaseCheck,
+    check_masked_release_request,
+    kgc_mask_sum,
+    seal_mask_sum,
+)
 from common.protocol import (
     JOB_TERMS_PURPOSE,
     KGC_AUDIENCE,
@@ -58,6 +70,7 @@ from common.protocol import (
     check_release_request,
     check_requested_terms,
     is_json_int,
+    json_sha256,
     release_header_limit,
     release_schedule,
     repeats_release,
@@ -83,6 +96,7 @@ from common.signing import (
     verify_token,
 )
 from common.wire import (
+    FRAME_MAGIC,
     VectorFrame,
     WireError,
     decode_frame,
@@ -103,11 +117,14 @@ from kgc.errors import (
 from kgc.models import NAME_LENGTH, SUBJECT_ID_LENGTH, Job, Release, Subject, TokenNonce
 
 __all__ = [
+    "BCP_MEDIA_TYPE",
     "FRAME_PREFIX_BYTES",
+    "MASKED_MEDIA_TYPE",
     "MAX_SKEW_SECONDS",
     "MAX_WIDTH",
     "TOKEN_TTL_SECONDS",
     "KgcService",
+    "ReleaseIntake",
     "protocol_refusal",
 ]
 
@@ -123,6 +140,10 @@ FRAME_PREFIX_BYTES = 9
 _JOB_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _NONCE = re.compile(r"\A[\x21-\x7e]{8,128}\Z")  # printable ASCII, no spaces
 _TERMS_CACHE_SIZE = 1024
+#: The body of a release request, by the job's aggregation: a vector frame (bcp) or the
+#: JSON of ``common.masked_protocol.masked_release_request_header`` (masked).
+BCP_MEDIA_TYPE = "application/octet-stream"
+MASKED_MEDIA_TYPE = "application/json"
 
 #: How a :class:`common.protocol.ProtocolError` code becomes a refusal (docs/PROTOCOL.md):
 #: a schedule violation is a conflict with the KGC's state, a forged signature is 403 (the
@@ -149,6 +170,66 @@ def protocol_refusal(exc: ProtocolError) -> KgcError:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReleaseIntake:
+    """What a release request for one job must be, known before its body is read."""
+
+    #: the job's ``aggregation``: ``"bcp"`` or ``"masked"``
+    aggregation: str
+    #: the body's content type: :data:`BCP_MEDIA_TYPE` or :data:`MASKED_MEDIA_TYPE`
+    media_type: str
+    #: the most bytes the body may have
+    limit: int
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _masked_request_body(body: bytes) -> dict[str, Any]:
+    """A masked release request's JSON object; a vector frame is 400 ``wrong-aggregation``,
+    anything else that is not a JSON object 400 ``malformed-json``."""
+    if body.startswith(FRAME_MAGIC):
+        raise BadRequestError(
+            "wrong-aggregation",
+            "this job is masked: its release request is a JSON object, not a vector frame",
+        )
+    try:
+        header = json.loads(body, parse_constant=_refuse_constant)
+        # Lone surrogates ("\\ud800") parse but cannot be signed or stored as UTF-8.
+        json.dumps(header, ensure_ascii=False).encode()
+    except (ValueError, RecursionError, UnicodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise BadRequestError("malformed-json", "the release request is not a JSON object")
+    return header
+
+
+def _masked_uploads_sha256(header: Mapping[str, Any]) -> str | None:
+    """What makes a masked request "the same request again": the digest of each upload
+    statement's ``y`` and seed digests by subject, ``json_sha256({subject:
+    {"payload_sha256", "seed_sha256"}})``. Read from the request as sent (after
+    :func:`common.masked_protocol.check_masked_release_request` these are verified; for a
+    repeat they are only compared with a stored release's); None when malformed."""
+    uploads = header.get("uploads")
+    if not isinstance(uploads, list):
+        return None
+    named: dict[str, dict[str, str]] = {}
+    for upload in uploads:
+        try:
+            body = upload["statement"]["statement"]
+            subject = body["subject_id"]
+            digests = {k: body[k] for k in ("payload_sha256", "seed_sha256")}
+        except (KeyError, TypeError):
+            return None
+        if not isinstance(subject, str) or subject in named:
+            return None
+        if not all(isinstance(v, str) for v in digests.values()):
+            return None
+        named[subject] = digests
+    return json_sha256(named)
 
 
 class KgcService:
@@ -458,6 +539,10 @@ class KgcService:
         width = int(requested["width"])
         if not 1 <= width <= MAX_WIDTH:
             raise InvalidError("invalid-width", f"width must be 1 to {MAX_WIDTH}")
+        if requested["aggregation"] == "masked" and width != 1:
+            raise InvalidError(
+                "invalid-width", "a masked job has width 1 (its seeds are one block each)"
+            )
         if len(members) > MAX_PARTICIPANTS:
             raise InvalidError(
                 "invalid-participants", f"a job needs 1 to {MAX_PARTICIPANTS} participants"
@@ -575,8 +660,11 @@ class KgcService:
             raise ForbiddenError("not-job-owner", "this job belongs to another parameter server")
         return job
 
-    def release_body_limit(self, requester: str, job_id: str) -> int:
-        """How many bytes a release request for this job may have (read nothing before).
+    def release_intake(self, requester: str, job_id: str) -> ReleaseIntake:
+        """What a release request for this job must be (read nothing before): its
+        aggregation, content type and size cap. A bcp job takes a vector frame of at most
+        :meth:`frame_limit`; a masked job a JSON object of at most
+        :func:`common.protocol.release_header_limit` for its participants.
 
         404 for an unknown job, 403 for another server's job, 409 for a legacy job.
         """
@@ -586,26 +674,47 @@ class KgcService:
         except KgcError as exc:
             self._log_refusal(requester, job_id, exc)
             raise
-        return self.frame_limit(terms)
+        if terms.aggregation == "masked":
+            return ReleaseIntake(
+                "masked", MASKED_MEDIA_TYPE, release_header_limit(len(terms.participants))
+            )
+        return ReleaseIntake("bcp", BCP_MEDIA_TYPE, self.frame_limit(terms))
 
-    def release(
-        self, requester: str, job_id: str, frame_bytes: bytes
-    ) -> tuple[dict[str, Any], bool]:
-        """Open ``F = Enc(W + R)`` and seal ``W + R`` for the round's contributors only.
+    def release_body_limit(self, requester: str, job_id: str) -> int:
+        """How many bytes a release request for this job may have (read nothing before);
+        :meth:`release_intake`'s ``limit``."""
+        return self.release_intake(requester, job_id).limit
 
+    def release(self, requester: str, job_id: str, body: bytes) -> tuple[dict[str, Any], bool]:
+        """Release one round of a job for its contributors only; the job's terms decide how
+        (:meth:`release_intake`). Returns the bundle and whether it is new.
+
+        A bcp job (``body`` is a vector frame): open ``F = Enc(W + R)`` and seal ``W + R``.
         The request must be signed by the job's server, on the KGC's schedule (round
         ``t`` only when ``t`` rounds are released and ``t < rounds``), and carry the
         PS-signed closed commitment set and, per contributor (at least ``quorum``), an
         upload statement and an audit statement signed by that participant; every audit
         must name this frame as ``F`` and, as its base, the aggregate of round ``t - 1``'s
         release (round 0: the signed ``Enc(W_0)``). The frame must have the job's shape
-        (docs/PROTOCOL.md). Returns the signed bundle and whether it is new.
-        The same request again returns the stored bundle; anything else for a released
-        round is 409 ``already-released``. Nothing is decrypted or sealed for a refused
-        request.
+        (docs/PROTOCOL.md).
+
+        A masked job (``body`` is JSON): :meth:`_masked_release`. A body of the other
+        mode (a JSON object for a bcp job, a frame for a masked one) is 400
+        ``wrong-aggregation``.
+
+        Either way the same request again returns the stored bundle; anything else for a
+        released round is 409 ``already-released``. Nothing is decrypted or sealed for a
+        refused request, and every refusal is logged with its code.
         """
         try:
-            return self._release(requester, job_id, frame_bytes)
+            with self._sessions() as session:
+                job = self._owned_job(session, requester, job_id)
+                ps = self._param_server(session, requester)
+                terms = self._terms(job)
+                ps_key = public_key_from_hex(str(ps.signing_key))
+            if terms.aggregation == "masked":
+                return self._masked_release(job_id, terms, ps_key, body)
+            return self._release(job_id, terms, ps_key, body)
         except KgcError as exc:
             self._log_refusal(requester, job_id, exc)
             raise
@@ -616,13 +725,13 @@ class KgcService:
         log.log(level, "release for job %r by %s refused: %s", job_id, requester, exc.code)
 
     def _release(
-        self, requester: str, job_id: str, frame_bytes: bytes
+        self, job_id: str, terms: JobTerms, ps_key: Ed25519PublicKey, frame_bytes: bytes
     ) -> tuple[dict[str, Any], bool]:
-        with self._sessions() as session:
-            job = self._owned_job(session, requester, job_id)
-            ps = self._param_server(session, requester)
-            terms = self._terms(job)
-            ps_key = public_key_from_hex(str(ps.signing_key))
+        if frame_bytes.lstrip()[:1] == b"{":
+            raise BadRequestError(
+                "wrong-aggregation",
+                "this job aggregates with bcp: its release request is a vector frame, not JSON",
+            )
         try:
             frame = decode_frame(
                 frame_bytes,
@@ -661,16 +770,7 @@ class KgcService:
             )
         except ProtocolError as exc:
             raise protocol_refusal(exc) from None
-        with self._sessions() as session:
-            keys = {
-                subject.id: PublicKey(self.params, from_hex(subject.bcp_public_key))
-                for subject in session.scalars(
-                    select(Subject).where(Subject.id.in_(check.contributors))
-                )
-                if subject.bcp_public_key is not None and subject.role == "participant"
-            }
-        if sorted(keys) != sorted(check.contributors):
-            raise RuntimeError("stored participant keys are inconsistent with the job terms")
+        keys = self._contributor_keys(check.contributors)
         bundle = self._seal(vector, keys, self._binding(job_id, check))
         try:
             with session_scope(self._sessions) as session:
@@ -705,6 +805,135 @@ class KgcService:
         )
         return bundle, True
 
+    def _contributor_keys(self, contributors: tuple[str, ...]) -> dict[str, PublicKey]:
+        """The contributors' certified BCP public keys (their bundle's data key is wrapped
+        to them)."""
+        with self._sessions() as session:
+            keys = {
+                subject.id: PublicKey(self.params, from_hex(subject.bcp_public_key))
+                for subject in session.scalars(select(Subject).where(Subject.id.in_(contributors)))
+                if subject.bcp_public_key is not None and subject.role == "participant"
+            }
+        if sorted(keys) != sorted(contributors):
+            raise RuntimeError("stored participant keys are inconsistent with the job terms")
+        return keys
+
+    def _masked_release(
+        self, job_id: str, terms: JobTerms, ps_key: Ed25519PublicKey, body: bytes
+    ) -> tuple[dict[str, Any], bool]:
+        """A masked job's release (docs/PROTOCOL.md, "Masked mode"): the PS-signed JSON
+        request checked by :func:`common.masked_protocol.check_masked_release_request`,
+        then ``D_t = Σ μ_i`` (:func:`~common.masked_protocol.kgc_mask_sum`) sealed to the
+        contributors (:func:`~common.masked_protocol.seal_mask_sum`).
+
+        The release row stores ``aggregate_sha256`` = ``json_sha256({subject: y digest})``
+        (what the binding lists), ``payload_sha256`` = :func:`_masked_uploads_sha256` (so
+        "the same request again" is the same contributors with the same ``y`` and seed
+        digests), ``attempt`` 0 and no ``A`` components (empty bytes).
+        Every seed is decrypted and hashed without a branch on its value: a tampered seed
+        only changes ``D``.
+        """
+        header = _masked_request_body(body)
+        try:
+            round_number = verify_release_signature(header, ps_key)
+            run = request_run(header)
+        except ProtocolError as exc:
+            raise protocol_refusal(exc) from None
+        if header.get("job_id") != job_id:
+            raise InvalidError("job-mismatch", "the request is for another job")
+        if header.get("aggregation") != "masked":
+            raise BadRequestError("bad-field", "this job's releases are masked")
+        with self._sessions() as session:
+            stored = self._stored_release(session, job_id, round_number, run)
+            if stored is not None:
+                return self._same_masked_release(stored, header), False
+            chain = self._chain(session, job_id, terms, run)
+        try:
+            check = check_masked_release_request(
+                header, terms, next_round=chain.next_round, undecoded=chain.undecoded
+            )
+        except ProtocolError as exc:
+            raise protocol_refusal(exc) from None
+        keys = self._contributor_keys(check.contributors)
+        bundle = self._seal_masks(job_id, terms, check, keys)
+        uploads_sha256 = _masked_uploads_sha256(header)
+        if uploads_sha256 is None:  # the check verified every statement: cannot happen
+            raise RuntimeError("a checked masked request lost its upload statements")
+        try:
+            with session_scope(self._sessions) as session:
+                session.add(
+                    Release(
+                        job_id=job_id,
+                        round=check.round,
+                        run=check.run,
+                        undecodable=list(header["undecodable"]) if check.run else None,
+                        attempt=0,
+                        payload_sha256=uploads_sha256,
+                        aggregate_sha256=json_sha256(dict(check.payloads)),
+                        a_components=b"",
+                        contributors=list(check.contributors),
+                        bundle=bundle,
+                        released_at=self._clock(),
+                    )
+                )
+        except IntegrityError:  # a concurrent request stored this round first
+            with self._sessions() as session:
+                stored = self._stored_release(session, job_id, check.round, check.run)
+                if stored is None:
+                    raise
+                return self._same_masked_release(stored, header), False
+        log.info(
+            "released masked job %s round %d (run %d) to %d contributors",
+            job_id,
+            check.round,
+            check.run,
+            len(keys),
+        )
+        return bundle, True
+
+    def _seal_masks(
+        self,
+        job_id: str,
+        terms: JobTerms,
+        check: MaskedReleaseCheck,
+        keys: dict[str, PublicKey],
+    ) -> dict[str, Any]:
+        """``D_t`` of a checked request, sealed and signed for its contributors."""
+        mask_sum = kgc_mask_sum(self._master_key, terms, check)
+        return seal_mask_sum(
+            self._signing_key,
+            self._master_key,
+            mask_sum,
+            check.layout,
+            keys,
+            binding=MaskedReleaseBinding(
+                job_id, terms.digest, check.round, check.run, dict(check.payloads)
+            ),
+            rng=self._rng,
+            random_bytes=self._random_bytes,
+        )
+
+    @staticmethod
+    def _same_masked_release(stored: Release, header: Mapping[str, Any]) -> dict[str, Any]:
+        """The stored bundle for the same masked request again: the same contributors
+        with the same ``y`` and seed digests (:func:`_masked_uploads_sha256`); 409 for
+        anything else."""
+        uploads_sha256 = _masked_uploads_sha256(header)
+        contributors = header.get("contributors")
+        same = (
+            uploads_sha256 is not None
+            and isinstance(contributors, list)
+            and all(isinstance(c, str) for c in contributors)
+            and sorted(contributors) == sorted(stored.contributors)
+            and hmac.compare_digest(uploads_sha256, stored.payload_sha256)
+        )
+        if not same:
+            raise ConflictError(
+                "already-released",
+                f"round {stored.round} (run {stored.run}) was released for another request",
+            )
+        return dict(stored.bundle)
+
     def _chain(self, session: Session, job_id: str, terms: JobTerms, run: int) -> ReleaseSchedule:
         """Where a request for ``run`` must continue the job's chain of releases
         (:func:`common.protocol.release_schedule` over the newest two releases), so a
@@ -730,14 +959,19 @@ class KgcService:
                     aggregate_sha256=row.aggregate_sha256,
                     a_components=elements_from_bytes(row.a_components, width),
                     # only the newest can be re-run: only its reports are ever checked
-                    bundle_sha256=bundle_sha256(
-                        ReleaseBinding.from_fields(row.bundle), row.bundle["sealed_model"]
-                    )
+                    bundle_sha256=self._bundle_sha256(terms, row.bundle)
                     if index == 0 and run > 0
                     else "",
                 )
             )
         return release_schedule(terms, newest, run)
+
+    @staticmethod
+    def _bundle_sha256(terms: JobTerms, bundle: Mapping[str, Any]) -> str:
+        """What an ``undecodable`` report names for a stored bundle of either mode."""
+        if terms.aggregation == "masked":
+            return bundle_sha256(MaskedReleaseBinding.from_fields(bundle), bundle["sealed_mask"])
+        return bundle_sha256(ReleaseBinding.from_fields(bundle), bundle["sealed_model"])
 
     @staticmethod
     def _binding(job_id: str, check: ReleaseCheck) -> ReleaseBinding:

@@ -23,6 +23,7 @@ included); its keyword arguments replace any piece, so a test plays a dishonest 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,16 @@ from common.bcp import PublicKey, PublicParams, RandomSource, SecretKey
 from common.blocks import BlockLayout, EncryptedVector, JobKey
 from common.clock import ManualClock as FakeClock
 from common.encoding import PackingLayout
+from common.masked_protocol import (
+    MaskedLayout,
+    build_masked_upload_statement,
+    initial_state_sha256,
+    masked_layout,
+    masked_release_request_header,
+    seed_sha256,
+    seed_to_obj,
+)
+from common.masking import encrypt_seed
 from common.pok import prove_randomness
 from common.protocol import (
     KGC_AUDIENCE,
@@ -65,6 +76,7 @@ from common.wire import decode_frame, encode_frame, to_obj
 
 __all__ = [
     "FakeClock",
+    "MaskedUpload",
     "Refusal",
     "RoundPlay",
     "TestSubject",
@@ -74,6 +86,10 @@ __all__ = [
     "initial_base",
     "initial_model",
     "job_request",
+    "masked_job_request",
+    "masked_release_request",
+    "masked_test_layout",
+    "masked_upload",
     "packing_for",
     "play_round",
     "release_frame",
@@ -208,6 +224,129 @@ def job_request(
         ),
     )
     return {"job_id": job_id, "terms": terms}
+
+
+def masked_test_layout(participants: int, *, rounds: int = 3, length: int = 6) -> MaskedLayout:
+    """The layout of every masked test job (default bounds, ``frac_bits`` 20)."""
+    return masked_layout(
+        length=length,
+        frac_bits=20,
+        model_bound=32.0,
+        clip_bound=16.0,
+        participants=participants,
+        rounds=rounds,
+    )
+
+
+def masked_job_request(
+    job_id: str,
+    participants: Sequence[str],
+    *,
+    quorum: int,
+    rounds: int = 3,
+    length: int = 6,
+    width: int = 1,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/jobs`` for a masked job (docs/PROTOCOL.md, "Masked mode"):
+    the layout of :func:`masked_test_layout` as its packing and ``Z_0 = encode(W_0)``'s
+    digest as ``initial_ciphertext_sha256``. ``width`` other than 1 is for refusals."""
+    layout = masked_test_layout(len(participants), rounds=rounds, length=length)
+    initial_weights = _initial_weights(length)
+    definition = {
+        "job_id": job_id,
+        "aggregation": "masked",
+        "model": {"kind": "test", "length": length},
+        "initial_weights": b64encode(initial_weights.astype("<f8").tobytes()),
+        "participants": [{"subject_id": p, "num_samples": 1} for p in participants],
+        "quorum": quorum,
+        "rounds": rounds,
+        "encoding": {"frac_bits": 20, "clip_bound": 16.0, "model_bound": 32.0},
+    }
+    terms = requested_terms(
+        job_id=job_id,
+        definition=definition,
+        packing=layout.to_json(),
+        weights={p: 1 / len(participants) for p in participants},
+        width=width,
+        num_plaintexts=length,
+        initial_ciphertext_sha256=initial_state_sha256(layout, initial_weights),
+    )
+    return {"job_id": job_id, "terms": terms}
+
+
+@dataclass(frozen=True)
+class MaskedUpload:
+    """One contributor's masked upload as the PS holds it: what the KGC sees of it (the
+    statement and the seed ciphertext) and the seed itself (the contributor's secret)."""
+
+    subject_id: str
+    seed: bytes
+    seed_obj: dict[str, str]
+    payload_sha256: str
+    statement: dict[str, Any]
+
+    def entry(self) -> dict[str, Any]:
+        """``{"statement", "seed"}``: this upload in a masked release request."""
+        return {"statement": self.statement, "seed": self.seed_obj}
+
+
+def masked_upload(
+    subject: TestSubject,
+    terms: JobTerms,
+    round_number: int,
+    rng: random.Random,
+    *,
+    run: int = 0,
+    seed_obj: Mapping[str, str] | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> MaskedUpload:
+    """``subject``'s upload of a round: a fresh seed encrypted under the job key's first
+    component and its signed statement (the ``y`` is a stand-in: the KGC sees only its
+    digest, here of random bytes). ``seed_obj`` makes the statement name another seed
+    ciphertext, and ``signing_key`` forges the statement."""
+    seed = rng.randbytes(32)
+    ciphertext = encrypt_seed(terms.job_key.component(0), seed, rng)
+    obj = dict(seed_to_obj(ciphertext) if seed_obj is None else seed_obj)
+    payload = hashlib.sha256(rng.randbytes(32)).hexdigest()
+    statement = build_masked_upload_statement(
+        subject.signing_key if signing_key is None else signing_key,
+        terms,
+        round_number=round_number,
+        subject_id=subject.subject_id,
+        payload_sha256=payload,
+        seed_sha256=seed_sha256(obj),
+        run=run,
+    )
+    return MaskedUpload(subject.subject_id, seed, obj, payload, statement)
+
+
+def masked_release_request(
+    ps_key: Ed25519PrivateKey,
+    terms: JobTerms,
+    layout: MaskedLayout,
+    round_number: int,
+    uploads: Sequence[MaskedUpload | Mapping[str, Any]],
+    *,
+    run: int = 0,
+    undecodable: Sequence[Mapping[str, Any]] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A PS-signed masked release request: :func:`masked_release_request_header`, then
+    ``extra`` (to tamper with a field before signing), signed whole as
+    ``request_signature``. ``uploads`` are :class:`MaskedUpload` or raw entries."""
+    entries = [u.entry() if isinstance(u, MaskedUpload) else dict(u) for u in uploads]
+    header: dict[str, Any] = {
+        **masked_release_request_header(
+            job_id=terms.job_id,
+            round_number=round_number,
+            run=run,
+            layout=layout,
+            uploads=entries,
+            undecodable=undecodable,
+        ),
+        **(extra or {}),
+    }
+    return {**header, "request_signature": sign_json(ps_key, header)}
 
 
 # ---------------------------------------------------------------- signed round messages
