@@ -263,15 +263,21 @@ def seed_to_obj(ciphertext: Ciphertext) -> dict[str, str]:
 
 
 def seed_from_obj(obj: object, job_key: JobKey) -> Ciphertext:
-    """Parse a seed ciphertext under the job key; ``A`` and ``B`` must be in ``Z*_{N^2}``."""
+    """Parse a seed ciphertext under the job key; ``A`` and ``B`` must be in ``Z*_{N^2}``
+    and spelled canonically (:func:`seed_to_obj`)."""
     if not isinstance(obj, dict) or set(obj) != {"A", "B"}:
         raise ProtocolError("bad-seed", 'a seed ciphertext is {"A", "B"} (hex)')
     try:
-        return Ciphertext(
+        seed = Ciphertext(
             job_key.component(0), from_hex(obj["A"], what="A"), from_hex(obj["B"], what="B")
         )
     except ValueError as exc:
         raise ProtocolError("bad-seed", f"seed ciphertext: {exc}") from None
+    if seed_to_obj(seed) != obj:
+        # one spelling per ciphertext, so that its digest (what statements sign, and what
+        # replay and duplicate checks compare) names exactly one seed
+        raise ProtocolError("bad-seed", "A and B must be lowercase hex without 0x or zeros")
+    return seed
 
 
 def seed_sha256(obj: Mapping[str, Any]) -> str:

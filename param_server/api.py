@@ -3,7 +3,9 @@
 Each view authenticates, parses, calls :class:`~param_server.domain.ParameterServer`
 and returns JSON (or a frame); no business rule lives here. The round protocol's views
 (commitments, uploads, audit package, base, uploads for auditors, audits) follow
-docs/PROTOCOL.md. Participant tokens are verified offline
+docs/PROTOCOL.md; a masked job (its "Masked mode" section) uses the same URLs for its
+uploads, bundle downloads, stored upload frames and ``Z_t``, and the domain dispatches by
+the job's aggregation. Participant tokens are verified offline
 with the KGC's key and must name this PS's subject id as their audience; the operator
 uses the service's admin token.
 
@@ -158,7 +160,11 @@ def commitments(job_id: str, t: int) -> Any:
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads")
 @body_limit(_UPLOAD_PRELIMIT)
 def upload(job_id: str, t: int) -> Any:
-    """Participant: upload Enc(w_i Δ_i) with its signed statement; answers a signed receipt."""
+    """Participant: upload Enc(w_i Δ_i) with its signed statement; answers a signed receipt.
+
+    Masked job: a ring-vector frame of y with its seed ciphertext and statement, capped at
+    exactly one y plus a full header.
+    """
     claims = _participant()
     if request.mimetype != "application/octet-stream":
         raise ApiError(415, "unsupported-media-type", "expected application/octet-stream")
@@ -177,14 +183,16 @@ def audit_package(job_id: str, t: int) -> Any:
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/base")
 def base(job_id: str, t: int) -> Any:
-    """Contributor of the current attempt: Enc(W_t), framed."""
+    """Contributor of the current attempt: Enc(W_t), framed (masked: Z_t, to any
+    participant of the job)."""
     requester = _operator_or_participant_of(job_id)
     return _frame(_service().base_frame(job_id, t, requester))
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads/<subject_id>")
 def upload_of(job_id: str, t: int, subject_id: str) -> Any:
-    """Contributor of the current attempt: another contributor's upload and statement."""
+    """Contributor of the current attempt: another contributor's upload and statement
+    (masked: the stored frame, to the contributors of the released round)."""
     requester = _operator_or_participant_of(job_id)
     return _frame(_service().upload_frame(job_id, t, subject_id, requester))
 
@@ -212,6 +220,7 @@ def close_round(job_id: str, t: int) -> Any:
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/model")
 def download(job_id: str, t: int) -> Any:
-    """Contributor of round t's released attempt: its sealed bundle, binding and R."""
+    """Contributor of round t's released attempt: its sealed bundle, binding and R
+    (masked: the bundle with only the caller's wrapped key)."""
     claims = _participant()
     return jsonify(_service().download(job_id, t, claims.subject))

@@ -11,18 +11,26 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from common.encoding import EncodingError, PackingLayout
+from common.masked_protocol import (
+    MASKED_UPLOAD_PURPOSE,
+    MaskedLayout,
+    masked_layout,
+    masked_release_request_header,
+)
 from common.protocol import (
+    AGGREGATIONS,
     AUDIT_PURPOSE,
     CLOSED_SET_PURPOSE,
     COMMITMENT_PURPOSE,
     MAX_ATTEMPT,
+    UNDECODABLE_PURPOSE,
     UPLOAD_PURPOSE,
     AuditDigests,
     release_header_limit,
@@ -31,7 +39,14 @@ from common.protocol import (
 from common.signing import b64decode
 from param_server.errors import DomainError
 
-__all__ = ["EncodingSettings", "JobDefinition", "parse_definition"]
+__all__ = [
+    "EncodingSettings",
+    "JobDefinition",
+    "MaskedEncoding",
+    "masked_release_header_bytes",
+    "parse_definition",
+    "release_header_bytes",
+]
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SUBJECT_ID_MAX = 128
@@ -42,12 +57,21 @@ MAX_ROUNDS = 100_000
 MAX_DEADLINE_SECONDS = 30 * 24 * 3600
 MAX_WIDTH = 256
 DEFAULT_QUORUM = 3
+#: The aggregation of a definition that names none (docs/PROTOCOL.md, "Masked mode").
+DEFAULT_AGGREGATION = "bcp"
 ENCODING_DEFAULTS: dict[str, Any] = {
     "frac_bits": 20,
     "slot_bits": 29,
     "slot_bound": 64.0,
     "clip_bound": 16.0,
     "width": 16,
+}
+#: A masked job's ``encoding`` (docs/PROTOCOL.md, "Masked mode"): the bcp packing fields
+#: (``slot_bits``, ``slot_bound``, ``width``) mean nothing there and are refused.
+MASKED_ENCODING_DEFAULTS: dict[str, Any] = {
+    "frac_bits": 20,
+    "clip_bound": 16.0,
+    "model_bound": 32.0,
 }
 
 
@@ -87,6 +111,15 @@ class EncodingSettings:
 
 
 @dataclass(frozen=True)
+class MaskedEncoding:
+    """Fixed point and bounds of a masked job (its ring is chosen from them)."""
+
+    frac_bits: int
+    clip_bound: float
+    model_bound: float
+
+
+@dataclass(frozen=True)
 class JobDefinition:
     """A validated job definition; ``normalised`` is the JSON that is stored."""
 
@@ -97,8 +130,12 @@ class JobDefinition:
     rounds: int
     round_deadline_seconds: float
     below_quorum_policy: str
-    encoding: EncodingSettings
+    encoding: EncodingSettings | MaskedEncoding
     normalised: dict[str, Any]
+    #: ``"bcp"`` (packed BCP ciphertexts) or ``"masked"`` (seeded masks over a ring).
+    aggregation: str = "bcp"
+    #: A masked job's layout (ring, length, bounds): its ``packing``. None for bcp.
+    layout: MaskedLayout | None = None
 
     @property
     def subject_ids(self) -> list[str]:
@@ -110,9 +147,16 @@ class JobDefinition:
         total = sum(n for _, n in self.participants)
         return {subject: n / total for subject, n in self.participants}
 
+    @property
+    def bcp_encoding(self) -> EncodingSettings:
+        """The bcp encoding settings (a masked job has none: ``ValueError``)."""
+        if not isinstance(self.encoding, EncodingSettings):
+            raise ValueError(f"job {self.job_id!r} is {self.aggregation}: it has no bcp packing")
+        return self.encoding
+
     def packing(self, modulus: int) -> PackingLayout:
         """The packing layout; ``max_terms`` leaves rounding slack for every contribution."""
-        enc = self.encoding
+        enc = self.bcp_encoding
         try:
             return PackingLayout(
                 modulus=modulus,
@@ -128,7 +172,7 @@ class JobDefinition:
     @property
     def model_clip_bound(self) -> float:
         """``W_0`` must fit half a slot, leaving the other half for the updates' sum."""
-        return self.encoding.slot_bound / 2
+        return self.bcp_encoding.slot_bound / 2
 
 
 def _plain_json(body: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +251,28 @@ def _encoding(value: object) -> EncodingSettings:
     return settings
 
 
+def _masked_encoding(value: object) -> MaskedEncoding:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _bad("encoding must be an object")
+    bcp_only = sorted(set(value) & (set(ENCODING_DEFAULTS) - set(MASKED_ENCODING_DEFAULTS)))
+    if bcp_only:
+        raise _bad(f"a masked job's encoding has no {bcp_only} (bcp packing fields)")
+    unknown = set(value) - set(MASKED_ENCODING_DEFAULTS)
+    if unknown:
+        raise _bad(f"unknown encoding fields: {sorted(unknown)}")
+    merged = {**MASKED_ENCODING_DEFAULTS, **value}
+    settings = MaskedEncoding(
+        frac_bits=_int(merged, "frac_bits"),
+        clip_bound=_number(merged, "clip_bound"),
+        model_bound=_number(merged, "model_bound"),
+    )
+    if settings.clip_bound <= 0 or settings.model_bound <= 0:
+        raise _invalid("clip_bound and model_bound must be positive")
+    return settings
+
+
 def parse_definition(
     body: object, modulus: int, *, param_server: str | None = None
 ) -> JobDefinition:
@@ -238,7 +304,26 @@ def parse_definition(
     policy = body.get("below_quorum_policy", "stay-open")
     if policy not in POLICIES:
         raise _bad(f"below_quorum_policy must be one of {POLICIES}")
-    encoding = _encoding(body.get("encoding"))
+    aggregation = body.get("aggregation", DEFAULT_AGGREGATION)
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
+        raise _bad(f"aggregation must be one of {AGGREGATIONS}")
+    encoding: EncodingSettings | MaskedEncoding
+    if aggregation == "masked":
+        encoding = _masked_encoding(body.get("encoding"))
+        normalised_encoding: dict[str, Any] = {
+            "frac_bits": encoding.frac_bits,
+            "clip_bound": encoding.clip_bound,
+            "model_bound": encoding.model_bound,
+        }
+    else:
+        encoding = _encoding(body.get("encoding"))
+        normalised_encoding = {
+            "frac_bits": encoding.frac_bits,
+            "slot_bits": encoding.slot_bits,
+            "slot_bound": encoding.slot_bound,
+            "clip_bound": encoding.clip_bound,
+            "width": encoding.width,
+        }
     known = {
         "job_id",
         "model",
@@ -250,6 +335,7 @@ def parse_definition(
         "round_deadline_seconds",
         "below_quorum_policy",
         "encoding",
+        "aggregation",
     }
     unknown = set(body) - known
     if unknown:
@@ -259,13 +345,8 @@ def parse_definition(
         "quorum": quorum,
         "round_deadline_seconds": deadline,
         "below_quorum_policy": policy,
-        "encoding": {
-            "frac_bits": encoding.frac_bits,
-            "slot_bits": encoding.slot_bits,
-            "slot_bound": encoding.slot_bound,
-            "clip_bound": encoding.clip_bound,
-            "width": encoding.width,
-        },
+        "aggregation": aggregation,
+        "encoding": normalised_encoding,
     }
     definition = JobDefinition(
         job_id=job_id,
@@ -277,7 +358,10 @@ def parse_definition(
         below_quorum_policy=str(policy),
         encoding=encoding,
         normalised=normalised,
+        aggregation=aggregation,
     )
+    if isinstance(encoding, MaskedEncoding):
+        return _masked_definition(definition, encoding, modulus, param_server)
     layout = definition.packing(modulus)
     largest_weight = max(definition.weights.values())
     if encoding.clip_bound * largest_weight > layout.slot_bound:
@@ -299,6 +383,44 @@ def parse_definition(
             f"initial weights must lie within ±slot_bound/2 = {definition.model_clip_bound}"
         )
     return definition
+
+
+def _masked_definition(
+    definition: JobDefinition,
+    encoding: MaskedEncoding,
+    modulus: int,
+    param_server: str | None,
+) -> JobDefinition:
+    """A masked job's layout (:func:`common.masked_protocol.masked_layout`) and its checks."""
+    try:
+        layout = masked_layout(
+            length=len(definition.initial_weights),
+            frac_bits=encoding.frac_bits,
+            model_bound=encoding.model_bound,
+            clip_bound=encoding.clip_bound,
+            participants=len(definition.participants),
+            rounds=definition.rounds,
+        )
+    except EncodingError as exc:
+        raise _invalid(f"encoding: {exc}") from None
+    largest = float(np.abs(definition.initial_weights).max())
+    if largest > layout.model_bound:
+        raise _invalid(f"initial weights must lie within ±model_bound = {layout.model_bound}")
+    header_limit = release_header_limit(len(definition.participants))
+    if (
+        masked_release_header_bytes(
+            definition.job_id,
+            definition.subject_ids,
+            param_server=param_server,
+            modulus_bits=int(modulus).bit_length(),
+        )
+        > header_limit
+    ):
+        raise _invalid(
+            f"{len(definition.participants)} participants' statements and seeds would not "
+            f"fit the {header_limit}-byte body of one release request"
+        )
+    return replace(definition, layout=layout)
 
 
 def release_header_bytes(
@@ -391,4 +513,77 @@ def release_header_bytes(
         "sha256": digest,
     }
     # As common.wire.encode_frame writes it (ASCII-escaped JSON).
+    return len(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+
+
+def masked_release_header_bytes(
+    job_id: str,
+    subject_ids: list[str],
+    *,
+    param_server: str | None = None,
+    modulus_bits: int = 4096,
+) -> int:
+    """Worst-case size of a masked job's release request if every participant takes part.
+
+    The body (:func:`common.masked_protocol.masked_release_request_header`) carries per
+    contributor its signed masked upload statement and its seed ciphertext (``A`` and
+    ``B`` below ``N^2``), for a re-run also its signed ``undecodable`` report, plus the
+    layout and the PS's signature; no commitments, closed set or audits.
+    """
+    signature = "A" * 86
+    element_hex = "f" * (2 * modulus_bits // 4)
+    audience = param_server if param_server is not None else "a" * SUBJECT_ID_MAX
+    digest = "0" * 64
+    big = 10**12
+
+    def signed(field: str, purpose: str, subject: str, **extra: Any) -> dict[str, Any]:
+        body = {
+            "purpose": purpose,
+            "kgc_key_id": "0" * 32,
+            "job_id": job_id,
+            "job_terms_sha256": digest,
+            "round": MAX_ROUNDS,
+            "run": 1,
+            "subject_id": subject,
+            "audience": audience,
+            **extra,
+        }
+        return {field: body, "signature": signature}
+
+    layout = masked_layout(
+        length=1, frac_bits=20, model_bound=1.0, clip_bound=1.0, participants=1, rounds=1
+    )
+    header = masked_release_request_header(
+        job_id=job_id,
+        round_number=MAX_ROUNDS,
+        run=1,
+        layout=layout,
+        uploads=[
+            {
+                "statement": signed(
+                    "statement",
+                    MASKED_UPLOAD_PURPOSE,
+                    s,
+                    payload_sha256=digest,
+                    seed_sha256=digest,
+                ),
+                "seed": {"A": element_hex, "B": element_hex},
+            }
+            for s in subject_ids
+        ],
+        undecodable=[
+            signed("undecodable", UNDECODABLE_PURPOSE, s, bundle_sha256=digest) for s in subject_ids
+        ],
+    )
+    # The longest layout JSON a job can have (the layout above only builds the header).
+    header["layout"] = {
+        **layout.to_json(),
+        "bits": 64,
+        "frac_bits": 62,
+        "length": big,
+        "model_bound": -1.7976931348623157e308,
+        "clip_bound": -1.7976931348623157e308,
+    }
+    header["request_signature"] = signature
+    # As the PS sends it (param_server.masked.release_body: compact, ASCII-escaped JSON).
     return len(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())

@@ -51,7 +51,9 @@ from common.blocks import (
     elements_to_bytes,
 )
 from common.db import session_scope
-from common.encoding import PackingLayout
+from common.encoding import EncodingError, PackingLayout
+from common.masked_protocol import MaskedLayout, MaskedReleaseBinding, initial_state
+from common.masking import vector_to_bytes
 from common.pok import RandomnessProof, verify_randomness
 from common.protocol import (
     MAX_ATTEMPT,
@@ -67,6 +69,7 @@ from common.protocol import (
     pok_context,
     release_request_header,
     requested_terms,
+    sha256_hex,
     vector_sha256,
     verify_audit_statement,
     verify_closed_set,
@@ -89,8 +92,10 @@ from common.wire import (
     decode_frame,
     encode_frame,
     encode_payload_frame,
+    encode_ring_frame,
     from_obj,
 )
+from param_server import masked
 from param_server.definition import parse_definition
 from param_server.errors import DomainError
 from param_server.kgc_gateway import (
@@ -98,6 +103,7 @@ from param_server.kgc_gateway import (
     KgcGateway,
     KgcInfo,
     check_job_answer,
+    check_masked_release_bundle,
     check_release_bundle,
 )
 from param_server.models import Audit, Commitment, Job, ModelChunk, Release, Round, Upload
@@ -200,7 +206,7 @@ class ParameterServer:
         self.kgc: KgcInfo = gateway.info()
         self._lock = threading.RLock()
         self._cache_lock = threading.Lock()
-        self._crypto_cache: dict[str, _JobCrypto] = {}
+        self._crypto_cache: dict[str, _JobCrypto | masked.MaskedJob] = {}
         #: Called (without arguments) when a round is ready for release; the app wakes
         #: its background worker with it.
         self.on_release_pending: Callable[[], None] | None = None
@@ -248,6 +254,28 @@ class ParameterServer:
         return job, rnd
 
     def _crypto(self, job: Job) -> _JobCrypto:
+        """A bcp job's crypto (409 ``wrong-aggregation`` for a masked job)."""
+        setup = self._setup(job)
+        if not isinstance(setup, _JobCrypto):
+            raise DomainError(
+                409,
+                "wrong-aggregation",
+                f"job {job.job_id!r} is masked: it has no commitments, closed sets or audits",
+            )
+        return setup
+
+    def _masked(self, job: Job) -> masked.MaskedJob:
+        """A masked job's layout and terms (409 ``wrong-aggregation`` for a bcp job)."""
+        setup = self._setup(job)
+        if not isinstance(setup, masked.MaskedJob):
+            raise DomainError(409, "wrong-aggregation", f"job {job.job_id!r} is not masked")
+        return setup
+
+    def _terms(self, job: Job) -> JobTerms:
+        """The job's KGC-signed terms, verified (either aggregation)."""
+        return self._setup(job).terms
+
+    def _setup(self, job: Job) -> _JobCrypto | masked.MaskedJob:
         with self._cache_lock:
             cached = self._crypto_cache.get(job.job_id)
         if cached is not None:
@@ -269,14 +297,24 @@ class ParameterServer:
             ) from None
         if terms.raw["job_key"] != job.job_key:
             raise RuntimeError(f"stored job key of {job.job_id!r} is not the KGC-signed one")
-        packing = PackingLayout.from_json(job.packing)
-        crypto = _JobCrypto(
-            job_key,
-            packing,
-            BlockLayout(packing.num_plaintexts, job_key.width),
-            frozenset(job.weights),
-            terms,
-        )
+        crypto: _JobCrypto | masked.MaskedJob
+        if terms.aggregation != _aggregation(job):
+            raise RuntimeError(f"stored job {job.job_id!r} is not of its terms' aggregation")
+        if terms.aggregation == "masked":
+            try:
+                layout = MaskedLayout.from_json(job.packing)
+            except EncodingError as exc:
+                raise RuntimeError(f"stored layout of {job.job_id!r}: {exc}") from None
+            crypto = masked.MaskedJob(terms, layout, frozenset(job.weights))
+        else:
+            packing = PackingLayout.from_json(job.packing)
+            crypto = _JobCrypto(
+                job_key,
+                packing,
+                BlockLayout(packing.num_plaintexts, job_key.width),
+                frozenset(job.weights),
+                terms,
+            )
         with self._cache_lock:
             self._crypto_cache[job.job_id] = crypto
         return crypto
@@ -312,6 +350,25 @@ class ParameterServer:
             session.add(ModelChunk(job_id=job_id, version=version, chunk_index=index, data=data))
         session.flush()
 
+    def _store_ring(
+        self, session: Session, job_id: str, version: int, data: bytes, layout: MaskedLayout
+    ) -> None:
+        """Write a masked job's ``Z_version`` (raw ring bytes) as chunk rows, replacing any."""
+        session.execute(
+            delete(ModelChunk).where(ModelChunk.job_id == job_id, ModelChunk.version == version)
+        )
+        size = self._chunk_elements * layout.ring.byte_width
+        for index, start in enumerate(range(0, len(data), size)):
+            session.add(
+                ModelChunk(
+                    job_id=job_id,
+                    version=version,
+                    chunk_index=index,
+                    data=data[start : start + size],
+                )
+            )
+        session.flush()
+
     @staticmethod
     def _load_model(
         session: Session, job_id: str, version: int, crypto: _JobCrypto
@@ -335,33 +392,50 @@ class ParameterServer:
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate, have the KGC sign the job's terms, store ``Enc(W_0)`` and open round 0.
+        """Validate, have the KGC sign the job's terms, store the initial model, open round 0.
 
         The terms the KGC signs (:func:`common.protocol.requested_terms`) digest exactly
         the definition, packing and weights stored here and served by :meth:`job_view`,
-        and the trivial ``Enc(W_0)`` stored as model version 0: it needs no job key to be
-        digested, so it goes into the request, and costs no exponentiation to store.
+        and the initial model stored as version 0: for bcp the trivial ``Enc(W_0)`` (it
+        needs no job key to be digested, so it goes into the request, and costs no
+        exponentiation to store); for a masked job ``Z_0 = encode(W_0)``, its layout served
+        as the ``packing``, with a job key of width 1 (seeds are one block).
         """
         now = self.clock()
         n = int(self.kgc.params.n)
         definition = parse_definition(dict(body), n, param_server=self.subject_id)
-        packing = definition.packing(n)
+        layout = definition.layout
+        packing: PackingLayout | None = None
+        z0 = b""
+        if layout is not None:
+            z0 = vector_to_bytes(initial_state(layout, definition.initial_weights), layout.ring)
+            packing_json = layout.to_json()
+            width, num_plaintexts, length = 1, layout.length, layout.length
+            initial_sha256 = sha256_hex(z0)
+        else:
+            packing = definition.packing(n)
+            packing_json = packing.to_json()
+            width, num_plaintexts, length = (
+                definition.bcp_encoding.width,
+                packing.num_plaintexts,
+                packing.length,
+            )
+            initial_sha256 = initial_ciphertext_sha256(
+                self.kgc.params, width, packing, definition.initial_weights
+            )
         stored = {
             "definition": definition.normalised,
-            "packing": packing.to_json(),
+            "packing": packing_json,
             "weights": definition.weights,
         }
-        width = definition.encoding.width
         request = requested_terms(
             job_id=definition.job_id,
             definition=stored["definition"],
             packing=stored["packing"],
             weights=stored["weights"],
             width=width,
-            num_plaintexts=packing.num_plaintexts,
-            initial_ciphertext_sha256=initial_ciphertext_sha256(
-                self.kgc.params, width, packing, definition.initial_weights
-            ),
+            num_plaintexts=num_plaintexts,
+            initial_ciphertext_sha256=initial_sha256,
         )
         with self._sessions() as session:
             if session.get(Job, definition.job_id) is not None:
@@ -378,7 +452,11 @@ class ParameterServer:
             )
         except KgcError as exc:
             raise _from_kgc(exc, conflict="job-exists") from None
-        model = initial_ciphertext(terms.job_key, packing, definition.initial_weights)
+        model = (
+            initial_ciphertext(terms.job_key, packing, definition.initial_weights)
+            if packing is not None
+            else None
+        )
         try:
             with self._lock, session_scope(self._sessions) as session:
                 session.add(
@@ -397,11 +475,20 @@ class ParameterServer:
                     )
                 )
                 session.flush()
-                self._store_model(session, definition.job_id, 0, model)
+                if model is not None:
+                    self._store_model(session, definition.job_id, 0, model)
+                elif layout is not None:
+                    self._store_ring(session, definition.job_id, 0, z0, layout)
                 session.add(self._open_round(definition.job_id, 0, now, definition.normalised))
         except IntegrityError:
             raise DomainError(409, "job-exists", f"job {definition.job_id!r} exists") from None
-        log.info("job %s created: %d values, width %d", definition.job_id, packing.length, width)
+        log.info(
+            "job %s created (%s): %d values, width %d",
+            definition.job_id,
+            definition.aggregation,
+            length,
+            width,
+        )
         return self.job_view(definition.job_id)
 
     @staticmethod
@@ -442,7 +529,7 @@ class ParameterServer:
         with self._sessions() as session:
             job = self._job(session, job_id)
             self._participant(job, subject_id)
-            return self._crypto(job).max_frame_bytes
+            return self._setup(job).max_frame_bytes
 
     def participants(self, job_id: str) -> frozenset[str]:
         """The job's enrolled participants (404 if there is no such job)."""
@@ -572,8 +659,9 @@ class ParameterServer:
         """
         job = self._job(session, job_id)
         self._participant(job, subject_id)
+        terms = self._crypto(job).terms  # commitments and audits: bcp only (409 otherwise)
         try:
-            return job, verify(self._crypto(job).terms)
+            return job, verify(terms)
         except ProtocolError as exc:
             raise _refusal(exc) from None
 
@@ -604,12 +692,17 @@ class ParameterServer:
     # ------------------------------------------------------------------ upload phase
 
     def accept_upload(self, job_id: str, t: int, subject_id: str, data: bytes) -> dict[str, Any]:
-        """Validate and store one committed, encrypted update; return the PS-signed receipt.
+        """Validate and store one update; return the PS-signed receipt.
 
-        Only while the round is ``committed`` and only from a subject in the closed set,
-        whose payload must be the committed one. The frame's header carries the
-        contributor's statement (:func:`common.protocol.build_upload_statement`) naming the
-        closed set; it is stored with the upload (the KGC checks it again at the release).
+        bcp: an encrypted, committed update, only while the round is ``committed`` and
+        only from a subject in the closed set, whose payload must be the committed one.
+        The frame's header carries the contributor's statement
+        (:func:`common.protocol.build_upload_statement`) naming the closed set; it is
+        stored with the upload (the KGC checks it again at the release).
+
+        masked: a ``ring-vector`` frame of ``y`` with the seed ciphertext and the masked
+        upload statement, while the round is ``open`` (:meth:`_store_masked_upload`).
+
         The checks and the insert are one transaction; the round is aggregated right after
         (own transaction) if this completes the uploads, or the deadline has passed and
         the quorum is now met.
@@ -620,57 +713,127 @@ class ParameterServer:
                 job = self._job(session, job_id)
                 self._participant(job, subject_id)
                 rnd = self._round(session, job_id, t, lock=True)
-                if rnd is not None and rnd.status == "open":
-                    raise DomainError(409, "set-not-closed", f"round {t}'s set is not closed yet")
-                if rnd is None or rnd.status != "committed" or job.status != "running":
-                    raise DomainError(409, "round-not-open", f"round {t} takes no uploads")
-                crypto = self._crypto(job)
-                closed = self._closed(crypto, rnd)
-                if subject_id not in closed.payloads:
-                    raise DomainError(403, "not-committed", f"no commitment in round {t}'s set")
-                digest, vector, statement = _check_upload(
-                    crypto, job_id, t, subject_id, data, closed
-                )
-                taken = session.scalar(
-                    select(Upload.subject_id).where(
-                        Upload.job_id == job_id, Upload.round == t, Upload.subject_id == subject_id
-                    )
-                )
-                if taken is not None:
-                    raise DomainError(409, "duplicate-upload", "already uploaded for this round")
-                if session.scalar(
-                    select(Upload.id).where(Upload.job_id == job_id, Upload.sha256 == digest)
-                ):
-                    raise DomainError(
-                        409, "replayed-payload", "this ciphertext was uploaded before"
-                    )
-                _check_randomness_proof(crypto, t, subject_id, closed, statement, vector)
-                receipt = {
-                    "job_id": job_id,
-                    "round": t,
-                    "subject_id": subject_id,
-                    "sha256": digest,
-                    "accepted_at": int(now),
-                }
-                signed = {"receipt": receipt, "signature": sign_json(self._signing_key, receipt)}
-                session.add(
-                    Upload(
-                        job_id=job_id,
-                        round=t,
-                        subject_id=subject_id,
-                        sha256=digest,
-                        payload=vector.to_bytes(),
-                        receipt=signed,
-                        statement=statement,
-                        accepted_at=now,
-                    )
-                )
-                session.flush()
+                store = self._store_masked_upload if _is_masked(job) else self._store_upload
+                signed = store(session, job, rnd, t, subject_id, data, now)
         except IntegrityError:
             # Lost a race with a concurrent identical request (another worker).
             raise DomainError(409, "duplicate-upload", "already uploaded for this round") from None
         log.info("job %s round %d: upload accepted (%d bytes)", job_id, t, len(data))
         self._settle_quietly(job_id, t, now)
+        return signed
+
+    def _store_upload(
+        self,
+        session: Session,
+        job: Job,
+        rnd: Round | None,
+        t: int,
+        subject_id: str,
+        data: bytes,
+        now: float,
+    ) -> dict[str, Any]:
+        """A bcp upload's checks and insert, in the caller's transaction."""
+        job_id = job.job_id
+        if rnd is not None and rnd.status == "open":
+            raise DomainError(409, "set-not-closed", f"round {t}'s set is not closed yet")
+        if rnd is None or rnd.status != "committed" or job.status != "running":
+            raise DomainError(409, "round-not-open", f"round {t} takes no uploads")
+        crypto = self._crypto(job)
+        closed = self._closed(crypto, rnd)
+        if subject_id not in closed.payloads:
+            raise DomainError(403, "not-committed", f"no commitment in round {t}'s set")
+        digest, vector, statement = _check_upload(crypto, job_id, t, subject_id, data, closed)
+        self._check_fresh(session, job_id, t, subject_id, digest)
+        _check_randomness_proof(crypto, t, subject_id, closed, statement, vector)
+        return self._add_upload(
+            session, job_id, t, subject_id, digest, vector.to_bytes(), statement, now
+        )
+
+    def _store_masked_upload(
+        self,
+        session: Session,
+        job: Job,
+        rnd: Round | None,
+        t: int,
+        subject_id: str,
+        data: bytes,
+        now: float,
+    ) -> dict[str, Any]:
+        """A masked upload's checks and insert, in the caller's transaction.
+
+        Only while the round is ``open`` (409 ``round-not-open``) and, in a re-run, only
+        from run 0's contributors (403 ``not-in-rerun``); then the frame, its seed and
+        statement (:func:`param_server.masked.check_upload`), one upload per subject (409
+        ``duplicate-upload``), and no ``y`` or seed seen before in the job (409
+        ``replayed-payload``). The whole frame is stored, to be served back unchanged.
+        """
+        job_id = job.job_id
+        if rnd is None or rnd.status != "open" or job.status != "running":
+            raise DomainError(409, "round-not-open", f"round {t} takes no uploads")
+        if rnd.previous_run is not None and subject_id not in _rerun_set(rnd):
+            raise DomainError(
+                403,
+                "not-in-rerun",
+                f"round {t} re-runs only the contributors of its undecodable release",
+            )
+        checked = masked.check_upload(
+            self._masked(job), job_id=job_id, t=t, run=rnd.run, subject_id=subject_id, data=data
+        )
+        self._check_fresh(session, job_id, t, subject_id, checked.digest)
+        seeds = session.scalars(select(Upload.statement).where(Upload.job_id == job_id))
+        if any(masked.upload_seed_digest(s) == checked.seed_sha256 for s in seeds):
+            raise DomainError(409, "replayed-payload", "this seed ciphertext was uploaded before")
+        return self._add_upload(
+            session, job_id, t, subject_id, checked.digest, data, checked.statement, now
+        )
+
+    @staticmethod
+    def _check_fresh(session: Session, job_id: str, t: int, subject_id: str, digest: str) -> None:
+        """One upload per (round, subject) and no payload twice in a job (409 otherwise)."""
+        taken = session.scalar(
+            select(Upload.subject_id).where(
+                Upload.job_id == job_id, Upload.round == t, Upload.subject_id == subject_id
+            )
+        )
+        if taken is not None:
+            raise DomainError(409, "duplicate-upload", "already uploaded for this round")
+        replayed = select(Upload.id).where(Upload.job_id == job_id, Upload.sha256 == digest)
+        if session.scalar(replayed):
+            raise DomainError(409, "replayed-payload", "this payload was uploaded before")
+
+    def _add_upload(
+        self,
+        session: Session,
+        job_id: str,
+        t: int,
+        subject_id: str,
+        digest: str,
+        payload: bytes,
+        statement: dict[str, Any],
+        now: float,
+    ) -> dict[str, Any]:
+        """Insert a checked upload with its statement; the PS-signed receipt."""
+        receipt = {
+            "job_id": job_id,
+            "round": t,
+            "subject_id": subject_id,
+            "sha256": digest,
+            "accepted_at": int(now),
+        }
+        signed = {"receipt": receipt, "signature": sign_json(self._signing_key, receipt)}
+        session.add(
+            Upload(
+                job_id=job_id,
+                round=t,
+                subject_id=subject_id,
+                sha256=digest,
+                payload=payload,
+                receipt=signed,
+                statement=statement,
+                accepted_at=now,
+            )
+        )
+        session.flush()
         return signed
 
     # ------------------------------------------------------------------ audit phase
@@ -712,8 +875,14 @@ class ParameterServer:
             }
 
     def base_frame(self, job_id: str, t: int, requester: str | None) -> bytes:
-        """``Enc(W_t)``, framed: the base every auditor adds the uploads to."""
+        """``Enc(W_t)``, framed: the base every auditor adds the uploads to.
+
+        Masked: ``Z_t`` as a ring frame, for the operator or any participant of the job.
+        """
         with self._sessions() as session:
+            job = self._job(session, job_id)
+            if _is_masked(job):
+                return self._masked_base(session, job, t, requester)
             crypto, _ = self._aggregated(session, job_id, t, requester)
             payload = self._model_bytes(session, job_id, t)
         return encode_payload_frame(
@@ -721,8 +890,14 @@ class ParameterServer:
         )
 
     def upload_frame(self, job_id: str, t: int, subject_id: str, requester: str | None) -> bytes:
-        """A contributor's upload re-framed with its statement, for the other auditors."""
+        """A contributor's upload re-framed with its statement, for the other auditors.
+
+        Masked: the stored frame as it was uploaded (:meth:`_masked_upload`).
+        """
         with self._sessions() as session:
+            job = self._job(session, job_id)
+            if _is_masked(job):
+                return self._masked_upload(session, job, t, subject_id, requester)
             crypto, rnd = self._aggregated(session, job_id, t, requester)
             upload = session.scalar(
                 select(Upload).where(
@@ -736,6 +911,45 @@ class ParameterServer:
             header = {"job_id": job_id, "round": t, "statement": upload.statement}
             payload = upload.payload  # checked when it was accepted: served as stored
         return encode_payload_frame(payload, crypto.layout, crypto.element_width, header)
+
+    def _masked_base(self, session: Session, job: Job, t: int, requester: str | None) -> bytes:
+        """``Z_t`` framed (``ring-vector``): 404 before round ``t`` exists."""
+        if requester is not None:
+            self._participant(job, requester)
+        if self._round(session, job.job_id, t) is None:
+            raise DomainError(404, "round-not-found", f"job {job.job_id!r} has no round {t}")
+        layout = self._masked(job).layout
+        return encode_ring_frame(
+            self._model_bytes(session, job.job_id, t),
+            bits=layout.ring.bits,
+            num_elements=layout.length,
+            extra_header={"job_id": job.job_id, "round": t},
+        )
+
+    def _masked_upload(
+        self, session: Session, job: Job, t: int, subject_id: str, requester: str | None
+    ) -> bytes:
+        """A contributor's stored upload frame, for the contributors of the released round
+        (or the operator): 409 ``not-released`` before, 403 ``not-a-contributor`` to
+        anyone else, 404 ``upload-not-found`` for a subject that did not contribute."""
+        rnd = self._round(session, job.job_id, t)
+        if rnd is None:
+            raise DomainError(404, "round-not-found", f"job {job.job_id!r} has no round {t}")
+        if rnd.status != "released":
+            raise DomainError(409, "not-released", f"round {t} is not released yet")
+        contributors = rnd.contributors or []
+        if requester is not None and requester not in contributors:
+            raise DomainError(403, "not-a-contributor", f"did not contribute to round {t}")
+        upload = session.scalar(
+            select(Upload).where(
+                Upload.job_id == job.job_id, Upload.round == t, Upload.subject_id == subject_id
+            )
+        )
+        if upload is None or subject_id not in contributors:
+            raise DomainError(
+                404, "upload-not-found", f"{subject_id!r} is no contributor of round {t}"
+            )
+        return bytes(upload.payload)
 
     def accept_audit(
         self, job_id: str, t: int, subject_id: str, signed: Any
@@ -868,16 +1082,20 @@ class ParameterServer:
             quorum = int(job.definition["quorum"])
             if len(ready) < quorum:
                 raise DomainError(409, "below-quorum", f"{len(ready)} of the {quorum} needed")
-            if rnd.run > 0 and len(ready) < self._expected(job, rnd, self._crypto(job)):
+            if rnd.run > 0 and len(ready) < self._expected(job, rnd):
                 raise DomainError(
                     409, "rerun-incomplete", "a re-run goes on only with its whole set"
                 )
-            self._advance(session, job, rnd, ready, now)
+            outcome = self._advance(session, job, rnd, ready, now)
+        if outcome == "closed" and _is_masked(job):
+            self._release_pending()
         return self.round_view(job_id, t)
 
     def _ready(self, session: Session, job: Job, rnd: Round) -> list[str]:
         """Who has done the current phase's part: committed, uploaded, or audited."""
         t = rnd.round
+        if _is_masked(job):
+            return self._uploaders(session, job.job_id, t)
         if rnd.status == "open":
             return list(
                 session.scalars(
@@ -890,16 +1108,20 @@ class ParameterServer:
             return self._uploaders(session, job.job_id, t)
         return sorted(s for s in self._audits(session, rnd) if s in (rnd.contributors or []))
 
-    def _expected(self, job: Job, rnd: Round, crypto: _JobCrypto) -> int:
+    def _expected(self, job: Job, rnd: Round) -> int:
         """How many can take part in the current phase (all of them: no need to wait)."""
         if rnd.status == "open":
             return len(_rerun_set(rnd)) if rnd.previous_run is not None else len(job.weights)
         if rnd.status == "committed":
-            return len(self._closed(crypto, rnd).payloads)
+            return len(self._closed(self._crypto(job), rnd).payloads)
         return len(rnd.contributors or [])
 
     def _advance(self, session: Session, job: Job, rnd: Round, ready: list[str], now: float) -> str:
-        """End the current phase with ``ready``: close the set, or aggregate an attempt."""
+        """End the current phase with ``ready``: close the set, or aggregate an attempt
+        (masked: add the uploads into ``Z``)."""
+        if _is_masked(job):
+            self._close_masked(session, job, rnd, ready, now)
+            return "closed"
         if rnd.status == "open":
             self._close_set(session, job, rnd, now)
             return "committed"
@@ -912,9 +1134,12 @@ class ParameterServer:
     def _settle_quietly(self, job_id: str, t: int, now: float) -> None:
         """Settle after a participant's message; its own transaction is already safe."""
         try:
-            self._settle_round(job_id, t, now)
+            outcome = self._settle_round(job_id, t, now)
         except Exception as exc:  # tick() settles the round later
             log.error("job %s round %d: settle failed: %s", job_id, t, type(exc).__name__)
+            return
+        if outcome == "closed":  # a masked round's release is due (bcp: a harmless wake)
+            self._release_pending()
 
     def _settle_round(self, job_id: str, t: int, now: float) -> str | None:
         """End the current phase when complete, or due with a quorum; apply the policy if
@@ -928,9 +1153,10 @@ class ParameterServer:
             rnd = self._round(session, job_id, t, lock=True)
             if rnd is None or rnd.status not in _ACTIVE or job.status != "running":
                 return None
-            crypto = self._crypto(job)
+            if rnd.status == "closed" and _is_masked(job):
+                return None  # summed: the release is due
             ready = self._ready(session, job, rnd)
-            expected = self._expected(job, rnd, crypto)
+            expected = self._expected(job, rnd)
             complete = len(ready) >= expected
             if rnd.status == "closed" and complete:
                 return None  # every audit is in: the release is due
@@ -982,6 +1208,34 @@ class ParameterServer:
             job.job_id,
             rnd.round,
             len(commitments),
+        )
+
+    def _close_masked(
+        self, session: Session, job: Job, rnd: Round, contributors: list[str], now: float
+    ) -> None:
+        """``Z_{t+1} = Z_t + Σ y_i mod 2^k`` over ``contributors``, in the caller's
+        transaction: it becomes model version ``t + 1``; the release is due."""
+        layout = self._masked(job).layout
+        uploads = [
+            u.payload
+            for u in self._uploads(session, job.job_id, rnd.round)
+            if u.subject_id in contributors
+        ]
+        base = self._model_bytes(session, job.job_id, rnd.round)
+        self._store_ring(
+            session, job.job_id, rnd.round + 1, masked.add_uploads(layout, base, uploads), layout
+        )
+        rnd.status = "closed"
+        rnd.contributors = sorted(contributors)
+        rnd.closed_at = now
+        rnd.deadline = _deadline(job.definition, now)
+        rnd.release_after = None
+        log.info(
+            "job %s round %d (run %d): %d masked uploads summed",
+            job.job_id,
+            rnd.round,
+            rnd.run,
+            len(uploads),
         )
 
     def _audit_round(
@@ -1072,22 +1326,31 @@ class ParameterServer:
         """
         now = self._now(now)
         with self._lock, session_scope(self._sessions) as session:
+            job = self._job(session, job_id)
+            is_masked = _is_masked(job)
             rnd = self._round(session, job_id, t, lock=True)
-            if rnd is None or rnd.status != "closed" or not self._audits_complete(session, rnd):
+            if rnd is None or rnd.status != "closed":
+                return False
+            if not is_masked and not self._audits_complete(session, rnd):
                 return False
             if rnd.release_after is not None and rnd.release_after > now:
                 return False
             rnd.release_after = now + self._lease_seconds  # our lease on this release
         try:
-            frame, binding, contributors, num_plaintexts = self._release_request(job_id, t, now)
-            bundle = self._gateway.release(frame)
-            check_release_bundle(
-                bundle,
-                self.kgc,
-                binding=binding,
-                contributors=contributors,
-                num_plaintexts=num_plaintexts,
-            )
+            if is_masked:
+                body, masked_binding = self._masked_release_request(job_id, t, now)
+                bundle = self._gateway.release_masked(body)
+                check_masked_release_bundle(bundle, self.kgc, binding=masked_binding)
+            else:
+                frame, binding, contributors, num_plaintexts = self._release_request(job_id, t, now)
+                bundle = self._gateway.release(frame)
+                check_release_bundle(
+                    bundle,
+                    self.kgc,
+                    binding=binding,
+                    contributors=contributors,
+                    num_plaintexts=num_plaintexts,
+                )
             # Stamped when the bundle is stored (the KGC call takes seconds): released_at is
             # when the model became downloadable, and the next round's deadline runs from it.
             self._finish_release(job_id, t, bundle, max(now, self.clock()))
@@ -1162,6 +1425,58 @@ class ParameterServer:
                 release.blind, release.request, release.requested_at = stored_blind, frame, now
         return frame, binding, contributors, crypto.layout.num_plaintexts
 
+    def _masked_release_request(
+        self, job_id: str, t: int, now: float
+    ) -> tuple[bytes, MaskedReleaseBinding]:
+        """A masked round's signed JSON request: the stored one on a retry, else a new one.
+
+        Per contributor (sorted) its signed statement and the seed ciphertext of its
+        stored frame; for a re-run, run 0's ``undecodable`` reports. Nothing of ``Z`` or
+        ``y`` goes to the KGC: the binding names each ``y`` by its digest.
+        """
+        with self._sessions() as session:
+            job = self._job(session, job_id)
+            setup = self._masked(job)
+            rnd = self._round(session, job_id, t)
+            if rnd is None or not rnd.contributors:
+                raise RuntimeError(f"round {t} has no summed uploads")
+            contributors = sorted(rnd.contributors)
+            uploads = {u.subject_id: u for u in self._uploads(session, job_id, t)}
+            if any(uploads.get(s) is None or uploads[s].statement is None for s in contributors):
+                raise RuntimeError(f"round {t} lacks an upload of a contributor")
+            binding = masked.expected_binding(
+                setup.terms, t, rnd.run, {s: uploads[s].sha256 for s in contributors}
+            )
+            pending = session.get(Release, (job_id, t))
+            if pending is not None and pending.request is not None:
+                return pending.request, binding
+            body = masked.release_body(
+                self._signing_key,
+                job_id=job_id,
+                round_number=t,
+                run=rnd.run,
+                layout=setup.layout,
+                uploads=[
+                    {
+                        "statement": uploads[s].statement or {},
+                        "seed": masked.upload_seed(uploads[s].payload),
+                    }
+                    for s in contributors
+                ],
+                undecodable=(rnd.previous_run or {}).get("undecodable", []),
+            )
+        with self._lock, session_scope(self._sessions) as session:
+            release = session.get(Release, (job_id, t), with_for_update=True)
+            if release is None:
+                session.add(
+                    Release(job_id=job_id, round=t, blind=b"", request=body, requested_at=now)
+                )
+            elif release.request is not None:  # another worker got there first: use its
+                return release.request, binding
+            else:
+                release.request, release.requested_at = body, now
+        return body, binding
+
     def _signed_frame(self, vector: EncryptedVector, header: dict[str, Any]) -> bytes:
         """Frame with ``request_signature`` over the full header (``sha256`` included)."""
         signed_header = decode_frame(encode_frame(vector, header), max_header_bytes=None).header
@@ -1219,13 +1534,17 @@ class ParameterServer:
                 raise DomainError(409, "round-moved-on", f"round {t + 1} is under way")
             if subject_id not in (rnd.contributors or []):
                 raise DomainError(403, "not-a-contributor", f"did not contribute to round {t}")
-            digest = bundle_sha256(
-                ReleaseBinding.from_fields(release.bundle), release.bundle["sealed_model"]
+            digest = (
+                masked.bundle_digest(release.bundle)
+                if _is_masked(job)
+                else bundle_sha256(
+                    ReleaseBinding.from_fields(release.bundle), release.bundle["sealed_model"]
+                )
             )
             try:
                 body = verify_undecodable_statement(
                     signed,
-                    self._crypto(job).terms,
+                    self._terms(job),
                     round_number=t,
                     run=rnd.run,
                     subject_id=subject_id,
@@ -1262,10 +1581,12 @@ class ParameterServer:
         return answer, True
 
     def _drop_round(self, session: Session, rnd: Round) -> None:
-        """Remove a round that has only begun (the round before it is being undone)."""
-        session.execute(
-            delete(Commitment).where(Commitment.job_id == rnd.job_id, Commitment.round == rnd.round)
-        )
+        """Remove a round that has only begun (the round before it is being undone): its
+        commitments (bcp) or uploads (masked: its phase takes them)."""
+        for table in (Commitment, Upload):
+            session.execute(
+                delete(table).where(table.job_id == rnd.job_id, table.round == rnd.round)
+            )
         session.delete(rnd)
         session.flush()
 
@@ -1294,6 +1615,12 @@ class ParameterServer:
                 delete(table).where(table.job_id == job.job_id, table.round == rnd.round)
             )
         session.delete(release)
+        if _is_masked(job):  # Z_{t+1} of run 0 is gone; run 1 sums it again from Z_t
+            session.execute(
+                delete(ModelChunk).where(
+                    ModelChunk.job_id == job.job_id, ModelChunk.version == rnd.round + 1
+                )
+            )
         rnd.run += 1
         rnd.status = "open"
         rnd.opened_at = now
@@ -1346,7 +1673,11 @@ class ParameterServer:
     # ------------------------------------------------------------------ download
 
     def download(self, job_id: str, t: int, subject_id: str) -> dict[str, Any]:
-        """A contributor's part of round ``t``'s release bundle, its binding and ``R``."""
+        """A contributor's part of round ``t``'s release bundle, its binding and ``R``.
+
+        Masked: the bundle's binding fields, ``sealed_mask``, ``wrapped_keys_sha256`` and
+        ``release_signature``, and only the caller's ``wrapped_key``.
+        """
         with self._sessions() as session:
             job = self._job(session, job_id)
             self._participant(job, subject_id)
@@ -1357,6 +1688,11 @@ class ParameterServer:
             if rnd.status != "released" or release is None or release.bundle is None:
                 raise DomainError(409, "not-released", f"round {t} is not released yet")
             bundle = release.bundle
+            if _is_masked(job):
+                view = masked.download_view(bundle, subject_id)
+                if view is None:
+                    raise DomainError(403, "not-a-contributor", f"did not contribute to round {t}")
+                return view
             wrapped = bundle["wrapped_keys"].get(subject_id)
             if wrapped is None:
                 raise DomainError(403, "not-a-contributor", f"did not contribute to round {t}")
@@ -1383,6 +1719,15 @@ def _job_summary(job: Job) -> dict[str, Any]:
         "rounds_total": job.rounds_total,
         "created_at": job.created_at,
     }
+
+
+def _aggregation(job: Job) -> str:
+    """``"bcp"`` or ``"masked"``, as the stored (normalised, KGC-signed) definition says."""
+    return str(job.definition.get("aggregation", "bcp"))
+
+
+def _is_masked(job: Job) -> bool:
+    return _aggregation(job) == "masked"
 
 
 def _deadline(definition: Mapping[str, Any], now: float) -> float:

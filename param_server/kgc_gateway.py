@@ -13,6 +13,7 @@ fake gateway gets the same checks.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -26,10 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.bcp import PublicParams
 from common.http import ServiceClient, ServiceError
+from common.masked_protocol import MaskedReleaseBinding, release_statement
 from common.protocol import (
     KGC_AUDIENCE,
     JobTerms,
     ProtocolError,
+    json_sha256,
+    kgc_key_id,
     token_request,
     verify_job_terms,
 )
@@ -48,6 +52,7 @@ __all__ = [
     "KgcGateway",
     "KgcInfo",
     "check_job_answer",
+    "check_masked_release_bundle",
     "check_release_bundle",
     "complete_enrolment",
     "fetch_info",
@@ -104,6 +109,13 @@ class KgcGateway(Protocol):
 
     def release(self, frame: bytes) -> dict[str, Any]:
         """Send a signed ``Enc(W + R)`` frame; return the sealed release bundle."""
+        ...
+
+    def release_masked(self, body: bytes) -> dict[str, Any]:
+        """Send a masked job's signed release request (JSON,
+        :func:`common.masked_protocol.masked_release_request_header` plus
+        ``request_signature``); return the bundle sealing the mask sum. The domain checks
+        it with :func:`check_masked_release_bundle`."""
         ...
 
 
@@ -191,6 +203,43 @@ def check_release_bundle(
         or sorted(wrapped) != sorted(contributors)
     ):
         raise KgcError(502, "bad-kgc-answer", "release bundle does not match the request")
+    return bundle
+
+
+def check_masked_release_bundle(
+    bundle: Any, info: KgcInfo, *, binding: MaskedReleaseBinding
+) -> dict[str, Any]:
+    """Check a masked release bundle before storing it for download.
+
+    It must name exactly ``binding`` (job, terms, round, run and every contributor's
+    ``y`` digest: what the sealed mask sum is bound to), hold one wrapped key per
+    contributor with the digests it lists, and carry the KGC's ``release_signature`` over
+    :func:`common.masked_protocol.release_statement`: what each contributor checks with
+    only its own wrapped key, so a bundle the PS stores is one every contributor accepts.
+    """
+    if not isinstance(bundle, dict):
+        raise KgcError(502, "bad-kgc-answer", "release bundle is not an object")
+    try:
+        named = MaskedReleaseBinding.from_fields(bundle)
+    except ValueError as exc:
+        raise KgcError(502, "bad-kgc-answer", f"masked bundle: {exc}") from None
+    if named.fields() != binding.fields():
+        raise KgcError(502, "bad-kgc-answer", "the bundle is bound to another release")
+    wrapped = bundle.get("wrapped_keys")
+    if not isinstance(wrapped, dict) or sorted(wrapped) != binding.contributors:
+        raise KgcError(502, "bad-kgc-answer", "the bundle must wrap a key for each contributor")
+    digests = {s: json_sha256(w) for s, w in sorted(wrapped.items())}
+    if bundle.get("wrapped_keys_sha256") != digests:
+        raise KgcError(502, "bad-kgc-answer", "the bundle lists other wrapped-key digests")
+    if "sealed_mask" not in bundle:
+        raise KgcError(502, "bad-kgc-answer", "the bundle has no sealed mask sum")
+    statement = release_statement(
+        binding, bundle["sealed_mask"], wrapped, kgc_key_id(info.verify_key)
+    )
+    try:
+        verify_json(info.verify_key, statement, bundle.get("release_signature"))
+    except SignatureError:
+        raise KgcError(502, "bad-kgc-answer", "release signature does not verify") from None
     return bundle
 
 
@@ -314,6 +363,17 @@ class HttpKgcGateway:
             raise ValueError("release frame names no job")
         path = f"/v1/jobs/{quote(job_id, safe='')}/releases"
         answer = self._call(lambda: self._client.post_bytes(path, frame))
+        if not isinstance(answer, dict):
+            raise KgcError(502, "bad-kgc-answer", "release answer is not an object")
+        return answer
+
+    def release_masked(self, body: bytes) -> dict[str, Any]:
+        job_id = json.loads(body).get("job_id")  # our own request
+        if not isinstance(job_id, str):
+            raise ValueError("release request names no job")
+        path = f"/v1/jobs/{quote(job_id, safe='')}/releases"
+        headers = {"Content-Type": "application/json"}
+        answer = self._call(lambda: self._client.post_bytes(path, body, headers=headers))
         if not isinstance(answer, dict):
             raise KgcError(502, "bad-kgc-answer", "release answer is not an object")
         return answer

@@ -181,7 +181,10 @@ class Audit(Base):
 
 class Upload(Base):
     """An accepted encrypted update ``Enc(w_i Δ_i)``: the contributor's signed statement
-    (what the KGC checks at the release) and the receipt the PS signed."""
+    (what the KGC checks at the release) and the receipt the PS signed.
+
+    Masked jobs: ``payload`` is the whole uploaded frame (header with the seed ciphertext,
+    and ``y``), served back unchanged; ``sha256`` is ``y``'s digest."""
 
     __tablename__ = "uploads"
     __table_args__ = (
@@ -209,8 +212,10 @@ class ModelChunk(Base):
     """A fixed number of fixed-width group elements of ``Enc(W_version)``.
 
     Version ``t`` is the model *before* round ``t``: the audited aggregate of round
-    ``t - 1``'s released attempt (version 0 is the trivial ``Enc(W_0)``). Each attempt at
-    round ``t - 1`` writes it whole in one transaction, replacing an earlier attempt's.
+    ``t - 1``'s released attempt (version 0 is the trivial ``Enc(W_0)``). A masked job
+    stores ``Z_t`` here instead: raw little-endian ring words, ``Z_0 = encode(W_0)``. Each
+    attempt at round ``t - 1`` writes it whole in one transaction, replacing an earlier
+    attempt's.
     """
 
     __tablename__ = "model_chunks"

@@ -23,7 +23,9 @@ three for a list of contributors::
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,30 @@ from common.blocks import BlockLayout, EncryptedVector, JobKey, VectorEncryptor,
 from common.clock import ManualClock as FakeClock
 from common.db import make_engine
 from common.encoding import PackingLayout, decode_vector, encode_vector
+from common.masked_protocol import (
+    MaskedLayout,
+    MaskedReleaseBinding,
+    build_masked_upload_statement,
+    check_masked_release_request,
+    kgc_mask_sum,
+    mask_context,
+    next_model,
+    open_mask_sum,
+    seal_mask_sum,
+    seed_sha256,
+    seed_to_obj,
+    verify_release_statement,
+)
+from common.masking import (
+    derive_mask,
+    draw_seed,
+    encode_ring,
+    encrypt_seed,
+    mask_vector,
+    seed_to_int,
+    vector_from_bytes,
+    vector_to_bytes,
+)
 from common.pok import prove_randomness
 from common.protocol import (
     AuditDigests,
@@ -56,7 +82,9 @@ from common.protocol import (
     check_job_view,
     check_release_request,
     check_requested_terms,
+    json_sha256,
     pok_context,
+    release_header_limit,
     release_schedule,
     repeats_release,
     request_run,
@@ -80,7 +108,15 @@ from common.signing import (
     public_key_hex,
     sign_json,
 )
-from common.wire import WireError, decode_frame, encode_frame, from_obj, to_obj
+from common.wire import (
+    RING_FRAME_KIND,
+    WireError,
+    decode_frame,
+    encode_frame,
+    encode_ring_frame,
+    from_obj,
+    to_obj,
+)
 from param_server.domain import ParameterServer
 from param_server.errors import DomainError
 from param_server.kgc_gateway import KgcError, KgcInfo
@@ -100,6 +136,8 @@ __all__ = [
     "make_definition",
     "make_participants",
     "make_world",
+    "masked_upload_frame",
+    "open_masked_model",
     "open_model",
     "play_round",
     "upload_frame",
@@ -223,6 +261,8 @@ class FakeKgc:
             raise KgcError(422, "unknown-participant", f"unknown participants {unknown}")
         if not 1 <= requested["width"] <= KGC_MAX_WIDTH:
             raise KgcError(422, "invalid-width", f"width must be 1 to {KGC_MAX_WIDTH}")
+        if requested["aggregation"] == "masked" and requested["width"] != 1:
+            raise KgcError(422, "invalid-width", "a masked job's key has width 1")
         params = self.master_key.params
         job_key = generate_job_key(params, requested["width"], self.rng)
         signed, signature = sign_job_terms(
@@ -326,6 +366,74 @@ class FakeKgc:
                 aggregate_sha256=digests.aggregate_sha256,
                 a_components=current_a,
                 bundle_sha256=bundle_sha256(binding, bundle["sealed_model"]),
+            ),
+        )
+        return bundle
+
+    def release_masked(self, body: bytes) -> dict[str, Any]:
+        """``POST /v1/jobs/<id>/releases`` of a masked job (JSON): the KGC's checks
+        (:func:`common.masked_protocol.check_masked_release_request` over the job's
+        release schedule), then every seed decrypted under the job key, the mask sum
+        ``D_t`` derived and sealed to the contributors (:func:`kgc_mask_sum`,
+        :func:`seal_mask_sum`). The same request again answers the stored bundle."""
+        self.release_calls += 1
+        self.release_frames.append(body)
+        self._maybe_fail()
+        try:
+            header = json.loads(body)
+        except (ValueError, RecursionError):
+            raise KgcError(400, "bad-request", "the release request is not JSON") from None
+        if not isinstance(header, dict):
+            raise KgcError(400, "bad-request", "the release request is not an object")
+        self.release_headers.append(header)
+        job = self.jobs.get(str(header.get("job_id")))
+        if job is None:
+            raise KgcError(404, "job-not-found", "no such job")
+        terms = job.terms
+        if len(body) > release_header_limit(len(terms.participants)):
+            raise KgcError(413, "too-large", "the release request is larger than its job allows")
+        request_digest = json_sha256(header)
+        try:
+            if self.ps_verify_key is None:
+                raise ProtocolError("bad-request-signature", "no PS key registered")
+            t = verify_release_signature(header, self.ps_verify_key)
+            run = request_run(header)
+            stored = job.releases.get((t, run))
+            if stored is not None:
+                if stored.payload_sha256 == request_digest:
+                    return stored.bundle  # the same request again: the same bundle
+                raise KgcError(409, "already-released", f"round {t} was released already")
+            schedule = job.schedule(run)
+            check = check_masked_release_request(
+                header, terms, next_round=schedule.next_round, undecoded=schedule.undecoded
+            )
+        except ProtocolError as exc:
+            raise KgcError(_RELEASE_STATUS.get(exc.code, 422), exc.code, exc.message) from None
+        mask_sum = kgc_mask_sum(self.master_key, terms, check)
+        binding = MaskedReleaseBinding(
+            terms.job_id, terms.digest, check.round, check.run, dict(check.payloads)
+        )
+        bundle = seal_mask_sum(
+            self.signing_key,
+            self.master_key,
+            mask_sum,
+            check.layout,
+            {c: self.participants[c] for c in check.contributors},
+            binding=binding,
+            rng=self.rng,
+            random_bytes=self.rng.randbytes,
+        )
+        job.releases[(t, check.run)] = _FakeRelease(
+            request_digest,
+            0,
+            bundle,
+            ReleasedRound(
+                round=t,
+                run=check.run,
+                contributors=check.contributors,
+                aggregate_sha256="",
+                a_components=(),
+                bundle_sha256=bundle_sha256(binding, bundle["sealed_mask"]),
             ),
         )
         return bundle
@@ -717,6 +825,78 @@ def randomness_proof(
         subject_id,
         random.Random(round_number),
     ).to_obj()
+
+
+def masked_upload_frame(
+    terms: JobTerms,
+    layout: MaskedLayout,
+    participant: TestParticipant,
+    round_number: int,
+    update: npt.ArrayLike,
+    *,
+    run: int = 0,
+    rng: random.Random | None = None,
+    seed: bytes | None = None,
+) -> bytes:
+    """What a contributor of a masked job uploads (docs/PROTOCOL.md, "Masked mode").
+
+    A fresh seed (or ``seed``) encrypted under the job key's first component, the mask
+    derived from it for this round, run and signer, ``y = encode(w·clip(Δ)) + μ`` and the
+    signed statement naming ``y`` and the seed ciphertext, framed as a ``ring-vector``.
+    """
+    weight = terms.weights[participant.subject_id]
+    clipped = np.clip(np.asarray(update, dtype=np.float64), -layout.clip_bound, layout.clip_bound)
+    seed = draw_seed() if seed is None else seed
+    ciphertext = encrypt_seed(terms.job_key.component(0), seed, rng)
+    context = mask_context(
+        terms, layout, round_number=round_number, run=run, signer=participant.subject_id
+    )
+    mask = derive_mask(seed_to_int(seed), int(terms.job_key.params.n), context, layout.ring)
+    y = vector_to_bytes(mask_vector(encode_ring(weight * clipped, layout.ring), mask), layout.ring)
+    seed_obj = seed_to_obj(ciphertext)
+    statement = build_masked_upload_statement(
+        participant.signing_key,
+        terms,
+        round_number=round_number,
+        subject_id=participant.subject_id,
+        payload_sha256=hashlib.sha256(y).hexdigest(),
+        seed_sha256=seed_sha256(seed_obj),
+        run=run,
+    )
+    return encode_ring_frame(
+        y,
+        bits=layout.ring.bits,
+        num_elements=layout.length,
+        extra_header={
+            "job_id": terms.job_id,
+            "round": round_number,
+            "seed": seed_obj,
+            "statement": statement,
+        },
+    )
+
+
+def open_masked_model(
+    kgc_verify_key: Ed25519PublicKey,
+    layout: MaskedLayout,
+    participant: TestParticipant,
+    download: Mapping[str, Any],
+    fetch_upload: Callable[[str], bytes],
+    current: npt.ArrayLike,
+) -> npt.NDArray[np.float64]:
+    """A contributor's side of a masked release: check the KGC's statement, open ``D_t``,
+    fetch every listed upload and check it against its digest, ``next_model``."""
+    binding = verify_release_statement(kgc_verify_key, download, subject_id=participant.subject_id)
+    mask_sum = open_mask_sum(
+        participant.secret_key, binding, download["sealed_mask"], download["wrapped_key"], layout
+    )
+    uploads = []
+    for subject, digest in sorted(binding.uploads.items()):
+        frame = decode_frame(fetch_upload(subject), kind=RING_FRAME_KIND)
+        if hashlib.sha256(frame.payload).hexdigest() != digest:
+            raise ValueError(f"{subject}'s upload is not the one the KGC lists")
+        uploads.append(vector_from_bytes(frame.payload, layout.ring, layout.length))
+    return next_model(layout, current, uploads, mask_sum)
 
 
 def job_terms_of(

@@ -679,6 +679,10 @@ SEED_OBJ = {"A": "1", "B": "1"}
         lambda n2, p: {"A": "1", "B": format(n2 + 1, "x")},
         lambda n2, p: {"A": format(p, "x"), "B": "1"},
         lambda n2, p: {"A": "1", "B": format(7 * p, "x")},
+        # one spelling per ciphertext: its digest must name exactly one seed
+        lambda n2, p: {"A": "0x1", "B": "1"},
+        lambda n2, p: {"A": "1", "B": "01"},
+        lambda n2, p: {"A": format(n2 - 1, "X"), "B": "1"},
     ],
 )
 def test_seed_from_obj_refuses(world: World, make: Callable[[int, int], object]) -> None:
@@ -969,7 +973,7 @@ REFUSED_REQUESTS: list[tuple[str, Callable[[World, list[Upload]], Any], int, str
         "bad-statement-signature",
     ),
     ("duplicate seed", lambda w, u: _same_seed(w, u, respell=False), 0, "duplicate-seed"),
-    ("duplicate seed respelled", lambda w, u: _same_seed(w, u, respell=True), 0, "duplicate-seed"),
+    ("a seed respelled", lambda w, u: _same_seed(w, u, respell=True), 0, "bad-seed"),
     (
         "another layout",
         lambda w, u: w.header(u, layout=_layout_obj(model_bound=64.0)),
