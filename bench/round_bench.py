@@ -169,6 +169,7 @@ def _job_definition(
         "rounds": rounds,
         "round_deadline_seconds": 3600,
         "below_quorum_policy": "stay-open",
+        "aggregation": "bcp",
         "encoding": {
             "frac_bits": 20,
             "slot_bits": 29,

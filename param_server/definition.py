@@ -58,7 +58,7 @@ MAX_DEADLINE_SECONDS = 30 * 24 * 3600
 MAX_WIDTH = 256
 DEFAULT_QUORUM = 3
 #: The aggregation of a definition that names none (docs/PROTOCOL.md, "Masked mode").
-DEFAULT_AGGREGATION = "bcp"
+DEFAULT_AGGREGATION = "masked"
 ENCODING_DEFAULTS: dict[str, Any] = {
     "frac_bits": 20,
     "slot_bits": 29,

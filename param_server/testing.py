@@ -749,9 +749,11 @@ def make_definition(
     initial_weights: npt.ArrayLike,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """A valid job definition (small encoding width, for tests)."""
+    """A valid bcp job definition (small encoding width, for tests); pass
+    ``aggregation="masked"`` with a masked ``encoding`` for the other mode."""
     definition: dict[str, Any] = {
         "job_id": job_id,
+        "aggregation": "bcp",
         "model": {"kind": "mlp", "layer_sizes": [4, 3]},
         "initial_weights": encode_weights(initial_weights),
         "training": {"learning_rate": 0.1, "local_epochs": 1, "batch_size": 8, "seed": 7},

@@ -151,6 +151,7 @@ class JobWorld:
             ],
             "quorum": quorum,
             "rounds": rounds,
+            "aggregation": "bcp",
             "encoding": {"clip_bound": 16.0},
         }
         self.packing = PackingLayout(modulus=int(params.n), length=model.num_parameters).to_json()

@@ -209,6 +209,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 ],
                 "quorum": 3,
                 "rounds": ROUNDS,
+                "aggregation": "bcp",
                 "round_deadline_seconds": 3600,
             },
         )

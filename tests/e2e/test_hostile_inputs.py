@@ -217,6 +217,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
                 "rounds": 1,
                 "round_deadline_seconds": 3600,
                 "below_quorum_policy": "stay-open",
+                "aggregation": "bcp",
                 "encoding": {
                     "frac_bits": 20,
                     "slot_bits": 29,

@@ -74,6 +74,7 @@ class World:
                 "rounds": ROUNDS,
                 "round_deadline_seconds": 3600,
                 "below_quorum_policy": "fail",
+                "aggregation": "bcp",
                 "encoding": ENCODING,
             },
         )

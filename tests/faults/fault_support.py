@@ -202,6 +202,7 @@ def create_job(
             "rounds": rounds,
             "round_deadline_seconds": deadline,
             "below_quorum_policy": policy,
+            "aggregation": "bcp",
             "encoding": ENCODING,
         },
     )

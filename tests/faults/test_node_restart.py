@@ -70,6 +70,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "rounds": ROUNDS,
                 "round_deadline_seconds": 3600,
                 "below_quorum_policy": "stay-open",
+                "aggregation": "bcp",
                 "encoding": ENCODING,
             },
         )
