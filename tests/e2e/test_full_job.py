@@ -1,7 +1,8 @@
 """A whole job over real processes: KGC, parameter server and participant nodes.
 
 Runs :func:`participant.demo.run_demo` in-process (it spawns the services on loopback
-with the shipped 1024-bit demo parameters) and checks the encrypted model against
+with the shipped 1024-bit demo parameters), in both aggregation modes (masked, the
+default, and bcp), and checks the encrypted model against
 plaintext FedAvg, the contributor counts, and that the participant that skipped a round
 is refused the model and cannot open a contributor's bundle.
 """
@@ -18,11 +19,16 @@ from participant.demo import build_parser, run_demo
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_full_job_matches_plaintext_and_withholds_from_skipper(tmp_path: Path) -> None:
+@pytest.mark.parametrize("aggregation", ["masked", "bcp"])
+def test_full_job_matches_plaintext_and_withholds_from_skipper(
+    aggregation: str, tmp_path: Path
+) -> None:
     summary_path = tmp_path / "summary.json"
     plot_path = tmp_path / "curves.png"
     args = build_parser().parse_args(
         [
+            "--aggregation",
+            aggregation,
             "--participants",
             "4",
             "--rounds",
@@ -49,6 +55,7 @@ def test_full_job_matches_plaintext_and_withholds_from_skipper(tmp_path: Path) -
     summary = run_demo(args)
 
     assert summary == json.loads(summary_path.read_text())
+    assert summary["aggregation"] == aggregation
     assert plot_path.stat().st_size > 0
     assert len(summary["rounds"]) == 2
     for r in summary["rounds"]:
