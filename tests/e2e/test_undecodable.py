@@ -1,8 +1,10 @@
 """One garbage upload: the round is re-run once from ``W_t``, then the job goes on or fails.
 
 Real KGC, PS and three real participant nodes (digits, IID); a fourth participant, driven
-here through the client library, uploads an encryption of out-of-range values in round 0
-(there are no range proofs, so nobody can tell before the release). Every contributor
+here through the client library, uploads garbage in round 0, in both aggregation modes:
+an encryption of out-of-range values (bcp), or uniformly random ring values under a
+proper statement and seed (masked). There are no range proofs, so nobody can tell before
+the release. Every contributor
 opens the release, finds it undecodable, and signs a report naming the bundle; the PS
 rolls round 0 back to ``W_0`` and runs it once more over exactly the same set (run 1),
 and the KGC releases that run only with every member's report.
@@ -16,6 +18,8 @@ and the KGC releases that run only with every member's report.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +30,15 @@ import numpy as np
 import pytest
 from e2e_support import json_column, read_rows
 
+from common.masked_protocol import build_masked_upload_statement, seed_sha256
+from common.masking import vector_to_bytes
 from common.protocol import vector_sha256
 from common.signing import b64decode, b64encode
+from common.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
 from participant.client import (
     JobView,
     ParticipantClient,
+    PreparedMaskedUpload,
     PreparedUpload,
     UndecodableReleaseError,
 )
@@ -43,7 +51,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 NODES = 3
 ROUNDS = 2
 LAYERS = [64, 8, 10]
-ENCODING = {"frac_bits": 20, "slot_bits": 29, "slot_bound": 64.0, "clip_bound": 16.0, "width": 16}
+ENCODINGS = {
+    "bcp": {"frac_bits": 20, "slot_bits": 29, "slot_bound": 64.0, "clip_bound": 16.0, "width": 16},
+    "masked": {"frac_bits": 20, "clip_bound": 16.0, "model_bound": 32.0},
+}
+AGGREGATIONS = sorted(ENCODINGS)
 TIMEOUT = 240.0
 
 
@@ -56,7 +68,7 @@ class World:
     X: np.ndarray
     y: np.ndarray
 
-    def create_job(self, job_id: str) -> None:
+    def create_job(self, job_id: str, aggregation: str) -> None:
         _, parts = dataset_partitions("digits", NODES, "iid", 7)
         sizes = [len(p) for p in parts] + [len(self.y)]
         self.cluster.ps_operator().post_json(
@@ -74,8 +86,8 @@ class World:
                 "rounds": ROUNDS,
                 "round_deadline_seconds": 3600,
                 "below_quorum_policy": "fail",
-                "aggregation": "bcp",
-                "encoding": ENCODING,
+                "aggregation": aggregation,
+                "encoding": ENCODINGS[aggregation],
             },
         )
         for i in range(NODES):
@@ -89,6 +101,15 @@ class World:
         """Play round ``t`` (its current run) as the fourth participant, all the way to
         the model; an undecodable release is reported, as an honest client does."""
         client, ps_url = self.poisoner, self.cluster.ps_url
+        if job.aggregation == "masked":
+            masked = client.prepare_masked_update(job, t, weights, self.X, self.y)
+            client.upload_masked(job, _random_ring(client, job, masked) if garbage else masked)
+            client.wait_for_release(ps_url, job.job_id, t, TIMEOUT)
+            try:
+                return client.download_model(ps_url, job.job_id, t, weights)
+            except UndecodableReleaseError as exc:
+                client.report_undecodable(job, exc)
+                return exc
         prepared = client.prepare_update(job, t, weights, self.X, self.y)
         if garbage:
             prepared = _out_of_range(client, job, prepared)
@@ -134,6 +155,37 @@ def _out_of_range(
     )
 
 
+def _random_ring(
+    client: ParticipantClient, job: JobView, prepared: PreparedMaskedUpload
+) -> PreparedMaskedUpload:
+    """A properly signed masked upload (its own fresh seed) whose ``y`` is uniformly random
+    ring values: unmasked, the round's sum is random too, far beyond the model bound."""
+    layout = job.masked_layout
+    frame = decode_frame(prepared.frame, kind=RING_FRAME_KIND)
+    garbage = vector_to_bytes(
+        np.random.default_rng(99).integers(0, 2**32, layout.length, dtype=np.uint32),
+        layout.ring,
+    )
+    statement = build_masked_upload_statement(
+        client.identity.signing_key,
+        job.terms,
+        round_number=prepared.round,
+        subject_id=client.identity.subject_id,
+        payload_sha256=hashlib.sha256(garbage).hexdigest(),
+        seed_sha256=seed_sha256(frame.header["seed"]),
+        run=prepared.run,
+    )
+    header = {**frame.header, "statement": statement}
+    for name in ("kind", "bits", "num_elements", "sha256"):
+        header.pop(name)
+    return dataclasses.replace(
+        prepared,
+        frame=encode_ring_frame(
+            garbage, bits=layout.ring.bits, num_elements=layout.length, extra_header=header
+        ),
+    )
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     workdir: Path = tmp_path_factory.mktemp("undecodable")
@@ -158,9 +210,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             poisoner.close()
 
 
-def test_one_garbage_upload_costs_one_re_run_and_the_job_goes_on(world: World) -> None:
-    job_id = "undecodable-once"
-    world.create_job(job_id)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_one_garbage_upload_costs_one_re_run_and_the_job_goes_on(
+    world: World, aggregation: str
+) -> None:
+    job_id = f"undecodable-once-{aggregation}"
+    world.create_job(job_id, aggregation)
     job = world.poisoner.fetch_job(world.cluster.ps_url, job_id)
     ps = world.cluster.ps_operator()
 
@@ -195,11 +250,12 @@ def test_one_garbage_upload_costs_one_re_run_and_the_job_goes_on(world: World) -
     )
 
 
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_garbage_again_in_the_re_run_fails_the_job_and_nothing_more_is_released(
-    world: World,
+    world: World, aggregation: str
 ) -> None:
-    job_id = "undecodable-twice"
-    world.create_job(job_id)
+    job_id = f"undecodable-twice-{aggregation}"
+    world.create_job(job_id, aggregation)
     job = world.poisoner.fetch_job(world.cluster.ps_url, job_id)
     ps = world.cluster.ps_operator()
 
