@@ -53,8 +53,10 @@ from participant.models import MLP
 from participant.node import dataset_partitions
 
 __all__ = [
+    "ENCODINGS",
     "MODELS",
     "encrypt_total",
+    "job_definition",
     "linear_fit",
     "main",
     "merge",
@@ -141,14 +143,23 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
     return {"slope": float(a), "intercept": float(b), "r2": r2}
 
 
-def _job_definition(
+#: The encodings of the benchmark jobs, per aggregation mode (same fixed point).
+ENCODINGS: dict[str, dict[str, Any]] = {
+    "bcp": {"frac_bits": 20, "slot_bits": 29, "slot_bound": 64.0, "clip_bound": 16.0, "width": 16},
+    "masked": {"frac_bits": 20, "clip_bound": 16.0, "model_bound": 32.0},
+}
+
+
+def job_definition(
     job_id: str,
     layers: list[int],
     subjects: list[str],
     sizes: list[int],
     seed: int,
     rounds: int = 1,
+    aggregation: str = "bcp",
 ) -> dict[str, Any]:
+    """A benchmark job: an MNIST MLP, 1 local epoch, quorum min(3, K)."""
     model = MLP(layers)
     w0 = model.init_parameters(np.random.default_rng(seed))
     return {
@@ -169,14 +180,8 @@ def _job_definition(
         "rounds": rounds,
         "round_deadline_seconds": 3600,
         "below_quorum_policy": "stay-open",
-        "aggregation": "bcp",
-        "encoding": {
-            "frac_bits": 20,
-            "slot_bits": 29,
-            "slot_bound": 64.0,
-            "clip_bound": 16.0,
-            "width": 16,
-        },
+        "aggregation": aggregation,
+        "encoding": dict(ENCODINGS[aggregation]),
     }
 
 
@@ -223,7 +228,7 @@ def measure_round(
     t0 = time.perf_counter()
     ps_ops.post_json(
         "/v1/jobs",
-        _job_definition(job_id, layers, subjects, [len(p) for p in parts], seed, rounds),
+        job_definition(job_id, layers, subjects, [len(p) for p in parts], seed, rounds),
     )
     job_create_s = time.perf_counter() - t0  # the KGC call and the trivial Enc(W_0)
     cpu_ps_prep0 = _cpu(ps_pid)
