@@ -780,11 +780,21 @@ class ParameterServer:
             self._masked(job), job_id=job_id, t=t, run=rnd.run, subject_id=subject_id, data=data
         )
         self._check_fresh(session, job_id, t, subject_id, checked.digest)
-        seeds = session.scalars(select(Upload.statement).where(Upload.job_id == job_id))
-        if any(masked.upload_seed_digest(s) == checked.seed_sha256 for s in seeds):
+        seen = select(Upload.id).where(
+            Upload.job_id == job_id, Upload.seed_sha256 == checked.seed_sha256
+        )
+        if session.scalar(seen) is not None:
             raise DomainError(409, "replayed-payload", "this seed ciphertext was uploaded before")
         return self._add_upload(
-            session, job_id, t, subject_id, checked.digest, data, checked.statement, now
+            session,
+            job_id,
+            t,
+            subject_id,
+            checked.digest,
+            data,
+            checked.statement,
+            now,
+            seed_sha256=checked.seed_sha256,
         )
 
     @staticmethod
@@ -811,6 +821,8 @@ class ParameterServer:
         payload: bytes,
         statement: dict[str, Any],
         now: float,
+        *,
+        seed_sha256: str | None = None,
     ) -> dict[str, Any]:
         """Insert a checked upload with its statement; the PS-signed receipt."""
         receipt = {
@@ -830,6 +842,7 @@ class ParameterServer:
                 payload=payload,
                 receipt=signed,
                 statement=statement,
+                seed_sha256=seed_sha256,
                 accepted_at=now,
             )
         )

@@ -46,7 +46,6 @@ __all__ = [
     "expected_binding",
     "release_body",
     "upload_seed",
-    "upload_seed_digest",
 ]
 
 FRAME_PREFIX_BYTES = 9  # magic, version, header length (common.wire)
@@ -170,13 +169,6 @@ def upload_seed(data: bytes) -> dict[str, Any]:
     """The seed ciphertext of a stored upload frame (checked when it was accepted)."""
     seed = decode_frame(data, kind=RING_FRAME_KIND, max_header_bytes=None).header["seed"]
     return dict(seed)
-
-
-def upload_seed_digest(statement: Mapping[str, Any] | None) -> str | None:
-    """The seed digest a stored upload's statement names (None for a bcp statement)."""
-    body = (statement or {}).get("statement")
-    value = body.get("seed_sha256") if isinstance(body, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def release_body(

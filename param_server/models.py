@@ -190,6 +190,7 @@ class Upload(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "round", "subject_id", name="uq_uploads_job_round_subject"),
         UniqueConstraint("job_id", "sha256", name="uq_uploads_job_sha256"),
+        UniqueConstraint("job_id", "seed_sha256", name="uq_uploads_job_seed"),
         ForeignKeyConstraint(
             ["job_id", "round"], ["rounds.job_id", "rounds.round"], ondelete="CASCADE"
         ),
@@ -205,6 +206,9 @@ class Upload(Base):
     #: ``{"statement": {...}, "signature"}`` as the contributor signed it (NULL only for
     #: uploads accepted before statements existed).
     statement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: a masked upload's seed digest (unique per job: a seed is never accepted twice);
+    #: NULL for bcp uploads
+    seed_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     accepted_at: Mapped[float] = mapped_column(Float)
 
 
