@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench,postgres,deploy,torch]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,postgres,deploy,torch,flower]'
 	touch $(STAMP)
 
 demo: install

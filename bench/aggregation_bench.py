@@ -195,6 +195,7 @@ def measure_masked_round(
         "bytes_down": mean["bytes_down"],
         "db_bytes_round": db_round,
         "critical_path_s": critical,
+        "protocol_path_s": critical - max(r["train_s"] for r in per),
         "loadavg": _loadavg(),
     }
     _log(
@@ -240,6 +241,7 @@ def _bcp_summary(r: dict[str, Any]) -> dict[str, Any]:
         "bytes_down": r["bytes_down"] + r["audit_bytes_down"],
         "db_bytes_round": r["db_bytes_round"],
         "critical_path_s": critical,
+        "protocol_path_s": critical - max(p["train_s"] for p in per),
         "loadavg": r["loadavg"],
     }
 
@@ -250,11 +252,8 @@ def _flower(args: argparse.Namespace) -> dict[str, Any] | None:
         from bench import flower_bench
     except ImportError:
         return None
-    run = getattr(flower_bench, "run_flower_bench", None)
-    if run is None:
-        return None
     try:
-        result: dict[str, Any] = run(ks=[args.k], rounds=2, params=num_params(MODELS[args.model]))
+        result: dict[str, Any] = flower_bench.run_benchmark(ks=[args.k], rounds=5)
     except ImportError as exc:
         _log(f"Flower not measured: {exc}")
         return None
@@ -322,6 +321,7 @@ def _table(doc: dict[str, Any]) -> str:
         ("bytes down per participant", lambda r: f"{r['bytes_down']:,.0f}"),
         ("PS database growth per round", lambda r: f"{r['db_bytes_round']:,}"),
         ("round, participants in parallel", lambda r: _ms(r["critical_path_s"])),
+        ("  of which the protocol (no training)", lambda r: _ms(r["protocol_path_s"])),
     ]
     runs = doc["runs"]
     heads = [f"{r['mode']} K={r['k']}" for r in runs]
@@ -335,7 +335,7 @@ def _table(doc: dict[str, Any]) -> str:
         lines.append(name.ljust(width) + "".join(fn(r).rjust(16) for r in runs))
     flower = doc.get("flower")
     if flower:
-        lines += ["", "Flower in the same run: " + json.dumps(flower.get("summary", flower))[:2000]]
+        lines += ["", *_flower_lines(flower)]
     masked = {r["k"]: r for r in runs if r["mode"] == "masked"}
     lines += ["", "targets (masked mode):"]
     k10 = masked.get(10) or next(iter(masked.values()))
@@ -349,6 +349,34 @@ def _table(doc: dict[str, Any]) -> str:
         checks.append(("release <= 3 s at K = 100", masked[100]["release_latency_s"] <= 3.0))
     lines += [f"  {'met   ' if ok else 'MISSED'} {what}" for what, ok in checks]
     return "\n".join(lines)
+
+
+def _flower_lines(flower: dict[str, Any]) -> list[str]:
+    """Flower's figures from the same run (bench.flower_bench: trivial training, clients
+    in turn, in-process message passing with Flower's own serialization)."""
+    results = flower["results"]
+    rows = [
+        ("round trips per round", lambda r: str(r["round_trips"])),
+        ("client protocol work", lambda r: _ms(r["client_mean"]["mod_wall_s"])),
+        ("client (de)serialization", lambda r: _ms(r["client_mean"]["serde_wall_s"])),
+        ("server aggregation", lambda r: _ms(r["server"]["aggregation_wall_s"])),
+        ("round, clients in parallel (estimate)", lambda r: _ms(r["parallel_estimate_s"])),
+        (
+            "bytes up per parameter",
+            lambda r: f"{r['bytes_per_client']['up'] / flower['model']['params']:.2f}",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    heads = [f"{r['mode']} K={r['k']}" for r in results]
+    lines = [
+        f"Flower {flower['flwr']} in the same run ({flower['model']['params']:,} parameters; "
+        f"SecAgg+ with num_shares {flower['secaggplus']['num_shares']}, threshold "
+        f"{flower['secaggplus']['reconstruction_threshold']})",
+        "".ljust(width) + "".join(h.rjust(18) for h in heads),
+    ]
+    for name, fn in rows:
+        lines.append(name.ljust(width) + "".join(fn(r).rjust(18) for r in results))
+    return lines
 
 
 def _plot(doc: dict[str, Any], path: Path) -> None:
