@@ -1,15 +1,21 @@
 """Accuracy benchmark: encrypted Trapdoor FL vs plaintext FedAvg, round by round.
 
 Run ``python -m bench.accuracy_bench`` (or ``--quick``). For every configuration in
-{digits, mnist} x {iid, dirichlet (alpha 0.5)} x {5, 10 participants} it runs the real
-demo (:func:`participant.demo.run_demo`: KGC, parameter server and one node process per
+dataset x partition scheme x participants x model x aggregation -- by default
+{digits, mnist} x {iid, dirichlet (alpha 0.5)} x {5, 10 participants} x {mlp} x
+{masked}; ``--models`` takes any of the demo's models (mlp, cnn, rnn, torch-mlp,
+torch-cnn) and ``--aggregations`` either mode (masked, bcp) -- it runs the real demo
+(:func:`participant.demo.run_demo`: KGC, parameter server and one node process per
 participant on loopback, ``--no-skip``) and the plaintext FedAvg reference the demo runs
-on the same models, data, partitions, seed and schedule, and records the test accuracy of
-both after every round. Writes ``<out>/accuracy_bench.json`` and
-``<out>/accuracy_bench.png`` (one panel per configuration).
+on the same model, data, partitions, seed and schedule, and records the test accuracy of
+both after every round. Writes ``<out>/accuracy_bench.json`` (one entry per
+configuration, naming its model and aggregation) and ``<out>/accuracy_bench.png`` (one
+panel per configuration). ``--quick`` is digits, IID, K=5, 2 rounds, 1024 bits, with
+the models and aggregations given (default mlp, masked).
 
 Key size does not enter the accuracy (the plaintexts are exact integers whatever ``N``
-is), so MNIST runs at 1024 bits by default to fit the time budget; the JSON says which.
+is, and in the masked mode the key only seals the mask seeds), so MNIST runs at 1024 bits
+by default to fit the time budget; the JSON says which.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.crypto_bench import _log, _machine
-from participant.demo import build_parser, run_demo
+from participant.demo import AGGREGATIONS, MODELS, build_parser, run_demo
 
 __all__ = ["TARGET_PP", "main", "run_accuracy"]
 
@@ -36,7 +42,9 @@ TARGET_PP = 0.1  # encrypted accuracy within 0.1 percentage points of plaintext,
 
 def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
-    for dataset, scheme, k in itertools.product(args.datasets, args.schemes, args.participants):
+    for dataset, scheme, k, model, aggregation in itertools.product(
+        args.datasets, args.schemes, args.participants, args.models, args.aggregations
+    ):
         rounds = args.digits_rounds if dataset == "digits" else args.mnist_rounds
         bits = args.digits_bits if dataset == "digits" else args.mnist_bits
         out.append(
@@ -44,6 +52,8 @@ def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "dataset": dataset,
                 "scheme": scheme,
                 "participants": k,
+                "model": model,
+                "aggregation": aggregation,
                 "rounds": rounds,
                 "bits": bits,
             }
@@ -60,6 +70,10 @@ def _run_one(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
             cfg["scheme"],
             "--participants",
             str(cfg["participants"]),
+            "--model",
+            cfg["model"],
+            "--aggregation",
+            cfg["aggregation"],
             "--rounds",
             str(cfg["rounds"]),
             "--bits",
@@ -77,6 +91,10 @@ def _run_one(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     return {
         **cfg,
         "seed": seed,
+        "model": summary.get("model_name", cfg["model"]),
+        "aggregation": summary.get("aggregation", cfg["aggregation"]),
+        "num_parameters": summary.get("num_parameters"),
+        "learning_rate": summary.get("learning_rate"),
         "initial_accuracy": summary["initial_accuracy"],
         "encrypted": [r["encrypted_accuracy"] for r in rounds],
         "plaintext": [r["plaintext_accuracy"] for r in rounds],
@@ -86,6 +104,11 @@ def _run_one(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
         "total_seconds": summary["total_seconds"],
         "transfer": summary["transfer"],
     }
+
+
+def _label(r: dict[str, Any]) -> str:
+    """A configuration's name in the plot, e.g. ``digits iid K=5 mlp/masked``."""
+    return f"{r['dataset']} {r['scheme']} K={r['participants']} {r['model']}/{r['aggregation']}"
 
 
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -102,7 +125,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
         xs = list(range(1, len(r["encrypted"]) + 1))
         ax.plot(xs, r["plaintext"], "o-", label="plaintext FedAvg")
         ax.plot(xs, r["encrypted"], "x--", label="encrypted")
-        ax.set_title(f"{r['dataset']} {r['scheme']} K={r['participants']}", fontsize=9)
+        ax.set_title(_label(r), fontsize=9)
         ax.set_xlabel("round", fontsize=8)
         ax.set_ylabel("test accuracy", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -146,12 +169,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=["digits", "mnist"])
     p.add_argument("--schemes", nargs="+", default=["iid", "dirichlet"])
     p.add_argument("--participants", nargs="+", type=int, default=[5, 10])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=["mlp"], help="default: mlp")
+    p.add_argument(
+        "--aggregations",
+        nargs="+",
+        choices=AGGREGATIONS,
+        default=["masked"],
+        help="default: masked",
+    )
     p.add_argument("--digits-rounds", type=int, default=5)
     p.add_argument("--mnist-rounds", type=int, default=3)
     p.add_argument("--digits-bits", type=int, default=2048)
     p.add_argument("--mnist-bits", type=int, default=1024)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--quick", action="store_true", help="digits, IID, K=5, 2 rounds, 1024 bits")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="digits, IID, K=5, 2 rounds, 1024 bits (models and aggregations as given)",
+    )
     p.add_argument("--out", default="bench/results")
     return p
 
@@ -169,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in doc["results"]:
         print(
             f"{r['dataset']:6} {r['scheme']:9} K={r['participants']:<3} "
+            f"model={r['model']:9} agg={r['aggregation']:6} "
             f"rounds={r['rounds']} bits={r['bits']} "
             f"enc={[f'{a:.4f}' for a in r['encrypted']]} "
             f"plain={[f'{a:.4f}' for a in r['plaintext']]} "
