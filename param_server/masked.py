@@ -131,9 +131,6 @@ def check_upload(
         seed = seed_from_obj(seed_obj, job.terms.job_key)
     except ProtocolError as exc:
         raise DomainError(422, exc.code, exc.message) from None
-    if seed_to_obj(seed) != seed_obj:
-        # One ciphertext has one spelling, so "the same seed" is "the same digest".
-        raise DomainError(422, "bad-seed", "A and B must be lowercase hex without 0x or zeros")
     seed_digest = seed_sha256(seed_to_obj(seed))
     digest = str(header["sha256"])
     signed = header.get("statement")
