@@ -49,7 +49,7 @@ from common.masking import (
     decode_ring,
     derive_mask,
     encode_ring,
-    open_seed,
+    open_seeds,
     ring_sum,
     unmask,
     vector_from_bytes,
@@ -500,9 +500,9 @@ def kgc_mask_sum(master: MasterKey, terms: JobTerms, check: MaskedReleaseCheck) 
     job_key_0: PublicKey = terms.job_key.component(0)
     n = int(terms.job_key.params.n)
     layout = check.layout
+    values = open_seeds(master, job_key_0, [check.seeds[s] for s in check.contributors])
     masks = []
-    for subject in check.contributors:
-        value = open_seed(master, job_key_0, check.seeds[subject])
+    for subject, value in zip(check.contributors, values, strict=True):
         context = mask_context(
             terms, layout, round_number=check.round, run=check.run, signer=subject
         )

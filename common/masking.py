@@ -69,6 +69,7 @@ __all__ = [
     "mask_key",
     "mask_vector",
     "open_seed",
+    "open_seeds",
     "ring_sum",
     "seed_to_int",
     "unmask",
@@ -280,9 +281,21 @@ def open_seed(master: MasterKey, job_key_public: PublicKey, ciphertext: Cipherte
     The components are re-checked as elements of ``Z*_{N^2}`` (that does not depend on the
     plaintext). The result is in ``[0, N)``: pass it to :func:`mask_key` as it is.
     """
+    return open_seeds(master, job_key_public, [ciphertext])[0]
+
+
+def open_seeds(
+    master: MasterKey, job_key_public: PublicKey, ciphertexts: Sequence[Ciphertext]
+) -> list[int]:
+    """:func:`open_seed` for a round's seeds: the job key's secret exponent is recovered
+    once, and the components' classes in one batch (GMP without the GIL)."""
     if job_key_public.params != master.params:
         raise ValueError("the job key is under different parameters than the master key")
-    return master.decrypt(Ciphertext(job_key_public, ciphertext.A, ciphertext.B))
+    checked = [Ciphertext(job_key_public, c.A, c.B) for c in ciphertexts]
+    a_mod_n = master.secret_exponent(job_key_public)
+    classes = master.classes_of([x for c in checked for x in (c.A, c.B)])
+    n = master.params.n
+    return [int((classes[2 * i + 1] - a_mod_n * classes[2 * i]) % n) for i in range(len(checked))]
 
 
 # --------------------------------------------------------------------------- mask keys

@@ -39,6 +39,7 @@ from common.masking import (
     mask_key,
     mask_vector,
     open_seed,
+    open_seeds,
     ring_sum,
     seed_to_int,
     unmask,
@@ -644,6 +645,21 @@ def test_tampered_seed_ciphertext_gives_another_key_and_no_error(
         key = mask_key(value, n, ctx)
         assert len(key) == 32 and key != honest
         assert derive_mask(value, n, ctx, SPEC32).shape == (ctx.length,)
+
+
+def test_open_seeds_batches_exactly_what_open_seed_does(
+    demo: tuple[PublicParams, MasterKey], rng: random.Random
+) -> None:
+    params, master = demo
+    job_public, _ = params.keygen(rng)
+    other_public, _ = params.keygen(rng)
+    seeds = [draw_seed(rng.randbytes) for _ in range(4)]
+    cts = [encrypt_seed(job_public, s, rng) for s in seeds]
+    cts.append(encrypt_seed(other_public, seeds[0], rng))  # names another key
+    values = open_seeds(master, job_public, cts)
+    assert values[:4] == [seed_to_int(s) for s in seeds]
+    assert values == [open_seed(master, job_public, c) for c in cts]
+    assert open_seeds(master, job_public, []) == []
 
 
 def test_open_seed_decrypts_under_the_job_key_not_the_named_one(
