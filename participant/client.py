@@ -4,9 +4,9 @@ This is the participant node without the web layer, usable from a script or a no
 
     client = ParticipantClient.enrol(kgc_url, subject_id, code, rng=secrets.SystemRandom())
     job = client.fetch_job(ps_url, "digits-1")  # refused unless the KGC signed it
-    receipt, metrics = client.train_and_upload(job, 0, job.initial_weights, X, y)
+    receipt, metrics = client.contribute(job, 0, job.initial_weights, X, y)
     client.wait_for_release(ps_url, job.job_id, 0, timeout=600)
-    w1 = client.download_model(ps_url, job.job_id, 0)
+    w1 = client.download_model(ps_url, job.job_id, 0, job.initial_weights)
 
 It follows docs/PROTOCOL.md: keys are generated here and only
 their public halves leave (certified by the KGC, whose verification key is pinned at
@@ -15,8 +15,11 @@ enrolment); every job is checked against the KGC-signed terms
 their audience (the KGC, or one parameter server's subject id) and are never sent to
 another service; each upload carries a statement signed with this participant's certified
 key. The update is scaled by the public weight ``w_i``, clipped (the clip is reported),
-packed and encrypted under the job key; the released model is opened with this
-participant's own BCP secret key.
+and then, by the job's aggregation mode, either masked with a fresh seed that is
+encrypted under the job key (``masked``: one upload, and the release is the round's mask
+sum, so ``download_model`` needs our ``W_t``) or packed and encrypted under the job key
+(``bcp``: commit, upload, audit); the release is opened with this participant's own BCP
+secret key.
 """
 
 from __future__ import annotations
