@@ -67,6 +67,8 @@ from common.protocol import (
     is_json_int,
     json_sha256,
     kgc_key_id,
+    release_contributors,
+    release_round,
     request_run,
 )
 from common.sealing import RandomBytes, open_bytes, seal_bytes, unwrap_data_key, wrap_data_key
@@ -419,22 +421,9 @@ def check_masked_release_request(
     contributor one statement for this round and run naming exactly the seed ciphertext
     sent with it. Seeds must be distinct: one ciphertext cannot count twice.
     """
-    if header.get("job_id") != terms.job_id:
-        raise ProtocolError("job-mismatch", "the request is for another job")
     if header.get("aggregation") != "masked":
         raise ProtocolError("bad-field", "this job's releases are masked")
-    round_number = header.get("round")
-    if not isinstance(round_number, int) or isinstance(round_number, bool):
-        round_number = -1
-    if not 0 <= round_number < terms.rounds:
-        raise ProtocolError(
-            "round-out-of-range", f"round must be in [0, {terms.rounds}) for this job"
-        )
-    if round_number != next_round:
-        raise ProtocolError(
-            "out-of-schedule",
-            f"round {round_number} cannot be released now: the next round is {next_round}",
-        )
+    round_number = release_round(header, terms, next_round=next_round)
     run = request_run(header)
     layout_obj = header.get("layout")
     if terms.aggregation != "masked" or json_sha256(layout_obj) != terms.packing_sha256:
@@ -443,20 +432,7 @@ def check_masked_release_request(
         layout = MaskedLayout.from_json(layout_obj)
     except EncodingError as exc:
         raise ProtocolError("job-mismatch", f"layout: {exc}") from None
-    contributors = header.get("contributors")
-    if not isinstance(contributors, list) or not all(isinstance(c, str) for c in contributors):
-        raise ProtocolError("bad-field", "contributors must be a list of subject ids")
-    if len(set(contributors)) != len(contributors):
-        raise ProtocolError("duplicate-contributor", "contributors must be distinct")
-    outsiders = sorted(set(contributors) - set(terms.participants))
-    if outsiders:
-        raise ProtocolError(
-            "not-a-participant", "not participants of this job: " + ", ".join(outsiders[:10])
-        )
-    if len(contributors) < terms.quorum:
-        raise ProtocolError(
-            "below-quorum", f"{len(contributors)} contributors, the quorum is {terms.quorum}"
-        )
+    contributors = release_contributors(header, terms)
     _check_rerun(header, terms, round_number, run, contributors, undecoded)
     uploads = header.get("uploads")
     if not isinstance(uploads, list) or not all(isinstance(u, dict) for u in uploads):

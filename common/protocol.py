@@ -99,8 +99,10 @@ __all__ = [
     "json_sha256",
     "kgc_key_id",
     "pok_context",
+    "release_contributors",
     "release_header_limit",
     "release_request_header",
+    "release_round",
     "release_schedule",
     "repeats_release",
     "request_run",
@@ -1169,40 +1171,12 @@ def check_release_request(
     ``undecodable`` report from each of them; the caller gives the base and ``A`` that
     run 0 started from. So one base gives at most two releases, both over one set.
     """
-    if header.get("job_id") != terms.job_id:
-        raise ProtocolError("job-mismatch", "the request is for another job")
-    round_number = header.get("round")
-    if (
-        not isinstance(round_number, int)
-        or isinstance(round_number, bool)
-        or not 0 <= round_number < terms.rounds
-    ):
-        raise ProtocolError(
-            "round-out-of-range", f"round must be in [0, {terms.rounds}) for this job"
-        )
-    if round_number != next_round:
-        raise ProtocolError(
-            "out-of-schedule",
-            f"round {round_number} cannot be released now: the next round is {next_round}",
-        )
+    round_number = release_round(header, terms, next_round=next_round)
     run = request_run(header)
     attempt = header.get("attempt")
     if not isinstance(attempt, int) or not _in_range(attempt, 0, MAX_ATTEMPT):
         raise ProtocolError("bad-field", f"attempt must be an integer in [0, {MAX_ATTEMPT}]")
-    contributors = header.get("contributors")
-    if not isinstance(contributors, list) or not all(isinstance(c, str) for c in contributors):
-        raise ProtocolError("bad-field", "contributors must be a list of subject ids")
-    if len(set(contributors)) != len(contributors):
-        raise ProtocolError("duplicate-contributor", "contributors must be distinct")
-    outsiders = sorted(set(contributors) - set(terms.participants))
-    if outsiders:
-        raise ProtocolError(
-            "not-a-participant", "not participants of this job: " + ", ".join(outsiders[:10])
-        )
-    if len(contributors) < terms.quorum:
-        raise ProtocolError(
-            "below-quorum", f"{len(contributors)} contributors, the quorum is {terms.quorum}"
-        )
+    contributors = release_contributors(header, terms)
     _check_rerun(header, terms, round_number, run, contributors, undecoded)
     closed = verify_closed_set(header.get("closed_set"), terms, round_number=round_number, run=run)
     uncommitted = sorted(set(contributors) - set(closed.payloads))
@@ -1254,6 +1228,49 @@ def check_release_request(
         current_a,
     )
     return ReleaseCheck(round_number, run, tuple(contributors), expected)
+
+
+def release_round(header: Mapping[str, Any], terms: JobTerms, *, next_round: int) -> int:
+    """The round a release request (of either mode) is for, if the KGC's schedule allows it:
+    this job, ``0 <= t < rounds`` (409 ``round-out-of-range``), exactly the next unreleased
+    round (409 ``out-of-schedule``)."""
+    if header.get("job_id") != terms.job_id:
+        raise ProtocolError("job-mismatch", "the request is for another job")
+    round_number = header.get("round")
+    if (
+        not isinstance(round_number, int)
+        or isinstance(round_number, bool)
+        or not 0 <= round_number < terms.rounds
+    ):
+        raise ProtocolError(
+            "round-out-of-range", f"round must be in [0, {terms.rounds}) for this job"
+        )
+    if round_number != next_round:
+        raise ProtocolError(
+            "out-of-schedule",
+            f"round {round_number} cannot be released now: the next round is {next_round}",
+        )
+    return round_number
+
+
+def release_contributors(header: Mapping[str, Any], terms: JobTerms) -> list[str]:
+    """The contributors a release request (of either mode) names: distinct participants
+    of the job, at least the quorum."""
+    contributors = header.get("contributors")
+    if not isinstance(contributors, list) or not all(isinstance(c, str) for c in contributors):
+        raise ProtocolError("bad-field", "contributors must be a list of subject ids")
+    if len(set(contributors)) != len(contributors):
+        raise ProtocolError("duplicate-contributor", "contributors must be distinct")
+    outsiders = sorted(set(contributors) - set(terms.participants))
+    if outsiders:
+        raise ProtocolError(
+            "not-a-participant", "not participants of this job: " + ", ".join(outsiders[:10])
+        )
+    if len(contributors) < terms.quorum:
+        raise ProtocolError(
+            "below-quorum", f"{len(contributors)} contributors, the quorum is {terms.quorum}"
+        )
+    return contributors
 
 
 def _check_rerun(
