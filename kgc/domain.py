@@ -772,29 +772,24 @@ class KgcService:
             raise protocol_refusal(exc) from None
         keys = self._contributor_keys(check.contributors)
         bundle = self._seal(vector, keys, self._binding(job_id, check))
-        try:
-            with session_scope(self._sessions) as session:
-                session.add(
-                    Release(
-                        job_id=job_id,
-                        round=check.round,
-                        run=check.run,
-                        undecodable=list(header["undecodable"]) if check.run else None,
-                        attempt=check.digests.attempt,
-                        payload_sha256=digest,
-                        aggregate_sha256=check.digests.aggregate_sha256,
-                        a_components=elements_to_bytes(current_a, element_bytes(self.params)),
-                        contributors=sorted(check.contributors),
-                        bundle=bundle,
-                        released_at=self._clock(),
-                    )
-                )
-        except IntegrityError:  # a concurrent request stored this round first
-            with self._sessions() as session:
-                stored = self._stored_release(session, job_id, check.round, check.run)
-                if stored is None:
-                    raise
-                return self._same_release(stored, digest, header), False
+        row = Release(
+            job_id=job_id,
+            round=check.round,
+            run=check.run,
+            undecodable=list(header["undecodable"]) if check.run else None,
+            attempt=check.digests.attempt,
+            payload_sha256=digest,
+            aggregate_sha256=check.digests.aggregate_sha256,
+            a_components=elements_to_bytes(current_a, element_bytes(self.params)),
+            contributors=sorted(check.contributors),
+            bundle=bundle,
+            released_at=self._clock(),
+        )
+        stored_instead = self._store_release(
+            row, lambda stored: self._same_release(stored, digest, header)
+        )
+        if stored_instead is not None:
+            return stored_instead, False
         log.info(
             "released job %s round %d (run %d, attempt %d) to %d contributors",
             job_id,
@@ -804,6 +799,22 @@ class KgcService:
             len(keys),
         )
         return bundle, True
+
+    def _store_release(
+        self, row: Release, same: Callable[[Release], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Store a new release; None. If a concurrent request stored this (round, run)
+        first, ``same(stored)`` answers instead (the stored bundle, or 409)."""
+        try:
+            with session_scope(self._sessions) as session:
+                session.add(row)
+        except IntegrityError:
+            with self._sessions() as session:
+                stored = self._stored_release(session, row.job_id, row.round, row.run)
+                if stored is None:
+                    raise
+                return same(stored)
+        return None
 
     def _contributor_keys(self, contributors: tuple[str, ...]) -> dict[str, PublicKey]:
         """The contributors' certified BCP public keys (their bundle's data key is wrapped
@@ -859,29 +870,24 @@ class KgcService:
         uploads_sha256 = _masked_uploads_sha256(header)
         if uploads_sha256 is None:  # the check verified every statement: cannot happen
             raise RuntimeError("a checked masked request lost its upload statements")
-        try:
-            with session_scope(self._sessions) as session:
-                session.add(
-                    Release(
-                        job_id=job_id,
-                        round=check.round,
-                        run=check.run,
-                        undecodable=list(header["undecodable"]) if check.run else None,
-                        attempt=0,
-                        payload_sha256=uploads_sha256,
-                        aggregate_sha256=json_sha256(dict(check.payloads)),
-                        a_components=b"",
-                        contributors=list(check.contributors),
-                        bundle=bundle,
-                        released_at=self._clock(),
-                    )
-                )
-        except IntegrityError:  # a concurrent request stored this round first
-            with self._sessions() as session:
-                stored = self._stored_release(session, job_id, check.round, check.run)
-                if stored is None:
-                    raise
-                return self._same_masked_release(stored, header), False
+        row = Release(
+            job_id=job_id,
+            round=check.round,
+            run=check.run,
+            undecodable=list(header["undecodable"]) if check.run else None,
+            attempt=0,
+            payload_sha256=uploads_sha256,
+            aggregate_sha256=json_sha256(dict(check.payloads)),
+            a_components=b"",
+            contributors=list(check.contributors),
+            bundle=bundle,
+            released_at=self._clock(),
+        )
+        stored_instead = self._store_release(
+            row, lambda stored: self._same_masked_release(stored, header)
+        )
+        if stored_instead is not None:
+            return stored_instead, False
         log.info(
             "released masked job %s round %d (run %d) to %d contributors",
             job_id,

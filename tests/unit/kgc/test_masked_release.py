@@ -41,6 +41,7 @@ from common.protocol import (
     build_undecodable_statement,
     json_sha256,
     release_header_limit,
+    release_schedule,
     verify_job_terms,
 )
 from common.release import bundle_sha256
@@ -669,3 +670,41 @@ def test_a_tampered_seed_is_released_like_any_other(masked: Masked) -> None:
         untampered = _own_mask_sum(masked, t, 0, {a.subject_id: s, b.subject_id: s})
         assert not np.array_equal(opened, untampered)
     assert masked.released() == 3
+
+
+def test_a_request_that_loses_the_race_to_store_gets_the_stored_bundle(
+    masked: Masked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers release at once: the one whose insert hits the unique (job, round, run)
+    answers from the row the other stored, the bundle for the same request and 409 for
+    another, exactly as a later retry would be answered."""
+    uploads = masked.uploads(masked.members[:2])
+    body = masked.request(uploads)
+    first = masked.post(body)
+    assert first.status_code == 201
+    service = masked.world.service
+    real_lookup, real_store = service._stored_release, service._store_release
+
+    def race() -> None:
+        """The next request's first lookup sees nothing (the other worker has not
+        committed yet); its conflict path then sees the stored row."""
+        monkeypatch.setattr(service, "_stored_release", lambda session, *key: None)
+
+        def store(row: Any, same: Any) -> Any:
+            monkeypatch.setattr(service, "_stored_release", real_lookup)
+            return real_store(row, same)
+
+        monkeypatch.setattr(service, "_store_release", store)
+
+    monkeypatch.setattr(  # the schedule a racing worker saw: before round 0's release
+        service, "_chain", lambda session, job_id, terms, run: release_schedule(terms, [], run)
+    )
+    race()
+    again = masked.post(body)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json() == first.get_json()
+    race()
+    other = masked.post(masked.request(masked.uploads(masked.members[1:])))
+    assert other.status_code == 409 and other.get_json()["error"] == "already-released"
+    with masked.world.sessions() as session:
+        assert session.query(Release).count() == 1
