@@ -423,6 +423,39 @@ def _masked_definition(
     return replace(definition, layout=layout)
 
 
+SIGNATURE = "A" * 86  # base64url of a 64-byte Ed25519 signature
+BIG = 10**12  # a number as long as any count or timestamp in a header
+
+
+@dataclass(frozen=True)
+class _WorstCase:
+    """The longest form each field of a release request's evidence can take."""
+
+    job_id: str
+    param_server: str | None
+    digest: str = "0" * 64
+
+    @property
+    def audience(self) -> str:
+        """This PS's subject id; unknown, the longest one allowed."""
+        return self.param_server if self.param_server is not None else "a" * SUBJECT_ID_MAX
+
+    def signed(self, field: str, purpose: str, subject: str, **extra: Any) -> dict[str, Any]:
+        """A participant-signed message of the largest shape its fields can take."""
+        body = {
+            "purpose": purpose,
+            "kgc_key_id": "0" * 32,
+            "job_id": self.job_id,
+            "job_terms_sha256": self.digest,
+            "round": MAX_ROUNDS,
+            "run": 1,
+            "subject_id": subject,
+            "audience": self.audience,
+            **extra,
+        }
+        return {field: body, "signature": SIGNATURE}
+
+
 def release_header_bytes(
     job_id: str,
     subject_ids: list[str],
@@ -440,27 +473,12 @@ def release_header_bytes(
     id); unknown, the longest subject id is assumed. ``modulus_bits`` is ``N``'s length
     (each randomness proof holds two elements of ``Z*_{N^2}`` and a response).
     """
-    signature = "A" * 86  # base64url of a 64-byte Ed25519 signature
+    worst = _WorstCase(job_id, param_server)
+    signature, digest, big, audience = SIGNATURE, worst.digest, BIG, worst.audience
     # A randomness proof: A* and T below N^2, z at most N^2's length plus ~400 bits.
     element_hex = "f" * (2 * modulus_bits // 4)
     proof = {"a_star": element_hex, "t": element_hex, "z": "f" * ((2 * modulus_bits + 512) // 4)}
-    audience = param_server if param_server is not None else "a" * SUBJECT_ID_MAX
-    digest = "0" * 64
-    big = 10**12
-
-    def signed(field: str, purpose: str, subject: str, **extra: Any) -> dict[str, Any]:
-        """A participant-signed message of the largest shape its fields can take."""
-        body = {
-            "purpose": purpose,
-            "kgc_key_id": "0" * 32,
-            "job_id": job_id,
-            "job_terms_sha256": digest,
-            "round": MAX_ROUNDS,
-            "subject_id": subject,
-            "audience": audience,
-            **extra,
-        }
-        return {field: body, "signature": signature}
+    signed = worst.signed
 
     closed_set = {
         "closed_set": {
@@ -530,25 +548,9 @@ def masked_release_header_bytes(
     ``B`` below ``N^2``), for a re-run also its signed ``undecodable`` report, plus the
     layout and the PS's signature; no commitments, closed set or audits.
     """
-    signature = "A" * 86
+    worst = _WorstCase(job_id, param_server)
+    digest, signed = worst.digest, worst.signed
     element_hex = "f" * (2 * modulus_bits // 4)
-    audience = param_server if param_server is not None else "a" * SUBJECT_ID_MAX
-    digest = "0" * 64
-    big = 10**12
-
-    def signed(field: str, purpose: str, subject: str, **extra: Any) -> dict[str, Any]:
-        body = {
-            "purpose": purpose,
-            "kgc_key_id": "0" * 32,
-            "job_id": job_id,
-            "job_terms_sha256": digest,
-            "round": MAX_ROUNDS,
-            "run": 1,
-            "subject_id": subject,
-            "audience": audience,
-            **extra,
-        }
-        return {field: body, "signature": signature}
 
     layout = masked_layout(
         length=1, frac_bits=20, model_bound=1.0, clip_bound=1.0, participants=1, rounds=1
@@ -580,10 +582,10 @@ def masked_release_header_bytes(
         **layout.to_json(),
         "bits": 64,
         "frac_bits": 62,
-        "length": big,
+        "length": BIG,
         "model_bound": -1.7976931348623157e308,
         "clip_bound": -1.7976931348623157e308,
     }
-    header["request_signature"] = signature
+    header["request_signature"] = SIGNATURE
     # As the PS sends it (param_server.masked.release_body: compact, ASCII-escaped JSON).
     return len(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
