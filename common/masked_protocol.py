@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,7 @@ from common.protocol import (
 )
 from common.sealing import RandomBytes, open_bytes, seal_bytes, unwrap_data_key, wrap_data_key
 from common.signing import SignatureError, canonical_json, sign_json, verify_json
-from common.wire import from_hex, to_hex
+from common.wire import RING_FRAME_KIND, decode_frame, from_hex, to_hex
 
 __all__ = [
     "MASKED_LAYOUT_KIND",
@@ -88,6 +88,7 @@ __all__ = [
     "initial_state",
     "initial_state_sha256",
     "kgc_mask_sum",
+    "listed_uploads",
     "mask_context",
     "masked_layout",
     "masked_release_request_header",
@@ -647,6 +648,26 @@ def open_mask_sum(
     context = binding.context()
     data_key = unwrap_data_key(secret_key, wrapped_key, context)
     return vector_from_bytes(open_bytes(data_key, sealed_mask, context), layout.ring, layout.length)
+
+
+def listed_uploads(
+    binding: MaskedReleaseBinding,
+    layout: MaskedLayout,
+    fetch_upload: Callable[[str], bytes],
+) -> list[RingVector]:
+    """Every upload the release lists, fetched (``fetch_upload(subject)`` gives the frame
+    the PS serves) and checked against the digest the KGC signed; ProtocolError
+    ``upload-mismatch`` otherwise. What a contributor sums instead of trusting ``Z``."""
+    vectors = []
+    for subject, digest in sorted(binding.uploads.items()):
+        try:
+            frame = decode_frame(fetch_upload(subject), kind=RING_FRAME_KIND)
+            if not digest_equal(frame.header.get("sha256"), digest):
+                raise ValueError("not the upload the release lists")
+            vectors.append(vector_from_bytes(frame.payload, layout.ring, layout.length))
+        except ValueError as exc:
+            raise ProtocolError("upload-mismatch", f"upload of {subject}: {exc}") from None
+    return vectors
 
 
 def next_model(

@@ -50,6 +50,7 @@ from common.masked_protocol import (
     build_masked_upload_statement,
     check_masked_release_request,
     kgc_mask_sum,
+    listed_uploads,
     mask_context,
     next_model,
     open_mask_sum,
@@ -65,7 +66,6 @@ from common.masking import (
     encrypt_seed,
     mask_vector,
     seed_to_int,
-    vector_from_bytes,
     vector_to_bytes,
 )
 from common.pok import prove_randomness
@@ -109,7 +109,6 @@ from common.signing import (
     sign_json,
 )
 from common.wire import (
-    RING_FRAME_KIND,
     WireError,
     decode_frame,
     encode_frame,
@@ -892,13 +891,7 @@ def open_masked_model(
     mask_sum = open_mask_sum(
         participant.secret_key, binding, download["sealed_mask"], download["wrapped_key"], layout
     )
-    uploads = []
-    for subject, digest in sorted(binding.uploads.items()):
-        frame = decode_frame(fetch_upload(subject), kind=RING_FRAME_KIND)
-        if hashlib.sha256(frame.payload).hexdigest() != digest:
-            raise ValueError(f"{subject}'s upload is not the one the KGC lists")
-        uploads.append(vector_from_bytes(frame.payload, layout.ring, layout.length))
-    return next_model(layout, current, uploads, mask_sum)
+    return next_model(layout, current, listed_uploads(binding, layout, fetch_upload), mask_sum)
 
 
 def job_terms_of(

@@ -50,6 +50,7 @@ from common.masked_protocol import (
     MaskedReleaseBinding,
     build_masked_upload_statement,
     encode_update,
+    listed_uploads,
     mask_context,
     next_model,
     open_mask_sum,
@@ -62,7 +63,6 @@ from common.masking import (
     draw_seed,
     mask_vector,
     seed_to_int,
-    vector_from_bytes,
     vector_to_bytes,
 )
 from common.pok import prove_randomness
@@ -79,7 +79,6 @@ from common.protocol import (
     build_undecodable_statement,
     build_upload_statement,
     check_job_view,
-    digest_equal,
     pok_context,
     token_request,
     vector_sha256,
@@ -98,7 +97,6 @@ from common.signing import (
     verify_json,
 )
 from common.wire import (
-    RING_FRAME_KIND,
     decode_frame,
     encode_frame,
     encode_ring_frame,
@@ -1451,10 +1449,17 @@ class ParticipantClient:
         mask_sum = open_mask_sum(
             self.identity.secret_key, binding, bundle["sealed_mask"], bundle["wrapped_key"], layout
         )
-        uploads = [
-            self._listed_upload(job, round_number, subject, digest)
-            for subject, digest in sorted(binding.uploads.items())
-        ]
+
+        def fetch(subject: str) -> bytes:
+            path = f"/v1/jobs/{job.job_id}/rounds/{round_number}/uploads/{subject}"
+            data = self._ps(job.ps_url).get_bytes(path)
+            self.last_download_bytes += len(data)
+            return data
+
+        try:
+            uploads = listed_uploads(binding, layout, fetch)
+        except ProtocolError as exc:
+            raise ClientError(exc.message, exc.code) from None
         try:
             return next_model(layout, current, uploads, mask_sum)
         except EncodingError as exc:
@@ -1463,21 +1468,5 @@ class ParticipantClient:
                 binding,
                 bundle_sha256(binding, bundle["sealed_mask"]),
             ) from None
-
-    def _listed_upload(
-        self, job: JobView, round_number: int, subject: str, digest: str
-    ) -> npt.NDArray[Any]:
-        """One contributor's ``y`` from the PS, checked against the digest the KGC listed."""
-        layout = job.masked_layout
-        path = f"/v1/jobs/{job.job_id}/rounds/{round_number}/uploads/{subject}"
-        data = self._ps(job.ps_url).get_bytes(path)
-        self.last_download_bytes += len(data)
-        try:
-            frame = decode_frame(data, kind=RING_FRAME_KIND)
-            if not digest_equal(frame.header.get("sha256"), digest):
-                raise ValueError("not the upload the release lists")
-            return vector_from_bytes(frame.payload, layout.ring, layout.length)
-        except ValueError as exc:
-            raise ClientError(f"upload of {subject}: {exc}", "upload-mismatch") from None
 
     last_download_bytes: int = 0

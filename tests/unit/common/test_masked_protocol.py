@@ -43,6 +43,7 @@ from common.masked_protocol import (
     initial_state,
     initial_state_sha256,
     kgc_mask_sum,
+    listed_uploads,
     mask_context,
     masked_layout,
     masked_release_request_header,
@@ -1463,6 +1464,39 @@ def test_a_round_through_ring_frames(world: World, release: Release, round0: lis
     assert decode_ring(unmask(z, release.mask_sum), ring).tolist() == w1.tolist()
     # Neither Z nor any y alone is the model.
     assert decode_ring(z, ring).tolist() != w1.tolist()
+
+
+def test_listed_uploads_are_exactly_the_signed_ones(
+    world: World, release: Release, round0: list[Upload]
+) -> None:
+    """A contributor sums the uploads the KGC's binding lists, each checked by digest."""
+    ring = world.layout.ring
+    frames = {
+        u.subject: encode_ring_frame(
+            u.y_bytes, bits=ring.bits, num_elements=LENGTH, extra_header=u.sent
+        )
+        for u in round0
+    }
+    got = listed_uploads(release.binding, world.layout, frames.__getitem__)
+    by_subject = {u.subject: u.y for u in round0}
+    assert [v.tolist() for v in got] == [
+        by_subject[s].tolist() for s in sorted(release.binding.uploads)
+    ]
+    victim = sorted(frames)[1]
+    shifted = bytes([round0[0].y_bytes[0] ^ 1]) + round0[0].y_bytes[1:]
+    for served in (
+        encode_ring_frame(shifted, bits=ring.bits, num_elements=LENGTH),  # a moved y
+        frames[sorted(frames)[0]],  # another contributor's upload
+        b"not a frame",
+        encode_ring_frame(round0[0].y_bytes[:-4], bits=ring.bits, num_elements=LENGTH - 1),
+    ):
+        with pytest.raises(ProtocolError) as refused:
+            listed_uploads(
+                release.binding,
+                world.layout,
+                lambda s, served=served: served if s == victim else frames[s],
+            )
+        assert refused.value.code == "upload-mismatch"
 
 
 def test_next_model_refuses_a_garbage_upload(
