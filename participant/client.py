@@ -763,6 +763,10 @@ class ParticipantClient:
             if previous is not None and previous.terms.digest != terms.digest:
                 self.forget_job(job_id)  # never encrypt under another job key's tables
             self._jobs[key] = view
+            if view.aggregation == "masked" and self.precompute_next:
+                # One block: cheap now, and round 0's Enc(s) is then ready however short
+                # its training is.
+                self.prepare_encryption(view)
         return self._jobs[key]
 
     def _check_job(self, raw: dict[str, Any], audience: str) -> JobTerms:
