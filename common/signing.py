@@ -5,8 +5,12 @@ The KGC certifies keys and issues tokens; the parameter server verifies tokens
 release requests. Everything signed is canonical JSON (sorted keys, no spaces), so the
 signer and the verifier agree on the bytes without sharing code paths.
 
-Token format (JWT-like, but with one algorithm only, so there is no ``alg`` to confuse):
-``v1.<base64url(claims JSON)>.<base64url(Ed25519 signature over "v1." + claims part)>``.
+Tokens are JWTs (RFC 7519) signed with EdDSA over Ed25519, made and checked with PyJWT:
+the verifier accepts exactly one algorithm (``EdDSA``), requires every claim this project
+sets, and checks issuer, audience, expiry and not-before with one leeway, the same way in
+every service. Why PyJWT rather than our own format: the format is the standard one
+that any gateway, proxy or debugging tool reads, and PyJWT's claim checks are a
+maintained, widely reviewed implementation of exactly these rules (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -39,7 +44,11 @@ __all__ = [
     "verify_token",
 ]
 
-TOKEN_VERSION = "v1"
+#: The one signature algorithm a token may name; any other (``none``, ``HS256`` with the
+#: public key as secret, ...) is refused before its signature is looked at.
+TOKEN_ALGORITHM = "EdDSA"
+#: The claims every token carries; a token without one of them is refused.
+TOKEN_CLAIMS = ("sub", "role", "iat", "nbf", "exp", "jti", "iss", "aud")
 ROLES = ("participant", "param_server")
 
 
@@ -147,14 +156,27 @@ def issue_token(
         "sub": subject,
         "role": role,
         "iat": int(now),
+        "nbf": int(now),
         "exp": int(now) + int(ttl_seconds),
         "jti": token_id,
         "iss": issuer,
         "aud": audience,
     }
-    body = b64encode(canonical_json(claims))
-    signed = f"{TOKEN_VERSION}.{body}".encode()
-    return f"{TOKEN_VERSION}.{body}.{b64encode(key.sign(signed))}"
+    return jwt.encode(claims, key, algorithm=TOKEN_ALGORITHM, headers={"typ": "JWT"})
+
+
+def _claim_str(claims: dict[str, Any], name: str) -> str:
+    value = claims[name]
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string")
+    return value
+
+
+def _claim_int(claims: dict[str, Any], name: str) -> int:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer")
+    return value
 
 
 def verify_token(
@@ -172,35 +194,49 @@ def verify_token(
     ``audience`` is the verifying service's own name (the KGC's, or a PS's subject id):
     a token a participant sent to one service is refused by every other one.
     """
-    if not isinstance(token, str) or token.count(".") != 2:
+    if not isinstance(token, str):
         raise TokenError("malformed token")
-    version, body, signature = token.split(".")
-    if version != TOKEN_VERSION:
-        raise TokenError("unsupported token version")
     try:
-        key.verify(b64decode(signature), f"{version}.{body}".encode())
-    except (InvalidSignature, ValueError):
-        raise TokenError("token signature does not verify") from None
-    try:
-        claims = json.loads(b64decode(body))
-        parsed = TokenClaims(
-            subject=str(claims["sub"]),
-            role=str(claims["role"]),
-            issued_at=int(claims["iat"]),
-            expires_at=int(claims["exp"]),
-            token_id=str(claims["jti"]),
-            issuer=str(claims["iss"]),
-            audience=str(claims["aud"]),
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[TOKEN_ALGORITHM],
+            audience=audience,
+            issuer=issuer,
+            options={
+                "require": list(TOKEN_CLAIMS),
+                "strict_aud": True,
+                # Time is checked below against the service's injected clock: PyJWT
+                # reads the wall clock, which tests and simulations do not control.
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
+    except jwt.InvalidIssuerError:
+        raise TokenError("token was not issued by this KGC") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError("token is for another service (audience mismatch)") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("token signature does not verify") from None
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"malformed token: {exc}") from None
+    try:
+        parsed = TokenClaims(
+            subject=_claim_str(claims, "sub"),
+            role=_claim_str(claims, "role"),
+            issued_at=_claim_int(claims, "iat"),
+            expires_at=_claim_int(claims, "exp"),
+            token_id=_claim_str(claims, "jti"),
+            issuer=_claim_str(claims, "iss"),
+            audience=_claim_str(claims, "aud"),
+        )
+        not_before = max(parsed.issued_at, _claim_int(claims, "nbf"))
     except (ValueError, KeyError, TypeError):
         raise TokenError("malformed token claims") from None
-    if parsed.issuer != issuer:
-        raise TokenError("token was not issued by this KGC")
-    if parsed.audience != audience:
-        raise TokenError("token is for another service (audience mismatch)")
     if now > parsed.expires_at + leeway_seconds:
         raise TokenError("token expired")
-    if now + leeway_seconds < parsed.issued_at:
+    if now + leeway_seconds < not_before:
         raise TokenError("token not yet valid")
     if parsed.role not in roles:
         raise TokenError(f"token role {parsed.role!r} is not allowed here")

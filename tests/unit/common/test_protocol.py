@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1227,6 +1229,63 @@ def test_tokens_are_accepted_only_by_their_audience() -> None:
             verify_token(key.public_key(), token, now=1001, audience=audience)
     with pytest.raises(TokenError, match="issued"):
         verify_token(key.public_key(), token, now=1001, audience="sub-ps-1", issuer="other-kgc")
+
+
+def _token(key: Any, **changes: Any) -> str:
+    args: dict[str, Any] = {
+        "subject": "sub-a",
+        "role": "participant",
+        "now": 1000,
+        "ttl_seconds": 60,
+        "token_id": "t1",
+        "audience": "sub-ps-1",
+    }
+    return issue_token(key, **{**args, **changes})
+
+
+def test_tokens_are_standard_eddsa_jwts_checked_against_the_injected_clock() -> None:
+    key = generate_signing_key()
+    token = _token(key)
+    header = jwt.get_unverified_header(token)
+    assert (header["alg"], header["typ"]) == ("EdDSA", "JWT")
+    assert jwt.decode(token, options={"verify_signature": False})["nbf"] == 1000
+
+    def verify(t: str, now: float = 1001) -> Any:
+        return verify_token(key.public_key(), t, now=now, audience="sub-ps-1")
+
+    assert verify(token).expires_at == 1060
+    assert verify(token, now=1060 + 5).token_id == "t1"  # within the 5 s leeway
+    with pytest.raises(TokenError, match="expired"):
+        verify(token, now=1066)
+    with pytest.raises(TokenError, match="not yet valid"):
+        verify(token, now=994)
+    with pytest.raises(TokenError, match="not allowed"):
+        verify_token(
+            key.public_key(), token, now=1001, audience="sub-ps-1", roles=("param_server",)
+        )
+
+
+def test_tokens_with_another_algorithm_key_or_missing_claim_are_refused() -> None:
+    """The classic JWT attacks: ``alg: none``, HS256 keyed with the public key, another
+    signer, a claim left out, or tampered claims under the original signature."""
+    key = generate_signing_key()
+    claims = jwt.decode(_token(key), options={"verify_signature": False})
+    unsigned = jwt.encode(claims, None, algorithm="none")
+    # "key confusion": HS256 keyed with the KGC's published verification key
+    published = bytes.fromhex(public_key_hex(key.public_key()))
+    hmac_token = jwt.encode(claims, published, algorithm="HS256")
+    forged = [unsigned, hmac_token, _token(generate_signing_key())]
+    header, _, signature = _token(key).split(".")
+    tampered = json.dumps({**claims, "sub": "someone-else"}).encode()
+    forged.append(f"{header}.{b64encode(tampered)}.{signature}")
+    without_jti = {k: v for k, v in claims.items() if k != "jti"}
+    forged.append(jwt.encode(without_jti, key, algorithm="EdDSA"))
+    forged += ["", "a.b", "not-a-token", "x.y.z"]
+    for token in forged:
+        with pytest.raises(TokenError):
+            verify_token(key.public_key(), token, now=1001, audience="sub-ps-1")
+    with pytest.raises(TokenError):
+        verify_token(key.public_key(), 17, now=1001, audience="sub-ps-1")
 
 
 def test_the_token_challenge_names_its_audience() -> None:
