@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
+import tenacity
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.bcp import PublicParams
@@ -339,16 +340,22 @@ class HttpKgcGateway:
 
     def _call(self, send: Callable[[], Any]) -> Any:
         """One authenticated call; a 401 drops the cached token and retries once."""
-        for attempt in (1, 2):
-            try:
-                return send()
-            except ServiceError as exc:
-                if exc.status == 401 and attempt == 1:
-                    with self._lock:
-                        self._cached_token = None
-                    continue
-                raise _kgc_error(exc) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, ServiceError) and exc.status == 401
+            ),
+            stop=tenacity.stop_after_attempt(2),
+            before_sleep=lambda _: self._forget_token(),
+            reraise=True,
+        )
+        try:
+            return retrying(send)
+        except ServiceError as exc:
+            raise _kgc_error(exc) from None
+
+    def _forget_token(self) -> None:
+        with self._lock:
+            self._cached_token = None
 
     def create_job(self, job_id: str, terms: Mapping[str, Any]) -> dict[str, Any]:
         body = {"job_id": job_id, "terms": dict(terms)}

@@ -42,6 +42,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import tenacity
+
 from common.http import ServiceClient
 
 __all__ = ["ClusterError", "LocalCluster", "ServiceProcess", "wait_until"]
@@ -520,14 +522,17 @@ class LocalCluster:
 def wait_until(what: str, check: Callable[[], Any], timeout: float, poll: float = 0.3) -> Any:
     """Poll ``check`` until it returns something truthy; that value. ``TimeoutError``
     naming ``what`` when it does not come in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(poll)
+
+    def timed_out(_: tenacity.RetryCallState) -> Any:
+        raise TimeoutError(f"timed out waiting for {what}")
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda value: not value),
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_fixed(poll),
+        retry_error_callback=timed_out,
+    )
+    return retrying(check)
 
 
 def _private_log(path: Path) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import tenacity
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -539,18 +540,22 @@ class ParticipantNode:
             row.updated_at = self.clock()
 
     def _retry(self, call: Callable[[], Any], attempts: int = 20) -> Any:
-        """Ride out a PS or KGC restart: transient errors are retried with back-off."""
-        delay = self.poll_seconds
-        for attempt in range(attempts):
-            try:
-                return call()
-            except ServiceError as exc:
-                if exc.status not in TRANSIENT or attempt == attempts - 1:
-                    raise
-            if self._stop.wait(delay):
-                raise ClientError("stopped")
-            delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")
+        """Ride out a PS or KGC restart: transient errors are retried with exponential
+        back-off (from ``poll_seconds``, at most 10 s apart); a stop ends the wait."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, ServiceError) and exc.status in TRANSIENT
+            ),
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=tenacity.wait_exponential(multiplier=self.poll_seconds, max=10.0),
+            sleep=self._sleep_unless_stopped,
+            reraise=True,
+        )
+        return retrying(call)
+
+    def _sleep_unless_stopped(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise ClientError("stopped")
 
     def _initial_state(
         self, job_id: str, view: JobView

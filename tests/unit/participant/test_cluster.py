@@ -5,7 +5,9 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from participant.cluster import LocalCluster
+import pytest
+
+from participant.cluster import LocalCluster, wait_until
 
 
 def _mode(path: Path) -> int:
@@ -35,3 +37,10 @@ def test_a_temporary_workdir_is_private_and_removed() -> None:
     assert _mode(workdir) == 0o700
     cluster.stop()
     assert not workdir.exists()
+
+
+def test_wait_until_returns_the_first_truthy_value_or_names_what_timed_out() -> None:
+    values = iter([None, 0, "", {"status": "released"}])
+    assert wait_until("the release", lambda: next(values), 5, poll=0.001) == {"status": "released"}
+    with pytest.raises(TimeoutError, match="the impossible"):
+        wait_until("the impossible", lambda: False, 0.05, poll=0.01)

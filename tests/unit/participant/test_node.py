@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.bcp import MasterKey, PublicParams
 from common.db import make_engine, migrate, session_scope
+from common.http import ServiceError
 from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
 from common.signing import b64decode, generate_signing_key, public_key_hex
 from participant.client import ClientError
@@ -297,3 +298,40 @@ def migrate_to(url: str, revision: str) -> None:
     from common.db import _alembic_config
 
     command.downgrade(_alembic_config("participant", url), revision)
+
+
+def test_transient_errors_are_retried_with_backoff_and_others_are_not(
+    db_url: str, nodes: list[ParticipantNode]
+) -> None:
+    """A PS or KGC restart (connection refused, 502/503/504) is ridden out with waits
+    doubling from ``poll_seconds``; a real refusal is raised at once; a stop ends it."""
+    node = ParticipantNode(_sessions(db_url), _data(), PASSPHRASE, poll_seconds=0.001)
+    nodes.append(node)
+    waits: list[float] = []
+    node._sleep_unless_stopped = waits.append  # type: ignore[method-assign]
+
+    def outcomes(*results: object) -> Callable[[], object]:
+        queue = list(results)
+
+        def call() -> object:
+            outcome = queue.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        return call
+
+    assert node._retry(outcomes(ServiceError(503, "down", ""), ServiceError(0, "x", ""), 7)) == 7
+    assert waits == [0.001, 0.002]
+    with pytest.raises(ServiceError) as refused:
+        node._retry(outcomes(ServiceError(409, "duplicate", "")))
+    assert refused.value.status == 409 and waits == [0.001, 0.002]  # not retried
+    down = [ServiceError(502, "down", "")] * 3
+    with pytest.raises(ServiceError) as gave_up:
+        node._retry(outcomes(*down), attempts=3)
+    assert gave_up.value.status == 502 and len(waits) == 4
+    stopped = ParticipantNode(_sessions(db_url), _data(), PASSPHRASE, poll_seconds=0.001)
+    nodes.append(stopped)
+    stopped._stop.set()
+    with pytest.raises(ClientError, match="stopped"):
+        stopped._retry(outcomes(ServiceError(503, "down", ""), 1))
