@@ -44,7 +44,8 @@ def _node_parser(parser: argparse.ArgumentParser) -> None:
         help="SQLAlchemy URL (default: %(default)s)",
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8700, help="0 picks a free port")
+    # KGC 8700, PS 8600, node 8800: one machine can run all three on their defaults
+    serve.add_argument("--port", type=int, default=8800, help="0 picks a free port")
     serve.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     serve.add_argument("--partition-index", type=int, default=0)
     serve.add_argument("--num-partitions", type=int, default=1)

@@ -17,3 +17,16 @@ def test_min_quorum_is_an_option_of_node_serve() -> None:
 def test_min_quorum_must_be_a_positive_integer(value: str) -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["node", "serve", "--min-quorum", value])
+
+
+def test_each_service_has_its_own_default_port() -> None:
+    """KGC, parameter server and node can all run on one machine with their defaults."""
+    from kgc.cli import _parser as kgc_parser
+    from param_server.cli import _parser as ps_parser
+
+    ports = {
+        "kgc": kgc_parser().parse_args(["serve"]).port,
+        "ps": ps_parser().parse_args(["serve"]).port,
+        "node": _parser().parse_args(["node", "serve"]).port,
+    }
+    assert len(set(ports.values())) == 3, ports
