@@ -7,10 +7,11 @@ signer and the verifier agree on the bytes without sharing code paths.
 
 Tokens are JWTs (RFC 7519) signed with EdDSA over Ed25519, made and checked with PyJWT:
 the verifier accepts exactly one algorithm (``EdDSA``), requires every claim this project
-sets, and checks issuer, audience, expiry and not-before with one leeway, the same way in
-every service. Why PyJWT rather than our own format: the format is the standard one
-that any gateway, proxy or debugging tool reads, and PyJWT's claim checks are a
-maintained, widely reviewed implementation of exactly these rules (docs/ARCHITECTURE.md).
+sets and checks issuer and audience (PyJWT), then expiry and not-before against the
+service's injected clock with one leeway; the same way in every service. Why PyJWT
+rather than our own format: the format is the standard one that any gateway, proxy or
+debugging tool reads, and PyJWT's claim checks are a maintained, widely reviewed
+implementation of exactly these rules (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
