@@ -41,9 +41,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from e2e_support import json_column, read_rows
+from e2e_support import enrol_clients, json_column, ps_identity, read_rows
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
 
 from common.blocks import BlockLayout, EncryptedVector, generate_job_key
 from common.db import make_engine
@@ -58,7 +57,6 @@ from common.protocol import (
 )
 from common.signing import b64encode, sign_json
 from common.wire import decode_frame, encode_frame, to_obj
-from param_server.identity import load_identity
 from param_server.kgc_gateway import HttpKgcGateway, KgcError
 from participant.client import ClientError, JobView, ParticipantClient, PreparedUpload
 from participant.cluster import LocalCluster
@@ -187,12 +185,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cluster.start_kgc(1024, demo=True)
         enrolments = [cluster.enrol(f"participant-{i}", "participant") for i in range(K + 1)]
         cluster.start_param_server(wait=False)
-        clients = [
-            ParticipantClient.enrol(
-                cluster.kgc_url, e["subject_id"], e["code"], rng=random.Random(i)
-            )
-            for i, e in enumerate(enrolments)
-        ]
+        clients = enrol_clients(cluster, enrolments)
         assert cluster.param_server is not None
         cluster.wait_ready([cluster.param_server], 120)
         model = MLP([64, 8, 10])
@@ -213,10 +206,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "round_deadline_seconds": 3600,
             },
         )
-        engine = make_engine(f"sqlite:///{workdir}/ps.db")
-        identity = load_identity(sessionmaker(engine), cluster.ps_passphrase)
-        engine.dispose()
-        assert identity is not None
+        identity = ps_identity(cluster)
         rogue = HttpKgcGateway(cluster.kgc_url, identity.subject_id, identity.signing_key)
         w = World(
             cluster,

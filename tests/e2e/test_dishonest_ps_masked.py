@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from e2e_support import json_column, read_rows
+from e2e_support import enrol_clients, json_column, ps_identity, read_rows
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
 
 from common.db import make_engine
 from common.http import ServiceError
@@ -54,7 +53,6 @@ from common.protocol import ProtocolError
 from common.sealing import SealError, seal_bytes, wrap_data_key
 from common.signing import b64encode, public_key_from_hex, sign_json
 from common.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
-from param_server.identity import load_identity
 from param_server.kgc_gateway import HttpKgcGateway, KgcError
 from participant.client import ClientError, JobView, ParticipantClient, PreparedMaskedUpload
 from participant.cluster import LocalCluster
@@ -164,12 +162,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cluster.start_kgc(1024, demo=True)
         enrolments = [cluster.enrol(f"participant-{i}", "participant") for i in range(K)]
         cluster.start_param_server()
-        clients = [
-            ParticipantClient.enrol(
-                cluster.kgc_url, e["subject_id"], e["code"], rng=random.Random(i)
-            )
-            for i, e in enumerate(enrolments)
-        ]
+        clients = enrol_clients(cluster, enrolments)
         model = MLP([64, 8, 10])
         w0 = model.init_parameters(np.random.default_rng(3))
         cluster.ps_operator(timeout=120).post_json(
@@ -188,10 +181,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "encoding": {"frac_bits": FRAC_BITS},  # aggregation: masked, the default
             },
         )
-        engine = make_engine(f"sqlite:///{workdir}/ps.db")
-        identity = load_identity(sessionmaker(engine), cluster.ps_passphrase)
-        engine.dispose()
-        assert identity is not None
+        identity = ps_identity(cluster)
         rogue = HttpKgcGateway(cluster.kgc_url, identity.subject_id, identity.signing_key)
         w = World(cluster, clients, rogue, identity.signing_key, np.asarray(w0))
         try:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from e2e_support import enrol_clients
 
 from common.blocks import EncryptedVector, element_bytes
 from common.encoding import encode_vector
@@ -190,12 +191,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         cluster.start_kgc(1024, demo=True)
         enrolments = [cluster.enrol(f"participant-{i}", "participant") for i in range(K + 1)]
         cluster.start_param_server(wait=False)  # boots while the participants make keys
-        clients = [
-            ParticipantClient.enrol(
-                cluster.kgc_url, e["subject_id"], e["code"], rng=random.Random(i)
-            )
-            for i, e in enumerate(enrolments)
-        ]
+        clients = enrol_clients(cluster, enrolments)
         assert cluster.param_server is not None
         cluster.wait_ready([cluster.param_server], 120)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from e2e_support import enrol_clients
 
 from common.http import ServiceClient, ServiceError
 from common.masked_protocol import (
@@ -154,12 +154,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         cluster.start_kgc(1024, demo=True)
         enrolments = [cluster.enrol(f"participant-{i}", "participant") for i in range(K + 1)]
         cluster.start_param_server()
-        clients = [
-            ParticipantClient.enrol(
-                cluster.kgc_url, e["subject_id"], e["code"], rng=random.Random(i)
-            )
-            for i, e in enumerate(enrolments)
-        ]
+        clients = enrol_clients(cluster, enrolments)
         model = MLP([64, 8, 10])
         w0 = model.init_parameters(np.random.default_rng(7))
         ps_ops = cluster.ps_operator(timeout=120)
