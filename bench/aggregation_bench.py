@@ -32,7 +32,6 @@ the same model size and ``K`` (:mod:`bench.flower_bench`). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import statistics
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.crypto_bench import _loadavg, _log, _machine, grouped_bars
+from bench.crypto_bench import _loadavg, _log, _machine, grouped_bars, write_outputs
 from bench.round_bench import (
     MODELS,
     _cpu,
@@ -292,10 +291,8 @@ def run_aggregation_bench(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "flower": flower,
     }
-    (out / "aggregation_bench.json").write_text(json.dumps(doc, indent=2) + "\n")
     table = _table(doc)
-    (out / "aggregation_bench.txt").write_text(table + "\n")
-    _plot(doc, out / "aggregation_bench.png")
+    write_outputs(out, "aggregation_bench", doc, table, _plot)
     print(table)
     return doc
 

@@ -177,6 +177,23 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def write_outputs(
+    out: Path,
+    name: str,
+    doc: dict[str, Any],
+    table: str,
+    plot: Callable[[dict[str, Any], Path], None],
+) -> tuple[Path, Path, Path]:
+    """``<out>/<name>.json``, ``.txt`` (the printed table) and ``.png``: what every
+    benchmark leaves behind; the three paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / f"{name}.json", out / f"{name}.txt", out / f"{name}.png")
+    paths[0].write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    paths[1].write_text(table + "\n")
+    plot(doc, paths[2])
+    return paths
+
+
 def grouped_bars(
     ax: Any,
     groups: int,

@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import logging
 import math
 import statistics
@@ -101,7 +100,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.crypto_bench import _loadavg, _log, _machine, grouped_bars
+from bench.crypto_bench import _loadavg, _log, _machine, grouped_bars, write_outputs
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
@@ -953,13 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = _table(doc)
     print(text)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "flower_bench.json"
-    txt_path = args.out / "flower_bench.txt"
-    png_path = args.out / "flower_bench.png"
-    json_path.write_text(json.dumps(doc, indent=1, default=float) + "\n")
-    txt_path.write_text(text + "\n")
-    _plot(doc, png_path)
+    json_path, txt_path, png_path = write_outputs(args.out, "flower_bench", doc, text, _plot)
     print(f"wrote {json_path}, {txt_path} and {png_path} ({doc['total_s']:.0f} s)")
     return 0
 

@@ -51,7 +51,14 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.crypto_bench import MNIST_MLP_VALUES, _loadavg, _log, _machine, grouped_bars
+from bench.crypto_bench import (
+    MNIST_MLP_VALUES,
+    _loadavg,
+    _log,
+    _machine,
+    grouped_bars,
+    write_outputs,
+)
 from common.bcp import Ciphertext, MasterKey, PublicKey, SecretKey
 from common.blocks import element_bytes, elements_from_bytes, elements_to_bytes, generate_job_key
 from common.demo_params import load_demo_master_key
@@ -853,13 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = _table(doc)
     print(text)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "masking_bench.json"
-    txt_path = args.out / "masking_bench.txt"
-    png_path = args.out / "masking_bench.png"
-    json_path.write_text(json.dumps(doc, indent=1, default=float) + "\n")
-    txt_path.write_text(text + "\n")
-    _plot(doc, png_path)
+    json_path, txt_path, png_path = write_outputs(args.out, "masking_bench", doc, text, _plot)
     print(f"wrote {json_path}, {txt_path} and {png_path} ({doc['total_s']:.0f} s)")
     return 0
 
