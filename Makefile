@@ -22,7 +22,7 @@ lint: install
 	$(PY) -m ruff check .
 
 typecheck: install
-	$(PY) -m mypy common kgc param_server participant bench
+	$(PY) -m mypy trapdoor bench
 
 test: lint typecheck
 	$(PY) -m pytest

@@ -5,7 +5,7 @@ dataset x partition scheme x participants x model x aggregation -- by default
 {digits, mnist} x {iid, dirichlet (alpha 0.5)} x {5, 10 participants} x {mlp} x
 {masked}; ``--models`` takes any of the demo's models (mlp, cnn, rnn, torch-mlp,
 torch-cnn) and ``--aggregations`` either mode (masked, bcp) -- it runs the real demo
-(:func:`participant.demo.run_demo`: KGC, parameter server and one node process per
+(:func:`trapdoor.demo.job.run_demo`: KGC, parameter server and one node process per
 participant on loopback, ``--no-skip``) and the plaintext FedAvg reference the demo runs
 on the same model, data, partitions, seed and schedule, and records the test accuracy of
 both after every round. Writes ``<out>/accuracy_bench.json`` (one entry per
@@ -33,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.crypto_bench import _log, _machine
-from participant.demo import AGGREGATIONS, MODELS, build_parser, run_demo
+from trapdoor.demo.job import AGGREGATIONS, MODELS, build_parser, run_demo
 
 __all__ = ["TARGET_PP", "main", "run_accuracy"]
 

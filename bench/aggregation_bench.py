@@ -1,11 +1,11 @@
 """The two aggregation modes side by side: one round through the real services (issue 12).
 
 Run ``python -m bench.aggregation_bench`` (or ``--quick``). In one run, on one machine, it
-starts a :class:`~participant.cluster.LocalCluster` (real KGC and PS processes on
+starts a :class:`~trapdoor.demo.cluster.LocalCluster` (real KGC and PS processes on
 loopback, SQLite) and measures a round of a masked job and of a bcp job on the same model
 (default: the 109,386-parameter MNIST MLP), key size (2048 bits) and ``K`` (10), then the
 masked mode alone at larger ``K`` (default 100). Participants are played in this process,
-one after the other, with :class:`~participant.client.ParticipantClient`; each job has two
+one after the other, with :class:`~trapdoor.participant.client.ParticipantClient`; each job has two
 rounds and the second is measured (the steady state: a participant's seed or vector
 encryption masks are computed while it trains, as the node does).
 
@@ -17,7 +17,7 @@ of the release (masked: the signed bundle and the K listed uploads, digest check
 ``next_model``); bytes up and down. And per round: the PS's CPU seconds for the upload
 phase divided by ``K`` (HTTP, token, checks, storage; and at the last upload, closing
 ``Z``; /proc counts in 10 ms ticks, so small K reads coarse), the PS's aggregation of one
-upload alone (:func:`param_server.masked.add_uploads` on the round's frames, in this
+upload alone (:func:`trapdoor.ps.masked.add_uploads` on the round's frames, in this
 process, median of 5), the
 release latency (last upload, or last audit for bcp, to the PS's ``released_at`` stamp)
 and the KGC's CPU seconds in that window. ``critical_path_s`` is a deployment's round
@@ -52,12 +52,12 @@ from bench.round_bench import (
     measure_round,
     num_params,
 )
-from common.masked_protocol import initial_state
-from common.masking import vector_to_bytes
-from param_server.masked import add_uploads
-from participant.client import ParticipantClient, fetch_kgc_params
-from participant.cluster import LocalCluster
-from participant.node import dataset_partitions
+from trapdoor.crypto.masking import vector_to_bytes
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.participant.client import ParticipantClient, fetch_kgc_params
+from trapdoor.participant.node import dataset_partitions
+from trapdoor.protocol.masked import initial_state
+from trapdoor.ps.masked import add_uploads
 
 __all__ = ["main", "measure_masked_round", "run_aggregation_bench"]
 

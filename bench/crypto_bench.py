@@ -13,7 +13,7 @@ MLP) under the shipped demo parameters:
 * homomorphic addition of one upload into an aggregate;
 * master-key decryption of the whole vector and decode, checked against the input
   (the run fails loudly if any value is off by more than 2^-20);
-* bytes per value on the wire (a full :func:`common.wire.encode_frame` frame);
+* bytes per value on the wire (a full :func:`trapdoor.crypto.wire.encode_frame` frame);
 * peak memory (``ru_maxrss`` of this process and of its worker processes);
 * a python-paillier baseline (one scalar per ciphertext), measured on a sample and
   extrapolated to the whole vector;
@@ -46,8 +46,8 @@ import numpy as np
 import numpy.typing as npt
 from gmpy2 import mpz
 
-from common.bcp import MasterKey
-from common.blocks import (
+from trapdoor.crypto.bcp import MasterKey
+from trapdoor.crypto.blocks import (
     BlockLayout,
     EncryptedVector,
     JobKey,
@@ -56,9 +56,9 @@ from common.blocks import (
     element_bytes,
     generate_job_key,
 )
-from common.demo_params import demo_params_path, load_demo_master_key
-from common.fixedbase import FixedBaseTable, signed_digits
-from common.wire import encode_frame
+from trapdoor.crypto.demo_params import demo_params_path, load_demo_master_key
+from trapdoor.crypto.fixedbase import FixedBaseTable, signed_digits
+from trapdoor.crypto.wire import encode_frame
 
 __all__ = ["main"]
 
@@ -253,7 +253,7 @@ def _check_first_block(
     Packing is sequential, so the first block's plaintexts hold the first
     ``block size * slots`` values. Cheap (one block), used for vectors we do not time.
     """
-    from common.encoding import PackingLayout, decode_vector
+    from trapdoor.crypto.encoding import PackingLayout, decode_vector
 
     size = vector.layout.block_sizes()[0]
     sub = EncryptedVector(
@@ -345,7 +345,7 @@ def _encrypt_phase(
 def _measure_ours(
     master_key: MasterKey, args: argparse.Namespace, x: np.ndarray, y: np.ndarray
 ) -> dict[str, Any]:
-    from common.encoding import PackingLayout, decode_vector, encode_vector
+    from trapdoor.crypto.encoding import PackingLayout, decode_vector, encode_vector
 
     params = master_key.params
     n = params.n

@@ -3,14 +3,14 @@
 Run ``python -m bench.masking_bench`` (well under two minutes on two cores). For a model
 of ``--params`` parameters (default 109,386: the MNIST MLP), each ring ``k`` (default 32
 and 64) and the shipped 2048-bit demo BCP parameters, one run measures with the code in
-:mod:`common.masking`:
+:mod:`trapdoor.crypto.masking`:
 
 1. the participant's work per upload *after training*: clip + weight + ``encode_ring``,
    ``draw_seed``, ``encrypt_seed`` under a one-component job key (and its wire bytes),
    ``mask_key`` + ``expand_mask``, ``mask_vector``, ``vector_to_bytes``, and an Ed25519
    signature over a small upload statement (SHA-256 of ``y`` and of ``c``);
 2. bytes up per parameter: ``y`` + the seed ciphertext as its two group elements in
-   fixed-width binary (``A || B``, :func:`common.blocks.elements_to_bytes`; the job key
+   fixed-width binary (``A || B``, :func:`trapdoor.crypto.blocks.elements_to_bytes`; the job key
    is known to the receiver) + a 1 KiB allowance for the signed statement and framing;
 3. the PS's aggregation of one upload: ``vector_from_bytes`` + ``add_into``;
 4. the KGC's part of a release for each ``K`` in ``--k``: verify ``K`` statement
@@ -59,10 +59,15 @@ from bench.crypto_bench import (
     grouped_bars,
     write_outputs,
 )
-from common.bcp import Ciphertext, MasterKey, PublicKey, SecretKey
-from common.blocks import element_bytes, elements_from_bytes, elements_to_bytes, generate_job_key
-from common.demo_params import load_demo_master_key
-from common.masking import (
+from trapdoor.crypto.bcp import Ciphertext, MasterKey, PublicKey, SecretKey
+from trapdoor.crypto.blocks import (
+    element_bytes,
+    elements_from_bytes,
+    elements_to_bytes,
+    generate_job_key,
+)
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.masking import (
     MaskContext,
     RingSpec,
     RingVector,
@@ -83,13 +88,13 @@ from common.masking import (
     vector_from_bytes,
     vector_to_bytes,
 )
-from common.sealing import open_bytes, seal_bytes, unwrap_data_key, wrap_data_key
-from common.signing import canonical_json, generate_signing_key, sign_json, verify_json
-from common.wire import to_obj
+from trapdoor.crypto.sealing import open_bytes, seal_bytes, unwrap_data_key, wrap_data_key
+from trapdoor.crypto.signing import canonical_json, generate_signing_key, sign_json, verify_json
+from trapdoor.crypto.wire import to_obj
 
 __all__ = ["main"]
 
-FRAC_BITS = 22  # the demo's encoding (participant.demo.DEMO_ENCODING)
+FRAC_BITS = 22  # the demo's encoding (trapdoor.demo.job.DEMO_ENCODING)
 CLIP_BOUND = 8.0  # the demo's per-value clip bound
 MODEL_BOUND = 16.0  # the demo's slot bound, used as B_W to show choose_ring's pick
 ROUNDS = 10  # for choose_ring's K·T term
@@ -302,8 +307,8 @@ def _precomputed_seed_encryption(
 ) -> dict[str, float]:
     """What-if: ``g^r`` and ``h^r`` drawn before training, as the bcp mode precomputes masks.
 
-    The same arithmetic as :meth:`common.bcp.PublicKey.encrypt`, split at the point where
-    the seed is first needed; :mod:`common.masking` does not offer this split today.
+    The same arithmetic as :meth:`trapdoor.crypto.bcp.PublicKey.encrypt`, split at the point where
+    the seed is first needed; :mod:`trapdoor.crypto.masking` does not offer this split today.
     """
     params = job_pub.params
     n, n2 = params.n, params.nsquare

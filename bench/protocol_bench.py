@@ -27,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from common.blocks import BlockLayout, generate_job_key
-from common.demo_params import load_demo_master_key
-from common.encoding import PackingLayout
-from common.pok import prove_randomness, verify_randomness
-from common.protocol import (
+from trapdoor.crypto.blocks import BlockLayout, generate_job_key
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.encoding import PackingLayout
+from trapdoor.crypto.pok import prove_randomness, verify_randomness
+from trapdoor.crypto.signing import b64encode, generate_signing_key, public_key_hex
+from trapdoor.crypto.wire import to_obj
+from trapdoor.protocol.messages import (
     AuditDigests,
     build_audit_statement,
     build_closed_set,
@@ -48,8 +50,6 @@ from common.protocol import (
     verify_closed_set,
     verify_upload_statement,
 )
-from common.signing import b64encode, generate_signing_key, public_key_hex
-from common.wire import to_obj
 
 
 def _median_ms(call: Callable[[], Any], repeat: int) -> float:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from bench import accuracy_bench, paillier_baseline, round_bench
 from bench.crypto_bench import _log
 from bench.round_bench import MODELS, encrypt_total, num_params
-from participant.demo import DEMO_ENCODING
+from trapdoor.demo.job import DEMO_ENCODING
 
 __all__ = ["main", "render"]
 
@@ -735,7 +735,7 @@ def render(
         parts += [
             "## Accuracy: encrypted vs plaintext FedAvg",
             "",
-            "`bench/accuracy_bench.py` runs the real demo (`participant.demo.run_demo`, "
+            "`bench/accuracy_bench.py` runs the real demo (`trapdoor.demo.job.run_demo`, "
             "`--no-skip`: KGC, PS and one node process per participant) and the plaintext "
             "FedAvg reference with the same MLP (digits 64-32-10, MNIST 784-128-64-10), data, "
             "partitions (IID, or Dirichlet α = 0.5), seed 7 and schedule (2 local epochs, "

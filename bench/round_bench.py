@@ -1,10 +1,10 @@
 """One federated round through the real services, timed phase by phase.
 
 Run ``python -m bench.round_bench`` (or ``--quick``). For each configuration (participants
-``K``, model size, key bits) it starts a :class:`~participant.cluster.LocalCluster` (the
+``K``, model size, key bits) it starts a :class:`~trapdoor.demo.cluster.LocalCluster` (the
 real KGC and parameter server processes on loopback, SQLite databases), enrols ``K``
 participants and creates a one-round job on MNIST (IID partitions, 1 local epoch). The
-benchmark itself plays the participants with :class:`~participant.client.ParticipantClient`
+benchmark itself plays the participants with :class:`~trapdoor.participant.client.ParticipantClient`
 in this process, one after the other, and records:
 
 * per participant: local training, encode, encrypt (+ frame), upload (HTTP, PS validation
@@ -20,7 +20,7 @@ in this process, one after the other, and records:
   WAL file) before and after the round.
 
 The simulated participants encrypt under the same public job key, so they share one
-in-process :class:`~common.blocks.VectorEncryptor` (its fixed-base tables are built once
+in-process :class:`~trapdoor.crypto.blocks.VectorEncryptor` (its fixed-base tables are built once
 and reported apart, as ``encryptor setup``: a one-time per-job cost for a real
 participant). Every participant has its own keys, data, token, upload and download.
 
@@ -46,11 +46,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.crypto_bench import _loadavg, _log, _machine, _proc_cpu_s, _worker_pids
-from common.signing import b64encode
-from participant.client import ParticipantClient, fetch_kgc_params
-from participant.cluster import LocalCluster
-from participant.models import MLP
-from participant.node import dataset_partitions
+from trapdoor.crypto.signing import b64encode
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.ml.models import MLP
+from trapdoor.participant.client import ParticipantClient, fetch_kgc_params
+from trapdoor.participant.node import dataset_partitions
 
 __all__ = [
     "ENCODINGS",

@@ -2,7 +2,7 @@
 
 Parameter generation is deterministic (fixed seeds) and done once per session: about half a
 second at 1024 bits, a few milliseconds at 256. Never generate 2048-bit parameters in a test;
-load the shipped demo ones (``common.demo_params``) instead.
+load the shipped demo ones (``trapdoor.crypto.demo_params``) instead.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.bcp import MasterKey, PublicParams, generate_params
+from trapdoor.crypto.bcp import MasterKey, PublicParams, generate_params
 
 PARAMS_1024_SEED = 1024_2024
 SMALL_PARAMS_SEED = 256_2024
@@ -54,7 +54,7 @@ def postgres_server() -> str:
 
     from sqlalchemy import text
 
-    from common.db import make_engine
+    from trapdoor.service.db import make_engine
 
     url = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES_URL)
     engine = make_engine(url, connect_args={"connect_timeout": 3})
@@ -76,7 +76,7 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from common.db import make_engine
+    from trapdoor.service.db import make_engine
 
     name = f"trapdoor_test_{secrets.token_hex(4)}"
     admin = make_engine(postgres_server, isolation_level="AUTOCOMMIT")

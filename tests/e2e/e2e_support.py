@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-from common.db import make_engine
-from param_server.identity import ServerIdentity, load_identity
-from participant.client import ParticipantClient
-from participant.cluster import LocalCluster
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.participant.client import ParticipantClient
+from trapdoor.ps.identity import ServerIdentity, load_identity
+from trapdoor.service.db import make_engine
 
 
 def read_rows(database: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:

@@ -44,10 +44,13 @@ import pytest
 from e2e_support import enrol_clients, json_column, ps_identity, read_rows
 from sqlalchemy import text
 
-from common.blocks import BlockLayout, EncryptedVector, generate_job_key
-from common.db import make_engine
-from common.http import ServiceClient, ServiceError
-from common.protocol import (
+from trapdoor.crypto.blocks import BlockLayout, EncryptedVector, generate_job_key
+from trapdoor.crypto.signing import b64encode, sign_json
+from trapdoor.crypto.wire import decode_frame, encode_frame, to_obj
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.ml.models import MLP
+from trapdoor.participant.client import ClientError, JobView, ParticipantClient, PreparedUpload
+from trapdoor.protocol.messages import (
     ClosedSet,
     build_audit_statement,
     build_upload_statement,
@@ -55,12 +58,9 @@ from common.protocol import (
     vector_sha256,
     verify_audit_statement,
 )
-from common.signing import b64encode, sign_json
-from common.wire import decode_frame, encode_frame, to_obj
-from param_server.kgc_gateway import HttpKgcGateway, KgcError
-from participant.client import ClientError, JobView, ParticipantClient, PreparedUpload
-from participant.cluster import LocalCluster
-from participant.models import MLP
+from trapdoor.ps.kgc_gateway import HttpKgcGateway, KgcError
+from trapdoor.service.db import make_engine
+from trapdoor.service.http import ServiceClient, ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -519,7 +519,7 @@ def test_a_token_for_one_ps_is_refused_by_another_ps_and_by_the_kgc(world: World
     second = cluster.spawn(
         "param_server_2",
         [
-            "-m", "param_server", "serve",
+            "-m", "trapdoor.ps", "serve",
             "--db", f"sqlite:///{cluster.workdir}/ps2.db",
             "--kgc", cluster.kgc_url, "--port", "0",
             f"--enrol-subject={enrolment['subject_id']}",

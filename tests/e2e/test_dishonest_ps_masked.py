@@ -37,9 +37,20 @@ import pytest
 from e2e_support import enrol_clients, json_column, ps_identity, read_rows
 from sqlalchemy import text
 
-from common.db import make_engine
-from common.http import ServiceError
-from common.masked_protocol import (
+from trapdoor.crypto.masking import vector_from_bytes, vector_to_bytes
+from trapdoor.crypto.sealing import SealError, seal_bytes, wrap_data_key
+from trapdoor.crypto.signing import b64encode, public_key_from_hex, sign_json
+from trapdoor.crypto.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.ml.models import MLP
+from trapdoor.ml.training import local_fit, participant_rng
+from trapdoor.participant.client import (
+    ClientError,
+    JobView,
+    ParticipantClient,
+    PreparedMaskedUpload,
+)
+from trapdoor.protocol.masked import (
     MaskedLayout,
     MaskedReleaseBinding,
     build_masked_upload_statement,
@@ -48,16 +59,10 @@ from common.masked_protocol import (
     seed_sha256,
     verify_release_statement,
 )
-from common.masking import vector_from_bytes, vector_to_bytes
-from common.protocol import ProtocolError
-from common.sealing import SealError, seal_bytes, wrap_data_key
-from common.signing import b64encode, public_key_from_hex, sign_json
-from common.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
-from param_server.kgc_gateway import HttpKgcGateway, KgcError
-from participant.client import ClientError, JobView, ParticipantClient, PreparedMaskedUpload
-from participant.cluster import LocalCluster
-from participant.models import MLP
-from participant.training import local_fit, participant_rng
+from trapdoor.protocol.messages import ProtocolError
+from trapdoor.ps.kgc_gateway import HttpKgcGateway, KgcError
+from trapdoor.service.db import make_engine
+from trapdoor.service.http import ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,6 +1,6 @@
 """A whole job over real processes: KGC, parameter server and participant nodes.
 
-Runs :func:`participant.demo.run_demo` in-process (it spawns the services on loopback
+Runs :func:`trapdoor.demo.job.run_demo` in-process (it spawns the services on loopback
 with the shipped 1024-bit demo parameters), in both aggregation modes (masked, the
 default, and bcp), and checks the encrypted model against
 plaintext FedAvg, the contributor counts, and that the participant that skipped a round
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from participant.demo import build_parser, run_demo
+from trapdoor.demo.job import build_parser, run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,8 +1,9 @@
 """Hostile uploads against the real KGC and parameter server processes.
 
-One :class:`~participant.cluster.LocalCluster` (1024-bit demo parameters) runs for the
+One :class:`~trapdoor.demo.cluster.LocalCluster` (1024-bit demo parameters) runs for the
 module. The test itself plays the four participants over real HTTP with the client library
-(:class:`~participant.client.ParticipantClient`): it chooses each update ``Δ_i``, encodes it
+(:class:`~trapdoor.participant.client.ParticipantClient`): it chooses each update ``Δ_i``, encodes
+it
 with the job's public weight and encrypts it under the job key, so the released model can
 be checked against ``W_0 + Σ w_i Δ_i``.
 
@@ -30,16 +31,16 @@ import numpy.typing as npt
 import pytest
 from e2e_support import enrol_clients
 
-from common.blocks import EncryptedVector, element_bytes
-from common.encoding import encode_vector
-from common.http import ServiceClient, ServiceError
-from common.protocol import ClosedSet, build_upload_statement, vector_sha256
-from common.sealing import SealError
-from common.signing import b64decode, b64encode, generate_signing_key, issue_token
-from common.wire import FRAME_MAGIC, decode_frame, encode_frame
-from participant.client import JobView, ParticipantClient, PreparedUpload
-from participant.cluster import LocalCluster
-from participant.models import MLP
+from trapdoor.crypto.blocks import EncryptedVector, element_bytes
+from trapdoor.crypto.encoding import encode_vector
+from trapdoor.crypto.sealing import SealError
+from trapdoor.crypto.signing import b64decode, b64encode, generate_signing_key, issue_token
+from trapdoor.crypto.wire import FRAME_MAGIC, decode_frame, encode_frame
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.ml.models import MLP
+from trapdoor.participant.client import JobView, ParticipantClient, PreparedUpload
+from trapdoor.protocol.messages import ClosedSet, build_upload_statement, vector_sha256
+from trapdoor.service.http import ServiceClient, ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

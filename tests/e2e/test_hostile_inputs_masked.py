@@ -1,9 +1,9 @@
 """Hostile uploads to a *masked* job, against the real KGC and parameter server processes.
 
-One :class:`~participant.cluster.LocalCluster` (1024-bit demo parameters) runs for the
+One :class:`~trapdoor.demo.cluster.LocalCluster` (1024-bit demo parameters) runs for the
 module, with a masked job of four participants (unequal weights). The test plays them over
 real HTTP: it chooses each update ``Δ_i`` and builds each upload with the pure functions of
-:mod:`common.masked_protocol` (fresh seed, ``Enc(s)`` under the job key, ChaCha20 mask,
+:mod:`trapdoor.protocol.masked` (fresh seed, ``Enc(s)`` under the job key, ChaCha20 mask,
 signed statement, ring frame), so the released model can be checked against
 ``W_0 + Σ w_i Δ_i``.
 
@@ -28,21 +28,21 @@ import numpy.typing as npt
 import pytest
 from e2e_support import enrol_clients
 
-from common.http import ServiceClient, ServiceError
-from common.masked_protocol import (
+from trapdoor.crypto.masking import derive_mask, draw_seed, encrypt_seed, mask_vector, seed_to_int
+from trapdoor.crypto.masking import vector_to_bytes as ring_bytes
+from trapdoor.crypto.signing import b64encode, generate_signing_key, issue_token
+from trapdoor.crypto.wire import FRAME_MAGIC, encode_frame, encode_ring_frame, to_hex
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.ml.models import MLP
+from trapdoor.participant.client import JobView, ParticipantClient
+from trapdoor.protocol.masked import (
     build_masked_upload_statement,
     encode_update,
     mask_context,
     seed_sha256,
     seed_to_obj,
 )
-from common.masking import derive_mask, draw_seed, encrypt_seed, mask_vector, seed_to_int
-from common.masking import vector_to_bytes as ring_bytes
-from common.signing import b64encode, generate_signing_key, issue_token
-from common.wire import FRAME_MAGIC, encode_frame, encode_ring_frame, to_hex
-from participant.client import JobView, ParticipantClient
-from participant.cluster import LocalCluster
-from participant.models import MLP
+from trapdoor.service.http import ServiceClient, ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

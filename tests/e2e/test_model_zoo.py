@@ -1,7 +1,7 @@
 """The model zoo through the real services: each kind of model the demo offers trains an
 encrypted job that matches plaintext FedAvg on the same seed, partitions and schedule.
 
-Each case runs :func:`participant.demo.run_demo` on sklearn digits with the 1024-bit demo
+Each case runs :func:`trapdoor.demo.job.run_demo` on sklearn digits with the 1024-bit demo
 parameters, 3 participants and 2 rounds, everyone contributing. The nodes rebuild the
 model from the job definition's spec, so this also checks that a CNN, a GRU reading each
 image row by row, and a registered PyTorch module need no node-side changes.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from participant.demo import build_parser, run_demo
+from trapdoor.demo.job import build_parser, run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

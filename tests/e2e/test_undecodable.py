@@ -30,21 +30,21 @@ import numpy as np
 import pytest
 from e2e_support import json_column, read_rows
 
-from common.masked_protocol import build_masked_upload_statement, seed_sha256
-from common.masking import vector_to_bytes
-from common.protocol import vector_sha256
-from common.signing import b64decode, b64encode
-from common.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
-from participant.client import (
+from trapdoor.crypto.masking import vector_to_bytes
+from trapdoor.crypto.signing import b64decode, b64encode
+from trapdoor.crypto.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
+from trapdoor.demo.cluster import LocalCluster, wait_until
+from trapdoor.ml.models import MLP
+from trapdoor.participant.client import (
     JobView,
     ParticipantClient,
     PreparedMaskedUpload,
     PreparedUpload,
     UndecodableReleaseError,
 )
-from participant.cluster import LocalCluster, wait_until
-from participant.models import MLP
-from participant.node import dataset_partitions
+from trapdoor.participant.node import dataset_partitions
+from trapdoor.protocol.masked import build_masked_upload_statement, seed_sha256
+from trapdoor.protocol.messages import vector_sha256
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,8 +1,8 @@
 """One deployment shared by the fault tests: KGC and PS under gunicorn on PostgreSQL.
 
 It is started the way docs/RELIABILITY.md ("Deployment") says: ``kgc init`` then
-``gunicorn kgc.wsgi:app`` (2 workers), ``python -m param_server enrol`` then
-``gunicorn param_server.wsgi:app`` (3 workers), both on one PostgreSQL database. Each
+``gunicorn trapdoor.kgc.wsgi:app`` (2 workers), ``python -m trapdoor.ps enrol`` then
+``gunicorn trapdoor.ps.wsgi:app`` (3 workers), both on one PostgreSQL database. Each
 test uses its own job, so the tests do not depend on each other; some kill and restart a
 service, which is what they are for. Skips when no PostgreSQL answers.
 """
@@ -18,9 +18,9 @@ from fault_support import enrol_clients
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from common.db import make_engine
-from participant.client import ParticipantClient
-from participant.cluster import LocalCluster
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.participant.client import ParticipantClient
+from trapdoor.service.db import make_engine
 
 PS_WORKERS = 3
 KGC_WORKERS = 2

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.blocks import EncryptedVector, VectorEncryptor
-from common.encoding import encode_vector
-from common.http import ServiceClient, ServiceError
-from common.protocol import vector_sha256
-from common.signing import b64encode
-from participant.client import JobView, ParticipantClient, PreparedUpload
-from participant.cluster import LocalCluster
-from participant.models import MLP
+from trapdoor.crypto.blocks import EncryptedVector, VectorEncryptor
+from trapdoor.crypto.encoding import encode_vector
+from trapdoor.crypto.signing import b64encode
+from trapdoor.demo.cluster import LocalCluster
+from trapdoor.ml.models import MLP
+from trapdoor.participant.client import JobView, ParticipantClient, PreparedUpload
+from trapdoor.protocol.messages import vector_sha256
+from trapdoor.service.http import ServiceClient, ServiceError
 
 LAYERS = [64, 8, 10]  # 610 weights: a small model keeps 1024-bit encryption cheap
 ENCODING = {"frac_bits": 20, "slot_bits": 29, "slot_bound": 64.0, "clip_bound": 16.0, "width": 16}

@@ -15,8 +15,8 @@ from conftest import Deployment
 from fault_support import create_job
 from sqlalchemy import text
 
-from common.db import make_engine
-from common.http import ServiceError
+from trapdoor.service.db import make_engine
+from trapdoor.service.http import ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import Deployment
 from fault_support import create_job
 
-from common.http import ServiceError
+from trapdoor.service.http import ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import KGC_WORKERS, PARTICIPANTS, PS_WORKERS, Deployment
 from fault_support import create_job
 
-from common.http import ServiceClient, ServiceError
+from trapdoor.service.http import ServiceClient, ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 

@@ -20,13 +20,13 @@ import pytest
 from fault_support import ENCODING, LAYERS
 from sqlalchemy.orm import sessionmaker
 
-from common.db import make_engine
-from common.http import ServiceError
-from common.signing import b64decode, b64encode
-from participant.client import ParticipantClient
-from participant.cluster import LocalCluster, wait_until
-from participant.models import MLP
-from participant.node import dataset_partitions, load_identity
+from trapdoor.crypto.signing import b64decode, b64encode
+from trapdoor.demo.cluster import LocalCluster, wait_until
+from trapdoor.ml.models import MLP
+from trapdoor.participant.client import ParticipantClient
+from trapdoor.participant.node import dataset_partitions, load_identity
+from trapdoor.service.db import make_engine
+from trapdoor.service.http import ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

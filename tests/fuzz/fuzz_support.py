@@ -28,11 +28,11 @@ for _folder in ("kgc", "param_server"):
 import kgc_api_support  # noqa: E402
 import ps_api_support  # noqa: E402
 
-from common.demo_params import load_demo_master_key  # noqa: E402
-from kgc.keystore import init_kgc  # noqa: E402
-from kgc.testing import TestSubject  # noqa: E402
-from param_server.testing import make_definition, make_participants  # noqa: E402
-from participant.node_api import create_app as create_node_app  # noqa: E402
+from trapdoor.crypto.demo_params import load_demo_master_key  # noqa: E402
+from trapdoor.kgc.keystore import init_kgc  # noqa: E402
+from trapdoor.kgc.testing import TestSubject  # noqa: E402
+from trapdoor.participant.node_api import create_app as create_node_app  # noqa: E402
+from trapdoor.ps.testing import make_definition, make_participants  # noqa: E402
 
 NODE_ADMIN_TOKEN = "node-admin-for-fuzz"
 JOB_ID = "job-fuzz"
@@ -156,7 +156,7 @@ def build_node(tmp: Path) -> Target:
             "PARTITION_SEED": 7,
         }
     )
-    from common.db import make_engine
+    from trapdoor.service.db import make_engine
 
     return Target(
         name="node",

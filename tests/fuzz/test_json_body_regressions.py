@@ -1,6 +1,6 @@
 """Regressions found by the fuzz tests (issue 6): hostile JSON bodies were 500s.
 
-``common.service.json_body`` let a ``RecursionError`` (JSON nested ~100k deep) and a
+``trapdoor.service.web.json_body`` let a ``RecursionError`` (JSON nested ~100k deep) and a
 ``UnicodeEncodeError`` (a lone surrogate such as ``"\\ud800"``, valid JSON that is not
 UTF-8 text, reaching SQLite or ``str.encode``) escape as 500 ``internal``. Both are now
 400 ``malformed-json``, and nothing is stored.

@@ -1,7 +1,7 @@
 """Fuzz every operation of the three services from their own ``/openapi.json`` (issue 6).
 
 For the KGC, the parameter server and the participant node, schemathesis loads the
-document the app generates from its URL map (``common.service``) through the WSGI
+document the app generates from its URL map (``trapdoor.service.web``) through the WSGI
 loader, and generates positive and negative requests for every operation; each is
 sent without and with valid credentials (admin token, participant or server tokens).
 A second pass fuzzes each route of ``app.url_map`` directly with Hypothesis: hostile

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from kgc_api_support import LOW_COST, PASSPHRASE, ApiWorld, build_api_world
 
-from common.bcp import MasterKey
-from common.demo_params import load_demo_master_key
-from kgc.keystore import init_kgc
-from kgc.testing import TestSubject
+from trapdoor.crypto.bcp import MasterKey
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.kgc.keystore import init_kgc
+from trapdoor.kgc.testing import TestSubject
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, func, select
 
-from common.db import make_engine
-from kgc.app import create_app
-from kgc.testing import FakeClock, TestSubject
+from trapdoor.kgc.app import create_app
+from trapdoor.kgc.testing import FakeClock, TestSubject
+from trapdoor.service.db import make_engine
 
 ADMIN_TOKEN = "admin-token-for-tests"
 PASSPHRASE = "kgc test passphrase"

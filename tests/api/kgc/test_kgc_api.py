@@ -20,12 +20,10 @@ from typing import Any
 import pytest
 from kgc_api_support import PASSPHRASE, ApiWorld, build_api_world, error
 
-from common.blocks import BlockLayout, element_bytes
-from common.demo_params import load_demo_master_key
-from common.protocol import JobTerms, release_header_limit, verify_job_terms
-from common.release import ReleaseBinding, open_release
-from common.sealing import SealError
-from common.signing import (
+from trapdoor.crypto.blocks import BlockLayout, element_bytes
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.sealing import SealError
+from trapdoor.crypto.signing import (
     generate_signing_key,
     issue_token,
     public_key_from_hex,
@@ -34,11 +32,13 @@ from common.signing import (
     verify_json,
     verify_token,
 )
-from common.wire import FRAME_MAGIC, from_obj, to_obj
-from kgc.app import create_app
-from kgc.keystore import DemoParamsRefusedError, WrongPassphraseError
-from kgc.models import Job, Release, Subject, TokenNonce
-from kgc.testing import RoundPlay, TestSubject, dishonest_requests, job_request, play_round
+from trapdoor.crypto.wire import FRAME_MAGIC, from_obj, to_obj
+from trapdoor.kgc.app import create_app
+from trapdoor.kgc.keystore import DemoParamsRefusedError, WrongPassphraseError
+from trapdoor.kgc.models import Job, Release, Subject, TokenNonce
+from trapdoor.kgc.testing import RoundPlay, TestSubject, dishonest_requests, job_request, play_round
+from trapdoor.protocol.bundle import ReleaseBinding, open_release
+from trapdoor.protocol.messages import JobTerms, release_header_limit, verify_job_terms
 
 OCTET = {"Content-Type": "application/octet-stream"}
 PARAMS = load_demo_master_key(1024).params

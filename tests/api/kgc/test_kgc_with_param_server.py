@@ -1,7 +1,7 @@
 """The real KGC over HTTP with the parameter server's own KGC client: the contract holds.
 
 The KGC app runs in a thread on loopback; the parameter server enrols with
-``param_server.kgc_gateway.complete_enrolment``, creates a job (the KGC signs its terms)
+``trapdoor.ps.kgc_gateway.complete_enrolment``, creates a job (the KGC signs its terms)
 and plays two rounds of the round protocol v2 (docs/PROTOCOL.md): the
 participants commit, upload under the PS-signed closed set and audit the aggregate, and
 the PS releases through ``HttpKgcGateway`` (tokens for the KGC's audience by signed
@@ -24,16 +24,14 @@ from kgc_api_support import ApiWorld
 from sqlalchemy.orm import sessionmaker
 from werkzeug.serving import make_server
 
-from common.blocks import VectorEncryptor
-from common.db import make_engine
-from common.http import ServiceClient
-from common.signing import generate_signing_key
-from kgc.models import Release
-from kgc.testing import FakeClock, TestSubject
-from param_server.domain import ParameterServer
-from param_server.kgc_gateway import HttpKgcGateway, complete_enrolment
-from param_server.models import metadata as ps_metadata
-from param_server.testing import (
+from trapdoor.crypto.blocks import VectorEncryptor
+from trapdoor.crypto.signing import generate_signing_key
+from trapdoor.kgc.models import Release
+from trapdoor.kgc.testing import FakeClock, TestSubject
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.kgc_gateway import HttpKgcGateway, complete_enrolment
+from trapdoor.ps.models import metadata as ps_metadata
+from trapdoor.ps.testing import (
     TestParticipant,
     job_key_of,
     job_terms_of,
@@ -41,6 +39,8 @@ from param_server.testing import (
     open_model,
     play_round,
 )
+from trapdoor.service.db import make_engine
+from trapdoor.service.http import ServiceClient
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from ps_api_support import ApiWorld, build_api_world
 
-from common.bcp import MasterKey, PublicParams
-from param_server.testing import TestParticipant, make_participants
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.ps.testing import TestParticipant, make_participants
 
 
 @pytest.fixture(scope="session")

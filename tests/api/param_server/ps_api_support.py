@@ -13,12 +13,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
-from common.bcp import MasterKey
-from common.db import make_engine
-from common.signing import generate_signing_key, public_key_hex
-from param_server.app import create_app
-from param_server.domain import ParameterServer
-from param_server.testing import PS_SUBJECT_ID, FakeClock, FakeKgc, HttpPs, TestParticipant
+from trapdoor.crypto.bcp import MasterKey
+from trapdoor.crypto.signing import generate_signing_key, public_key_hex
+from trapdoor.ps.app import create_app
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.testing import PS_SUBJECT_ID, FakeClock, FakeKgc, HttpPs, TestParticipant
+from trapdoor.service.db import make_engine
 
 ADMIN_TOKEN = "admin-secret-for-tests"
 

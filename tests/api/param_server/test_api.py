@@ -20,9 +20,18 @@ from ps_api_support import ApiWorld
 from sqlalchemy import func, select, text
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from common.blocks import EncryptedVector, VectorEncryptor, element_bytes
-from common.encoding import PackingLayout, encode_vector
-from common.protocol import (
+from trapdoor.crypto.blocks import EncryptedVector, VectorEncryptor, element_bytes
+from trapdoor.crypto.encoding import PackingLayout, encode_vector
+from trapdoor.crypto.sealing import SealError
+from trapdoor.crypto.signing import (
+    generate_signing_key,
+    issue_token,
+    public_key_from_hex,
+    verify_json,
+)
+from trapdoor.crypto.wire import FRAME_MAGIC, decode_frame, encode_frame
+from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
+from trapdoor.protocol.messages import (
     KGC_AUDIENCE,
     build_commitment,
     build_undecodable_statement,
@@ -31,13 +40,9 @@ from common.protocol import (
     sha256_hex,
     vector_sha256,
 )
-from common.release import ReleaseBinding, bundle_sha256
-from common.sealing import SealError
-from common.signing import generate_signing_key, issue_token, public_key_from_hex, verify_json
-from common.wire import FRAME_MAGIC, decode_frame, encode_frame
-from param_server.errors import DomainError
-from param_server.models import Audit, Commitment, Job, ModelChunk, Round, Upload
-from param_server.testing import (
+from trapdoor.ps.errors import DomainError
+from trapdoor.ps.models import Audit, Commitment, Job, ModelChunk, Round, Upload
+from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     TestParticipant,
     job_key_of,
@@ -880,7 +885,7 @@ def test_download_contributors_only(api: ApiWorld) -> None:
 
 
 def test_kgc_down_at_job_creation_is_503_and_stores_nothing(api: ApiWorld) -> None:
-    from param_server.kgc_gateway import KgcError
+    from trapdoor.ps.kgc_gateway import KgcError
 
     api.kgc.failure = KgcError(0, "unreachable", "connection refused")
     response = api.client.post("/v1/jobs", json=_definition(api), headers=api.admin)

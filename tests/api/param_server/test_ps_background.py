@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.bcp import MasterKey, PublicParams
-from common.blocks import VectorEncryptor
-from common.signing import generate_signing_key, public_key_hex
-from param_server.app import config_from_env, create_app
-from param_server.testing import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.blocks import VectorEncryptor
+from trapdoor.crypto.signing import generate_signing_key, public_key_hex
+from trapdoor.ps.app import config_from_env, create_app
+from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     FakeClock,
     FakeKgc,

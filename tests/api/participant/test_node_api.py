@@ -1,7 +1,7 @@
 """The participant node's operator API through the Flask test client.
 
 No KGC or PS process: the tests that need them use the fakes of
-:mod:`participant.testing`, whose answers are built with :mod:`common.protocol`.
+:mod:`trapdoor.participant.testing`, whose answers are built with :mod:`trapdoor.protocol.messages`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from common.bcp import MasterKey, PublicParams
-from common.protocol import verify_upload_statement
-from common.signing import generate_signing_key
-from common.wire import decode_frame
-from participant.node_api import create_app
-from participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, JobWorld
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.signing import generate_signing_key
+from trapdoor.crypto.wire import decode_frame
+from trapdoor.participant.node_api import create_app
+from trapdoor.participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, JobWorld
+from trapdoor.protocol.messages import verify_upload_statement
 
 ADMIN = {"Authorization": "Bearer node-admin"}
 
@@ -186,7 +186,7 @@ def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> Jo
 @pytest.fixture
 def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
     net = FakeNetwork(world)
-    monkeypatch.setattr("participant.client.ServiceClient", net.service_client)
+    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", net.service_client)
     return net
 
 

@@ -24,18 +24,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.audit import AuditedRound, audit_round
-from common.bcp import MasterKey, PublicParams
-from common.blocks import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.blocks import (
     EncryptedVector,
     VectorEncryptor,
     add_plaintexts,
     decrypt_vector,
     generate_job_key,
 )
-from common.encoding import PackingLayout, decode_vector, encode_vector
-from common.pok import RandomnessProof, batched_a, prove_randomness
-from common.protocol import (
+from trapdoor.crypto.encoding import PackingLayout, decode_vector, encode_vector
+from trapdoor.crypto.pok import RandomnessProof, batched_a, prove_randomness
+from trapdoor.crypto.signing import b64encode, generate_signing_key, public_key_hex
+from trapdoor.crypto.wire import to_obj
+from trapdoor.protocol.aggregate import AuditedRound, audit_round
+from trapdoor.protocol.bundle import blind_sha256
+from trapdoor.protocol.messages import (
     ClosedSet,
     JobTerms,
     ProtocolError,
@@ -57,9 +60,6 @@ from common.protocol import (
     verify_closed_set,
     verify_job_terms,
 )
-from common.release import blind_sha256
-from common.signing import b64encode, generate_signing_key, public_key_hex
-from common.wire import to_obj
 
 PARTICIPANTS = ["sub-a", "sub-b", "sub-c", "sub-d"]
 THREE = PARTICIPANTS[:3]

@@ -1,4 +1,4 @@
-"""Tests for common.bcp: the scalar BCP double-trapdoor scheme.
+"""Tests for trapdoor.crypto.bcp: the scalar BCP double-trapdoor scheme.
 
 Known-answer tests use tiny hand-picked safe primes and values computed with plain Python
 ``pow`` (not the module under test); the master decryption is checked against an
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import (
+from trapdoor.crypto.bcp import (
     Ciphertext,
     InvalidElementError,
     MasterKey,
@@ -570,7 +570,7 @@ def test_crt_encryption_refuses_other_parameters(
 
 
 def test_crt_encryption_at_2048_bits(rng: random.Random) -> None:
-    from common.demo_params import load_demo_master_key
+    from trapdoor.crypto.demo_params import load_demo_master_key
 
     master = load_demo_master_key(2048)
     pk, sk = master.params.keygen(rng)

@@ -1,4 +1,4 @@
-"""Tests for common.blocks: job keys, block layout, vector encryption and master decryption."""
+"""Tests for trapdoor.crypto.blocks: job keys, block layout, vector encryption, decryption."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from gmpy2 import mpz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import Ciphertext, InvalidElementError, MasterKey, PublicParams, SecretKey
-from common.blocks import (
+from trapdoor.crypto.bcp import Ciphertext, InvalidElementError, MasterKey, PublicParams, SecretKey
+from trapdoor.crypto.blocks import (
     BlockLayout,
     EncryptedVector,
     EncryptionMasks,

@@ -9,10 +9,15 @@ from pathlib import Path
 import gmpy2
 import pytest
 
-from common import demo_params
-from common.bcp import MasterKey
-from common.demo_params import DEMO_BITS, DEMO_LABEL, demo_params_path, load_demo_master_key
-from common.wire import dumps
+from trapdoor.crypto import demo_params
+from trapdoor.crypto.bcp import MasterKey
+from trapdoor.crypto.demo_params import (
+    DEMO_BITS,
+    DEMO_LABEL,
+    demo_params_path,
+    load_demo_master_key,
+)
+from trapdoor.crypto.wire import dumps
 
 DATA_DIR = Path(demo_params.__file__).parent / "data"
 

@@ -1,4 +1,4 @@
-"""Tests for common.encoding: fixed point, slot packing and overflow detection."""
+"""Tests for trapdoor.crypto.encoding: fixed point, slot packing and overflow detection."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from common.encoding import (
+from trapdoor.crypto.encoding import (
     ClipReport,
     EncodingError,
     EncodingOverflowError,

@@ -1,4 +1,4 @@
-"""Tests for common.fixedbase: signed-window digits and fixed-base exponentiation tables."""
+"""Tests for trapdoor.crypto.fixedbase: signed-window digits, fixed-base exponentiation."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import MasterKey, PublicParams
-from common.fixedbase import FixedBaseTable, signed_digits
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.fixedbase import FixedBaseTable, signed_digits
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WINDOWS = list(range(2, 10))

@@ -1,4 +1,4 @@
-"""Tests for common.masked_protocol: the messages of the masked mode (PROTOCOL "Masked mode").
+"""Tests for trapdoor.protocol.masked: the messages of the masked mode (PROTOCOL "Masked mode").
 
 Each check is played from the side that would break it: a PS that serves another layout
 or initial model than the KGC signed, swaps a seed between uploads, counts one seed twice
@@ -28,10 +28,37 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import MasterKey, PublicParams, generate_params
-from common.blocks import generate_job_key
-from common.encoding import EncodingError
-from common.masked_protocol import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams, generate_params
+from trapdoor.crypto.blocks import generate_job_key
+from trapdoor.crypto.encoding import EncodingError
+from trapdoor.crypto.masking import (
+    RingSpec,
+    RingVector,
+    add_into,
+    decode_ring,
+    derive_mask,
+    encode_ring,
+    encrypt_seed,
+    mask_vector,
+    ring_sum,
+    seed_to_int,
+    unmask,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+from trapdoor.crypto.pok import prove_randomness
+from trapdoor.crypto.sealing import SealError
+from trapdoor.crypto.signing import (
+    b64decode,
+    b64encode,
+    generate_signing_key,
+    public_key_hex,
+    sign_json,
+    verify_json,
+)
+from trapdoor.crypto.wire import decode_frame, encode_ring_frame, to_obj
+from trapdoor.protocol.bundle import bundle_sha256
+from trapdoor.protocol.masked import (
     MASKED_LAYOUT_KIND,
     MASKED_RELEASE_PURPOSE,
     MASKED_UPLOAD_PURPOSE,
@@ -57,23 +84,7 @@ from common.masked_protocol import (
     verify_masked_upload_statement,
     verify_release_statement,
 )
-from common.masking import (
-    RingSpec,
-    RingVector,
-    add_into,
-    decode_ring,
-    derive_mask,
-    encode_ring,
-    encrypt_seed,
-    mask_vector,
-    ring_sum,
-    seed_to_int,
-    unmask,
-    vector_from_bytes,
-    vector_to_bytes,
-)
-from common.pok import prove_randomness
-from common.protocol import (
+from trapdoor.protocol.messages import (
     JobTerms,
     ProtocolError,
     UndecodedRelease,
@@ -89,17 +100,6 @@ from common.protocol import (
     verify_release_signature,
     verify_upload_statement,
 )
-from common.release import bundle_sha256
-from common.sealing import SealError
-from common.signing import (
-    b64decode,
-    b64encode,
-    generate_signing_key,
-    public_key_hex,
-    sign_json,
-    verify_json,
-)
-from common.wire import decode_frame, encode_ring_frame, to_obj
 
 PARAMS_512_SEED = 512_2024
 PARTICIPANTS = ["sub-a", "sub-b", "sub-c", "sub-d"]

@@ -1,4 +1,4 @@
-"""Tests for common.masking: the ring, fixed-point ring encoding, seeds, mask keys, masks.
+"""Tests for trapdoor.crypto.masking: the ring, fixed-point ring encoding, seeds, mask keys, masks.
 
 Known answers come from outside the module under test: RFC 7539's ChaCha20 test vector,
 an RFC 5869 HKDF written here with ``hmac``, and sums recomputed with Python integers.
@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import Ciphertext, MasterKey, PublicKey, PublicParams
-from common.demo_params import load_demo_master_key
-from common.encoding import EncodingError, EncodingOverflowError
-from common.masking import (
+from trapdoor.crypto.bcp import Ciphertext, MasterKey, PublicKey, PublicParams
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.encoding import EncodingError, EncodingOverflowError
+from trapdoor.crypto.masking import (
     MASK_PURPOSE,
     MaskContext,
     RingSpec,

@@ -22,11 +22,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import MasterKey, PublicParams, generate_params
-from common.blocks import BlockLayout, decrypt_vector, generate_job_key
-from common.encoding import PackingLayout, decode_vector
-from common.pok import prove_randomness
-from common.protocol import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams, generate_params
+from trapdoor.crypto.blocks import BlockLayout, decrypt_vector, generate_job_key
+from trapdoor.crypto.encoding import PackingLayout, decode_vector
+from trapdoor.crypto.pok import prove_randomness
+from trapdoor.crypto.signing import (
+    TokenError,
+    b64encode,
+    generate_signing_key,
+    issue_token,
+    public_key_hex,
+    sign_json,
+    verify_json,
+    verify_token,
+)
+from trapdoor.crypto.wire import to_obj
+from trapdoor.protocol.messages import (
     AUDIT_PURPOSE,
     CLOSED_SET_PURPOSE,
     COMMITMENT_PURPOSE,
@@ -71,17 +82,6 @@ from common.protocol import (
     verify_undecodable_statement,
     verify_upload_statement,
 )
-from common.signing import (
-    TokenError,
-    b64encode,
-    generate_signing_key,
-    issue_token,
-    public_key_hex,
-    sign_json,
-    verify_json,
-    verify_token,
-)
-from common.wire import to_obj
 
 #: Four participants and a quorum of three: room for a contributor outside the closed set
 #: and for an attempt that drops one.

@@ -17,10 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import MasterKey, PublicKey, PublicParams, SecretKey
-from common.blocks import EncryptedVector, VectorEncryptor, add_plaintexts, generate_job_key
-from common.protocol import contributors_sha256
-from common.release import (
+from trapdoor.crypto.bcp import MasterKey, PublicKey, PublicParams, SecretKey
+from trapdoor.crypto.blocks import (
+    EncryptedVector,
+    VectorEncryptor,
+    add_plaintexts,
+    generate_job_key,
+)
+from trapdoor.crypto.sealing import SealError
+from trapdoor.crypto.signing import b64decode, b64encode
+from trapdoor.protocol.bundle import (
     ReleaseBinding,
     blind_from_text,
     blind_sha256,
@@ -31,8 +37,7 @@ from common.release import (
     plaintexts_to_bytes,
     seal_release,
 )
-from common.sealing import SealError
-from common.signing import b64decode, b64encode
+from trapdoor.protocol.messages import contributors_sha256
 
 Params = tuple[PublicParams, MasterKey]
 CONTRIBUTORS = ["sub-a", "sub-b", "sub-c"]

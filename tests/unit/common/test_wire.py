@@ -1,4 +1,4 @@
-"""Tests for common.wire: the single-object JSON kinds (DESIGN.md section 7) and vector frames."""
+"""Tests for trapdoor.crypto.wire: the JSON kinds (DESIGN.md section 7) and vector frames."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.bcp import Ciphertext, MasterKey, PublicKey, PublicParams, SecretKey
-from common.blocks import (
+from trapdoor.crypto.bcp import Ciphertext, MasterKey, PublicKey, PublicParams, SecretKey
+from trapdoor.crypto.blocks import (
     EncryptedVector,
     JobKey,
     VectorEncryptor,
@@ -24,8 +24,8 @@ from common.blocks import (
     element_bytes,
     generate_job_key,
 )
-from common.masking import RingSpec, vector_from_bytes
-from common.wire import (
+from trapdoor.crypto.masking import RingSpec, vector_from_bytes
+from trapdoor.crypto.wire import (
     FRAME_MAGIC,
     MAX_HEADER_BYTES,
     RING_FRAME_KIND,

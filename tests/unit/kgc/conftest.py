@@ -10,13 +10,13 @@ import pytest
 from kgc_unit_support import DomainWorld
 from sqlalchemy.orm import sessionmaker
 
-from common.bcp import MasterKey
-from common.db import make_engine
-from common.demo_params import load_demo_master_key
-from common.signing import generate_signing_key
-from kgc.domain import KgcService
-from kgc.models import metadata
-from kgc.testing import FakeClock, TestSubject
+from trapdoor.crypto.bcp import MasterKey
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.signing import generate_signing_key
+from trapdoor.kgc.domain import KgcService
+from trapdoor.kgc.models import metadata
+from trapdoor.kgc.testing import FakeClock, TestSubject
+from trapdoor.service.db import make_engine
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from kgc.domain import KgcService
-from kgc.testing import FakeClock
+from trapdoor.kgc.domain import KgcService
+from trapdoor.kgc.testing import FakeClock
 
 
 @dataclass

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-import kgc.wsgi
-from kgc.cli import main
+import trapdoor.kgc.wsgi
+from trapdoor.kgc.cli import main
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_serve_initialises_and_answers_over_http(tmp_path: Path) -> None:
         "TRAPDOOR_ADMIN_TOKEN": "admin-e2e",
     }
     environ.pop("TRAPDOOR_KGC_PASSPHRASE_FILE", None)
-    command = [sys.executable, "-m", "kgc", "serve", "--db", f"sqlite:///{tmp_path}/k.db"]
+    command = [sys.executable, "-m", "trapdoor.kgc", "serve", "--db", f"sqlite:///{tmp_path}/k.db"]
     command += ["--port", "0", "--demo", "--init", "--bits", "1024"]
     proc = subprocess.Popen(
         command,
@@ -107,12 +107,12 @@ def test_wsgi_builds_the_app_from_the_environment(
     monkeypatch.setenv("TRAPDOOR_KGC_DATABASE_URL", url)
     monkeypatch.setenv("TRAPDOOR_KGC_DEMO", "1")
     monkeypatch.setenv("TRAPDOOR_KGC_ADMIN_TOKEN", "kgc-admin")
-    monkeypatch.setattr(kgc.wsgi, "_app", None)
+    monkeypatch.setattr(trapdoor.kgc.wsgi, "_app", None)
     assert main(["init", "--db", url, "--bits", "1024", "--demo"]) == 0
-    app = kgc.wsgi.app
-    assert app is kgc.wsgi.app
+    app = trapdoor.kgc.wsgi.app
+    assert app is trapdoor.kgc.wsgi.app
     assert app.config["ADMIN_TOKEN"] == "kgc-admin"
     assert "PASSPHRASE" not in app.config
     assert app.test_client().get("/v1/info").get_json()["demo"] is True
     with pytest.raises(AttributeError):
-        _ = kgc.wsgi.nothing
+        _ = trapdoor.kgc.wsgi.nothing

@@ -21,14 +21,11 @@ import pytest
 from kgc_unit_support import DomainWorld
 from sqlalchemy import select
 
-from common.bcp import MasterKey
-from common.blocks import BlockLayout, element_bytes
-from common.db import session_scope
-from common.demo_params import load_demo_master_key
-from common.protocol import JobTerms, release_header_limit, vector_sha256, verify_job_terms
-from common.release import ReleaseBinding, blind_sha256, open_release
-from common.sealing import SealError
-from common.signing import (
+from trapdoor.crypto.bcp import MasterKey
+from trapdoor.crypto.blocks import BlockLayout, element_bytes
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.sealing import SealError
+from trapdoor.crypto.signing import (
     TokenError,
     b64decode,
     generate_signing_key,
@@ -38,8 +35,8 @@ from common.signing import (
     verify_json,
     verify_token,
 )
-from common.wire import from_obj, to_obj
-from kgc.errors import (
+from trapdoor.crypto.wire import from_obj, to_obj
+from trapdoor.kgc.errors import (
     BadRequestError,
     ConflictError,
     ForbiddenError,
@@ -48,8 +45,8 @@ from kgc.errors import (
     NotFoundError,
     UnauthorizedError,
 )
-from kgc.models import Job, Release, Subject, TokenNonce
-from kgc.testing import (
+from trapdoor.kgc.models import Job, Release, Subject, TokenNonce
+from trapdoor.kgc.testing import (
     RoundPlay,
     TestSubject,
     dishonest_requests,
@@ -58,6 +55,14 @@ from kgc.testing import (
     play_round,
     undecodable_reports,
 )
+from trapdoor.protocol.bundle import ReleaseBinding, blind_sha256, open_release
+from trapdoor.protocol.messages import (
+    JobTerms,
+    release_header_limit,
+    vector_sha256,
+    verify_job_terms,
+)
+from trapdoor.service.db import session_scope
 
 
 def enrol(world: DomainWorld, subject: TestSubject, name: str = "org") -> TestSubject:
@@ -679,7 +684,7 @@ def test_release_refusals_store_nothing(world: DomainWorld, setup: Setup) -> Non
 def test_refusals_are_logged_with_their_code(
     world: DomainWorld, setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="kgc.domain")
+    caplog.set_level(logging.INFO, logger="trapdoor.kgc.domain")
     frame = setup.play().frame(extra={"round": 7})
     with pytest.raises(ConflictError):
         world.service.release(setup.ps.subject_id, "job-1", frame)

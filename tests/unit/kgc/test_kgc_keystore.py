@@ -8,11 +8,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.db import make_engine
-from common.demo_params import load_demo_master_key
-from common.signing import public_key_hex
-from common.wire import to_hex
-from kgc.keystore import (
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.signing import public_key_hex
+from trapdoor.crypto.wire import to_hex
+from trapdoor.kgc.keystore import (
     AlreadyInitialisedError,
     DemoParamsRefusedError,
     KeystoreError,
@@ -23,7 +22,8 @@ from kgc.keystore import (
     load_kgc,
     passphrase_from_env,
 )
-from kgc.models import SealedSecret
+from trapdoor.kgc.models import SealedSecret
+from trapdoor.service.db import make_engine
 
 LOW_COST = 2**10  # scrypt N for tests only
 

@@ -17,15 +17,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import inspect
 from sqlalchemy.orm import sessionmaker
 
-from common.bcp import MasterKey
-from common.db import MIGRATIONS_ROOT, make_engine, migrate
-from common.demo_params import load_demo_master_key
-from common.protocol import verify_job_terms
-from common.signing import generate_signing_key
-from kgc.domain import KgcService
-from kgc.errors import KgcError
-from kgc.models import metadata
-from kgc.testing import TestSubject, job_request, play_round
+from trapdoor.crypto.bcp import MasterKey
+from trapdoor.crypto.demo_params import load_demo_master_key
+from trapdoor.crypto.signing import generate_signing_key
+from trapdoor.kgc.domain import KgcService
+from trapdoor.kgc.errors import KgcError
+from trapdoor.kgc.models import metadata
+from trapdoor.kgc.testing import TestSubject, job_request, play_round
+from trapdoor.protocol.messages import verify_job_terms
+from trapdoor.service.db import make_engine, migrate, migrations_dir
 
 VERSION_TABLE = "alembic_version_kgc"
 
@@ -56,7 +56,7 @@ def _downgrade(url: str) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_ROOT / "kgc"))
+    config.set_main_option("script_location", str(migrations_dir("kgc")))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.downgrade(config, "base")
 

@@ -24,33 +24,14 @@ import pytest
 from flask.testing import FlaskClient
 from kgc_unit_support import DomainWorld
 
-from common.bcp import Ciphertext
-from common.masked_protocol import (
-    MaskedLayout,
-    MaskedReleaseBinding,
-    build_masked_upload_statement,
-    mask_context,
-    open_mask_sum,
-    seed_sha256,
-    verify_release_statement,
-)
-from common.masking import RingVector, derive_mask, ring_sum, seed_to_int
-from common.protocol import (
-    JobTerms,
-    ProtocolError,
-    build_undecodable_statement,
-    json_sha256,
-    release_header_limit,
-    release_schedule,
-    verify_job_terms,
-)
-from common.release import bundle_sha256
-from common.signing import generate_signing_key, sign_json
-from common.wire import encode_frame, to_hex
-from kgc.app import create_app
-from kgc.errors import BadRequestError, InvalidError
-from kgc.models import Job, Release
-from kgc.testing import (
+from trapdoor.crypto.bcp import Ciphertext
+from trapdoor.crypto.masking import RingVector, derive_mask, ring_sum, seed_to_int
+from trapdoor.crypto.signing import generate_signing_key, sign_json
+from trapdoor.crypto.wire import encode_frame, to_hex
+from trapdoor.kgc.app import create_app
+from trapdoor.kgc.errors import BadRequestError, InvalidError
+from trapdoor.kgc.models import Job, Release
+from trapdoor.kgc.testing import (
     MaskedUpload,
     TestSubject,
     encrypt_plaintexts,
@@ -59,6 +40,25 @@ from kgc.testing import (
     masked_release_request,
     masked_test_layout,
     masked_upload,
+)
+from trapdoor.protocol.bundle import bundle_sha256
+from trapdoor.protocol.masked import (
+    MaskedLayout,
+    MaskedReleaseBinding,
+    build_masked_upload_statement,
+    mask_context,
+    open_mask_sum,
+    seed_sha256,
+    verify_release_statement,
+)
+from trapdoor.protocol.messages import (
+    JobTerms,
+    ProtocolError,
+    build_undecodable_statement,
+    json_sha256,
+    release_header_limit,
+    release_schedule,
+    verify_job_terms,
 )
 
 ROUNDS = 3
@@ -110,7 +110,7 @@ class Masked:
         **kwargs: Any,
     ) -> dict[str, Any]:
         """The PS-signed request (``ps_key`` forges it; the rest as
-        :func:`kgc.testing.masked_release_request`)."""
+        :func:`trapdoor.kgc.testing.masked_release_request`)."""
         ps_key = kwargs.pop("ps_key", self.ps.signing_key)
         return masked_release_request(
             ps_key, self.terms, self.layout, round_number, uploads, **kwargs
@@ -551,7 +551,7 @@ def test_a_bcp_job_refuses_a_masked_request(masked: Masked) -> None:
 def test_masked_refusals_are_logged_with_their_code(
     masked: Masked, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="kgc.domain")
+    caplog.set_level(logging.INFO, logger="trapdoor.kgc.domain")
     error(masked.post(masked.request(masked.uploads(masked.members[:1]))), 422, "below-quorum")
     record = caplog.records[-1]
     assert record.levelno == logging.WARNING

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.bcp import MasterKey, PublicParams
-from param_server.testing import PsWorld, TestParticipant, make_participants, make_world
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.ps.testing import PsWorld, TestParticipant, make_participants, make_world
 
 
 @pytest.fixture(scope="session")

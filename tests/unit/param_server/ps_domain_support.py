@@ -1,7 +1,7 @@
 """What the parameter server's domain tests share: a job as its participants see it.
 
 1024-bit parameters, a 300-value model (9 packed plaintexts, 3 blocks of width 4), four
-participants ``p1 .. p4`` with weights 0.1 .. 0.4 (:class:`param_server.testing.PsWorld`).
+participants ``p1 .. p4`` with weights 0.1 .. 0.4 (:class:`trapdoor.ps.testing.PsWorld`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.blocks import EncryptedVector, VectorEncryptor
-from common.protocol import verify_closed_set
-from param_server.testing import (
+from trapdoor.crypto.blocks import EncryptedVector, VectorEncryptor
+from trapdoor.protocol.messages import verify_closed_set
+from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     PsWorld,
     TestParticipant,

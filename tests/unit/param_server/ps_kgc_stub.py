@@ -2,7 +2,7 @@
 
 It lets the HTTP gateway, the enrolment and the CLI be tested without the KGC service
 and without sockets: :class:`FlaskSession` routes ``requests`` calls into the stub's
-Flask test client. Its checks are the shared ones (:mod:`common.protocol`): token
+Flask test client. Its checks are the shared ones (:mod:`trapdoor.protocol.messages`): token
 challenges for an audience, and the FakeKgc's job and release checks.
 """
 
@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 import requests
 from flask import Flask, jsonify, request
 
-from common.protocol import KGC_AUDIENCE, token_challenge
-from common.signing import (
+from trapdoor.crypto.signing import (
     SignatureError,
     TokenError,
     issue_token,
@@ -26,9 +25,10 @@ from common.signing import (
     verify_json,
     verify_token,
 )
-from common.wire import to_obj
-from param_server.kgc_gateway import KgcError
-from param_server.testing import FakeClock, FakeKgc
+from trapdoor.crypto.wire import to_obj
+from trapdoor.protocol.messages import KGC_AUDIENCE, token_challenge
+from trapdoor.ps.kgc_gateway import KgcError
+from trapdoor.ps.testing import FakeClock, FakeKgc
 
 
 def _same(terms: dict[str, Any]) -> dict[str, Any]:

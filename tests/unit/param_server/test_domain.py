@@ -14,8 +14,10 @@ import pytest
 from ps_domain_support import LENGTH, Scenario, deltas_for, initial_w
 from sqlalchemy import func, select
 
-from common.encoding import PackingLayout
-from common.protocol import (
+from trapdoor.crypto.encoding import PackingLayout
+from trapdoor.crypto.signing import generate_signing_key, sign_json, verify_json
+from trapdoor.crypto.wire import decode_frame, encode_frame
+from trapdoor.protocol.messages import (
     build_upload_statement,
     check_job_view,
     initial_ciphertext,
@@ -26,14 +28,12 @@ from common.protocol import (
     verify_closed_set,
     verify_release_signature,
 )
-from common.signing import generate_signing_key, sign_json, verify_json
-from common.wire import decode_frame, encode_frame
-from param_server.definition import release_header_bytes
-from param_server.domain import ParameterServer
-from param_server.errors import DomainError
-from param_server.kgc_gateway import KgcError
-from param_server.models import Audit, Commitment, Job, ModelChunk, Release, Round, Upload
-from param_server.testing import (
+from trapdoor.ps.definition import release_header_bytes
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.errors import DomainError
+from trapdoor.ps.kgc_gateway import KgcError
+from trapdoor.ps.models import Audit, Commitment, Job, ModelChunk, Release, Round, Upload
+from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     PsWorld,
     TestParticipant,

@@ -23,26 +23,26 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from common.bcp import MasterKey, PublicParams
-from common.encoding import EncodingError
-from common.masked_protocol import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.encoding import EncodingError
+from trapdoor.crypto.masking import ring_sum, vector_from_bytes, vector_to_bytes
+from trapdoor.crypto.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
+from trapdoor.protocol.bundle import bundle_sha256
+from trapdoor.protocol.masked import (
     MaskedLayout,
     MaskedReleaseBinding,
     build_masked_upload_statement,
     initial_state,
     seed_sha256,
 )
-from common.masking import ring_sum, vector_from_bytes, vector_to_bytes
-from common.protocol import build_undecodable_statement
-from common.release import bundle_sha256
-from common.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
-from param_server.app import create_app
-from param_server.definition import masked_release_header_bytes
-from param_server.domain import ParameterServer
-from param_server.errors import DomainError
-from param_server.kgc_gateway import KgcError
-from param_server.models import Job, ModelChunk, Release, Round, Upload
-from param_server.testing import (
+from trapdoor.protocol.messages import build_undecodable_statement
+from trapdoor.ps.app import create_app
+from trapdoor.ps.definition import masked_release_header_bytes
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.errors import DomainError
+from trapdoor.ps.kgc_gateway import KgcError
+from trapdoor.ps.models import Job, ModelChunk, Release, Round, Upload
+from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     PsWorld,
     TestParticipant,
@@ -824,7 +824,7 @@ def test_a_masked_round_on_postgres(
     params_1024: tuple[PublicParams, MasterKey],
     participants: list[TestParticipant],
 ) -> None:
-    from common.db import migrate
+    from trapdoor.service.db import migrate
 
     migrate("param_server", postgres_url)
     world = make_world(params_1024[1], participants, postgres_url, create_schema=False)

@@ -17,15 +17,13 @@ from flask import jsonify, request
 from ps_kgc_stub import FlaskSession, StubKgc
 from sqlalchemy.orm import sessionmaker
 
-from common.bcp import MasterKey, PublicParams
-from common.db import make_engine, migrate
-from common.http import ServiceClient
-from common.masked_protocol import MaskedLayout, MaskedReleaseBinding
-from common.signing import generate_signing_key, public_key_hex
-from param_server.domain import ParameterServer
-from param_server.identity import enrol
-from param_server.kgc_gateway import HttpKgcGateway, KgcError, check_masked_release_bundle
-from param_server.testing import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.signing import generate_signing_key, public_key_hex
+from trapdoor.protocol.masked import MaskedLayout, MaskedReleaseBinding
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.identity import enrol
+from trapdoor.ps.kgc_gateway import HttpKgcGateway, KgcError, check_masked_release_bundle
+from trapdoor.ps.testing import (
     FakeClock,
     FakeKgc,
     TestParticipant,
@@ -35,6 +33,8 @@ from param_server.testing import (
     masked_upload_frame,
     open_masked_model,
 )
+from trapdoor.service.db import make_engine, migrate
+from trapdoor.service.http import ServiceClient
 
 KGC_URL = "http://kgc.test"
 LENGTH = 30

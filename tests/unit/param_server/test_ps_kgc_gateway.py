@@ -13,25 +13,23 @@ import requests
 from ps_kgc_stub import FlaskSession, StubKgc
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.bcp import MasterKey, PublicParams
-from common.blocks import VectorEncryptor
-from common.db import make_engine, migrate
-from common.http import ServiceClient
-from common.protocol import initial_ciphertext_sha256, requested_terms
-from common.release import ReleaseBinding
-from common.sealing import SealError
-from common.signing import generate_signing_key, public_key_hex, sign_json
-from param_server import cli
-from param_server.definition import parse_definition
-from param_server.domain import ParameterServer
-from param_server.identity import enrol, load_identity
-from param_server.kgc_gateway import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.blocks import VectorEncryptor
+from trapdoor.crypto.sealing import SealError
+from trapdoor.crypto.signing import generate_signing_key, public_key_hex, sign_json
+from trapdoor.protocol.bundle import ReleaseBinding
+from trapdoor.protocol.messages import initial_ciphertext_sha256, requested_terms
+from trapdoor.ps import cli
+from trapdoor.ps.definition import parse_definition
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.identity import enrol, load_identity
+from trapdoor.ps.kgc_gateway import (
     HttpKgcGateway,
     KgcError,
     check_job_answer,
     check_release_bundle,
 )
-from param_server.testing import (
+from trapdoor.ps.testing import (
     FakeClock,
     FakeKgc,
     TestParticipant,
@@ -41,6 +39,8 @@ from param_server.testing import (
     open_model,
     play_round,
 )
+from trapdoor.service.db import make_engine, migrate
+from trapdoor.service.http import ServiceClient
 
 KGC_URL = "http://kgc.test"
 PASSPHRASE = "correct horse battery staple"

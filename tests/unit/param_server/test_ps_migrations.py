@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.orm import sessionmaker
 
-from common.bcp import MasterKey, PublicParams
-from common.db import MIGRATIONS_ROOT, make_engine, migrate
-from param_server.domain import ParameterServer
-from param_server.models import metadata
-from param_server.testing import TestParticipant, make_world
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.models import metadata
+from trapdoor.ps.testing import TestParticipant, make_world
+from trapdoor.service.db import make_engine, migrate, migrations_dir
 
 
 def _schema_diff(url: str) -> list[object]:
@@ -62,7 +62,7 @@ def migrate_down(url: str) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_ROOT / "param_server"))
+    config.set_main_option("script_location", str(migrations_dir("param_server")))
     config.set_main_option("sqlalchemy.url", url)
     command.downgrade(config, "base")
 
@@ -73,8 +73,8 @@ def test_postgres_history_and_a_whole_round(
     params_1024: tuple[PublicParams, MasterKey],
     participants: list[TestParticipant],
 ) -> None:
-    from common.blocks import VectorEncryptor
-    from param_server.testing import (
+    from trapdoor.crypto.blocks import VectorEncryptor
+    from trapdoor.ps.testing import (
         PS_SUBJECT_ID,
         job_key_of,
         job_terms_of,

@@ -1,7 +1,8 @@
 """A release that does not decode: reports, the rollback to ``W_t``, the one re-run, failure.
 
 The PS domain with its fake KGC (which runs the KGC's own checks,
-:func:`common.protocol.check_release_request` over :func:`common.protocol.release_schedule`).
+:func:`trapdoor.protocol.messages.check_release_request` over
+:func:`trapdoor.protocol.messages.release_schedule`).
 ``p4`` uploads an encryption of out-of-range plaintexts; nobody can tell before the release.
 """
 
@@ -14,13 +15,13 @@ import pytest
 from ps_domain_support import Scenario, deltas_for
 from sqlalchemy import func, select
 
-from common.blocks import EncryptedVector
-from common.encoding import EncodingError
-from common.protocol import build_undecodable_statement, vector_sha256
-from common.release import ReleaseBinding, bundle_sha256
-from param_server.errors import DomainError
-from param_server.models import Audit, Commitment, Round, Upload
-from param_server.testing import PsWorld, TestParticipant
+from trapdoor.crypto.blocks import EncryptedVector
+from trapdoor.crypto.encoding import EncodingError
+from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
+from trapdoor.protocol.messages import build_undecodable_statement, vector_sha256
+from trapdoor.ps.errors import DomainError
+from trapdoor.ps.models import Audit, Commitment, Round, Upload
+from trapdoor.ps.testing import PsWorld, TestParticipant
 
 SET = ["p1", "p2", "p4"]  # p3 sits round 0 out: the re-run must not take it in
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from participant.models import Model
+from trapdoor.ml.models import Model
 
 
 def central_difference(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from participant.cli import _parser
+from trapdoor.cli import _parser
 
 
 def test_min_quorum_is_an_option_of_node_serve() -> None:
@@ -21,8 +21,8 @@ def test_min_quorum_must_be_a_positive_integer(value: str) -> None:
 
 def test_each_service_has_its_own_default_port() -> None:
     """KGC, parameter server and node can all run on one machine with their defaults."""
-    from kgc.cli import _parser as kgc_parser
-    from param_server.cli import _parser as ps_parser
+    from trapdoor.kgc.cli import _parser as kgc_parser
+    from trapdoor.ps.cli import _parser as ps_parser
 
     ports = {
         "kgc": kgc_parser().parse_args(["serve"]).port,

@@ -1,6 +1,6 @@
 """The participant client library without HTTP: identity, pinned KGC, tokens, jobs, uploads.
 
-The KGC and the PS are fakes (:mod:`participant.testing`) whose answers are built with the
+The KGC and the PS are fakes (:mod:`trapdoor.participant.testing`) whose answers are built with the
 shared protocol code. Most tests play a dishonest PS: it serves a job the KGC did not sign,
 swaps in a job key of its own, changes what the participants train, lowers the quorum, or
 names another server. The client must refuse each before it encrypts anything.
@@ -18,20 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.bcp import MasterKey, PublicParams
-from common.blocks import BlockLayout, decrypt_vector, generate_job_key
-from common.encoding import PackingLayout, decode_vector
-from common.protocol import (
-    DEFAULT_MIN_QUORUM,
-    KGC_AUDIENCE,
-    ProtocolError,
-    token_challenge,
-    verify_audit_statement,
-    verify_closed_set,
-    verify_upload_statement,
-)
-from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
-from common.signing import (
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.blocks import BlockLayout, decrypt_vector, generate_job_key
+from trapdoor.crypto.encoding import PackingLayout, decode_vector
+from trapdoor.crypto.sealing import SealError, open_with_passphrase, seal_with_passphrase
+from trapdoor.crypto.signing import (
     b64decode,
     b64encode,
     generate_signing_key,
@@ -40,10 +31,25 @@ from common.signing import (
     sign_json,
     verify_json,
 )
-from common.wire import decode_frame, to_obj
-from participant.client import ClientError, Identity, JobView, ParticipantClient, decode_weights
-from participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, FakePs, JobWorld
-from participant.training import TrainingConfig, local_fit, participant_rng
+from trapdoor.crypto.wire import decode_frame, to_obj
+from trapdoor.ml.training import TrainingConfig, local_fit, participant_rng
+from trapdoor.participant.client import (
+    ClientError,
+    Identity,
+    JobView,
+    ParticipantClient,
+    decode_weights,
+)
+from trapdoor.participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, FakePs, JobWorld
+from trapdoor.protocol.messages import (
+    DEFAULT_MIN_QUORUM,
+    KGC_AUDIENCE,
+    ProtocolError,
+    token_challenge,
+    verify_audit_statement,
+    verify_closed_set,
+    verify_upload_statement,
+)
 
 SUBJECTS = ["p0", "bob", "p2"]
 
@@ -56,7 +62,7 @@ def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> Jo
 @pytest.fixture
 def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
     net = FakeNetwork(world)
-    monkeypatch.setattr("participant.client.ServiceClient", net.service_client)
+    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", net.service_client)
     return net
 
 
@@ -560,7 +566,7 @@ def test_a_set_closed_without_our_commitment_means_no_upload(
     """Committing late: the PS closed the set with the three others; bob never uploads."""
     world = JobWorld(params_1024[0], rng, [*SUBJECTS, "p3"])
     network = FakeNetwork(world)
-    monkeypatch.setattr("participant.client.ServiceClient", network.service_client)
+    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", network.service_client)
     bob = ParticipantClient(world.identities["bob"], KGC_URL, rng=rng, clock=network.kgc.clock)
     job = bob.fetch_job(PS_URL, "unit-1")
     X, y = _data()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from participant.cluster import LocalCluster, wait_until
+from trapdoor.demo.cluster import LocalCluster, wait_until
 
 
 def _mode(path: Path) -> int:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from gradcheck import central_difference, relative_error
 
-from participant.cnn import CNN
-from participant.datasets import load_dataset
-from participant.models import Model, model_from_spec
-from participant.training import TrainingConfig, evaluate, local_fit
+from trapdoor.ml.cnn import CNN
+from trapdoor.ml.datasets import load_dataset
+from trapdoor.ml.models import Model, model_from_spec
+from trapdoor.ml.training import TrainingConfig, evaluate, local_fit
 
 
 # Max-pool and ReLU have kinks; with random float64 data and eps = 1e-6 the chance

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from participant.datasets import load_dataset, partition
+from trapdoor.ml.datasets import load_dataset, partition
 
 
 @pytest.fixture(scope="module")

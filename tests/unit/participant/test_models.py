@@ -8,7 +8,7 @@ from gradcheck import central_difference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from participant.models import MLP, Model, model_from_spec
+from trapdoor.ml.models import MLP, Model, model_from_spec
 
 layer_sizes = st.lists(st.integers(min_value=1, max_value=6), min_size=0, max_size=2).flatmap(
     lambda hidden: st.tuples(

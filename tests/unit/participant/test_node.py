@@ -17,15 +17,21 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.bcp import MasterKey, PublicParams
-from common.db import make_engine, migrate, session_scope
-from common.http import ServiceError
-from common.sealing import SealError, open_with_passphrase, seal_with_passphrase
-from common.signing import b64decode, generate_signing_key, public_key_hex
-from participant.client import ClientError
-from participant.node import LocalData, ModelSealer, NodeError, ParticipantNode, load_identity
-from participant.node_models import NodeIdentity, NodeJob, NodeModel, metadata
-from participant.testing import KGC_URL, PS_URL, FakeNetwork, JobWorld
+from trapdoor.crypto.bcp import MasterKey, PublicParams
+from trapdoor.crypto.sealing import SealError, open_with_passphrase, seal_with_passphrase
+from trapdoor.crypto.signing import b64decode, generate_signing_key, public_key_hex
+from trapdoor.participant.client import ClientError
+from trapdoor.participant.node import (
+    LocalData,
+    ModelSealer,
+    NodeError,
+    ParticipantNode,
+    load_identity,
+)
+from trapdoor.participant.node_models import NodeIdentity, NodeJob, NodeModel, metadata
+from trapdoor.participant.testing import KGC_URL, PS_URL, FakeNetwork, JobWorld
+from trapdoor.service.db import make_engine, migrate, session_scope
+from trapdoor.service.http import ServiceError
 
 PASSPHRASE = "node passphrase"
 
@@ -38,7 +44,7 @@ def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> Jo
 @pytest.fixture
 def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
     net = FakeNetwork(world)
-    monkeypatch.setattr("participant.client.ServiceClient", net.service_client)
+    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", net.service_client)
     return net
 
 
@@ -295,7 +301,7 @@ def test_the_migrations_build_the_models_schema_and_downgrade(tmp_path: Path) ->
 def migrate_to(url: str, revision: str) -> None:
     from alembic import command
 
-    from common.db import _alembic_config
+    from trapdoor.service.db import _alembic_config
 
     command.downgrade(_alembic_config("participant", url), revision)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from gradcheck import central_difference, relative_error
 
-from participant.datasets import load_dataset
-from participant.models import Model, model_from_spec
-from participant.rnn import GRU
-from participant.training import TrainingConfig, evaluate, local_fit
+from trapdoor.ml.datasets import load_dataset
+from trapdoor.ml.models import Model, model_from_spec
+from trapdoor.ml.rnn import GRU
+from trapdoor.ml.training import TrainingConfig, evaluate, local_fit
 
 
 @pytest.mark.parametrize(

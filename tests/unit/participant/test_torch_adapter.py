@@ -11,14 +11,14 @@ torch = pytest.importorskip("torch", reason="the PyTorch extra is not installed"
 
 from gradcheck import central_difference  # noqa: E402
 
-from participant.datasets import load_dataset  # noqa: E402
-from participant.models import model_from_spec  # noqa: E402
-from participant.torch_adapter import (  # noqa: E402
+from trapdoor.ml.datasets import load_dataset  # noqa: E402
+from trapdoor.ml.models import model_from_spec  # noqa: E402
+from trapdoor.ml.torch_adapter import (  # noqa: E402
     TorchModel,
     register_torch_model,
     registered_torch_models,
 )
-from participant.training import TrainingConfig, evaluate, local_fit  # noqa: E402
+from trapdoor.ml.training import TrainingConfig, evaluate, local_fit  # noqa: E402
 
 
 @pytest.mark.parametrize(

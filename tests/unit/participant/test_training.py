@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from participant.datasets import load_dataset, partition
-from participant.models import MLP
-from participant.training import (
+from trapdoor.ml.datasets import load_dataset, partition
+from trapdoor.ml.models import MLP
+from trapdoor.ml.training import (
     FitResult,
     TrainingConfig,
     evaluate,

@@ -1,1 +1,0 @@
-"""Key generation center: master key, identities, tokens, job keys, contributor-only release."""

@@ -1,1 +1,0 @@
-"""param_server package."""

@@ -1,0 +1,226 @@
+"""HTTP adapters of the parameter server (docs/PROTOCOL.md, parameter-server section).
+
+Each view authenticates, parses, calls :class:`~trapdoor.ps.domain.ParameterServer`
+and returns JSON (or a frame); no business rule lives here. The round protocol's views
+(commitments, uploads, audit package, base, uploads for auditors, audits) follow
+docs/PROTOCOL.md; a masked job (its "Masked mode" section) uses the same URLs for its
+uploads, bundle downloads, stored upload frames and ``Z_t``, and the domain dispatches by
+the job's aggregation. Participant tokens are verified offline
+with the KGC's key and must name this PS's subject id as their audience; the operator
+uses the service's admin token.
+
+Bodies are bounded before they are read (:func:`trapdoor.service.web.limit_request_bodies`):
+64 KiB by default, the job definition up to :data:`JOB_BODY_LIMIT` (it carries the initial
+weights), and an upload up to its job's largest well-formed frame, set once the uploader
+is authenticated and the job known.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from trapdoor.crypto.signing import ROLES, TokenClaims, TokenError, verify_token
+from trapdoor.ps.domain import ParameterServer
+from trapdoor.service.web import (
+    ROUND,
+    ApiError,
+    bearer_token,
+    body_limit,
+    json_body,
+    read_body,
+    require_admin,
+)
+
+__all__ = ["JOB_BODY_LIMIT", "bp"]
+
+#: A job definition carries the initial weights (base64url float64): up to 64 MiB, and
+#: never more than the app's ``MAX_CONTENT_LENGTH``.
+JOB_BODY_LIMIT = 64 * 1024 * 1024
+#: Before authentication an upload is held to the app's ``MAX_CONTENT_LENGTH`` only; the
+#: view then lowers the limit to the job's largest well-formed frame before reading.
+_UPLOAD_PRELIMIT = 1 << 62
+
+bp = Blueprint("param_server", __name__)
+
+
+def _service() -> ParameterServer:
+    service: ParameterServer = current_app.extensions["param_server"]
+    return service
+
+
+def _claims(token: str) -> TokenClaims:
+    """A valid participant token (401 forged/expired/malformed, 403 another role)."""
+    service = _service()
+    try:
+        claims = verify_token(
+            service.kgc.verify_key,
+            token,
+            now=service.clock(),
+            audience=service.subject_id,
+            issuer="kgc",
+            roles=ROLES,
+        )
+    except TokenError as exc:
+        raise ApiError(401, "invalid-token", str(exc)) from None
+    if claims.role != "participant":
+        raise ApiError(403, "wrong-role", "this endpoint is for participants")
+    return claims
+
+
+def _participant() -> TokenClaims:
+    return _claims(bearer_token())
+
+
+def _is_admin(token: str) -> bool:
+    expected = current_app.config.get("ADMIN_TOKEN")
+    return bool(expected) and hmac.compare_digest(token.encode(), str(expected).encode())
+
+
+def _operator_or_participant_of(job_id: str) -> str | None:
+    """The requesting participant's subject id, or None for the operator."""
+    token = bearer_token()
+    if _is_admin(token):
+        return None
+    claims = _claims(token)
+    if claims.subject not in _service().participants(job_id):
+        raise ApiError(403, "not-a-participant", "not a participant of this job")
+    return claims.subject
+
+
+def _created(answer: tuple[dict[str, Any], bool]) -> Any:
+    """201 for a message stored now, 200 for the same message again (a retry)."""
+    body, created = answer
+    return jsonify(body), 201 if created else 200
+
+
+def _frame(data: bytes) -> Response:
+    return Response(data, mimetype="application/octet-stream")
+
+
+@bp.get("/v1/info")
+def info() -> Any:
+    """The PS's identity: the Ed25519 key that signs receipts and release requests."""
+    service = _service()
+    return jsonify(
+        service="trapdoor-param-server",
+        subject_id=service.subject_id,
+        verify_key=service.verify_key_hex,
+        kgc_verify_key=service.kgc.verify_key_hex,
+    )
+
+
+@bp.post("/v1/jobs")
+@body_limit(JOB_BODY_LIMIT)
+def create_job() -> Any:
+    """Operator: create a job (the KGC signs its terms and makes its key; Enc(W_0) stored)."""
+    require_admin()
+    return jsonify(_service().create_job(json_body())), 201
+
+
+@bp.get("/v1/jobs")
+def list_jobs() -> Any:
+    """Operator: every job with its status."""
+    require_admin()
+    return jsonify(jobs=_service().list_jobs())
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Any:
+    """A job: definition, KGC-signed terms, job key, packing layout, public weights, progress."""
+    _operator_or_participant_of(job_id)
+    return jsonify(_service().job_view(job_id))
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>")
+def get_round(job_id: str, t: int) -> Any:
+    """A round: phase, attempt, committed subjects, contributors, deadline."""
+    _operator_or_participant_of(job_id)
+    return jsonify(_service().round_view(job_id, t))
+
+
+@bp.route(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/commitments", methods=["GET", "POST"])
+def commitments(job_id: str, t: int) -> Any:
+    """POST, participant: commit to the payload it will upload in round t (commit phase).
+    GET, participant of the job or operator: the PS-signed closed commitment set (409
+    set-not-closed before).
+
+    One view for both methods: werkzeug answers 405 instead of 404 for an out-of-range
+    round when two views share a path.
+    """
+    if request.method == "GET":
+        _operator_or_participant_of(job_id)
+        return jsonify(_service().closed_set(job_id, t))
+    claims = _participant()
+    return _created(_service().accept_commitment(job_id, t, claims.subject, json_body()))
+
+
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads")
+@body_limit(_UPLOAD_PRELIMIT)
+def upload(job_id: str, t: int) -> Any:
+    """Participant: upload Enc(w_i Δ_i) with its signed statement; answers a signed receipt.
+
+    Masked job: a ring-vector frame of y with its seed ciphertext and statement, capped at
+    exactly one y plus a full header.
+    """
+    claims = _participant()
+    if request.mimetype != "application/octet-stream":
+        raise ApiError(415, "unsupported-media-type", "expected application/octet-stream")
+    # Unknown job (404) or stranger (403) before a byte is read; then the job's frame size.
+    limit = _service().upload_limit(job_id, claims.subject)
+    data = read_body(limit, "upload is larger than this job's model")
+    return jsonify(_service().accept_upload(job_id, t, claims.subject, data)), 201
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audit")
+def audit_package(job_id: str, t: int) -> Any:
+    """Contributor of the current attempt: its contributors, closed set, R and digests."""
+    requester = _operator_or_participant_of(job_id)
+    return jsonify(_service().audit_package(job_id, t, requester))
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/base")
+def base(job_id: str, t: int) -> Any:
+    """Contributor of the current attempt: Enc(W_t), framed (masked: Z_t, to any
+    participant of the job)."""
+    requester = _operator_or_participant_of(job_id)
+    return _frame(_service().base_frame(job_id, t, requester))
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads/<subject_id>")
+def upload_of(job_id: str, t: int, subject_id: str) -> Any:
+    """Contributor of the current attempt: another contributor's upload and statement
+    (masked: the stored frame, to the contributors of the released round)."""
+    requester = _operator_or_participant_of(job_id)
+    return _frame(_service().upload_frame(job_id, t, subject_id, requester))
+
+
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audits")
+def audit(job_id: str, t: int) -> Any:
+    """Contributor of the current attempt: its signed audit of the aggregate and blind."""
+    claims = _participant()
+    return _created(_service().accept_audit(job_id, t, claims.subject, json_body()))
+
+
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/undecodable")
+def undecodable(job_id: str, t: int) -> Any:
+    """Contributor of round t's release: its signed report that the release does not decode."""
+    claims = _participant()
+    return _created(_service().accept_undecodable(job_id, t, claims.subject, json_body()))
+
+
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/close")
+def close_round(job_id: str, t: int) -> Any:
+    """Operator: end round t's commit or upload phase now if it has its quorum."""
+    require_admin()
+    return jsonify(_service().close_round(job_id, t))
+
+
+@bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/model")
+def download(job_id: str, t: int) -> Any:
+    """Contributor of round t's released attempt: its sealed bundle, binding and R
+    (masked: the bundle with only the caller's wrapped key)."""
+    claims = _participant()
+    return jsonify(_service().download(job_id, t, claims.subject))
