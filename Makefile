@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench,postgres,deploy,torch,flower]'
+	$(PY) -m pip install --quiet -e '.[dev,demo,bench,postgres,deploy,torch,flower]'
 	touch $(STAMP)
 
 demo: install
@@ -28,7 +28,7 @@ test: lint typecheck
 	$(PY) -m pytest
 
 bench: install
-	$(PY) -m bench.crypto_bench
+	$(VENV)/bin/trapdoor bench crypto_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -33,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.crypto_bench import _log, _machine
-from trapdoor.demo.job import AGGREGATIONS, MODELS, build_parser, run_demo
+from trapdoor.demo.job import AGGREGATIONS, MODELS, parse_demo_options, run_demo
 
 __all__ = ["TARGET_PP", "main", "run_accuracy"]
 
@@ -62,7 +62,7 @@ def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _run_one(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
-    demo_args = build_parser().parse_args(
+    demo_args = parse_demo_options(
         [
             "--dataset",
             cfg["dataset"],

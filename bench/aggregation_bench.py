@@ -56,7 +56,7 @@ from trapdoor.crypto.masking import vector_to_bytes
 from trapdoor.demo.cluster import LocalCluster
 from trapdoor.participant.client import ParticipantClient, fetch_kgc_params
 from trapdoor.participant.node import dataset_partitions
-from trapdoor.protocol.masked import initial_state
+from trapdoor.protocol.job import initial_state
 from trapdoor.ps.masked import add_uploads
 
 __all__ = ["main", "measure_masked_round", "run_aggregation_bench"]

@@ -33,23 +33,21 @@ from trapdoor.crypto.encoding import PackingLayout
 from trapdoor.crypto.pok import prove_randomness, verify_randomness
 from trapdoor.crypto.signing import b64encode, generate_signing_key, public_key_hex
 from trapdoor.crypto.wire import to_obj
-from trapdoor.protocol.messages import (
-    AuditDigests,
-    build_audit_statement,
+from trapdoor.protocol.audit import AuditDigests, build_audit_statement, contributors_sha256
+from trapdoor.protocol.commitment import (
     build_closed_set,
     build_commitment,
-    build_upload_statement,
-    check_job_view,
-    check_release_request,
-    contributors_sha256,
-    initial_ciphertext_sha256,
     pok_context,
-    release_request_header,
+    verify_closed_set,
+)
+from trapdoor.protocol.job import (
+    check_job_view,
+    initial_ciphertext_sha256,
     requested_terms,
     sign_job_terms,
-    verify_closed_set,
-    verify_upload_statement,
 )
+from trapdoor.protocol.release_request import check_release_request, release_request_header
+from trapdoor.protocol.upload import build_upload_statement, verify_upload_statement
 
 
 def _median_ms(call: Callable[[], Any], repeat: int) -> float:

@@ -1,128 +1,125 @@
-"""The ``trapdoor`` command: the demo, the participant node, and the other services.
+"""The ``trapdoor`` command: one click group that assembles each package's own group.
 
-``trapdoor kgc ...``, ``trapdoor ps ...`` and ``trapdoor bench-crypto`` hand their arguments
-to those packages' own command lines; they are imported only when asked for, so the node
-runs without them installed.
+``trapdoor kgc|ps|node ...`` and ``trapdoor demo`` live next to what they run
+(:mod:`trapdoor.kgc.cli`, :mod:`trapdoor.ps.cli`, :mod:`trapdoor.participant.cli`,
+:mod:`trapdoor.demo.job`). Each is imported only when it is used (or listed by
+``--help``), so ``trapdoor node serve`` loads neither the KGC nor the demo, and a group whose
+optional packages are not installed says so instead of breaking the whole command.
+``trapdoor bench NAME`` runs ``bench/NAME.py``, which ships with a source checkout only.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import os
+import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
-__all__ = ["main"]
+import click
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+from trapdoor.service.cli import exit_status, fail
 
-_DELEGATES = {
-    "kgc": "trapdoor.kgc.cli",
-    "ps": "trapdoor.ps.cli",
-    "bench-crypto": "bench.crypto_bench",
+__all__ = ["cli", "main"]
+
+#: Subcommand -> ``module:attribute`` of its click group or command.
+GROUPS = {
+    "kgc": "trapdoor.kgc.cli:kgc",
+    "ps": "trapdoor.ps.cli:ps",
+    "node": "trapdoor.participant.cli:node",
+    "demo": "trapdoor.demo.job:demo",
 }
 
 
-def _delegate(name: str, rest: list[str]) -> int:
-    module_name = _DELEGATES[name]
+def _unavailable(name: str, exc: ImportError) -> click.Command:
+    """A stand-in for a group whose module needs a package this install lacks."""
+    reason = str(exc)
+
+    @click.command(
+        name=name,
+        help=f"(unavailable in this install: {reason})",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
+    def stand_in() -> None:
+        fail(f"`trapdoor {name}` cannot run here: {reason}")
+
+    return stand_in
+
+
+class _LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *GROUPS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = GROUPS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if (exc.name or "trapdoor").split(".")[0] == "trapdoor":
+                raise  # our own code is broken: that is a bug, not a missing extra
+            return _unavailable(cmd_name, exc)
+        command: click.Command = getattr(module, attribute)
+        return command
+
+
+@click.group(name="trapdoor", cls=_LazyGroup)
+def cli() -> None:
+    """Trapdoor FL: federated learning where neither the server nor the other parties see
+    an update. One group per party, the demo, and the benchmarks."""
+
+
+def _bench_package() -> ModuleType:
+    """The top-level ``bench`` package: installed, or the checkout in the working folder
+    (found the way ``python -m bench.NAME`` finds it from the repository's root)."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        print(f"error: {module_name} is not available: {exc}", file=sys.stderr)
-        return 2
-    result = module.main(rest)
-    return int(result or 0)
+        return importlib.import_module("bench")
+    except ModuleNotFoundError as exc:
+        checkout = Path.cwd()
+        if exc.name != "bench" or not (checkout / "bench" / "__init__.py").is_file():
+            raise
+    sys.path.insert(0, str(checkout))
+    return importlib.import_module("bench")
 
 
-def _node_parser(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="node_command", required=True)
-    serve = commands.add_parser("serve", help="serve the participant node API (loopback)")
-    serve.add_argument(
-        "--db",
-        default=os.environ.get("TRAPDOOR_NODE_DATABASE_URL", "sqlite:///instance/participant.db"),
-        help="SQLAlchemy URL (default: %(default)s)",
-    )
-    serve.add_argument("--host", default="127.0.0.1")
-    # KGC 8700, PS 8600, node 8800: one machine can run all three on their defaults
-    serve.add_argument("--port", type=int, default=8800, help="0 picks a free port")
-    serve.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
-    serve.add_argument("--partition-index", type=int, default=0)
-    serve.add_argument("--num-partitions", type=int, default=1)
-    serve.add_argument("--partition-scheme", choices=("iid", "dirichlet"), default="iid")
-    serve.add_argument("--partition-seed", type=int, default=0)
-    serve.add_argument("--data-path", help=".npz with X_train, y_train, X_test, y_test")
-    serve.add_argument("--encrypt-workers", type=int, default=1)
-    serve.add_argument("--poll-seconds", type=float, default=0.5)
-    serve.add_argument(
-        "--min-quorum",
-        type=_positive_int,
-        default=None,
-        help="refuse jobs whose quorum is below this (default: 3, the protocol's default)",
-    )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
-def _serve_node(args: argparse.Namespace) -> int:
-    from trapdoor.participant.node import PASSPHRASE_ENV
-    from trapdoor.participant.node_api import create_app
-    from trapdoor.protocol.messages import DEFAULT_MIN_QUORUM
-    from trapdoor.service.web import restrict_new_files, serve
-
-    if args.host not in LOOPBACK:
-        print("error: the built-in server serves loopback only", file=sys.stderr)
-        return 2
-    if not os.environ.get(PASSPHRASE_ENV):
-        print(f"error: set {PASSPHRASE_ENV} (it seals this node's keys)", file=sys.stderr)
-        return 2
-    restrict_new_files()  # the database, its journal and logs: owner-only
-    app = create_app(
-        {
-            "DATABASE_URL": args.db,
-            "ADMIN_TOKEN": os.environ.get("TRAPDOOR_ADMIN_TOKEN") or None,
-            "DATASET": args.dataset,
-            "PARTITION_INDEX": args.partition_index,
-            "NUM_PARTITIONS": args.num_partitions,
-            "PARTITION_SCHEME": args.partition_scheme,
-            "PARTITION_SEED": args.partition_seed,
-            "DATA_PATH": args.data_path,
-            "ENCRYPT_WORKERS": args.encrypt_workers,
-            "POLL_SECONDS": args.poll_seconds,
-            "MIN_QUORUM": args.min_quorum or DEFAULT_MIN_QUORUM,
-        }
-    )
-    serve(app, args.host, args.port, "participant node", app.extensions["participant_node"].close)
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trapdoor", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run a whole encrypted job locally", add_help=False)
-    _node_parser(commands.add_parser("node", help="the participant node"))
-    for name in _DELEGATES:
-        commands.add_parser(name, help=f"delegates to {_DELEGATES[name]}", add_help=False)
-    return parser
+@cli.command(
+    short_help="Run a benchmark of bench/ (from a source checkout).",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("name")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(name: str, args: tuple[str, ...]) -> None:
+    """Run the benchmark NAME (a module of bench/: crypto_bench, round_bench, ...) with
+    ARGS, e.g. `trapdoor bench crypto_bench --quick`. From a source checkout's root."""
+    try:
+        package = _bench_package()
+    except ModuleNotFoundError:
+        fail(
+            "benchmarks run from a source checkout: bench/ is not installed with trapdoor; "
+            "run `trapdoor bench NAME` in the repository's root folder"
+        )
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
+    if name not in names:
+        fail(f"no benchmark {name!r}; choose one of: {', '.join(names)}")
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as exc:
+        fail(f"bench.{name} needs {exc.name}: pip install -e '.[bench]' (or the extra for it)")
+    if not callable(getattr(module, "main", None)):
+        fail(f"bench.{name} is a helper module, not a benchmark (it has no main)")
+    status = module.main(list(args))
+    raise click.exceptions.Exit(int(status or 0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _DELEGATES:
-        return _delegate(argv[0], argv[1:])
-    if argv and argv[0] == "demo":
-        from trapdoor.demo.job import main as demo_main
-
-        return demo_main(argv[1:])
-    args = _parser().parse_args(argv)
-    if args.command == "node" and args.node_command == "serve":
-        return _serve_node(args)
-    return 2
+    """The ``trapdoor`` console script; returns the exit status."""
+    return exit_status(cli, argv, "trapdoor")
 
 
 if __name__ == "__main__":

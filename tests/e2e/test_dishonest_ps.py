@@ -50,14 +50,11 @@ from trapdoor.crypto.wire import decode_frame, encode_frame, to_obj
 from trapdoor.demo.cluster import LocalCluster
 from trapdoor.ml.models import MLP
 from trapdoor.participant.client import ClientError, JobView, ParticipantClient, PreparedUpload
-from trapdoor.protocol.messages import (
-    ClosedSet,
-    build_audit_statement,
-    build_upload_statement,
-    release_request_header,
-    vector_sha256,
-    verify_audit_statement,
-)
+from trapdoor.protocol.audit import build_audit_statement, verify_audit_statement
+from trapdoor.protocol.commitment import ClosedSet
+from trapdoor.protocol.common import vector_sha256
+from trapdoor.protocol.release_request import release_request_header
+from trapdoor.protocol.upload import build_upload_statement
 from trapdoor.ps.kgc_gateway import HttpKgcGateway, KgcError
 from trapdoor.service.db import make_engine
 from trapdoor.service.http import ServiceClient, ServiceError
@@ -525,7 +522,10 @@ def test_a_token_for_one_ps_is_refused_by_another_ps_and_by_the_kgc(world: World
             f"--enrol-subject={enrolment['subject_id']}",
             f"--enrol-code={enrolment['code']}",  # a code may start with "-"
         ],
-        {"TRAPDOOR_PS_PASSPHRASE": "second-ps-passphrase", "TRAPDOOR_ADMIN_TOKEN": "second-admin"},
+        {
+            "TRAPDOOR_PS_PASSPHRASE": "second-ps-passphrase",
+            "TRAPDOOR_PS_ADMIN_TOKEN": "second-admin",
+        },
     )  # fmt: skip
     cluster.wait_ready([second], 120)
     assert second.url

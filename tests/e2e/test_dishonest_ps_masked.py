@@ -50,16 +50,11 @@ from trapdoor.participant.client import (
     ParticipantClient,
     PreparedMaskedUpload,
 )
-from trapdoor.protocol.masked import (
-    MaskedLayout,
-    MaskedReleaseBinding,
-    build_masked_upload_statement,
-    masked_release_request_header,
-    open_mask_sum,
-    seed_sha256,
-    verify_release_statement,
-)
-from trapdoor.protocol.messages import ProtocolError
+from trapdoor.protocol.bundle import MaskedReleaseBinding, open_mask_sum, verify_release_statement
+from trapdoor.protocol.common import ProtocolError
+from trapdoor.protocol.job import MaskedLayout
+from trapdoor.protocol.release_request import masked_release_request_header
+from trapdoor.protocol.upload import build_masked_upload_statement, seed_sha256
 from trapdoor.ps.kgc_gateway import HttpKgcGateway, KgcError
 from trapdoor.service.db import make_engine
 from trapdoor.service.http import ServiceError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trapdoor.demo.job import build_parser, run_demo
+from trapdoor.demo.job import parse_demo_options, run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,7 +25,7 @@ def test_full_job_matches_plaintext_and_withholds_from_skipper(
 ) -> None:
     summary_path = tmp_path / "summary.json"
     plot_path = tmp_path / "curves.png"
-    args = build_parser().parse_args(
+    args = parse_demo_options(
         [
             "--aggregation",
             aggregation,

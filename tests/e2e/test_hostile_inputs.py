@@ -2,10 +2,9 @@
 
 One :class:`~trapdoor.demo.cluster.LocalCluster` (1024-bit demo parameters) runs for the
 module. The test itself plays the four participants over real HTTP with the client library
-(:class:`~trapdoor.participant.client.ParticipantClient`): it chooses each update ``Δ_i``, encodes
-it
-with the job's public weight and encrypts it under the job key, so the released model can
-be checked against ``W_0 + Σ w_i Δ_i``.
+(:class:`~trapdoor.participant.client.ParticipantClient`): it chooses each update
+``Δ_i``, encodes it with the job's public weight and encrypts it under the job key, so the
+released model can be checked against ``W_0 + Σ w_i Δ_i``.
 
 Every participant commits to its honest upload when the job starts (the commitment set
 closes), so the hostile uploads arrive where real ones would: in the upload phase.
@@ -39,7 +38,9 @@ from trapdoor.crypto.wire import FRAME_MAGIC, decode_frame, encode_frame
 from trapdoor.demo.cluster import LocalCluster
 from trapdoor.ml.models import MLP
 from trapdoor.participant.client import JobView, ParticipantClient, PreparedUpload
-from trapdoor.protocol.messages import ClosedSet, build_upload_statement, vector_sha256
+from trapdoor.protocol.commitment import ClosedSet
+from trapdoor.protocol.common import vector_sha256
+from trapdoor.protocol.upload import build_upload_statement
 from trapdoor.service.http import ServiceClient, ServiceError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

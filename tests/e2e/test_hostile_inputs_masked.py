@@ -3,7 +3,7 @@
 One :class:`~trapdoor.demo.cluster.LocalCluster` (1024-bit demo parameters) runs for the
 module, with a masked job of four participants (unequal weights). The test plays them over
 real HTTP: it chooses each update ``Δ_i`` and builds each upload with the pure functions of
-:mod:`trapdoor.protocol.masked` (fresh seed, ``Enc(s)`` under the job key, ChaCha20 mask,
+:mod:`trapdoor.protocol.upload` (fresh seed, ``Enc(s)`` under the job key, ChaCha20 mask,
 signed statement, ring frame), so the released model can be checked against
 ``W_0 + Σ w_i Δ_i``.
 
@@ -35,7 +35,7 @@ from trapdoor.crypto.wire import FRAME_MAGIC, encode_frame, encode_ring_frame, t
 from trapdoor.demo.cluster import LocalCluster
 from trapdoor.ml.models import MLP
 from trapdoor.participant.client import JobView, ParticipantClient
-from trapdoor.protocol.masked import (
+from trapdoor.protocol.upload import (
     build_masked_upload_statement,
     encode_update,
     mask_context,

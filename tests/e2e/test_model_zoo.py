@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from trapdoor.demo.job import build_parser, run_demo
+from trapdoor.demo.job import parse_demo_options, run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ FLOORS = {"cnn": 0.75, "rnn": 0.6, "torch-cnn": 0.75}
 def test_model_matches_plaintext_fedavg(model: str, tmp_path: Path) -> None:
     if model.startswith("torch-"):
         pytest.importorskip("torch")
-    args = build_parser().parse_args(
+    args = parse_demo_options(
         [
             "--model",
             model,

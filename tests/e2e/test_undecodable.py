@@ -43,8 +43,8 @@ from trapdoor.participant.client import (
     UndecodableReleaseError,
 )
 from trapdoor.participant.node import dataset_partitions
-from trapdoor.protocol.masked import build_masked_upload_statement, seed_sha256
-from trapdoor.protocol.messages import vector_sha256
+from trapdoor.protocol.common import vector_sha256
+from trapdoor.protocol.upload import build_masked_upload_statement, seed_sha256
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

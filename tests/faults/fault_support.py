@@ -25,7 +25,7 @@ from trapdoor.crypto.signing import b64encode
 from trapdoor.demo.cluster import LocalCluster
 from trapdoor.ml.models import MLP
 from trapdoor.participant.client import JobView, ParticipantClient, PreparedUpload
-from trapdoor.protocol.messages import vector_sha256
+from trapdoor.protocol.common import vector_sha256
 from trapdoor.service.http import ServiceClient, ServiceError
 
 LAYERS = [64, 8, 10]  # 610 weights: a small model keeps 1024-bit encryption cheap

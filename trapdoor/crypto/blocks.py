@@ -230,8 +230,7 @@ class EncryptedVector:
         return total
 
     def to_bytes(self) -> bytes:
-        """The fixed-width big-endian payload (see :mod:`trapdoor.crypto.wire` for the framed
-        form)."""
+        """The fixed-width big-endian payload (:mod:`trapdoor.crypto.wire` frames it)."""
         return elements_to_bytes(self.elements, element_bytes(self.job_key.params))
 
     @classmethod

@@ -286,8 +286,8 @@ def decode_frame(
 
     Headers are capped at ``MAX_HEADER_BYTES`` unless the caller sizes the cap to the
     message (a release request carries its contributors' evidence:
-    :func:`trapdoor.protocol.messages.release_header_limit`) or decodes a frame it built itself
-    (``None``).
+    :func:`trapdoor.protocol.release_request.release_header_limit`) or decodes a frame it
+    built itself (``None``).
     """
     if max_bytes is not None and len(data) > max_bytes:
         raise WireError(f"frame larger than {max_bytes} bytes")

@@ -276,7 +276,6 @@ class LocalCluster:
         env = {
             "TRAPDOOR_KGC_PASSPHRASE": self.kgc_passphrase,
             "TRAPDOOR_KGC_ADMIN_TOKEN": self.kgc_admin_token,
-            "TRAPDOOR_ADMIN_TOKEN": self.kgc_admin_token,
         }
         flags = ["--demo"] if demo else []
         init = subprocess.run(
@@ -297,7 +296,7 @@ class LocalCluster:
             self.kgc = self._gunicorn("kgc", "trapdoor.kgc.wsgi:app", gunicorn_workers, wsgi_env)
         else:
             self.kgc = self.spawn(
-                "kgc", ["-m", "trapdoor.kgc.cli", "serve", "--db", db, "--port", "0", *flags], env
+                "kgc", ["-m", "trapdoor.kgc", "serve", "--db", db, "--port", "0", *flags], env
             )
         self.wait_ready([self.kgc], timeout)
         return self.kgc
@@ -341,7 +340,7 @@ class LocalCluster:
         db = database_url or f"sqlite:///{self.workdir}/ps.db"
         env = {
             "TRAPDOOR_PS_PASSPHRASE": self.ps_passphrase,
-            "TRAPDOOR_ADMIN_TOKEN": self.ps_admin_token,
+            "TRAPDOOR_PS_ADMIN_TOKEN": self.ps_admin_token,
         }
         if gunicorn_workers > 0:
             enrol = subprocess.run(
@@ -367,7 +366,7 @@ class LocalCluster:
             )
             if enrol.returncode != 0:
                 raise ClusterError(f"param_server enrol failed: {enrol.stderr[-2000:]}")
-            wsgi_env = {**env, "TRAPDOOR_PS_DATABASE_URL": db, "TRAPDOOR_KGC_URL": self.kgc_url}
+            wsgi_env = {**env, "TRAPDOOR_PS_DATABASE_URL": db, "TRAPDOOR_PS_KGC_URL": self.kgc_url}
             self.param_server = self._gunicorn(
                 "param_server", "trapdoor.ps.wsgi:app", gunicorn_workers, wsgi_env
             )
@@ -453,7 +452,7 @@ class LocalCluster:
                     ],
                     {
                         "TRAPDOOR_NODE_PASSPHRASE": self.node_passphrase,
-                        "TRAPDOOR_ADMIN_TOKEN": self.node_admin_token,
+                        "TRAPDOOR_NODE_ADMIN_TOKEN": self.node_admin_token,
                     },
                 )
             )

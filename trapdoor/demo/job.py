@@ -18,28 +18,31 @@ it from the job definition's model spec, so every kind runs through the same ser
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 from sqlalchemy.orm import sessionmaker
 
 from trapdoor.crypto.sealing import SealError
 from trapdoor.crypto.signing import b64encode
 from trapdoor.demo.cluster import ClusterError, LocalCluster
+from trapdoor.ml.extras import needs_extra
 from trapdoor.ml.models import MLP, Model
 from trapdoor.ml.training import TrainingConfig, evaluate, run_plaintext_fedavg
 from trapdoor.participant.client import ParticipantClient
 from trapdoor.participant.node import dataset_partitions, load_identity
-from trapdoor.protocol.masked import MaskedReleaseBinding, open_mask_sum
-from trapdoor.protocol.messages import DEFAULT_MIN_QUORUM
+from trapdoor.protocol.bundle import MaskedReleaseBinding, open_mask_sum
+from trapdoor.protocol.job import DEFAULT_MIN_QUORUM
+from trapdoor.service.cli import exit_status
 from trapdoor.service.db import make_engine
 from trapdoor.service.http import ServiceClient, ServiceError
 
@@ -47,9 +50,11 @@ __all__ = [
     "DEMO_ENCODING",
     "MODELS",
     "DemoError",
+    "DemoOptions",
     "build_model",
-    "build_parser",
+    "demo",
     "main",
+    "parse_demo_options",
     "run_demo",
 ]
 
@@ -111,66 +116,37 @@ def build_model(kind: str, dataset: str) -> Model:
     raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trapdoor demo", description=__doc__)
-    parser.add_argument("--participants", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dataset", choices=sorted(LAYERS), default="digits")
-    parser.add_argument(
-        "--model",
-        choices=MODELS,
-        default="mlp",
-        help="architecture (rnn: a GRU reading the image row by row); default mlp",
-    )
-    parser.add_argument(
-        "--aggregation",
-        choices=AGGREGATIONS,
-        default="masked",
-        help="masked: BCP-sealed seeds and additive masks (default); bcp: packed BCP "
-        "ciphertexts, the patent's literal form (docs/PROTOCOL.md)",
-    )
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--partition-scheme",
-        choices=("iid", "dirichlet"),
-        default="iid",
-        help="how the training set is split across participants (dirichlet: alpha 0.5)",
-    )
-    parser.add_argument("--json", dest="json_path", help="write the summary here")
-    parser.add_argument(
-        "--plot",
-        help=f"PNG of both accuracy curves (the command line defaults to {DEFAULT_PLOT})",
-    )
-    parser.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072))
-    parser.add_argument("--workdir", help="keep databases and logs here (default: temp dir)")
-    parser.add_argument(
-        "--skip-round",
-        type=int,
-        default=None,
-        metavar="K",
-        help="one participant skips round K (default: the last round, when quorum allows)",
-    )
-    parser.add_argument(
-        "--no-skip", action="store_true", help="every participant contributes to every round"
-    )
-    parser.add_argument(
-        "--quorum",
-        type=int,
-        default=None,
-        help="the job's quorum (default: min(3, participants); the nodes accept it)",
-    )
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help="local SGD step (default: the model's, "
-        + ", ".join(f"{m} {lr}" for m, lr in LEARNING_RATES.items())
-        + ")",
-    )
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the job")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
+@dataclass(frozen=True)
+class DemoOptions:
+    """What one demo run does: the options of ``trapdoor demo`` (its ``--help`` says each)."""
+
+    participants: int = 5
+    rounds: int = 5
+    dataset: str = "digits"
+    model: str = "mlp"
+    aggregation: str = "masked"
+    seed: int = 7
+    partition_scheme: str = "iid"
+    json_path: str | None = None
+    #: The command line defaults to :data:`DEFAULT_PLOT`; library callers opt in.
+    plot: str | None = None
+    bits: int = 2048
+    workdir: str | None = None
+    skip_round: int | None = None
+    no_skip: bool = False
+    quorum: int | None = None
+    local_epochs: int = 2
+    learning_rate: float | None = None
+    timeout: float = 1800.0
+    quiet: bool = False
+    #: Keep the cluster's databases and logs after the run (library callers only).
+    keep_workdir: bool = False
+
+
+def parse_demo_options(argv: Sequence[str]) -> DemoOptions:
+    """The options ``trapdoor demo ARGV`` would run with, without running it (benchmarks and
+    tests describe their runs this way). A bad option raises :class:`click.UsageError`."""
+    return DemoOptions(**demo.make_context("trapdoor demo", list(argv)).params)
 
 
 def _expected_contributors(
@@ -196,11 +172,12 @@ def _phase_totals(node_jobs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _write_plot(path: str, encrypted: list[float], plaintext: list[float], title: str) -> None:
-    import matplotlib
+    with needs_extra("demo", "the demo's accuracy plot"):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = list(range(1, len(encrypted) + 1))
@@ -216,22 +193,21 @@ def _write_plot(path: str, encrypted: list[float], plaintext: list[float], title
     plt.close(fig)
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+def run_demo(args: DemoOptions) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``--json``)."""
     k, rounds = args.participants, args.rounds
     if k < 1 or rounds < 1:
         raise DemoError("need at least one participant and one round")
-    model_name = getattr(args, "model", None) or "mlp"
-    aggregation = getattr(args, "aggregation", None) or "masked"
+    model_name, aggregation = args.model, args.aggregation
     model = build_model(model_name, args.dataset)
-    learning_rate = getattr(args, "learning_rate", None)
+    learning_rate = args.learning_rate
     if learning_rate is None:
         learning_rate = LEARNING_RATES[model_name]
     quorum = args.quorum or min(DEFAULT_MIN_QUORUM, k)
     skip = args.skip_round
-    if skip is None and not getattr(args, "no_skip", False) and k > quorum:
+    if skip is None and not args.no_skip and k > quorum:
         skip = rounds - 1  # show the access control: a non-contributor is refused the model
-    if getattr(args, "no_skip", False):
+    if args.no_skip:
         skip = None
     skipper = k - 1 if skip is not None else None
     if skip is not None and not 0 <= skip < rounds:
@@ -241,7 +217,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         raise DemoError(f"quorum {quorum} cannot be met once a participant skips: add one")
     # Nodes refuse jobs below their minimum quorum (3 by default): a smaller demo lowers it.
     min_quorum = quorum if quorum < DEFAULT_MIN_QUORUM else None
-    cluster = LocalCluster(args.workdir, keep_workdir=bool(getattr(args, "keep_workdir", False)))
+    cluster = LocalCluster(args.workdir, keep_workdir=args.keep_workdir)
     t_start = time.perf_counter()
     try:
         subjects = cluster.start_all(
@@ -528,23 +504,101 @@ def _report(summary: dict[str, Any]) -> None:
     print(f"max |encrypted - plaintext| accuracy: {summary['max_abs_accuracy_diff']:.5f}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.plot is None:  # a person at the command line gets the plot; library callers opt in
-        args.plot = DEFAULT_PLOT
+_DEFAULT = DemoOptions()
+
+
+def _to_int(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    return int(value)
+
+
+@click.command(name="demo")
+@click.option("--participants", type=int, default=_DEFAULT.participants, show_default=True)
+@click.option("--rounds", type=int, default=_DEFAULT.rounds, show_default=True)
+@click.option(
+    "--dataset", type=click.Choice(sorted(LAYERS)), default=_DEFAULT.dataset, show_default=True
+)
+@click.option(
+    "--model",
+    type=click.Choice(MODELS),
+    default=_DEFAULT.model,
+    show_default=True,
+    help="architecture (rnn: a GRU reading the image row by row)",
+)
+@click.option(
+    "--aggregation",
+    type=click.Choice(AGGREGATIONS),
+    default=_DEFAULT.aggregation,
+    show_default=True,
+    help="masked: BCP-sealed seeds and additive masks; bcp: packed BCP ciphertexts, the "
+    "patent's literal form (docs/PROTOCOL.md)",
+)
+@click.option("--seed", type=int, default=_DEFAULT.seed, show_default=True)
+@click.option(
+    "--partition-scheme",
+    type=click.Choice(("iid", "dirichlet")),
+    default=_DEFAULT.partition_scheme,
+    show_default=True,
+    help="how the training set is split across participants (dirichlet: alpha 0.5)",
+)
+@click.option("--json", "json_path", help="write the summary here")
+@click.option("--plot", help=f"PNG of both accuracy curves (default: {DEFAULT_PLOT})")
+@click.option(
+    "--bits",
+    type=click.Choice(("1024", "2048", "3072")),
+    default=str(_DEFAULT.bits),
+    show_default=True,
+    callback=_to_int,
+)
+@click.option("--workdir", help="keep databases and logs here (default: a temporary folder)")
+@click.option(
+    "--skip-round",
+    type=int,
+    metavar="K",
+    help="one participant skips round K (default: the last round, when quorum allows)",
+)
+@click.option("--no-skip", is_flag=True, help="every participant contributes to every round")
+@click.option(
+    "--quorum",
+    type=int,
+    help="the job's quorum (default: min(3, participants); the nodes accept it)",
+)
+@click.option("--local-epochs", type=int, default=_DEFAULT.local_epochs, show_default=True)
+@click.option(
+    "--learning-rate",
+    type=float,
+    help="local SGD step (default: the model's, "
+    + ", ".join(f"{m} {lr}" for m, lr in LEARNING_RATES.items())
+    + ")",
+)
+@click.option(
+    "--timeout", type=float, default=_DEFAULT.timeout, show_default=True, help="seconds for the job"
+)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def demo(**options: Any) -> None:
+    """Run a whole encrypted federated job on this machine and check it against plaintext.
+
+    Starts the KGC, the parameter server and one participant node per data owner as real
+    processes on loopback, trains the job, then re-runs it in the clear with the same
+    seed, partitions and schedule: the accuracies must match to fixed-point rounding. One
+    participant skips a round (--skip-round), and must be refused that round's model.
+    Exits 0 when everything matched, 1 otherwise.
+    """
+    chosen = DemoOptions(**options)
+    if chosen.plot is None:  # a person at the command line gets the plot
+        chosen = replace(chosen, plot=DEFAULT_PLOT)
 
     def _interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # so the cluster's finally stops every service
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        summary = run_demo(args)
+        summary = run_demo(chosen)
     except (ClusterError, ServiceError) as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
+        click.echo(f"demo failed: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
     except KeyboardInterrupt:
-        print("demo interrupted; services stopped", file=sys.stderr)
-        return 130
+        click.echo("demo interrupted; services stopped", err=True)
+        raise click.exceptions.Exit(130) from None
     # 0.1 percentage points; the slack absorbs float error in a difference of accuracies
     # (0.883 - 0.882 is 0.0010000000000000009: one test example in 1000)
     ok = (
@@ -552,7 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         and summary["non_contributor_refused"] in (None, True)
         and summary["contributors_per_round"] == summary["expected_contributors_per_round"]
     )
-    return 0 if ok else 1
+    raise click.exceptions.Exit(0 if ok else 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``trapdoor demo ARGV`` (also ``python -m trapdoor.demo.job``); returns the exit status."""
+    return exit_status(demo, argv, "trapdoor demo")
 
 
 if __name__ == "__main__":

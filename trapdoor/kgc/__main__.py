@@ -1,7 +1,5 @@
-"""``python -m trapdoor.kgc init|serve ...`` (see :mod:`trapdoor.kgc.cli`)."""
+"""``python -m trapdoor.kgc init|serve ...``: the ``kgc`` group of :mod:`trapdoor.kgc.cli`."""
 
-import sys
+from trapdoor.kgc.cli import kgc
 
-from trapdoor.kgc.cli import main
-
-sys.exit(main())
+kgc()

@@ -1,8 +1,11 @@
 """HTTP endpoints of the KGC (docs/PROTOCOL.md, KGC section): a thin layer over the domain.
 
-Each view parses and type-checks its input (``trapdoor.service.web.field``), checks the caller
-(admin token or KGC token with the right role) and calls :class:`trapdoor.kgc.domain.KgcService`.
-Nothing here logs a token, a code, a key or a plaintext.
+Each view says who may call it with a decorator (:func:`~trapdoor.service.web.admin_required`
+for the operator, :func:`param_server_required` for a KGC token of the parameter-server
+role), parses and type-checks its input (``trapdoor.service.web.field``) and calls
+:class:`trapdoor.kgc.domain.KgcService`; its refusals become JSON in the one handler of
+:func:`trapdoor.service.web.register_error_handlers`. Nothing here logs a token, a code, a
+key or a plaintext.
 """
 
 from __future__ import annotations
@@ -12,18 +15,17 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from trapdoor.kgc.domain import KgcService
-from trapdoor.kgc.errors import KgcError
+from trapdoor.service.errors import UnsupportedMediaError
 from trapdoor.service.web import (
-    ApiError,
-    bearer_token,
+    admin_required,
+    bearer_required,
     body_limit,
     field,
     json_body,
     read_body,
-    require_admin,
 )
 
-__all__ = ["EXTENSION", "RELEASE_BODY_CEILING", "bp", "service"]
+__all__ = ["EXTENSION", "RELEASE_BODY_CEILING", "bp", "param_server_required", "service"]
 
 EXTENSION = "kgc"
 #: What the app lets a release request announce before its view runs; the view then sets
@@ -39,15 +41,13 @@ def service() -> KgcService:
     return svc
 
 
-@bp.app_errorhandler(KgcError)
-def _kgc_error(exc: KgcError) -> Any:
-    """A domain refusal as ``{"error": code, "message": text}`` with its status."""
-    return jsonify(error=exc.code, message=exc.message), exc.status
+def _param_server(token: str, **_view_args: Any) -> str:
+    """The subject id of the calling parameter server (unauthorized or forbidden otherwise)."""
+    return service().authenticate(token, "param_server").subject
 
 
-def _param_server() -> str:
-    """The subject id of the calling parameter server (401/403 otherwise)."""
-    return service().authenticate(bearer_token(), "param_server").subject
+#: Views of the parameter server: they get its subject id as ``requester``.
+param_server_required = bearer_required(_param_server, keyword="requester")
 
 
 @bp.get("/info")
@@ -57,9 +57,9 @@ def info() -> Any:
 
 
 @bp.post("/enrolments")
+@admin_required
 def enrol() -> Any:
     """Operator: enrol a participant or the parameter server; returns a one-time code."""
-    require_admin()
     body = json_body()
     name = field(body, "name", str)
     role = field(body, "role", str)
@@ -88,7 +88,7 @@ def tokens() -> Any:
 
     Body: ``{"subject_id", "timestamp", "nonce", "audience", "signature"}``; ``audience`` is
     ``"kgc"`` or the subject id of an enrolled parameter server (else 422
-    ``unknown-audience``) and the signature covers ``trapdoor.protocol.messages.token_challenge``.
+    ``unknown-audience``) and the signature covers ``trapdoor.protocol.token.token_challenge``.
     """
     body = json_body()
     answer = service().issue_token(
@@ -102,13 +102,13 @@ def tokens() -> Any:
 
 
 @bp.post("/jobs")
-def create_job() -> Any:
+@param_server_required
+def create_job(requester: str) -> Any:
     """Parameter server: KGC-signed job terms with a fresh job key.
 
-    Body: ``{"job_id", "terms": trapdoor.protocol.messages.requested_terms(...)}`` → 201
+    Body: ``{"job_id", "terms": trapdoor.protocol.job.requested_terms(...)}`` → 201
     ``{"job_id", "job_key", "job_terms", "job_terms_signature"}``.
     """
-    requester = _param_server()
     body = json_body()
     answer = service().create_job(requester, field(body, "job_id", str), field(body, "terms", dict))
     return jsonify(answer), 201
@@ -116,24 +116,24 @@ def create_job() -> Any:
 
 @bp.post("/jobs/<job_id>/releases")
 @body_limit(RELEASE_BODY_CEILING)
-def release(job_id: str) -> Any:
+@param_server_required
+def release(job_id: str, requester: str) -> Any:
     """Parameter server: release one round of a job, sealed for its contributors.
 
     A bcp job (``application/octet-stream``): a binary vector frame ``F = Enc(W + R)``
-    whose header is ``trapdoor.protocol.messages.release_request_header`` (job, round, attempt,
-    contributors, the closed commitment set, the contributors' upload statements and
-    audits) plus the server's ``request_signature``; at most the job's frame size.
-    A masked job (``application/json``): ``trapdoor.protocol.masked.
-    masked_release_request_header`` plus ``request_signature``; at most
-    ``trapdoor.protocol.messages.release_header_limit(P)`` bytes. Either cap is checked before the
-    body is read (413); a content type that is not the job's is 415. 201 for a new
-    release, 200 with the stored bundle for a repeat of the same request.
+    whose header is ``trapdoor.protocol.release_request.release_request_header`` (job,
+    round, attempt, contributors, the closed commitment set, the contributors' upload
+    statements and audits) plus the server's ``request_signature``; at most the job's frame
+    size. A masked job (``application/json``):
+    ``trapdoor.protocol.release_request.masked_release_request_header`` plus
+    ``request_signature``; at most ``trapdoor.protocol.release_request.release_header_limit(P)``
+    bytes. Either cap is checked before the body is read (413); a content type that is not
+    the job's is 415. 201 for a new release, 200 with the stored bundle for a repeat of the
+    same request.
     """
-    requester = _param_server()
     intake = service().release_intake(requester, job_id)
     if request.mimetype != intake.media_type:
-        raise ApiError(
-            415,
+        raise UnsupportedMediaError(
             "unsupported-media-type",
             f"this is a {intake.aggregation} job: expected Content-Type: {intake.media_type}",
         )

@@ -1,8 +1,8 @@
 """Flask application factory of the KGC.
 
 ``create_app(config)`` opens the sealed keys (or takes an already built ``SERVICE``),
-registers the blueprint (which also maps domain errors to JSON), the common error
-handlers and ``/healthz`` + ``/openapi.json``.
+registers the blueprint, the one JSON error handler of every service (which answers the
+domain's refusals) and ``/healthz`` + ``/openapi.json``.
 Configuration keys (see :data:`DEFAULTS`): ``DATABASE_URL``, ``ADMIN_TOKEN``,
 ``PASSPHRASE`` (else from the environment; dropped from the config once used), ``DEMO``
 (accept the public demo parameters), ``MAX_CONTENT_LENGTH`` (64 MiB: the cap on any body;
@@ -23,7 +23,13 @@ from sqlalchemy.orm import sessionmaker
 
 from trapdoor.kgc.api import EXTENSION, bp
 from trapdoor.kgc.domain import KgcService
-from trapdoor.kgc.keystore import KgcKeys, ensure_sqlite_dir, load_kgc, passphrase_from_env
+from trapdoor.kgc.keystore import (
+    KgcKeys,
+    load_kgc,
+    passphrase_from_env,
+    passphrase_from_settings,
+)
+from trapdoor.kgc.settings import KgcSettings
 from trapdoor.service.db import make_engine, migrate
 from trapdoor.service.web import add_common_routes, limit_request_bodies, register_error_handlers
 
@@ -41,16 +47,11 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "trapdoor-kgc"
 VERSION = "0.1.0"
-DEFAULT_DATABASE_URL = "sqlite:///var/kgc.db"
 DEFAULTS: dict[str, Any] = {
-    "DATABASE_URL": DEFAULT_DATABASE_URL,
-    "ADMIN_TOKEN": None,
+    # the environment's defaults (one place for them: KgcSettings); no passphrase
+    **KgcSettings().app_config(),
     "PASSPHRASE": None,
-    "DEMO": False,
-    "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
     "AUTO_MIGRATE": True,
-    # Master decryption is the KGC's one heavy step and gmpy2 drops the GIL: use the cores.
-    "RELEASE_WORKERS": os.cpu_count() or 1,
     "CLOCK": None,
     "RNG": None,
     "RANDOM_BYTES": None,
@@ -61,7 +62,6 @@ DEFAULTS: dict[str, Any] = {
 def build_service(config: Mapping[str, Any]) -> KgcService:
     """Open the sealed keys of ``DATABASE_URL`` and wrap them in a :class:`KgcService`."""
     url = str(config["DATABASE_URL"])
-    ensure_sqlite_dir(url)
     if config["AUTO_MIGRATE"]:
         migrate("kgc", url)
     passphrase = config["PASSPHRASE"] or passphrase_from_env()
@@ -110,28 +110,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Configuration from ``TRAPDOOR_*`` environment variables (for gunicorn).
+    """Configuration from the ``TRAPDOOR_KGC_*`` environment variables (for gunicorn).
 
-    ``TRAPDOOR_KGC_DATABASE_URL``, ``TRAPDOOR_KGC_ADMIN_TOKEN`` (else
-    ``TRAPDOOR_ADMIN_TOKEN``), ``TRAPDOOR_KGC_DEMO``, ``TRAPDOOR_KGC_MAX_CONTENT_LENGTH``,
-    ``TRAPDOOR_KGC_RELEASE_WORKERS``; the passphrase as :func:`passphrase_from_env` reads it.
+    :class:`~trapdoor.kgc.settings.KgcSettings` lists them; the passphrase is read as
+    :func:`~trapdoor.kgc.keystore.passphrase_from_settings` reads it.
     """
-    env = os.environ if environ is None else environ
-    config: dict[str, Any] = {
-        "DATABASE_URL": env.get("TRAPDOOR_KGC_DATABASE_URL") or DEFAULT_DATABASE_URL,
-        "ADMIN_TOKEN": env.get("TRAPDOOR_KGC_ADMIN_TOKEN")
-        or env.get("TRAPDOOR_ADMIN_TOKEN")
-        or None,
-        "PASSPHRASE": passphrase_from_env(env),
-        "DEMO": _flag(env.get("TRAPDOOR_KGC_DEMO")),
-    }
-    if env.get("TRAPDOOR_KGC_MAX_CONTENT_LENGTH"):
-        config["MAX_CONTENT_LENGTH"] = int(env["TRAPDOOR_KGC_MAX_CONTENT_LENGTH"])
-    if env.get("TRAPDOOR_KGC_RELEASE_WORKERS"):
-        config["RELEASE_WORKERS"] = int(env["TRAPDOOR_KGC_RELEASE_WORKERS"])
-    return config
+    settings = KgcSettings.from_env(environ)
+    return {**settings.app_config(), "PASSPHRASE": passphrase_from_settings(settings)}

@@ -1,61 +1,64 @@
-"""Command line of the KGC: ``init`` once, then ``serve`` (``python -m trapdoor.kgc ...``).
+"""``trapdoor kgc``: ``init`` once, then ``serve`` (also ``python -m trapdoor.kgc ...``).
 
 ``init`` generates fresh BCP parameters (tens of seconds at 2048 bits, with a progress
 bar) and an Ed25519 key, and stores both sealed under the passphrase from
 ``TRAPDOOR_KGC_PASSPHRASE`` (or the file in ``TRAPDOOR_KGC_PASSPHRASE_FILE``). ``serve``
 opens them and serves on loopback with Werkzeug's threaded server; gunicorn with
-:mod:`trapdoor.kgc.wsgi` is the deployment path. The operator token is ``TRAPDOOR_ADMIN_TOKEN``
-(or ``TRAPDOOR_KGC_ADMIN_TOKEN``).
+:mod:`trapdoor.kgc.wsgi` is the deployment path. Every ``TRAPDOOR_KGC_*`` setting
+(:class:`~trapdoor.kgc.settings.KgcSettings`) applies; ``--db``, ``--host`` and ``--port``
+override theirs for one run. The operator token is ``TRAPDOOR_KGC_ADMIN_TOKEN``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
+import click
 from tqdm import tqdm
 
 from trapdoor.crypto.signing import public_key_hex
-from trapdoor.kgc.app import DEFAULT_DATABASE_URL, create_app, service_from_keys
+from trapdoor.kgc.app import create_app, service_from_keys
 from trapdoor.kgc.keystore import (
     KeystoreError,
     KgcKeys,
     NotInitialisedError,
-    ensure_sqlite_dir,
     init_kgc,
     load_kgc,
-    passphrase_from_env,
+    passphrase_from_settings,
+)
+from trapdoor.kgc.settings import KgcSettings
+from trapdoor.service.cli import (
+    exit_status,
+    fail,
+    load_settings,
+    require_loopback,
+    setting_option,
 )
 from trapdoor.service.db import migrate
 from trapdoor.service.web import serve
 
-__all__ = ["main"]
+__all__ = ["kgc", "main"]
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_db_option = setting_option(KgcSettings, "database_url", "--db", help="SQLAlchemy URL")
+_bits_option = click.option(
+    "--bits", type=int, default=2048, show_default=True, help="size of N for a new key"
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trapdoor.kgc", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    db_default = os.environ.get("TRAPDOOR_KGC_DATABASE_URL") or DEFAULT_DATABASE_URL
+@click.group(name="kgc")
+def kgc() -> None:
+    """The key generation center: `init` once, then `serve`."""
 
-    init = commands.add_parser("init", help="generate and seal the master key (once)")
-    init.add_argument("--db", default=db_default, help="SQLAlchemy URL (default: %(default)s)")
-    init.add_argument("--bits", type=int, default=2048, help="size of N (default: %(default)s)")
-    init.add_argument(
-        "--demo", action="store_true", help="use the shipped PUBLIC demo parameters (insecure)"
-    )
 
-    serve = commands.add_parser("serve", help="serve the KGC API")
-    serve.add_argument("--db", default=db_default, help="SQLAlchemy URL (default: %(default)s)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8700, help="0 picks a free port")
-    serve.add_argument("--demo", action="store_true", help="accept the public demo parameters")
-    serve.add_argument("--init", action="store_true", help="initialise an empty database first")
-    serve.add_argument("--bits", type=int, default=2048, help="size of N for --init")
-    return parser
+@contextmanager
+def _keystore_errors() -> Iterator[None]:
+    """A keystore refusal (no passphrase, wrong one, keys already there...) exits 2."""
+    try:
+        yield
+    except KeystoreError as exc:
+        fail(str(exc))
 
 
 def _progress() -> tuple[Callable[[int], None], tqdm[None]]:
@@ -72,74 +75,68 @@ def _progress() -> tuple[Callable[[int], None], tqdm[None]]:
 
 
 def _init(db: str, passphrase: str, bits: int, demo: bool) -> KgcKeys:
+    """Make and seal the keys, and say so (the passphrase is never printed)."""
     if demo:
-        return init_kgc(db, passphrase, bits=bits, demo=True)
-    update, bar = _progress()
-    try:
-        return init_kgc(db, passphrase, bits=bits, progress=update)
-    finally:
-        bar.close()
-
-
-def _describe(keys: KgcKeys) -> str:
+        keys = init_kgc(db, passphrase, bits=bits, demo=True)
+    else:
+        update, bar = _progress()
+        try:
+            keys = init_kgc(db, passphrase, bits=bits, progress=update)
+        finally:
+            bar.close()
     kind = "PUBLIC DEMO parameters" if keys.demo else "fresh parameters"
-    return (
-        f"{keys.master_key.params.bits}-bit N, {kind}; "
+    click.echo(
+        f"KGC initialised at {db}: {keys.master_key.params.bits}-bit N, {kind}; "
         f"verify key {public_key_hex(keys.signing_key)}"
     )
+    return keys
 
 
-def _cmd_init(args: argparse.Namespace, passphrase: str) -> int:
-    keys = _init(args.db, passphrase, args.bits, args.demo)
-    print(f"KGC initialised at {args.db}: {_describe(keys)}", flush=True)
-    return 0
+@kgc.command("init")
+@_db_option
+@_bits_option
+@click.option("--demo", is_flag=True, help="use the shipped PUBLIC demo parameters (insecure)")
+def init_command(db: str | None, bits: int, demo: bool) -> None:
+    """Generate and seal the master key (once)."""
+    settings = load_settings(KgcSettings, database_url=db)
+    with _keystore_errors():
+        _init(settings.database_url, passphrase_from_settings(settings), bits, demo)
 
 
-def _cmd_serve(args: argparse.Namespace, passphrase: str) -> int:
-    if args.host not in LOOPBACK:
-        print(
-            "error: the built-in server serves loopback only; deploy with gunicorn "
-            "(trapdoor.kgc.wsgi) behind TLS for anything else",
-            file=sys.stderr,
+@kgc.command("serve")
+@_db_option
+@setting_option(KgcSettings, "host", "--host", help="loopback address to bind")
+@setting_option(
+    KgcSettings, "port", "--port", type=click.IntRange(0, 65535), help="0 picks a free port"
+)
+@click.option("--demo", is_flag=True, help="accept the public demo parameters")
+@click.option("--init", "init_first", is_flag=True, help="initialise an empty database first")
+@_bits_option
+def serve_command(
+    db: str | None, host: str | None, port: int | None, demo: bool, init_first: bool, bits: int
+) -> None:
+    """Serve the KGC API on loopback (gunicorn: trapdoor.kgc.wsgi)."""
+    settings = load_settings(KgcSettings, database_url=db, host=host, port=port)
+    with _keystore_errors():
+        passphrase = passphrase_from_settings(settings)
+        require_loopback(settings.host, "trapdoor.kgc.wsgi")
+        url = settings.database_url
+        migrate("kgc", url)
+        try:
+            keys = load_kgc(url, passphrase, demo=demo)
+        except NotInitialisedError:
+            if not init_first:
+                fail("this KGC is not initialised: run `init` or pass --init")
+            keys = _init(url, passphrase, bits, demo)
+    if settings.admin_token is None:
+        click.echo(
+            f"warning: no {KgcSettings.variable('admin_token')}: enrolment is disabled", err=True
         )
-        return 2
-    ensure_sqlite_dir(args.db)
-    migrate("kgc", args.db)
-    try:
-        keys = load_kgc(args.db, passphrase, demo=args.demo)
-    except NotInitialisedError:
-        if not args.init:
-            print("error: this KGC is not initialised: run `init` or pass --init", file=sys.stderr)
-            return 2
-        keys = _init(args.db, passphrase, args.bits, args.demo)
-        print(f"KGC initialised at {args.db}: {_describe(keys)}", flush=True)
-    admin_token = (
-        os.environ.get("TRAPDOOR_KGC_ADMIN_TOKEN") or os.environ.get("TRAPDOOR_ADMIN_TOKEN") or None
-    )
-    if admin_token is None:
-        print("warning: no TRAPDOOR_ADMIN_TOKEN: enrolment is disabled", file=sys.stderr)
-    app = create_app(
-        {
-            "DATABASE_URL": args.db,
-            "ADMIN_TOKEN": admin_token,
-            "SERVICE": service_from_keys(keys, args.db),
-        }
-    )
-    serve(app, args.host, args.port, "KGC")
-    return 0
+    config = settings.app_config()
+    app = create_app({**config, "SERVICE": service_from_keys(keys, url, config)})
+    serve(app, settings.host, settings.port, "KGC")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        passphrase = passphrase_from_env()
-        if args.command == "init":
-            return _cmd_init(args, passphrase)
-        return _cmd_serve(args, passphrase)
-    except KeystoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    """``python -m trapdoor.kgc ARGV``; returns the exit status."""
+    return exit_status(kgc, argv, "python -m trapdoor.kgc")

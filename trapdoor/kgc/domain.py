@@ -3,22 +3,23 @@
 DESIGN §4–§5, the KGC section of docs/PROTOCOL.md.
 :class:`KgcService` holds the opened master key and signing key, a session factory, and
 an injected clock and randomness, so tests are deterministic. Every refusal is a
-:mod:`trapdoor.kgc.errors` exception raised *before* anything is written; every write is one
+:mod:`trapdoor.service.errors` exception raised *before* anything is written; every write is one
 transaction, and the unique constraints of :mod:`trapdoor.kgc.models` settle races between workers.
 
 The parameter server is semi-trusted: the KGC takes nothing on its word. A job's terms
 (the PS and its certified key, participants and theirs, weights, quorum, rounds, shape,
 the digest of ``Enc(W_0)``) are signed by the KGC when the job is made
-(:func:`trapdoor.protocol.messages.sign_job_terms`). A release is granted only on that schedule
+(:func:`trapdoor.protocol.job.sign_job_terms`). A release is granted only on that schedule
 (each round once, in order, below ``rounds``), only for contributors in the PS-signed
 closed commitment set whose own upload and audit statements verify against those terms,
 and only when every audit names the frame being opened as ``F`` and, as its base, the
 aggregate of the job's previous release (round 0: the signed ``Enc(W_0)``), so the chain
-of opened aggregates cannot be broken (:func:`trapdoor.protocol.messages.check_release_request`,
-docs/PROTOCOL.md). A masked job (docs/PROTOCOL.md, "Masked mode") is released on the same
-schedule from a JSON request whose statements each name one contributor's ``y`` and seed
-(:func:`trapdoor.protocol.masked.check_masked_release_request`): the KGC decrypts those
-seeds under the job key only and seals the sum of their masks, never a model.
+of opened aggregates cannot be broken
+(:func:`trapdoor.protocol.release_request.check_release_request`, docs/PROTOCOL.md). A
+masked job (docs/PROTOCOL.md, "Masked mode") is released on the same schedule from a JSON
+request whose statements each name one contributor's ``y`` and seed
+(:func:`trapdoor.protocol.release_request.check_masked_release_request`): the KGC decrypts
+those seeds under the job key only and seals the sum of their masks, never a model.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ from trapdoor.crypto.blocks import (
 from trapdoor.crypto.sealing import RandomBytes
 from trapdoor.crypto.signing import (
     ROLES,
-    SignatureError,
     TokenClaims,
     TokenError,
     b64encode,
@@ -68,7 +68,6 @@ from trapdoor.crypto.signing import (
     public_key_from_hex,
     public_key_hex,
     sign_json,
-    verify_json,
     verify_token,
 )
 from trapdoor.crypto.wire import (
@@ -81,46 +80,54 @@ from trapdoor.crypto.wire import (
     to_hex,
     to_obj,
 )
-from trapdoor.kgc.errors import (
-    BadRequestError,
-    ConflictError,
-    ForbiddenError,
-    InvalidError,
-    KgcError,
-    NotFoundError,
-    UnauthorizedError,
-)
 from trapdoor.kgc.models import NAME_LENGTH, SUBJECT_ID_LENGTH, Job, Release, Subject, TokenNonce
-from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256, seal_release
-from trapdoor.protocol.masked import (
+from trapdoor.protocol.bundle import (
     MaskedReleaseBinding,
-    MaskedReleaseCheck,
-    check_masked_release_request,
-    kgc_mask_sum,
+    ReleaseBinding,
+    bundle_sha256,
     seal_mask_sum,
+    seal_release,
 )
-from trapdoor.protocol.messages import (
+from trapdoor.protocol.common import ProtocolError, is_json_int, json_sha256
+from trapdoor.protocol.enrolment import Certificate, sign_certificate
+from trapdoor.protocol.job import (
     JOB_TERMS_PURPOSE,
-    KGC_AUDIENCE,
     JobTerms,
-    ProtocolError,
+    check_requested_terms,
+    sign_job_terms,
+    verify_job_terms,
+)
+from trapdoor.protocol.release_request import (
+    MaskedReleaseCheck,
     ReleaseCheck,
     ReleasedRound,
     ReleaseSchedule,
+    check_masked_release_request,
     check_release_request,
-    check_requested_terms,
-    is_json_int,
-    json_sha256,
+    kgc_mask_sum,
     release_header_limit,
     release_schedule,
     repeats_release,
     request_run,
-    sign_job_terms,
-    token_challenge,
-    verify_job_terms,
     verify_release_signature,
 )
+from trapdoor.protocol.token import (
+    KGC_AUDIENCE,
+    TokenChallenge,
+    check_nonce,
+    check_timestamp,
+    verify_token_challenge,
+)
 from trapdoor.service.db import session_scope
+from trapdoor.service.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    NotFoundError,
+    TrapdoorError,
+    UnauthorizedError,
+)
 
 __all__ = [
     "BCP_MEDIA_TYPE",
@@ -144,19 +151,18 @@ ISSUER = "kgc"
 #: Bytes before a frame's JSON header: magic, version, header length (``trapdoor.crypto.wire``).
 FRAME_PREFIX_BYTES = 9
 _JOB_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_NONCE = re.compile(r"\A[\x21-\x7e]{8,128}\Z")  # printable ASCII, no spaces
 _TERMS_CACHE_SIZE = 1024
 #: The body of a release request, by the job's aggregation: a vector frame (bcp) or the
-#: JSON of ``trapdoor.protocol.masked.masked_release_request_header`` (masked).
+#: JSON of ``trapdoor.protocol.release_request.masked_release_request_header`` (masked).
 BCP_MEDIA_TYPE = "application/octet-stream"
 MASKED_MEDIA_TYPE = "application/json"
 
-#: How a :class:`trapdoor.protocol.messages.ProtocolError` code becomes a refusal
+#: How a :class:`trapdoor.protocol.common.ProtocolError` code becomes a refusal
 #: (docs/PROTOCOL.md):
 #: a schedule violation is a conflict with the KGC's state, a forged signature is 403 (the
 #: bearer token was valid, the request was not), a malformed field 400, the rest 422
 #: (``not-committed``, ``closed-set-mismatch``, ``audit-mismatch``, ``bad-audit``, ...).
-_PROTOCOL_REFUSALS: dict[str, type[KgcError]] = {
+_PROTOCOL_REFUSALS: dict[str, type[TrapdoorError]] = {
     "round-out-of-range": ConflictError,
     "out-of-schedule": ConflictError,
     "bad-request-signature": ForbiddenError,
@@ -170,8 +176,8 @@ _PROTOCOL_REFUSALS: dict[str, type[KgcError]] = {
 }
 
 
-def protocol_refusal(exc: ProtocolError) -> KgcError:
-    """The KGC's refusal for a failed protocol check: same code, status by code."""
+def protocol_refusal(exc: ProtocolError) -> TrapdoorError:
+    """The KGC's refusal for a failed protocol check: same code, kind by code."""
     return _PROTOCOL_REFUSALS.get(exc.code, InvalidError)(exc.code, exc.message)
 
 
@@ -218,7 +224,7 @@ def _masked_uploads_sha256(header: Mapping[str, Any]) -> str | None:
     """What makes a masked request "the same request again": the digest of each upload
     statement's ``y`` and seed digests by subject, ``json_sha256({subject:
     {"payload_sha256", "seed_sha256"}})``. Read from the request as sent (after
-    :func:`trapdoor.protocol.masked.check_masked_release_request` these are verified; for a
+    :func:`trapdoor.protocol.release_request.check_masked_release_request` these are verified; for a
     repeat they are only compared with a stored release's); None when malformed."""
     uploads = header.get("uploads")
     if not isinstance(uploads, list):
@@ -352,23 +358,28 @@ class KgcService:
                 raise UnauthorizedError("invalid-code", "the enrolment code is not valid")
             if subject.completed:
                 raise ConflictError("already-enrolled", "this enrolment was already completed")
-            certificate: dict[str, Any] = {
-                "subject_id": subject.id,
-                "name": subject.name,
-                "role": subject.role,
-                "signing_key": signing_key,
-                "issued_at": int(now),
-            }
             bcp_h: str | None = None
+            bcp_obj: dict[str, Any] | None = None
             if subject.role == "participant":
                 if bcp_public_key is None:
                     raise BadRequestError("missing-field", "participants must send bcp_public_key")
                 public = self._participant_key(bcp_public_key)
                 bcp_h = to_hex(public.h)
-                certificate["bcp_public_key"] = to_obj(public)
+                bcp_obj = to_obj(public)
             elif bcp_public_key is not None:
                 raise BadRequestError("bad-field", "only participants have a bcp_public_key")
-            signature = sign_json(self._signing_key, certificate)
+            signed = sign_certificate(
+                self._signing_key,
+                Certificate(
+                    subject_id=subject.id,
+                    name=subject.name,
+                    role=subject.role,
+                    signing_key=signing_key,
+                    issued_at=int(now),
+                    bcp_public_key=bcp_obj,
+                ),
+            )
+            certificate, signature = signed["certificate"], signed["signature"]
             done = session.execute(
                 update(Subject)
                 .where(Subject.id == subject_id, Subject.completed.is_(False))
@@ -417,14 +428,17 @@ class KgcService:
     ) -> dict[str, Any]:
         """A short-lived token for ``audience``, for a signed, fresh, never-seen challenge.
 
-        The challenge is :func:`trapdoor.protocol.messages.token_challenge` (it names the audience).
+        The challenge (:class:`trapdoor.protocol.token.TokenChallenge`) names the audience;
+        its nonce, signature and timestamp are checked by :mod:`trapdoor.protocol.token`.
         ``audience`` is ``"kgc"`` or the subject id of an enrolled, completed parameter
         server; anything else is 422 ``unknown-audience``. Replays are refused with 409
         ``nonce-replayed`` (a conflict with a stored nonce), stale or future timestamps
         with 401 ``stale-timestamp``. Nothing is stored for a refused challenge.
         """
-        if not _NONCE.match(nonce):
-            raise BadRequestError("bad-field", "nonce must be 8 to 128 printable ASCII characters")
+        try:
+            check_nonce(nonce)
+        except ProtocolError as exc:
+            raise BadRequestError(exc.code, exc.message) from None
         now = self._clock()
         try:
             with session_scope(self._sessions) as session:
@@ -433,20 +447,12 @@ class KgcService:
                     raise NotFoundError("not-found", "no such subject")
                 if not subject.completed or subject.signing_key is None:
                     raise ForbiddenError("not-enrolled", "this subject has not completed enrolment")
+                challenge = TokenChallenge(subject_id, timestamp, nonce, audience)
                 try:
-                    verify_json(
-                        public_key_from_hex(subject.signing_key),
-                        token_challenge(subject_id, timestamp, nonce, audience),
-                        signature,
-                    )
-                except (SignatureError, ValueError):
-                    raise UnauthorizedError(
-                        "bad-signature", "the challenge signature does not verify"
-                    ) from None
-                if abs(now - timestamp) > self.max_skew:
-                    raise UnauthorizedError(
-                        "stale-timestamp", f"timestamp is more than {self.max_skew} s off"
-                    )
+                    verify_token_challenge(challenge, signature, subject.signing_key)
+                    check_timestamp(challenge, now=now, max_skew=self.max_skew)
+                except ProtocolError as exc:
+                    raise UnauthorizedError(exc.code, exc.message) from None
                 if not self._known_audience(session, audience):
                     raise InvalidError(
                         "unknown-audience",
@@ -520,17 +526,16 @@ class KgcService:
     def create_job(self, requester: str, job_id: str, terms: object) -> dict[str, Any]:
         """Check the requested terms, make a job key and sign both (docs/PROTOCOL.md).
 
-        ``terms`` is :func:`trapdoor.protocol.messages.requested_terms` output. The KGC adds the
+        ``terms`` is :func:`trapdoor.protocol.job.requested_terms` output. The KGC adds the
         requesting PS and its certified Ed25519 key (closed commitment sets verify under
         it), the participants' certified Ed25519 keys and the fresh job key, and
-        signs the whole (:func:`trapdoor.protocol.messages.sign_job_terms`); the job key's secrets
-        are
-        never kept (DESIGN §2). Returns ``{"job_id", "job_key", "job_terms",
+        signs the whole (:func:`trapdoor.protocol.job.sign_job_terms`); the job key's secrets
+        are never kept (DESIGN §2). Returns ``{"job_id", "job_key", "job_terms",
         "job_terms_signature"}``.
         """
         try:
             return self._create_job(requester, job_id, terms)
-        except KgcError as exc:
+        except TrapdoorError as exc:
             log.info("job %r refused for %s: %s", job_id, requester, exc.code)
             raise
 
@@ -672,14 +677,14 @@ class KgcService:
         """What a release request for this job must be (read nothing before): its
         aggregation, content type and size cap. A bcp job takes a vector frame of at most
         :meth:`frame_limit`; a masked job a JSON object of at most
-        :func:`trapdoor.protocol.messages.release_header_limit` for its participants.
+        :func:`trapdoor.protocol.release_request.release_header_limit` for its participants.
 
         404 for an unknown job, 403 for another server's job, 409 for a legacy job.
         """
         try:
             with self._sessions() as session:
                 terms = self._terms(self._owned_job(session, requester, job_id))
-        except KgcError as exc:
+        except TrapdoorError as exc:
             self._log_refusal(requester, job_id, exc)
             raise
         if terms.aggregation == "masked":
@@ -723,13 +728,14 @@ class KgcService:
             if terms.aggregation == "masked":
                 return self._masked_release(job_id, terms, ps_key, body)
             return self._release(job_id, terms, ps_key, body)
-        except KgcError as exc:
+        except TrapdoorError as exc:
             self._log_refusal(requester, job_id, exc)
             raise
 
     @staticmethod
-    def _log_refusal(requester: str, job_id: str, exc: KgcError) -> None:
-        level = logging.INFO if exc.status in (400, 404) else logging.WARNING
+    def _log_refusal(requester: str, job_id: str, exc: TrapdoorError) -> None:
+        quiet = isinstance(exc, BadRequestError | NotFoundError)  # not a sign of an attack
+        level = logging.INFO if quiet else logging.WARNING
         log.log(level, "release for job %r by %s refused: %s", job_id, requester, exc.code)
 
     def _release(
@@ -841,9 +847,9 @@ class KgcService:
         self, job_id: str, terms: JobTerms, ps_key: Ed25519PublicKey, body: bytes
     ) -> tuple[dict[str, Any], bool]:
         """A masked job's release (docs/PROTOCOL.md, "Masked mode"): the PS-signed JSON
-        request checked by :func:`trapdoor.protocol.masked.check_masked_release_request`,
-        then ``D_t = Σ μ_i`` (:func:`~trapdoor.protocol.masked.kgc_mask_sum`) sealed to the
-        contributors (:func:`~trapdoor.protocol.masked.seal_mask_sum`).
+        request checked by :func:`trapdoor.protocol.release_request.check_masked_release_request`,
+        then ``D_t = Σ μ_i`` (:func:`~trapdoor.protocol.release_request.kgc_mask_sum`) sealed to the
+        contributors (:func:`~trapdoor.protocol.bundle.seal_mask_sum`).
 
         The release row stores ``aggregate_sha256`` = ``json_sha256({subject: y digest})``
         (what the binding lists), ``payload_sha256`` = :func:`_masked_uploads_sha256` (so
@@ -950,8 +956,9 @@ class KgcService:
 
     def _chain(self, session: Session, job_id: str, terms: JobTerms, run: int) -> ReleaseSchedule:
         """Where a request for ``run`` must continue the job's chain of releases
-        (:func:`trapdoor.protocol.messages.release_schedule` over the newest two releases), so a
-        PS can neither restart from another history nor re-run anything but the newest."""
+        (:func:`trapdoor.protocol.release_request.release_schedule` over the newest two
+        releases), so a PS can neither restart from another history nor re-run anything but
+        the newest."""
         rows = session.scalars(
             select(Release)
             .where(Release.job_id == job_id)
@@ -1029,7 +1036,7 @@ class KgcService:
     @staticmethod
     def _same_release(stored: Release, digest: str, header: dict[str, Any]) -> dict[str, Any]:
         """The stored bundle for the same request again (a retry); 409 for anything else
-        (:func:`trapdoor.protocol.messages.repeats_release`)."""
+        (:func:`trapdoor.protocol.release_request.repeats_release`)."""
         same = repeats_release(
             header,
             digest,

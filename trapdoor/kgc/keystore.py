@@ -3,7 +3,7 @@
 Both are stored only sealed under the operator's passphrase (scrypt + AES-256-GCM,
 :func:`trapdoor.crypto.sealing.seal_with_passphrase`). ``init_kgc`` makes them once; ``load_kgc``
 opens them at every start. The passphrase comes from ``TRAPDOOR_KGC_PASSPHRASE`` or from
-the file named by ``TRAPDOOR_KGC_PASSPHRASE_FILE`` (:func:`passphrase_from_env`).
+the file named by ``TRAPDOOR_KGC_PASSPHRASE_FILE`` (:func:`passphrase_from_settings`).
 
 Demo parameters (``common/data``, public factors) protect nothing: they are refused
 unless the caller says ``demo=True``, and the KGC then reports ``"demo": true``.
@@ -12,13 +12,11 @@ unless the caller says ``demo=True``, and the KGC then reports ``"demo": true``.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import inspect, select
@@ -34,6 +32,7 @@ from trapdoor.crypto.signing import (
 )
 from trapdoor.crypto.wire import dumps, from_hex, loads
 from trapdoor.kgc.models import SealedSecret
+from trapdoor.kgc.settings import KgcSettings
 from trapdoor.service.db import make_engine, migrate, session_scope
 
 __all__ = [
@@ -45,15 +44,15 @@ __all__ = [
     "KgcKeys",
     "NotInitialisedError",
     "WrongPassphraseError",
-    "ensure_sqlite_dir",
     "init_kgc",
     "is_demo_params",
     "load_kgc",
     "passphrase_from_env",
+    "passphrase_from_settings",
 ]
 
-PASSPHRASE_ENV = "TRAPDOOR_KGC_PASSPHRASE"
-PASSPHRASE_FILE_ENV = "TRAPDOOR_KGC_PASSPHRASE_FILE"
+PASSPHRASE_ENV = KgcSettings.variable("passphrase")
+PASSPHRASE_FILE_ENV = KgcSettings.variable("passphrase_file")
 MASTER_KEY = "master_key"
 SIGNING_KEY = "signing_key"
 
@@ -90,20 +89,18 @@ class KgcKeys:
         return f"KgcKeys(bits={self.master_key.params.bits}, demo={self.demo})"
 
 
-def passphrase_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """The passphrase from ``TRAPDOOR_KGC_PASSPHRASE`` or the file in ``..._FILE``.
+def passphrase_from_settings(settings: KgcSettings) -> str:
+    """The passphrase of ``TRAPDOOR_KGC_PASSPHRASE`` or of the file in ``..._FILE``.
 
     A file's trailing newline is dropped. Setting both, or neither, is an error, so a
     stale variable never silently wins.
     """
-    env = os.environ if environ is None else environ
-    direct = env.get(PASSPHRASE_ENV, "")
-    path = env.get(PASSPHRASE_FILE_ENV, "")
+    direct, path = settings.passphrase or "", settings.passphrase_file
     if direct and path:
         raise KeystoreError(f"set only one of {PASSPHRASE_ENV} and {PASSPHRASE_FILE_ENV}")
     if path:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise KeystoreError(
                 f"cannot read {PASSPHRASE_FILE_ENV} ({type(exc).__name__})"
@@ -114,6 +111,11 @@ def passphrase_from_env(environ: Mapping[str, str] | None = None) -> str:
             f"set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV}: it seals the KGC's master key"
         )
     return direct
+
+
+def passphrase_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """:func:`passphrase_from_settings` of the KGC's settings in ``environ`` (default: ours)."""
+    return passphrase_from_settings(KgcSettings.from_env(environ))
 
 
 @cache
@@ -131,13 +133,6 @@ def _demo_moduli() -> frozenset[int]:
 def is_demo_params(params: PublicParams) -> bool:
     """Whether ``params`` are one of the shipped demo sets (whose factors are public)."""
     return int(params.n) in _demo_moduli()
-
-
-def ensure_sqlite_dir(url: str) -> None:
-    """Create the folder of a file-based SQLite URL (``sqlite:///var/kgc.db``)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def init_kgc(
@@ -158,7 +153,6 @@ def init_kgc(
     """
     if not passphrase:
         raise KeystoreError("an empty passphrase seals nothing")
-    ensure_sqlite_dir(db_url)
     migrate("kgc", db_url)
     engine = make_engine(db_url)
     sessions = sessionmaker(engine, expire_on_commit=False)

@@ -113,7 +113,7 @@ class TokenNonce(Base):
 class Job(Base):
     """A job the KGC signed terms for, on request of the parameter server ``owner_id``.
 
-    ``terms`` is exactly what the KGC signed (:func:`trapdoor.protocol.messages.sign_job_terms`:
+    ``terms`` is exactly what the KGC signed (:func:`trapdoor.protocol.job.sign_job_terms`:
     the requested terms plus the PS, the participants' signing keys and the job key) and
     ``terms_signature`` its signature; ``participants``, ``quorum``, ``rounds`` and
     ``width`` repeat what the terms fix, for queries. Jobs made before signed terms

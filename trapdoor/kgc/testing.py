@@ -3,15 +3,15 @@
 Used by the KGC's unit and API tests, and usable by anyone who needs a real KGC in a
 test (the parameter server's or the participant's end-to-end tests). Everything here
 does the real crypto; nothing is mocked, and every message is built with the shared
-:mod:`trapdoor.protocol.messages` functions, exactly as the services build them: token challenges
-(:func:`~trapdoor.protocol.messages.token_challenge`), requested job terms
-(:func:`~trapdoor.protocol.messages.requested_terms`, with the digest of a real ``Enc(W_0)``), and
-one round of the round protocol v2 (docs/PROTOCOL.md) as an honest PS plays
+:mod:`trapdoor.protocol` functions, exactly as the services build them: token challenges
+(:func:`~trapdoor.protocol.token.token_request`), requested job terms
+(:func:`~trapdoor.protocol.job.requested_terms`, with the digest of a real ``Enc(W_0)``),
+and one round of the round protocol v2 (docs/PROTOCOL.md) as an honest PS plays
 it (:func:`play_round`): tiny real uploads, the contributors' commitments, the PS-signed
-closed set, upload statements naming it, a real :func:`~trapdoor.protocol.aggregate.audit_round` and
-every contributor's audit of its digests. :meth:`RoundPlay.frame` turns that into the
-PS's release request (:func:`~trapdoor.protocol.messages.release_request_header` plus a
-``request_signature`` over the whole frame header without that field, ``sha256``
+closed set, upload statements naming it, a real :func:`~trapdoor.protocol.audit.audit_round`
+and every contributor's audit of its digests. :meth:`RoundPlay.frame` turns that into the
+PS's release request (:func:`~trapdoor.protocol.release_request.release_request_header`
+plus a ``request_signature`` over the whole frame header without that field, ``sha256``
 included); its keyword arguments replace any piece, so a test plays a dishonest PS::
 
     play = play_round(terms, ps_key, signers, rng)           # round 0, from Enc(W_0)
@@ -41,36 +41,38 @@ from trapdoor.crypto.masking import encrypt_seed
 from trapdoor.crypto.pok import prove_randomness
 from trapdoor.crypto.signing import b64encode, generate_signing_key, public_key_hex, sign_json
 from trapdoor.crypto.wire import decode_frame, encode_frame, to_obj
-from trapdoor.protocol.aggregate import AuditedRound, audit_round
-from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
-from trapdoor.protocol.masked import (
-    MaskedLayout,
-    build_masked_upload_statement,
-    initial_state_sha256,
-    masked_layout,
-    masked_release_request_header,
-    seed_sha256,
-    seed_to_obj,
-)
-from trapdoor.protocol.messages import (
-    KGC_AUDIENCE,
-    MAX_ATTEMPT,
+from trapdoor.protocol.audit import (
     AuditDigests,
-    JobTerms,
+    AuditedRound,
+    audit_round,
     build_audit_statement,
+    build_undecodable_statement,
+)
+from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
+from trapdoor.protocol.commitment import (
     build_closed_set,
     build_commitment,
-    build_undecodable_statement,
-    build_upload_statement,
+    pok_context,
+    verify_closed_set,
+)
+from trapdoor.protocol.common import MAX_ATTEMPT, vector_sha256
+from trapdoor.protocol.job import (
+    JobTerms,
+    MaskedLayout,
     initial_ciphertext,
     initial_ciphertext_sha256,
     initial_plaintexts,
-    pok_context,
-    release_request_header,
+    initial_state_sha256,
+    masked_layout,
     requested_terms,
-    token_request,
-    vector_sha256,
-    verify_closed_set,
+)
+from trapdoor.protocol.release_request import masked_release_request_header, release_request_header
+from trapdoor.protocol.token import KGC_AUDIENCE, token_request
+from trapdoor.protocol.upload import (
+    build_masked_upload_statement,
+    build_upload_statement,
+    seed_sha256,
+    seed_to_obj,
 )
 from trapdoor.service.clock import ManualClock as FakeClock
 
@@ -447,9 +449,9 @@ def release_frame(
 ) -> bytes:
     """A PS-signed release request for ``vector`` (``F``).
 
-    The header is :func:`trapdoor.protocol.messages.release_request_header` (contributors in the
-    statements' order), then ``extra`` (to tamper with a field before signing), then the
-    frame's own fields; ``request_signature`` covers all of it.
+    The header is :func:`trapdoor.protocol.release_request.release_request_header`
+    (contributors in the statements' order), then ``extra`` (to tamper with a field before
+    signing), then the frame's own fields; ``request_signature`` covers all of it.
     """
     header: dict[str, Any] = {
         **release_request_header(

@@ -1,6 +1,7 @@
 """WSGI entry point for gunicorn: ``gunicorn 'trapdoor.kgc.wsgi:app'`` (or ``…:create()``).
 
-Configured from ``TRAPDOOR_*`` environment variables (:func:`trapdoor.kgc.app.config_from_env`);
+Configured from the ``TRAPDOOR_KGC_*`` environment variables
+(:class:`~trapdoor.kgc.settings.KgcSettings`, read by :func:`trapdoor.kgc.app.config_from_env`);
 use PostgreSQL (``TRAPDOOR_KGC_DATABASE_URL=postgresql+psycopg://...``) with several
 workers. ``app`` is built on first access, so importing this module opens nothing.
 """

@@ -18,13 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from trapdoor.ml.models import (
-    _check_batch,
-    _cross_entropy,
-    _named_views,
-    _positive_int,
-    _softmax,
-)
+from trapdoor.ml.layers import check_batch, cross_entropy, named_views, positive_int, softmax
 
 
 class CNN:
@@ -52,13 +46,13 @@ class CNN:
     ) -> None:
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
-        C, H, W = (_positive_int("input_shape entry", s) for s in input_shape)
-        K = _positive_int("conv_channels", conv_channels)
-        k = _positive_int("kernel", kernel)
-        p = _positive_int("pool", pool)
+        C, H, W = (positive_int("input_shape entry", s) for s in input_shape)
+        K = positive_int("conv_channels", conv_channels)
+        k = positive_int("kernel", kernel)
+        p = positive_int("pool", pool)
         if hidden is not None:
-            hidden = _positive_int("hidden", hidden)
-        num_classes = _positive_int("num_classes", num_classes)
+            hidden = positive_int("hidden", hidden)
+        num_classes = positive_int("num_classes", num_classes)
         if num_classes < 2:
             raise ValueError("softmax output needs at least 2 classes")
         if k > H or k > W:
@@ -95,7 +89,7 @@ class CNN:
 
     def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """Named views into ``params`` (layout in the class docstring); writes go to ``params``."""
-        return _named_views(params, self._shapes)
+        return named_views(params, self._shapes)
 
     def init_parameters(self, rng: np.random.Generator) -> np.ndarray:
         """He-normal weights, std sqrt(2 / fan_in), since every hidden layer feeds a ReLU;
@@ -134,7 +128,7 @@ class CNN:
 
     def _forward(self, params: np.ndarray, X: np.ndarray) -> dict[str, np.ndarray]:
         """All intermediate values backprop needs, plus the output ``logits``."""
-        X = _check_batch(X, int(np.prod(self.input_shape)))
+        X = check_batch(X, int(np.prod(self.input_shape)))
         w = self.unflatten(params)
         n = X.shape[0]
         K = self.conv_channels
@@ -158,7 +152,7 @@ class CNN:
         return cache
 
     def predict_proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return _softmax(self._forward(params, X)["logits"])
+        return softmax(self._forward(params, X)["logits"])
 
     # -- backward ----------------------------------------------------------------
 
@@ -167,7 +161,7 @@ class CNN:
     ) -> tuple[float, np.ndarray]:
         """Mean cross-entropy over the batch and its gradient, by backpropagation."""
         cache = self._forward(params, X)
-        loss, delta = _cross_entropy(cache["logits"], y)  # delta = dL/dlogits, (N, classes)
+        loss, delta = cross_entropy(cache["logits"], y)  # delta = dL/dlogits, (N, classes)
         w = self.unflatten(params)
         grad = np.zeros_like(params, dtype=np.float64)
         g = self.unflatten(grad)

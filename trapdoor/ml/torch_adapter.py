@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
-try:
+from trapdoor.ml.extras import needs_extra
+from trapdoor.ml.spec import torch_spec_fields
+
+with needs_extra("torch", "the PyTorch adapter"):
     import torch
     from torch import nn
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "the PyTorch adapter needs the 'torch' extra: pip install -e '.[torch]'"
-    ) from exc
 
 __all__ = ["TorchModel", "register_torch_model", "registered_torch_models", "torch_model_from_spec"]
 
@@ -104,12 +103,7 @@ class TorchModel:
 
 
 def torch_model_from_spec(spec: dict[str, Any]) -> TorchModel:
-    unknown = set(spec) - {"kind", "name", "kwargs"}
-    if unknown:
-        raise ValueError(f"unknown keys in torch model spec: {sorted(unknown)}")
-    name, kwargs = spec.get("name"), spec.get("kwargs", {})
-    if not isinstance(name, str) or not isinstance(kwargs, dict):
-        raise ValueError("a torch model spec needs a string 'name' and a dict 'kwargs'")
+    name, kwargs = torch_spec_fields(spec)  # the shape the parameter server checks too
     try:
         return TorchModel(name, **kwargs)
     except TypeError as exc:

@@ -11,7 +11,7 @@ This is the participant node without the web layer, usable from a script or a no
 It follows docs/PROTOCOL.md: keys are generated here and only
 their public halves leave (certified by the KGC, whose verification key is pinned at
 enrolment); every job is checked against the KGC-signed terms
-(:func:`trapdoor.protocol.messages.check_job_view`) before anything is encrypted for it; tokens name
+(:func:`trapdoor.protocol.job.check_job_view`) before anything is encrypted for it; tokens name
 their audience (the KGC, or one parameter server's subject id) and are never sent to
 another service; each upload carries a statement signed with this participant's certified
 key. The update is scaled by the public weight ``w_i``, clipped (the clip is reported),
@@ -59,14 +59,12 @@ from trapdoor.crypto.masking import (
 from trapdoor.crypto.pok import prove_randomness
 from trapdoor.crypto.sealing import SealError, open_with_passphrase, seal_with_passphrase
 from trapdoor.crypto.signing import (
-    SignatureError,
     b64decode,
     generate_signing_key,
     private_key_from_bytes,
     private_key_to_bytes,
     public_key_from_hex,
     public_key_hex,
-    verify_json,
 )
 from trapdoor.crypto.wire import (
     decode_frame,
@@ -76,39 +74,38 @@ from trapdoor.crypto.wire import (
     to_obj,
 )
 from trapdoor.ml.models import Model, model_from_spec
+from trapdoor.ml.spec import training_spec
 from trapdoor.ml.training import FitResult, TrainingConfig, local_fit, participant_rng
-from trapdoor.protocol.aggregate import AuditedRound, audit_round
-from trapdoor.protocol.bundle import ReleaseBinding, blind_from_text, bundle_sha256, open_release
-from trapdoor.protocol.masked import (
-    MaskedLayout,
+from trapdoor.protocol.audit import (
+    AuditDigests,
+    AuditedRound,
+    audit_round,
+    build_audit_statement,
+    build_undecodable_statement,
+)
+from trapdoor.protocol.bundle import (
     MaskedReleaseBinding,
-    build_masked_upload_statement,
-    encode_update,
+    ReleaseBinding,
+    blind_from_text,
+    bundle_sha256,
     listed_uploads,
-    mask_context,
     next_model,
     open_mask_sum,
-    seed_sha256,
-    seed_to_obj,
+    open_release,
     verify_release_statement,
 )
-from trapdoor.protocol.messages import (
-    DEFAULT_MIN_QUORUM,
-    KGC_AUDIENCE,
-    MAX_RUN,
-    AuditDigests,
-    ClosedSet,
-    JobTerms,
-    ProtocolError,
-    build_audit_statement,
-    build_commitment,
-    build_undecodable_statement,
+from trapdoor.protocol.commitment import ClosedSet, build_commitment, pok_context, verify_closed_set
+from trapdoor.protocol.common import MAX_RUN, ProtocolError, vector_sha256
+from trapdoor.protocol.enrolment import verify_certificate
+from trapdoor.protocol.job import DEFAULT_MIN_QUORUM, JobTerms, MaskedLayout, check_job_view
+from trapdoor.protocol.token import KGC_AUDIENCE, token_request
+from trapdoor.protocol.upload import (
+    build_masked_upload_statement,
     build_upload_statement,
-    check_job_view,
-    pok_context,
-    token_request,
-    vector_sha256,
-    verify_closed_set,
+    encode_update,
+    mask_context,
+    seed_sha256,
+    seed_to_obj,
 )
 from trapdoor.service.http import ServiceClient, ServiceError
 
@@ -135,7 +132,7 @@ class ClientError(RuntimeError):
     """The protocol cannot go on (job refused, round failed, timed out, job malformed).
 
     ``code`` is a stable machine code: ``job-refused`` when a job fails the checks of
-    :func:`trapdoor.protocol.messages.check_job_view` (the reason's own code is ``reason``),
+    :func:`trapdoor.protocol.job.check_job_view` (the reason's own code is ``reason``),
     ``bad-certificate``, ``bad-kgc-info``, ``kgc-key-changed``, ``bad-ps-info``,
     ``ps-subject-conflict``, ``bad-job``, ``not-a-participant``, or ``client-error``.
     """
@@ -144,7 +141,7 @@ class ClientError(RuntimeError):
         super().__init__(message)
         self.code = code
         self.message = message
-        #: For ``job-refused``: the :class:`~trapdoor.protocol.messages.ProtocolError` code.
+        #: For ``job-refused``: the :class:`~trapdoor.protocol.common.ProtocolError` code.
         self.reason = reason
 
 
@@ -252,29 +249,18 @@ class Identity:
         :class:`ClientError` (``bad-certificate``) otherwise: a KGC (or a man in the
         middle) that certified other keys, or signed with another key, is not trusted.
         """
-        certificate = self.certificate
-        if not isinstance(certificate, dict):
-            raise ClientError("the KGC returned no certificate", "bad-certificate")
         try:
-            verify_json(
-                public_key_from_hex(kgc_verify_key), certificate, self.certificate_signature
+            verify_certificate(
+                kgc_verify_key,
+                self.certificate,
+                self.certificate_signature,
+                subject_id=self.subject_id,
+                role="participant",
+                signing_key=self.signing_key_hex,
+                bcp_public_key=to_obj(self.public_key),
             )
-        except (SignatureError, ValueError):
-            raise ClientError(
-                "the certificate is not signed by the KGC's verify_key", "bad-certificate"
-            ) from None
-        expected = {
-            "subject_id": self.subject_id,
-            "role": "participant",
-            "signing_key": self.signing_key_hex,
-            "bcp_public_key": to_obj(self.public_key),
-        }
-        wrong = sorted(k for k, v in expected.items() if certificate.get(k) != v)
-        if wrong:
-            raise ClientError(
-                "the certificate does not certify this participant's keys: " + ", ".join(wrong),
-                "bad-certificate",
-            )
+        except ProtocolError as exc:
+            raise ClientError(exc.message, "bad-certificate") from None
 
     def pin_kgc(self, info: KgcInfo) -> None:
         """Pin the KGC's key after checking it against the certificate and our parameters.
@@ -351,10 +337,10 @@ def decode_weights(text: str) -> npt.NDArray[np.float64]:
 class JobView:
     """The PS's job view (``GET /v1/jobs/<id>``), checked against the KGC-signed terms.
 
-    ``terms`` are the verified :class:`~trapdoor.protocol.messages.JobTerms`; the job key, the
+    ``terms`` are the verified :class:`~trapdoor.protocol.job.JobTerms`; the job key, the
     participants, their weights and the number of rounds come from them, never from the
     PS's unsigned fields. The definition, packing and initial weights are the served ones,
-    which :func:`~trapdoor.protocol.messages.check_job_view` matched to the signed digests.
+    which :func:`~trapdoor.protocol.job.check_job_view` matched to the signed digests.
     """
 
     ps_url: str
@@ -421,20 +407,14 @@ class JobView:
         """Build the view of a job whose ``raw`` view :func:`check_job_view` accepted."""
         try:
             definition = raw["definition"]
-            training = dict(definition.get("training") or {})
-            config = TrainingConfig(
-                learning_rate=float(training.get("learning_rate", 0.1)),
-                local_epochs=int(training.get("local_epochs", 1)),
-                batch_size=int(training.get("batch_size", 32)),
-                mode=str(training.get("mode", "fedavg")),
-            )
+            # The PS checked it with the same function when the job was created.
+            training = training_spec(definition.get("training") or {})
             masked = terms.aggregation == "masked"
             packing = None if masked else PackingLayout.from_json(raw["packing"])
             layout = MaskedLayout.from_json(raw["packing"]) if masked else None
             model = model_from_spec(definition["model"])
             initial = decode_weights(definition["initial_weights"])
             clip_bound = float(definition["encoding"]["clip_bound"])
-            seed = int(training.get("seed", 0))
         except (KeyError, TypeError, ValueError, EncodingError) as exc:
             raise ClientError(
                 f"malformed job view: {type(exc).__name__}: {exc}", "bad-job"
@@ -470,8 +450,8 @@ class JobView:
             packing=packing,
             layout=layout,
             model=model,
-            training=config,
-            seed=seed,
+            training=training.config,
+            seed=training.seed,
             participants=list(terms.participants),
             weights=dict(terms.weights),
             clip_bound=clip_bound,
@@ -548,7 +528,7 @@ class ParticipantClient:
     ``rng`` draws keys and encryption randomness (pass ``secrets.SystemRandom()`` in
     production, a seeded ``random.Random`` in tests); ``clock`` gives UNIX seconds.
     ``min_quorum`` is the smallest job quorum this participant accepts
-    (:data:`~trapdoor.protocol.messages.DEFAULT_MIN_QUORUM`): with fewer contributors, differencing
+    (:data:`~trapdoor.protocol.job.DEFAULT_MIN_QUORUM`): with fewer contributors, differencing
     released models tells too much about one participant's update.
 
     Tokens are per audience (:meth:`token`): the KGC's, or one PS's subject id, which is
@@ -668,9 +648,8 @@ class ParticipantClient:
     def token(self, audience: str = KGC_AUDIENCE) -> str:
         """A token for ``audience`` (the KGC, or a PS's subject id), cached per audience.
 
-        The challenge is :func:`trapdoor.protocol.messages.token_challenge`; a cached token is
-        renewed
-        shortly before it expires.
+        The challenge is :func:`trapdoor.protocol.token.token_challenge`; a cached token is
+        renewed shortly before it expires.
         """
         now = self.clock()
         cached = self._tokens.get(audience)
@@ -742,7 +721,7 @@ class ParticipantClient:
 
         ``ps_subject_id`` pins the PS's subject id (else ``GET <ps>/v1/info`` gives it);
         the signed terms must name it. Any failed check
-        (:func:`trapdoor.protocol.messages.check_job_view`: signature under the pinned KGC key, the
+        (:func:`trapdoor.protocol.job.check_job_view`: signature under the pinned KGC key, the
         served definition, packing, weights and job key against the signed digests, the
         PS, ``min_quorum``) is :class:`ClientError` ``job-refused``, whose ``reason`` is
         the check's code. Accepted views are cached (they never change).
@@ -863,12 +842,12 @@ class ParticipantClient:
     ) -> bytes:
         """The upload frame of ``vector``: its header carries our signed upload statement.
 
-        The statement (:func:`trapdoor.protocol.messages.build_upload_statement`) names the job
+        The statement (:func:`trapdoor.protocol.upload.build_upload_statement`) names the job
         terms,
         the round, the payload's SHA-256, the closed commitment set and the PS as audience,
         so neither the PS nor the KGC can move this upload to another round, job or server;
         it carries a proof that we know ``randomness``, each block's ``r`` (bound to the
-        round and the closed set by :func:`trapdoor.protocol.messages.pok_context`).
+        round and the closed set by :func:`trapdoor.protocol.commitment.pok_context`).
         """
         proof = prove_randomness(
             job.job_key.params,
@@ -1138,9 +1117,8 @@ class ParticipantClient:
         """The round's current attempt recomputed from what the PS serves, checked.
 
         Fetches the PS's audit package, ``Enc(W_t)`` and every contributor's upload (ours
-        too unless ``own`` is given), runs :func:`trapdoor.protocol.aggregate.audit_round` and
-        compares
-        its digests with the ones the PS announces. Anything that does not check out is
+        too unless ``own`` is given), runs :func:`trapdoor.protocol.audit.audit_round` and
+        compares its digests with the ones the PS announces. Anything that does not check out is
         :class:`ClientError` with the check's code. Records what it cost in
         :attr:`last_audit`.
         """

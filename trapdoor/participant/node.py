@@ -48,8 +48,21 @@ from trapdoor.participant.client import (
     UndecodableReleaseError,
 )
 from trapdoor.participant.node_models import NodeIdentity, NodeJob, NodeModel, NodeRound
-from trapdoor.protocol.messages import DEFAULT_MIN_QUORUM, MAX_RUN
+from trapdoor.participant.settings import NodeSettings
+from trapdoor.protocol.common import MAX_RUN
+from trapdoor.protocol.job import DEFAULT_MIN_QUORUM
 from trapdoor.service.db import session_scope
+from trapdoor.service.errors import (
+    BadGatewayError,
+    ConflictError,
+    ForbiddenError,
+    InternalError,
+    InvalidError,
+    NotFoundError,
+    TrapdoorError,
+    UnavailableError,
+    kind_for_status,
+)
 from trapdoor.service.http import ServiceError
 
 __all__ = [
@@ -57,7 +70,6 @@ __all__ = [
     "PASSPHRASE_ENV",
     "LocalData",
     "ModelSealer",
-    "NodeError",
     "ParticipantNode",
     "dataset_partitions",
     "load_identity",
@@ -66,7 +78,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PASSPHRASE_ENV = "TRAPDOOR_NODE_PASSPHRASE"
+PASSPHRASE_ENV = NodeSettings.variable("passphrase")
 TRANSIENT = (0, 502, 503, 504)
 #: HKDF ``info`` of the key that seals released models at rest.
 MODEL_KEY_INFO = b"trapdoor-node/model-at-rest/v1"
@@ -74,14 +86,10 @@ MODEL_KEY_INFO = b"trapdoor-node/model-at-rest/v1"
 MODEL_SEALING = "a256gcm-v1"
 
 
-class NodeError(Exception):
-    """A refused operator request: HTTP-like status, stable code, human message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+def _relayed(status: int, relayed: tuple[int, ...]) -> type[TrapdoorError]:
+    """The kind of a KGC or PS refusal passed on to the operator: the same kind for a
+    ``relayed`` status, a bad gateway for any other (the node's own request failed)."""
+    return (kind_for_status(status) if status in relayed else None) or BadGatewayError
 
 
 # --------------------------------------------------------------------------- local data
@@ -255,23 +263,23 @@ class ParticipantNode:
     # -- identity
 
     def client(self) -> ParticipantClient:
-        """The client for this node's identity (409 before enrolment)."""
+        """The client for this node's identity (a conflict, ``not-enrolled``, before enrolment)."""
         with self._lock:
             if self._client is None:
                 try:
                     identity = load_identity(self.sessions, self._passphrase)
                 except SealError:
-                    raise NodeError(
-                        503, "sealed", f"{PASSPHRASE_ENV} does not open the stored identity"
+                    raise UnavailableError(
+                        "sealed", f"{PASSPHRASE_ENV} does not open the stored identity"
                     ) from None
                 except ServiceError as exc:
-                    raise NodeError(
-                        503, "kgc-unreachable", f"cannot pin the KGC's key: {exc.message}"
+                    raise UnavailableError(
+                        "kgc-unreachable", f"cannot pin the KGC's key: {exc.message}"
                     ) from None
                 except ClientError as exc:
-                    raise NodeError(503, exc.code, exc.message) from None
+                    raise UnavailableError(exc.code, exc.message) from None
                 if identity is None:
-                    raise NodeError(409, "not-enrolled", "this node is not enrolled yet")
+                    raise ConflictError("not-enrolled", "this node is not enrolled yet")
                 self._client = self._make_client(identity)
             return self._client
 
@@ -314,7 +322,7 @@ class ParticipantNode:
         """Make keys locally, complete the enrolment, store them sealed; the certificate."""
         with session_scope(self.sessions) as session:
             if session.get(NodeIdentity, 1) is not None:
-                raise NodeError(409, "already-enrolled", "this node is already enrolled")
+                raise ConflictError("already-enrolled", "this node is already enrolled")
         try:
             client = ParticipantClient.enrol(
                 kgc_url,
@@ -326,10 +334,10 @@ class ParticipantNode:
                 min_quorum=self.min_quorum,
             )
         except ServiceError as exc:
-            status = exc.status if exc.status in (400, 403, 404, 409, 422) else 502
-            raise NodeError(status, exc.code, f"KGC refused the enrolment: {exc.message}") from None
+            kind = _relayed(exc.status, (400, 403, 404, 409, 422))
+            raise kind(exc.code, f"KGC refused the enrolment: {exc.message}") from None
         except ClientError as exc:  # a certificate or KGC answer that does not check
-            raise NodeError(502, exc.code, f"KGC enrolment not accepted: {exc.message}") from None
+            raise BadGatewayError(exc.code, f"KGC enrolment not accepted: {exc.message}") from None
         identity = client.identity
         with session_scope(self.sessions) as session:
             session.add(
@@ -392,22 +400,22 @@ class ParticipantNode:
         with session_scope(self.sessions) as session:
             existing = session.get(NodeJob, job_id)
             if existing is not None and existing.status != "refused":
-                raise NodeError(409, "already-joined", f"already joined {job_id}")
+                raise ConflictError("already-joined", f"already joined {job_id}")
         try:
             view = client.fetch_job(url, job_id, refresh=True, ps_subject_id=ps_subject_id)
             view.index_of(client.identity.subject_id)
         except ServiceError as exc:
-            status = exc.status if exc.status in (401, 403, 404) else 502
-            raise NodeError(status, exc.code, f"PS refused the job: {exc.message}") from None
+            kind = _relayed(exc.status, (401, 403, 404))
+            raise kind(exc.code, f"PS refused the job: {exc.message}") from None
         except ClientError as exc:
             if exc.code == "job-refused":
                 self._record_refusal(job_id, url, ps_subject_id, exc.message)
-                raise NodeError(422, "job-refused", exc.message) from None
+                raise InvalidError("job-refused", exc.message) from None
             if exc.code == "not-a-participant":
-                raise NodeError(403, exc.code, exc.message) from None
+                raise ForbiddenError(exc.code, exc.message) from None
             if exc.code == "ps-subject-conflict":
-                raise NodeError(409, exc.code, exc.message) from None
-            raise NodeError(502, exc.code, exc.message) from None
+                raise ConflictError(exc.code, exc.message) from None
+            raise BadGatewayError(exc.code, exc.message) from None
         with session_scope(self.sessions) as session:
             existing = session.get(NodeJob, job_id)
             if existing is not None:
@@ -448,7 +456,7 @@ class ParticipantNode:
         with session_scope(self.sessions) as session:
             job = session.get(NodeJob, job_id)
             if job is None:
-                raise NodeError(404, "not-found", f"no joined job {job_id}")
+                raise NotFoundError("not-found", f"no joined job {job_id}")
             rounds = session.scalars(
                 select(NodeRound).where(NodeRound.job_id == job_id).order_by(NodeRound.round)
             ).all()
@@ -471,14 +479,14 @@ class ParticipantNode:
     def latest_model(self, job_id: str) -> dict[str, Any]:
         with session_scope(self.sessions) as session:
             if session.get(NodeJob, job_id) is None:
-                raise NodeError(404, "not-found", f"no joined job {job_id}")
+                raise NotFoundError("not-found", f"no joined job {job_id}")
             model = session.get(NodeModel, job_id)
             if model is None:
-                raise NodeError(404, "no-model", "no released model held for this job yet")
+                raise NotFoundError("no-model", "no released model held for this job yet")
             try:
                 weights = self._open_model(model)
             except SealError as exc:
-                raise NodeError(500, "model-unreadable", str(exc)) from None
+                raise InternalError("model-unreadable", str(exc)) from None
             blob = np.asarray(weights, dtype="<f8").tobytes()
             return {"job_id": job_id, "round": model.round, "weights": b64encode(blob)}
 

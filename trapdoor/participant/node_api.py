@@ -1,13 +1,13 @@
 """HTTP API of the participant node (docs/PROTOCOL.md, participant-node section).
 
-It serves the node's own operator only (admin token on every ``/v1`` endpoint); the node
-is never called by the KGC or the PS. Views parse, call :class:`ParticipantNode` and
-answer JSON; no business rule lives here.
+It serves the node's own operator only (:func:`~trapdoor.service.web.admin_required` on
+every ``/v1`` endpoint); the node is never called by the KGC or the PS. Views parse, call
+:class:`ParticipantNode` and answer JSON; no business rule lives here, and the node's
+refusals become JSON in the one handler of :func:`trapdoor.service.web.register_error_handlers`.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -15,26 +15,25 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy.orm import sessionmaker
 
-from trapdoor.participant.node import PASSPHRASE_ENV, NodeError, ParticipantNode, load_local_data
-from trapdoor.protocol.messages import DEFAULT_MIN_QUORUM
+from trapdoor.participant.node import PASSPHRASE_ENV, ParticipantNode, load_local_data
+from trapdoor.participant.settings import NodeSettings
+from trapdoor.protocol.job import DEFAULT_MIN_QUORUM
 from trapdoor.service.db import make_engine, migrate, prepare_sqlite_file
+from trapdoor.service.errors import BadRequestError
 from trapdoor.service.web import (
-    ApiError,
     add_common_routes,
+    admin_required,
     field,
     json_body,
     limit_request_bodies,
     register_error_handlers,
-    require_admin,
 )
 
 __all__ = ["DEFAULTS", "bp", "create_app"]
 
 DEFAULTS: dict[str, Any] = {
-    "DATABASE_URL": "sqlite:///instance/participant.db",
+    **NodeSettings().app_config(),  # the environment's defaults (one place for them)
     "AUTO_MIGRATE": True,
-    "ADMIN_TOKEN": None,
-    "PASSPHRASE": None,
     "BACKGROUND": True,
     "ENCRYPT_WORKERS": 1,
     "POLL_SECONDS": 0.5,
@@ -57,25 +56,15 @@ def _node() -> ParticipantNode:
     return node
 
 
-@bp.before_request
-def _operator_only() -> None:
-    require_admin()
-
-
-def _call(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except NodeError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
-
-
 @bp.get("/v1/status")
+@admin_required
 def status() -> Any:
     """Identity (subject id, enrolled), local data summary and joined jobs."""
-    return jsonify(_call(_node().status))
+    return jsonify(_node().status())
 
 
 @bp.post("/v1/enrol")
+@admin_required
 def enrol() -> Any:
     """Enrol with the KGC: keys are generated here and sealed at rest; the certificate."""
     body = json_body()
@@ -83,11 +72,12 @@ def enrol() -> Any:
     subject_id = field(body, "subject_id", str)
     code = field(body, "code", str)
     if not kgc_url.startswith(("http://", "https://")):
-        raise ApiError(400, "bad-field", "kgc_url must be an http(s) URL")
-    return jsonify(_call(_node().enrol, kgc_url, subject_id, code)), 201
+        raise BadRequestError("bad-field", "kgc_url must be an http(s) URL")
+    return jsonify(_node().enrol(kgc_url, subject_id, code)), 201
 
 
 @bp.post("/v1/jobs")
+@admin_required
 def join() -> Any:
     """Join a job at a parameter server; a background worker trains each open round.
 
@@ -101,24 +91,26 @@ def join() -> Any:
     skip = field(body, "skip_rounds", list, required=False, default=[])
     ps_subject_id = field(body, "ps_subject_id", str, required=False, default=None)
     if not ps_url.startswith(("http://", "https://")):
-        raise ApiError(400, "bad-field", "ps_url must be an http(s) URL")
+        raise BadRequestError("bad-field", "ps_url must be an http(s) URL")
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in skip):
-        raise ApiError(400, "bad-field", "skip_rounds must be non-negative integers")
+        raise BadRequestError("bad-field", "skip_rounds must be non-negative integers")
     if ps_subject_id is not None and not 0 < len(ps_subject_id) <= 128:
-        raise ApiError(400, "bad-field", "ps_subject_id must be 1 to 128 characters")
-    return jsonify(_call(_node().join, ps_url, job_id, skip, ps_subject_id)), 201
+        raise BadRequestError("bad-field", "ps_subject_id must be 1 to 128 characters")
+    return jsonify(_node().join(ps_url, job_id, skip, ps_subject_id)), 201
 
 
 @bp.get("/v1/jobs/<job_id>")
+@admin_required
 def job_status(job_id: str) -> Any:
     """A joined job: status and per-round metrics (loss, clip, timings, bytes, accuracy)."""
-    return jsonify(_call(_node().job_status, job_id))
+    return jsonify(_node().job_status(job_id))
 
 
 @bp.get("/v1/jobs/<job_id>/model")
+@admin_required
 def latest_model(job_id: str) -> Any:
     """The latest released model this node holds: round and base64url float64 weights."""
-    return jsonify(_call(_node().latest_model, job_id))
+    return jsonify(_node().latest_model(job_id))
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -126,7 +118,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(DEFAULTS)
     app.config.update(config or {})
-    passphrase = app.config.get("PASSPHRASE") or os.environ.get(PASSPHRASE_ENV, "")
+    # Popped, as in the KGC and the PS: the node keeps its unsealed keys, not the secret.
+    passphrase = app.config.pop("PASSPHRASE", None) or NodeSettings.from_env().passphrase
     if not passphrase:
         raise ValueError(f"set {PASSPHRASE_ENV} (it seals this node's keys)")
     min_quorum = app.config["MIN_QUORUM"]

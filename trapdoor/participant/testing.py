@@ -2,9 +2,9 @@
 
 Used by the participant's unit and API tests (and by anyone who wants to drive a
 :class:`~trapdoor.participant.client.ParticipantClient` without running the services). Every
-message is built with the shared protocol code (:mod:`trapdoor.protocol.messages`,
+message is built with the shared protocol code (:mod:`trapdoor.protocol`,
 :mod:`trapdoor.crypto.signing`), never re-implemented: :class:`JobWorld` signs a job's terms with
-:func:`~trapdoor.protocol.messages.sign_job_terms` and serves the view a PS would serve;
+:func:`~trapdoor.protocol.job.sign_job_terms` and serves the view a PS would serve;
 :class:`FakeNetwork` answers HTTP calls for a fake KGC and fake PSs and is installed in place
 of :class:`trapdoor.service.http.ServiceClient`::
 
@@ -35,40 +35,43 @@ from trapdoor.crypto.bcp import PublicParams
 from trapdoor.crypto.blocks import EncryptedVector, generate_job_key, trivial_encryption
 from trapdoor.crypto.encoding import PackingLayout
 from trapdoor.crypto.signing import (
-    SignatureError,
     TokenError,
     b64encode,
     generate_signing_key,
     issue_token,
-    public_key_from_hex,
     public_key_hex,
     sign_json,
-    verify_json,
     verify_token,
 )
 from trapdoor.crypto.wire import WireError, decode_frame, encode_frame, to_obj
 from trapdoor.ml.models import MLP
 from trapdoor.participant.client import Identity
-from trapdoor.protocol.aggregate import AuditedRound, audit_round
+from trapdoor.protocol.audit import AuditedRound, audit_round, verify_audit_statement
 from trapdoor.protocol.bundle import blind_to_text
-from trapdoor.protocol.messages import (
-    KGC_AUDIENCE,
-    ProtocolError,
+from trapdoor.protocol.commitment import (
     build_closed_set,
     build_commitment,
+    verify_closed_set,
+    verify_commitment,
+)
+from trapdoor.protocol.common import ProtocolError, vector_sha256
+from trapdoor.protocol.enrolment import Certificate, sign_certificate
+from trapdoor.protocol.job import (
     initial_ciphertext,
     initial_ciphertext_sha256,
     initial_weights_of,
     requested_terms,
     sign_job_terms,
-    token_challenge,
-    vector_sha256,
-    verify_audit_statement,
-    verify_closed_set,
-    verify_commitment,
     verify_job_terms,
-    verify_upload_statement,
 )
+from trapdoor.protocol.receipt import build_receipt
+from trapdoor.protocol.token import (
+    KGC_AUDIENCE,
+    TokenChallenge,
+    check_nonce,
+    verify_token_challenge,
+)
+from trapdoor.protocol.upload import verify_upload_statement
 from trapdoor.service.http import ServiceError
 
 __all__ = [
@@ -201,7 +204,7 @@ class JobWorld:
         )
 
     def terms(self) -> Any:
-        """The verified :class:`~trapdoor.protocol.messages.JobTerms` of the current signature."""
+        """The verified :class:`~trapdoor.protocol.job.JobTerms` of the current signature."""
         return verify_job_terms(
             self.kgc_key.public_key(), self.job_terms, self.job_terms_signature, self.params
         )
@@ -267,38 +270,43 @@ class FakeKgc:
         if self.codes.get(subject) != body.get("code"):
             raise ServiceError(401, "invalid-code", "the enrolment code is not valid")
         del self.codes[subject]
-        certificate = {
-            "subject_id": subject,
-            "name": subject,
-            "role": "participant",
-            "signing_key": body["signing_key"],
-            "issued_at": int(self.clock()),
-            "bcp_public_key": body["bcp_public_key"],
-        }
+        certificate = Certificate(
+            subject_id=subject,
+            name=subject,
+            role="participant",
+            signing_key=body["signing_key"],
+            issued_at=int(self.clock()),
+            bcp_public_key=body["bcp_public_key"],
+        )
         if self.tamper_certificate is not None:
-            certificate = self.tamper_certificate(certificate)
+            certificate = Certificate.from_json(self.tamper_certificate(certificate.to_json()))
         self.signing_keys[subject] = str(body["signing_key"])
-        return {"certificate": certificate, "signature": sign_json(self.world.kgc_key, certificate)}
+        return sign_certificate(self.world.kgc_key, certificate)
 
     def _token(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The KGC's checks of a challenge (:mod:`trapdoor.protocol.token`) against this
+        fake's records (certified keys, the world's audiences). Its clock is the test's, not
+        the clients', so it checks no timestamp, and it remembers no nonce."""
         self.token_requests.append(dict(body))
-        subject, audience = body.get("subject_id"), body.get("audience")
-        if not isinstance(audience, str):
-            raise ServiceError(400, "missing-field", "audience is required")
+        try:
+            challenge, signature = TokenChallenge.from_request(body)
+            check_nonce(challenge.nonce)
+        except ProtocolError as exc:
+            raise ServiceError(400, exc.code, exc.message) from None
+        key = self.signing_keys.get(challenge.subject_id)
+        if key is None:
+            raise ServiceError(404, "not-found", "no such subject")
+        try:
+            verify_token_challenge(challenge, signature, key)
+        except ProtocolError as exc:
+            raise ServiceError(401, exc.code, exc.message) from None
+        audience = challenge.audience
         if audience != KGC_AUDIENCE and audience != self.world.ps_subject:
             raise ServiceError(422, "unknown-audience", "no such audience")
-        key = self.signing_keys.get(str(subject))
-        challenge = token_challenge(str(subject), body["timestamp"], body["nonce"], audience)
-        try:
-            if key is None:
-                raise SignatureError("unknown subject")
-            verify_json(public_key_from_hex(key), challenge, body.get("signature"))
-        except SignatureError:
-            raise ServiceError(401, "invalid-signature", "challenge does not verify") from None
         now = self.clock()
         token = issue_token(
             self.world.kgc_key,
-            subject=str(subject),
+            subject=challenge.subject_id,
             role="participant",
             now=now,
             ttl_seconds=TOKEN_TTL,
@@ -334,11 +342,11 @@ class FakePs:
     """A parameter server's participant-facing API: info, the job view, one round's phases.
 
     It accepts only tokens whose audience is its own ``subject_id`` (as the real PS), and
-    checks commitments, upload statements and audits with :mod:`trapdoor.protocol.messages`. The
+    checks commitments, upload statements and audits with :mod:`trapdoor.protocol`. The
     other participants of the world are played by the fake: with ``others`` on, the first
     commitment of a round brings theirs (random ciphertexts) and closes the set; once the
     test's client uploaded, the round is aggregated with
-    :func:`trapdoor.protocol.aggregate.audit_round`
+    :func:`trapdoor.protocol.audit.audit_round`
     and its audit package served; when every contributor audited, the round is released
     (no bundle: the fake has no KGC). ``serve`` turns the honest job view into the one it
     sends (a dishonest PS).
@@ -509,7 +517,14 @@ class FakePs:
                 for other in rnd.audited.contributors:
                     if other != subject:
                         rnd.audits[other] = {}
-        return {"receipt": {"subject_id": subject, "round": t}, "signature": "sig"}
+        return build_receipt(
+            self.world.ps_key,
+            job_id=self.world.job_id,
+            round_number=t,
+            subject_id=subject,
+            sha256=frame.header["sha256"],
+            accepted_at=self.clock(),
+        )
 
     def _package(self, t: int, rnd: _FakeRound) -> dict[str, Any]:
         assert rnd.audited is not None and rnd.closed is not None

@@ -1,7 +1,5 @@
-"""``python -m trapdoor.ps serve ...`` (see :mod:`trapdoor.ps.cli`)."""
+"""``python -m trapdoor.ps enrol|serve ...``: the ``ps`` group of :mod:`trapdoor.ps.cli`."""
 
-import sys
+from trapdoor.ps.cli import ps
 
-from trapdoor.ps.cli import main
-
-sys.exit(main())
+ps()

@@ -1,7 +1,10 @@
 """HTTP adapters of the parameter server (docs/PROTOCOL.md, parameter-server section).
 
-Each view authenticates, parses, calls :class:`~trapdoor.ps.domain.ParameterServer`
-and returns JSON (or a frame); no business rule lives here. The round protocol's views
+Each view says who may call it with a decorator (:func:`~trapdoor.service.web.admin_required`,
+:data:`participant_required`, :data:`operator_or_participant`), parses, calls
+:class:`~trapdoor.ps.domain.ParameterServer` and returns JSON (or a frame); no business
+rule lives here, and refusals become JSON in the one handler of
+:func:`trapdoor.service.web.register_error_handlers`. The round protocol's views
 (commitments, uploads, audit package, base, uploads for auditors, audits) follow
 docs/PROTOCOL.md; a masked job (its "Masked mode" section) uses the same URLs for its
 uploads, bundle downloads, stored upload frames and ``Z_t``, and the domain dispatches by
@@ -17,24 +20,24 @@ is authenticated and the job known.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from trapdoor.crypto.signing import ROLES, TokenClaims, TokenError, verify_token
 from trapdoor.ps.domain import ParameterServer
+from trapdoor.service.errors import ForbiddenError, UnauthorizedError, UnsupportedMediaError
 from trapdoor.service.web import (
     ROUND,
-    ApiError,
-    bearer_token,
+    admin_required,
+    bearer_required,
     body_limit,
+    is_admin_token,
     json_body,
     read_body,
-    require_admin,
 )
 
-__all__ = ["JOB_BODY_LIMIT", "bp"]
+__all__ = ["JOB_BODY_LIMIT", "bp", "operator_or_participant", "participant_required"]
 
 #: A job definition carries the initial weights (base64url float64): up to 64 MiB, and
 #: never more than the app's ``MAX_CONTENT_LENGTH``.
@@ -52,7 +55,8 @@ def _service() -> ParameterServer:
 
 
 def _claims(token: str) -> TokenClaims:
-    """A valid participant token (401 forged/expired/malformed, 403 another role)."""
+    """A valid participant token (unauthorized: forged, expired or malformed; forbidden:
+    another role)."""
     service = _service()
     try:
         claims = verify_token(
@@ -64,30 +68,32 @@ def _claims(token: str) -> TokenClaims:
             roles=ROLES,
         )
     except TokenError as exc:
-        raise ApiError(401, "invalid-token", str(exc)) from None
+        raise UnauthorizedError("invalid-token", str(exc)) from None
     if claims.role != "participant":
-        raise ApiError(403, "wrong-role", "this endpoint is for participants")
+        raise ForbiddenError("wrong-role", "this endpoint is for participants")
     return claims
 
 
-def _participant() -> TokenClaims:
-    return _claims(bearer_token())
+def _participant(token: str, **_view_args: Any) -> str:
+    """The subject id of a participant's valid token."""
+    return _claims(token).subject
 
 
-def _is_admin(token: str) -> bool:
-    expected = current_app.config.get("ADMIN_TOKEN")
-    return bool(expected) and hmac.compare_digest(token.encode(), str(expected).encode())
-
-
-def _operator_or_participant_of(job_id: str) -> str | None:
+def _operator_or_participant_of(token: str, job_id: str, **_view_args: Any) -> str | None:
     """The requesting participant's subject id, or None for the operator."""
-    token = bearer_token()
-    if _is_admin(token):
+    if is_admin_token(token):
         return None
-    claims = _claims(token)
-    if claims.subject not in _service().participants(job_id):
-        raise ApiError(403, "not-a-participant", "not a participant of this job")
-    return claims.subject
+    subject = _claims(token).subject
+    if subject not in _service().participants(job_id):
+        raise ForbiddenError("not-a-participant", "not a participant of this job")
+    return subject
+
+
+#: Participant views: they get the caller's subject id as ``subject``.
+participant_required = bearer_required(_participant, keyword="subject")
+#: Views of a job for its operator or its participants: they get ``requester``, the
+#: participant's subject id or None for the operator.
+operator_or_participant = bearer_required(_operator_or_participant_of, keyword="requester")
 
 
 def _created(answer: tuple[dict[str, Any], bool]) -> Any:
@@ -114,30 +120,30 @@ def info() -> Any:
 
 @bp.post("/v1/jobs")
 @body_limit(JOB_BODY_LIMIT)
+@admin_required
 def create_job() -> Any:
     """Operator: create a job (the KGC signs its terms and makes its key; Enc(W_0) stored)."""
-    require_admin()
     return jsonify(_service().create_job(json_body())), 201
 
 
 @bp.get("/v1/jobs")
+@admin_required
 def list_jobs() -> Any:
     """Operator: every job with its status."""
-    require_admin()
     return jsonify(jobs=_service().list_jobs())
 
 
 @bp.get("/v1/jobs/<job_id>")
-def get_job(job_id: str) -> Any:
+@operator_or_participant
+def get_job(job_id: str, requester: str | None) -> Any:
     """A job: definition, KGC-signed terms, job key, packing layout, public weights, progress."""
-    _operator_or_participant_of(job_id)
     return jsonify(_service().job_view(job_id))
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>")
-def get_round(job_id: str, t: int) -> Any:
+@operator_or_participant
+def get_round(job_id: str, t: int, requester: str | None) -> Any:
     """A round: phase, attempt, committed subjects, contributors, deadline."""
-    _operator_or_participant_of(job_id)
     return jsonify(_service().round_view(job_id, t))
 
 
@@ -148,79 +154,87 @@ def commitments(job_id: str, t: int) -> Any:
     set-not-closed before).
 
     One view for both methods: werkzeug answers 405 instead of 404 for an out-of-range
-    round when two views share a path.
+    round when two views share a path; each method has its own callers.
     """
     if request.method == "GET":
-        _operator_or_participant_of(job_id)
-        return jsonify(_service().closed_set(job_id, t))
-    claims = _participant()
-    return _created(_service().accept_commitment(job_id, t, claims.subject, json_body()))
+        return _closed_set(job_id=job_id, t=t)
+    return _commit(job_id=job_id, t=t)
+
+
+@operator_or_participant
+def _closed_set(job_id: str, t: int, requester: str | None) -> Any:
+    return jsonify(_service().closed_set(job_id, t))
+
+
+@participant_required
+def _commit(job_id: str, t: int, subject: str) -> Any:
+    return _created(_service().accept_commitment(job_id, t, subject, json_body()))
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads")
 @body_limit(_UPLOAD_PRELIMIT)
-def upload(job_id: str, t: int) -> Any:
+@participant_required
+def upload(job_id: str, t: int, subject: str) -> Any:
     """Participant: upload Enc(w_i Δ_i) with its signed statement; answers a signed receipt.
 
     Masked job: a ring-vector frame of y with its seed ciphertext and statement, capped at
     exactly one y plus a full header.
     """
-    claims = _participant()
     if request.mimetype != "application/octet-stream":
-        raise ApiError(415, "unsupported-media-type", "expected application/octet-stream")
+        raise UnsupportedMediaError("unsupported-media-type", "expected application/octet-stream")
     # Unknown job (404) or stranger (403) before a byte is read; then the job's frame size.
-    limit = _service().upload_limit(job_id, claims.subject)
+    limit = _service().upload_limit(job_id, subject)
     data = read_body(limit, "upload is larger than this job's model")
-    return jsonify(_service().accept_upload(job_id, t, claims.subject, data)), 201
+    return jsonify(_service().accept_upload(job_id, t, subject, data)), 201
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audit")
-def audit_package(job_id: str, t: int) -> Any:
+@operator_or_participant
+def audit_package(job_id: str, t: int, requester: str | None) -> Any:
     """Contributor of the current attempt: its contributors, closed set, R and digests."""
-    requester = _operator_or_participant_of(job_id)
     return jsonify(_service().audit_package(job_id, t, requester))
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/base")
-def base(job_id: str, t: int) -> Any:
+@operator_or_participant
+def base(job_id: str, t: int, requester: str | None) -> Any:
     """Contributor of the current attempt: Enc(W_t), framed (masked: Z_t, to any
     participant of the job)."""
-    requester = _operator_or_participant_of(job_id)
     return _frame(_service().base_frame(job_id, t, requester))
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads/<subject_id>")
-def upload_of(job_id: str, t: int, subject_id: str) -> Any:
+@operator_or_participant
+def upload_of(job_id: str, t: int, subject_id: str, requester: str | None) -> Any:
     """Contributor of the current attempt: another contributor's upload and statement
     (masked: the stored frame, to the contributors of the released round)."""
-    requester = _operator_or_participant_of(job_id)
     return _frame(_service().upload_frame(job_id, t, subject_id, requester))
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audits")
-def audit(job_id: str, t: int) -> Any:
+@participant_required
+def audit(job_id: str, t: int, subject: str) -> Any:
     """Contributor of the current attempt: its signed audit of the aggregate and blind."""
-    claims = _participant()
-    return _created(_service().accept_audit(job_id, t, claims.subject, json_body()))
+    return _created(_service().accept_audit(job_id, t, subject, json_body()))
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/undecodable")
-def undecodable(job_id: str, t: int) -> Any:
+@participant_required
+def undecodable(job_id: str, t: int, subject: str) -> Any:
     """Contributor of round t's release: its signed report that the release does not decode."""
-    claims = _participant()
-    return _created(_service().accept_undecodable(job_id, t, claims.subject, json_body()))
+    return _created(_service().accept_undecodable(job_id, t, subject, json_body()))
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/close")
+@admin_required
 def close_round(job_id: str, t: int) -> Any:
     """Operator: end round t's commit or upload phase now if it has its quorum."""
-    require_admin()
     return jsonify(_service().close_round(job_id, t))
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/model")
-def download(job_id: str, t: int) -> Any:
+@participant_required
+def download(job_id: str, t: int, subject: str) -> Any:
     """Contributor of round t's released attempt: its sealed bundle, binding and R
     (masked: the bundle with only the caller's wrapped key)."""
-    claims = _participant()
-    return jsonify(_service().download(job_id, t, claims.subject))
+    return jsonify(_service().download(job_id, t, subject))

@@ -19,21 +19,19 @@ trivial encryptions), so it has no encryption settings.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask
 from sqlalchemy.orm import sessionmaker
 
 from trapdoor.ps.api import bp
 from trapdoor.ps.domain import DEFAULT_CHUNK_ELEMENTS, ParameterServer
-from trapdoor.ps.errors import DomainError
 from trapdoor.ps.identity import load_identity
 from trapdoor.ps.kgc_gateway import HttpKgcGateway, KgcGateway
+from trapdoor.ps.settings import PsSettings
 from trapdoor.service.db import make_engine, migrate
 from trapdoor.service.web import add_common_routes, limit_request_bodies, register_error_handlers
 
@@ -44,11 +42,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "trapdoor-param-server"
 VERSION = "0.1.0"
 DEFAULTS: dict[str, Any] = {
-    "DATABASE_URL": "sqlite:///var/param_server.db",
-    "ADMIN_TOKEN": None,
-    "KGC_URL": None,
-    "PASSPHRASE": None,
-    "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
+    # the environment's defaults (one place for them: PsSettings) ...
+    **PsSettings().app_config(),
+    # ... but an app built in-process (tests, tools) runs no ticker unless asked to
     "BACKGROUND": False,
     "TICK_SECONDS": 1.0,
     "AUTO_MIGRATE": True,
@@ -95,16 +91,8 @@ class Ticker:
             self._wake.clear()
 
 
-def ensure_sqlite_dir(url: str) -> None:
-    """Create the folder of a file-based SQLite URL (``sqlite:///var/ps.db``)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.endswith(":memory:"):
-        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
-
-
 def _build_service(config: Mapping[str, Any]) -> ParameterServer:
     url = str(config["DATABASE_URL"])
-    ensure_sqlite_dir(url)
     if config["AUTO_MIGRATE"]:
         migrate("param_server", url)
     sessions = sessionmaker(make_engine(url), expire_on_commit=False)
@@ -158,10 +146,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     limit_request_bodies(app)
 
-    @app.errorhandler(DomainError)
-    def _domain_error(exc: DomainError) -> Any:
-        return jsonify(error=exc.code, message=exc.message), exc.status
-
     add_common_routes(app, SERVICE_NAME, VERSION, health=lambda: {"database": service.ping()})
 
     if app.config["BACKGROUND"]:
@@ -172,22 +156,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _flag(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
 def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Configuration from ``TRAPDOOR_*`` environment variables (for gunicorn)."""
-    env = os.environ if environ is None else environ
-    config: dict[str, Any] = {
-        "DATABASE_URL": env.get("TRAPDOOR_PS_DATABASE_URL", DEFAULTS["DATABASE_URL"]),
-        "ADMIN_TOKEN": env.get("TRAPDOOR_ADMIN_TOKEN") or None,
-        "KGC_URL": env.get("TRAPDOOR_KGC_URL") or None,
-        "PASSPHRASE": env.get("TRAPDOOR_PS_PASSPHRASE") or None,
-        "BACKGROUND": _flag(env.get("TRAPDOOR_PS_BACKGROUND"), True),
-    }
-    if env.get("TRAPDOOR_PS_MAX_CONTENT_LENGTH"):
-        config["MAX_CONTENT_LENGTH"] = int(env["TRAPDOOR_PS_MAX_CONTENT_LENGTH"])
-    return config
+    """Configuration from the ``TRAPDOOR_PS_*`` environment variables (for gunicorn).
+
+    :class:`~trapdoor.ps.settings.PsSettings` lists them; the ticker runs unless
+    ``TRAPDOOR_PS_BACKGROUND`` turns it off.
+    """
+    return PsSettings.from_env(environ).app_config()

@@ -1,115 +1,131 @@
-"""Command line of the parameter server: ``python -m trapdoor.ps serve ...``.
+"""``trapdoor ps``: the parameter server's command line (also ``python -m trapdoor.ps ...``).
 
-On first start it enrols with the KGC (``--enrol-subject`` and ``--enrol-code`` from the
-KGC operator): it makes an Ed25519 key, has the KGC certify it and stores it sealed under
-``TRAPDOOR_PS_PASSPHRASE``. Then it serves on loopback with Werkzeug's threaded server
-(gunicorn with :mod:`trapdoor.ps.wsgi` is the deployment path). ``enrol`` does only the
-first step (migrate, enrol, store the sealed key) and exits: gunicorn workers cannot enrol,
-so a deployment runs it once before ``gunicorn trapdoor.ps.wsgi:app``
-(docs/RELIABILITY.md, "Deployment").
+On first start ``serve`` enrols with the KGC (``--enrol-subject`` and ``--enrol-code`` from
+the KGC operator): it makes an Ed25519 key, has the KGC certify it and stores it sealed
+under ``TRAPDOOR_PS_PASSPHRASE``. Then it serves on loopback with Werkzeug's threaded
+server (gunicorn with :mod:`trapdoor.ps.wsgi` is the deployment path). ``enrol`` does only
+the first step (migrate, enrol, store the sealed key) and exits: gunicorn workers cannot
+enrol, so a deployment runs it once before ``gunicorn trapdoor.ps.wsgi:app``
+(docs/RELIABILITY.md, "Deployment"). Every ``TRAPDOOR_PS_*`` setting
+(:class:`~trapdoor.ps.settings.PsSettings`) applies; ``--db``, ``--kgc``, ``--host`` and
+``--port`` override theirs for one run.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import click
 from sqlalchemy.orm import sessionmaker
 
 from trapdoor.crypto.sealing import SealError
-from trapdoor.ps.app import DEFAULTS, create_app, ensure_sqlite_dir
-from trapdoor.ps.identity import enrol, load_identity
+from trapdoor.ps.app import create_app
+from trapdoor.ps.identity import ServerIdentity, enrol, load_identity
 from trapdoor.ps.kgc_gateway import KgcError
+from trapdoor.ps.settings import PsSettings
+from trapdoor.service.cli import (
+    exit_status,
+    fail,
+    load_settings,
+    require_loopback,
+    setting_option,
+)
 from trapdoor.service.db import make_engine, migrate
 from trapdoor.service.web import serve
 
-__all__ = ["main"]
+__all__ = ["PASSPHRASE_ENV", "main", "ps"]
 
-PASSPHRASE_ENV = "TRAPDOOR_PS_PASSPHRASE"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PASSPHRASE_ENV = PsSettings.variable("passphrase")
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trapdoor.ps", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="enrol on first start, then serve the API")
-    serve.add_argument(
-        "--db",
-        default=os.environ.get("TRAPDOOR_PS_DATABASE_URL", DEFAULTS["DATABASE_URL"]),
-        help="SQLAlchemy URL (default: %(default)s)",
-    )
-    serve.add_argument("--kgc", default=os.environ.get("TRAPDOOR_KGC_URL"), help="KGC base URL")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8600, help="0 picks a free port")
-    serve.add_argument("--enrol-subject", help="subject id given by the KGC operator")
-    serve.add_argument("--enrol-code", help="one-time enrolment code")
-    enrol_cmd = commands.add_parser("enrol", help="enrol with the KGC and exit (for gunicorn)")
-    enrol_cmd.add_argument(
-        "--db",
-        default=os.environ.get("TRAPDOOR_PS_DATABASE_URL", DEFAULTS["DATABASE_URL"]),
-        help="SQLAlchemy URL (default: %(default)s)",
-    )
-    enrol_cmd.add_argument("--kgc", default=os.environ.get("TRAPDOOR_KGC_URL"), help="KGC URL")
-    enrol_cmd.add_argument("--enrol-subject", help="subject id given by the KGC operator")
-    enrol_cmd.add_argument("--enrol-code", help="one-time enrolment code")
-    return parser
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "serve" and args.host not in LOOPBACK:
-        print(
-            "error: the built-in server serves loopback only; deploy with gunicorn "
-            "(trapdoor.ps.wsgi) behind TLS for anything else",
-            file=sys.stderr,
-        )
-        return 2
-    passphrase = os.environ.get(PASSPHRASE_ENV, "")
+@click.group(name="ps")
+def ps() -> None:
+    """The parameter server: `enrol` (for gunicorn) or `serve` (enrols on first start)."""
+
+
+def _enrolment_options(command: F) -> F:
+    """The options ``serve`` and ``enrol`` share: where the state is, and the enrolment."""
+    for option in reversed(
+        [
+            setting_option(PsSettings, "database_url", "--db", help="SQLAlchemy URL"),
+            setting_option(PsSettings, "kgc_url", "--kgc", help="KGC base URL"),
+            click.option("--enrol-subject", help="subject id given by the KGC operator"),
+            click.option(
+                "--enrol-code",
+                help="one-time enrolment code (it may start with '-': write --enrol-code=CODE)",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _enrolled(settings: PsSettings, subject: str | None, code: str | None) -> ServerIdentity:
+    """The stored identity, unsealed; on first start, enrol with the KGC and store it."""
+    passphrase = settings.passphrase
     if not passphrase:
-        print(f"error: set {PASSPHRASE_ENV} (it seals this server's signing key)", file=sys.stderr)
-        return 2
-    ensure_sqlite_dir(args.db)
-    migrate("param_server", args.db)
-    sessions = sessionmaker(make_engine(args.db), expire_on_commit=False)
+        fail(f"set {PASSPHRASE_ENV} (it seals this server's signing key)")
+    migrate("param_server", settings.database_url)
+    sessions = sessionmaker(make_engine(settings.database_url), expire_on_commit=False)
     try:
         identity = load_identity(sessions, passphrase)
     except SealError:
-        print(f"error: {PASSPHRASE_ENV} does not open the stored signing key", file=sys.stderr)
-        return 2
-    if identity is None:
-        if not (args.kgc and args.enrol_subject and args.enrol_code):
-            print(
-                "error: not enrolled yet: pass --kgc URL --enrol-subject ID --enrol-code CODE",
-                file=sys.stderr,
-            )
-            return 2
-        try:
-            identity = enrol(
-                sessions,
-                args.kgc,
-                subject_id=args.enrol_subject,
-                code=args.enrol_code,
-                passphrase=passphrase,
-            )
-        except KgcError as exc:
-            print(f"error: enrolment failed: {exc}", file=sys.stderr)
-            return 1
-        print(f"enrolled with the KGC as {identity.subject_id}", flush=True)
-    elif args.enrol_subject or args.enrol_code:
-        print(f"already enrolled as {identity.subject_id}; ignoring --enrol-*", flush=True)
-    if args.command == "enrol":
-        return 0
+        fail(f"{PASSPHRASE_ENV} does not open the stored signing key")
+    if identity is not None:
+        if subject or code:
+            click.echo(f"already enrolled as {identity.subject_id}; ignoring --enrol-*")
+        return identity
+    if not (settings.kgc_url and subject and code):
+        fail("not enrolled yet: pass --kgc URL --enrol-subject ID --enrol-code CODE")
+    try:
+        identity = enrol(
+            sessions, settings.kgc_url, subject_id=subject, code=code, passphrase=passphrase
+        )
+    except KgcError as exc:
+        fail(f"enrolment failed: {exc}", code=1)
+    click.echo(f"enrolled with the KGC as {identity.subject_id}")
+    return identity
+
+
+@ps.command("enrol")
+@_enrolment_options
+def enrol_command(
+    db: str | None, kgc: str | None, enrol_subject: str | None, enrol_code: str | None
+) -> None:
+    """Enrol with the KGC and exit (run once before gunicorn)."""
+    settings = load_settings(PsSettings, database_url=db, kgc_url=kgc)
+    _enrolled(settings, enrol_subject, enrol_code)
+
+
+@ps.command("serve")
+@_enrolment_options
+@setting_option(PsSettings, "host", "--host", help="loopback address to bind")
+@setting_option(
+    PsSettings, "port", "--port", type=click.IntRange(0, 65535), help="0 picks a free port"
+)
+def serve_command(
+    db: str | None,
+    kgc: str | None,
+    enrol_subject: str | None,
+    enrol_code: str | None,
+    host: str | None,
+    port: int | None,
+) -> None:
+    """Enrol on first start, then serve the API on loopback (gunicorn: trapdoor.ps.wsgi)."""
+    settings = load_settings(PsSettings, database_url=db, kgc_url=kgc, host=host, port=port)
+    require_loopback(settings.host, "trapdoor.ps.wsgi")
+    identity = _enrolled(settings, enrol_subject, enrol_code)
     app = create_app(
         {
-            "DATABASE_URL": args.db,
+            **settings.app_config(),
             "AUTO_MIGRATE": False,
-            "KGC_URL": args.kgc or identity.kgc_url,
-            "ADMIN_TOKEN": os.environ.get("TRAPDOOR_ADMIN_TOKEN") or None,
+            "KGC_URL": settings.kgc_url or identity.kgc_url,
             "SIGNING_KEY": identity.signing_key,
             "SUBJECT_ID": identity.subject_id,
-            "BACKGROUND": True,
+            "BACKGROUND": True,  # the built-in server always runs the ticker
         }
     )
 
@@ -119,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ticker.stop()
         app.extensions["param_server"].close()
 
-    serve(app, args.host, args.port, "parameter server", _stop)
-    return 0
+    serve(app, settings.host, settings.port, "parameter server", _stop)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trapdoor.ps ARGV``; returns the exit status."""
+    return exit_status(ps, argv, "python -m trapdoor.ps")

@@ -1,8 +1,13 @@
 """Parse and validate a job definition (docs/PROTOCOL.md, ``POST /v1/jobs``).
 
 Everything the operator sends is checked here, before the KGC is asked for a job key:
-shape and types (400), then meaning (422), so a refused definition costs nothing and
-leaves nothing behind. The normalised definition (defaults filled in) is what is stored
+shape and types (a bad request, ``bad-definition``), then meaning (invalid,
+``invalid-definition``), each refusal naming its field, so a refused definition costs
+nothing and leaves nothing behind. That includes what the participants read back before
+they train: the model spec against the model registry and its parameter count against
+the initial weights, and the training settings, through the same functions the
+participants call (:mod:`trapdoor.ml.spec`), so a job that is created is one every
+participant can train. The normalised definition (defaults filled in) is what is stored
 and what participants read back.
 """
 
@@ -19,25 +24,18 @@ import numpy.typing as npt
 
 from trapdoor.crypto.encoding import EncodingError, PackingLayout
 from trapdoor.crypto.signing import b64decode
-from trapdoor.protocol.masked import (
-    MASKED_UPLOAD_PURPOSE,
-    MaskedLayout,
-    masked_layout,
+from trapdoor.ml.spec import SpecError, check_model_spec, training_spec
+from trapdoor.protocol.audit import AUDIT_PURPOSE, UNDECODABLE_PURPOSE, AuditDigests
+from trapdoor.protocol.commitment import CLOSED_SET_PURPOSE, COMMITMENT_PURPOSE
+from trapdoor.protocol.common import MAX_ATTEMPT
+from trapdoor.protocol.job import AGGREGATIONS, MaskedLayout, masked_layout
+from trapdoor.protocol.release_request import (
     masked_release_request_header,
-)
-from trapdoor.protocol.messages import (
-    AGGREGATIONS,
-    AUDIT_PURPOSE,
-    CLOSED_SET_PURPOSE,
-    COMMITMENT_PURPOSE,
-    MAX_ATTEMPT,
-    UNDECODABLE_PURPOSE,
-    UPLOAD_PURPOSE,
-    AuditDigests,
     release_header_limit,
     release_request_header,
 )
-from trapdoor.ps.errors import DomainError
+from trapdoor.protocol.upload import MASKED_UPLOAD_PURPOSE, UPLOAD_PURPOSE
+from trapdoor.service.errors import BadRequestError, InvalidError, TrapdoorError
 
 __all__ = [
     "EncodingSettings",
@@ -75,12 +73,23 @@ MASKED_ENCODING_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _bad(message: str) -> DomainError:
-    return DomainError(400, "bad-definition", message)
+def _bad(message: str) -> BadRequestError:
+    return BadRequestError("bad-definition", message)
 
 
-def _invalid(message: str) -> DomainError:
-    return DomainError(422, "invalid-definition", message)
+def _invalid(message: str) -> InvalidError:
+    return InvalidError("invalid-definition", message)
+
+
+def _spec_refusal(exc: SpecError) -> TrapdoorError:
+    """A refused ``model`` or ``training`` field, answered as every other field is."""
+    return _bad(str(exc)) if exc.malformed else _invalid(str(exc))
+
+
+def _public_weights(participants: tuple[tuple[str, int], ...]) -> dict[str, float]:
+    """FedAvg's public weights ``w_i = n_i / Σ n``."""
+    total = sum(n for _, n in participants)
+    return {subject: n / total for subject, n in participants}
 
 
 def _int(obj: dict[str, Any], name: str, default: int | None = None) -> int:
@@ -144,8 +153,7 @@ class JobDefinition:
     @property
     def weights(self) -> dict[str, float]:
         """Public weights ``w_i = n_i / Σ n`` over the enrolled participants (FedAvg)."""
-        total = sum(n for _, n in self.participants)
-        return {subject: n / total for subject, n in self.participants}
+        return _public_weights(self.participants)
 
     @property
     def bcp_encoding(self) -> EncodingSettings:
@@ -225,7 +233,27 @@ def _participants(value: object) -> tuple[tuple[str, int], ...]:
         out.append((subject, samples))
     if len({subject for subject, _ in out}) != len(out):
         raise _invalid("participants must be distinct")
-    return tuple(out)
+    participants = tuple(out)
+    # The KGC signs weights in (0, 1] only: one count too small next to the others would
+    # round its weight to 0.
+    if not all(weight > 0 for weight in _public_weights(participants).values()):
+        raise _invalid("participants: a num_samples this small next to the others weighs 0")
+    return participants
+
+
+def _model_and_training(body: dict[str, Any], weights: npt.NDArray[np.float64]) -> None:
+    """What each participant rebuilds before it trains: the model (and its size) and
+    the training settings, checked as they will read them."""
+    try:
+        model = check_model_spec(body["model"])
+        training_spec(body["training"])
+    except SpecError as exc:
+        raise _spec_refusal(exc) from None
+    if model.num_parameters is not None and model.num_parameters != len(weights):
+        raise _invalid(
+            f"initial_weights has {len(weights)} values but the {model.kind} model has "
+            f"{model.num_parameters} parameters"
+        )
 
 
 def _encoding(value: object) -> EncodingSettings:
@@ -291,6 +319,7 @@ def parse_definition(
         if not isinstance(body.get(name), dict):
             raise _bad(f"{name} must be an object")
     weights = _initial_weights(body.get("initial_weights"))
+    _model_and_training(body, weights)
     participants = _participants(body.get("participants"))
     quorum = _int(body, "quorum", min(DEFAULT_QUORUM, len(participants)))
     if not 1 <= quorum <= len(participants):
@@ -391,7 +420,7 @@ def _masked_definition(
     modulus: int,
     param_server: str | None,
 ) -> JobDefinition:
-    """A masked job's layout (:func:`trapdoor.protocol.masked.masked_layout`) and its checks."""
+    """A masked job's layout (:func:`trapdoor.protocol.job.masked_layout`) and its checks."""
     try:
         layout = masked_layout(
             length=len(definition.initial_weights),
@@ -465,11 +494,11 @@ def release_header_bytes(
 ) -> int:
     """Worst-case size of a release request's frame header if every participant takes part.
 
-    The header (:func:`trapdoor.protocol.messages.release_request_header`) carries the closed set
-    with
-    every participant's signed commitment, and per contributor its signed upload statement
-    and its signed audit, plus the PS's signature; the KGC refuses headers over
-    :func:`trapdoor.protocol.messages.release_header_limit`, so a job whose release could never be
+    The header (:func:`trapdoor.protocol.release_request.release_request_header`) carries
+    the closed set with every participant's signed commitment, and per contributor its
+    signed upload statement and its signed audit, plus the PS's signature; the KGC refuses
+    headers over :func:`trapdoor.protocol.release_request.release_header_limit`, so a job
+    whose release could never be
     sent is refused up front. ``param_server`` is the messages' audience (this PS's subject
     id); unknown, the longest subject id is assumed. ``modulus_bits`` is ``N``'s length
     (each randomness proof holds two elements of ``Z*_{N^2}`` and a response).
@@ -544,7 +573,7 @@ def masked_release_header_bytes(
 ) -> int:
     """Worst-case size of a masked job's release request if every participant takes part.
 
-    The body (:func:`trapdoor.protocol.masked.masked_release_request_header`) carries per
+    The body (:func:`trapdoor.protocol.release_request.masked_release_request_header`) carries per
     contributor its signed masked upload statement and its seed ciphertext (``A`` and
     ``B`` below ``N^2``), for a re-run also its signed ``undecodable`` report, plus the
     layout and the PS's signature; no commitments, closed set or audits.

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import quote
 
 import requests
@@ -34,17 +34,11 @@ from trapdoor.crypto.signing import (
     verify_json,
 )
 from trapdoor.crypto.wire import decode_frame, from_obj
-from trapdoor.protocol.bundle import ReleaseBinding
-from trapdoor.protocol.masked import MaskedReleaseBinding, release_statement
-from trapdoor.protocol.messages import (
-    KGC_AUDIENCE,
-    JobTerms,
-    ProtocolError,
-    json_sha256,
-    kgc_key_id,
-    token_request,
-    verify_job_terms,
-)
+from trapdoor.protocol.bundle import MaskedReleaseBinding, ReleaseBinding, release_statement
+from trapdoor.protocol.common import ProtocolError, json_sha256, kgc_key_id
+from trapdoor.protocol.enrolment import verify_certificate
+from trapdoor.protocol.job import JobTerms, verify_job_terms
+from trapdoor.protocol.token import KGC_AUDIENCE, token_request
 from trapdoor.service.http import ServiceClient, ServiceError
 
 __all__ = [
@@ -100,7 +94,7 @@ class KgcGateway(Protocol):
         ...
 
     def create_job(self, job_id: str, terms: Mapping[str, Any]) -> dict[str, Any]:
-        """Ask the KGC to sign ``terms`` (:func:`trapdoor.protocol.messages.requested_terms`).
+        """Ask the KGC to sign ``terms`` (:func:`trapdoor.protocol.job.requested_terms`).
 
         Returns the KGC's answer as it came, ``{"job_id", "job_key", "job_terms",
         "job_terms_signature"}``: the domain checks it with :func:`check_job_answer`, so
@@ -114,7 +108,7 @@ class KgcGateway(Protocol):
 
     def release_masked(self, body: bytes) -> dict[str, Any]:
         """Send a masked job's signed release request (JSON,
-        :func:`trapdoor.protocol.masked.masked_release_request_header` plus
+        :func:`trapdoor.protocol.release_request.masked_release_request_header` plus
         ``request_signature``); return the bundle sealing the mask sum. The domain checks
         it with :func:`check_masked_release_bundle`."""
         ...
@@ -145,7 +139,7 @@ def check_job_answer(
     """Check a ``POST /v1/jobs`` answer before the PS stores or serves anything of it.
 
     The KGC-signed terms must verify under the KGC's key with a job key under its
-    parameters (:func:`trapdoor.protocol.messages.verify_job_terms`), contain exactly the
+    parameters (:func:`trapdoor.protocol.job.verify_job_terms`), contain exactly the
     ``requested`` fields, name this PS (``param_server``) as the job's server with its own
     key (``param_server_key``, hex: participants check the closed sets under it), and the
     answer's ``job_key`` must be the signed one. Returns the typed terms and the signature.
@@ -215,7 +209,7 @@ def check_masked_release_bundle(
     It must name exactly ``binding`` (job, terms, round, run and every contributor's
     ``y`` digest: what the sealed mask sum is bound to), hold one wrapped key per
     contributor with the digests it lists, and carry the KGC's ``release_signature`` over
-    :func:`trapdoor.protocol.masked.release_statement`: what each contributor checks with
+    :func:`trapdoor.protocol.bundle.release_statement`: what each contributor checks with
     only its own wrapped key, so a bundle the PS stores is one every contributor accepts.
     """
     if not isinstance(bundle, dict):
@@ -275,16 +269,17 @@ def complete_enrolment(
     certificate = body.get("certificate") if isinstance(body, dict) else None
     signature = body.get("signature") if isinstance(body, dict) else None
     try:
-        verify_json(info.verify_key, certificate, signature)
-    except SignatureError:
-        raise KgcError(502, "bad-kgc-answer", "certificate signature does not verify") from None
-    if not isinstance(certificate, dict) or (
-        certificate.get("subject_id"),
-        certificate.get("role"),
-        certificate.get("signing_key"),
-    ) != (subject_id, "param_server", public_key_hex(signing_key)):
-        raise KgcError(502, "bad-kgc-answer", "certificate does not certify this server's key")
-    return certificate, str(signature)
+        verify_certificate(
+            info.verify_key,
+            certificate,
+            signature,
+            subject_id=subject_id,
+            role="param_server",
+            signing_key=public_key_hex(signing_key),
+        )
+    except ProtocolError as exc:
+        raise KgcError(502, "bad-kgc-answer", exc.message) from None
+    return cast(dict[str, Any], certificate), str(signature)  # a dict: it verified
 
 
 class HttpKgcGateway:

@@ -4,9 +4,10 @@ A masked round has no commitments, closed set or audits: ``open`` (uploads) -> `
 (``Z_{t+1} = Z_t + Σ y_i mod 2^k`` stored, release requested) -> ``released``. The PS
 never sees a seed or a mask; it adds the contributors' ``y`` with wrap-around arithmetic
 and forwards their signed statements and seed ciphertexts to the KGC, which seals the
-mask sum ``D_t`` to the contributors. :class:`trapdoor.ps.domain.ParameterServer`
-dispatches here by the job's aggregation; the database work stays there, so a round's
-state changes keep the same transactions, locks, leases and retries as the bcp mode.
+mask sum ``D_t`` to the contributors. The step modules (:mod:`trapdoor.ps.uploads`,
+:mod:`trapdoor.ps.rounds`, :mod:`trapdoor.ps.release`, ...) dispatch here by the job's
+aggregation and do the database work, so a round's state changes keep the same
+transactions, locks, leases and retries as the bcp mode (:mod:`trapdoor.ps.bcp`).
 
 Pure: no Flask, no database.
 """
@@ -22,19 +23,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trapdoor.crypto.masking import add_into, vector_from_bytes, vector_to_bytes
 from trapdoor.crypto.signing import sign_json
-from trapdoor.crypto.wire import MAX_HEADER_BYTES, RING_FRAME_KIND, WireError, decode_frame
-from trapdoor.protocol.bundle import bundle_sha256
-from trapdoor.protocol.masked import (
-    MaskedLayout,
-    MaskedReleaseBinding,
-    masked_release_request_header,
+from trapdoor.crypto.wire import RING_FRAME_KIND, WireError, decode_frame
+from trapdoor.protocol.bundle import MaskedReleaseBinding, bundle_sha256
+from trapdoor.protocol.common import ProtocolError, is_json_int
+from trapdoor.protocol.job import JobTerms, MaskedLayout
+from trapdoor.protocol.release_request import masked_release_request_header
+from trapdoor.protocol.upload import (
     seed_from_obj,
     seed_sha256,
     seed_to_obj,
     verify_masked_upload_statement,
 )
-from trapdoor.protocol.messages import JobTerms, ProtocolError, is_json_int
-from trapdoor.ps.errors import DomainError
+from trapdoor.ps.checks import max_frame_bytes, refusal
+from trapdoor.service.errors import BadRequestError, ForbiddenError, InvalidError, TooLargeError
 
 __all__ = [
     "CheckedUpload",
@@ -48,9 +49,6 @@ __all__ = [
     "upload_seed",
 ]
 
-FRAME_PREFIX_BYTES = 9  # magic, version, header length (trapdoor.crypto.wire)
-#: Refusals of a statement that say "not this participant's signature" (403).
-_FORBIDDEN_CODES = frozenset({"not-a-participant", "bad-statement-signature"})
 #: The fields of a stored masked bundle that every contributor gets (plus its own key).
 _BUNDLE_VIEW_FIELDS = ("sealed_mask", "wrapped_keys_sha256", "release_signature")
 
@@ -66,7 +64,7 @@ class MaskedJob:
     @property
     def max_frame_bytes(self) -> int:
         """The largest well-formed upload: a full header and exactly one ``y``."""
-        return FRAME_PREFIX_BYTES + MAX_HEADER_BYTES + self.layout.payload_bytes
+        return max_frame_bytes(self.layout.payload_bytes)
 
 
 @dataclass(frozen=True)
@@ -81,10 +79,6 @@ class CheckedUpload:
     seed_sha256: str
 
 
-def _refusal(exc: ProtocolError) -> DomainError:
-    return DomainError(403 if exc.code in _FORBIDDEN_CODES else 422, exc.code, exc.message)
-
-
 def _signer(signed: object) -> object:
     if isinstance(signed, dict) and isinstance(signed.get("statement"), dict):
         return signed["statement"].get("subject_id")
@@ -96,23 +90,23 @@ def check_upload(
 ) -> CheckedUpload:
     """Frame, header, shape, seed, then the statement (docs/PROTOCOL.md, "Masked mode").
 
-    413 ``too-large`` over the frame size; 400 ``malformed-frame`` for anything that is
-    not a ``ring-vector`` frame with a matching digest (a bcp frame included); 422
-    ``frame-mismatch`` (another job or round), ``wrong-shape`` (other ring or length),
-    ``bad-seed`` (not ``{"A", "B"}`` canonical hex in ``Z*_{N^2}``); the statement as
-    :func:`trapdoor.protocol.masked.verify_masked_upload_statement` says (403 for a
-    signature or a statement of another participant, 422 otherwise).
+    Too large (``too-large``) over the frame size; a bad request (``malformed-frame``)
+    for anything that is not a ``ring-vector`` frame with a matching digest (a bcp frame
+    included); invalid: ``frame-mismatch`` (another job or round), ``wrong-shape`` (other
+    ring or length), ``bad-seed`` (not ``{"A", "B"}`` canonical hex in ``Z*_{N^2}``); the
+    statement as :func:`trapdoor.protocol.upload.verify_masked_upload_statement` says
+    (forbidden for a signature or a statement of another participant, invalid otherwise).
     """
     if len(data) > job.max_frame_bytes:
-        raise DomainError(413, "too-large", "upload is larger than this job's model")
+        raise TooLargeError("too-large", "upload is larger than this job's model")
     try:
         frame = decode_frame(data, kind=RING_FRAME_KIND, max_bytes=job.max_frame_bytes)
     except WireError as exc:
-        raise DomainError(400, "malformed-frame", str(exc)) from None
+        raise BadRequestError("malformed-frame", str(exc)) from None
     header = frame.header
     round_number = header.get("round")
     if header.get("job_id") != job_id or not is_json_int(round_number) or round_number != t:
-        raise DomainError(422, "frame-mismatch", "frame header is for another job or round")
+        raise InvalidError("frame-mismatch", "frame header is for another job or round")
     layout = job.layout
     bits, count = header.get("bits"), header.get("num_elements")
     if (
@@ -121,8 +115,7 @@ def check_upload(
         or (bits, count) != (layout.ring.bits, layout.length)
         or len(frame.payload) != layout.payload_bytes
     ):
-        raise DomainError(
-            422,
+        raise InvalidError(
             "wrong-shape",
             f"expected {layout.length} elements of {layout.ring.bits} bits",
         )
@@ -130,7 +123,7 @@ def check_upload(
     try:
         seed = seed_from_obj(seed_obj, job.terms.job_key)
     except ProtocolError as exc:
-        raise DomainError(422, exc.code, exc.message) from None
+        raise InvalidError(exc.code, exc.message) from None
     seed_digest = seed_sha256(seed_to_obj(seed))
     digest = str(header["sha256"])
     signed = header.get("statement")
@@ -147,8 +140,8 @@ def check_upload(
     except ProtocolError as exc:
         if exc.code == "statement-mismatch" and _signer(signed) != subject_id:
             # A participant's honestly signed statement, sent by someone else.
-            raise DomainError(403, exc.code, exc.message) from None
-        raise _refusal(exc) from None
+            raise ForbiddenError(exc.code, exc.message) from None
+        raise refusal(exc) from None
     assert isinstance(signed, dict)  # verified above
     return CheckedUpload(digest, {"statement": body, "signature": signed["signature"]}, seed_digest)
 

@@ -101,7 +101,7 @@ class Round(Base):
     PS-signed ``closed_set`` is fixed; upload phase) -> closed (aggregated; audit phase of
     ``attempt``) -> released; any phase may end in failed. ``deadline`` is the current
     phase's. While closed, ``contributors``, ``blind`` (``R``) and ``digests`` (the
-    :class:`trapdoor.protocol.messages.AuditDigests` fields) describe the current attempt, whose
+    :class:`trapdoor.protocol.audit.AuditDigests` fields) describe the current attempt, whose
     ``Agg`` is model version ``t + 1``. A released round whose every contributor reports
     that it does not decode runs once more (``run`` 1) from ``W_t`` over the same set;
     ``previous_run`` keeps run 0's evidence. ``release_after`` is a lease/back-off: no release

@@ -2,20 +2,20 @@
 
 Used by the parameter server's unit and API tests (and usable by anyone testing against
 the PS without a KGC process). :class:`FakeKgc` implements
-:class:`~trapdoor.ps.kgc_gateway.KgcGateway` by calling the same :mod:`trapdoor.protocol.messages`
+:class:`~trapdoor.ps.kgc_gateway.KgcGateway` by calling the same :mod:`trapdoor.protocol`
 checks as the real KGC (requested and signed job terms, the PS's request signature, and
-:func:`~trapdoor.protocol.messages.check_release_request` with the job's release schedule and its
-chain of audited aggregates), plus frame validity and idempotent releases. It seals with
-:func:`trapdoor.protocol.bundle.seal_release` bound to the audited attempt, so a contributor really
-opens its bundle with :func:`trapdoor.protocol.bundle.open_release`.
+:func:`~trapdoor.protocol.release_request.check_release_request` with the job's release
+schedule and its chain of audited aggregates), plus frame validity and idempotent
+releases. It seals with :func:`trapdoor.protocol.bundle.seal_release` bound to the
+audited attempt, so a contributor really opens its bundle with
+:func:`trapdoor.protocol.bundle.open_release`.
 
 :class:`TestParticipant` plays a contributor's side of the round protocol
 (docs/PROTOCOL.md) against anything with the PS's methods (:class:`PsPort`:
 the :class:`~trapdoor.ps.domain.ParameterServer` itself, or :class:`HttpPs` over the
 app): commit, upload under the closed set, and audit by really recomputing the attempt
-with :func:`trapdoor.protocol.aggregate.audit_round` from what the PS serves. :func:`play_round`
-does all
-three for a list of contributors::
+with :func:`trapdoor.protocol.audit.audit_round` from what the PS serves. :func:`play_round`
+does all three for a list of contributors::
 
     play_round(ps, terms, 0, [(p, p.encrypt(job, delta, encryptor, rng)) for p in ps_])
     ps.tick()                                    # the release
@@ -73,60 +73,55 @@ from trapdoor.crypto.wire import (
     from_obj,
     to_obj,
 )
-from trapdoor.protocol.aggregate import audit_round
+from trapdoor.protocol.audit import AuditDigests, audit_round, build_audit_statement
 from trapdoor.protocol.bundle import (
+    MaskedReleaseBinding,
     ReleaseBinding,
     blind_from_text,
     bundle_sha256,
-    open_release,
-    seal_release,
-)
-from trapdoor.protocol.masked import (
-    MaskedLayout,
-    MaskedReleaseBinding,
-    build_masked_upload_statement,
-    check_masked_release_request,
-    kgc_mask_sum,
     listed_uploads,
-    mask_context,
     next_model,
     open_mask_sum,
+    open_release,
     seal_mask_sum,
-    seed_sha256,
-    seed_to_obj,
+    seal_release,
     verify_release_statement,
 )
-from trapdoor.protocol.messages import (
-    AuditDigests,
-    ClosedSet,
+from trapdoor.protocol.commitment import ClosedSet, build_commitment, pok_context, verify_closed_set
+from trapdoor.protocol.common import ProtocolError, json_sha256, vector_sha256
+from trapdoor.protocol.job import (
     JobTerms,
-    ProtocolError,
+    MaskedLayout,
+    check_job_view,
+    check_requested_terms,
+    sign_job_terms,
+    verify_job_terms,
+)
+from trapdoor.protocol.release_request import (
     ReleasedRound,
     ReleaseSchedule,
-    build_audit_statement,
-    build_commitment,
-    build_upload_statement,
-    check_job_view,
+    check_masked_release_request,
     check_release_request,
-    check_requested_terms,
-    json_sha256,
-    pok_context,
+    kgc_mask_sum,
     release_header_limit,
     release_schedule,
     repeats_release,
     request_run,
-    sign_job_terms,
-    vector_sha256,
-    verify_closed_set,
-    verify_job_terms,
     verify_release_signature,
 )
+from trapdoor.protocol.upload import (
+    build_masked_upload_statement,
+    build_upload_statement,
+    mask_context,
+    seed_sha256,
+    seed_to_obj,
+)
 from trapdoor.ps.domain import ParameterServer
-from trapdoor.ps.errors import DomainError
 from trapdoor.ps.kgc_gateway import KgcError, KgcInfo
 from trapdoor.ps.models import metadata
 from trapdoor.service.clock import ManualClock as FakeClock
 from trapdoor.service.db import make_engine
+from trapdoor.service.errors import TrapdoorError, kind_for_status
 
 __all__ = [
     "PS_SUBJECT_ID",
@@ -176,7 +171,7 @@ class _FakeRelease:
     payload_sha256: str
     attempt: int
     bundle: dict[str, Any]
-    #: what :func:`trapdoor.protocol.messages.release_schedule` needs of it
+    #: what :func:`trapdoor.protocol.release_request.release_schedule` needs of it
     record: ReleasedRound
 
 
@@ -194,12 +189,12 @@ class _FakeJob:
 class FakeKgc:
     """In-process KGC: KGC-signed job terms, and releases sealed for the contributors only.
 
-    Every check is the shared one the real KGC runs (:mod:`trapdoor.protocol.messages`):
-    :func:`~trapdoor.protocol.messages.check_requested_terms` and
-    :func:`~trapdoor.protocol.messages.sign_job_terms` for a job,
-    :func:`~trapdoor.protocol.messages.verify_release_signature` and
-    :func:`~trapdoor.protocol.messages.check_release_request` (with the job's release schedule and
-    the aggregate of its previous release as the base) for a release. ``participants``
+    Every check is the shared one the real KGC runs (:mod:`trapdoor.protocol`):
+    :func:`~trapdoor.protocol.job.check_requested_terms` and
+    :func:`~trapdoor.protocol.job.sign_job_terms` for a job,
+    :func:`~trapdoor.protocol.release_request.verify_release_signature` and
+    :func:`~trapdoor.protocol.release_request.check_release_request` (with the job's release
+    schedule and the aggregate of its previous release as the base) for a release. ``participants``
     are the enrolled participants' BCP keys and ``signing_keys`` their certified Ed25519
     keys (hex); ``ps_subject_id`` and ``ps_verify_key`` are the PS the jobs are signed for
     and its certified key. Set ``failure`` to a :class:`KgcError` to make every call raise
@@ -378,7 +373,7 @@ class FakeKgc:
 
     def release_masked(self, body: bytes) -> dict[str, Any]:
         """``POST /v1/jobs/<id>/releases`` of a masked job (JSON): the KGC's checks
-        (:func:`trapdoor.protocol.masked.check_masked_release_request` over the job's
+        (:func:`trapdoor.protocol.release_request.check_masked_release_request` over the job's
         release schedule), then every seed decrypted under the job key, the mask sum
         ``D_t`` derived and sealed to the contributors (:func:`kgc_mask_sum`,
         :func:`seal_mask_sum`). The same request again answers the stored bundle."""
@@ -449,8 +444,8 @@ class PsPort(Protocol):
     """The PS's side of the round protocol, as a participant reaches it.
 
     :class:`~trapdoor.ps.domain.ParameterServer` has these methods; :class:`HttpPs`
-    provides them over the app's HTTP API. Refusals raise
-    :class:`~trapdoor.ps.errors.DomainError` either way.
+    provides them over the app's HTTP API. Refusals raise the same
+    :class:`~trapdoor.service.errors.TrapdoorError` subclass either way.
     """
 
     def accept_commitment(
@@ -480,8 +475,9 @@ class HttpPs:
     """:class:`PsPort` over the PS app (a Flask test client), with each participant's token.
 
     ``auth(subject_id)`` gives the request headers of a participant (None: the operator).
-    A refusal raises :class:`~trapdoor.ps.errors.DomainError` with the answer's status
-    and code, so the same test helpers drive the domain and the HTTP API.
+    A refusal raises the :class:`~trapdoor.service.errors.TrapdoorError` subclass of the
+    answer's status, with its code, so the same test helpers drive the domain and the
+    HTTP API.
     """
 
     def __init__(self, client: FlaskClient, auth: Callable[[str | None], dict[str, str]]) -> None:
@@ -492,9 +488,8 @@ class HttpPs:
         response = self.client.open(path, method=method, headers=self.auth(subject), **kwargs)
         if response.status_code >= 400:
             body = response.get_json(silent=True) or {}
-            raise DomainError(
-                response.status_code, str(body.get("error")), str(body.get("message"))
-            )
+            kind = kind_for_status(response.status_code) or TrapdoorError
+            raise kind(str(body.get("error")), str(body.get("message")))
         return response
 
     @staticmethod
@@ -667,7 +662,7 @@ class TestParticipant:
     def recompute(self, ps: PsPort, terms: JobTerms, t: int) -> AuditDigests:
         """The current attempt recomputed from what the PS serves (nothing is sent).
 
-        :class:`~trapdoor.protocol.messages.ProtocolError` ``audit-mismatch`` if the PS announces
+        :class:`~trapdoor.protocol.common.ProtocolError` ``audit-mismatch`` if the PS announces
         other digests than the recomputation gives.
         """
         package = ps.audit_package(terms.job_id, t, self.subject_id)
@@ -749,6 +744,16 @@ def encode_weights(values: npt.ArrayLike) -> str:
     return b64encode(np.asarray(values, dtype="<f8").tobytes())
 
 
+def mlp_spec(num_parameters: int) -> dict[str, Any]:
+    """An MLP spec with exactly ``num_parameters`` parameters (4, or 6 and more), for tests
+    that choose the vector's length first: ``[n - 5, 1, 2]`` has ``(n - 5 + 1) + (2 + 2)``."""
+    if num_parameters == 4:
+        return {"kind": "mlp", "layer_sizes": [1, 2]}
+    if num_parameters < 6:
+        raise ValueError(f"no MLP has exactly {num_parameters} parameters")
+    return {"kind": "mlp", "layer_sizes": [num_parameters - 5, 1, 2]}
+
+
 def make_definition(
     job_id: str,
     participants: Sequence[TestParticipant],
@@ -756,11 +761,12 @@ def make_definition(
     **overrides: Any,
 ) -> dict[str, Any]:
     """A valid bcp job definition (small encoding width, for tests); pass
-    ``aggregation="masked"`` with a masked ``encoding`` for the other mode."""
+    ``aggregation="masked"`` with a masked ``encoding`` for the other mode. Its model is
+    an MLP the size of ``initial_weights`` (:func:`mlp_spec`)."""
     definition: dict[str, Any] = {
         "job_id": job_id,
         "aggregation": "bcp",
-        "model": {"kind": "mlp", "layer_sizes": [4, 3]},
+        "model": mlp_spec(np.asarray(initial_weights).size),
         "initial_weights": encode_weights(initial_weights),
         "training": {"learning_rate": 0.1, "local_epochs": 1, "batch_size": 8, "seed": 7},
         "participants": [
@@ -795,7 +801,7 @@ def upload_frame(
 ) -> bytes:
     """What a participant uploads: its committed ciphertext framed for this job and round.
 
-    The header carries the statement (:func:`trapdoor.protocol.messages.build_upload_statement`)
+    The header carries the statement (:func:`trapdoor.protocol.upload.build_upload_statement`)
     naming the payload and the round's closed set, signed with ``signing_key``, with a
     proof of knowledge of ``randomness`` (``None``: of made-up randomness, a proof that
     does not verify, as from someone who re-randomised another's ciphertext).
@@ -904,7 +910,7 @@ def open_masked_model(
 def job_terms_of(
     job: Mapping[str, Any], info: KgcInfo, *, param_server: str | None = PS_SUBJECT_ID
 ) -> JobTerms:
-    """A participant's check of a served job (:func:`trapdoor.protocol.messages.check_job_view`).
+    """A participant's check of a served job (:func:`trapdoor.protocol.job.check_job_view`).
 
     Quorum is not held to the client's default minimum (test jobs use quorum 2);
     ``param_server=None`` skips the server check.

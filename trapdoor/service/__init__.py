@@ -1,5 +1,9 @@
-"""What the three services share: Flask plumbing, errors, database, migrations, HTTP client.
+"""What the three services share: Flask plumbing, errors, settings, database, HTTP client, CLI.
 
-Owns no protocol logic. May import Flask, SQLAlchemy, Alembic, requests and tenacity;
-never another ``trapdoor`` layer except :mod:`trapdoor.crypto` data formats.
+Owns no protocol logic and no party's logic: the JSON error handler and authentication
+decorators (``web``), the one error hierarchy (``errors``, pure), the settings loader
+(``settings``), engines, sessions and the migrations runner (``db``), the HTTP client
+with retries (``http``), the helpers every command line uses (``cli``) and the test clock.
+May import Flask, SQLAlchemy, Alembic, requests, tenacity and click, and the crypto core
+and protocol layers; never a party (KGC, PS, participant), ml or the demo.
 """

@@ -16,6 +16,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "ForbiddenError",
+    "InternalError",
     "InvalidError",
     "NotFoundError",
     "TooLargeError",
@@ -23,6 +24,8 @@ __all__ = [
     "UnauthorizedError",
     "UnavailableError",
     "UnsupportedMediaError",
+    "http_status",
+    "kind_for_status",
 ]
 
 
@@ -75,6 +78,11 @@ class UnavailableError(TrapdoorError):
     """A service this one depends on cannot be reached now; retrying later may work."""
 
 
+class InternalError(TrapdoorError):
+    """This service's own stored state cannot be used (a sealed record it cannot open):
+    the caller did nothing wrong, and retrying will not help."""
+
+
 #: The one mapping from a kind of refusal to its HTTP status (used by the web layer).
 HTTP_STATUS: dict[type[TrapdoorError], int] = {
     BadRequestError: 400,
@@ -87,6 +95,7 @@ HTTP_STATUS: dict[type[TrapdoorError], int] = {
     InvalidError: 422,
     BadGatewayError: 502,
     UnavailableError: 503,
+    InternalError: 500,
 }
 
 
@@ -96,3 +105,12 @@ def http_status(error: TrapdoorError) -> int:
         if kind in HTTP_STATUS:
             return HTTP_STATUS[kind]
     return 400
+
+
+def kind_for_status(status: int) -> type[TrapdoorError] | None:
+    """The kind whose HTTP status is ``status`` (None for a status no kind has): for a
+    service that relays the refusal of a service it called as its own."""
+    for kind, kind_status in HTTP_STATUS.items():
+        if kind_status == status:
+            return kind
+    return None

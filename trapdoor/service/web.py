@@ -1,9 +1,12 @@
-"""What every Flask service shares: JSON errors, request parsing, auth headers, OpenAPI.
+"""What every Flask service shares: JSON errors, request parsing, authentication, OpenAPI.
 
 Services are thin adapters over their domain modules; this module keeps the adapter
 layer identical across the KGC, the parameter server and the participant node.
-Errors are always ``{"error": code, "message": text}`` with the right status, never a
-stack trace or a secret.
+Errors are always ``{"error": code, "message": text}``: a domain raises a
+:class:`~trapdoor.service.errors.TrapdoorError` and :func:`register_error_handlers` is
+the one place that gives it its HTTP status, never a stack trace or a secret. Views say
+who may call them with decorators (:func:`admin_required`, :func:`bearer_required`)
+instead of each calling a check.
 """
 
 from __future__ import annotations
@@ -20,19 +23,30 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from trapdoor.service.errors import (
+    BadRequestError,
+    ForbiddenError,
+    TooLargeError,
+    TrapdoorError,
+    UnauthorizedError,
+    UnsupportedMediaError,
+    http_status,
+)
+
 __all__ = [
     "CONTROL_BODY_LIMIT",
     "ROUND",
-    "ApiError",
     "add_common_routes",
+    "admin_required",
+    "bearer_required",
     "bearer_token",
     "body_limit",
     "field",
+    "is_admin_token",
     "json_body",
     "limit_request_bodies",
     "read_body",
     "register_error_handlers",
-    "require_admin",
     "restrict_new_files",
 ]
 
@@ -60,22 +74,13 @@ _STATUS_CODES = {
 }
 
 
-class ApiError(Exception):
-    """An error with an HTTP status, a stable machine code and a human message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 def register_error_handlers(app: Flask) -> None:
-    """One JSON error handler for the whole app."""
+    """The one JSON error handler of every service: a refusal of any kind, werkzeug's
+    HTTP errors (404, 405, ...) and, without its details, anything unexpected."""
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Any:
-        return jsonify(error=exc.code, message=exc.message), exc.status
+    @app.errorhandler(TrapdoorError)
+    def _refused(exc: TrapdoorError) -> Any:
+        return jsonify(error=exc.code, message=exc.message), http_status(exc)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
@@ -121,7 +126,7 @@ def limit_request_bodies(app: Flask, default: int = CONTROL_BODY_LIMIT) -> None:
         length = request.content_length
         applied = request.max_content_length
         if length is not None and length > applied:
-            raise ApiError(413, "too-large", f"request body is over {applied} bytes")
+            raise TooLargeError("too-large", f"request body is over {applied} bytes")
 
 
 def read_body(limit: int, too_large: str = "request body is too large") -> bytes:
@@ -135,18 +140,20 @@ def read_body(limit: int, too_large: str = "request body is too large") -> bytes
     cap = current_app.config.get("MAX_CONTENT_LENGTH")
     allowed = min(limit, int(cap)) if cap else limit
     if request.content_length is not None and request.content_length > allowed:
-        raise ApiError(413, "too-large", too_large)
+        raise TooLargeError("too-large", too_large)
     request.max_content_length = allowed + 1
     data = request.get_data(cache=False)
     if len(data) > allowed:
-        raise ApiError(413, "too-large", too_large)
+        raise TooLargeError("too-large", too_large)
     return data
 
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400 that says why not."""
     if not request.is_json:
-        raise ApiError(415, "unsupported-media-type", "expected Content-Type: application/json")
+        raise UnsupportedMediaError(
+            "unsupported-media-type", "expected Content-Type: application/json"
+        )
     try:
         body = request.get_json(silent=True)
         # Lone surrogates ("\\ud800") parse but cannot be stored or hashed as UTF-8.
@@ -154,9 +161,9 @@ def json_body() -> dict[str, Any]:
     except (RecursionError, UnicodeEncodeError):  # nested too deep, or not UTF-8 text
         body = None
     if body is None:
-        raise ApiError(400, "malformed-json", "request body is not valid JSON")
+        raise BadRequestError("malformed-json", "request body is not valid JSON")
     if not isinstance(body, dict):
-        raise ApiError(400, "malformed-json", "request body must be a JSON object")
+        raise BadRequestError("malformed-json", "request body must be a JSON object")
     return body
 
 
@@ -171,33 +178,74 @@ def field(
     """One typed field of a JSON body (``bool`` is never accepted as an ``int``)."""
     if name not in body:
         if required:
-            raise ApiError(400, "missing-field", f"field {name!r} is required")
+            raise BadRequestError("missing-field", f"field {name!r} is required")
         return default
     value = body[name]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds:
-        raise ApiError(400, "bad-field", f"field {name!r} has the wrong type")
+        raise BadRequestError("bad-field", f"field {name!r} has the wrong type")
     if not isinstance(value, kinds):
-        raise ApiError(400, "bad-field", f"field {name!r} has the wrong type")
+        raise BadRequestError("bad-field", f"field {name!r} has the wrong type")
     return value
 
 
 def bearer_token() -> str:
-    """The token in ``Authorization: Bearer ...``; 401 if absent."""
+    """The token in ``Authorization: Bearer ...``; unauthorized if absent."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "missing bearer token")
+        raise UnauthorizedError("unauthorized", "missing bearer token")
     return token.strip()
 
 
-def require_admin() -> None:
-    """Operator endpoints: the configured admin token, compared in constant time."""
+def is_admin_token(token: str) -> bool:
+    """Whether ``token`` is the app's configured ``ADMIN_TOKEN`` (constant-time; never,
+    when none is configured)."""
     expected = current_app.config.get("ADMIN_TOKEN")
-    if not expected:
-        raise ApiError(403, "forbidden", "admin endpoints are disabled (no ADMIN_TOKEN configured)")
-    if not hmac.compare_digest(bearer_token().encode(), str(expected).encode()):
-        raise ApiError(401, "unauthorized", "invalid admin token")
+    return bool(expected) and hmac.compare_digest(token.encode(), str(expected).encode())
+
+
+def admin_required(view: _View) -> _View:
+    """Operator views: the bearer token must be the configured admin token.
+
+    Forbidden (``forbidden``) when the app has no ``ADMIN_TOKEN``, so operator endpoints
+    are off rather than open; unauthorized (``unauthorized``) for a missing or wrong token.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_app.config.get("ADMIN_TOKEN"):
+            raise ForbiddenError(
+                "forbidden", "admin endpoints are disabled (no ADMIN_TOKEN configured)"
+            )
+        if not is_admin_token(bearer_token()):
+            raise UnauthorizedError("unauthorized", "invalid admin token")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def bearer_required(
+    verify: Callable[..., Any], keyword: str = "caller"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A view decorator made from a service's own token check.
+
+    ``verify(token, **view_args)`` gets the bearer token and the URL's arguments, proves
+    who calls (raising a :class:`~trapdoor.service.errors.TrapdoorError` if it cannot)
+    and returns the verified caller, which the view receives as the keyword ``keyword``.
+    Each service says what a valid token is (the KGC's own tokens, the PS's offline
+    check of KGC-issued ones); this keeps where the check runs the same everywhere.
+    """
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            caller = verify(bearer_token(), **kwargs)
+            return view(*args, **kwargs, **{keyword: caller})
+
+        return wrapper
+
+    return decorate
 
 
 def _path_schema(rule: Any, arg: str) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from trapdoor.kgc.keystore import DemoParamsRefusedError, WrongPassphraseError
 from trapdoor.kgc.models import Job, Release, Subject, TokenNonce
 from trapdoor.kgc.testing import RoundPlay, TestSubject, dishonest_requests, job_request, play_round
 from trapdoor.protocol.bundle import ReleaseBinding, open_release
-from trapdoor.protocol.messages import JobTerms, release_header_limit, verify_job_terms
+from trapdoor.protocol.job import JobTerms, verify_job_terms
+from trapdoor.protocol.release_request import release_header_limit
 
 OCTET = {"Content-Type": "application/octet-stream"}
 PARAMS = load_demo_master_key(1024).params

@@ -30,17 +30,14 @@ from trapdoor.crypto.signing import (
     verify_json,
 )
 from trapdoor.crypto.wire import FRAME_MAGIC, decode_frame, encode_frame
+from trapdoor.protocol.audit import build_undecodable_statement
 from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
-from trapdoor.protocol.messages import (
-    KGC_AUDIENCE,
-    build_commitment,
-    build_undecodable_statement,
-    build_upload_statement,
-    check_job_view,
-    sha256_hex,
-    vector_sha256,
-)
-from trapdoor.ps.errors import DomainError
+from trapdoor.protocol.commitment import build_commitment
+from trapdoor.protocol.common import sha256_hex, vector_sha256
+from trapdoor.protocol.job import check_job_view
+from trapdoor.protocol.receipt import build_receipt, verify_receipt
+from trapdoor.protocol.token import KGC_AUDIENCE
+from trapdoor.protocol.upload import build_upload_statement
 from trapdoor.ps.models import Audit, Commitment, Job, ModelChunk, Round, Upload
 from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
@@ -52,6 +49,7 @@ from trapdoor.ps.testing import (
     play_round,
     randomness_proof,
 )
+from trapdoor.service.errors import TrapdoorError
 
 LENGTH = 300
 TOLERANCE = 2.0**-18
@@ -124,7 +122,7 @@ class Uploader:
         """The round's closed set digest ("0" * 64 while it is not closed)."""
         try:
             return self.participant("p1").closed(self.api.port, self.terms, t).digest
-        except DomainError:
+        except TrapdoorError:
             return "0" * 64
 
     def frame(self, subject: str, t: int, delta: Any = None) -> bytes:
@@ -464,6 +462,10 @@ def test_upload_returns_a_receipt_signed_by_the_ps(api: ApiWorld) -> None:
     }
     verify_key = public_key_from_hex(api.client.get("/v1/info").get_json()["verify_key"])
     verify_json(verify_key, receipt, signed["signature"])
+    # The PS answers with exactly what the shared builder makes, and it verifies as such.
+    upload = {"job_id": "job-a", "subject_id": "p2", "sha256": receipt["sha256"]}
+    assert signed == build_receipt(api.ps_key, round_number=0, accepted_at=api.clock.now, **upload)
+    assert verify_receipt(verify_key, signed, round_number=0, **upload).accepted_at == api.clock.now
     with api.engine.connect() as conn:
         stored = conn.execute(select(Upload.statement)).scalar_one()
     assert stored == decode_frame(frame).header["statement"]

@@ -90,14 +90,16 @@ def test_config_from_env() -> None:
     config = config_from_env(
         {
             "TRAPDOOR_PS_DATABASE_URL": "postgresql+psycopg://ps@db/ps",
-            "TRAPDOOR_ADMIN_TOKEN": "t",
-            "TRAPDOOR_KGC_URL": "http://kgc",
+            "TRAPDOOR_PS_ADMIN_TOKEN": "t",
+            "TRAPDOOR_PS_KGC_URL": "http://kgc",
             "TRAPDOOR_PS_PASSPHRASE": "p",
             "TRAPDOOR_PS_BACKGROUND": "0",
             "TRAPDOOR_PS_MAX_CONTENT_LENGTH": "1024",
         }
     )
     assert config["DATABASE_URL"] == "postgresql+psycopg://ps@db/ps"
+    assert config["ADMIN_TOKEN"] == "t" and config["KGC_URL"] == "http://kgc"
+    assert config["PASSPHRASE"] == "p"
     assert config["BACKGROUND"] is False and config["MAX_CONTENT_LENGTH"] == 1024
     assert config_from_env({})["BACKGROUND"] is True
 

@@ -1,7 +1,7 @@
 """The participant node's operator API through the Flask test client.
 
 No KGC or PS process: the tests that need them use the fakes of
-:mod:`trapdoor.participant.testing`, whose answers are built with :mod:`trapdoor.protocol.messages`.
+:mod:`trapdoor.participant.testing`, whose answers are built with :mod:`trapdoor.protocol`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from trapdoor.crypto.signing import generate_signing_key
 from trapdoor.crypto.wire import decode_frame
 from trapdoor.participant.node_api import create_app
 from trapdoor.participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, JobWorld
-from trapdoor.protocol.messages import verify_upload_statement
+from trapdoor.protocol.upload import verify_upload_statement
 
 ADMIN = {"Authorization": "Bearer node-admin"}
 
@@ -142,6 +142,11 @@ def test_missing_passphrase_refuses_to_start(
     monkeypatch.delenv("TRAPDOOR_NODE_PASSPHRASE", raising=False)
     with pytest.raises(ValueError, match="TRAPDOOR_NODE_PASSPHRASE"):
         create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/n.db", "BACKGROUND": False})
+
+
+def test_the_app_does_not_keep_the_passphrase(app: Flask) -> None:
+    """The node unseals its keys at start; the secret itself is not left in the config."""
+    assert "PASSPHRASE" not in app.config
 
 
 def test_bodies_over_the_limit_are_413_before_parsing(client: FlaskClient) -> None:

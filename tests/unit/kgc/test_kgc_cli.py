@@ -18,7 +18,7 @@ from trapdoor.kgc.cli import main
 def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAPDOOR_KGC_PASSPHRASE", "cli pass")
     monkeypatch.delenv("TRAPDOOR_KGC_PASSPHRASE_FILE", raising=False)
-    monkeypatch.setenv("TRAPDOOR_ADMIN_TOKEN", "admin-cli")
+    monkeypatch.setenv("TRAPDOOR_KGC_ADMIN_TOKEN", "admin-cli")
 
 
 @pytest.mark.usefixtures("env")
@@ -65,7 +65,7 @@ def test_serve_initialises_and_answers_over_http(tmp_path: Path) -> None:
     environ = {
         **os.environ,
         "TRAPDOOR_KGC_PASSPHRASE": "pw",
-        "TRAPDOOR_ADMIN_TOKEN": "admin-e2e",
+        "TRAPDOOR_KGC_ADMIN_TOKEN": "admin-e2e",
     }
     environ.pop("TRAPDOOR_KGC_PASSPHRASE_FILE", None)
     command = [sys.executable, "-m", "trapdoor.kgc", "serve", "--db", f"sqlite:///{tmp_path}/k.db"]

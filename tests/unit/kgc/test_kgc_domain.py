@@ -36,15 +36,6 @@ from trapdoor.crypto.signing import (
     verify_token,
 )
 from trapdoor.crypto.wire import from_obj, to_obj
-from trapdoor.kgc.errors import (
-    BadRequestError,
-    ConflictError,
-    ForbiddenError,
-    InvalidError,
-    KgcError,
-    NotFoundError,
-    UnauthorizedError,
-)
 from trapdoor.kgc.models import Job, Release, Subject, TokenNonce
 from trapdoor.kgc.testing import (
     RoundPlay,
@@ -56,13 +47,19 @@ from trapdoor.kgc.testing import (
     undecodable_reports,
 )
 from trapdoor.protocol.bundle import ReleaseBinding, blind_sha256, open_release
-from trapdoor.protocol.messages import (
-    JobTerms,
-    release_header_limit,
-    vector_sha256,
-    verify_job_terms,
-)
+from trapdoor.protocol.common import vector_sha256
+from trapdoor.protocol.job import JobTerms, verify_job_terms
+from trapdoor.protocol.release_request import release_header_limit
 from trapdoor.service.db import session_scope
+from trapdoor.service.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    NotFoundError,
+    TrapdoorError,
+    UnauthorizedError,
+)
 
 
 def enrol(world: DomainWorld, subject: TestSubject, name: str = "org") -> TestSubject:
@@ -76,7 +73,7 @@ def enrol(world: DomainWorld, subject: TestSubject, name: str = "org") -> TestSu
     return done
 
 
-def refused(call: Any, kind: type[KgcError], code: str) -> KgcError:
+def refused(call: Any, kind: type[TrapdoorError], code: str) -> TrapdoorError:
     with pytest.raises(kind) as info:
         call()
     assert info.value.code == code, info.value.message
@@ -446,7 +443,7 @@ def test_create_job_refusals_store_nothing(world: DomainWorld, setup: Setup) -> 
         return {**body["terms"], **changes}
 
     many = [f"sub-{i:05d}" for i in range(10_001)]
-    cases: list[tuple[Any, type[KgcError], str]] = [
+    cases: list[tuple[Any, type[TrapdoorError], str]] = [
         (
             lambda: svc.create_job(ps, "job-1", {**terms(), "job_id": "job-1"}),
             ConflictError,
@@ -655,7 +652,7 @@ def test_release_refusals_store_nothing(world: DomainWorld, setup: Setup) -> Non
         422: InvalidError,
     }
     for refusal in refusals:
-        with pytest.raises(KgcError) as info:
+        with pytest.raises(TrapdoorError) as info:
             world.service.release(ps, "job-1", refusal.frame)
         got = (type(info.value), info.value.code)
         assert got == (statuses[refusal.status], refusal.code), (refusal.what, info.value.message)

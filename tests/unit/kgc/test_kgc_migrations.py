@@ -21,11 +21,11 @@ from trapdoor.crypto.bcp import MasterKey
 from trapdoor.crypto.demo_params import load_demo_master_key
 from trapdoor.crypto.signing import generate_signing_key
 from trapdoor.kgc.domain import KgcService
-from trapdoor.kgc.errors import KgcError
 from trapdoor.kgc.models import metadata
 from trapdoor.kgc.testing import TestSubject, job_request, play_round
-from trapdoor.protocol.messages import verify_job_terms
+from trapdoor.protocol.job import verify_job_terms
 from trapdoor.service.db import make_engine, migrate, migrations_dir
+from trapdoor.service.errors import TrapdoorError
 
 VERSION_TABLE = "alembic_version_kgc"
 
@@ -120,7 +120,7 @@ def test_postgres_history_and_two_workers_racing(postgres_url: str) -> None:
 def _outcome(call: Any, **kwargs: Any) -> str:
     try:
         call(**kwargs)
-    except KgcError as exc:
+    except TrapdoorError as exc:
         return exc.code
     return "ok"
 

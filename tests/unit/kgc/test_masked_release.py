@@ -29,7 +29,6 @@ from trapdoor.crypto.masking import RingVector, derive_mask, ring_sum, seed_to_i
 from trapdoor.crypto.signing import generate_signing_key, sign_json
 from trapdoor.crypto.wire import encode_frame, to_hex
 from trapdoor.kgc.app import create_app
-from trapdoor.kgc.errors import BadRequestError, InvalidError
 from trapdoor.kgc.models import Job, Release
 from trapdoor.kgc.testing import (
     MaskedUpload,
@@ -41,25 +40,18 @@ from trapdoor.kgc.testing import (
     masked_test_layout,
     masked_upload,
 )
-from trapdoor.protocol.bundle import bundle_sha256
-from trapdoor.protocol.masked import (
-    MaskedLayout,
+from trapdoor.protocol.audit import build_undecodable_statement
+from trapdoor.protocol.bundle import (
     MaskedReleaseBinding,
-    build_masked_upload_statement,
-    mask_context,
+    bundle_sha256,
     open_mask_sum,
-    seed_sha256,
     verify_release_statement,
 )
-from trapdoor.protocol.messages import (
-    JobTerms,
-    ProtocolError,
-    build_undecodable_statement,
-    json_sha256,
-    release_header_limit,
-    release_schedule,
-    verify_job_terms,
-)
+from trapdoor.protocol.common import ProtocolError, json_sha256
+from trapdoor.protocol.job import JobTerms, MaskedLayout, verify_job_terms
+from trapdoor.protocol.release_request import release_header_limit, release_schedule
+from trapdoor.protocol.upload import build_masked_upload_statement, mask_context, seed_sha256
+from trapdoor.service.errors import BadRequestError, InvalidError
 
 ROUNDS = 3
 LENGTH = 6

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from trapdoor.crypto.blocks import EncryptedVector, VectorEncryptor
-from trapdoor.protocol.messages import verify_closed_set
+from trapdoor.protocol.commitment import verify_closed_set
 from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     PsWorld,
@@ -24,10 +25,18 @@ from trapdoor.ps.testing import (
     open_model,
     play_round,
 )
+from trapdoor.service.errors import TrapdoorError, http_status
 
 LENGTH = 300
 TOLERANCE = 2.0**-18
 Deltas = dict[str, npt.NDArray[np.float64]]
+
+
+def refused(status: int, code: str, call: Any, *args: Any) -> None:
+    """``call(*args)`` is refused with ``code``, of the kind the API answers ``status`` for."""
+    with pytest.raises(TrapdoorError) as err:
+        call(*args)
+    assert (http_status(err.value), err.value.code) == (status, code), err.value.message
 
 
 def initial_w(seed: int = 11) -> npt.NDArray[np.float64]:

@@ -2,7 +2,7 @@
 
 It lets the HTTP gateway, the enrolment and the CLI be tested without the KGC service
 and without sockets: :class:`FlaskSession` routes ``requests`` calls into the stub's
-Flask test client. Its checks are the shared ones (:mod:`trapdoor.protocol.messages`): token
+Flask test client. Its checks are the shared ones (:mod:`trapdoor.protocol`): token
 challenges for an audience, and the FakeKgc's job and release checks.
 """
 
@@ -16,17 +16,23 @@ import requests
 from flask import Flask, jsonify, request
 
 from trapdoor.crypto.signing import (
-    SignatureError,
     TokenError,
     issue_token,
     public_key_from_hex,
     public_key_hex,
     sign_json,
-    verify_json,
     verify_token,
 )
 from trapdoor.crypto.wire import to_obj
-from trapdoor.protocol.messages import KGC_AUDIENCE, token_challenge
+from trapdoor.protocol.common import ProtocolError
+from trapdoor.protocol.enrolment import Certificate, sign_certificate
+from trapdoor.protocol.token import (
+    KGC_AUDIENCE,
+    TokenChallenge,
+    check_nonce,
+    check_timestamp,
+    verify_token_challenge,
+)
 from trapdoor.ps.kgc_gateway import KgcError
 from trapdoor.ps.testing import FakeClock, FakeKgc
 
@@ -94,44 +100,44 @@ class StubKgc:
                 raise KgcError(409, "conflict", "already enrolled")
             self.enrolled_key = body["signing_key"]
             fake.ps_verify_key = public_key_from_hex(self.enrolled_key)
-            certificate = {
-                "subject_id": subject_id,
-                "name": "parameter server",
-                "role": "param_server",
-                "signing_key": self.enrolled_key,
-                "issued_at": int(self.clock()),
-            }
-            return jsonify(
-                certificate=certificate, signature=sign_json(fake.signing_key, certificate)
+            certificate = Certificate(
+                subject_id=subject_id,
+                name="parameter server",
+                role="param_server",
+                signing_key=self.enrolled_key,
+                issued_at=int(self.clock()),
             )
+            return jsonify(sign_certificate(fake.signing_key, certificate))
 
         @app.post("/v1/tokens")
         def tokens() -> Any:
             body = request.get_json()
             self.token_requests.append(body)
-            audience = body.get("audience")
-            if audience not in (KGC_AUDIENCE, self.subject_id):
-                raise KgcError(422, "unknown-audience", "no such audience")
-            challenge = token_challenge(
-                body["subject_id"], body["timestamp"], body["nonce"], audience
-            )
             try:
-                verify_json(public_key_from_hex(self.enrolled_key), challenge, body["signature"])
-            except (SignatureError, ValueError):
-                raise KgcError(401, "unauthorized", "bad challenge signature") from None
-            if abs(body["timestamp"] - self.clock()) > 60 or body["nonce"] in self.nonces:
-                raise KgcError(401, "unauthorized", "stale or replayed challenge")
-            self.nonces.add(body["nonce"])
-            self.tokens_issued += 1
+                challenge, signature = TokenChallenge.from_request(body)
+            except ProtocolError as exc:
+                raise KgcError(400, exc.code, exc.message) from None
+            if challenge.audience not in (KGC_AUDIENCE, self.subject_id):
+                raise KgcError(422, "unknown-audience", "no such audience")
             now = self.clock()
+            try:
+                check_nonce(challenge.nonce)
+                verify_token_challenge(challenge, signature, self.enrolled_key or "")
+                check_timestamp(challenge, now=now, max_skew=60)
+            except ProtocolError as exc:
+                raise KgcError(401, exc.code, exc.message) from None
+            if challenge.nonce in self.nonces:
+                raise KgcError(409, "nonce-replayed", "this challenge nonce was used before")
+            self.nonces.add(challenge.nonce)
+            self.tokens_issued += 1
             token = issue_token(
                 fake.signing_key,
-                subject=body["subject_id"],
+                subject=challenge.subject_id,
                 role="param_server",
                 now=now,
                 ttl_seconds=300,
-                token_id=body["nonce"],
-                audience=audience,
+                token_id=challenge.nonce,
+                audience=challenge.audience,
             )
             return jsonify(token=token, expires_at=int(now) + 300)
 

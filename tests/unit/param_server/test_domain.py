@@ -11,28 +11,26 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ps_domain_support import LENGTH, Scenario, deltas_for, initial_w
+from ps_domain_support import LENGTH, Scenario, deltas_for, initial_w, refused
 from sqlalchemy import func, select
 
 from trapdoor.crypto.encoding import PackingLayout
 from trapdoor.crypto.signing import generate_signing_key, sign_json, verify_json
 from trapdoor.crypto.wire import decode_frame, encode_frame
-from trapdoor.protocol.messages import (
-    build_upload_statement,
-    check_job_view,
-    initial_ciphertext,
-    initial_weights_of,
+from trapdoor.protocol.commitment import verify_closed_set
+from trapdoor.protocol.common import vector_sha256
+from trapdoor.protocol.job import check_job_view, initial_ciphertext, initial_weights_of
+from trapdoor.protocol.release_request import (
     release_header_limit,
     release_request_header,
-    vector_sha256,
-    verify_closed_set,
     verify_release_signature,
 )
+from trapdoor.protocol.upload import build_upload_statement
 from trapdoor.ps.definition import release_header_bytes
-from trapdoor.ps.domain import ParameterServer
-from trapdoor.ps.errors import DomainError
 from trapdoor.ps.kgc_gateway import KgcError
 from trapdoor.ps.models import Audit, Commitment, Job, ModelChunk, Release, Round, Upload
+from trapdoor.ps.release import Releases
+from trapdoor.ps.storage import ModelStore
 from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     PsWorld,
@@ -50,12 +48,6 @@ def _count(world: PsWorld, model: Any, *where: Any) -> int:
 def _round(world: PsWorld, job_id: str, t: int) -> Round | None:
     with world.sessions() as session:
         return session.get(Round, (job_id, t))
-
-
-def _refused(status: int, code: str, call: Any, *args: Any) -> None:
-    with pytest.raises(DomainError) as err:
-        call(*args)
-    assert (err.value.status, err.value.code) == (status, code), err.value.message
 
 
 ALL = ["p1", "p2", "p3", "p4"]
@@ -103,7 +95,7 @@ def test_full_job_every_contributor_decodes_the_fedavg_model(world: PsWorld) -> 
 
 def test_job_creation_stores_the_trivial_enc_w0_the_terms_name(world: PsWorld) -> None:
     job = Scenario(world)
-    _refused(409, "not-aggregated", world.ps.base_frame, "job-a", 0, None)  # not before
+    refused(409, "not-aggregated", world.ps.base_frame, "job-a", 0, None)  # not before
     with world.sessions() as session:
         rows = session.scalars(
             select(ModelChunk.data).where(ModelChunk.version == 0).order_by(ModelChunk.chunk_index)
@@ -133,9 +125,9 @@ def test_deadline_with_quorum_releases_to_contributors_only(world: PsWorld) -> N
     assert view["committed"] == ["p1", "p3"] and view["deadline"] == world.clock.now + 600
     # Too late to commit, and nothing to upload for a subject outside the set.
     late = job.vectors({"p2": np.zeros(LENGTH)})["p2"]
-    _refused(409, "round-not-open", p2.commit, world.ps, job.terms, 0, late)
+    refused(409, "round-not-open", p2.commit, world.ps, job.terms, 0, late)
     frame = p2.frame(job.terms, 0, late, job.closed_digest(0))
-    _refused(403, "not-committed", world.ps.accept_upload, "job-a", 0, "p2", frame)
+    refused(403, "not-committed", world.ps.accept_upload, "job-a", 0, "p2", frame)
     job.upload(0, vectors)  # every committed subject uploaded: aggregated at once
     assert world.ps.round_view("job-a", 0)["status"] == "closed"
     job.audit(0, ["p1", "p3"])
@@ -144,7 +136,7 @@ def test_deadline_with_quorum_releases_to_contributors_only(world: PsWorld) -> N
     expected = job.w0 + 0.1 * deltas["p1"] + 0.3 * deltas["p3"]  # dropouts count as zero
     job.assert_models(0, expected, ["p1", "p3"])
     for p in (p2, p4):
-        _refused(403, "not-a-contributor", world.ps.download, "job-a", 0, p.subject_id)
+        refused(403, "not-a-contributor", world.ps.download, "job-a", 0, p.subject_id)
     # Round 1 is open with a fresh deadline.
     assert world.ps.round_view("job-a", 1)["status"] == "open"
     assert world.ps.round_view("job-a", 1)["deadline"] == world.clock.now + 600
@@ -160,7 +152,7 @@ def test_upload_deadline_with_quorum_aggregates_the_uploads_so_far(world: PsWorl
     world.clock.advance(601)
     assert world.ps.tick().closed == [("job-a", 0)]
     assert world.ps.round_view("job-a", 0)["contributors"] == ["p2", "p4"]
-    _refused(409, "round-not-open", job.p("p1").upload, world.ps, job.terms, 0, vectors["p1"])
+    refused(409, "round-not-open", job.p("p1").upload, world.ps, job.terms, 0, vectors["p1"])
     job.audit(0, ["p2", "p4"])
     assert world.ps.tick().released == [("job-a", 0)]
     expected = job.w0 + 0.2 * deltas["p2"] + 0.4 * deltas["p4"]
@@ -189,7 +181,7 @@ def test_deadline_without_quorum_fails_the_round_and_job(world: PsWorld) -> None
     assert world.ps.tick().failed == [("job-a", 0)]
     assert world.ps.round_view("job-a", 0)["status"] == "failed"
     assert world.ps.job_view("job-a")["status"] == "failed"
-    _refused(409, "round-not-open", job.p("p2").commit, world.ps, job.terms, 0, vectors["p2"])
+    refused(409, "round-not-open", job.p("p2").commit, world.ps, job.terms, 0, vectors["p2"])
     assert _count(world, Commitment) == 1 and _count(world, Upload) == 0
 
 
@@ -197,15 +189,15 @@ def test_operator_close_needs_quorum(world: PsWorld) -> None:
     job = Scenario(world, quorum=2)
     vectors = job.vectors({"p1": np.zeros(LENGTH), "p2": np.zeros(LENGTH)})
     job.commit(0, {"p1": vectors["p1"]})
-    _refused(409, "below-quorum", world.ps.close_round, "job-a", 0)
+    refused(409, "below-quorum", world.ps.close_round, "job-a", 0)
     job.commit(0, {"p2": vectors["p2"]})
     assert world.ps.close_round("job-a", 0)["status"] == "committed"  # the set, closed now
     job.upload(0, {"p1": vectors["p1"]})
-    _refused(409, "below-quorum", world.ps.close_round, "job-a", 0)
+    refused(409, "below-quorum", world.ps.close_round, "job-a", 0)
     job.upload(0, {"p2": vectors["p2"]})  # every committed subject: aggregated at once
     assert world.ps.round_view("job-a", 0)["status"] == "closed"
-    _refused(409, "round-not-open", world.ps.close_round, "job-a", 0)
-    _refused(404, "round-not-found", world.ps.close_round, "job-a", 7)
+    refused(409, "round-not-open", world.ps.close_round, "job-a", 0)
+    refused(404, "round-not-found", world.ps.close_round, "job-a", 7)
 
 
 def test_kgc_unreachable_leaves_round_closed_and_tick_retries(world: PsWorld) -> None:
@@ -218,7 +210,7 @@ def test_kgc_unreachable_leaves_round_closed_and_tick_retries(world: PsWorld) ->
     assert rnd is not None and rnd.status == "closed" and rnd.last_error
     assert _round(world, "job-a", 1) is None
     assert world.ps.job_view("job-a")["current_round"] == 0
-    _refused(409, "not-released", world.ps.download, "job-a", 0, "p1")
+    refused(409, "not-released", world.ps.download, "job-a", 0, "p1")
 
     calls = world.kgc.release_calls
     assert world.ps.tick().released == []  # backing off: no new attempt yet
@@ -237,12 +229,12 @@ def test_crash_after_kgc_answer_resends_the_same_request(
     """The stored request (same R, same bytes) is re-sent; the KGC answers idempotently."""
     job = Scenario(world)
     deltas = deltas_for(world.participants, seed=6)
-    original = ParameterServer._finish_release
+    original = Releases.finish
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(ParameterServer, "_finish_release", crash)
+    monkeypatch.setattr(Releases, "finish", crash)
     job.play(0, deltas)
     assert world.ps.tick().released == []
     assert world.kgc.release_calls == 1
@@ -251,7 +243,7 @@ def test_crash_after_kgc_answer_resends_the_same_request(
         assert pending is not None and pending.bundle is None and pending.request
     assert _round(world, "job-a", 0).status == "closed"  # type: ignore[union-attr]
 
-    monkeypatch.setattr(ParameterServer, "_finish_release", original)
+    monkeypatch.setattr(Releases, "finish", original)
     world.clock.advance(10)
     assert world.ps.tick().released == [("job-a", 0)]
     assert world.kgc.release_calls == 2
@@ -264,21 +256,21 @@ def test_crash_while_aggregating_keeps_uploads_and_the_upload_phase(
 ) -> None:
     job = Scenario(world)
     deltas = deltas_for(world.participants, seed=7)
-    original = ParameterServer._store_model
+    original = ModelStore.store_model
 
-    def half_write(self: ParameterServer, session: Any, job_id: str, version: int, v: Any) -> None:
+    def half_write(self: ModelStore, session: Any, job_id: str, version: int, v: Any) -> None:
         original(self, session, job_id, version, v)  # chunks written, then the crash
         raise RuntimeError("disk full")
 
     vectors = job.vectors(deltas)
     job.commit(0, vectors)
-    monkeypatch.setattr(ParameterServer, "_store_model", half_write)
+    monkeypatch.setattr(ModelStore, "store_model", half_write)
     job.upload(0, vectors)  # the last upload is still accepted
     assert _count(world, Upload) == 4
     assert _count(world, ModelChunk, ModelChunk.version == 1) == 0  # nothing half-applied
     assert world.ps.round_view("job-a", 0)["status"] == "committed"
 
-    monkeypatch.setattr(ParameterServer, "_store_model", original)
+    monkeypatch.setattr(ModelStore, "store_model", original)
     assert world.ps.tick().closed == [("job-a", 0)]
     job.audit(0, ALL)
     assert world.ps.tick().released == [("job-a", 0)]
@@ -309,9 +301,9 @@ def test_commitments_are_checked_idempotent_and_final(world: PsWorld) -> None:
         ({"commitment": "x"}, 422, "bad-commitment"),
     ]
     for signed, status, code in cases:
-        _refused(status, code, world.ps.accept_commitment, "job-a", 0, "p1", signed)
-    _refused(403, "not-a-participant", world.ps.accept_commitment, "job-a", 0, "stranger", good)
-    _refused(404, "job-not-found", world.ps.accept_commitment, "nope", 0, "p1", good)
+        refused(status, code, world.ps.accept_commitment, "job-a", 0, "p1", signed)
+    refused(403, "not-a-participant", world.ps.accept_commitment, "job-a", 0, "stranger", good)
+    refused(404, "job-not-found", world.ps.accept_commitment, "nope", 0, "p1", good)
     assert _count(world, Commitment) == 0
 
     answer, created = world.ps.accept_commitment("job-a", 0, "p1", good)
@@ -324,8 +316,8 @@ def test_commitments_are_checked_idempotent_and_final(world: PsWorld) -> None:
     }
     assert world.ps.accept_commitment("job-a", 0, "p1", good) == (answer, False)  # a restart
     other = p1.commitment(job.terms, 0, vectors["p2"])
-    _refused(409, "duplicate-commitment", world.ps.accept_commitment, "job-a", 0, "p1", other)
-    _refused(409, "set-not-closed", world.ps.closed_set, "job-a", 0)
+    refused(409, "duplicate-commitment", world.ps.accept_commitment, "job-a", 0, "p1", other)
+    refused(409, "set-not-closed", world.ps.closed_set, "job-a", 0)
     assert _count(world, Commitment) == 1
 
     job.commit(0, job.vectors({s: np.zeros(LENGTH) for s in ("p2", "p3", "p4")}))
@@ -334,9 +326,9 @@ def test_commitments_are_checked_idempotent_and_final(world: PsWorld) -> None:
     )
     assert list(closed.payloads) == ALL and closed.payloads["p1"] == answer["payload_sha256"]
     assert world.ps.accept_commitment("job-a", 0, "p1", good) == (answer, False)
-    _refused(409, "duplicate-commitment", world.ps.accept_commitment, "job-a", 0, "p1", other)
+    refused(409, "duplicate-commitment", world.ps.accept_commitment, "job-a", 0, "p1", other)
     late = p1.commitment(job.terms, 1, vectors["p1"])
-    _refused(409, "round-not-open", world.ps.accept_commitment, "job-a", 1, "p1", late)
+    refused(409, "round-not-open", world.ps.accept_commitment, "job-a", 1, "p1", late)
 
 
 # ---------------------------------------------------------------------- uploads
@@ -349,7 +341,7 @@ def test_upload_checks(world: PsWorld) -> None:
     job.commit(0, {"p1": vectors["p1"]})
     # Before the set is closed nothing is taken, whatever it names.
     early = p1.frame(job.terms, 0, vectors["p1"], "0" * 64)
-    _refused(409, "set-not-closed", world.ps.accept_upload, "job-a", 0, "p1", early)
+    refused(409, "set-not-closed", world.ps.accept_upload, "job-a", 0, "p1", early)
     assert _count(world, Upload) == 0
 
     # p2 commits to p1's payload (it saw it somewhere): it may upload nothing else.
@@ -374,7 +366,7 @@ def test_upload_checks(world: PsWorld) -> None:
         ),
     ]
     for job_id, t, subject, data, status, code in cases:
-        _refused(status, code, world.ps.accept_upload, job_id, t, subject, data)
+        refused(status, code, world.ps.accept_upload, job_id, t, subject, data)
     assert _count(world, Upload) == 0
 
     world.ps.accept_upload("job-a", 0, "p1", frame)
@@ -384,7 +376,7 @@ def test_upload_checks(world: PsWorld) -> None:
         ("p1", frame, "duplicate-upload"),
         ("p2", copied, "replayed-payload"),
     ):
-        _refused(409, code, world.ps.accept_upload, "job-a", 0, subject, data)
+        refused(409, code, world.ps.accept_upload, "job-a", 0, subject, data)
     assert _count(world, Upload) == 1
 
 
@@ -414,32 +406,30 @@ def test_create_job_checks_leave_nothing_behind(world: PsWorld) -> None:
             (make_definition("j", participants, w0, training=training), 400, "bad-definition")
         )
     for definition, status, code in bad:
-        _refused(status, code, ps.create_job, definition)
+        refused(status, code, ps.create_job, definition)
 
     stranger = TestParticipant(
         "stranger", 10, participants[0].public_key, participants[0].secret_key
     )
-    _refused(
-        422, "kgc-rejected", ps.create_job, make_definition("j", [*participants, stranger], w0)
-    )
+    refused(422, "kgc-rejected", ps.create_job, make_definition("j", [*participants, stranger], w0))
 
     world.kgc.failure = KgcError(0, "unreachable", "down")
-    _refused(503, "kgc-unavailable", ps.create_job, make_definition("j", participants, w0))
+    refused(503, "kgc-unavailable", ps.create_job, make_definition("j", participants, w0))
     world.kgc.failure = None
     world.kgc.ps_subject_id = "another-ps"  # the KGC signs the job for another server
-    _refused(502, "bad-kgc-answer", ps.create_job, make_definition("j", participants, w0))
+    refused(502, "bad-kgc-answer", ps.create_job, make_definition("j", participants, w0))
     world.kgc.ps_subject_id = PS_SUBJECT_ID
     del world.kgc.jobs["j"]
     ps_key = world.kgc.ps_verify_key
     world.kgc.ps_verify_key = generate_signing_key().public_key()  # ... or another key
-    _refused(502, "bad-kgc-answer", ps.create_job, make_definition("j", participants, w0))
+    refused(502, "bad-kgc-answer", ps.create_job, make_definition("j", participants, w0))
     world.kgc.ps_verify_key = ps_key
     del world.kgc.jobs["j"]
     assert _count(world, Job) == 0 and _count(world, ModelChunk) == 0
     assert _count(world, Round) == 0
 
     ps.create_job(make_definition("j", participants, w0))
-    _refused(409, "job-exists", ps.create_job, make_definition("j", participants, w0))
+    refused(409, "job-exists", ps.create_job, make_definition("j", participants, w0))
     assert _count(world, Job) == 1
 
 
@@ -527,11 +517,11 @@ def test_upload_statements_are_checked_before_anything_is_stored(world: PsWorld)
     ]
     for signed, status, code in cases:
         data = _restated(job, honest, signed)
-        _refused(status, code, world.ps.accept_upload, "job-a", 0, "p1", data)
+        refused(status, code, world.ps.accept_upload, "job-a", 0, "p1", data)
     assert _count(world, Upload) == 0
 
     # p1's honest statement, posted by p2 (who copied p1's frame): not p2's statement.
-    _refused(422, "statement-mismatch", world.ps.accept_upload, "job-a", 0, "p2", honest)
+    refused(422, "statement-mismatch", world.ps.accept_upload, "job-a", 0, "p2", honest)
     assert _count(world, Upload) == 0
 
     receipt = world.ps.accept_upload("job-a", 0, "p1", honest)  # the honest upload still goes
@@ -549,13 +539,13 @@ def test_audits_must_name_exactly_the_attempts_digests(world: PsWorld) -> None:
     p1 = job.p("p1")
     vectors = job.vectors(deltas_for(world.participants, seed=9))
     job.commit(0, vectors)
-    _refused(409, "not-aggregated", world.ps.audit_package, "job-a", 0, "p1")
+    refused(409, "not-aggregated", world.ps.audit_package, "job-a", 0, "p1")
     job.upload(0, {s: vectors[s] for s in ("p1", "p2", "p3")})
     world.clock.advance(601)
     assert world.ps.tick().closed == [("job-a", 0)]  # p4 never uploaded
-    _refused(403, "not-a-contributor", world.ps.audit_package, "job-a", 0, "p4")
-    _refused(403, "not-a-contributor", world.ps.base_frame, "job-a", 0, "p4")
-    _refused(404, "upload-not-found", world.ps.upload_frame, "job-a", 0, "p4", "p1")
+    refused(403, "not-a-contributor", world.ps.audit_package, "job-a", 0, "p4")
+    refused(403, "not-a-contributor", world.ps.base_frame, "job-a", 0, "p4")
+    refused(404, "upload-not-found", world.ps.upload_frame, "job-a", 0, "p4", "p1")
 
     digests = p1.recompute(world.ps, job.terms, 0)  # really recomputed from what is served
     package = world.ps.audit_package("job-a", 0, None)
@@ -574,12 +564,12 @@ def test_audits_must_name_exactly_the_attempts_digests(world: PsWorld) -> None:
     ]
     for other in wrong:
         signed = p1.audit_statement(job.terms, 0, other)
-        _refused(422, "audit-mismatch", world.ps.accept_audit, "job-a", 0, "p1", signed)
+        refused(422, "audit-mismatch", world.ps.accept_audit, "job-a", 0, "p1", signed)
     signed = job.p("p4").audit_statement(job.terms, 0, digests)
-    _refused(403, "not-a-contributor", world.ps.accept_audit, "job-a", 0, "p4", signed)
+    refused(403, "not-a-contributor", world.ps.accept_audit, "job-a", 0, "p4", signed)
     forged = {**p1.audit_statement(job.terms, 0, digests), "signature": "A" * 86}
-    _refused(403, "bad-audit-signature", world.ps.accept_audit, "job-a", 0, "p1", forged)
-    _refused(422, "audit-mismatch", world.ps.accept_audit, "job-a", 0, "p2", signed)  # p4's
+    refused(403, "bad-audit-signature", world.ps.accept_audit, "job-a", 0, "p1", forged)
+    refused(422, "audit-mismatch", world.ps.accept_audit, "job-a", 0, "p2", signed)  # p4's
     assert _count(world, Audit) == 0
 
     good = p1.audit_statement(job.terms, 0, digests)
@@ -617,8 +607,8 @@ def test_audit_deadline_drops_the_missing_auditor_and_reaggregates_with_a_fresh_
     assert second["aggregate_sha256"] != first["aggregate_sha256"]
     assert world.ps.round_view("job-a", 0)["deadline"] == world.clock.now + 600
     # The dropped contributor and an audit of the superseded attempt are refused.
-    _refused(403, "not-a-contributor", world.ps.audit_package, "job-a", 0, "p4")
-    _refused(409, "stale-attempt", world.ps.accept_audit, "job-a", 0, "p4", p4_late)
+    refused(403, "not-a-contributor", world.ps.audit_package, "job-a", 0, "p4")
+    refused(409, "stale-attempt", world.ps.accept_audit, "job-a", 0, "p4", p4_late)
 
     job.audit(0, ["p1", "p2", "p3"])
     assert world.ps.tick().released == [("job-a", 0)]
@@ -626,7 +616,7 @@ def test_audit_deadline_drops_the_missing_auditor_and_reaggregates_with_a_fresh_
     assert header["attempt"] == 1 and header["contributors"] == ["p1", "p2", "p3"]
     expected = job.expected(job.w0, {s: deltas[s] for s in ("p1", "p2", "p3")})
     job.assert_models(0, expected, ["p1", "p2", "p3"])
-    _refused(403, "not-a-contributor", world.ps.download, "job-a", 0, "p4")
+    refused(403, "not-a-contributor", world.ps.download, "job-a", 0, "p4")
     bundle = world.ps.download("job-a", 0, "p1")
     assert (bundle["attempt"], bundle["blind_sha256"]) == (1, second["blind_sha256"])
 

@@ -21,27 +21,22 @@ import numpy.typing as npt
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from ps_domain_support import refused
 from sqlalchemy import func, select
 
 from trapdoor.crypto.bcp import MasterKey, PublicParams
 from trapdoor.crypto.encoding import EncodingError
 from trapdoor.crypto.masking import ring_sum, vector_from_bytes, vector_to_bytes
 from trapdoor.crypto.wire import RING_FRAME_KIND, decode_frame, encode_ring_frame
-from trapdoor.protocol.bundle import bundle_sha256
-from trapdoor.protocol.masked import (
-    MaskedLayout,
-    MaskedReleaseBinding,
-    build_masked_upload_statement,
-    initial_state,
-    seed_sha256,
-)
-from trapdoor.protocol.messages import build_undecodable_statement
+from trapdoor.protocol.audit import build_undecodable_statement
+from trapdoor.protocol.bundle import MaskedReleaseBinding, bundle_sha256
+from trapdoor.protocol.job import MaskedLayout, initial_state
+from trapdoor.protocol.upload import build_masked_upload_statement, seed_sha256
 from trapdoor.ps.app import create_app
 from trapdoor.ps.definition import masked_release_header_bytes
-from trapdoor.ps.domain import ParameterServer
-from trapdoor.ps.errors import DomainError
 from trapdoor.ps.kgc_gateway import KgcError
 from trapdoor.ps.models import Job, ModelChunk, Release, Round, Upload
+from trapdoor.ps.storage import model_bytes
 from trapdoor.ps.testing import (
     PS_SUBJECT_ID,
     PsWorld,
@@ -52,6 +47,7 @@ from trapdoor.ps.testing import (
     masked_upload_frame,
     open_masked_model,
 )
+from trapdoor.service.errors import TrapdoorError
 
 LENGTH = 50
 TOLERANCE = 1e-5  # a few units of 2^-20 of rounding per round
@@ -167,18 +163,12 @@ class MaskedJob:
     def state(self, version: int) -> npt.NDArray[Any]:
         """``Z_version`` as the PS stores it."""
         with self.world.sessions() as session:
-            data = ParameterServer._model_bytes(session, self.job_id, version)
+            data = model_bytes(session, self.job_id, version)
         return vector_from_bytes(data, self.layout.ring, self.layout.length)
 
     def y(self, frame: bytes) -> npt.NDArray[Any]:
         payload = decode_frame(frame, kind=RING_FRAME_KIND).payload
         return vector_from_bytes(payload, self.layout.ring, self.layout.length)
-
-
-def _refused(status: int, code: str, call: Any, *args: Any) -> None:
-    with pytest.raises(DomainError) as err:
-        call(*args)
-    assert (err.value.status, err.value.code) == (status, code), err.value.message
 
 
 def _report(job: MaskedJob, subject: str, t: int = 0, run: int = 0) -> dict[str, Any]:
@@ -241,7 +231,7 @@ def test_a_masked_job_of_two_rounds_every_contributor_decodes_the_fedavg_model(
         # Z_{t+1} - Z_t is exactly the sum of the uploads, with wrap-around.
         total = ring_sum([job.y(f) for f in frames.values()], job.layout.ring, LENGTH)
         assert np.array_equal(job.state(t + 1) - job.state(t), total)
-        with pytest.raises(DomainError) as err:
+        with pytest.raises(TrapdoorError) as err:
             ps.download("mjob", t, "p1")
         assert err.value.code == "not-released"
         assert ps.tick().released == [("mjob", t)]
@@ -438,7 +428,7 @@ def test_upload_refusals_store_nothing(world: PsWorld) -> None:
         ),
     ]
     for job_id, t, subject, data, status, code in cases:
-        _refused(status, code, ps.accept_upload, job_id, t, subject, data)
+        refused(status, code, ps.accept_upload, job_id, t, subject, data)
     assert count(world, Upload) == 0
     assert ps.round_view("mjob", 0)["uploads"] == 0
 
@@ -452,13 +442,13 @@ def test_upload_refusals_store_nothing(world: PsWorld) -> None:
         ("p2", job.restated("p2", 0, y, fresh.header["seed"]), "replayed-payload"),
         ("p2", job.restated("p2", 0, fresh.payload, seed), "replayed-payload"),
     ]:
-        _refused(409, code, ps.accept_upload, "mjob", 0, subject, data)
+        refused(409, code, ps.accept_upload, "mjob", 0, subject, data)
     assert count(world, Upload) == 1
     with world.sessions() as session:
         stored = session.scalars(select(Upload)).one()
         assert stored.payload == honest and stored.statement == parsed.header["statement"]
     # A p1 statement of p1's frame sent by p2: p2 may not upload it either.
-    _refused(403, "statement-mismatch", ps.accept_upload, "mjob", 0, "p2", honest)
+    refused(403, "statement-mismatch", ps.accept_upload, "mjob", 0, "p2", honest)
 
 
 def test_a_seed_or_payload_of_an_earlier_round_is_a_replay(world: PsWorld) -> None:
@@ -471,7 +461,7 @@ def test_a_seed_or_payload_of_an_earlier_round_is_a_replay(world: PsWorld) -> No
         job.restated("p1", 1, fresh.payload, old.header["seed"]),
         job.restated("p1", 1, old.payload, fresh.header["seed"]),
     ):
-        _refused(409, "replayed-payload", world.ps.accept_upload, "mjob", 1, "p1", data)
+        refused(409, "replayed-payload", world.ps.accept_upload, "mjob", 1, "p1", data)
     assert count(world, Upload, round=1) == 0
     world.ps.accept_upload(
         "mjob",
@@ -500,20 +490,20 @@ def test_a_bcp_frame_is_refused_by_a_masked_job_and_a_ring_frame_by_a_bcp_job(
     bcp.commit(0, vectors)
     closed = bcp.closed_digest(0)
     bcp_frame = bcp.p("p1").frame(bcp.terms, 0, vectors["p1"], closed)
-    _refused(400, "malformed-frame", world.ps.accept_upload, "mjob", 0, "p1", bcp_frame)
+    refused(400, "malformed-frame", world.ps.accept_upload, "mjob", 0, "p1", bcp_frame)
     bcp_ring = encode_ring_frame(
         decode_frame(ring, kind=RING_FRAME_KIND).payload,
         bits=32,
         num_elements=LENGTH,
         extra_header={"job_id": "bjob", "round": 0},
     )
-    _refused(400, "malformed-frame", world.ps.accept_upload, "bjob", 0, "p1", bcp_ring)
+    refused(400, "malformed-frame", world.ps.accept_upload, "bjob", 0, "p1", bcp_ring)
     assert count(world, Upload) == 0
     # No commitments, closed sets or audits in the masked mode.
     commitment = bcp.p("p1").commitment(masked.terms, 0, vectors["p1"])
-    _refused(409, "wrong-aggregation", world.ps.accept_commitment, "mjob", 0, "p1", commitment)
-    _refused(409, "wrong-aggregation", world.ps.accept_audit, "mjob", 0, "p1", {})
-    _refused(409, "set-not-closed", world.ps.closed_set, "mjob", 0)
+    refused(409, "wrong-aggregation", world.ps.accept_commitment, "mjob", 0, "p1", commitment)
+    refused(409, "wrong-aggregation", world.ps.accept_audit, "mjob", 0, "p1", {})
+    refused(409, "set-not-closed", world.ps.closed_set, "mjob", 0)
     assert world.ps.job_view("bjob")["definition"]["aggregation"] == "bcp"
 
 
@@ -534,11 +524,11 @@ def test_deadline_with_quorum_drops_the_missing_participant(world: PsWorld) -> N
     for s in ("p1", "p2"):
         assert np.max(np.abs(job.model_of(s, 0, job.w0) - job.expected(job.w0, deltas))) < TOLERANCE
     # p3 uploaded nothing: it gets no model and no uploads; too late for round 0.
-    _refused(403, "not-a-contributor", world.ps.download, "mjob", 0, "p3")
-    _refused(403, "not-a-contributor", world.ps.upload_frame, "mjob", 0, "p1", "p3")
-    _refused(404, "upload-not-found", world.ps.upload_frame, "mjob", 0, "p3", "p1")
+    refused(403, "not-a-contributor", world.ps.download, "mjob", 0, "p3")
+    refused(403, "not-a-contributor", world.ps.upload_frame, "mjob", 0, "p1", "p3")
+    refused(404, "upload-not-found", world.ps.upload_frame, "mjob", 0, "p3", "p1")
     late = job.frame("p3", 0, np.zeros(LENGTH))
-    _refused(409, "round-not-open", world.ps.accept_upload, "mjob", 0, "p3", late)
+    refused(409, "round-not-open", world.ps.accept_upload, "mjob", 0, "p3", late)
     assert world.ps.round_view("mjob", 1)["status"] == "open"
     assert world.ps.round_view("mjob", 1)["deadline"] == world.clock.now + 600
 
@@ -546,7 +536,7 @@ def test_deadline_with_quorum_drops_the_missing_participant(world: PsWorld) -> N
 def test_operator_close_needs_the_quorum(world: PsWorld) -> None:
     job = MaskedJob(world, quorum=2)
     job.upload(0, deltas_for(["p1"], seed=5))
-    _refused(409, "below-quorum", world.ps.close_round, "mjob", 0)
+    refused(409, "below-quorum", world.ps.close_round, "mjob", 0)
     job.upload(0, deltas_for(["p2"], seed=6))
     assert world.ps.close_round("mjob", 0)["status"] == "closed"
     assert world.ps.tick().released == [("mjob", 0)]
@@ -592,23 +582,23 @@ def test_an_undecodable_masked_release_re_runs_the_round_once(world: PsWorld) ->
     frame = job.frame("p1", 1, np.zeros(LENGTH))  # round 1 took an upload already
     ps.accept_upload("mjob", 1, "p1", frame)
 
-    _refused(403, "not-a-contributor", ps.accept_undecodable, "mjob", 0, "p4", {})
+    refused(403, "not-a-contributor", ps.accept_undecodable, "mjob", 0, "p4", {})
     wrong = {**_report(job, "p1")}
     wrong["undecodable"] = {**wrong["undecodable"], "bundle_sha256": "be" * 32}
-    _refused(403, "bad-undecodable-signature", ps.accept_undecodable, "mjob", 0, "p1", wrong)
+    refused(403, "bad-undecodable-signature", ps.accept_undecodable, "mjob", 0, "p1", wrong)
     for s in run0:
         ps.accept_undecodable("mjob", 0, s, _report(job, s))
 
     view = ps.round_view("mjob", 0)
     assert (view["status"], view["run"], view["uploads"]) == ("open", 1, 0)
-    _refused(404, "round-not-found", ps.round_view, "mjob", 1)
+    refused(404, "round-not-found", ps.round_view, "mjob", 1)
     assert count(world, Upload, job_id="mjob") == 0
     assert count(world, Release, job_id="mjob") == 0
     assert count(world, ModelChunk, job_id="mjob", version=1) == 0
     assert ps.job_view("mjob")["current_round"] == 0
 
     # Run 1: only run 0's set, only with run-1 statements.
-    _refused(
+    refused(
         403,
         "not-in-rerun",
         ps.accept_upload,
@@ -618,10 +608,10 @@ def test_an_undecodable_masked_release_re_runs_the_round_once(world: PsWorld) ->
         job.frame("p4", 0, deltas["p1"], run=1),
     )
     stale = job.frame("p1", 0, deltas["p1"], run=0)
-    _refused(422, "statement-mismatch", ps.accept_upload, "mjob", 0, "p1", stale)
+    refused(422, "statement-mismatch", ps.accept_upload, "mjob", 0, "p1", stale)
     for s in ("p1", "p2"):
         ps.accept_upload("mjob", 0, s, job.frame(s, 0, deltas[s], run=1))
-    _refused(409, "rerun-incomplete", ps.close_round, "mjob", 0)
+    refused(409, "rerun-incomplete", ps.close_round, "mjob", 0)
     ps.accept_upload("mjob", 0, "p3", job.frame("p3", 0, deltas["p3"], run=1))
     assert ps.tick().released == [("mjob", 0)]
     header = world.kgc.release_headers[-1]
@@ -692,7 +682,7 @@ def test_masked_definitions_are_checked_before_the_kgc_is_asked(world: PsWorld) 
         ),
     ]
     for definition, status, code in bad:
-        _refused(status, code, world.ps.create_job, definition)
+        refused(status, code, world.ps.create_job, definition)
     assert count(world, Job) == 0 and count(world, ModelChunk) == 0
     assert world.kgc.jobs == {}
 

@@ -19,7 +19,8 @@ from sqlalchemy.orm import sessionmaker
 
 from trapdoor.crypto.bcp import MasterKey, PublicParams
 from trapdoor.crypto.signing import generate_signing_key, public_key_hex
-from trapdoor.protocol.masked import MaskedLayout, MaskedReleaseBinding
+from trapdoor.protocol.bundle import MaskedReleaseBinding
+from trapdoor.protocol.job import MaskedLayout
 from trapdoor.ps.domain import ParameterServer
 from trapdoor.ps.identity import enrol
 from trapdoor.ps.kgc_gateway import HttpKgcGateway, KgcError, check_masked_release_bundle

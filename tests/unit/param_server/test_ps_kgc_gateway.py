@@ -18,7 +18,7 @@ from trapdoor.crypto.blocks import VectorEncryptor
 from trapdoor.crypto.sealing import SealError
 from trapdoor.crypto.signing import generate_signing_key, public_key_hex, sign_json
 from trapdoor.protocol.bundle import ReleaseBinding
-from trapdoor.protocol.messages import initial_ciphertext_sha256, requested_terms
+from trapdoor.protocol.job import initial_ciphertext_sha256, requested_terms
 from trapdoor.ps import cli
 from trapdoor.ps.definition import parse_definition
 from trapdoor.ps.domain import ParameterServer

@@ -1,8 +1,8 @@
 """A release that does not decode: reports, the rollback to ``W_t``, the one re-run, failure.
 
 The PS domain with its fake KGC (which runs the KGC's own checks,
-:func:`trapdoor.protocol.messages.check_release_request` over
-:func:`trapdoor.protocol.messages.release_schedule`).
+:func:`trapdoor.protocol.release_request.check_release_request` over
+:func:`trapdoor.protocol.release_request.release_schedule`).
 ``p4`` uploads an encryption of out-of-range plaintexts; nobody can tell before the release.
 """
 
@@ -12,24 +12,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ps_domain_support import Scenario, deltas_for
+from ps_domain_support import Scenario, deltas_for, refused
 from sqlalchemy import func, select
 
 from trapdoor.crypto.blocks import EncryptedVector
 from trapdoor.crypto.encoding import EncodingError
+from trapdoor.protocol.audit import build_undecodable_statement
 from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
-from trapdoor.protocol.messages import build_undecodable_statement, vector_sha256
-from trapdoor.ps.errors import DomainError
+from trapdoor.protocol.common import vector_sha256
 from trapdoor.ps.models import Audit, Commitment, Round, Upload
 from trapdoor.ps.testing import PsWorld, TestParticipant
 
 SET = ["p1", "p2", "p4"]  # p3 sits round 0 out: the re-run must not take it in
-
-
-def _refused(status: int, code: str, call: Any, *args: Any) -> None:
-    with pytest.raises(DomainError) as err:
-        call(*args)
-    assert (err.value.status, err.value.code) == (status, code), err.value.message
 
 
 def _garbage(job: Scenario, p: TestParticipant) -> EncryptedVector:
@@ -89,15 +83,15 @@ def test_every_contributors_report_rolls_the_round_back_for_one_re_run(world: Ps
     assert ps.round_view("job-a", 1)["status"] == "open"
 
     # Refused reports change nothing.
-    _refused(403, "not-a-contributor", ps.accept_undecodable, "job-a", 0, "p3", {})
-    _refused(409, "not-released", ps.accept_undecodable, "job-a", 1, "p1", _report(job, "p1"))
+    refused(403, "not-a-contributor", ps.accept_undecodable, "job-a", 0, "p3", {})
+    refused(409, "not-released", ps.accept_undecodable, "job-a", 1, "p1", _report(job, "p1"))
     for signed, status, code in [
         (_report(job, "p1", bundle="be" * 32), 422, "undecodable-mismatch"),
         (_report(job, "p1", run=1), 422, "undecodable-mismatch"),
         (_report(job, "p1", key=job.p("p2").signing_key), 403, "bad-undecodable-signature"),
         ({"undecodable": "x"}, 422, "bad-undecodable"),
     ]:
-        _refused(status, code, ps.accept_undecodable, "job-a", 0, "p1", signed)
+        refused(status, code, ps.accept_undecodable, "job-a", 0, "p1", signed)
 
     first = _report(job, "p1")
     answer, created = ps.accept_undecodable("job-a", 0, "p1", first)
@@ -110,7 +104,7 @@ def test_every_contributors_report_rolls_the_round_back_for_one_re_run(world: Ps
     view = ps.round_view("job-a", 0)
     assert (view["status"], view["run"], view["attempt"], view["committed"]) == ("open", 1, 0, [])
     assert ps.job_view("job-a")["current_round"] == 0
-    _refused(404, "round-not-found", ps.round_view, "job-a", 1)
+    refused(404, "round-not-found", ps.round_view, "job-a", 1)
     assert [_count(world, m) for m in (Commitment, Upload, Audit)] == [0, 0, 0]
     with world.sessions() as session:
         rnd = session.get(Round, ("job-a", 0))
@@ -120,9 +114,9 @@ def test_every_contributors_report_rolls_the_round_back_for_one_re_run(world: Ps
 
     # Run 1: only run 0's set, only with run-1 messages.
     vector = job.vectors({"p3": np.zeros(300)})["p3"]
-    _refused(403, "not-in-rerun", ps.accept_commitment, "job-a", 0, "p3",
+    refused(403, "not-in-rerun", ps.accept_commitment, "job-a", 0, "p3",
              job.p("p3").commitment(job.terms, 0, vector, run=1))  # fmt: skip
-    _refused(422, "commitment-mismatch", ps.accept_commitment, "job-a", 0, "p1",
+    refused(422, "commitment-mismatch", ps.accept_commitment, "job-a", 0, "p1",
              job.p("p1").commitment(job.terms, 0, vector, run=0))  # fmt: skip
     deltas = _play_round0(job, garbage=False, run=1)
     header = world.kgc.release_headers[-1]
@@ -145,8 +139,8 @@ def test_a_re_run_that_does_not_decode_either_fails_the_job(world: PsWorld) -> N
     assert (view["status"], view["run"]) == ("failed", 1)
     job_view = ps.job_view("job-a")
     assert (job_view["status"], job_view["current_round"]) == ("failed", 0)
-    _refused(404, "round-not-found", ps.round_view, "job-a", 1)
-    _refused(409, "not-released", ps.accept_undecodable, "job-a", 0, "p1", {})
+    refused(404, "round-not-found", ps.round_view, "job-a", 1)
+    refused(409, "not-released", ps.accept_undecodable, "job-a", 0, "p1", {})
     assert len(world.kgc.release_headers) == 2
 
 
@@ -160,7 +154,7 @@ def test_a_re_run_goes_on_only_with_its_whole_set(world: PsWorld) -> None:
     vectors = job.vectors({s: np.zeros(300) for s in ("p1", "p2")})
     for s, v in vectors.items():
         job.p(s).commit(ps, job.terms, 0, v, 1)
-    _refused(409, "rerun-incomplete", ps.close_round, "job-a", 0)
+    refused(409, "rerun-incomplete", ps.close_round, "job-a", 0)
     world.clock.advance(601)
     assert ps.tick().failed == [("job-a", 0)]
     assert ps.job_view("job-a")["status"] == "failed"
@@ -173,4 +167,4 @@ def test_reports_come_too_late_once_the_next_round_is_under_way(world: PsWorld) 
     report = _report(job, "p1")  # a contributor that lies: the model decodes
     vectors = job.vectors(deltas_for(world.participants, seed=4))
     job.commit(1, vectors)  # everyone committed round 1: its set is closed
-    _refused(409, "round-moved-on", ps.accept_undecodable, "job-a", 0, "p1", report)
+    refused(409, "round-moved-on", ps.accept_undecodable, "job-a", 0, "p1", report)

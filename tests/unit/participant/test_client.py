@@ -41,15 +41,12 @@ from trapdoor.participant.client import (
     decode_weights,
 )
 from trapdoor.participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, FakePs, JobWorld
-from trapdoor.protocol.messages import (
-    DEFAULT_MIN_QUORUM,
-    KGC_AUDIENCE,
-    ProtocolError,
-    token_challenge,
-    verify_audit_statement,
-    verify_closed_set,
-    verify_upload_statement,
-)
+from trapdoor.protocol.audit import verify_audit_statement
+from trapdoor.protocol.commitment import verify_closed_set
+from trapdoor.protocol.common import ProtocolError
+from trapdoor.protocol.job import DEFAULT_MIN_QUORUM
+from trapdoor.protocol.token import KGC_AUDIENCE, token_challenge
+from trapdoor.protocol.upload import verify_upload_statement
 
 SUBJECTS = ["p0", "bob", "p2"]
 

@@ -24,13 +24,13 @@ from trapdoor.participant.client import ClientError
 from trapdoor.participant.node import (
     LocalData,
     ModelSealer,
-    NodeError,
     ParticipantNode,
     load_identity,
 )
 from trapdoor.participant.node_models import NodeIdentity, NodeJob, NodeModel, metadata
 from trapdoor.participant.testing import KGC_URL, PS_URL, FakeNetwork, JobWorld
 from trapdoor.service.db import make_engine, migrate, session_scope
+from trapdoor.service.errors import TrapdoorError, http_status
 from trapdoor.service.http import ServiceError
 
 PASSPHRASE = "node passphrase"
@@ -223,11 +223,11 @@ def test_an_older_identity_does_not_pin_a_key_that_did_not_sign_its_certificate(
         load_identity(_sessions(db_url), PASSPHRASE)
     node = _node(db_url)
     nodes.append(node)
-    with pytest.raises(NodeError) as caught:
+    with pytest.raises(TrapdoorError) as caught:
         node.client()
     assert caught.value.code == "bad-certificate"
     del network.services[KGC_URL]
-    with pytest.raises(NodeError) as caught:
+    with pytest.raises(TrapdoorError) as caught:
         node.client()
     assert caught.value.code == "kgc-unreachable"
 
@@ -242,9 +242,9 @@ def test_a_refused_job_is_recorded_and_never_uploaded(
     world.resign(kgc_key=generate_signing_key())
     node = _node(db_url)
     nodes.append(node)
-    with pytest.raises(NodeError) as caught:
+    with pytest.raises(TrapdoorError) as caught:
         node.join(PS_URL, "unit-1")
-    assert (caught.value.status, caught.value.code) == (422, "job-refused")
+    assert (http_status(caught.value), caught.value.code) == (422, "job-refused")
     assert "bad-job-signature" in caught.value.message
     [job] = node.status()["jobs"]
     assert job["status"] == "refused" and "bad-job-signature" in job["error"]
@@ -262,7 +262,7 @@ def test_a_quorum_below_the_node_minimum_is_refused(
     world.resign()
     node = _node(db_url)
     nodes.append(node)
-    with pytest.raises(NodeError) as caught:
+    with pytest.raises(TrapdoorError) as caught:
         node.join(PS_URL, "unit-1")
     assert caught.value.code == "job-refused" and "quorum-too-small" in caught.value.message
     lowered = _node(db_url, min_quorum=2)

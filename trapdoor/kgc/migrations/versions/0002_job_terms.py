@@ -5,7 +5,7 @@ Revises: 0001_initial
 Create Date: 2026-12-14
 
 The KGC now signs a job's terms (participants and their keys, weights, quorum, rounds,
-shape, digests of the definition, and the job key: ``trapdoor.protocol.messages.sign_job_terms``)
+shape, digests of the definition, and the job key: ``trapdoor.protocol.job.sign_job_terms``)
 instead of ``{"job_id", "job_key"}``. Jobs made before this revision have no terms (NULL):
 the KGC refuses to release them (409 ``legacy-job``). Their old job-key signature is
 dropped; nothing reads it, and the KGC could make it again from its key.

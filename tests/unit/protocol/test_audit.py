@@ -1,5 +1,5 @@
-"""audit_round: the one computation of a round's ``Agg`` and ``F``, as the PS and every
-auditor make it, and what it refuses.
+"""Audits (trapdoor.protocol.audit): the one computation of a round's ``Agg`` and ``F``, as
+the PS and every auditor make it, what it refuses, and the signed audit statement.
 
 The uploads are real encryptions under a real (small) job key, so the checks decrypt
 ``F`` with the master key: ``W + ΣΔ + R``. The attacks are the ones the commit–audit
@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from protocol_support import PARTICIPANTS, THREE, Params, World, refused, resigned
 
 from trapdoor.crypto.bcp import MasterKey, PublicParams
 from trapdoor.crypto.blocks import (
@@ -36,37 +37,42 @@ from trapdoor.crypto.encoding import PackingLayout, decode_vector, encode_vector
 from trapdoor.crypto.pok import RandomnessProof, batched_a, prove_randomness
 from trapdoor.crypto.signing import b64encode, generate_signing_key, public_key_hex
 from trapdoor.crypto.wire import to_obj
-from trapdoor.protocol.aggregate import AuditedRound, audit_round
-from trapdoor.protocol.bundle import blind_sha256
-from trapdoor.protocol.messages import (
-    ClosedSet,
-    JobTerms,
-    ProtocolError,
-    ReleaseCheck,
+from trapdoor.protocol.audit import (
+    AUDIT_PURPOSE,
+    AuditedRound,
+    audit_round,
     build_audit_statement,
+    contributors_sha256,
+    verify_audit_statement,
+)
+from trapdoor.protocol.bundle import blind_sha256
+from trapdoor.protocol.commitment import (
+    ClosedSet,
     build_closed_set,
     build_commitment,
-    build_upload_statement,
-    check_release_request,
-    contributors_sha256,
+    pok_context,
+    verify_closed_set,
+)
+from trapdoor.protocol.common import MAX_ATTEMPT, ProtocolError, vector_sha256
+from trapdoor.protocol.job import (
+    JobTerms,
     initial_ciphertext,
     initial_ciphertext_sha256,
     initial_plaintexts,
-    pok_context,
-    release_request_header,
     requested_terms,
     sign_job_terms,
-    vector_sha256,
-    verify_closed_set,
     verify_job_terms,
 )
+from trapdoor.protocol.release_request import (
+    ReleaseCheck,
+    check_release_request,
+    release_request_header,
+)
+from trapdoor.protocol.upload import build_upload_statement
 
-PARTICIPANTS = ["sub-a", "sub-b", "sub-c", "sub-d"]
-THREE = PARTICIPANTS[:3]
 LENGTH = 20  # three plaintexts at 256 bits: two blocks of width 2, the last one ragged
 WIDTH = 2
 CLIP = 1.0
-Params = tuple[PublicParams, MasterKey]
 
 
 @dataclass
@@ -232,12 +238,6 @@ def uploads(job: Job) -> dict[str, EncryptedVector]:
     return {s: job.upload(s) for s in PARTICIPANTS}
 
 
-def refused(code: str, call: Callable[..., object]) -> None:
-    with pytest.raises(ProtocolError) as info:
-        call()
-    assert info.value.code == code, info.value.message
-
-
 def a_elements(vector: EncryptedVector) -> list[int]:
     return [int(vector.elements[offset]) for offset, _ in vector.layout.block_offsets()]
 
@@ -254,6 +254,35 @@ def audit0(job: Job, uploads: dict[str, EncryptedVector], **kw: Any) -> AuditedR
         blind=kw.pop("blind", job.blind()),
         **kw,
     )
+
+
+# --------------------------------------------------------------------------- audits
+
+
+def test_an_audit_returns_the_digests_it_vouches_for(world: World) -> None:
+    digests = world.digests("cc" * 32, THREE, attempt=7)
+    signed = world.audit("sub-b", 1, digests)
+    body, checked = verify_audit_statement(signed, world.terms, round_number=1, subject_id="sub-b")
+    assert checked == digests
+    assert {k: body[k] for k in digests.fields()} == digests.fields()
+    assert body["purpose"] == AUDIT_PURPOSE
+
+
+@pytest.mark.parametrize("attempt", [-1, MAX_ATTEMPT + 1, True, "0", 1.0, None])
+def test_an_audit_with_a_bad_attempt_is_refused(world: World, attempt: object) -> None:
+    body = {**world.audit("sub-a", 0, world.digests("cc" * 32, THREE))["audit"]}
+    body["attempt"] = attempt
+    refused(
+        "bad-audit",
+        lambda: verify_audit_statement(
+            resigned("audit", body, world.keys["sub-a"]), world.terms, round_number=0
+        ),
+    )
+
+
+def test_the_last_attempt_is_accepted(world: World) -> None:
+    signed = world.audit("sub-a", 0, world.digests("cc" * 32, THREE, attempt=MAX_ATTEMPT))
+    assert verify_audit_statement(signed, world.terms, round_number=0)[1].attempt == MAX_ATTEMPT
 
 
 # --------------------------------------------------------------------------- the computation
