@@ -23,7 +23,7 @@ Attacks played here (issue 11):
 - a token a participant sent to one PS is replayed at another PS and at the KGC: 401.
 
 The KGC's side of that last attack (a colluding quorum that audits such a copy) is
-played in tests/unit/common/test_audit.py against ``check_release_request``.
+played in tests/unit/protocol/test_audit.py against ``check_release_request``.
 """
 
 from __future__ import annotations
@@ -394,7 +394,7 @@ def test_kgc_refuses_relabelled_rounds_invented_statements_and_unaudited_aggrega
         job.terms,
         round_number=0,
         subject_id=p3,
-        digests=verify_audit_statement(audits[0], job.terms, round_number=0)[1],
+        digests=verify_audit_statement(audits[0], job.terms, round_number=0).digests,
     )
     refused({"audits": [*audits, forged]}, 403, "bad-audit-signature")
     # the honest payload and evidence, but the fourth audit is missing

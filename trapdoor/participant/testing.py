@@ -71,7 +71,7 @@ from trapdoor.protocol.token import (
     check_nonce,
     verify_token_challenge,
 )
-from trapdoor.protocol.upload import verify_upload_statement
+from trapdoor.protocol.upload import UploadStatement, verify_upload_statement
 from trapdoor.service.http import ServiceError
 
 __all__ = [
@@ -323,7 +323,7 @@ class _FakeRound:
     commitments: dict[str, dict[str, Any]] = field(default_factory=dict)
     closed: dict[str, Any] | None = None
     uploads: dict[str, EncryptedVector] = field(default_factory=dict)
-    statements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statements: dict[str, UploadStatement] = field(default_factory=dict)
     audited: AuditedRound | None = None
     blind: list[int] = field(default_factory=list)
     audits: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -433,8 +433,8 @@ class FakePs:
         if method == "GET" and action == "/uploads" and item in rnd.uploads:
             return encode_frame(rnd.uploads[item], {"job_id": self.world.job_id, "round": t})
         if method == "POST" and action == "/audits":
-            _, digests = verify_audit_statement(body, terms, round_number=t, subject_id=subject)
-            if digests != rnd.audited.digests:
+            audit = verify_audit_statement(body, terms, round_number=t, subject_id=subject)
+            if audit.digests != rnd.audited.digests:
                 raise ServiceError(422, "audit-mismatch", "the audit names other digests")
             rnd.audits[subject] = body
             return {"round": t, "subject_id": subject, "attempt": 0}

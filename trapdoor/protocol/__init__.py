@@ -18,6 +18,13 @@ every test fake run the same check:
   (schedule, quorum, statements, re-runs);
 - :mod:`~trapdoor.protocol.bundle`: the sealed release and how a contributor opens it.
 
+The participant-signed round messages (commitments, upload statements, audits,
+``undecodable`` reports) are frozen dataclasses on one base
+(``trapdoor.protocol._statement.ParticipantStatement``): ``verify_*`` returns the typed body,
+whose ``to_json()`` is the exact dict that was signed
+(:class:`~trapdoor.protocol.commitment.Signed` puts it back in its ``{kind: body,
+"signature"}`` envelope, as the PS stores it).
+
 :mod:`~trapdoor.protocol.common` holds what they share: the error every check raises
 (:class:`~trapdoor.protocol.common.ProtocolError`), the digests, the bounds.
 May import :mod:`trapdoor.crypto`; never Flask, a database or HTTP.

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trapdoor.crypto.blocks import EncryptedVector, add_plaintexts
-from trapdoor.crypto.signing import sign_json
-from trapdoor.protocol._statement import statement_base, verify_participant_signed
+from trapdoor.protocol._statement import ParticipantStatement, verify_participant_signed
 from trapdoor.protocol.bundle import blind_sha256
 from trapdoor.protocol.commitment import ClosedSet
 from trapdoor.protocol.common import ProtocolError, digest_equal, json_sha256, vector_sha256
@@ -35,7 +34,9 @@ __all__ = [
     "AUDIT_PURPOSE",
     "UNDECODABLE_PURPOSE",
     "AuditDigests",
+    "AuditStatement",
     "AuditedRound",
+    "UndecodableStatement",
     "audit_round",
     "build_audit_statement",
     "build_undecodable_statement",
@@ -161,6 +162,29 @@ def audit_round(
 # --------------------------------------------------------------------------- audit statements
 
 
+@dataclass(frozen=True)
+class AuditStatement(ParticipantStatement):
+    """A contributor's signed audit: the digests of one attempt it recomputed."""
+
+    FIELD: ClassVar[str] = "audit"
+    PURPOSE: ClassVar[str] = AUDIT_PURPOSE
+    DIGESTS: ClassVar[tuple[str, ...]] = _AUDIT_DIGESTS
+    INTEGERS: ClassVar[tuple[str, ...]] = ("attempt",)
+
+    attempt: int
+    closed_set_sha256: str
+    contributors_sha256: str
+    base_sha256: str
+    aggregate_sha256: str
+    release_sha256: str
+    blind_sha256: str
+
+    @property
+    def digests(self) -> AuditDigests:
+        """What the audit vouches for (compared with the attempt's, field by field)."""
+        return AuditDigests(**{k: getattr(self, k) for k in ("attempt", *_AUDIT_DIGESTS)})
+
+
 def build_audit_statement(
     signing_key: Ed25519PrivateKey,
     terms: JobTerms,
@@ -170,12 +194,10 @@ def build_audit_statement(
     digests: AuditDigests,
     run: int = 0,
 ) -> dict[str, Any]:
-    """A contributor's signature that it recomputed this attempt's aggregate and blind."""
-    body = {
-        **statement_base(terms, AUDIT_PURPOSE, round_number, subject_id, run),
-        **digests.fields(),
-    }
-    return {"audit": body, "signature": sign_json(signing_key, body)}
+    """A contributor's signature (wire form) that it recomputed this attempt's aggregate
+    and blind."""
+    audit = AuditStatement.for_round(terms, round_number, subject_id, run, **digests.fields())
+    return audit.sign(signing_key).to_json()
 
 
 def verify_audit_statement(
@@ -185,23 +207,25 @@ def verify_audit_statement(
     round_number: int,
     subject_id: str | None = None,
     run: int = 0,
-) -> tuple[dict[str, Any], AuditDigests]:
-    """Check a signed audit statement; return its body and the digests it vouches for."""
-    body = verify_participant_signed(
-        signed,
-        "audit",
-        terms,
-        AUDIT_PURPOSE,
-        round_number=round_number,
-        subject_id=subject_id,
-        digests=_AUDIT_DIGESTS,
-        integers=("attempt",),
-        run=run,
+) -> AuditStatement:
+    """Check a signed audit statement; its body (``.digests``: what it vouches for)."""
+    return verify_participant_signed(
+        signed, AuditStatement, terms, round_number=round_number, subject_id=subject_id, run=run
     )
-    return body, AuditDigests(**{k: body[k] for k in ("attempt", *_AUDIT_DIGESTS)})
 
 
 # --------------------------------------------------------------------------- undecodable reports
+
+
+@dataclass(frozen=True)
+class UndecodableStatement(ParticipantStatement):
+    """A contributor's signed report that the release bundle it names does not decode."""
+
+    FIELD: ClassVar[str] = "undecodable"
+    PURPOSE: ClassVar[str] = UNDECODABLE_PURPOSE
+    DIGESTS: ClassVar[tuple[str, ...]] = ("bundle_sha256",)
+
+    bundle_sha256: str
 
 
 def build_undecodable_statement(
@@ -213,16 +237,15 @@ def build_undecodable_statement(
     subject_id: str,
     bundle_sha256: str,
 ) -> dict[str, Any]:
-    """A contributor's signed report that the release it opened does not decode.
+    """A contributor's signed report (wire form) that the release it opened does not decode.
 
     It names the bundle (:func:`trapdoor.protocol.bundle.bundle_sha256`): the KGC allows round
     ``t``'s one re-run only with such a report from every contributor of that bundle.
     """
-    body = {
-        **statement_base(terms, UNDECODABLE_PURPOSE, round_number, subject_id, run),
-        "bundle_sha256": bundle_sha256,
-    }
-    return {"undecodable": body, "signature": sign_json(signing_key, body)}
+    report = UndecodableStatement.for_round(
+        terms, round_number, subject_id, run, bundle_sha256=bundle_sha256
+    )
+    return report.sign(signing_key).to_json()
 
 
 def verify_undecodable_statement(
@@ -233,18 +256,16 @@ def verify_undecodable_statement(
     run: int,
     subject_id: str | None = None,
     bundle_sha256: str | None = None,
-) -> dict[str, Any]:
+) -> UndecodableStatement:
     """Check an ``undecodable`` report (for ``bundle_sha256`` when given); its body."""
-    body = verify_participant_signed(
+    report = verify_participant_signed(
         signed,
-        "undecodable",
+        UndecodableStatement,
         terms,
-        UNDECODABLE_PURPOSE,
         round_number=round_number,
         subject_id=subject_id,
-        digests=("bundle_sha256",),
         run=run,
     )
-    if bundle_sha256 is not None and not digest_equal(body["bundle_sha256"], bundle_sha256):
+    if bundle_sha256 is not None and not digest_equal(report.bundle_sha256, bundle_sha256):
         raise ProtocolError("undecodable-mismatch", "the report names another release")
-    return body
+    return report

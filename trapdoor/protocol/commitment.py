@@ -2,7 +2,9 @@
 
 Before any upload of a round is visible, each contributor signs a commitment to the
 payload digest it will upload (:func:`build_commitment`); the PS checks each one
-(:func:`verify_commitment`) and signs the final, sorted set (:func:`build_closed_set`).
+(:func:`verify_commitment`, a typed :class:`Commitment`; :class:`Signed` is the envelope of
+every participant-signed message, re-exported here for the services) and signs the final,
+sorted set (:func:`build_closed_set`).
 Contributors and the KGC verify that set (:func:`verify_closed_set`) under the PS key the
 terms name: once it is closed, nobody can pick a ciphertext after seeing another's, so
 none can craft one that cancels an honest upload. The set's digest also fixes the
@@ -14,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trapdoor.crypto.signing import SignatureError, public_key_from_hex, sign_json, verify_json
-from trapdoor.protocol._statement import statement_base, verify_participant_signed
+from trapdoor.protocol._statement import ParticipantStatement, Signed, verify_participant_signed
 from trapdoor.protocol.common import ProtocolError, is_json_int, json_sha256
 from trapdoor.protocol.job import JobTerms
 
@@ -27,6 +29,8 @@ __all__ = [
     "CLOSED_SET_PURPOSE",
     "COMMITMENT_PURPOSE",
     "ClosedSet",
+    "Commitment",
+    "Signed",
     "build_closed_set",
     "build_commitment",
     "pok_context",
@@ -44,6 +48,17 @@ def pok_context(terms: JobTerms, round_number: int, closed_set_sha256: str) -> b
     return f"trapdoor/pok/v1|{terms.digest}|{int(round_number)}|{closed_set_sha256}".encode()
 
 
+@dataclass(frozen=True)
+class Commitment(ParticipantStatement):
+    """A contributor's promise of the payload digest it will upload in one round and run."""
+
+    FIELD: ClassVar[str] = "commitment"
+    PURPOSE: ClassVar[str] = COMMITMENT_PURPOSE
+    DIGESTS: ClassVar[tuple[str, ...]] = ("payload_sha256",)
+
+    payload_sha256: str
+
+
 def build_commitment(
     signing_key: Ed25519PrivateKey,
     terms: JobTerms,
@@ -53,17 +68,16 @@ def build_commitment(
     payload_sha256: str,
     run: int = 0,
 ) -> dict[str, Any]:
-    """A contributor's signed promise of the ciphertext it will upload this round.
+    """A contributor's signed promise of the ciphertext it will upload this round (wire form).
 
     Sent before any upload of the round is visible to anyone: once the PS closes the set
     of commitments, no contributor can choose its ciphertext after seeing another's, so
     none can craft one that cancels an honest upload out of the aggregate.
     """
-    body = {
-        **statement_base(terms, COMMITMENT_PURPOSE, round_number, subject_id, run),
-        "payload_sha256": payload_sha256,
-    }
-    return {"commitment": body, "signature": sign_json(signing_key, body)}
+    commitment = Commitment.for_round(
+        terms, round_number, subject_id, run, payload_sha256=payload_sha256
+    )
+    return commitment.sign(signing_key).to_json()
 
 
 def verify_commitment(
@@ -73,17 +87,10 @@ def verify_commitment(
     round_number: int,
     subject_id: str | None = None,
     run: int = 0,
-) -> dict[str, Any]:
+) -> Commitment:
     """Check a signed commitment for ``round_number`` (``run``) of the job; its body."""
     return verify_participant_signed(
-        signed,
-        "commitment",
-        terms,
-        COMMITMENT_PURPOSE,
-        round_number=round_number,
-        subject_id=subject_id,
-        digests=("payload_sha256",),
-        run=run,
+        signed, Commitment, terms, round_number=round_number, subject_id=subject_id, run=run
     )
 
 
@@ -167,10 +174,10 @@ def verify_closed_set(
     payloads: dict[str, str] = {}
     for commitment in body["commitments"]:
         checked = verify_commitment(commitment, terms, round_number=round_number, run=run)
-        subject = str(checked["subject_id"])
+        subject = checked.subject_id
         if subject in payloads:
             raise ProtocolError("duplicate-commitment", f"{subject} committed twice")
-        payloads[subject] = str(checked["payload_sha256"])
+        payloads[subject] = checked.payload_sha256
     if list(payloads) != sorted(payloads):
         raise ProtocolError("bad-closed-set", "commitments must be sorted by subject id")
     if len(payloads) < terms.quorum:

@@ -16,18 +16,19 @@ from their seeds (:func:`kgc_mask_sum`) for :mod:`trapdoor.protocol.bundle` to s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from trapdoor.crypto.bcp import Ciphertext, MasterKey, PublicKey
 from trapdoor.crypto.encoding import EncodingError
 from trapdoor.crypto.masking import RingVector, derive_mask, open_seeds, ring_sum
-from trapdoor.crypto.pok import RandomnessProof, verify_randomness, verify_release_chain
+from trapdoor.crypto.pok import verify_randomness, verify_release_chain
 from trapdoor.crypto.signing import SignatureError, verify_json
 from trapdoor.crypto.wire import MAX_HEADER_BYTES
+from trapdoor.protocol._statement import ParticipantStatement
 from trapdoor.protocol.audit import (
     AuditDigests,
     contributors_sha256,
@@ -46,6 +47,8 @@ from trapdoor.protocol.common import (
 )
 from trapdoor.protocol.job import JobTerms, MaskedLayout
 from trapdoor.protocol.upload import (
+    MaskedUploadStatement,
+    UploadStatement,
     mask_context,
     seed_from_obj,
     seed_sha256,
@@ -78,6 +81,8 @@ __all__ = [
 #: set), upload statement with its randomness proof, and audit: about 5.5 KiB at a 2048-bit
 #: N with long ids, 9 KiB at 4096 bits; this much is allowed.
 RELEASE_HEADER_BYTES_PER_PARTICIPANT = 12 * 1024
+
+_S = TypeVar("_S", bound=ParticipantStatement)
 
 
 # ------------------------------------------------------------ the request and its signature
@@ -349,11 +354,12 @@ def check_release_request(
         closed_set_sha256=closed.digest,
         contributors_sha256=contributors_sha256(contributors),
         base_sha256=base_sha256,
-        aggregate_sha256=next(iter(audits.values()))[1].aggregate_sha256,
+        aggregate_sha256=next(iter(audits.values())).aggregate_sha256,
         release_sha256=payload_sha256,
-        blind_sha256=next(iter(audits.values()))[1].blind_sha256,
+        blind_sha256=next(iter(audits.values())).blind_sha256,
     )
-    for subject, (_, digests) in sorted(audits.items()):
+    for subject, audit in sorted(audits.items()):
+        digests = audit.digests
         if digests != expected:
             differing = sorted(k for k, v in digests.fields().items() if expected.fields()[k] != v)
             raise ProtocolError(
@@ -372,16 +378,18 @@ def check_release_request(
 
 
 def _one_per_contributor(
-    signed_list: object, contributors: Sequence[str], what: str, verify: Any
-) -> dict[str, Any]:
+    signed_list: object,
+    contributors: Sequence[str],
+    what: str,
+    verify: Callable[[Any], _S],
+) -> dict[str, _S]:
     """Verify one message per contributor (any order); return them by subject id."""
     if not isinstance(signed_list, list) or len(signed_list) != len(contributors):
         raise ProtocolError(f"{what}-mismatch", f"one {what} per contributor is needed")
-    by_subject: dict[str, Any] = {}
+    by_subject: dict[str, _S] = {}
     for signed in signed_list:
         checked = verify(signed)
-        body = checked[0] if isinstance(checked, tuple) else checked
-        subject = str(body["subject_id"])
+        subject = checked.subject_id
         if subject not in contributors or subject in by_subject:
             raise ProtocolError(
                 f"{what}-mismatch", f"{what}s and contributors do not match one to one"
@@ -433,7 +441,7 @@ def _check_a_chain(
     terms: JobTerms,
     round_number: int,
     closed_set_sha256: str,
-    statements: Sequence[Mapping[str, Any]],
+    statements: Sequence[UploadStatement],
     previous_a: Sequence[int],
     current_a: Sequence[int],
 ) -> None:
@@ -446,14 +454,12 @@ def _check_a_chain(
     params = terms.job_key.params
     context = pok_context(terms, round_number, closed_set_sha256)
     a_stars = []
-    for body in statements:
-        proof = RandomnessProof.from_obj(body["randomness_proof"])
+    for statement in statements:
+        proof = statement.proof()
         try:
-            verify_randomness(
-                params, proof, context, str(body["subject_id"]), blocks=len(current_a)
-            )
+            verify_randomness(params, proof, context, statement.subject_id, blocks=len(current_a))
         except ValueError as exc:
-            raise ProtocolError("bad-randomness-proof", f"{body['subject_id']}: {exc}") from None
+            raise ProtocolError("bad-randomness-proof", f"{statement.subject_id}: {exc}") from None
         a_stars.append(proof.a_star)
     try:
         verify_release_chain(params, previous_a, current_a, a_stars, context)
@@ -548,7 +554,7 @@ def check_masked_release_request(
     if not isinstance(uploads, list) or not all(isinstance(u, dict) for u in uploads):
         raise ProtocolError("bad-field", "uploads must be a list of objects")
 
-    def verify(upload: dict[str, Any]) -> dict[str, Any]:
+    def verify(upload: dict[str, Any]) -> MaskedUploadStatement:
         seed_obj = upload.get("seed")
         if not isinstance(seed_obj, dict):
             raise ProtocolError("bad-seed", "every upload carries its seed ciphertext")
@@ -567,7 +573,7 @@ def check_masked_release_request(
         seeds[subject] = seed_from_obj(upload["seed"], terms.job_key)
     if len({(int(c.A), int(c.B)) for c in seeds.values()}) != len(seeds):
         raise ProtocolError("duplicate-seed", "two contributors sent the same seed ciphertext")
-    payloads = {s: str(statements[s]["payload_sha256"]) for s in sorted(statements)}
+    payloads = {s: statements[s].payload_sha256 for s in sorted(statements)}
     return MaskedReleaseCheck(
         round_number, run, layout, tuple(sorted(contributors)), payloads, seeds
     )

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,15 +27,16 @@ from trapdoor.crypto.blocks import JobKey
 from trapdoor.crypto.encoding import ClipReport, EncodingError, clip_values
 from trapdoor.crypto.masking import MaskContext, RingVector, encode_ring
 from trapdoor.crypto.pok import RandomnessProof
-from trapdoor.crypto.signing import sign_json
 from trapdoor.crypto.wire import from_hex, to_hex
-from trapdoor.protocol._statement import statement_base, verify_participant_signed
+from trapdoor.protocol._statement import ParticipantStatement, verify_participant_signed
 from trapdoor.protocol.common import ProtocolError, digest_equal, json_sha256
 from trapdoor.protocol.job import JobTerms, MaskedLayout
 
 __all__ = [
     "MASKED_UPLOAD_PURPOSE",
     "UPLOAD_PURPOSE",
+    "MaskedUploadStatement",
+    "UploadStatement",
     "build_masked_upload_statement",
     "build_upload_statement",
     "encode_update",
@@ -53,6 +55,35 @@ MASKED_UPLOAD_PURPOSE = "trapdoor/masked-upload/v1"
 # --------------------------------------------------------------------------- bcp
 
 
+@dataclass(frozen=True)
+class UploadStatement(ParticipantStatement):
+    """A ``bcp`` contributor's word: this payload, under this closed set, is its upload."""
+
+    FIELD: ClassVar[str] = "statement"
+    PURPOSE: ClassVar[str] = UPLOAD_PURPOSE
+    DIGESTS: ClassVar[tuple[str, ...]] = ("payload_sha256", "closed_set_sha256")
+    OBJECTS: ClassVar[tuple[str, ...]] = ("randomness_proof",)
+
+    payload_sha256: str
+    closed_set_sha256: str
+    #: :meth:`trapdoor.crypto.pok.RandomnessProof.to_obj` of the upload's proof
+    randomness_proof: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, obj: object) -> Self:
+        """As for every statement, and the proof must parse (``bad-statement``)."""
+        statement = super().from_json(obj)
+        try:
+            statement.proof()
+        except ValueError as exc:
+            raise ProtocolError("bad-statement", f"randomness_proof: {exc}") from None
+        return statement
+
+    def proof(self) -> RandomnessProof:
+        """The randomness proof, parsed (``ValueError`` when malformed)."""
+        return RandomnessProof.from_obj(dict(self.randomness_proof))
+
+
 def build_upload_statement(
     signing_key: Ed25519PrivateKey,
     terms: JobTerms,
@@ -64,20 +95,24 @@ def build_upload_statement(
     randomness_proof: Mapping[str, Any],
     run: int = 0,
 ) -> dict[str, Any]:
-    """A contributor's signed statement: this payload is its upload under this closed set.
+    """A contributor's signed statement (wire form): this payload is its upload under this
+    closed set.
 
     ``randomness_proof`` (:func:`trapdoor.crypto.pok.prove_randomness` under
     :func:`~trapdoor.protocol.commitment.pok_context`) shows the signer knows the upload's
     encryption randomness, so nobody can pass off a re-randomised copy of someone else's
     (earlier) upload as its own.
     """
-    body = {
-        **statement_base(terms, UPLOAD_PURPOSE, round_number, subject_id, run),
-        "payload_sha256": payload_sha256,
-        "closed_set_sha256": closed_set_sha256,
-        "randomness_proof": dict(randomness_proof),
-    }
-    return {"statement": body, "signature": sign_json(signing_key, body)}
+    statement = UploadStatement.for_round(
+        terms,
+        round_number,
+        subject_id,
+        run,
+        payload_sha256=payload_sha256,
+        closed_set_sha256=closed_set_sha256,
+        randomness_proof=dict(randomness_proof),
+    )
+    return statement.sign(signing_key).to_json()
 
 
 def verify_upload_statement(
@@ -89,28 +124,21 @@ def verify_upload_statement(
     payload_sha256: str | None = None,
     closed_set_sha256: str | None = None,
     run: int = 0,
-) -> dict[str, Any]:
+) -> UploadStatement:
     """Check a contributor's upload statement against the job terms; return its body."""
-    body = verify_participant_signed(
+    statement = verify_participant_signed(
         signed,
-        "statement",
+        UploadStatement,
         terms,
-        UPLOAD_PURPOSE,
         round_number=round_number,
         subject_id=subject_id,
-        digests=("payload_sha256", "closed_set_sha256"),
-        objects=("randomness_proof",),
         run=run,
     )
-    try:
-        RandomnessProof.from_obj(body["randomness_proof"])
-    except ValueError as exc:
-        raise ProtocolError("bad-statement", f"randomness_proof: {exc}") from None
-    if payload_sha256 is not None and not digest_equal(body["payload_sha256"], payload_sha256):
+    if payload_sha256 is not None and not digest_equal(statement.payload_sha256, payload_sha256):
         raise ProtocolError("statement-mismatch", "the statement names another payload")
-    if closed_set_sha256 is not None and body["closed_set_sha256"] != closed_set_sha256:
+    if closed_set_sha256 is not None and statement.closed_set_sha256 != closed_set_sha256:
         raise ProtocolError("statement-mismatch", "the statement names another closed set")
-    return body
+    return statement
 
 
 # --------------------------------------------------------------------------- masked
@@ -174,6 +202,18 @@ def mask_context(
     )
 
 
+@dataclass(frozen=True)
+class MaskedUploadStatement(ParticipantStatement):
+    """A ``masked`` contributor's word: this ``y`` and this seed ciphertext are its upload."""
+
+    FIELD: ClassVar[str] = "statement"
+    PURPOSE: ClassVar[str] = MASKED_UPLOAD_PURPOSE
+    DIGESTS: ClassVar[tuple[str, ...]] = ("payload_sha256", "seed_sha256")
+
+    payload_sha256: str
+    seed_sha256: str
+
+
 def build_masked_upload_statement(
     signing_key: Ed25519PrivateKey,
     terms: JobTerms,
@@ -184,18 +224,16 @@ def build_masked_upload_statement(
     seed_sha256: str,
     run: int = 0,
 ) -> dict[str, Any]:
-    """A contributor's signed statement: this ``y`` and this seed are its upload.
+    """A contributor's signed statement (wire form): this ``y`` and this seed are its upload.
 
     The KGC decrypts a seed only for a contributor whose statement names it, and the
     contributors sum exactly the ``y`` the statements name (the KGC lists them in the
     release), so the PS can neither swap an upload nor shift the model.
     """
-    body = {
-        **statement_base(terms, MASKED_UPLOAD_PURPOSE, round_number, subject_id, run),
-        "payload_sha256": payload_sha256,
-        "seed_sha256": seed_sha256,
-    }
-    return {"statement": body, "signature": sign_json(signing_key, body)}
+    statement = MaskedUploadStatement.for_round(
+        terms, round_number, subject_id, run, payload_sha256=payload_sha256, seed_sha256=seed_sha256
+    )
+    return statement.sign(signing_key).to_json()
 
 
 def verify_masked_upload_statement(
@@ -207,20 +245,18 @@ def verify_masked_upload_statement(
     subject_id: str | None = None,
     payload_sha256: str | None = None,
     seed_sha256: str | None = None,
-) -> dict[str, Any]:
+) -> MaskedUploadStatement:
     """Check a masked upload statement against the terms (and the given digests)."""
-    body = verify_participant_signed(
+    statement = verify_participant_signed(
         signed,
-        "statement",
+        MaskedUploadStatement,
         terms,
-        MASKED_UPLOAD_PURPOSE,
         round_number=round_number,
         subject_id=subject_id,
-        digests=("payload_sha256", "seed_sha256"),
         run=run,
     )
-    if payload_sha256 is not None and not digest_equal(body["payload_sha256"], payload_sha256):
+    if payload_sha256 is not None and not digest_equal(statement.payload_sha256, payload_sha256):
         raise ProtocolError("statement-mismatch", "the statement names another payload")
-    if seed_sha256 is not None and not digest_equal(body["seed_sha256"], seed_sha256):
+    if seed_sha256 is not None and not digest_equal(statement.seed_sha256, seed_sha256):
         raise ProtocolError("statement-mismatch", "the statement names another seed")
-    return body
+    return statement

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from trapdoor.crypto.wire import encode_payload_frame, encode_ring_frame
 from trapdoor.protocol.audit import verify_audit_statement
 from trapdoor.protocol.bundle import blind_to_text, plaintexts_from_bytes
+from trapdoor.protocol.commitment import Signed
 from trapdoor.ps.bcp import BcpJob
 from trapdoor.ps.checks import already_stored
 from trapdoor.ps.models import Audit, Job, Round, Upload
@@ -118,7 +119,7 @@ class Audits:
             with state.transaction() as session:
                 rnd = get_round(session, job_id, t, lock=True)
                 run = rnd.run if rnd is not None else 0
-                _, (body, digests) = participant_message(
+                _, audit = participant_message(
                     session,
                     state.setups,
                     job_id,
@@ -127,7 +128,8 @@ class Audits:
                         signed, terms, round_number=t, subject_id=subject_id, run=run
                     ),
                 )
-                canonical = {"audit": body, "signature": signed.get("signature")}
+                digests = audit.digests
+                canonical = Signed(audit, signed["signature"]).to_json()
                 answer = {
                     "job_id": job_id,
                     "round": t,

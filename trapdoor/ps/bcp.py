@@ -22,14 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from trapdoor.crypto.bcp import RandomSource
 from trapdoor.crypto.blocks import BlockLayout, EncryptedVector, JobKey, element_bytes
 from trapdoor.crypto.encoding import PackingLayout
-from trapdoor.crypto.pok import RandomnessProof, verify_randomness
+from trapdoor.crypto.pok import verify_randomness
 from trapdoor.crypto.signing import sign_json
 from trapdoor.crypto.wire import WireError, decode_frame, encode_frame
 from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
-from trapdoor.protocol.commitment import ClosedSet, pok_context
+from trapdoor.protocol.commitment import ClosedSet, Signed, pok_context
 from trapdoor.protocol.common import ProtocolError, digest_equal, is_json_int
 from trapdoor.protocol.job import JobTerms
-from trapdoor.protocol.upload import verify_upload_statement
+from trapdoor.protocol.upload import UploadStatement, verify_upload_statement
 from trapdoor.ps.checks import max_frame_bytes, refusal
 from trapdoor.service.errors import BadRequestError, InvalidError, TooLargeError
 
@@ -73,7 +73,7 @@ class BcpJob:
 
 def check_upload(
     job: BcpJob, job_id: str, t: int, subject_id: str, data: bytes, closed: ClosedSet
-) -> tuple[str, EncryptedVector, dict[str, Any]]:
+) -> tuple[str, EncryptedVector, Signed[UploadStatement]]:
     """Frame, header, statement, shape, every group element, then the commitment.
 
     Returns the payload's SHA-256, the checked vector and the signed statement. The
@@ -103,7 +103,7 @@ def check_upload(
         )
     except ProtocolError as exc:
         raise refusal(exc) from None
-    signed = {"statement": statement, "signature": header["statement"]["signature"]}
+    signed = Signed(statement, header["statement"]["signature"])
     if header.get("num_plaintexts") != job.packing.num_plaintexts:
         raise InvalidError("wrong-shape", f"expected {job.packing.num_plaintexts} plaintexts")
     try:
@@ -124,7 +124,7 @@ def check_randomness_proof(
     t: int,
     subject_id: str,
     closed: ClosedSet,
-    signed: Mapping[str, Any],
+    signed: Signed[UploadStatement],
     vector: EncryptedVector,
 ) -> None:
     """The sender knows the upload's randomness: it is no re-randomised copy of another's.
@@ -134,7 +134,7 @@ def check_randomness_proof(
     try:
         verify_randomness(
             job.job_key.params,
-            RandomnessProof.from_obj(signed["statement"]["randomness_proof"]),
+            signed.message.proof(),
             pok_context(job.terms, t, closed.digest),
             subject_id,
             a_components=vector.a_components(),

@@ -25,10 +25,12 @@ from trapdoor.crypto.masking import add_into, vector_from_bytes, vector_to_bytes
 from trapdoor.crypto.signing import sign_json
 from trapdoor.crypto.wire import RING_FRAME_KIND, WireError, decode_frame
 from trapdoor.protocol.bundle import MaskedReleaseBinding, bundle_sha256
+from trapdoor.protocol.commitment import Signed
 from trapdoor.protocol.common import ProtocolError, is_json_int
 from trapdoor.protocol.job import JobTerms, MaskedLayout
 from trapdoor.protocol.release_request import masked_release_request_header
 from trapdoor.protocol.upload import (
+    MaskedUploadStatement,
     seed_from_obj,
     seed_sha256,
     seed_to_obj,
@@ -73,8 +75,8 @@ class CheckedUpload:
 
     #: SHA-256 of ``y`` (the frame's payload), as the statement signs it
     digest: str
-    #: ``{"statement": body, "signature"}`` as the contributor signed it
-    statement: dict[str, Any]
+    #: the statement as the contributor signed it
+    statement: Signed[MaskedUploadStatement]
     #: SHA-256 of the seed ciphertext ``{"A", "B"}`` (canonical hex)
     seed_sha256: str
 
@@ -143,7 +145,7 @@ def check_upload(
             raise ForbiddenError(exc.code, exc.message) from None
         raise refusal(exc) from None
     assert isinstance(signed, dict)  # verified above
-    return CheckedUpload(digest, {"statement": body, "signature": signed["signature"]}, seed_digest)
+    return CheckedUpload(digest, Signed(body, signed["signature"]), seed_digest)
 
 
 def add_uploads(layout: MaskedLayout, base: bytes, uploads: Iterable[bytes]) -> bytes:

@@ -17,6 +17,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from trapdoor.protocol.audit import verify_undecodable_statement
+from trapdoor.protocol.commitment import Signed
 from trapdoor.protocol.common import MAX_RUN, ProtocolError
 from trapdoor.ps import bcp, masked
 from trapdoor.ps.checks import already_stored, refusal
@@ -84,7 +85,7 @@ class Reruns:
                 )
             except ProtocolError as exc:
                 raise refusal(exc) from None
-            canonical = {"undecodable": body, "signature": signed.get("signature")}
+            canonical = Signed(body, signed["signature"]).to_json()
             answer = {"job_id": job_id, "round": t, "run": rnd.run, "subject_id": subject_id}
             reports = dict(rnd.undecodable or {})
             if already_stored(

@@ -23,8 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trapdoor.protocol.commitment import verify_commitment
+from trapdoor.protocol.commitment import Signed, verify_commitment
 from trapdoor.protocol.receipt import build_receipt
+from trapdoor.protocol.upload import MaskedUploadStatement, UploadStatement
 from trapdoor.ps import bcp, masked
 from trapdoor.ps.checks import already_stored
 from trapdoor.ps.models import Commitment, Job, Round, Upload
@@ -80,13 +81,13 @@ class Uploads:
                         signed, terms, round_number=t, subject_id=subject_id, run=run
                     ),
                 )
-                canonical = {"commitment": body, "signature": signed.get("signature")}
+                canonical = Signed(body, signed["signature"]).to_json()
                 answer = {
                     "job_id": job_id,
                     "round": t,
                     "run": run,
                     "subject_id": subject_id,
-                    "payload_sha256": body["payload_sha256"],
+                    "payload_sha256": body.payload_sha256,
                 }
                 if _same_commitment(session, job_id, t, subject_id, canonical):
                     return answer, False
@@ -98,7 +99,7 @@ class Uploads:
                         job_id=job_id,
                         round=t,
                         subject_id=subject_id,
-                        payload_sha256=body["payload_sha256"],
+                        payload_sha256=body.payload_sha256,
                         signed=canonical,
                         committed_at=now,
                     )
@@ -234,7 +235,7 @@ class Uploads:
         subject_id: str,
         digest: str,
         payload: bytes,
-        statement: dict[str, Any],
+        statement: Signed[UploadStatement | MaskedUploadStatement],
         now: float,
         *,
         seed_sha256: str | None = None,
@@ -256,7 +257,7 @@ class Uploads:
                 sha256=digest,
                 payload=payload,
                 receipt=signed,
-                statement=statement,
+                statement=statement.to_json(),
                 seed_sha256=seed_sha256,
                 accepted_at=now,
             )

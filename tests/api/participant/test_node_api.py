@@ -266,5 +266,5 @@ def test_a_joined_job_uploads_with_a_signed_statement(
         subject_id="node",
         payload_sha256=hashlib.sha256(parsed.payload).hexdigest(),
     )
-    assert round_number == 0 and statement["audience"] == PS_SUBJECT
+    assert round_number == 0 and statement.audience == PS_SUBJECT
     assert {r["audience"] for r in network.kgc.token_requests} == {PS_SUBJECT}

@@ -448,7 +448,7 @@ def test_upload_frame_decodes_to_weighted_update_with_a_signed_statement(
         payload_sha256=payload_sha256,
         closed_set_sha256=closed.digest,
     )
-    assert statement["audience"] == PS_SUBJECT
+    assert statement.audience == PS_SUBJECT
     for wrong in ({"round_number": 2}, {"round_number": 1, "subject_id": "p0"}):
         with pytest.raises(ProtocolError):
             verify_upload_statement(
@@ -517,7 +517,9 @@ def test_a_contributor_audits_the_aggregate_before_the_release(
     rnd = network.ps.rounds[0]
     assert rnd.audited is not None
     signed = rnd.audits["bob"]
-    _, digests = verify_audit_statement(signed, world.terms(), round_number=0, subject_id="bob")
+    digests = verify_audit_statement(
+        signed, world.terms(), round_number=0, subject_id="bob"
+    ).digests
     assert digests == rnd.audited.digests
     assert digests.base_sha256 == world.terms().initial_ciphertext_sha256
     # F really is W_0 + Σ w_i Δ_i + R, slot by slot (the KGC would open exactly this).

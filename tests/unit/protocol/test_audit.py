@@ -262,10 +262,10 @@ def audit0(job: Job, uploads: dict[str, EncryptedVector], **kw: Any) -> AuditedR
 def test_an_audit_returns_the_digests_it_vouches_for(world: World) -> None:
     digests = world.digests("cc" * 32, THREE, attempt=7)
     signed = world.audit("sub-b", 1, digests)
-    body, checked = verify_audit_statement(signed, world.terms, round_number=1, subject_id="sub-b")
-    assert checked == digests
-    assert {k: body[k] for k in digests.fields()} == digests.fields()
-    assert body["purpose"] == AUDIT_PURPOSE
+    body = verify_audit_statement(signed, world.terms, round_number=1, subject_id="sub-b")
+    assert body.digests == digests
+    assert {k: body.to_json()[k] for k in digests.fields()} == digests.fields()
+    assert body.purpose == AUDIT_PURPOSE
 
 
 @pytest.mark.parametrize("attempt", [-1, MAX_ATTEMPT + 1, True, "0", 1.0, None])
@@ -282,7 +282,7 @@ def test_an_audit_with_a_bad_attempt_is_refused(world: World, attempt: object) -
 
 def test_the_last_attempt_is_accepted(world: World) -> None:
     signed = world.audit("sub-a", 0, world.digests("cc" * 32, THREE, attempt=MAX_ATTEMPT))
-    assert verify_audit_statement(signed, world.terms, round_number=0)[1].attempt == MAX_ATTEMPT
+    assert verify_audit_statement(signed, world.terms, round_number=0).attempt == MAX_ATTEMPT
 
 
 # --------------------------------------------------------------------------- the computation

@@ -25,8 +25,8 @@ from trapdoor.protocol.common import json_sha256
 def test_a_commitment_names_the_payload(world: World) -> None:
     signed = world.commitment("sub-c", 3, digest="ab" * 32)
     body = verify_commitment(signed, world.terms, round_number=3, subject_id="sub-c")
-    assert body["payload_sha256"] == "ab" * 32
-    tampered = {**signed, "commitment": {**body, "payload_sha256": "cd" * 32}}
+    assert body.payload_sha256 == "ab" * 32
+    tampered = {**signed, "commitment": {**body.to_json(), "payload_sha256": "cd" * 32}}
     refused(
         "bad-commitment-signature",
         lambda: verify_commitment(tampered, world.terms, round_number=3),

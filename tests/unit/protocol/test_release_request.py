@@ -252,7 +252,7 @@ def test_the_release_header_lists_contributors_from_the_statements(world: World)
 def test_every_round_message_names_its_run_and_is_void_in_the_other(world: World) -> None:
     commitment = world.commitment("sub-a", 1, run=1)
     assert commitment["commitment"]["run"] == 1
-    assert verify_commitment(commitment, world.terms, round_number=1, run=1)["run"] == 1
+    assert verify_commitment(commitment, world.terms, round_number=1, run=1).run == 1
     refused(
         "commitment-mismatch", lambda: verify_commitment(commitment, world.terms, round_number=1)
     )
@@ -278,7 +278,7 @@ def test_undecodable_reports_name_their_bundle(world: World) -> None:
     body = verify_undecodable_statement(
         report, world.terms, round_number=2, run=0, subject_id="sub-b", bundle_sha256=BUNDLE
     )
-    assert (body["purpose"], body["run"], body["bundle_sha256"]) == (UNDECODABLE_PURPOSE, 0, BUNDLE)
+    assert (body.purpose, body.run, body.bundle_sha256) == (UNDECODABLE_PURPOSE, 0, BUNDLE)
     refused(
         "undecodable-mismatch",
         lambda: verify_undecodable_statement(

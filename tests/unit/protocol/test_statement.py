@@ -55,9 +55,9 @@ def test_a_participant_signed_message_verifies_for_its_round_and_subject(
     field, purpose, build, verify = kind
     signed = build(world, "sub-a", 2)
     checked = verify(signed, world.terms, round_number=2, subject_id="sub-a")
-    body = checked[0] if isinstance(checked, tuple) else checked
+    body = checked.to_json()
     assert body == signed[field]
-    assert body["purpose"] == purpose
+    assert checked.purpose == purpose
     assert body["audience"] == PS and body["job_terms_sha256"] == world.terms.digest
     assert body["kgc_key_id"] == world.terms.raw["kgc_key_id"]
     assert (body["round"], body["subject_id"], body["job_id"]) == (2, "sub-a", "job-1")

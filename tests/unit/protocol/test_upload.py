@@ -29,6 +29,7 @@ from trapdoor.protocol.common import kgc_key_id
 from trapdoor.protocol.upload import (
     MASKED_UPLOAD_PURPOSE,
     UPLOAD_PURPOSE,
+    MaskedUploadStatement,
     build_upload_statement,
     seed_from_obj,
     seed_sha256,
@@ -50,8 +51,8 @@ def test_an_upload_statement_names_its_payload_and_closed_set(world: World) -> N
         payload_sha256="ab" * 32,
         closed_set_sha256="cc" * 32,
     )
-    assert (body["payload_sha256"], body["closed_set_sha256"]) == ("ab" * 32, "cc" * 32)
-    assert body["purpose"] == UPLOAD_PURPOSE
+    assert (body.payload_sha256, body.closed_set_sha256) == ("ab" * 32, "cc" * 32)
+    assert body.purpose == UPLOAD_PURPOSE
 
 
 @pytest.mark.parametrize(
@@ -196,7 +197,7 @@ def test_upload_statement_shape_and_verify(masked_world: MaskedWorld, round0: li
         payload_sha256=body["payload_sha256"],
         seed_sha256=body["seed_sha256"],
     )
-    assert checked == body
+    assert checked.to_json() == body
 
 
 def _resigned(masked_world: MaskedWorld, upload: Upload, **changes: Any) -> dict[str, Any]:
@@ -209,12 +210,12 @@ def test_upload_statement_refusals(masked_world: MaskedWorld, params_512: Params
     upload = masked_world.upload("sub-a", 1, run=1)
     body = upload.statement["statement"]
 
-    def verify(signed: object = upload.statement, **kw: Any) -> dict[str, Any]:
+    def verify(signed: object = upload.statement, **kw: Any) -> MaskedUploadStatement:
         terms = kw.pop("terms", masked_world.terms)
         args: dict[str, Any] = {"round_number": 1, "run": 1, **kw}
         return verify_masked_upload_statement(signed, terms, **args)
 
-    assert verify()["round"] == 1
+    assert verify().round == 1
     refused("statement-mismatch", lambda: verify(round_number=0))
     refused("statement-mismatch", lambda: verify(round_number=2))
     refused("statement-mismatch", lambda: verify(run=0))
@@ -242,7 +243,7 @@ def test_upload_statement_refusals(masked_world: MaskedWorld, params_512: Params
     )
     elsewhere = masked_world.upload("sub-a", 1, run=1, terms=other.terms)
     refused("statement-mismatch", lambda: verify(elsewhere.statement))
-    assert verify(elsewhere.statement, terms=other.terms)["job_id"] == "job-other"
+    assert verify(elsewhere.statement, terms=other.terms).job_id == "job-other"
     refused("statement-mismatch", lambda: verify(terms=other.terms))
 
 
@@ -271,7 +272,7 @@ def test_masked_and_bcp_upload_statements_do_not_cross(
         closed_set_sha256=closed,
         randomness_proof=proof.to_obj(),
     )
-    assert verify_upload_statement(bcp, masked_world.terms, round_number=0)["subject_id"] == "sub-a"
+    assert verify_upload_statement(bcp, masked_world.terms, round_number=0).subject_id == "sub-a"
     refused(
         "statement-mismatch",
         lambda: verify_masked_upload_statement(bcp, masked_world.terms, round_number=0, run=0),
