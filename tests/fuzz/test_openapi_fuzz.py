@@ -1,9 +1,14 @@
 """Fuzz every operation of the three services from their own ``/openapi.json`` (issue 6).
 
 For the KGC, the parameter server and the participant node, schemathesis loads the
-document the app generates from its URL map (``trapdoor.service.web``) through the WSGI
-loader, and generates positive and negative requests for every operation; each is
-sent without and with valid credentials (admin token, participant or server tokens).
+document the app generates from its URL map and its views' typed bodies
+(``trapdoor.service.web``, ``trapdoor.service.openapi``) through the WSGI loader, and
+generates positive and negative requests for every operation; each is sent without and
+with valid credentials (admin token, participant or server tokens). Positive bodies are
+generated from the real request schemas, so they reach the services' checks of meaning
+(an unknown model kind, a subject that does not exist), not only of shape: one test
+counts how many get past the shape checks. A URL in a generated body is pointed at a
+closed port, so nothing is ever called out of this machine.
 A second pass fuzzes each route of ``app.url_map`` directly with Hypothesis: hostile
 JSON (deep nesting, lone surrogates, huge integers, wrong types, known field names),
 raw bytes under several content types, hostile path values and methods.
@@ -53,6 +58,27 @@ BUILDERS: dict[str, Callable[[Path], Target]] = {
 }
 # Operations whose success legitimately writes (a 2xx may store, a refusal may not).
 UPSTREAM_OK = {("node", "/v1/enrol"), ("node", "/v1/jobs")}
+# Where the node is told to call out: a generated URL goes to a closed port instead.
+URL_FIELDS = ("kgc_url", "ps_url")
+OFFLINE_URL = "http://127.0.0.1:1"
+# Per service, operations whose positive cases must mostly get past the shape checks, as
+# (method, path, credentials); and the error codes that refuse a body for its shape.
+MEANINGFUL = {
+    "kgc": [("POST", "/v1/enrolments", "admin"), ("POST", "/v1/tokens", "none")],
+    "param_server": [("POST", "/v1/jobs", "admin")],
+    "node": [("POST", "/v1/enrol", "admin")],
+}
+SHAPE_REFUSALS = frozenset(
+    {
+        "bad-definition",
+        "bad-field",
+        "malformed-json",
+        "missing-field",
+        "too-large",
+        "unsupported-media-type",
+    }
+)
+POSITIVE_EXAMPLES = 30
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
@@ -90,6 +116,26 @@ def test_openapi_document_lists_every_route(app_target: Target) -> None:
     assert documented == routed - {("GET", "/openapi.json")}
 
 
+def _offline(case: Any) -> None:
+    """Point a generated body's well-formed URLs at a closed port (hostile ones stay)."""
+    if isinstance(case.body, dict):
+        for name in URL_FIELDS:
+            value = case.body.get(name)
+            if isinstance(value, str) and value.startswith(("http://", "https://")):
+                case.body[name] = OFFLINE_URL
+
+
+def _caller(case: Any, headers: dict[str, str]) -> Callable[[], tuple[int, str | None, bytes]]:
+    """Send ``case`` with ``headers``: status, content type and body."""
+
+    def send() -> tuple[int, str | None, bytes]:
+        response = case.call(headers=headers)
+        content_type = (response.headers.get("content-type") or [None])[0]
+        return response.status_code, content_type, response.content
+
+    return send
+
+
 def _fuzz_operation(tgt: Target, operation: Any) -> None:
     strategy = st.one_of(
         operation.as_strategy(GenerationMode.POSITIVE),
@@ -103,14 +149,9 @@ def _fuzz_operation(tgt: Target, operation: Any) -> None:
             for name, values in tgt.path_values.items():
                 if name in case.path_parameters:
                     case.path_parameters[name] = values[0]
+        _offline(case)
         note(f"{operation.method.upper()} {case.formatted_path} as {auth}")
-
-        def send() -> tuple[int, str | None, bytes]:
-            response = case.call(headers=tgt.auths[auth])
-            content_type = (response.headers.get("content-type") or [None])[0]
-            return response.status_code, content_type, response.content
-
-        _send_checked(tgt, operation.path, send)
+        _send_checked(tgt, operation.path, _caller(case, tgt.auths[auth]))
 
     run()
 
@@ -122,6 +163,40 @@ def test_schemathesis_every_operation(app_target: Target) -> None:
     assert operations
     for operation in operations:
         _fuzz_operation(app_target, operation)
+
+
+def _positive_answers(tgt: Target, operation: Any, auth: str) -> list[tuple[int, bytes]]:
+    """Positive cases of ``operation`` as ``auth``, each checked; their statuses and bodies."""
+    answers: list[tuple[int, bytes]] = []
+
+    @settings(SETTINGS, max_examples=POSITIVE_EXAMPLES)
+    @given(case=operation.as_strategy(GenerationMode.POSITIVE))
+    def run(case: Any) -> None:
+        _offline(case)
+        send = _caller(case, tgt.auths[auth])
+
+        def recorded() -> tuple[int, str | None, bytes]:
+            status, content_type, body = send()
+            answers.append((status, body))
+            return status, content_type, body
+
+        _send_checked(tgt, operation.path, recorded)
+
+    run()
+    return answers
+
+
+def test_generated_bodies_get_past_the_shape_checks(app_target: Target) -> None:
+    """Positive cases, generated from the documented request schemas, are refused (if at
+    all) for what they mean, not for their shape: the documents describe what the services
+    take. With the old untyped bodies (``{"type": "object"}``) none of them got past."""
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app_target.app)
+    for method, path, auth in MEANINGFUL[app_target.name]:
+        answers = _positive_answers(app_target, schema[path][method], auth)
+        codes = [json.loads(body)["error"] if status >= 400 else None for status, body in answers]
+        past = [code for code in codes if code not in SHAPE_REFUSALS]
+        print(f"{app_target.name} {method} {path}: {len(past)} of {len(codes)} past the shape")
+        assert codes and 2 * len(past) >= len(codes), codes
 
 
 # --------------------------------------------------------------------------- direct fuzz

@@ -15,11 +15,27 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from trapdoor.kgc.domain import KgcService
+from trapdoor.kgc.schemas import (
+    BcpBundle,
+    CompletionRequest,
+    Enrolment,
+    EnrolmentRequest,
+    JobAnswer,
+    JobRequest,
+    KgcInfo,
+    MaskedBundle,
+    MaskedReleaseRequest,
+    TokenAnswer,
+    TokenRequest,
+)
 from trapdoor.service.errors import UnsupportedMediaError
+from trapdoor.service.openapi import ADMIN, FRAME, TOKEN
+from trapdoor.service.schemas import SignedCertificate
 from trapdoor.service.web import (
     admin_required,
     bearer_required,
     body_limit,
+    documented,
     field,
     json_body,
     read_body,
@@ -51,12 +67,14 @@ param_server_required = bearer_required(_param_server, keyword="requester")
 
 
 @bp.get("/info")
+@documented(responses={200: KgcInfo})
 def info() -> Any:
     """Public BCP parameters, the KGC's Ed25519 verification key and the demo flag."""
     return jsonify(service().info())
 
 
 @bp.post("/enrolments")
+@documented(request=EnrolmentRequest, responses={201: Enrolment}, auth=[ADMIN])
 @admin_required
 def enrol() -> Any:
     """Operator: enrol a participant or the parameter server; returns a one-time code."""
@@ -67,6 +85,7 @@ def enrol() -> Any:
 
 
 @bp.post("/enrolments/<subject_id>/complete")
+@documented(request=CompletionRequest, responses={200: SignedCertificate}, errors=[401, 409, 422])
 def complete_enrolment(subject_id: str) -> Any:
     """Holder of the code: certify a signing key (and a participant's BCP public key)."""
     body = json_body()
@@ -77,12 +96,14 @@ def complete_enrolment(subject_id: str) -> Any:
 
 
 @bp.get("/subjects/<subject_id>")
+@documented(responses={200: SignedCertificate})
 def subject(subject_id: str) -> Any:
     """A subject's certificate and the KGC's signature over it."""
     return jsonify(service().subject(subject_id))
 
 
 @bp.post("/tokens")
+@documented(request=TokenRequest, responses={200: TokenAnswer}, errors=[401, 403, 404, 409, 422])
 def tokens() -> Any:
     """Enrolled subject: a short-lived token for one audience, for a signed, fresh challenge.
 
@@ -102,6 +123,7 @@ def tokens() -> Any:
 
 
 @bp.post("/jobs")
+@documented(request=JobRequest, responses={201: JobAnswer}, errors=[409, 422], auth=[TOKEN])
 @param_server_required
 def create_job(requester: str) -> Any:
     """Parameter server: KGC-signed job terms with a fresh job key.
@@ -115,6 +137,12 @@ def create_job(requester: str) -> Any:
 
 
 @bp.post("/jobs/<job_id>/releases")
+@documented(
+    request=(FRAME, MaskedReleaseRequest),
+    responses={201: BcpBundle | MaskedBundle, 200: BcpBundle | MaskedBundle},
+    errors=[409, 422],
+    auth=[TOKEN],
+)
 @body_limit(RELEASE_BODY_CEILING)
 @param_server_required
 def release(job_id: str, requester: str) -> Any:

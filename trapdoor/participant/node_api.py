@@ -16,13 +16,23 @@ from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy.orm import sessionmaker
 
 from trapdoor.participant.node import PASSPHRASE_ENV, ParticipantNode, load_local_data
+from trapdoor.participant.node_schemas import (
+    EnrolRequest,
+    JoinRequest,
+    LatestModel,
+    NodeJobStatus,
+    NodeStatus,
+)
 from trapdoor.participant.settings import NodeSettings
 from trapdoor.protocol.job import DEFAULT_MIN_QUORUM
 from trapdoor.service.db import make_engine, migrate, prepare_sqlite_file
 from trapdoor.service.errors import BadRequestError
+from trapdoor.service.openapi import ADMIN
+from trapdoor.service.schemas import SignedCertificate
 from trapdoor.service.web import (
     add_common_routes,
     admin_required,
+    documented,
     field,
     json_body,
     limit_request_bodies,
@@ -57,6 +67,7 @@ def _node() -> ParticipantNode:
 
 
 @bp.get("/v1/status")
+@documented(responses={200: NodeStatus}, auth=[ADMIN])
 @admin_required
 def status() -> Any:
     """Identity (subject id, enrolled), local data summary and joined jobs."""
@@ -64,6 +75,12 @@ def status() -> Any:
 
 
 @bp.post("/v1/enrol")
+@documented(
+    request=EnrolRequest,
+    responses={201: SignedCertificate},
+    errors=[404, 409, 422, 502, 503],
+    auth=[ADMIN],
+)
 @admin_required
 def enrol() -> Any:
     """Enrol with the KGC: keys are generated here and sealed at rest; the certificate."""
@@ -77,6 +94,12 @@ def enrol() -> Any:
 
 
 @bp.post("/v1/jobs")
+@documented(
+    request=JoinRequest,
+    responses={201: NodeJobStatus},
+    errors=[404, 409, 422, 502, 503],
+    auth=[ADMIN],
+)
 @admin_required
 def join() -> Any:
     """Join a job at a parameter server; a background worker trains each open round.
@@ -100,6 +123,7 @@ def join() -> Any:
 
 
 @bp.get("/v1/jobs/<job_id>")
+@documented(responses={200: NodeJobStatus}, auth=[ADMIN])
 @admin_required
 def job_status(job_id: str) -> Any:
     """A joined job: status and per-round metrics (loss, clip, timings, bytes, accuracy)."""
@@ -107,6 +131,7 @@ def job_status(job_id: str) -> Any:
 
 
 @bp.get("/v1/jobs/<job_id>/model")
+@documented(responses={200: LatestModel}, auth=[ADMIN])
 @admin_required
 def latest_model(job_id: str) -> Any:
     """The latest released model this node holds: round and base64url float64 weights."""

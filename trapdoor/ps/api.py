@@ -26,12 +26,34 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from trapdoor.crypto.signing import ROLES, TokenClaims, TokenError, verify_token
 from trapdoor.ps.domain import ParameterServer
+from trapdoor.ps.schemas import (
+    AuditAnswer,
+    AuditPackage,
+    BcpDownload,
+    ClosedSetAnswer,
+    CommitmentAnswer,
+    JobDefinition,
+    JobList,
+    JobView,
+    MaskedDownload,
+    PsInfo,
+    RoundView,
+    UndecodableAnswer,
+)
 from trapdoor.service.errors import ForbiddenError, UnauthorizedError, UnsupportedMediaError
+from trapdoor.service.openapi import ADMIN, FRAME, TOKEN
+from trapdoor.service.schemas import (
+    SignedAudit,
+    SignedCommitment,
+    SignedReceipt,
+    SignedUndecodable,
+)
 from trapdoor.service.web import (
     ROUND,
     admin_required,
     bearer_required,
     body_limit,
+    documented,
     is_admin_token,
     json_body,
     read_body,
@@ -47,6 +69,8 @@ JOB_BODY_LIMIT = 64 * 1024 * 1024
 _UPLOAD_PRELIMIT = 1 << 62
 
 bp = Blueprint("param_server", __name__)
+#: Who may call a view of a job: its operator or one of its participants.
+_EITHER = (ADMIN, TOKEN)
 
 
 def _service() -> ParameterServer:
@@ -107,6 +131,7 @@ def _frame(data: bytes) -> Response:
 
 
 @bp.get("/v1/info")
+@documented(responses={200: PsInfo})
 def info() -> Any:
     """The PS's identity: the Ed25519 key that signs receipts and release requests."""
     service = _service()
@@ -119,6 +144,9 @@ def info() -> Any:
 
 
 @bp.post("/v1/jobs")
+@documented(
+    request=JobDefinition, responses={201: JobView}, errors=[409, 422, 502, 503], auth=[ADMIN]
+)
 @body_limit(JOB_BODY_LIMIT)
 @admin_required
 def create_job() -> Any:
@@ -127,6 +155,7 @@ def create_job() -> Any:
 
 
 @bp.get("/v1/jobs")
+@documented(responses={200: JobList}, auth=[ADMIN])
 @admin_required
 def list_jobs() -> Any:
     """Operator: every job with its status."""
@@ -134,6 +163,7 @@ def list_jobs() -> Any:
 
 
 @bp.get("/v1/jobs/<job_id>")
+@documented(responses={200: JobView}, auth=_EITHER)
 @operator_or_participant
 def get_job(job_id: str, requester: str | None) -> Any:
     """A job: definition, KGC-signed terms, job key, packing layout, public weights, progress."""
@@ -141,6 +171,7 @@ def get_job(job_id: str, requester: str | None) -> Any:
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>")
+@documented(responses={200: RoundView}, auth=_EITHER)
 @operator_or_participant
 def get_round(job_id: str, t: int, requester: str | None) -> Any:
     """A round: phase, attempt, committed subjects, contributors, deadline."""
@@ -148,6 +179,14 @@ def get_round(job_id: str, t: int, requester: str | None) -> Any:
 
 
 @bp.route(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/commitments", methods=["GET", "POST"])
+@documented(method="GET", responses={200: ClosedSetAnswer}, errors=[409], auth=_EITHER)
+@documented(
+    method="POST",
+    request=SignedCommitment,
+    responses={201: CommitmentAnswer, 200: CommitmentAnswer},
+    errors=[409, 422],
+    auth=[TOKEN],
+)
 def commitments(job_id: str, t: int) -> Any:
     """POST, participant: commit to the payload it will upload in round t (commit phase).
     GET, participant of the job or operator: the PS-signed closed commitment set (409
@@ -172,6 +211,7 @@ def _commit(job_id: str, t: int, subject: str) -> Any:
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads")
+@documented(request=FRAME, responses={201: SignedReceipt}, errors=[409, 422], auth=[TOKEN])
 @body_limit(_UPLOAD_PRELIMIT)
 @participant_required
 def upload(job_id: str, t: int, subject: str) -> Any:
@@ -189,6 +229,7 @@ def upload(job_id: str, t: int, subject: str) -> Any:
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audit")
+@documented(responses={200: AuditPackage}, errors=[409], auth=_EITHER)
 @operator_or_participant
 def audit_package(job_id: str, t: int, requester: str | None) -> Any:
     """Contributor of the current attempt: its contributors, closed set, R and digests."""
@@ -196,6 +237,7 @@ def audit_package(job_id: str, t: int, requester: str | None) -> Any:
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/base")
+@documented(responses={200: FRAME}, errors=[409], auth=_EITHER)
 @operator_or_participant
 def base(job_id: str, t: int, requester: str | None) -> Any:
     """Contributor of the current attempt: Enc(W_t), framed (masked: Z_t, to any
@@ -204,6 +246,7 @@ def base(job_id: str, t: int, requester: str | None) -> Any:
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/uploads/<subject_id>")
+@documented(responses={200: FRAME}, errors=[409], auth=_EITHER)
 @operator_or_participant
 def upload_of(job_id: str, t: int, subject_id: str, requester: str | None) -> Any:
     """Contributor of the current attempt: another contributor's upload and statement
@@ -212,6 +255,12 @@ def upload_of(job_id: str, t: int, subject_id: str, requester: str | None) -> An
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/audits")
+@documented(
+    request=SignedAudit,
+    responses={201: AuditAnswer, 200: AuditAnswer},
+    errors=[409, 422],
+    auth=[TOKEN],
+)
 @participant_required
 def audit(job_id: str, t: int, subject: str) -> Any:
     """Contributor of the current attempt: its signed audit of the aggregate and blind."""
@@ -219,6 +268,12 @@ def audit(job_id: str, t: int, subject: str) -> Any:
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/undecodable")
+@documented(
+    request=SignedUndecodable,
+    responses={201: UndecodableAnswer, 200: UndecodableAnswer},
+    errors=[409, 422],
+    auth=[TOKEN],
+)
 @participant_required
 def undecodable(job_id: str, t: int, subject: str) -> Any:
     """Contributor of round t's release: its signed report that the release does not decode."""
@@ -226,6 +281,7 @@ def undecodable(job_id: str, t: int, subject: str) -> Any:
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/close")
+@documented(responses={200: RoundView}, errors=[409], auth=[ADMIN])
 @admin_required
 def close_round(job_id: str, t: int) -> Any:
     """Operator: end round t's commit or upload phase now if it has its quorum."""
@@ -233,6 +289,7 @@ def close_round(job_id: str, t: int) -> Any:
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/model")
+@documented(responses={200: BcpDownload | MaskedDownload}, errors=[409], auth=[TOKEN])
 @participant_required
 def download(job_id: str, t: int, subject: str) -> Any:
     """Contributor of round t's released attempt: its sealed bundle, binding and R

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 import hmac
+import inspect
 import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, current_app, jsonify, request
@@ -32,6 +33,8 @@ from trapdoor.service.errors import (
     UnsupportedMediaError,
     http_status,
 )
+from trapdoor.service.openapi import SECURITY_SCHEMES, Operation, SchemaSet, operation
+from trapdoor.service.schemas import Error, Health, OpenApiDocument
 
 __all__ = [
     "CONTROL_BODY_LIMIT",
@@ -41,6 +44,7 @@ __all__ = [
     "bearer_required",
     "bearer_token",
     "body_limit",
+    "documented",
     "field",
     "is_admin_token",
     "json_body",
@@ -248,6 +252,35 @@ def bearer_required(
     return decorate
 
 
+def documented(
+    *,
+    responses: Mapping[int, Any],
+    request: Any = None,
+    errors: Iterable[int] = (),
+    auth: Iterable[str] = (),
+    method: str | None = None,
+) -> Callable[[_View], _View]:
+    """Declare what a view takes and answers, for its service's ``/openapi.json``.
+
+    ``request`` is the JSON body's type (a ``TypedDict`` or dataclass of
+    :mod:`trapdoor.service.schemas` or of the service's own schema module), a
+    :class:`~trapdoor.service.openapi.Binary` frame, or a tuple of both; ``responses`` maps
+    each success status to its answer's type; ``errors`` adds the statuses the operation's
+    shape does not imply (409, 422, 502, ...); ``auth`` names who may call it
+    (:data:`~trapdoor.service.openapi.ADMIN`, :data:`~trapdoor.service.openapi.TOKEN`).
+    A view that serves two methods declares each (``method``). Only documentation: the view
+    still parses and checks its body itself, and a test validates its answers against it.
+    """
+    declared = Operation(request, dict(responses), tuple(errors), tuple(auth))
+
+    def decorate(view: _View) -> _View:
+        operations = {**getattr(view, "_openapi", {}), method and method.upper(): declared}
+        view._openapi = operations  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
 def _path_schema(rule: Any, arg: str) -> dict[str, Any]:
     from werkzeug.routing import IntegerConverter
 
@@ -260,16 +293,34 @@ def _path_schema(rule: Any, arg: str) -> dict[str, Any]:
     return {"type": "string"}
 
 
+def _undocumented(method: str) -> dict[str, Any]:
+    """What a view without :func:`documented` gets: any body, an answer of any shape."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    op: dict[str, Any] = {
+        "responses": {
+            "200": {"description": "success"},
+            "default": {"description": "error", "content": error},
+        }
+    }
+    if method in ("POST", "PUT", "PATCH"):
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {}}}}
+    return op
+
+
 def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
-    """OpenAPI 3.0 from the URL map: every route, its methods, and its docstring."""
+    """OpenAPI 3.1 from the URL map (paths, methods, path parameters, docstrings) and each
+    view's declared bodies (:func:`documented`), their schemas generated from the types."""
+    schemas = SchemaSet()
+    schemas.schema(Error)
+    schemes: set[str] = set()
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
         path = re.sub(r"<(?:[a-z]+(?:\([^)]*\))?:)?([A-Za-z_]\w*)>", r"{\1}", rule.rule)
         view = app.view_functions[rule.endpoint]
-        doc = (view.__doc__ or rule.endpoint).strip()
-        summary = doc.splitlines()[0]
+        declared: dict[str | None, Operation] = getattr(view, "_openapi", {})
+        doc = inspect.cleandoc(view.__doc__ or rule.endpoint)
         parameters = [
             {"name": arg, "in": "path", "required": True, "schema": _path_schema(rule, arg)}
             for arg in sorted(rule.arguments)
@@ -277,43 +328,24 @@ def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {
                 "operationId": f"{rule.endpoint}.{method.lower()}",
-                "summary": summary,
+                "summary": doc.splitlines()[0],
                 "description": doc,
                 "parameters": parameters,
-                "responses": {
-                    "200": {"description": "success"},
-                    "default": {
-                        "description": "error",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                        },
-                    },
-                },
             }
-            if method in ("POST", "PUT", "PATCH"):
-                op["requestBody"] = {
-                    "required": False,
-                    "content": {
-                        "application/json": {"schema": {"type": "object"}},
-                        "application/octet-stream": {
-                            "schema": {"type": "string", "format": "binary"}
-                        },
-                    },
-                }
+            found = declared.get(method) or declared.get(None)
+            if found is None:
+                op.update(_undocumented(method))
+            else:
+                op.update(operation(found, schemas, path_parameters=bool(parameters)))
+                schemes.update(found.security)
             paths.setdefault(path, {})[method.lower()] = op
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": title, "version": version},
         "paths": paths,
         "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-                }
-            },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": dict(sorted(schemas.components.items())),
+            "securitySchemes": {name: SECURITY_SCHEMES[name] for name in sorted(schemes)},
         },
     }
 
@@ -365,12 +397,14 @@ def add_common_routes(
     bp = Blueprint("meta", __name__)
 
     @bp.get("/healthz")
+    @documented(responses={200: Health})
     def healthz() -> Any:
         """Liveness and readiness of this service."""
         extra = health() if health else {}
         return jsonify(status="ok", service=title, **extra)
 
     @bp.get("/openapi.json")
+    @documented(responses={200: OpenApiDocument})
     def openapi() -> Any:
         """The OpenAPI document of this service."""
         return jsonify(_openapi_document(current_app, title, version))
