@@ -546,13 +546,13 @@ class KgcService:
             requested = check_requested_terms(terms)
         except ProtocolError as exc:
             raise protocol_refusal(exc) from None
-        if requested["job_id"] != job_id:
+        if requested.job_id != job_id:
             raise InvalidError("job-mismatch", "terms.job_id differs from job_id")
-        members: list[str] = list(requested["participants"])
-        width = int(requested["width"])
+        members: list[str] = list(requested.participants)
+        width = requested.width
         if not 1 <= width <= MAX_WIDTH:
             raise InvalidError("invalid-width", f"width must be 1 to {MAX_WIDTH}")
-        if requested["aggregation"] == "masked" and width != 1:
+        if requested.aggregation == "masked" and width != 1:
             raise InvalidError(
                 "invalid-width", "a masked job has width 1 (its seeds are one block each)"
             )
@@ -601,8 +601,8 @@ class KgcService:
                         terms=signed,
                         terms_signature=signature,
                         participants=members,
-                        quorum=int(requested["quorum"]),
-                        rounds=int(requested["rounds"]),
+                        quorum=requested.quorum,
+                        rounds=requested.rounds,
                         width=width,
                         created_at=self._clock(),
                     )
@@ -614,7 +614,7 @@ class KgcService:
             job_id,
             width,
             len(members),
-            int(requested["rounds"]),
+            requested.rounds,
         )
         return {
             "job_id": job_id,

@@ -225,7 +225,7 @@ def job_request(
             params, width, packing, initial_weights
         ),
     )
-    return {"job_id": job_id, "terms": terms}
+    return {"job_id": job_id, "terms": terms.to_json()}
 
 
 def masked_test_layout(participants: int, *, rounds: int = 3, length: int = 6) -> MaskedLayout:
@@ -273,7 +273,7 @@ def masked_job_request(
         num_plaintexts=length,
         initial_ciphertext_sha256=initial_state_sha256(layout, initial_weights),
     )
-    return {"job_id": job_id, "terms": terms}
+    return {"job_id": job_id, "terms": terms.to_json()}
 
 
 @dataclass(frozen=True)

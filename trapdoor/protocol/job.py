@@ -61,6 +61,7 @@ __all__ = [
     "MASKED_LAYOUT_KIND",
     "JobTerms",
     "MaskedLayout",
+    "RequestedTerms",
     "check_job_view",
     "check_requested_terms",
     "initial_ciphertext",
@@ -141,6 +142,87 @@ class JobTerms:
 # ---------------------------------------------------------------- requested, signed, verified
 
 
+@dataclass(frozen=True)
+class RequestedTerms:
+    """The terms a PS asks the KGC to sign (:data:`_REQUESTED_FIELDS`, in that order).
+
+    Typed so the KGC and every participant read fields, not keys; :meth:`to_json` is the
+    object the PS sends and the KGC signs into the terms, so its key order and values are
+    exactly what the builder wrote (weights keep their JSON numbers as sent).
+    """
+
+    job_id: str
+    participants: tuple[str, ...]
+    weights: Mapping[str, float]
+    quorum: int
+    rounds: int
+    width: int
+    num_plaintexts: int
+    definition_sha256: str
+    packing_sha256: str
+    model_sha256: str
+    initial_model_sha256: str
+    initial_ciphertext_sha256: str
+    aggregation: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The request as JSON, in field order (what the KGC's stored terms start with)."""
+        body: dict[str, Any] = {name: getattr(self, name) for name in _REQUESTED_FIELDS}
+        body["participants"] = list(self.participants)
+        body["weights"] = dict(self.weights)
+        return body
+
+    @classmethod
+    def from_json(cls, terms: object) -> RequestedTerms:
+        """Shape and meaning of a terms request (the KGC calls this before signing).
+
+        ``bad-terms``, ``duplicate-participant`` or ``invalid-quorum``, checked in that
+        order of fields, so a request refused before it was typed is refused alike.
+        """
+        if not isinstance(terms, dict) or set(terms) != set(_REQUESTED_FIELDS):
+            raise ProtocolError(
+                "bad-terms", f"terms must have exactly the fields {sorted(_REQUESTED_FIELDS)}"
+            )
+        participants = terms["participants"]
+        if (
+            not isinstance(participants, list)
+            or not participants
+            or not all(isinstance(p, str) for p in participants)
+        ):
+            raise ProtocolError("bad-terms", "participants must be a non-empty list of subject ids")
+        if len(set(participants)) != len(participants):
+            raise ProtocolError("duplicate-participant", "participants must be distinct")
+        weights = terms["weights"]
+        if not isinstance(weights, dict) or sorted(weights) != sorted(participants):
+            raise ProtocolError("bad-terms", "weights must name exactly the participants")
+        for value in weights.values():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 < value <= 1
+            ):
+                raise ProtocolError("bad-terms", "each weight must be a number in (0, 1]")
+        for name in ("quorum", "rounds", "width", "num_plaintexts"):
+            if not is_json_int(terms[name]) or terms[name] < 1:
+                raise ProtocolError("bad-terms", f"{name} must be a positive integer")
+        if terms["quorum"] > len(participants):
+            raise ProtocolError(
+                "invalid-quorum", "quorum must be between 1 and the participant count"
+            )
+        if terms["rounds"] > MAX_ROUND:
+            raise ProtocolError("bad-terms", f"rounds must be at most {MAX_ROUND}")
+        for name in _REQUESTED_FIELDS:
+            if name.endswith("_sha256") and not is_digest(terms[name]):
+                raise ProtocolError("bad-terms", f"{name} must be 64 lowercase hex characters")
+        if not isinstance(terms["job_id"], str):
+            raise ProtocolError("bad-terms", "job_id must be a string")
+        if terms["aggregation"] not in AGGREGATIONS:
+            raise ProtocolError("bad-terms", f"aggregation must be one of {AGGREGATIONS}")
+        values: dict[str, Any] = {name: terms[name] for name in _REQUESTED_FIELDS}
+        return cls(**{**values, "participants": tuple(participants), "weights": dict(weights)})
+
+
 def requested_terms(
     *,
     job_id: str,
@@ -150,72 +232,34 @@ def requested_terms(
     width: int,
     num_plaintexts: int,
     initial_ciphertext_sha256: str,
-) -> dict[str, Any]:
+) -> RequestedTerms:
     """The terms a PS asks the KGC to sign for a validated, normalised job definition."""
-    participants = [str(p["subject_id"]) for p in definition["participants"]]
-    return {
-        "job_id": job_id,
-        "participants": participants,
-        "weights": {s: float(weights[s]) for s in participants},
-        "quorum": int(definition["quorum"]),
-        "rounds": int(definition["rounds"]),
-        "width": int(width),
-        "num_plaintexts": int(num_plaintexts),
-        "definition_sha256": json_sha256(dict(definition)),
-        "packing_sha256": json_sha256(dict(packing)),
-        "model_sha256": json_sha256(definition["model"]),
-        "initial_model_sha256": sha256_hex(b64decode(str(definition["initial_weights"]))),
-        "initial_ciphertext_sha256": initial_ciphertext_sha256,
-        "aggregation": str(definition.get("aggregation", "bcp")),
-    }
+    participants = tuple(str(p["subject_id"]) for p in definition["participants"])
+    return RequestedTerms(
+        job_id=job_id,
+        participants=participants,
+        weights={s: float(weights[s]) for s in participants},
+        quorum=int(definition["quorum"]),
+        rounds=int(definition["rounds"]),
+        width=int(width),
+        num_plaintexts=int(num_plaintexts),
+        definition_sha256=json_sha256(dict(definition)),
+        packing_sha256=json_sha256(dict(packing)),
+        model_sha256=json_sha256(definition["model"]),
+        initial_model_sha256=sha256_hex(b64decode(str(definition["initial_weights"]))),
+        initial_ciphertext_sha256=initial_ciphertext_sha256,
+        aggregation=str(definition.get("aggregation", "bcp")),
+    )
 
 
-def check_requested_terms(terms: object) -> dict[str, Any]:
-    """Shape and meaning of a terms request (the KGC calls this before signing)."""
-    if not isinstance(terms, dict) or set(terms) != set(_REQUESTED_FIELDS):
-        raise ProtocolError(
-            "bad-terms", f"terms must have exactly the fields {sorted(_REQUESTED_FIELDS)}"
-        )
-    participants = terms["participants"]
-    if (
-        not isinstance(participants, list)
-        or not participants
-        or not all(isinstance(p, str) for p in participants)
-    ):
-        raise ProtocolError("bad-terms", "participants must be a non-empty list of subject ids")
-    if len(set(participants)) != len(participants):
-        raise ProtocolError("duplicate-participant", "participants must be distinct")
-    weights = terms["weights"]
-    if not isinstance(weights, dict) or sorted(weights) != sorted(participants):
-        raise ProtocolError("bad-terms", "weights must name exactly the participants")
-    for value in weights.values():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not 0 < value <= 1
-        ):
-            raise ProtocolError("bad-terms", "each weight must be a number in (0, 1]")
-    for name in ("quorum", "rounds", "width", "num_plaintexts"):
-        if not is_json_int(terms[name]) or terms[name] < 1:
-            raise ProtocolError("bad-terms", f"{name} must be a positive integer")
-    if terms["quorum"] > len(participants):
-        raise ProtocolError("invalid-quorum", "quorum must be between 1 and the participant count")
-    if terms["rounds"] > MAX_ROUND:
-        raise ProtocolError("bad-terms", f"rounds must be at most {MAX_ROUND}")
-    for name in _REQUESTED_FIELDS:
-        if name.endswith("_sha256") and not is_digest(terms[name]):
-            raise ProtocolError("bad-terms", f"{name} must be 64 lowercase hex characters")
-    if not isinstance(terms["job_id"], str):
-        raise ProtocolError("bad-terms", "job_id must be a string")
-    if terms["aggregation"] not in AGGREGATIONS:
-        raise ProtocolError("bad-terms", f"aggregation must be one of {AGGREGATIONS}")
-    return dict(terms)
+def check_requested_terms(terms: object) -> RequestedTerms:
+    """Shape and meaning of a terms request (:meth:`RequestedTerms.from_json`)."""
+    return RequestedTerms.from_json(terms)
 
 
 def sign_job_terms(
     kgc_key: Ed25519PrivateKey,
-    requested: Mapping[str, Any],
+    requested: RequestedTerms,
     *,
     param_server: str,
     param_server_key: str,
@@ -224,14 +268,14 @@ def sign_job_terms(
 ) -> tuple[dict[str, Any], str]:
     """The KGC's signed terms: the request plus the PS and its key, the participants' keys,
     and the job key."""
-    terms = check_requested_terms(dict(requested))
+    terms = RequestedTerms.from_json(requested.to_json())
     signed = {
-        **terms,
+        **terms.to_json(),
         "purpose": JOB_TERMS_PURPOSE,
         "kgc_key_id": kgc_key_id(kgc_key),
         "param_server": param_server,
         "param_server_key": param_server_key,
-        "signing_keys": {s: signing_keys[s] for s in terms["participants"]},
+        "signing_keys": {s: signing_keys[s] for s in terms.participants},
         "job_key": dict(job_key),
     }
     return signed, sign_json(kgc_key, signed)
@@ -257,7 +301,7 @@ def verify_job_terms(
         requested = check_requested_terms({k: signed.get(k) for k in _REQUESTED_FIELDS})
         job_key = from_obj(signed.get("job_key"))
         keys = signed.get("signing_keys")
-        if not isinstance(keys, dict) or sorted(keys) != sorted(requested["participants"]):
+        if not isinstance(keys, dict) or sorted(keys) != sorted(requested.participants):
             raise ProtocolError("bad-job-terms", "signing_keys must name every participant")
         for key in keys.values():
             public_key_from_hex(key)
@@ -269,7 +313,7 @@ def verify_job_terms(
         raise ProtocolError("bad-job-key", "job_key is not a bcp-job-key")
     if job_key.params != params:
         raise ProtocolError("bad-job-key", "the job key is not under the KGC's parameters")
-    if job_key.width != requested["width"]:
+    if job_key.width != requested.width:
         raise ProtocolError("bad-job-key", "the job key's width differs from the terms")
     param_server = signed.get("param_server")
     if not isinstance(param_server, str):
@@ -280,23 +324,23 @@ def verify_job_terms(
     except (TypeError, ValueError):
         raise ProtocolError("bad-job-terms", "param_server_key must be an Ed25519 key") from None
     return JobTerms(
-        job_id=str(requested["job_id"]),
+        job_id=requested.job_id,
         param_server=param_server,
-        participants=tuple(requested["participants"]),
+        participants=requested.participants,
         signing_keys=dict(keys),
-        weights={str(k): float(v) for k, v in requested["weights"].items()},
-        quorum=int(requested["quorum"]),
-        rounds=int(requested["rounds"]),
-        width=int(requested["width"]),
-        num_plaintexts=int(requested["num_plaintexts"]),
-        definition_sha256=str(requested["definition_sha256"]),
-        packing_sha256=str(requested["packing_sha256"]),
-        model_sha256=str(requested["model_sha256"]),
-        initial_model_sha256=str(requested["initial_model_sha256"]),
-        initial_ciphertext_sha256=str(requested["initial_ciphertext_sha256"]),
+        weights={str(k): float(v) for k, v in requested.weights.items()},
+        quorum=requested.quorum,
+        rounds=requested.rounds,
+        width=requested.width,
+        num_plaintexts=requested.num_plaintexts,
+        definition_sha256=requested.definition_sha256,
+        packing_sha256=requested.packing_sha256,
+        model_sha256=requested.model_sha256,
+        initial_model_sha256=requested.initial_model_sha256,
+        initial_ciphertext_sha256=requested.initial_ciphertext_sha256,
         param_server_key=str(param_server_key),
         job_key=job_key,
-        aggregation=str(requested["aggregation"]),
+        aggregation=requested.aggregation,
         digest=json_sha256(signed),
         raw=signed,
     )
@@ -339,7 +383,8 @@ def check_job_view(
         )
     except (KeyError, TypeError, ValueError):
         raise ProtocolError("job-mismatch", "the served job definition is malformed") from None
-    mismatched = sorted(name for name in _REQUESTED_FIELDS if served[name] != terms.raw[name])
+    served_json = served.to_json()
+    mismatched = sorted(n for n in _REQUESTED_FIELDS if served_json[n] != terms.raw[n])
     if mismatched:
         raise ProtocolError(
             "job-mismatch",

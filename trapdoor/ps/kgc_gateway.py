@@ -17,7 +17,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 from urllib.parse import quote
@@ -37,7 +37,7 @@ from trapdoor.crypto.wire import decode_frame, from_obj
 from trapdoor.protocol.bundle import MaskedReleaseBinding, ReleaseBinding, release_statement
 from trapdoor.protocol.common import ProtocolError, json_sha256, kgc_key_id
 from trapdoor.protocol.enrolment import verify_certificate
-from trapdoor.protocol.job import JobTerms, verify_job_terms
+from trapdoor.protocol.job import JobTerms, RequestedTerms, verify_job_terms
 from trapdoor.protocol.token import KGC_AUDIENCE, token_request
 from trapdoor.service.http import ServiceClient, ServiceError
 
@@ -93,7 +93,7 @@ class KgcGateway(Protocol):
         """Public parameters and verification key."""
         ...
 
-    def create_job(self, job_id: str, terms: Mapping[str, Any]) -> dict[str, Any]:
+    def create_job(self, job_id: str, terms: RequestedTerms) -> dict[str, Any]:
         """Ask the KGC to sign ``terms`` (:func:`trapdoor.protocol.job.requested_terms`).
 
         Returns the KGC's answer as it came, ``{"job_id", "job_key", "job_terms",
@@ -132,7 +132,7 @@ def check_job_answer(
     info: KgcInfo,
     *,
     job_id: str,
-    requested: Mapping[str, Any],
+    requested: RequestedTerms,
     param_server: str,
     param_server_key: str,
 ) -> tuple[JobTerms, str]:
@@ -151,7 +151,8 @@ def check_job_answer(
         terms = verify_job_terms(info.verify_key, body.get("job_terms"), signature, info.params)
     except ProtocolError as exc:
         raise KgcError(502, "bad-kgc-answer", f"job terms rejected: {exc.message}") from None
-    mismatched = sorted(name for name in requested if terms.raw.get(name) != requested[name])
+    asked = requested.to_json()
+    mismatched = sorted(name for name in asked if terms.raw.get(name) != asked[name])
     if mismatched or terms.job_id != job_id:
         raise KgcError(
             502,
@@ -352,8 +353,8 @@ class HttpKgcGateway:
         with self._lock:
             self._cached_token = None
 
-    def create_job(self, job_id: str, terms: Mapping[str, Any]) -> dict[str, Any]:
-        body = {"job_id": job_id, "terms": dict(terms)}
+    def create_job(self, job_id: str, terms: RequestedTerms) -> dict[str, Any]:
+        body = {"job_id": job_id, "terms": terms.to_json()}
         answer = self._call(lambda: self._client.post_json("/v1/jobs", body))
         if not isinstance(answer, dict):
             raise KgcError(502, "bad-kgc-answer", "job answer is not an object")

@@ -92,6 +92,7 @@ from trapdoor.protocol.common import ProtocolError, json_sha256, vector_sha256
 from trapdoor.protocol.job import (
     JobTerms,
     MaskedLayout,
+    RequestedTerms,
     check_job_view,
     check_requested_terms,
     sign_job_terms,
@@ -239,7 +240,11 @@ class FakeKgc:
         self.signing_keys[participant.subject_id] = public_key_hex(participant.signing_key)
 
     def create_job(
-        self, job_id: str, terms: Mapping[str, Any], *, param_server: str | None = None
+        self,
+        job_id: str,
+        terms: RequestedTerms | Mapping[str, Any],
+        *,
+        param_server: str | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/jobs``: check the requested terms, make the job key, sign the terms."""
         self._maybe_fail()
@@ -248,24 +253,25 @@ class FakeKgc:
         if job_id in self.jobs:
             raise KgcError(409, "job-exists", f"job {job_id} exists")
         try:
-            requested = check_requested_terms(dict(terms))
+            sent = terms.to_json() if isinstance(terms, RequestedTerms) else dict(terms)
+            requested = check_requested_terms(sent)  # as the KGC reads it off the wire
         except ProtocolError as exc:
             raise KgcError(422, exc.code, exc.message) from None
-        if requested["job_id"] != job_id:
+        if requested.job_id != job_id:
             raise KgcError(422, "job-mismatch", "the terms are for another job")
         unknown = sorted(
             s
-            for s in requested["participants"]
+            for s in requested.participants
             if s not in self.participants or s not in self.signing_keys
         )
         if unknown:
             raise KgcError(422, "unknown-participant", f"unknown participants {unknown}")
-        if not 1 <= requested["width"] <= KGC_MAX_WIDTH:
+        if not 1 <= requested.width <= KGC_MAX_WIDTH:
             raise KgcError(422, "invalid-width", f"width must be 1 to {KGC_MAX_WIDTH}")
-        if requested["aggregation"] == "masked" and requested["width"] != 1:
+        if requested.aggregation == "masked" and requested.width != 1:
             raise KgcError(422, "invalid-width", "a masked job's key has width 1")
         params = self.master_key.params
-        job_key = generate_job_key(params, requested["width"], self.rng)
+        job_key = generate_job_key(params, requested.width, self.rng)
         signed, signature = sign_job_terms(
             self.signing_key,
             requested,

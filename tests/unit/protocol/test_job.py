@@ -136,7 +136,7 @@ def test_terms_naming_another_initial_ciphertext_are_refused(small_params: Param
 def test_requested_terms_need_a_well_formed_initial_ciphertext_digest(world: World) -> None:
     added = {"purpose", "kgc_key_id", "param_server", "param_server_key", "signing_keys", "job_key"}
     requested = {k: v for k, v in world.signed.items() if k not in added}
-    assert check_requested_terms(dict(requested)) == requested
+    assert check_requested_terms(dict(requested)).to_json() == requested
     missing = {k: v for k, v in requested.items() if k != "initial_ciphertext_sha256"}
     refused("bad-terms", lambda: check_requested_terms(missing))
     for bad in ("AB" * 32, "ab" * 31, 7, None):

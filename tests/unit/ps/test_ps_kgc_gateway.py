@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from trapdoor.crypto.blocks import VectorEncryptor
 from trapdoor.crypto.sealing import SealError
 from trapdoor.crypto.signing import generate_signing_key, public_key_hex, sign_json
 from trapdoor.protocol.bundle import ReleaseBinding
-from trapdoor.protocol.job import initial_ciphertext_sha256, requested_terms
+from trapdoor.protocol.job import RequestedTerms, initial_ciphertext_sha256, requested_terms
 from trapdoor.ps import cli
 from trapdoor.ps.definition import parse_definition
 from trapdoor.ps.domain import ParameterServer
@@ -171,7 +172,7 @@ def test_full_round_over_http_with_token_refresh(
 
 def _request(
     participants: list[TestParticipant], job_id: str, params: PublicParams
-) -> dict[str, Any]:
+) -> RequestedTerms:
     """The terms a PS would ask the KGC to sign for a small job."""
     n = int(params.n)
     definition = parse_definition(
@@ -237,7 +238,7 @@ def test_gateway_checks_what_the_kgc_signs(
 
     stub.tamper_terms = lambda t: t
     request = _request(participants, "ghosts", info.params)
-    ghostly = {**request, "participants": ["p1", "ghost"], "weights": {"p1": 0.5, "ghost": 0.5}}
+    ghostly = replace(request, participants=("p1", "ghost"), weights={"p1": 0.5, "ghost": 0.5})
     with pytest.raises(KgcError) as err:
         gateway.create_job("ghosts", ghostly)
     assert (err.value.status, err.value.code) == (422, "unknown-participant")
