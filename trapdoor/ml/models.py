@@ -158,6 +158,9 @@ def model_from_spec(spec: dict[str, Any]) -> Model:
         raise ValueError(f"model spec must be a dict, got {type(spec).__name__}")
     kind = spec.get("kind")
     if kind == "mlp":
+        unknown = set(spec) - {"kind", "layer_sizes"}
+        if unknown:
+            raise ValueError(f"unknown mlp spec keys {sorted(unknown)}")
         sizes = spec.get("layer_sizes")
         if not isinstance(sizes, list | tuple) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in sizes

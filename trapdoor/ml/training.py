@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from trapdoor.ml.data import DataError
 from trapdoor.ml.datasets import Dataset
 from trapdoor.ml.models import Model
 
@@ -56,6 +57,14 @@ class FitResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def _rows(X: np.ndarray, y: np.ndarray) -> int:
+    """The row count of ``(X, y)``; :class:`DataError` when they differ, since sampling
+    batches from ``len(y)`` alone would silently train on the first rows of ``X`` only."""
+    if len(X) != len(y):
+        raise DataError(f"X has {len(X)} rows but y has {len(y)} labels")
+    return len(y)
+
+
 def local_fit(
     model: Model,
     global_params: np.ndarray,
@@ -69,7 +78,7 @@ def local_fit(
     ``global_params`` is copied, never modified. Minibatch order comes only from
     ``rng``, so the same seed gives bit-identical updates.
     """
-    n = len(y)
+    n = _rows(X, y)
     if n == 0:
         raise ValueError("local_fit needs at least one example")
     params = np.array(global_params, dtype=np.float64, copy=True)
@@ -97,7 +106,7 @@ def local_fit(
 
 def evaluate(model: Model, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Mean cross-entropy loss and accuracy of ``params`` on ``(X, y)``."""
-    if len(y) == 0:
+    if _rows(X, y) == 0:
         raise ValueError("cannot evaluate on an empty set")
     proba = model.predict_proba(params, X)
     y = np.asarray(y, dtype=np.int64)

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,14 @@ from trapdoor.crypto.bcp import RandomSource
 from trapdoor.crypto.blocks import EncryptedVector
 from trapdoor.crypto.sealing import SealError
 from trapdoor.crypto.signing import b64encode, canonical_json, private_key_to_bytes
+from trapdoor.ml.data import (
+    DEFAULT_LABEL,
+    DataError,
+    LocalData,
+    check_local_data,
+    model_io_sizes,
+)
+from trapdoor.ml.data import load_local_data as load_data
 from trapdoor.ml.datasets import Dataset, load_dataset, partition
 from trapdoor.ml.training import evaluate
 from trapdoor.participant.client import (
@@ -95,25 +102,6 @@ def _relayed(status: int, relayed: tuple[int, ...]) -> type[TrapdoorError]:
 # --------------------------------------------------------------------------- local data
 
 
-@dataclass
-class LocalData:
-    """This data owner's training rows and the test rows it evaluates released models on."""
-
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    source: str
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "num_train": len(self.y_train),
-            "num_test": len(self.y_test),
-            "num_features": int(self.X_train.shape[1]) if self.X_train.ndim == 2 else 0,
-        }
-
-
 def dataset_partitions(
     name: str, num_partitions: int, scheme: str = "iid", seed: int = 0
 ) -> tuple[Dataset, list[np.ndarray]]:
@@ -127,17 +115,23 @@ def dataset_partitions(
 
 
 def load_local_data(config: Mapping[str, Any]) -> LocalData:
-    """``DATA_PATH`` (.npz with X_train, y_train, X_test, y_test) or a bundled partition."""
+    """The node's rows, shape-checked at start (:class:`DataError` naming the source).
+
+    ``DATA_PATH``: a source of :func:`trapdoor.ml.data.load_local_data` (``.npz`` with
+    X_train, y_train, X_test, y_test; or ``.csv``, ``.parquet``, ``.npz`` with X and y), its
+    test rows from ``DATA_TEST_PATH`` or a ``DATA_TEST_FRACTION`` split by ``DATA_SPLIT_SEED``,
+    its label column ``DATA_LABEL``. Without it, a partition of a bundled data set.
+    """
     path = config.get("DATA_PATH")
     if path:
-        with np.load(str(path)) as npz:
-            return LocalData(
-                np.asarray(npz["X_train"], dtype=np.float64),
-                np.asarray(npz["y_train"], dtype=np.int64),
-                np.asarray(npz["X_test"], dtype=np.float64),
-                np.asarray(npz["y_test"], dtype=np.int64),
-                f"file:{path}",
-            )
+        fraction = config.get("DATA_TEST_FRACTION")
+        return load_data(
+            str(path),
+            config.get("DATA_TEST_PATH") or None,
+            label=str(config.get("DATA_LABEL") or DEFAULT_LABEL),
+            test_fraction=None if fraction is None else float(fraction),
+            seed=int(config.get("DATA_SPLIT_SEED", 0)),
+        )
     name = str(config.get("DATASET", "digits"))
     num = int(config.get("NUM_PARTITIONS", 1))
     index = int(config.get("PARTITION_INDEX", 0))
@@ -245,6 +239,7 @@ class ParticipantNode:
     ) -> None:
         if not passphrase:
             raise ValueError(f"a passphrase is required ({PASSPHRASE_ENV})")
+        check_local_data(data)  # the shape now; the fit to each job's model at its join
         self.sessions = sessions
         self.data = data
         self._passphrase = passphrase
@@ -416,6 +411,7 @@ class ParticipantNode:
             if exc.code == "ps-subject-conflict":
                 raise ConflictError(exc.code, exc.message) from None
             raise BadGatewayError(exc.code, exc.message) from None
+        self._check_data_for(view, job_id, url)
         with session_scope(self.sessions) as session:
             existing = session.get(NodeJob, job_id)
             if existing is not None:
@@ -435,6 +431,17 @@ class ParticipantNode:
             )
         self._start_worker(job_id)
         return self.job_status(job_id)
+
+    def _check_data_for(self, view: JobView, job_id: str, ps_url: str) -> None:
+        """Refuse to join a job our data cannot train (422 ``bad-data``, recorded as a
+        refusal with its reason), before any worker runs: no round's upload is spent on
+        rows of the wrong width or labels the model has no class for."""
+        features, classes = model_io_sizes(view.model)
+        try:
+            check_local_data(self.data, features=features, classes=classes)
+        except DataError as exc:
+            self._record_refusal(job_id, ps_url, view.ps_subject_id, f"bad-data: {exc}")
+            raise InvalidError("bad-data", str(exc)) from None
 
     def _record_refusal(
         self, job_id: str, ps_url: str, ps_subject_id: str | None, reason: str
@@ -592,6 +599,9 @@ class ParticipantNode:
             elif not self._stop.is_set():
                 log.warning("job %s stopped: %s", job_id, exc)
                 self._set_job(job_id, status="failed", error=str(exc))
+        except DataError as exc:  # the data changed under us, or a model we could not size
+            log.warning("job %s failed on its data: %s", job_id, exc)
+            self._set_job(job_id, status="failed", error=f"bad-data: {exc}")
         except ServiceError as exc:
             log.warning("job %s failed: %s", job_id, exc)
             self._set_job(job_id, status="failed", error=f"{exc.status} {exc.code}: {exc.message}")
