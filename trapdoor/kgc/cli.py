@@ -1,4 +1,4 @@
-"""``trapdoor kgc``: ``init`` once, then ``serve`` (also ``python -m trapdoor.kgc ...``).
+"""``trapdoor kgc``: ``init`` once, then ``serve``; ``enrol`` (also ``python -m trapdoor.kgc``).
 
 ``init`` generates fresh BCP parameters (tens of seconds at 2048 bits, with a progress
 bar) and an Ed25519 key, and stores both sealed under the passphrase from
@@ -7,6 +7,9 @@ opens them and serves on loopback with Werkzeug's threaded server; gunicorn with
 :mod:`trapdoor.kgc.wsgi` is the deployment path. Every ``TRAPDOOR_KGC_*`` setting
 (:class:`~trapdoor.kgc.settings.KgcSettings`) applies; ``--db``, ``--host`` and ``--port``
 override theirs for one run. The operator token is ``TRAPDOOR_KGC_ADMIN_TOKEN``.
+
+``enrol`` is the operator's client of the running KGC's ``POST /v1/enrolments``: it
+prints the new subject id and its one-time code, to hand to the participant or the PS.
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ from trapdoor.kgc.keystore import (
 )
 from trapdoor.kgc.settings import KgcSettings
 from trapdoor.service.cli import (
+    client_options,
     exit_status,
     fail,
     load_settings,
+    log_format_option,
+    operator_client,
+    refusals,
     require_loopback,
     setting_option,
 )
@@ -49,7 +56,7 @@ _bits_option = click.option(
 
 @click.group(name="kgc")
 def kgc() -> None:
-    """The key generation center: `init` once, then `serve`."""
+    """The key generation center: `init` once, then `serve`; `enrol` each subject."""
 
 
 @contextmanager
@@ -112,8 +119,15 @@ def init_command(db: str | None, bits: int, demo: bool) -> None:
 @click.option("--demo", is_flag=True, help="accept the public demo parameters")
 @click.option("--init", "init_first", is_flag=True, help="initialise an empty database first")
 @_bits_option
+@log_format_option
 def serve_command(
-    db: str | None, host: str | None, port: int | None, demo: bool, init_first: bool, bits: int
+    db: str | None,
+    host: str | None,
+    port: int | None,
+    demo: bool,
+    init_first: bool,
+    bits: int,
+    log_format: str,
 ) -> None:
     """Serve the KGC API on loopback (gunicorn: trapdoor.kgc.wsgi)."""
     settings = load_settings(KgcSettings, database_url=db, host=host, port=port)
@@ -134,7 +148,33 @@ def serve_command(
         )
     config = settings.app_config()
     app = create_app({**config, "SERVICE": service_from_keys(keys, url, config)})
-    serve(app, settings.host, settings.port, "KGC")
+    serve(app, settings.host, settings.port, "KGC", None, log_format)
+
+
+#: What the operator can do about each refusal of an enrolment.
+_ENROL_HINTS = {
+    "forbidden": f"start the KGC with {KgcSettings.variable('admin_token')} set",
+    "bad-field": "--role is participant or param_server; --name must be non-empty",
+}
+
+
+@kgc.command("enrol")
+@click.option("--name", required=True, help="who the subject is (an organisation's name)")
+@click.option(
+    "--role",
+    type=click.Choice(("participant", "param_server")),
+    required=True,
+    help="a data owner's node, or the parameter server",
+)
+@client_options(KgcSettings, "KGC")
+def enrol_command(name: str, role: str, url: str | None, token: str | None) -> None:
+    """Enrol a subject at the running KGC: print its id and one-time code."""
+    client = operator_client(KgcSettings, url, token)
+    with refusals("enrolment", _ENROL_HINTS):
+        answer = client.post_json("/v1/enrolments", {"name": name, "role": role})
+    click.echo(f"subject id:    {answer['subject_id']}")
+    click.echo(f"one-time code: {answer['code']}")
+    click.echo("hand both to the subject; the code works once (it may start with '-').")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

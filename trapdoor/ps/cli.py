@@ -9,6 +9,10 @@ enrol, so a deployment runs it once before ``gunicorn trapdoor.ps.wsgi:app``
 (docs/RELIABILITY.md, "Deployment"). Every ``TRAPDOOR_PS_*`` setting
 (:class:`~trapdoor.ps.settings.PsSettings`) applies; ``--db``, ``--kgc``, ``--host`` and
 ``--port`` override theirs for one run.
+
+``create-job`` and ``status`` are the operator's clients of the running PS's HTTP API
+(``POST /v1/jobs``; ``GET /v1/jobs``, ``/v1/jobs/<id>`` and its rounds), with
+``TRAPDOOR_PS_ADMIN_TOKEN`` (or ``--token``).
 """
 
 from __future__ import annotations
@@ -25,9 +29,15 @@ from trapdoor.ps.identity import ServerIdentity, enrol, load_identity
 from trapdoor.ps.kgc_gateway import KgcError
 from trapdoor.ps.settings import PsSettings
 from trapdoor.service.cli import (
+    client_options,
+    echo_table,
     exit_status,
     fail,
     load_settings,
+    log_format_option,
+    operator_client,
+    read_json_file,
+    refusals,
     require_loopback,
     setting_option,
 )
@@ -43,7 +53,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @click.group(name="ps")
 def ps() -> None:
-    """The parameter server: `enrol` (for gunicorn) or `serve` (enrols on first start)."""
+    """The parameter server: `enrol` (for gunicorn) or `serve` (enrols on first start);
+    `create-job` and `status` for its operator."""
 
 
 def _enrolment_options(command: F) -> F:
@@ -106,6 +117,7 @@ def enrol_command(
 @setting_option(
     PsSettings, "port", "--port", type=click.IntRange(0, 65535), help="0 picks a free port"
 )
+@log_format_option
 def serve_command(
     db: str | None,
     kgc: str | None,
@@ -113,6 +125,7 @@ def serve_command(
     enrol_code: str | None,
     host: str | None,
     port: int | None,
+    log_format: str,
 ) -> None:
     """Enrol on first start, then serve the API on loopback (gunicorn: trapdoor.ps.wsgi)."""
     settings = load_settings(PsSettings, database_url=db, kgc_url=kgc, host=host, port=port)
@@ -135,7 +148,65 @@ def serve_command(
             ticker.stop()
         app.extensions["param_server"].close()
 
-    serve(app, settings.host, settings.port, "parameter server", _stop)
+    serve(app, settings.host, settings.port, "parameter server", _stop, log_format)
+
+
+#: What the operator can do about each refusal of a new job (``POST /v1/jobs``).
+_CREATE_HINTS = {
+    "bad-definition": "fix the field named above in the definition file",
+    "invalid-definition": "fix the value named above in the definition file",
+    "malformed-json": "the definition must be one JSON object",
+    "job-exists": "choose another job_id (job ids are never reused)",
+    "kgc-rejected": "the KGC refused the job's terms (are its participants enrolled there?)",
+    "kgc-unavailable": "the PS cannot reach its KGC; start the KGC or check TRAPDOOR_PS_KGC_URL",
+    "kgc-error": "the KGC failed; see its log",
+    "bad-kgc-answer": "the KGC's answer did not check; see the PS's log",
+}
+
+
+@ps.command("create-job")
+@click.option(
+    "--definition",
+    "definition_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="the job definition, a JSON file (docs/PROTOCOL.md, job definition)",
+)
+@client_options(PsSettings, "parameter server")
+def create_job_command(definition_path: str, url: str | None, token: str | None) -> None:
+    """Create a job at the running PS from a JSON definition."""
+    definition = read_json_file(definition_path, "definition")
+    if not isinstance(definition, dict):
+        fail(f"definition {definition_path} must be a JSON object")
+    client = operator_client(PsSettings, url, token)
+    with refusals("creating the job", _CREATE_HINTS):
+        job = client.post_json("/v1/jobs", definition)
+    click.echo(
+        f"job {job['job_id']} created: {job['status']}, round {job['current_round']} "
+        f"of {job['rounds_total']} open"
+    )
+
+
+@ps.command("status")
+@click.argument("job_id", required=False)
+@client_options(PsSettings, "parameter server")
+def status_command(job_id: str | None, url: str | None, token: str | None) -> None:
+    """Every job; or, with JOB_ID, that job's rounds."""
+    client = operator_client(PsSettings, url, token)
+    with refusals("reading the status"):
+        if job_id is None:
+            jobs = client.get_json("/v1/jobs")["jobs"]
+            if not jobs:
+                click.echo("no jobs yet")
+                return
+            echo_table(jobs, ("job_id", "status", "current_round", "rounds_total"))
+            return
+        job = client.get_json(f"/v1/jobs/{job_id}")
+        last = min(job["current_round"], job["rounds_total"] - 1)
+        rounds = [client.get_json(f"/v1/jobs/{job_id}/rounds/{t}") for t in range(last + 1)]
+    mode = job["definition"].get("aggregation", "bcp")
+    click.echo(f"job {job_id} ({mode}): {job['status']}, {job['rounds_total']} rounds")
+    echo_table(rounds, ("round", "status", "run", "attempt", "commitments", "uploads"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -144,6 +144,7 @@ class Jobs:
             length,
             width,
         )
+        log.info("job %s round 0 opened", job_id)
         return self.job_view(job_id)
 
     def list_jobs(self) -> list[dict[str, Any]]:

@@ -247,12 +247,17 @@ class Releases:
             rnd.released_at = now
             rnd.release_after = None
             rnd.last_error = None
-            if t + 1 >= job.rounds_total:
+            total = job.rounds_total
+            if t + 1 >= total:
                 job.status = "finished"
             else:
                 session.add(open_round(job_id, t + 1, now, job.definition))
                 job.current_round = t + 1
         log.info("job %s round %d released", job_id, t)
+        if t + 1 >= total:
+            log.info("job %s finished after %d rounds", job_id, total)
+        else:
+            log.info("job %s round %d opened", job_id, t + 1)
 
     def download(self, job_id: str, t: int, subject_id: str) -> dict[str, Any]:
         """A contributor's part of round ``t``'s release bundle, its binding and ``R``.
@@ -276,7 +281,8 @@ class Releases:
                 view = bcp.download_view(release.bundle, subject_id, blind)
             if view is None:
                 raise ForbiddenError("not-a-contributor", f"did not contribute to round {t}")
-            return view
+        log.info("job %s round %d: release downloaded by %s", job_id, t, subject_id)
+        return view
 
 
 def _binding(job_id: str, rnd: Round) -> ReleaseBinding:

@@ -150,7 +150,9 @@ class Uploads:
         except IntegrityError:
             # Lost a race with a concurrent identical request (another worker).
             raise ConflictError("duplicate-upload", "already uploaded for this round") from None
-        log.info("job %s round %d: upload accepted (%d bytes)", job_id, t, len(data))
+        log.info(
+            "job %s round %d: upload of %s accepted (%d bytes)", job_id, t, subject_id, len(data)
+        )
         self._rounds.settle_quietly(job_id, t, now)
         return signed
 

@@ -360,18 +360,27 @@ def restrict_new_files() -> None:
 
 
 def serve(
-    app: Flask, host: str, port: int, label: str, on_stop: Callable[[], None] | None = None
+    app: Flask,
+    host: str,
+    port: int,
+    label: str,
+    on_stop: Callable[[], None] | None = None,
+    log_format: str = "text",
 ) -> None:
     """Serve ``app`` threaded until SIGINT or SIGTERM, then run ``on_stop`` once.
 
     Prints ``<label> listening on http://host:port`` when the socket is bound (port 0
     picks a free port; the demo and the end-to-end tests read the URL from that line).
+    Logs go to stderr in ``log_format`` (:func:`trapdoor.service.logs.configure_logging`).
     Deployments run the services under gunicorn instead (``*.wsgi:app``).
     """
     import signal
 
     from werkzeug.serving import make_server
 
+    from trapdoor.service.logs import configure_logging
+
+    configure_logging(log_format)
     restrict_new_files()
     server = make_server(host, port, app, threaded=True)
 
