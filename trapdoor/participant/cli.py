@@ -24,6 +24,7 @@ import click
 import numpy as np
 
 from trapdoor.crypto.signing import b64decode
+from trapdoor.ml.data import DEFAULT_LABEL, DataError
 from trapdoor.participant.node import PASSPHRASE_ENV
 from trapdoor.participant.node_api import create_app
 from trapdoor.participant.settings import NodeSettings
@@ -71,7 +72,25 @@ def node() -> None:
     "--partition-scheme", type=click.Choice(("iid", "dirichlet")), default="iid", show_default=True
 )
 @click.option("--partition-seed", type=int, default=0, show_default=True)
-@click.option("--data-path", help=".npz with X_train, y_train, X_test, y_test")
+@click.option(
+    "--data-path",
+    help="your own training data: .csv (header row), .parquet or .npz (X_train, y_train, "
+    "X_test, y_test; or X, y); instead of --dataset",
+)
+@click.option("--data-test-path", help="test rows in a second file (else --data-test-fraction)")
+@click.option(
+    "--data-test-fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=None,
+    help="hold out this fraction of --data-path as test rows (seeded split)",
+)
+@click.option("--data-split-seed", type=int, default=0, show_default=True)
+@click.option(
+    "--data-label",
+    default=DEFAULT_LABEL,
+    show_default=True,
+    help="the label column of a .csv or .parquet file",
+)
 @click.option("--encrypt-workers", type=int, default=1, show_default=True)
 @click.option("--poll-seconds", type=float, default=0.5, show_default=True)
 @click.option(
@@ -92,6 +111,10 @@ def serve_command(
     partition_scheme: str,
     partition_seed: int,
     data_path: str | None,
+    data_test_path: str | None,
+    data_test_fraction: float | None,
+    data_split_seed: int,
+    data_label: str,
     encrypt_workers: int,
     poll_seconds: float,
     min_quorum: int | None,
@@ -103,20 +126,29 @@ def serve_command(
     if not settings.passphrase:
         fail(f"set {PASSPHRASE_ENV} (it seals this node's keys)")
     restrict_new_files()  # the database, its journal and logs: owner-only
-    app = create_app(
-        {
-            **settings.app_config(),
-            "DATASET": dataset,
-            "PARTITION_INDEX": partition_index,
-            "NUM_PARTITIONS": num_partitions,
-            "PARTITION_SCHEME": partition_scheme,
-            "PARTITION_SEED": partition_seed,
-            "DATA_PATH": data_path,
-            "ENCRYPT_WORKERS": encrypt_workers,
-            "POLL_SECONDS": poll_seconds,
-            "MIN_QUORUM": min_quorum or DEFAULT_MIN_QUORUM,
-        }
-    )
+    if data_path is None and (data_test_path or data_test_fraction is not None):
+        fail("--data-test-path and --data-test-fraction go with --data-path")
+    try:
+        app = create_app(
+            {
+                **settings.app_config(),
+                "DATASET": dataset,
+                "PARTITION_INDEX": partition_index,
+                "NUM_PARTITIONS": num_partitions,
+                "PARTITION_SCHEME": partition_scheme,
+                "PARTITION_SEED": partition_seed,
+                "DATA_PATH": data_path,
+                "DATA_TEST_PATH": data_test_path,
+                "DATA_TEST_FRACTION": data_test_fraction,
+                "DATA_SPLIT_SEED": data_split_seed,
+                "DATA_LABEL": data_label,
+                "ENCRYPT_WORKERS": encrypt_workers,
+                "POLL_SECONDS": poll_seconds,
+                "MIN_QUORUM": min_quorum or DEFAULT_MIN_QUORUM,
+            },
+        )
+    except DataError as exc:
+        fail(str(exc))
     serve(
         app,
         settings.host,

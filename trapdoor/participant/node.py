@@ -535,6 +535,9 @@ class ParticipantNode:
         return not any(t.is_alive() for t in self._threads.values())
 
     def _set_job(self, job_id: str, **values: Any) -> None:
+        """Update a job's row; a new status is one protocol event, so one log line."""
+        if "status" in values:
+            log.info("job %s: %s", job_id, values["status"])
         with session_scope(self.sessions) as session:
             job = session.get(NodeJob, job_id)
             if job is not None:
@@ -542,6 +545,10 @@ class ParticipantNode:
                     setattr(job, key, value)
 
     def _put_round(self, job_id: str, t: int, **values: Any) -> None:
+        """Update round ``t``'s row; each status (committed, uploaded, audited, ...) is one
+        protocol event, logged as one line."""
+        if "status" in values:
+            log.info("job %s round %d: %s", job_id, t, values["status"])
         with session_scope(self.sessions) as session:
             row = session.get(NodeRound, (job_id, t))
             if row is None:
@@ -833,6 +840,7 @@ class ParticipantNode:
             lambda: client.download_model(view.ps_url, job_id, t, current)
         )
         download_s = time.perf_counter() - start
+        log.info("job %s round %d: released model downloaded and opened", job_id, t)
         test = evaluate(view.model, weights, self.data.X_test, self.data.y_test)
         with session_scope(self.sessions) as session:
             row = session.get(NodeRound, (job_id, t))

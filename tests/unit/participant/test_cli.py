@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -96,3 +97,51 @@ def test_node_serve_refusals(started: _Started, monkeypatch: pytest.MonkeyPatch)
     result = CliRunner().invoke(cli, ["node", "serve"])
     assert (result.exit_code, started.bound) == (2, None)
     assert "error: set TRAPDOOR_NODE_PASSPHRASE" in result.output
+
+
+def test_own_data_options_reach_the_node(started: _Started) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "node", "serve", "--data-path", "rows.csv", "--data-label", "target",
+            "--data-test-fraction", "0.25", "--data-split-seed", "7",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {k: started.config[k] for k in started.config if k.startswith("DATA_")} == {
+        "DATA_PATH": "rows.csv",
+        "DATA_TEST_PATH": None,
+        "DATA_TEST_FRACTION": 0.25,
+        "DATA_SPLIT_SEED": 7,
+        "DATA_LABEL": "target",
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--data-test-fraction", "0.2"], ["--data-path", "x.csv", "--data-test-fraction", "1.5"]],
+)
+def test_misplaced_data_options_are_refused(started: _Started, args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["node", "serve", *args])
+    assert result.exit_code == 2
+    assert started.config == {}  # the node was never built
+
+
+def test_bad_data_at_start_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN in the owner's CSV stops ``serve`` with the file and column named, no trace."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,label\n1,2,0\n3,nan,1\n5,6,0\n7,8,1\n")
+    monkeypatch.setenv("TRAPDOOR_NODE_PASSPHRASE", "node pass")
+    monkeypatch.setattr(node_cli, "restrict_new_files", lambda: None)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "node", "serve", "--db", f"sqlite:///{tmp_path}/n.db", "--data-path", str(rows),
+            "--data-test-fraction", "0.5",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert str(rows) in result.output and "Traceback" not in result.output
+    assert "nan" in result.output.lower() or "NaN" in result.output

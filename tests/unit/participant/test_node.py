@@ -8,6 +8,7 @@ models' schema.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -159,6 +160,30 @@ def test_released_models_are_sealed_at_rest_and_survive_a_restart(
     t, resumed = restarted._initial_state("unit-1", view)
     assert t == 3 and resumed is not None
     np.testing.assert_array_equal(resumed, weights)
+
+
+def test_each_round_and_job_status_is_one_log_line(
+    db_url: str,
+    world: JobWorld,
+    network: FakeNetwork,
+    nodes: list[ParticipantNode],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator follows the protocol in the node's log: one line per event."""
+    _store_identity(db_url, world)
+    _add_job(db_url, next_round=0)
+    node = _node(db_url)
+    nodes.append(node)
+    with caplog.at_level(logging.INFO, logger="trapdoor.participant.node"):
+        node._put_round("unit-1", 0, status="committed")
+        node._put_round("unit-1", 0, status="uploaded", contributed=True)
+        node._put_round("unit-1", 0, metrics={"note": "no status change"})
+        node._set_job("unit-1", status="finished")
+    assert [r.getMessage() for r in caplog.records] == [
+        "job unit-1 round 0: committed",
+        "job unit-1 round 0: uploaded",
+        "job unit-1: finished",
+    ]
 
 
 def test_a_sealed_model_opens_only_for_its_job_round_and_identity(world: JobWorld) -> None:
