@@ -21,11 +21,13 @@ from trapdoor.ml.models import model_from_spec
 from trapdoor.ml.training import TrainingConfig
 
 __all__ = [
+    "TORCH_BUFFER_MODES",
     "TRAINING_DEFAULTS",
     "ModelSpec",
     "SpecError",
     "TrainingSpec",
     "check_model_spec",
+    "torch_buffers",
     "torch_spec_fields",
     "training_spec",
 ]
@@ -36,7 +38,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     **{f.name: f.default for f in fields(TrainingConfig)},
     "seed": 0,
 }
-_TORCH_FIELDS = frozenset({"kind", "name", "kwargs"})
+_TORCH_FIELDS = frozenset({"kind", "name", "kwargs", "buffers"})
+#: A torch job's choice for the module's buffers (BatchNorm running statistics): kept on
+#: each participant (``local``, the default) or averaged with the parameters
+#: (``federated``: floating-point buffers only; integer counters stay local).
+TORCH_BUFFER_MODES = ("local", "federated")
 
 
 class SpecError(ValueError):
@@ -83,7 +89,21 @@ def torch_spec_fields(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise SpecError(
             "model", "a torch model spec needs a string 'name' and a dict 'kwargs'", malformed=True
         )
+    torch_buffers(spec)
     return name, kwargs
+
+
+def torch_buffers(spec: dict[str, Any]) -> str:
+    """A ``torch`` spec's buffer choice (``"local"`` when absent); :class:`SpecError` for
+    any other value, so a job cannot mean one thing to the PS and another to a node."""
+    mode = spec.get("buffers", TORCH_BUFFER_MODES[0])
+    if not isinstance(mode, str):
+        raise SpecError("model.buffers", "must be a string", malformed=True)
+    if mode not in TORCH_BUFFER_MODES:
+        raise SpecError(
+            "model.buffers", f"unknown buffer mode {mode!r}; use one of {list(TORCH_BUFFER_MODES)}"
+        )
+    return mode
 
 
 def check_model_spec(spec: object) -> ModelSpec:

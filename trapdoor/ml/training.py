@@ -82,10 +82,15 @@ def local_fit(
     if n == 0:
         raise ValueError("local_fit needs at least one example")
     params = np.array(global_params, dtype=np.float64, copy=True)
+    # Models whose forward pass updates state outside the gradient (a torch module's
+    # federated BatchNorm statistics) copy it into the vector after each step.
+    sync_state = getattr(model, "sync_buffers", None)
 
     if config.mode == "fedsgd":
         loss, grad = model.loss_and_gradient(params, X, y)
         params -= config.learning_rate * grad
+        if sync_state is not None:
+            sync_state(params)
         return FitResult(params - global_params, n, {"train_loss": loss, "steps": 1.0})
 
     steps = 0
@@ -97,6 +102,8 @@ def local_fit(
             batch = order[start : start + config.batch_size]
             loss, grad = model.loss_and_gradient(params, X[batch], y[batch])
             params -= config.learning_rate * grad
+            if sync_state is not None:
+                sync_state(params)
             epoch_loss += loss * len(batch)
             steps += 1
     # Mean minibatch loss over the last epoch: a cheap running estimate of train loss.
