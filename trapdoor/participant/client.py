@@ -76,6 +76,7 @@ from trapdoor.crypto.wire import (
 from trapdoor.ml.models import Model, model_from_spec
 from trapdoor.ml.spec import training_spec
 from trapdoor.ml.training import FitResult, TrainingConfig, local_fit, participant_rng
+from trapdoor.participant.app import ExactUpdateApp, NumPyApp
 from trapdoor.protocol.audit import (
     AuditDigests,
     AuditedRound,
@@ -512,6 +513,67 @@ def _fit_metrics(
     }
 
 
+def app_config(job: JobView, round_number: int, participant_index: int) -> dict[str, Any]:
+    """The ``config`` an app's ``fit`` gets (its keys: :mod:`trapdoor.participant.app`)."""
+    return {
+        "job_id": job.job_id,
+        "round": round_number,
+        "seed": job.seed,
+        "participant_index": participant_index,
+        "learning_rate": job.training.learning_rate,
+        "local_epochs": job.training.local_epochs,
+        "batch_size": job.training.batch_size,
+        "mode": job.training.mode,
+        "model": job.model,
+    }
+
+
+def _checked_vector(value: object, length: int, what: str) -> npt.NDArray[np.float64]:
+    """``value`` as a finite float64 vector of the job's length, else :class:`ClientError`."""
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ClientError(f"{what} is not a numeric vector", "bad-app-result") from None
+    if vector.shape != (length,):
+        raise ClientError(
+            f"{what} has shape {vector.shape}; the job has {length} parameters", "bad-app-result"
+        )
+    bad = int(np.count_nonzero(~np.isfinite(vector)))
+    if bad:
+        raise ClientError(f"{what} has {bad} NaN or infinite values", "bad-app-result")
+    return vector
+
+
+def _app_update(
+    app: NumPyApp, current: npt.NDArray[np.float64], config: dict[str, Any]
+) -> FitResult:
+    """Run the app's training from a copy of ``W_t`` and check what it returns.
+
+    An :class:`~trapdoor.participant.app.ExactUpdateApp` hands its own ``Δ`` (bit-identical
+    to plaintext FedAvg); any other app returns new parameters and ``Δ = new - W_t``.
+    """
+    length = len(current)
+    if isinstance(app, ExactUpdateApp):
+        fit = app.fit_update(current.copy(), config)
+        update = _checked_vector(fit.update, length, "the app's update")
+        num_examples, metrics = fit.num_examples, fit.metrics
+    else:
+        answer = app.fit(current.copy(), config)
+        if not isinstance(answer, tuple) or len(answer) != 3:
+            raise ClientError(
+                "the app's fit must return (parameters, num_examples, metrics)", "bad-app-result"
+            )
+        new, num_examples, metrics = answer
+        update = _checked_vector(new, length, "the app's parameters") - current
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
+        raise ClientError("the app's num_examples is not an integer", "bad-app-result")
+    if num_examples < 1:
+        raise ClientError(f"the app trained on {num_examples} examples", "bad-app-result")
+    if not isinstance(metrics, dict):
+        raise ClientError("the app's metrics are not a dict", "bad-app-result")
+    return FitResult(update, int(num_examples), dict(metrics))
+
+
 def _default_window(job: JobView) -> int:
     """Small fixed-base tables when few exponentiations will use them (cheap to build)."""
     blocks = -(-job.seed_plaintexts // job.job_key.width)
@@ -879,15 +941,21 @@ class ParticipantClient:
         job: JobView,
         round_number: int,
         weights: npt.ArrayLike,
-        X: np.ndarray,
-        y: np.ndarray,
+        X: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        *,
+        app: NumPyApp | None = None,
     ) -> PreparedUpload:
-        """Train from ``W_t`` and encrypt ``w_i Δ_i``: the ciphertext this round commits to."""
+        """Train from ``W_t`` and encrypt ``w_i Δ_i``: the ciphertext this round commits to.
+
+        Training is ``local_fit`` of the job's model on ``(X, y)``, or the user's ``app``
+        (:mod:`trapdoor.participant.app`), whose result is checked first (:meth:`_train`).
+        """
         job.index_of(self.identity.subject_id)  # ClientError for a non-participant
         w_i = job.weights[self.identity.subject_id]
         packing = job.bcp_packing
         timings: dict[str, float] = {}
-        fit = self._train(job, round_number, weights, X, y, timings)
+        fit = self._train(job, round_number, weights, X, y, timings, app)
 
         start = time.perf_counter()
         plaintexts, clip = encode_vector(fit.update, packing, clip_bound=job.clip_bound, scale=w_i)
@@ -910,22 +978,36 @@ class ParticipantClient:
         job: JobView,
         round_number: int,
         weights: npt.ArrayLike,
-        X: np.ndarray,
-        y: np.ndarray,
+        X: np.ndarray | None,
+        y: np.ndarray | None,
         timings: dict[str, float],
+        app: NumPyApp | None = None,
     ) -> FitResult:
         """Local training from ``W_t``; the upload's exponentiations start first, so they
-        overlap it (:meth:`prepare_encryption`)."""
+        overlap it (:meth:`prepare_encryption`).
+
+        With ``app``, its result is checked (:func:`_app_update`) before anything of it is
+        encoded, so a bad result is :class:`ClientError` and nothing is uploaded.
+        """
+        has_data = X is not None and y is not None
+        if (app is None and not has_data) or (app is not None and (X is not None or y is not None)):
+            raise ClientError("train with either X and y or app=, not both or neither", "bad-app")
         self.prepare_encryption(job)
         start = time.perf_counter()
-        fit = local_fit(
-            job.model,
-            np.asarray(weights, dtype=np.float64),
-            X,
-            y,
-            job.training,
-            participant_rng(job.seed, job.index_of(self.identity.subject_id), round_number),
-        )
+        current = np.asarray(weights, dtype=np.float64)
+        index = job.index_of(self.identity.subject_id)
+        if app is not None:
+            fit = _app_update(app, current, app_config(job, round_number, index))
+        else:
+            assert X is not None and y is not None
+            fit = local_fit(
+                job.model,
+                current,
+                X,
+                y,
+                job.training,
+                participant_rng(job.seed, index, round_number),
+            )
         timings["train_s"] = time.perf_counter() - start
         return fit
 
@@ -934,10 +1016,13 @@ class ParticipantClient:
         job: JobView,
         round_number: int,
         weights: npt.ArrayLike,
-        X: np.ndarray,
-        y: np.ndarray,
+        X: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        *,
+        app: NumPyApp | None = None,
     ) -> PreparedMaskedUpload:
-        """Train from ``W_t`` and mask ``w_i Δ_i`` with a fresh seed (masked jobs).
+        """Train from ``W_t`` (``X, y`` or ``app``, as in :meth:`prepare_update`) and mask
+        ``w_i Δ_i`` with a fresh seed (masked jobs).
 
         The seed comes from ``os.urandom`` every time (never from the injectable ``rng``,
         which tests seed), and the mask is bound to job, round, current run and signer,
@@ -950,7 +1035,7 @@ class ParticipantClient:
         job.index_of(me)  # ClientError for a non-participant
         w_i = job.weights[me]
         timings: dict[str, float] = {}
-        fit = self._train(job, round_number, weights, X, y, timings)
+        fit = self._train(job, round_number, weights, X, y, timings, app)
         run = self.current_run(job, round_number)
 
         start = time.perf_counter()

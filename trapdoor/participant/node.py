@@ -47,6 +47,7 @@ from trapdoor.ml.data import (
 from trapdoor.ml.data import load_local_data as load_data
 from trapdoor.ml.datasets import Dataset, load_dataset, partition
 from trapdoor.ml.training import evaluate
+from trapdoor.participant.app import ModelApp, NumPyApp
 from trapdoor.participant.client import (
     ClientError,
     Identity,
@@ -236,12 +237,15 @@ class ParticipantNode:
         poll_seconds: float = 0.5,
         round_timeout: float = 24 * 3600.0,
         min_quorum: int = DEFAULT_MIN_QUORUM,
+        app: NumPyApp | None = None,
     ) -> None:
         if not passphrase:
             raise ValueError(f"a passphrase is required ({PASSPHRASE_ENV})")
         check_local_data(data)  # the shape now; the fit to each job's model at its join
         self.sessions = sessions
         self.data = data
+        #: What trains each round: the operator's app, else the job's model on our data.
+        self.app: NumPyApp = app if app is not None else ModelApp(data)
         self._passphrase = passphrase
         self.clock = clock
         self.rng = rng
@@ -699,9 +703,7 @@ class ParticipantNode:
             done = session.get(NodeRound, (job_id, t))
             uploaded = done is not None and done.contributed
         if not uploaded:
-            prepared = client.prepare_masked_update(
-                view, t, weights, self.data.X_train, self.data.y_train
-            )
+            prepared = client.prepare_masked_update(view, t, weights, app=self.app)
             try:
                 receipt = self._retry(lambda: client.upload_masked(view, prepared))
             except ServiceError as exc:
@@ -747,7 +749,7 @@ class ParticipantNode:
             if done is not None and done.contributed:
                 return None  # uploaded before a restart
         try:
-            prepared = client.prepare_update(view, t, weights, self.data.X_train, self.data.y_train)
+            prepared = client.prepare_update(view, t, weights, app=self.app)
             self._retry(lambda: client.commit(view, prepared))
             self._put_round(job_id, t, status="committed", metrics=prepared.metrics)
             self._retry(

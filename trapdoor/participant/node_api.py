@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy.orm import sessionmaker
 
+from trapdoor.participant.app import AppLoadError, NumPyApp, load_app
 from trapdoor.participant.node import PASSPHRASE_ENV, ParticipantNode, load_local_data
 from trapdoor.participant.node_schemas import (
     EnrolRequest,
@@ -55,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     "PARTITION_SCHEME": "iid",
     "PARTITION_SEED": 0,
     "DATA_PATH": None,
+    #: The training app: ``module:object`` or a ``trapdoor.apps`` entry point name (or an
+    #: app object); None trains the job's own model on the node's data.
+    "APP": None,
     "MAX_CONTENT_LENGTH": 1 << 20,
 }
 
@@ -138,6 +142,15 @@ def latest_model(job_id: str) -> Any:
     return jsonify(_node().latest_model(job_id))
 
 
+def _training_app(configured: object) -> NumPyApp | None:
+    """The ``APP`` setting as an app (:class:`AppLoadError` when it cannot be one)."""
+    if configured is None or isinstance(configured, NumPyApp):
+        return configured
+    if isinstance(configured, str):
+        return load_app(configured)
+    raise AppLoadError(f"APP must be module:object or an entry point name, not {configured!r}")
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The participant node's app; ``config`` overrides :data:`DEFAULTS`."""
     app = Flask(__name__)
@@ -163,6 +176,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         workers=int(app.config["ENCRYPT_WORKERS"]),
         poll_seconds=float(app.config["POLL_SECONDS"]),
         min_quorum=min_quorum,
+        app=_training_app(app.config.get("APP")),
     )
     app.extensions["participant_node"] = node
     register_error_handlers(app)

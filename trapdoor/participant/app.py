@@ -1,0 +1,168 @@
+"""The training a participant runs inside the protocol, shaped like Flower's ``NumPyClient``.
+
+A user supplies an object with ``fit`` and ``evaluate`` (:class:`NumPyApp`); the client
+(:meth:`~trapdoor.participant.client.ParticipantClient.prepare_update` with ``app=``)
+runs ``fit`` from ``W_t``, checks what comes back, and encodes ``new - W_t``. The same
+object works from a script, a notebook or a node (``node serve --app module:object``, or
+a name in the ``trapdoor.apps`` entry-point group; never from a job definition, which
+the PS serves and must not choose code run at the participant).
+
+``config`` is built by the client for each round and holds:
+
+- ``job_id`` (str), ``round`` (int), ``seed`` (int: the job's training seed),
+  ``participant_index`` (int: our position in the signed participant list);
+- the job's training settings: ``learning_rate`` (float), ``local_epochs`` (int),
+  ``batch_size`` (int), ``mode`` (``"fedavg"`` or ``"fedsgd"``);
+- ``model``: the job's :class:`trapdoor.ml.models.Model`, built from the KGC-signed spec
+  (a user app with its own model ignores it).
+
+:class:`ModelApp` is the built-in app: the job's ``trapdoor.ml`` model trained by
+:func:`~trapdoor.ml.training.local_fit` on the node's :class:`~trapdoor.ml.data.LocalData`.
+It also offers ``fit_update``, which hands the client ``local_fit``'s own update: the
+round trip ``(W_t + Δ) - W_t`` is not exact in floating point, and encrypted runs must
+match plaintext FedAvg to the last digit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from trapdoor.ml.data import LocalData
+from trapdoor.ml.models import Model
+from trapdoor.ml.training import FitResult, TrainingConfig, evaluate, local_fit, participant_rng
+
+__all__ = [
+    "APP_ENTRY_POINTS",
+    "AppLoadError",
+    "ExactUpdateApp",
+    "ModelApp",
+    "NumPyApp",
+    "load_app",
+]
+
+#: The entry-point group a package declares its apps in (``load_app("name")``).
+APP_ENTRY_POINTS = "trapdoor.apps"
+
+Vector = npt.NDArray[np.float64]
+
+
+@runtime_checkable
+class NumPyApp(Protocol):
+    """A participant's own training: flat float64 parameters in, flat parameters out."""
+
+    def fit(
+        self, parameters: Vector, config: dict[str, Any]
+    ) -> tuple[Vector, int, dict[str, float]]:
+        """Train from ``parameters``; (new parameters, examples used, metrics)."""
+        ...
+
+    def evaluate(
+        self, parameters: Vector, config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, float]]:
+        """Score ``parameters`` on local test data; (loss, examples, metrics)."""
+        ...
+
+
+@runtime_checkable
+class ExactUpdateApp(Protocol):
+    """An app that computes ``W_local - W_t`` itself (exactly as plaintext FedAvg does)."""
+
+    def fit_update(self, parameters: Vector, config: dict[str, Any]) -> FitResult: ...
+
+
+class ModelApp:
+    """The built-in app: the job's ``trapdoor.ml`` model, SGD by the job's settings."""
+
+    def __init__(self, data: LocalData) -> None:
+        self.data = data
+
+    @staticmethod
+    def _model(config: dict[str, Any]) -> Model:
+        model = config.get("model")
+        if not isinstance(model, Model):
+            raise ValueError("ModelApp needs the job's trapdoor.ml model in config['model']")
+        return model
+
+    def fit_update(self, parameters: Vector, config: dict[str, Any]) -> FitResult:
+        """``local_fit`` with the participant's seeded generator: today's numbers exactly."""
+        training = TrainingConfig(
+            learning_rate=config["learning_rate"],
+            local_epochs=config["local_epochs"],
+            batch_size=config["batch_size"],
+            mode=config["mode"],
+        )
+        rng = participant_rng(config["seed"], config["participant_index"], config["round"])
+        return local_fit(
+            self._model(config), parameters, self.data.X_train, self.data.y_train, training, rng
+        )
+
+    def fit(
+        self, parameters: Vector, config: dict[str, Any]
+    ) -> tuple[Vector, int, dict[str, float]]:
+        result = self.fit_update(parameters, config)
+        return parameters + result.update, result.num_examples, dict(result.metrics)
+
+    def evaluate(
+        self, parameters: Vector, config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, float]]:
+        scores = evaluate(self._model(config), parameters, self.data.X_test, self.data.y_test)
+        return scores["loss"], len(self.data.y_test), {"accuracy": scores["accuracy"]}
+
+
+class AppLoadError(ValueError):
+    """``load_app`` could not produce an app; the message says which part failed."""
+
+
+def _from_entry_point(name: str) -> object:
+    found = importlib.metadata.entry_points(group=APP_ENTRY_POINTS, name=name)
+    for entry in found:
+        try:
+            return entry.load()
+        except (ImportError, AttributeError) as exc:
+            raise AppLoadError(
+                f"entry point {name!r} ({entry.value}) does not load: {exc}"
+            ) from exc
+    known = sorted(e.name for e in importlib.metadata.entry_points(group=APP_ENTRY_POINTS))
+    raise AppLoadError(
+        f"no app {name!r} in the {APP_ENTRY_POINTS!r} entry points (known: {known or 'none'}); "
+        "or give module:object"
+    )
+
+
+def _from_reference(reference: str) -> object:
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise AppLoadError(f"app reference {reference!r} must be module:object")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppLoadError(f"app module {module_name!r} cannot be imported: {exc}") from exc
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise AppLoadError(f"app module {module_name!r} has no object {attribute!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_app(reference: str) -> NumPyApp:
+    """The app named by ``module:object`` or by an entry point of ``trapdoor.apps``.
+
+    Only the node's operator names it (command line or node config): code is never
+    loaded from a job definition. :class:`AppLoadError` when it cannot be loaded or is
+    not an app (an object with ``fit`` and ``evaluate``; a class must be instantiated).
+    """
+    if not isinstance(reference, str) or not reference.strip():
+        raise AppLoadError("an app reference is a non-empty string (module:object or a name)")
+    reference = reference.strip()
+    obj = _from_reference(reference) if ":" in reference else _from_entry_point(reference)
+    if isinstance(obj, type) or not isinstance(obj, NumPyApp):
+        raise AppLoadError(
+            f"{reference!r} is not an app: it must be an object with "
+            "fit(parameters, config) and evaluate(parameters, config) methods"
+        )
+    return obj
