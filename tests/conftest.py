@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from trapdoor.crypto.bcp import MasterKey, PublicParams, generate_params
+from trapdoor.participant.testing import FakeNetwork, JobWorld
 
 PARAMS_1024_SEED = 1024_2024
 SMALL_PARAMS_SEED = 256_2024
@@ -88,3 +89,12 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
+    """The client library's HTTP routed to an in-process fake KGC and PS for the test
+    module's ``world`` (each module that uses it defines its own ``world`` fixture)."""
+    net = FakeNetwork(world)
+    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", net.service_client)
+    return net

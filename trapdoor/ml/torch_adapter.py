@@ -160,7 +160,7 @@ class TorchModel:
 
     def from_vector(self, params: np.ndarray) -> None:
         """Copy ``params`` into the module's federated tensors (in place)."""
-        vector = np.asarray(params, dtype=np.float64)
+        vector = np.array(params, dtype=np.float64)  # a writable copy, as torch wants
         if vector.ndim != 1:
             raise ValueError(f"expected a flat vector, got shape {vector.shape}")
         self.check_layout(vector.size)

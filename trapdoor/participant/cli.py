@@ -25,6 +25,7 @@ import numpy as np
 
 from trapdoor.crypto.signing import b64decode
 from trapdoor.ml.data import DEFAULT_LABEL, DataError
+from trapdoor.participant.app import AppLoadError
 from trapdoor.participant.node import PASSPHRASE_ENV
 from trapdoor.participant.node_api import create_app
 from trapdoor.participant.settings import NodeSettings
@@ -91,6 +92,13 @@ def node() -> None:
     show_default=True,
     help="the label column of a .csv or .parquet file",
 )
+@click.option(
+    "--app",
+    "app_ref",
+    default=None,
+    help="your own training (module:object, or a trapdoor.apps entry point name); "
+    "default: the job's model trained on the node's data",
+)
 @click.option("--encrypt-workers", type=int, default=1, show_default=True)
 @click.option("--poll-seconds", type=float, default=0.5, show_default=True)
 @click.option(
@@ -115,6 +123,7 @@ def serve_command(
     data_test_fraction: float | None,
     data_split_seed: int,
     data_label: str,
+    app_ref: str | None,
     encrypt_workers: int,
     poll_seconds: float,
     min_quorum: int | None,
@@ -142,12 +151,13 @@ def serve_command(
                 "DATA_TEST_FRACTION": data_test_fraction,
                 "DATA_SPLIT_SEED": data_split_seed,
                 "DATA_LABEL": data_label,
+                "APP": app_ref,
                 "ENCRYPT_WORKERS": encrypt_workers,
                 "POLL_SECONDS": poll_seconds,
                 "MIN_QUORUM": min_quorum or DEFAULT_MIN_QUORUM,
             },
         )
-    except DataError as exc:
+    except (DataError, AppLoadError) as exc:
         fail(str(exc))
     serve(
         app,
@@ -307,12 +317,12 @@ def named_tensors(spec: dict[str, Any], weights: np.ndarray) -> dict[str, np.nda
 
     ``mlp``: ``layer{i}.W`` of shape ``(n_in, n_out)`` and ``layer{i}.b``; ``cnn`` and
     ``gru``: their own names (``trapdoor.ml.cnn``, ``trapdoor.ml.rnn``); ``torch``: the
-    module's parameter names. ValueError for a spec or a length that does not fit.
+    module's ``state_dict`` names (buffers kept local have the module's initial values).
+    ValueError for a spec or a length that does not fit.
     """
     model = _model(spec)
     if spec.get("kind") == "torch":
-        module = _torch_module(model, weights)
-        return {k: v.detach().numpy().copy() for k, v in module.named_parameters()}
+        return {k: v.numpy().copy() for k, v in model.load_released(weights).items()}
     views = model.unflatten(np.asarray(weights, dtype=np.float64))
     if isinstance(views, dict):
         return {name: np.array(v) for name, v in views.items()}
@@ -326,18 +336,6 @@ def _model(spec: dict[str, Any]) -> Any:
     from trapdoor.ml.models import model_from_spec
 
     return model_from_spec(spec)
-
-
-def _torch_module(model: Any, weights: np.ndarray) -> Any:
-    """The torch model's module holding ``weights`` (its parameters, in their order)."""
-    import torch
-    from torch import nn
-
-    vector = torch.as_tensor(np.array(weights, dtype=np.float64))  # a writable copy
-    if vector.shape != (model.num_parameters,):
-        raise ValueError(f"expected {model.num_parameters} parameters, got {len(weights)}")
-    nn.utils.vector_to_parameters(vector, model.module.parameters())
-    return model.module
 
 
 def _model_spec(job: dict[str, Any], definition_path: str | None) -> dict[str, Any]:
@@ -373,7 +371,7 @@ def _write_model(out: Path, spec: dict[str, Any], weights: np.ndarray) -> int:
             import torch
         except ImportError:
             fail("writing .pt needs torch: pip install -e '.[torch]', or write .npz")
-        state = _torch_module(_model(spec), weights).state_dict()
+        state = _model(spec).load_released(weights)  # loads with strict=True
         save: Callable[[Any], None] = lambda f: torch.save(state, f)  # noqa: E731
         count = len(state)
     else:

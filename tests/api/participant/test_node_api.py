@@ -188,13 +188,6 @@ def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> Jo
     return JobWorld(params_1024[0], rng, ["p0", "node", "p2"], layers=(64, 4, 10))
 
 
-@pytest.fixture
-def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
-    net = FakeNetwork(world)
-    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", net.service_client)
-    return net
-
-
 def _enrol(client: FlaskClient, app: Flask, world: JobWorld, network: FakeNetwork) -> None:
     """Enrol the node as ``node`` at the fake KGC; the job is then signed for its keys."""
     network.kgc.codes["node"] = "code-node"

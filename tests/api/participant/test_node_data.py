@@ -54,13 +54,6 @@ def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> Jo
 
 
 @pytest.fixture
-def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
-    net = FakeNetwork(world)
-    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", net.service_client)
-    return net
-
-
-@pytest.fixture
 def enrolled(
     request: pytest.FixtureRequest, tmp_path: Path, world: JobWorld, network: FakeNetwork
 ) -> Iterator[FlaskClient]:

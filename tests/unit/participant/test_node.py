@@ -43,13 +43,6 @@ def world(params_1024: tuple[PublicParams, MasterKey], rng: random.Random) -> Jo
 
 
 @pytest.fixture
-def network(world: JobWorld, monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
-    net = FakeNetwork(world)
-    monkeypatch.setattr("trapdoor.participant.client.ServiceClient", net.service_client)
-    return net
-
-
-@pytest.fixture
 def db_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path}/node.db"
     migrate("participant", url)
