@@ -36,7 +36,6 @@ from werkzeug.serving import make_server
 from trapdoor.crypto.bcp import MasterKey, PublicParams
 from trapdoor.crypto.blocks import VectorEncryptor
 from trapdoor.crypto.demo_params import load_demo_master_key
-from trapdoor.kgc.keystore import init_kgc
 from trapdoor.kgc.testing import TestSubject
 from trapdoor.participant.node_api import create_app as create_node_app
 from trapdoor.participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, JobWorld
@@ -184,14 +183,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("kgc-ps")
-    template = tmp / "template.db"
-    init_kgc(
-        f"sqlite:///{template}",
-        kgc_api_support.PASSPHRASE,
-        bits=1024,
-        demo=True,
-        cost=kgc_api_support.LOW_COST,
-    )
+    template = kgc_api_support.init_demo_template(tmp / "template.db")
     kgc = kgc_api_support.build_api_world(template, tmp)
     kgc_answers = Recorder()
     kgc_answers.attach(kgc.app)

@@ -29,7 +29,6 @@ import kgc_api_support  # noqa: E402
 import ps_api_support  # noqa: E402
 
 from trapdoor.crypto.demo_params import load_demo_master_key  # noqa: E402
-from trapdoor.kgc.keystore import init_kgc  # noqa: E402
 from trapdoor.kgc.testing import TestSubject  # noqa: E402
 from trapdoor.participant.node_api import create_app as create_node_app  # noqa: E402
 from trapdoor.ps.testing import make_definition, make_participants  # noqa: E402
@@ -76,14 +75,7 @@ class Target:
 
 def build_kgc(tmp: Path) -> Target:
     """The KGC over 1024-bit demo keys, with an enrolled PS and participant."""
-    template = tmp / "template.db"
-    init_kgc(
-        f"sqlite:///{template}",
-        kgc_api_support.PASSPHRASE,
-        bits=1024,
-        demo=True,
-        cost=kgc_api_support.LOW_COST,
-    )
+    template = kgc_api_support.init_demo_template(tmp / "template.db")
     world = kgc_api_support.build_api_world(template, tmp)
     params = load_demo_master_key(1024).params
     participant = world.enrol(TestSubject.participant(params, random.Random(5)), "p")

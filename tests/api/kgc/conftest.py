@@ -7,20 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kgc_api_support import LOW_COST, PASSPHRASE, ApiWorld, build_api_world
+from kgc_api_support import ApiWorld, build_api_world, init_demo_template
 
 from trapdoor.crypto.bcp import MasterKey
 from trapdoor.crypto.demo_params import load_demo_master_key
-from trapdoor.kgc.keystore import init_kgc
 from trapdoor.kgc.testing import TestSubject
 
 
 @pytest.fixture(scope="session")
 def kgc_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated database holding sealed 1024-bit demo keys (made once per session)."""
-    path = tmp_path_factory.mktemp("kgc-template") / "kgc.db"
-    init_kgc(f"sqlite:///{path}", PASSPHRASE, bits=1024, demo=True, cost=LOW_COST)
-    return path
+    return init_demo_template(tmp_path_factory.mktemp("kgc-template") / "kgc.db")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, func, select
 
 from trapdoor.kgc.app import create_app
+from trapdoor.kgc.keystore import init_kgc
 from trapdoor.kgc.testing import FakeClock, TestSubject
 from trapdoor.service.db import make_engine
 
@@ -70,6 +71,13 @@ def error(response: Any, status: int, code: str) -> None:
     body = response.get_json()
     assert set(body) == {"error", "message"}, body
     assert body["error"] == code, body
+
+
+def init_demo_template(path: Path) -> Path:
+    """A migrated KGC database at ``path`` with sealed 1024-bit demo keys (cheap scrypt),
+    to be copied for each app by :func:`build_api_world`."""
+    init_kgc(f"sqlite:///{path}", PASSPHRASE, bits=1024, demo=True, cost=LOW_COST)
+    return path
 
 
 def build_api_world(template: Path, tmp_path: Path, **config: Any) -> ApiWorld:
