@@ -38,7 +38,14 @@ from trapdoor.crypto.blocks import VectorEncryptor
 from trapdoor.crypto.demo_params import load_demo_master_key
 from trapdoor.kgc.testing import TestSubject
 from trapdoor.participant.node_api import create_app as create_node_app
-from trapdoor.participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, JobWorld
+from trapdoor.participant.testing import (
+    KGC_URL,
+    PS_SUBJECT,
+    PS_URL,
+    FakeNetwork,
+    JobWorld,
+    node_test_config,
+)
 from trapdoor.protocol.audit import build_undecodable_statement
 from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
 from trapdoor.protocol.job import MaskedLayout
@@ -344,17 +351,7 @@ def node_world(
 @pytest.fixture
 def node_app(tmp_path: Path) -> Iterator[Flask]:
     app = create_node_app(
-        {
-            "DATABASE_URL": f"sqlite:///{tmp_path}/node.db",
-            "ADMIN_TOKEN": NODE_ADMIN["Authorization"].split()[1],
-            "PASSPHRASE": "node-pass",
-            "BACKGROUND": False,
-            "DATASET": "digits",
-            "NUM_PARTITIONS": 4,
-            "PARTITION_INDEX": 2,
-            "PARTITION_SEED": 7,
-            "POLL_SECONDS": 0.05,
-        }
+        node_test_config(f"sqlite:///{tmp_path}/node.db", NODE_ADMIN["Authorization"].split()[1])
     )
     yield app
     app.extensions["participant_node"].close()

@@ -31,6 +31,7 @@ import ps_api_support  # noqa: E402
 from trapdoor.crypto.demo_params import load_demo_master_key  # noqa: E402
 from trapdoor.kgc.testing import TestSubject  # noqa: E402
 from trapdoor.participant.node_api import create_app as create_node_app  # noqa: E402
+from trapdoor.participant.testing import node_test_config  # noqa: E402
 from trapdoor.ps.testing import make_definition, make_participants  # noqa: E402
 
 NODE_ADMIN_TOKEN = "node-admin-for-fuzz"
@@ -135,19 +136,7 @@ def build_param_server(tmp: Path) -> Target:
 def build_node(tmp: Path) -> Target:
     """A participant node (not enrolled, no background worker) over a temp SQLite file."""
     url = f"sqlite:///{tmp}/node.db"
-    app = create_node_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": url,
-            "ADMIN_TOKEN": NODE_ADMIN_TOKEN,
-            "PASSPHRASE": "node-pass",
-            "BACKGROUND": False,
-            "DATASET": "digits",
-            "NUM_PARTITIONS": 4,
-            "PARTITION_INDEX": 2,
-            "PARTITION_SEED": 7,
-        }
-    )
+    app = create_node_app({**node_test_config(url, NODE_ADMIN_TOKEN), "TESTING": True})
     from trapdoor.service.db import make_engine
 
     return Target(

@@ -83,12 +83,29 @@ __all__ = [
     "FakePs",
     "JobWorld",
     "certify",
+    "node_test_config",
 ]
 
 KGC_URL = "http://kgc.test"
 PS_URL = "http://ps.test"
 PS_SUBJECT = "sub-ps"
 TOKEN_TTL = 300
+
+
+def node_test_config(database_url: str, admin_token: str) -> dict[str, Any]:
+    """A node app's config for API tests: no background worker, fast polling, and a
+    fixed partition (2 of 4, seed 7) of the bundled digits as its local data."""
+    return {
+        "DATABASE_URL": database_url,
+        "ADMIN_TOKEN": admin_token,
+        "PASSPHRASE": "node-pass",
+        "BACKGROUND": False,
+        "DATASET": "digits",
+        "NUM_PARTITIONS": 4,
+        "PARTITION_INDEX": 2,
+        "PARTITION_SEED": 7,
+        "POLL_SECONDS": 0.05,
+    }
 
 
 def certify(kgc_key: Ed25519PrivateKey, identity: Identity, *, now: int = 1_700_000_000) -> None:

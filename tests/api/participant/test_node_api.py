@@ -21,7 +21,14 @@ from trapdoor.crypto.bcp import MasterKey, PublicParams
 from trapdoor.crypto.signing import generate_signing_key
 from trapdoor.crypto.wire import decode_frame
 from trapdoor.participant.node_api import create_app
-from trapdoor.participant.testing import KGC_URL, PS_SUBJECT, PS_URL, FakeNetwork, JobWorld
+from trapdoor.participant.testing import (
+    KGC_URL,
+    PS_SUBJECT,
+    PS_URL,
+    FakeNetwork,
+    JobWorld,
+    node_test_config,
+)
 from trapdoor.protocol.upload import verify_upload_statement
 
 ADMIN = {"Authorization": "Bearer node-admin"}
@@ -29,19 +36,7 @@ ADMIN = {"Authorization": "Bearer node-admin"}
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
-    app = create_app(
-        {
-            "DATABASE_URL": f"sqlite:///{tmp_path}/node.db",
-            "ADMIN_TOKEN": "node-admin",
-            "PASSPHRASE": "node-pass",
-            "BACKGROUND": False,
-            "DATASET": "digits",
-            "NUM_PARTITIONS": 4,
-            "PARTITION_INDEX": 2,
-            "PARTITION_SEED": 7,
-            "POLL_SECONDS": 0.05,
-        }
-    )
+    app = create_app(node_test_config(f"sqlite:///{tmp_path}/node.db", "node-admin"))
     yield app
     app.extensions["participant_node"].close()
 
