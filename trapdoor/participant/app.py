@@ -39,9 +39,11 @@ from trapdoor.ml.training import FitResult, TrainingConfig, evaluate, local_fit,
 __all__ = [
     "APP_ENTRY_POINTS",
     "AppLoadError",
+    "AppResultError",
     "ExactUpdateApp",
     "ModelApp",
     "NumPyApp",
+    "checked_fit",
     "load_app",
 ]
 
@@ -112,6 +114,53 @@ class ModelApp:
     ) -> tuple[float, int, dict[str, float]]:
         scores = evaluate(self._model(config), parameters, self.data.X_test, self.data.y_test)
         return scores["loss"], len(self.data.y_test), {"accuracy": scores["accuracy"]}
+
+
+class AppResultError(ValueError):
+    """An app's ``fit`` returned something that must not be encoded (wrong shape, NaN,
+    no examples): nothing of it is uploaded."""
+
+
+def _checked_vector(value: object, length: int, what: str) -> npt.NDArray[np.float64]:
+    """``value`` as a finite float64 vector of the job's length, else :class:`AppResultError`."""
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise AppResultError(f"{what} is not a numeric vector") from None
+    if vector.shape != (length,):
+        raise AppResultError(f"{what} has shape {vector.shape}; the job has {length} parameters")
+    bad = int(np.count_nonzero(~np.isfinite(vector)))
+    if bad:
+        raise AppResultError(f"{what} has {bad} NaN or infinite values")
+    return vector
+
+
+def checked_fit(
+    app: NumPyApp, current: npt.NDArray[np.float64], config: dict[str, Any]
+) -> FitResult:
+    """Run the app's training from a copy of ``W_t`` and check what it returns.
+
+    An :class:`~trapdoor.participant.app.ExactUpdateApp` hands its own ``Δ`` (bit-identical
+    to plaintext FedAvg); any other app returns new parameters and ``Δ = new - W_t``.
+    """
+    length = len(current)
+    if isinstance(app, ExactUpdateApp):
+        fit = app.fit_update(current.copy(), config)
+        update = _checked_vector(fit.update, length, "the app's update")
+        num_examples, metrics = fit.num_examples, fit.metrics
+    else:
+        answer = app.fit(current.copy(), config)
+        if not isinstance(answer, tuple) or len(answer) != 3:
+            raise AppResultError("the app's fit must return (parameters, num_examples, metrics)")
+        new, num_examples, metrics = answer
+        update = _checked_vector(new, length, "the app's parameters") - current
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
+        raise AppResultError("the app's num_examples is not an integer")
+    if num_examples < 1:
+        raise AppResultError(f"the app trained on {num_examples} examples")
+    if not isinstance(metrics, dict):
+        raise AppResultError("the app's metrics are not a dict")
+    return FitResult(update, int(num_examples), dict(metrics))
 
 
 class AppLoadError(ValueError):

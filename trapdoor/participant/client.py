@@ -76,7 +76,7 @@ from trapdoor.crypto.wire import (
 from trapdoor.ml.models import Model, model_from_spec
 from trapdoor.ml.spec import training_spec
 from trapdoor.ml.training import FitResult, TrainingConfig, local_fit, participant_rng
-from trapdoor.participant.app import ExactUpdateApp, NumPyApp
+from trapdoor.participant.app import AppResultError, NumPyApp, checked_fit
 from trapdoor.protocol.audit import (
     AuditDigests,
     AuditedRound,
@@ -528,52 +528,6 @@ def app_config(job: JobView, round_number: int, participant_index: int) -> dict[
     }
 
 
-def _checked_vector(value: object, length: int, what: str) -> npt.NDArray[np.float64]:
-    """``value`` as a finite float64 vector of the job's length, else :class:`ClientError`."""
-    try:
-        vector = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ClientError(f"{what} is not a numeric vector", "bad-app-result") from None
-    if vector.shape != (length,):
-        raise ClientError(
-            f"{what} has shape {vector.shape}; the job has {length} parameters", "bad-app-result"
-        )
-    bad = int(np.count_nonzero(~np.isfinite(vector)))
-    if bad:
-        raise ClientError(f"{what} has {bad} NaN or infinite values", "bad-app-result")
-    return vector
-
-
-def _app_update(
-    app: NumPyApp, current: npt.NDArray[np.float64], config: dict[str, Any]
-) -> FitResult:
-    """Run the app's training from a copy of ``W_t`` and check what it returns.
-
-    An :class:`~trapdoor.participant.app.ExactUpdateApp` hands its own ``Δ`` (bit-identical
-    to plaintext FedAvg); any other app returns new parameters and ``Δ = new - W_t``.
-    """
-    length = len(current)
-    if isinstance(app, ExactUpdateApp):
-        fit = app.fit_update(current.copy(), config)
-        update = _checked_vector(fit.update, length, "the app's update")
-        num_examples, metrics = fit.num_examples, fit.metrics
-    else:
-        answer = app.fit(current.copy(), config)
-        if not isinstance(answer, tuple) or len(answer) != 3:
-            raise ClientError(
-                "the app's fit must return (parameters, num_examples, metrics)", "bad-app-result"
-            )
-        new, num_examples, metrics = answer
-        update = _checked_vector(new, length, "the app's parameters") - current
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
-        raise ClientError("the app's num_examples is not an integer", "bad-app-result")
-    if num_examples < 1:
-        raise ClientError(f"the app trained on {num_examples} examples", "bad-app-result")
-    if not isinstance(metrics, dict):
-        raise ClientError("the app's metrics are not a dict", "bad-app-result")
-    return FitResult(update, int(num_examples), dict(metrics))
-
-
 def _default_window(job: JobView) -> int:
     """Small fixed-base tables when few exponentiations will use them (cheap to build)."""
     blocks = -(-job.seed_plaintexts // job.job_key.width)
@@ -997,7 +951,10 @@ class ParticipantClient:
         current = np.asarray(weights, dtype=np.float64)
         index = job.index_of(self.identity.subject_id)
         if app is not None:
-            fit = _app_update(app, current, app_config(job, round_number, index))
+            try:
+                fit = checked_fit(app, current, app_config(job, round_number, index))
+            except AppResultError as exc:
+                raise ClientError(str(exc), "bad-app-result") from None
         else:
             assert X is not None and y is not None
             fit = local_fit(
