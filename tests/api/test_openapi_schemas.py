@@ -49,6 +49,7 @@ from trapdoor.participant.testing import (
 from trapdoor.protocol.audit import build_undecodable_statement
 from trapdoor.protocol.bundle import ReleaseBinding, bundle_sha256
 from trapdoor.protocol.job import MaskedLayout
+from trapdoor.protocol.metrics import build_metrics_report
 from trapdoor.ps.app import create_app as create_ps_app
 from trapdoor.ps.kgc_gateway import HttpKgcGateway
 from trapdoor.ps.testing import (
@@ -290,6 +291,7 @@ def _masked_round(cluster: Cluster) -> None:
         w0,
         aggregation="masked",
         encoding={"frac_bits": 20, "clip_bound": 16.0, "model_bound": 32.0},
+        share_metrics=True,
     )
     assert ps.post("/v1/jobs", json=definition, headers=PS_ADMIN).status_code == 201
     first, second = members[0].subject_id, members[1].subject_id
@@ -312,6 +314,19 @@ def _masked_round(cluster: Cluster) -> None:
     for path in ("model", f"uploads/{second}"):
         answer = ps.get(f"/v1/jobs/masked-job/rounds/0/{path}", headers=cluster.auth(first))
         assert answer.status_code == 200, path
+    report = build_metrics_report(
+        members[0].signing_key,
+        terms,
+        round_number=0,
+        subject_id=first,
+        loss=0.25,
+        num_examples=12,
+        metrics={"accuracy": 0.75},
+    )
+    path = "/v1/jobs/masked-job/rounds/0/metrics"
+    assert ps.post(path, json=report, headers=cluster.auth(first)).status_code == 201
+    view = ps.get("/v1/jobs/masked-job/rounds/0", headers=PS_ADMIN).get_json()
+    assert view["shared_metrics"]["reporters"] == 1
 
 
 def test_the_kgc_and_the_ps_answer_what_their_documents_say(cluster: Cluster) -> None:

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from trapdoor.ml.data import LocalData
 from trapdoor.ml.models import Model
 from trapdoor.ml.training import FitResult, TrainingConfig, evaluate, local_fit, participant_rng
+from trapdoor.protocol.metrics import check_metric_values
 
 __all__ = [
     "APP_ENTRY_POINTS",
@@ -43,6 +44,7 @@ __all__ = [
     "ExactUpdateApp",
     "ModelApp",
     "NumPyApp",
+    "checked_evaluate",
     "checked_fit",
     "load_app",
 ]
@@ -161,6 +163,35 @@ def checked_fit(
     if not isinstance(metrics, dict):
         raise AppResultError("the app's metrics are not a dict")
     return FitResult(update, int(num_examples), dict(metrics))
+
+
+def checked_evaluate(
+    app: NumPyApp, parameters: Vector, config: dict[str, Any]
+) -> tuple[float, int, dict[str, float]]:
+    """Run the app's ``evaluate`` on a copy of ``parameters`` and check what it returns.
+
+    numpy scalars become Python numbers; the loss and every metric must be finite, the
+    example count positive, metric names short and plain (the bounds a shared report
+    must meet, :func:`trapdoor.protocol.metrics.check_metric_values`). :class:`AppResultError`
+    otherwise.
+    """
+    answer = app.evaluate(parameters.copy(), config)
+    if not isinstance(answer, tuple) or len(answer) != 3:
+        raise AppResultError("the app's evaluate must return (loss, num_examples, metrics)")
+    loss, num_examples, metrics = answer
+    if isinstance(num_examples, np.integer):
+        num_examples = int(num_examples)
+    if isinstance(loss, np.floating | np.integer):
+        loss = float(loss)
+    if isinstance(metrics, dict):
+        metrics = {
+            name: float(value) if isinstance(value, np.floating | np.integer) else value
+            for name, value in metrics.items()
+        }
+    try:
+        return check_metric_values(loss, num_examples, metrics)
+    except ValueError as exc:
+        raise AppResultError(f"the app's evaluate: {exc}") from None
 
 
 class AppLoadError(ValueError):

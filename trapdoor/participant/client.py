@@ -76,7 +76,7 @@ from trapdoor.crypto.wire import (
 from trapdoor.ml.models import Model, model_from_spec
 from trapdoor.ml.spec import training_spec
 from trapdoor.ml.training import FitResult, TrainingConfig, local_fit, participant_rng
-from trapdoor.participant.app import AppResultError, NumPyApp, checked_fit
+from trapdoor.participant.app import AppResultError, NumPyApp, checked_evaluate, checked_fit
 from trapdoor.protocol.audit import (
     AuditDigests,
     AuditedRound,
@@ -99,6 +99,7 @@ from trapdoor.protocol.commitment import ClosedSet, build_commitment, pok_contex
 from trapdoor.protocol.common import MAX_RUN, ProtocolError, vector_sha256
 from trapdoor.protocol.enrolment import verify_certificate
 from trapdoor.protocol.job import DEFAULT_MIN_QUORUM, JobTerms, MaskedLayout, check_job_view
+from trapdoor.protocol.metrics import build_metrics_report
 from trapdoor.protocol.token import KGC_AUDIENCE, token_request
 from trapdoor.protocol.upload import (
     build_masked_upload_statement,
@@ -359,6 +360,9 @@ class JobView:
     weights: dict[str, float]
     clip_bound: float
     rounds_total: int
+    #: the definition's ``share_metrics``: contributors report their evaluation of each
+    #: released model to the PS (:mod:`trapdoor.protocol.metrics`)
+    share_metrics: bool
     initial_weights: npt.NDArray[np.float64] = field(repr=False)
 
     @property
@@ -416,6 +420,9 @@ class JobView:
             model = model_from_spec(definition["model"])
             initial = decode_weights(definition["initial_weights"])
             clip_bound = float(definition["encoding"]["clip_bound"])
+            share_metrics = definition.get("share_metrics", False)
+            if not isinstance(share_metrics, bool):
+                raise TypeError("share_metrics is not a boolean")
         except (KeyError, TypeError, ValueError, EncodingError) as exc:
             raise ClientError(
                 f"malformed job view: {type(exc).__name__}: {exc}", "bad-job"
@@ -457,6 +464,7 @@ class JobView:
             weights=dict(terms.weights),
             clip_bound=clip_bound,
             rounds_total=terms.rounds,
+            share_metrics=share_metrics,
             initial_weights=initial,
         )
 
@@ -1124,21 +1132,23 @@ class ParticipantClient:
         job: JobView,
         round_number: int,
         weights: npt.ArrayLike,
-        X: np.ndarray,
-        y: np.ndarray,
+        X: np.ndarray | None = None,
+        y: np.ndarray | None = None,
         *,
+        app: NumPyApp | None = None,
         timeout: float = 600.0,
         poll_seconds: float = 0.5,
         should_stop: Callable[[], bool] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Train, encrypt, commit, wait for the closed set, upload; (receipt, metrics).
+        """Train (``X, y`` or ``app``), encrypt, commit, wait for the closed set, upload;
+        (receipt, metrics).
 
         A masked job has no commitment: train, mask and upload in one request.
         """
         if job.aggregation == "masked":
-            masked = self.prepare_masked_update(job, round_number, weights, X, y)
+            masked = self.prepare_masked_update(job, round_number, weights, X, y, app=app)
             return self.upload_masked(job, masked), masked.metrics
-        prepared = self.prepare_update(job, round_number, weights, X, y)
+        prepared = self.prepare_update(job, round_number, weights, X, y, app=app)
         self.commit(job, prepared)
         self.wait_for_round(
             job.ps_url,
@@ -1384,6 +1394,53 @@ class ParticipantClient:
                 binding,
                 bundle_sha256(binding, bundle["sealed_model"]),
             ) from None
+
+    def evaluate_model(
+        self, job: JobView, round_number: int, weights: npt.ArrayLike, app: NumPyApp
+    ) -> tuple[float, int, dict[str, float]]:
+        """The app's ``evaluate`` of ``W_{t+1}`` (released by round ``round_number``),
+        checked (:func:`~trapdoor.participant.app.checked_evaluate`); ClientError
+        ``bad-app-result`` for an answer that could not be shared."""
+        config = app_config(job, round_number, job.index_of(self.identity.subject_id))
+        try:
+            return checked_evaluate(app, np.asarray(weights, dtype=np.float64), config)
+        except AppResultError as exc:
+            raise ClientError(str(exc), "bad-app-result") from None
+
+    def report_metrics(
+        self,
+        job: JobView,
+        round_number: int,
+        loss: float,
+        num_examples: int,
+        metrics: dict[str, float],
+    ) -> dict[str, Any]:
+        """Sign and send our evaluation of round ``round_number``'s released model (jobs
+        with ``share_metrics`` only: it tells the PS our loss and metrics on our test rows).
+
+        ClientError ``metrics-not-shared`` for a job that did not opt in, so a caller
+        cannot disclose them by mistake.
+        """
+        if not job.share_metrics:
+            raise ClientError(f"{job.job_id} does not share metrics", "metrics-not-shared")
+        run = int(self.round_status(job.ps_url, job.job_id, round_number).get("run", 0))
+        try:
+            signed = build_metrics_report(
+                self.identity.signing_key,
+                job.terms,
+                round_number=round_number,
+                run=run,
+                subject_id=self.identity.subject_id,
+                loss=loss,
+                num_examples=num_examples,
+                metrics=metrics,
+            )
+        except ValueError as exc:
+            raise ClientError(f"metrics not reported: {exc}", "bad-app-result") from None
+        answer: dict[str, Any] = self._ps(job.ps_url).post_json(
+            f"/v1/jobs/{job.job_id}/rounds/{round_number}/metrics", signed
+        )
+        return answer
 
     def report_undecodable(self, job: JobView, exc: UndecodableReleaseError) -> dict[str, Any]:
         """Sign and send our report that this release does not decode (names its bundle)."""

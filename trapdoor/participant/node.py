@@ -46,7 +46,6 @@ from trapdoor.ml.data import (
 )
 from trapdoor.ml.data import load_local_data as load_data
 from trapdoor.ml.datasets import Dataset, load_dataset, partition
-from trapdoor.ml.training import evaluate
 from trapdoor.participant.app import ModelApp, NumPyApp
 from trapdoor.participant.client import (
     ClientError,
@@ -378,6 +377,8 @@ class ParticipantNode:
             "holds_model": job.holds_model,
             "skip_rounds": list(job.skip_rounds),
             "error": job.error,
+            "model": job.model_spec,
+            "share_metrics": bool(job.share_metrics),
         }
 
     def join(
@@ -431,6 +432,8 @@ class ParticipantNode:
                     next_round=0,
                     holds_model=True,
                     joined_at=self.clock(),
+                    model_spec=dict(view.raw["definition"]["model"]),
+                    share_metrics=view.share_metrics,
                 )
             )
         self._start_worker(job_id)
@@ -843,19 +846,21 @@ class ParticipantNode:
         )
         download_s = time.perf_counter() - start
         log.info("job %s round %d: released model downloaded and opened", job_id, t)
-        test = evaluate(view.model, weights, self.data.X_test, self.data.y_test)
+        evaluation = self._evaluate(client, view, t, weights)
         with session_scope(self.sessions) as session:
             row = session.get(NodeRound, (job_id, t))
             assert row is not None
             row.status = "released"
-            row.test_accuracy = test["accuracy"]
-            row.test_loss = test["loss"]
+            if "loss" in evaluation:
+                row.test_loss = evaluation["loss"]
+                row.test_accuracy = evaluation["metrics"].get("accuracy")
             timings = dict((row.metrics or {}).get("timings", {}))
             timings["download_s"] = download_s
             row.metrics = {
                 **(row.metrics or {}),
                 "timings": timings,
                 "bytes_down": client.last_download_bytes,
+                "evaluation": evaluation,
             }
             row.updated_at = self.clock()
             self._store_model(session, job_id, t, weights)
@@ -863,6 +868,37 @@ class ParticipantNode:
             assert job is not None
             job.next_round = t + 1
         return weights
+
+    def _evaluate(
+        self,
+        client: ParticipantClient,
+        view: JobView,
+        t: int,
+        weights: npt.NDArray[np.float64],
+    ) -> dict[str, Any]:
+        """Our app's ``evaluate`` of ``W_{t+1}`` on our test rows, and, in a job with
+        ``share_metrics``, its signed report to the PS.
+
+        Neither is allowed to stop the job: the model is ours already, and an app whose
+        evaluation fails (or a PS that does not take the report) is recorded, not fatal.
+        """
+        try:
+            loss, examples, metrics = client.evaluate_model(view, t, weights, self.app)
+        except ClientError as exc:
+            log.warning("job %s round %d: evaluation failed: %s", view.job_id, t, exc.message)
+            return {"error": exc.message}
+        evaluation: dict[str, Any] = {"loss": loss, "num_examples": examples, "metrics": metrics}
+        if view.share_metrics:
+            try:
+                self._retry(
+                    lambda: client.report_metrics(view, t, loss, examples, metrics), attempts=5
+                )
+                evaluation["reported"] = True
+                log.info("job %s round %d: evaluation reported to the PS", view.job_id, t)
+            except (ClientError, ServiceError) as exc:
+                log.warning("job %s round %d: evaluation not reported: %s", view.job_id, t, exc)
+                evaluation["reported"] = False
+        return evaluation
 
     def _store_model(
         self, session: Session, job_id: str, t: int, weights: npt.NDArray[np.float64]

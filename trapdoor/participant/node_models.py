@@ -53,6 +53,12 @@ class NodeJob(Base):
     holds_model: Mapped[bool] = mapped_column(nullable=False, default=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     joined_at: Mapped[float] = mapped_column(Float, nullable=False)
+    #: The definition's ``model`` (checked against the signed terms when joined): what
+    #: shapes a downloaded model into named tensors. NULL for a refused job.
+    model_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: The definition's ``share_metrics``: our evaluation of each released model goes to
+    #: the PS (:mod:`trapdoor.protocol.metrics`).
+    share_metrics: Mapped[bool] = mapped_column(nullable=False, default=False)
 
 
 class NodeRound(Base):

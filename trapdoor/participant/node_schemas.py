@@ -8,7 +8,7 @@ from them.
 
 from __future__ import annotations
 
-from typing import Annotated, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from trapdoor.service.openapi import Constraint, open_object
 from trapdoor.service.schemas import Count, Float64Base64, SignedReceipt, SubjectId
@@ -74,6 +74,10 @@ class NodeJob(TypedDict):
     holds_model: bool
     skip_rounds: list[Count]
     error: str | None
+    #: the job definition's model spec (null for a refused job)
+    model: dict[str, Any] | None
+    #: whether this node reports its evaluation of each released model to the PS
+    share_metrics: bool
 
 
 class NodeStatus(TypedDict):

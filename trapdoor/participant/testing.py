@@ -64,6 +64,7 @@ from trapdoor.protocol.job import (
     sign_job_terms,
     verify_job_terms,
 )
+from trapdoor.protocol.metrics import verify_metrics_report
 from trapdoor.protocol.receipt import build_receipt
 from trapdoor.protocol.token import (
     KGC_AUDIENCE,
@@ -344,6 +345,8 @@ class _FakeRound:
     audited: AuditedRound | None = None
     blind: list[int] = field(default_factory=list)
     audits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Verified metrics reports by subject (the fake takes them in any phase).
+    metric_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -439,6 +442,12 @@ class FakePs:
             return {"closed_set": rnd.closed}
         if method == "POST" and action == "/uploads":
             return self._upload(subject, t, rnd, body)
+        if method == "POST" and action == "/metrics":
+            if not self.world.definition.get("share_metrics", False):
+                raise ServiceError(409, "metrics-not-shared", "the job does not share metrics")
+            verify_metrics_report(body, terms, round_number=t, subject_id=subject)
+            rnd.metric_reports[subject] = body
+            return {"job_id": self.world.job_id, "round": t, "run": 0, "subject_id": subject}
         if rnd.audited is None:
             raise ServiceError(409, "not-aggregated", "the round is not aggregated yet")
         if subject not in rnd.audited.contributors:

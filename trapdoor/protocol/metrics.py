@@ -112,21 +112,34 @@ def build_metrics_report(
     loss: float,
     num_examples: int,
     metrics: Mapping[str, float],
+    run: int = 0,
 ) -> dict[str, Any]:
-    """A contributor's signed score (wire form); ValueError for values a PS would refuse."""
+    """A contributor's signed score (wire form) of the model that ``run`` of round
+    ``round_number`` released; ValueError for values a PS would refuse."""
     loss, num_examples, checked = check_metric_values(loss, num_examples, metrics)
     report = MetricsReport.for_round(
-        terms, round_number, subject_id, loss=loss, num_examples=num_examples, metrics=checked
+        terms,
+        round_number,
+        subject_id,
+        run,
+        loss=loss,
+        num_examples=num_examples,
+        metrics=checked,
     )
     return report.sign(signing_key).to_json()
 
 
 def verify_metrics_report(
-    signed: object, terms: JobTerms, *, round_number: int, subject_id: str | None = None
+    signed: object,
+    terms: JobTerms,
+    *,
+    round_number: int,
+    run: int = 0,
+    subject_id: str | None = None,
 ) -> MetricsReport:
-    """Check a signed metrics report for this job and round; its body."""
+    """Check a signed metrics report for this job, round and run; its body."""
     return verify_participant_signed(
-        signed, MetricsReport, terms, round_number=round_number, subject_id=subject_id
+        signed, MetricsReport, terms, round_number=round_number, subject_id=subject_id, run=run
     )
 
 

@@ -36,6 +36,7 @@ from trapdoor.ps.schemas import (
     JobList,
     JobView,
     MaskedDownload,
+    MetricsAnswer,
     PsInfo,
     RoundView,
     UndecodableAnswer,
@@ -45,6 +46,7 @@ from trapdoor.service.openapi import ADMIN, FRAME, TOKEN
 from trapdoor.service.schemas import (
     SignedAudit,
     SignedCommitment,
+    SignedMetricsReport,
     SignedReceipt,
     SignedUndecodable,
 )
@@ -278,6 +280,20 @@ def audit(job_id: str, t: int, subject: str) -> Any:
 def undecodable(job_id: str, t: int, subject: str) -> Any:
     """Contributor of round t's release: its signed report that the release does not decode."""
     return _created(_service().accept_undecodable(job_id, t, subject, json_body()))
+
+
+@bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/metrics")
+@documented(
+    request=SignedMetricsReport,
+    responses={201: MetricsAnswer, 200: MetricsAnswer},
+    errors=[409, 422],
+    auth=[TOKEN],
+)
+@participant_required
+def metrics(job_id: str, t: int, subject: str) -> Any:
+    """Contributor of round t's release, in a job with share_metrics: its signed
+    evaluation of the released model (the round's view shows the weighted average)."""
+    return _created(_service().accept_metrics(job_id, t, subject, json_body()))
 
 
 @bp.post(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>/close")

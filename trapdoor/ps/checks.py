@@ -37,6 +37,7 @@ _FORBIDDEN_CODES = frozenset(
         "bad-commitment-signature",
         "bad-audit-signature",
         "bad-undecodable-signature",
+        "bad-metrics_report-signature",
     }
 )
 

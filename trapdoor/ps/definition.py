@@ -333,6 +333,9 @@ def parse_definition(
     policy = body.get("below_quorum_policy", "stay-open")
     if policy not in POLICIES:
         raise _bad(f"below_quorum_policy must be one of {POLICIES}")
+    share_metrics = body.get("share_metrics", False)
+    if not isinstance(share_metrics, bool):
+        raise _bad("share_metrics must be true or false")
     aggregation = body.get("aggregation", DEFAULT_AGGREGATION)
     if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
         raise _bad(f"aggregation must be one of {AGGREGATIONS}")
@@ -365,6 +368,7 @@ def parse_definition(
         "below_quorum_policy",
         "encoding",
         "aggregation",
+        "share_metrics",
     }
     unknown = set(body) - known
     if unknown:
@@ -376,6 +380,7 @@ def parse_definition(
         "below_quorum_policy": policy,
         "aggregation": aggregation,
         "encoding": normalised_encoding,
+        "share_metrics": share_metrics,
     }
     definition = JobDefinition(
         job_id=job_id,

@@ -14,6 +14,7 @@ audit package, frames, audits               :mod:`trapdoor.ps.audits`
 ending phases, aggregating, failing, tick   :mod:`trapdoor.ps.rounds`
 release requests, finishing, downloads      :mod:`trapdoor.ps.release`
 undecodable reports and re-runs             :mod:`trapdoor.ps.reruns`
+shared evaluation metrics (opt-in)          :mod:`trapdoor.ps.metrics`
 model chunks, job setups, row lookups       :mod:`trapdoor.ps.storage`
 each mode's pure checks and messages        :mod:`trapdoor.ps.bcp`, :mod:`trapdoor.ps.masked`
 refusals shared by every check              :mod:`trapdoor.ps.checks`
@@ -41,6 +42,7 @@ from trapdoor.crypto.bcp import RandomSource
 from trapdoor.ps.audits import Audits
 from trapdoor.ps.jobs import Jobs
 from trapdoor.ps.kgc_gateway import KgcGateway, KgcInfo
+from trapdoor.ps.metrics import Metrics
 from trapdoor.ps.release import Releases
 from trapdoor.ps.reruns import Reruns
 from trapdoor.ps.rounds import Rounds, TickResult
@@ -97,6 +99,7 @@ class ParameterServer:
         self._uploads = Uploads(state, self._rounds)
         self._audits = Audits(state)
         self._reruns = Reruns(state)
+        self._metrics = Metrics(state)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -208,6 +211,13 @@ class ParameterServer:
     ) -> tuple[dict[str, Any], bool]:
         """A contributor's signed report that round ``t``'s release does not decode."""
         return self._reruns.accept_undecodable(job_id, t, subject_id, signed)
+
+    def accept_metrics(
+        self, job_id: str, t: int, subject_id: str, signed: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """A contributor's signed evaluation of round ``t``'s released model (jobs with
+        ``share_metrics``); (answer, whether it is new)."""
+        return self._metrics.accept_report(job_id, t, subject_id, signed)
 
     def tick(self, now: float | None = None) -> TickResult:
         """Deadline checks and pending releases; called every second by the app's worker."""

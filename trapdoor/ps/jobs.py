@@ -27,6 +27,7 @@ from trapdoor.protocol.job import (
 from trapdoor.ps.checks import from_kgc
 from trapdoor.ps.definition import parse_definition
 from trapdoor.ps.kgc_gateway import KgcError, check_job_answer
+from trapdoor.ps.metrics import shared_metrics, shares_metrics
 from trapdoor.ps.models import Commitment, Job
 from trapdoor.ps.state import PsState
 from trapdoor.ps.storage import (
@@ -186,7 +187,7 @@ class Jobs:
     def round_view(self, job_id: str, t: int) -> dict[str, Any]:
         """Round ``t``'s phase, run, attempt, who committed and uploaded, and its times."""
         with self._state.sessions() as session:
-            get_job(session, job_id)
+            job = get_job(session, job_id)
             rnd = existing_round(session, job_id, t)
             contributors = uploaders(session, job_id, t)
             committed = (
@@ -203,7 +204,7 @@ class Jobs:
                 )
                 or 0
             )
-            return {
+            view: dict[str, Any] = {
                 "job_id": job_id,
                 "round": t,
                 "status": rnd.status,
@@ -218,6 +219,9 @@ class Jobs:
                 "closed_at": rnd.closed_at,
                 "released_at": rnd.released_at,
             }
+            if shares_metrics(job):
+                view["shared_metrics"] = shared_metrics(rnd)
+            return view
 
 
 def _exists(job_id: str) -> ConflictError:

@@ -135,6 +135,9 @@ class Round(Base):
     #: Run 1 only: what run 0 was (contributors, bundle digest, digests, closed set, and
     #: the reports the KGC needs to allow the re-run); run 0's rows are gone.
     previous_run: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: Once released, in a job with ``share_metrics``: the contributors' signed
+    #: evaluations of the released model, by subject id (:mod:`trapdoor.protocol.metrics`).
+    metric_reports: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Commitment(Base):

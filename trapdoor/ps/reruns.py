@@ -155,6 +155,7 @@ def _rerun(
     rnd.attempt = 0
     rnd.closed_set = rnd.contributors = rnd.blind = rnd.digests = None
     rnd.undecodable = None
+    rnd.metric_reports = None  # they scored run 0's model
     rnd.closed_at = rnd.released_at = rnd.release_after = None
     rnd.last_error = None
     job.status = "running"

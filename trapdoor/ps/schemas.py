@@ -49,8 +49,10 @@ __all__ = [
     "JobSummary",
     "JobView",
     "MaskedDownload",
+    "MetricsAnswer",
     "PsInfo",
     "RoundView",
+    "SharedMetrics",
     "UndecodableAnswer",
 ]
 
@@ -134,6 +136,9 @@ class JobDefinition(TypedDict):
     #: default: ``masked``
     aggregation: NotRequired[Aggregation]
     encoding: NotRequired[BcpEncoding | MaskedEncoding]
+    #: default false: contributors send the PS their evaluation of each released model
+    #: (``trapdoor.protocol.metrics``), which shows the example-weighted average per round
+    share_metrics: NotRequired[bool]
 
 
 # ---------------------------------------------------------------- jobs and rounds
@@ -178,6 +183,22 @@ class JobView(JobSummary):
     weights: dict[str, float]
 
 
+class SharedMetrics(TypedDict):
+    """``trapdoor.protocol.metrics.aggregate_metrics`` over the round's reports."""
+
+    reporters: Count
+    #: the reporters' test examples in all
+    num_examples: Count
+    #: weighted mean loss (null before any report)
+    loss: float | None
+    #: each metric's weighted mean over the reporters that gave it
+    metrics: dict[str, float]
+    #: each metric's examples (a metric only some reporters gave has fewer)
+    coverage: dict[str, Count]
+    #: who reported
+    reported: list[SubjectId]
+
+
 class RoundView(TypedDict):
     """A round's phase, run and attempt, who committed and uploaded, and its times."""
 
@@ -197,6 +218,9 @@ class RoundView(TypedDict):
     deadline: Seconds
     closed_at: Seconds | None
     released_at: Seconds | None
+    #: a job with ``share_metrics``: the contributors' reported evaluation of the model
+    #: this round released, averaged weighted by their test examples
+    shared_metrics: NotRequired[SharedMetrics]
 
 
 # ---------------------------------------------------------------- round steps
@@ -247,6 +271,15 @@ class AuditAnswer(TypedDict):
 
 class UndecodableAnswer(TypedDict):
     """An undecodable report stored (201) or the same one again (200)."""
+
+    job_id: JobId
+    round: Round
+    run: Run
+    subject_id: SubjectId
+
+
+class MetricsAnswer(TypedDict):
+    """A metrics report stored (201) or the same one again (200)."""
 
     job_id: JobId
     round: Round

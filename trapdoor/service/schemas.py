@@ -22,6 +22,7 @@ from trapdoor.protocol.commitment import Commitment
 from trapdoor.protocol.common import MAX_ATTEMPT, MAX_ROUND, MAX_RUN
 from trapdoor.protocol.enrolment import Certificate
 from trapdoor.protocol.job import AGGREGATIONS
+from trapdoor.protocol.metrics import MetricsReport
 from trapdoor.protocol.receipt import Receipt
 from trapdoor.protocol.upload import MaskedUploadStatement
 from trapdoor.service.openapi import Constraint, open_object
@@ -62,6 +63,7 @@ __all__ = [
     "SignedCommitment",
     "SignedJobTerms",
     "SignedMaskedUploadStatement",
+    "SignedMetricsReport",
     "SignedReceipt",
     "SignedUndecodable",
     "SubjectId",
@@ -260,6 +262,13 @@ class SignedAudit(TypedDict):
     """The digests of one attempt a contributor recomputed, signed by it."""
 
     audit: AuditStatement
+    signature: Signature
+
+
+class SignedMetricsReport(TypedDict):
+    """A contributor's signed evaluation of a released model (jobs with share_metrics)."""
+
+    metrics_report: MetricsReport
     signature: Signature
 
 

@@ -216,6 +216,7 @@ def test_openapi_lists_every_route_and_health(api: ApiWorld) -> None:
         "/v1/jobs/{job_id}/rounds/{t}/close": {"post"},
         "/v1/jobs/{job_id}/rounds/{t}/model": {"get"},
         "/v1/jobs/{job_id}/rounds/{t}/undecodable": {"post"},
+        "/v1/jobs/{job_id}/rounds/{t}/metrics": {"post"},
     }
     assert {path: set(ops) for path, ops in doc["paths"].items()} == expected
     assert doc["info"]["title"] == "trapdoor-param-server"

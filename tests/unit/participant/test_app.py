@@ -274,3 +274,64 @@ def test_app_option_reaches_the_node_config(monkeypatch: pytest.MonkeyPatch) -> 
     assert seen["APP"] == "mypkg.apps:trainer"
     result = CliRunner().invoke(cli, ["node", "serve"])
     assert seen["APP"] is None
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+class _Evaluating:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.seen: list[Vector] = []
+
+    def fit(self, parameters: Vector, config: dict[str, Any]) -> Any:
+        return parameters, 1, {}
+
+    def evaluate(self, parameters: Vector, config: dict[str, Any]) -> Any:
+        self.seen.append(parameters)
+        parameters[:] = 0.0  # an app that scribbles on its input changes nothing of ours
+        return self.answer
+
+
+def test_evaluate_answers_are_checked_and_numpy_scalars_become_numbers(
+    bob: ParticipantClient, world: JobWorld
+) -> None:
+    job = bob.fetch_job(PS_URL, world.job_id)
+    weights = np.asarray(world.initial_weights, dtype=np.float64)
+    kept = weights.copy()
+    app = _Evaluating((np.float32(0.5), np.int64(12), {"auc": np.float64(0.9), "f1": 1}))
+    loss, examples, metrics = bob.evaluate_model(job, 0, weights, app)
+    assert (loss, examples, metrics) == (0.5, 12, {"auc": 0.9, "f1": 1.0})
+    assert type(loss) is float and type(examples) is int and type(metrics["auc"]) is float
+    np.testing.assert_array_equal(weights, kept)
+    for answer, match in [
+        ((0.5, 12), "loss, num_examples, metrics"),
+        ((float("nan"), 12, {}), "loss"),
+        ((0.5, 0, {}), "num_examples"),
+        ((0.5, 12, {"not a name": 1.0}), "name"),
+        ((0.5, 12, {"auc": "good"}), "finite"),
+    ]:
+        with pytest.raises(ClientError, match=match) as caught:
+            bob.evaluate_model(job, 0, weights, _Evaluating(answer))
+        assert caught.value.code == "bad-app-result"
+
+
+def test_metrics_are_never_sent_for_a_job_that_did_not_opt_in(
+    bob: ParticipantClient, world: JobWorld, network: FakeNetwork
+) -> None:
+    job = bob.fetch_job(PS_URL, world.job_id)
+    assert job.share_metrics is False
+    before = len(network.ps.requests)
+    with pytest.raises(ClientError) as caught:
+        bob.report_metrics(job, 0, 0.5, 10, {"accuracy": 1.0})
+    assert caught.value.code == "metrics-not-shared"
+    assert len(network.ps.requests) == before
+
+
+def test_a_job_whose_share_metrics_is_not_a_boolean_is_refused(
+    bob: ParticipantClient, world: JobWorld
+) -> None:
+    world.definition["share_metrics"] = "yes"
+    world.resign()
+    with pytest.raises(ClientError, match="share_metrics"):
+        bob.fetch_job(PS_URL, world.job_id, refresh=True)

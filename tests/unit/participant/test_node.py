@@ -359,3 +359,78 @@ def test_transient_errors_are_retried_with_backoff_and_others_are_not(
     stopped._stop.set()
     with pytest.raises(ClientError, match="stopped"):
         stopped._retry(outcomes(ServiceError(503, "down", ""), 1))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class _ScoringApp:
+    """A user's app whose evaluate reports a metric of its own (and numpy scalars)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.configs: list[dict[str, object]] = []
+
+    def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+        return parameters, 1, {}
+
+    def evaluate(self, parameters, config):  # type: ignore[no-untyped-def]
+        self.configs.append(config)
+        if self.fail:
+            return float("nan"), 4, {}
+        return np.float64(0.25), np.int64(40), {"auc": np.float64(0.875), "accuracy": 0.5}
+
+
+def _joined_view(node: ParticipantNode) -> object:
+    return node.client().fetch_job(PS_URL, "unit-1")
+
+
+def test_the_node_scores_released_models_with_its_app_and_shares_only_when_the_job_says(
+    db_url: str, world: JobWorld, network: FakeNetwork, nodes: list[ParticipantNode]
+) -> None:
+    _store_identity(db_url, world)
+    app = _ScoringApp()
+    node = _node(db_url, app=app)
+    nodes.append(node)
+    view = _joined_view(node)
+    weights = np.asarray(world.initial_weights)
+
+    private = node._evaluate(node.client(), view, 0, weights)  # type: ignore[arg-type]
+    assert private == {"loss": 0.25, "num_examples": 40, "metrics": {"auc": 0.875, "accuracy": 0.5}}
+    assert app.configs[-1]["round"] == 0 and app.configs[-1]["job_id"] == "unit-1"
+    assert network.ps.rounds.get(0) is None or network.ps.rounds[0].metric_reports == {}
+
+    world.definition["share_metrics"] = True
+    world.resign()
+    node.client().forget_job("unit-1")
+    shared = node._evaluate(
+        node.client(), node.client().fetch_job(PS_URL, "unit-1", refresh=True), 0, weights
+    )
+    assert shared["reported"] is True
+    [report] = network.ps.rounds[0].metric_reports.values()
+    body = report["metrics_report"]
+    assert (body["subject_id"], body["loss"], body["num_examples"]) == ("bob", 0.25, 40)
+    assert body["metrics"] == {"auc": 0.875, "accuracy": 0.5}
+
+
+def test_an_app_whose_evaluation_fails_is_recorded_and_nothing_is_reported(
+    db_url: str, world: JobWorld, network: FakeNetwork, nodes: list[ParticipantNode]
+) -> None:
+    _store_identity(db_url, world)
+    world.definition["share_metrics"] = True
+    world.resign()
+    node = _node(db_url, app=_ScoringApp(fail=True))
+    nodes.append(node)
+    result = node._evaluate(node.client(), _joined_view(node), 0, np.asarray(world.initial_weights))  # type: ignore[arg-type]
+    assert set(result) == {"error"} and "finite" in result["error"]
+    assert network.ps.rounds.get(0) is None or network.ps.rounds[0].metric_reports == {}
+
+
+def test_joined_jobs_record_their_model_spec_for_download(
+    db_url: str, world: JobWorld, network: FakeNetwork, nodes: list[ParticipantNode]
+) -> None:
+    _store_identity(db_url, world)
+    node = _node(db_url)
+    nodes.append(node)
+    joined = node.join(PS_URL, "unit-1")
+    assert joined["model"] == world.definition["model"] and joined["share_metrics"] is False
