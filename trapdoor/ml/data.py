@@ -12,7 +12,10 @@ column (used through its own methods, so pandas is never imported here); a ``.cs
 a header row, read with numpy's ``genfromtxt`` (plain comma-separated numbers: no quoted
 fields); a ``.parquet`` file, read with ``pyarrow`` when it is installed; and a ``.npz``
 holding either the four arrays ``X_train, y_train, X_test, y_test`` (train and test in one
-file) or one table ``X, y``. The test part is a second source, or a seeded fraction of the one.
+file) or one table ``X, y``; a torch ``Dataset`` or ``DataLoader`` of ``(x, y)`` items, whose
+rows are read once and flattened (recognised only when torch is already imported: no torch
+object can exist otherwise, so a node without the extra never imports it). The test part is
+a second source, or a seeded fraction of the one.
 
 Numpy only at import time.
 """
@@ -20,6 +23,7 @@ Numpy only at import time.
 from __future__ import annotations
 
 import csv
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +216,54 @@ def _is_dataframe(obj: object) -> bool:
     return type(obj).__name__ == "DataFrame" and hasattr(obj, "columns")
 
 
+def _torch_kind(obj: object) -> str | None:
+    """``"DataLoader"`` or ``"Dataset"`` for a torch data object, else ``None``; torch is
+    looked at only when something has imported it already."""
+    if "torch" not in sys.modules:
+        return None
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(obj, DataLoader):
+        return "DataLoader"
+    return "Dataset" if isinstance(obj, Dataset) else None
+
+
+def _torch_name(obj: object) -> str:
+    return f"torch {type(obj).__name__}"
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    """A batch's tensor (or anything array-like) as numpy; floating tensors as float64."""
+    if callable(getattr(value, "detach", None)):
+        tensor = value.detach().cpu()
+        return np.asarray((tensor.double() if tensor.is_floating_point() else tensor).numpy())
+    return np.asarray(value)
+
+
+def _from_torch(data: Any, source: str) -> Table:
+    """The rows of a torch Dataset or DataLoader of ``(x, y)`` items, each ``x`` flattened
+    to one row (a DataLoader's own order, batches and ``drop_last`` are kept)."""
+    from torch.utils.data import DataLoader
+
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=256)
+    rows: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for batch in loader:
+        if not isinstance(batch, tuple | list) or len(batch) != 2:
+            raise DataError(
+                f"{source}: items must be (x, y) pairs, got a batch of type {type(batch).__name__}"
+            )
+        x, y = _as_numpy(batch[0]), _as_numpy(batch[1])
+        if len(x) != len(y):
+            raise DataError(f"{source}: a batch has {len(x)} rows but {len(y)} labels")
+        rows.append(x.reshape(len(x), -1))
+        labels.append(y)
+    if not rows:
+        return np.empty((0, 0)), np.empty(0, dtype=np.int64), None
+    X = np.concatenate(rows)
+    return (X.astype(np.float64) if X.dtype.kind in "biuf" else X), np.concatenate(labels), None
+
+
 def _split_label(columns: Sequence[str], label: str, source: str) -> tuple[int, tuple[str, ...]]:
     """The label column's index and the feature columns' names."""
     names = [str(c) for c in columns]
@@ -282,11 +334,14 @@ def _read_npz_table(path: Path) -> Table:
 
 def read_table(source: Any, label: str = DEFAULT_LABEL) -> Table:
     """``(X, y, feature names)`` of one source: an ``(X, y)`` pair of arrays, a DataFrame
-    with column ``label``, or a ``.csv``, ``.parquet`` or ``.npz`` (``X``, ``y``) path."""
+    with column ``label``, a ``.csv``, ``.parquet`` or ``.npz`` (``X``, ``y``) path, or a
+    torch ``Dataset`` / ``DataLoader`` of ``(x, y)`` items."""
     if isinstance(source, tuple) and len(source) == 2:
         return np.asarray(source[0]), np.asarray(source[1]), None
     if _is_dataframe(source):
         return _from_dataframe(source, label, "DataFrame")
+    if _torch_kind(source) is not None:
+        return _from_torch(source, _torch_name(source))
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():
@@ -300,13 +355,15 @@ def read_table(source: Any, label: str = DEFAULT_LABEL) -> Table:
         raise DataError(f"{path}: unknown file type {suffix!r}; use .csv, .parquet or .npz")
     raise DataError(
         f"cannot read data from a {type(source).__name__}: give (X, y) arrays, a DataFrame, "
-        "or a .csv, .parquet or .npz path"
+        "a .csv, .parquet or .npz path, or a torch Dataset or DataLoader"
     )
 
 
 def _name(source: Any) -> str:
     if isinstance(source, str | Path):
         return str(source)
+    if _torch_kind(source) is not None:
+        return _torch_name(source)
     return "DataFrame" if _is_dataframe(source) else "arrays"
 
 

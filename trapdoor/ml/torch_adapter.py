@@ -31,7 +31,7 @@ PyTorch is an optional extra: ``pip install -e '.[torch]'``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from itertools import pairwise
 from math import prod
 from typing import Any
@@ -47,10 +47,15 @@ with needs_extra("torch", "the PyTorch adapter"):
 
 __all__ = [
     "TorchModel",
+    "check_vector_layout",
     "federated_tensors",
+    "module_layout",
+    "module_mode",
     "register_torch_model",
     "registered_torch_models",
+    "tensors_to_vector",
     "torch_model_from_spec",
+    "vector_to_tensors",
 ]
 
 ModuleFactory = Callable[..., nn.Module]
@@ -94,6 +99,70 @@ def federated_tensors(module: nn.Module, buffers: str = "local") -> list[tuple[s
     return params + extra
 
 
+def module_layout(module: nn.Module, buffers: str = "local") -> list[Slot]:
+    """``(name, shape)`` of each tensor of ``module`` in the job's vector, in order."""
+    return [(name, tuple(t.shape)) for name, t in federated_tensors(module, buffers)]
+
+
+def check_vector_layout(layout: Sequence[Slot], expected: int | Sequence[Slot]) -> None:
+    """ValueError unless ``expected`` (the job's vector length, or its names and shapes)
+    fits ``layout``; the message names the first tensor that does not."""
+    if not isinstance(expected, int):
+        for i, (ours, theirs) in enumerate(zip(layout, expected, strict=False)):
+            if (ours[0], ours[1]) != (theirs[0], tuple(theirs[1])):
+                raise ValueError(
+                    f"tensor {i} differs: the job has {theirs[0]!r} {tuple(theirs[1])}, "
+                    f"the module {ours[0]!r} {ours[1]}"
+                )
+        if len(layout) != len(expected):
+            longer, which = (layout, "job") if len(layout) > len(expected) else (expected, "module")
+            raise ValueError(
+                f"the {which} lacks tensor {longer[min(len(layout), len(expected))][0]!r}"
+                f" ({len(expected)} tensors in the job, {len(layout)} in the module)"
+            )
+        return
+    total = sum(prod(shape) for _, shape in layout)
+    if expected == total:
+        return
+    where = f"{expected - total} values after the last tensor {layout[-1][0]!r}"
+    offset = 0
+    for name, shape in layout:
+        if offset + prod(shape) > expected:
+            where = f"it ends inside tensor {name!r} {shape}, which starts at {offset}"
+            break
+        offset += prod(shape)
+    raise ValueError(f"expected {total} parameters, got {expected}: {where}")
+
+
+def tensors_to_vector(tensors: Sequence[tuple[str, torch.Tensor]]) -> np.ndarray:
+    """The tensors (as :func:`federated_tensors` lists them) as one float64 vector (a copy)."""
+    return _flatten(list(tensors))
+
+
+def vector_to_tensors(tensors: Sequence[tuple[str, torch.Tensor]], vector: np.ndarray) -> None:
+    """Copy a flat vector into ``tensors`` in place (its length must already be checked)."""
+    values = np.array(vector, dtype=np.float64)  # a writable copy, as torch wants
+    offset = 0
+    with torch.no_grad():
+        for _, tensor in tensors:
+            chunk = values[offset : offset + tensor.numel()]
+            tensor.copy_(torch.from_numpy(chunk.reshape(tensor.shape)))
+            offset += tensor.numel()
+
+
+@contextmanager
+def module_mode(module: nn.Module, *, training: bool) -> Iterator[None]:
+    """Switch ``module`` to train or eval mode, and back to its previous modes (per
+    submodule, as a user may have frozen one) afterwards."""
+    previous = [(m, m.training) for m in module.modules()]
+    module.train(training)
+    try:
+        yield
+    finally:
+        for m, mode in previous:
+            m.training = mode
+
+
 class TorchModel:
     """Adapts an ``nn.Module`` that maps ``(N, features)`` inputs to class logits.
 
@@ -125,34 +194,7 @@ class TorchModel:
     def check_layout(self, expected: int | Sequence[Slot]) -> None:
         """ValueError unless ``expected`` (the job's vector length, or its names and
         shapes) fits this module; the message names the first tensor that does not."""
-        layout = self.layout()
-        if not isinstance(expected, int):
-            for i, (ours, theirs) in enumerate(zip(layout, expected, strict=False)):
-                if (ours[0], ours[1]) != (theirs[0], tuple(theirs[1])):
-                    raise ValueError(
-                        f"tensor {i} differs: the job has {theirs[0]!r} {tuple(theirs[1])}, "
-                        f"the module {ours[0]!r} {ours[1]}"
-                    )
-            if len(layout) != len(expected):
-                longer, which = (
-                    (layout, "job") if len(layout) > len(expected) else (expected, "module")
-                )
-                raise ValueError(
-                    f"the {which} lacks tensor {longer[min(len(layout), len(expected))][0]!r}"
-                    f" ({len(expected)} tensors in the job, {len(layout)} in the module)"
-                )
-            return
-        total = self.num_parameters
-        if expected == total:
-            return
-        where = f"{expected - total} values after the last tensor {layout[-1][0]!r}"
-        offset = 0
-        for name, shape in layout:
-            if offset + prod(shape) > expected:
-                where = f"it ends inside tensor {name!r} {shape}, which starts at {offset}"
-                break
-            offset += prod(shape)
-        raise ValueError(f"expected {total} parameters, got {expected}: {where}")
+        check_vector_layout(self.layout(), expected)
 
     def to_vector(self) -> np.ndarray:
         """The module's federated tensors as one float64 vector (a copy)."""
@@ -160,16 +202,11 @@ class TorchModel:
 
     def from_vector(self, params: np.ndarray) -> None:
         """Copy ``params`` into the module's federated tensors (in place)."""
-        vector = np.array(params, dtype=np.float64)  # a writable copy, as torch wants
+        vector = np.asarray(params, dtype=np.float64)
         if vector.ndim != 1:
             raise ValueError(f"expected a flat vector, got shape {vector.shape}")
         self.check_layout(vector.size)
-        offset = 0
-        with torch.no_grad():
-            for _, tensor in self._tensors:
-                chunk = vector[offset : offset + tensor.numel()]
-                tensor.copy_(torch.from_numpy(chunk.reshape(tensor.shape)))
-                offset += tensor.numel()
+        vector_to_tensors(self._tensors, vector)
 
     def load_released(self, params: np.ndarray) -> dict[str, torch.Tensor]:
         """A released vector as a full ``state_dict`` (copies) for
@@ -236,21 +273,14 @@ class TorchModel:
             spec["buffers"] = self.buffers
         return spec
 
-    @contextmanager
-    def _mode(self, *, training: bool) -> Iterator[None]:
-        """Switch the module to train or eval mode, and back to its previous modes
-        (per submodule, as a user may have frozen one) afterwards."""
-        previous = [(m, m.training) for m in self.module.modules()]
-        self.module.train(training)
-        try:
-            yield
-        finally:
-            for m, mode in previous:
-                m.training = mode
+    def _mode(self, *, training: bool) -> AbstractContextManager[None]:
+        """:func:`module_mode` on this adapter's module."""
+        return module_mode(self.module, training=training)
 
 
 def _flatten(tensors: list[tuple[str, torch.Tensor]]) -> np.ndarray:
-    return torch.cat([t.detach().reshape(-1) for _, t in tensors]).numpy().astype(np.float64)
+    flat = torch.cat([t.detach().reshape(-1) for _, t in tensors])
+    return flat.cpu().numpy().astype(np.float64)
 
 
 def torch_model_from_spec(spec: dict[str, Any]) -> TorchModel:

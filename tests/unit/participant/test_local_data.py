@@ -4,10 +4,14 @@ Loaders: arrays, a pandas DataFrame, a CSV with a header, a ``.npz`` (four array
 y split by a seeded fraction). Refusals: NaN (with its column), X/y row counts, a negative
 or fractional label, a label or feature count the job's model does not have; training
 refuses mismatched rows instead of truncating; every model kind refuses unknown spec keys.
+A torch Dataset or DataLoader gives the same rows as arrays, without torch being imported
+for any other source.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +252,64 @@ def test_training_refuses_mismatched_rows_instead_of_truncating() -> None:
 def test_every_model_kind_refuses_unknown_spec_keys(spec: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"unknown \w+ spec keys \['dropout'\]"):
         model_from_spec(spec)
+
+
+# --------------------------------------------------------------------------- torch sources
+
+
+def test_reading_data_never_imports_torch() -> None:
+    """Only an object of an already imported torch can be a torch source, so the loader
+    recognises one without importing torch (a node's core install has none)."""
+    probe = (
+        "import sys, numpy as np\n"
+        "from trapdoor.ml.data import load_local_data\n"
+        "load_local_data((np.zeros((4, 2)), np.arange(4) % 2), test_fraction=0.5)\n"
+        "try:\n"
+        "    load_local_data(object(), test_fraction=0.5)\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+
+
+def test_a_torch_dataset_or_loader_gives_the_arrays_rows() -> None:
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X, y = _arrays()
+    images = torch.from_numpy(X.reshape(40, 1, 2, 2).astype(np.float32))
+    dataset = TensorDataset(images, torch.from_numpy(y))
+    expected = load_local_data((X[:30], y[:30]), (X[30:], y[30:]))
+    for train, test in (
+        (TensorDataset(*dataset[:30]), TensorDataset(*dataset[30:])),
+        (DataLoader(TensorDataset(*dataset[:30]), batch_size=7), (X[30:], y[30:])),
+    ):
+        data = load_local_data(train, test)
+        assert data.X_train.dtype == np.float64 and data.y_train.dtype == np.int64
+        assert data.X_train.shape == (30, 4)  # each (1, 2, 2) image is one row
+        np.testing.assert_allclose(data.X_train, expected.X_train, rtol=1e-6)
+        np.testing.assert_array_equal(data.y_train, expected.y_train)
+        np.testing.assert_allclose(data.X_test, expected.X_test, rtol=1e-6)
+    assert load_local_data(dataset, test_fraction=0.25).source == "torch TensorDataset"
+
+
+def test_a_bad_torch_source_is_named() -> None:
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X, y = _arrays()
+    X[5, 2] = np.nan
+    with pytest.raises(
+        DataError, match=r"torch TensorDataset \(test: arrays\): X_train column 2 has NaN"
+    ):
+        load_local_data(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), (X, y))
+    only_x = DataLoader(TensorDataset(torch.from_numpy(X)), batch_size=8)
+    with pytest.raises(DataError, match=r"torch DataLoader: items must be \(x, y\) pairs"):
+        load_local_data(only_x, test_fraction=0.2)
+    with pytest.raises(
+        DataError, match=r"torch TensorDataset \(test: arrays\): the train part has no rows"
+    ):
+        load_local_data(TensorDataset(torch.zeros(0, 4), torch.zeros(0)), (X, y))
+    with pytest.raises(DataError, match="or a torch Dataset or DataLoader"):
+        load_local_data([1, 2, 3], test_fraction=0.2)
