@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -229,20 +231,48 @@ def _from_reference(reference: str) -> object:
     return obj
 
 
-def load_app(reference: str) -> NumPyApp:
+def load_app(
+    reference: str, data: LocalData | None = None, *, app_dir: str | Path | None = None
+) -> NumPyApp:
     """The app named by ``module:object`` or by an entry point of ``trapdoor.apps``.
 
+    The object is an app (``fit`` and ``evaluate``), or a factory that makes one from the
+    node's own data: a function or class called as ``factory(data)`` with the node's
+    :class:`~trapdoor.ml.data.LocalData` (Flower's ``client_fn`` has the same role), so
+    one module serves every data owner. ``app_dir`` is put first on ``sys.path`` (like
+    uvicorn's ``--app-dir``), so a module beside the user's data loads without being
+    installed.
+
     Only the node's operator names it (command line or node config): code is never
-    loaded from a job definition. :class:`AppLoadError` when it cannot be loaded or is
-    not an app (an object with ``fit`` and ``evaluate``; a class must be instantiated).
+    loaded from a job definition. :class:`AppLoadError` when it cannot be loaded, a
+    factory fails or gives something else than an app, or it is not an app.
     """
     if not isinstance(reference, str) or not reference.strip():
         raise AppLoadError("an app reference is a non-empty string (module:object or a name)")
     reference = reference.strip()
+    if app_dir is not None:
+        folder = str(Path(app_dir).resolve())
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     obj = _from_reference(reference) if ":" in reference else _from_entry_point(reference)
-    if isinstance(obj, type) or not isinstance(obj, NumPyApp):
+    if not isinstance(obj, type) and isinstance(obj, NumPyApp):
+        return obj
+    if not callable(obj):
         raise AppLoadError(
-            f"{reference!r} is not an app: it must be an object with "
-            "fit(parameters, config) and evaluate(parameters, config) methods"
+            f"{reference!r} is not an app: it must be an object with fit(parameters, config) "
+            "and evaluate(parameters, config) methods, or a factory(data) that returns one"
         )
-    return obj
+    if data is None:
+        raise AppLoadError(f"{reference!r} is a factory: it needs the node's data")
+    try:
+        made = obj(data)
+    except Exception as exc:  # the user's code: say whose it was
+        raise AppLoadError(
+            f"the app factory {reference!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(made, type) or not isinstance(made, NumPyApp):
+        raise AppLoadError(
+            f"the app factory {reference!r} returned {type(made).__name__}, not an app "
+            "(an object with fit and evaluate)"
+        )
+    return made

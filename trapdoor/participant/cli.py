@@ -96,8 +96,16 @@ def node() -> None:
     "--app",
     "app_ref",
     default=None,
-    help="your own training (module:object, or a trapdoor.apps entry point name); "
-    "default: the job's model trained on the node's data",
+    help="your own training (module:object, or a trapdoor.apps entry point name): an app, "
+    "or a factory(data) that makes one from this node's data; default: the job's model "
+    "trained on the node's data",
+)
+@click.option(
+    "--app-dir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="look for --app's module in this folder first",
 )
 @click.option("--encrypt-workers", type=int, default=1, show_default=True)
 @click.option("--poll-seconds", type=float, default=0.5, show_default=True)
@@ -124,6 +132,7 @@ def serve_command(
     data_split_seed: int,
     data_label: str,
     app_ref: str | None,
+    app_dir: str,
     encrypt_workers: int,
     poll_seconds: float,
     min_quorum: int | None,
@@ -152,6 +161,7 @@ def serve_command(
                 "DATA_SPLIT_SEED": data_split_seed,
                 "DATA_LABEL": data_label,
                 "APP": app_ref,
+                "APP_DIR": app_dir if app_ref else None,
                 "ENCRYPT_WORKERS": encrypt_workers,
                 "POLL_SECONDS": poll_seconds,
                 "MIN_QUORUM": min_quorum or DEFAULT_MIN_QUORUM,

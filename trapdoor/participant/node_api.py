@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy.orm import sessionmaker
 
+from trapdoor.ml.data import LocalData
 from trapdoor.participant.app import AppLoadError, NumPyApp, load_app
 from trapdoor.participant.node import PASSPHRASE_ENV, ParticipantNode, load_local_data
 from trapdoor.participant.node_schemas import (
@@ -59,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     #: The training app: ``module:object`` or a ``trapdoor.apps`` entry point name (or an
     #: app object); None trains the job's own model on the node's data.
     "APP": None,
+    #: Put first on ``sys.path`` before ``APP`` is imported (``node serve --app-dir``).
+    "APP_DIR": None,
     "MAX_CONTENT_LENGTH": 1 << 20,
 }
 
@@ -142,12 +145,15 @@ def latest_model(job_id: str) -> Any:
     return jsonify(_node().latest_model(job_id))
 
 
-def _training_app(configured: object) -> NumPyApp | None:
-    """The ``APP`` setting as an app (:class:`AppLoadError` when it cannot be one)."""
+def _training_app(
+    configured: object, data: LocalData, app_dir: str | None = None
+) -> NumPyApp | None:
+    """The ``APP`` setting as an app (:class:`AppLoadError` when it cannot be one); a
+    factory gets the node's data (:func:`~trapdoor.participant.app.load_app`)."""
     if configured is None or isinstance(configured, NumPyApp):
         return configured
     if isinstance(configured, str):
-        return load_app(configured)
+        return load_app(configured, data, app_dir=app_dir)
     raise AppLoadError(f"APP must be module:object or an entry point name, not {configured!r}")
 
 
@@ -168,15 +174,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["AUTO_MIGRATE"]:
         migrate("participant", url)
     engine = make_engine(url)
+    data = load_local_data(app.config)
     node = ParticipantNode(
         sessionmaker(engine, expire_on_commit=False),
-        load_local_data(app.config),
+        data,
         passphrase,
         rng=app.config.get("RNG") or secrets.SystemRandom(),
         workers=int(app.config["ENCRYPT_WORKERS"]),
         poll_seconds=float(app.config["POLL_SECONDS"]),
         min_quorum=min_quorum,
-        app=_training_app(app.config.get("APP")),
+        app=_training_app(app.config.get("APP"), data, app.config.get("APP_DIR")),
     )
     app.extensions["participant_node"] = node
     register_error_handlers(app)

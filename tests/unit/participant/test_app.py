@@ -228,6 +228,9 @@ def user_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module.app = BadApp(np.zeros(3))  # type: ignore[attr-defined]
     module.AppClass = BadApp  # type: ignore[attr-defined]
     module.number = 3  # type: ignore[attr-defined]
+    module.make_app = lambda data: ModelApp(data)  # type: ignore[attr-defined]
+    module.make_nothing = lambda data: 42  # type: ignore[attr-defined]
+    module.make_badly = lambda data: 1 / 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, APP_MODULE, module)
     return module
 
@@ -244,7 +247,7 @@ def test_load_app_finds_module_object(user_module: types.ModuleType) -> None:
         ("trapdoor_no_such_module_x:app", "cannot be imported"),
         (f"{APP_MODULE}:missing", "has no object 'missing'"),
         (f"{APP_MODULE}:number", "is not an app"),
-        (f"{APP_MODULE}:AppClass", "is not an app"),
+        (f"{APP_MODULE}:AppClass", "is a factory: it needs the node's data"),
         ("no-such-entry-point", "no app 'no-such-entry-point' in the 'trapdoor.apps'"),
         ("", "non-empty"),
     ],
@@ -254,6 +257,37 @@ def test_load_app_errors_are_clear(
 ) -> None:
     with pytest.raises(AppLoadError, match=message):
         load_app(reference)
+
+
+def test_a_factory_makes_the_app_from_the_nodes_data(user_module: types.ModuleType) -> None:
+    X, y = _data()
+    data = LocalData(X, y, X, y, "test")
+    made = load_app(f"{APP_MODULE}:make_app", data)
+    assert isinstance(made, ModelApp) and made.data is data
+    assert isinstance(load_app(f"{APP_MODULE}:AppClass", data), BadApp)  # a class is a factory
+    with pytest.raises(AppLoadError, match="returned int, not an app"):
+        load_app(f"{APP_MODULE}:make_nothing", data)
+    with pytest.raises(AppLoadError, match=r"factory .* failed: ZeroDivisionError"):
+        load_app(f"{APP_MODULE}:make_badly", data)
+    with pytest.raises(AppLoadError, match=r"number.* is not an app"):
+        load_app(f"{APP_MODULE}:number", data)
+
+
+def test_app_dir_finds_a_module_beside_the_data(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "trapdoor_test_beside.py").write_text(
+        "from trapdoor.participant.app import ModelApp\n"
+        "def make(data):\n"
+        "    return ModelApp(data)\n"
+    )
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored after the test
+    monkeypatch.delitem(sys.modules, "trapdoor_test_beside", raising=False)
+    X, y = _data()
+    data = LocalData(X, y, X, y, "test")
+    with pytest.raises(AppLoadError, match="cannot be imported"):
+        load_app("trapdoor_test_beside:make", data)
+    assert isinstance(load_app("trapdoor_test_beside:make", data, app_dir=tmp_path), ModelApp)
 
 
 def test_app_option_reaches_the_node_config(monkeypatch: pytest.MonkeyPatch) -> None:
