@@ -14,9 +14,11 @@ job's model spec, so a user loads a model, not a vector.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +254,12 @@ def _round_line(job_id: str, entry: dict[str, Any]) -> str:
     for key in ("test_accuracy", "test_loss"):
         if isinstance(entry.get(key), int | float):
             parts.append(f"{key.removeprefix('test_')} {entry[key]:.4f}")
+    evaluation = entry.get("evaluation") or {}
+    for name, value in sorted((evaluation.get("metrics") or {}).items()):
+        if name != "accuracy" and isinstance(value, int | float):
+            parts.append(f"{name} {value:.4f}")
+    if evaluation.get("reported"):
+        parts.append("shared with the PS")
     return ", ".join(parts)
 
 
@@ -362,6 +370,17 @@ def _model_spec(job: dict[str, Any], definition_path: str | None) -> dict[str, A
     return spec
 
 
+def _import_modules(modules: Sequence[str]) -> None:
+    """Import the user's modules (their torch models register themselves on import)."""
+    if modules and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the user's module: say which and why
+            fail(f"--import {name}: {type(exc).__name__}: {exc}")
+
+
 def _check_out(out: Path) -> None:
     if out.suffix not in MODEL_SUFFIXES:
         fail(f"--out must end in {' or '.join(MODEL_SUFFIXES)}, not {out.name!r}")
@@ -413,12 +432,25 @@ def _write_model(out: Path, spec: dict[str, Any], weights: np.ndarray) -> int:
     type=click.Path(dir_okay=False),
     help="the job definition (or a model spec) JSON, for the model's layout",
 )
+@click.option(
+    "--import",
+    "modules",
+    multiple=True,
+    help="import this module first (from the current folder or installed): the one that "
+    "registers your torch model, e.g. the module of --app (repeatable)",
+)
 @client_options(NodeSettings, "node")
 def download_model_command(
-    job_id: str, out: Path, definition_path: str | None, url: str | None, token: str | None
+    job_id: str,
+    out: Path,
+    definition_path: str | None,
+    modules: tuple[str, ...],
+    url: str | None,
+    token: str | None,
 ) -> None:
     """Save the latest released model of JOB_ID as named tensors."""
     _check_out(out)
+    _import_modules(modules)
     client = _client(url, token)
     with refusals(f"downloading the model of {job_id}", _NODE_HINTS):
         job = client.get_json(f"/v1/jobs/{job_id}")
@@ -428,7 +460,12 @@ def download_model_command(
     try:
         count = _write_model(out, spec, weights)
     except (ValueError, ImportError) as exc:
-        fail(f"cannot shape the model of {job_id} by {spec.get('kind')!r}: {exc}")
+        hint = (
+            " (import the module that registers it: --import MODULE)"
+            if "unknown torch" in str(exc)
+            else ""
+        )
+        fail(f"cannot shape the model of {job_id} by {spec.get('kind')!r}: {exc}{hint}")
     click.echo(
         f"round {answer['round']} model of {job_id}: {count} tensors, "
         f"{weights.size} weights -> {out}"

@@ -206,7 +206,25 @@ def status_command(job_id: str | None, url: str | None, token: str | None) -> No
         rounds = [client.get_json(f"/v1/jobs/{job_id}/rounds/{t}") for t in range(last + 1)]
     mode = job["definition"].get("aggregation", "bcp")
     click.echo(f"job {job_id} ({mode}): {job['status']}, {job['rounds_total']} rounds")
-    echo_table(rounds, ("round", "status", "run", "attempt", "commitments", "uploads"))
+    columns: tuple[str, ...] = ("round", "status", "run", "attempt", "commitments", "uploads")
+    if job["definition"].get("share_metrics"):
+        rounds = [{**r, **_shared_columns(r.get("shared_metrics") or {})} for r in rounds]
+        columns += (
+            "reporters",
+            "loss",
+            *sorted({k for r in rounds for k in r if k.startswith("m:")}),
+        )
+    echo_table(rounds, columns)
+
+
+def _shared_columns(shared: dict[str, Any]) -> dict[str, Any]:
+    """A round's shared metrics as table cells (``m:NAME`` for each metric)."""
+    if not shared.get("reporters"):
+        return {"reporters": 0, "loss": "-"}
+    cells: dict[str, Any] = {"reporters": shared["reporters"], "loss": f"{shared['loss']:.4f}"}
+    for name, value in shared.get("metrics", {}).items():
+        cells[f"m:{name}"] = f"{value:.4f}"
+    return cells
 
 
 def main(argv: Sequence[str] | None = None) -> int:
