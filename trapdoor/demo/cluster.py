@@ -46,7 +46,7 @@ import tenacity
 
 from trapdoor.service.http import ServiceClient
 
-__all__ = ["ClusterError", "LocalCluster", "ServiceProcess", "wait_until"]
+__all__ = ["ClusterError", "LocalCluster", "NodeData", "ServiceProcess", "wait_until"]
 
 #: Files the services create (databases, journals, logs) are owner-only.
 CHILD_UMASK = 0o077
@@ -56,6 +56,28 @@ _LISTENING = re.compile(r"(?:listening on|Listening at:) (http://127\.0\.0\.1:\d
 
 class ClusterError(RuntimeError):
     """A service could not be started (it exited, or did not say where it listens)."""
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """A node's own data file instead of a partition of a bundled data set: the
+    ``--data-*`` options of ``trapdoor node serve`` (:func:`trapdoor.ml.data.load_local_data`).
+
+    ``test_fraction`` holds out that share of the rows as test rows (shuffled by
+    ``split_seed``); ``None`` for a ``.npz`` that holds its own test part.
+    """
+
+    path: str
+    test_fraction: float | None = None
+    split_seed: int = 0
+    label: str = "label"
+
+    def argv(self) -> list[str]:
+        """The node's data options; the path made absolute (nodes run in the workdir)."""
+        args = ["--data-path", str(Path(self.path).resolve()), f"--data-label={self.label}"]
+        if self.test_fraction is not None:
+            args += ["--data-test-fraction", repr(float(self.test_fraction))]
+        return [*args, "--data-split-seed", str(self.split_seed)]
 
 
 @dataclass
@@ -404,13 +426,14 @@ class LocalCluster:
         self,
         count: int,
         *,
-        dataset: str,
-        partition_seed: int,
+        dataset: str = "digits",
+        partition_seed: int = 0,
         partition_scheme: str = "iid",
         poll_seconds: float = 0.3,
         wait: bool = True,
         timeout: float = 300,
         min_quorum: int | None = None,
+        data: Sequence[NodeData] | None = None,
     ) -> list[ServiceProcess]:
         """One node per data owner; node ``i`` holds partition ``i`` of ``count``.
 
@@ -418,12 +441,30 @@ class LocalCluster:
         node derives the same split from the seed, as the plaintext reference does.
         ``min_quorum`` lowers (or raises) the smallest job quorum the nodes accept
         (``--min-quorum``; default: the protocol's, 3): a job of 2 participants needs 2.
+        ``data`` (one per node, ``count`` of them) gives each node its own file instead.
         """
+        if data is not None and len(data) != count:
+            raise ClusterError(f"{count} nodes but {len(data)} data files: one file per node")
         first = len(self.nodes)
         started = []
         for i in range(first, first + count):
             db = f"sqlite:///{self.workdir}/node-{i}.db"
             self.node_dbs.append(db)
+            if data is not None:
+                source = data[i - first].argv()
+            else:
+                source = [
+                    "--dataset",
+                    dataset,
+                    "--partition-index",
+                    str(i),
+                    "--num-partitions",
+                    str(count),
+                    "--partition-seed",
+                    str(partition_seed),
+                    "--partition-scheme",
+                    partition_scheme,
+                ]
             started.append(
                 self.spawn(
                     f"node-{i}",
@@ -436,16 +477,7 @@ class LocalCluster:
                         db,
                         "--port",
                         "0",
-                        "--dataset",
-                        dataset,
-                        "--partition-index",
-                        str(i),
-                        "--num-partitions",
-                        str(count),
-                        "--partition-seed",
-                        str(partition_seed),
-                        "--partition-scheme",
-                        partition_scheme,
+                        *source,
                         "--poll-seconds",
                         str(poll_seconds),
                         *(["--min-quorum", str(min_quorum)] if min_quorum is not None else []),
@@ -472,15 +504,18 @@ class LocalCluster:
         self,
         nodes: int,
         *,
-        dataset: str,
-        partition_seed: int,
+        dataset: str = "digits",
+        partition_seed: int = 0,
         bits: int = 1024,
         partition_scheme: str = "iid",
         min_quorum: int | None = None,
         timeout: float = 300,
+        data: Sequence[NodeData] | None = None,
     ) -> list[str]:
         """A whole local deployment: the KGC (demo parameters of ``bits``), then the PS and
-        ``nodes`` nodes booting in parallel, each node enrolled. The nodes' subject ids."""
+        ``nodes`` nodes booting in parallel, each node enrolled. The nodes' subject ids.
+
+        The nodes hold partitions of ``dataset``, or each its own file of ``data``."""
         self.start_kgc(bits, demo=True)
         ps = self.start_param_server(wait=False)
         started = self.start_nodes(
@@ -491,6 +526,7 @@ class LocalCluster:
             poll_seconds=0.3,
             wait=False,
             min_quorum=min_quorum,
+            data=data,
         )
         self.wait_ready([ps, *started], timeout)
         return self.enrol_nodes()

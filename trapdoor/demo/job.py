@@ -14,11 +14,25 @@ cannot train any later round either: the plaintext reference leaves it out from 
 ``--model`` picks the architecture (:func:`build_model`): the MLP, the numpy CNN, a GRU
 reading each image row by row (sequential MNIST), or the PyTorch MLP/CNN. The nodes rebuild
 it from the job definition's model spec, so every kind runs through the same services.
+
+``--data PATH`` (once per participant) runs the job on the participants' own files instead
+(:func:`load_demo_data`: ``.csv`` with a header row and a label column, ``.parquet``, or
+``.npz``); each node reads its own file, test rows included (the file's own test part, or a
+seeded ``--data-test-fraction`` of it). The model is sized from the files (an MLP of
+``features -> --hidden-layers -> classes``, :func:`build_data_model`). Every node then
+scores the model on different test rows, so the encrypted number is their example-weighted
+average, which the PS reports as the round's shared accuracy; the plaintext reference
+scores the same FedAvg in the clear on the union of those test rows: the same quantity.
+
+Shared metrics (``--share-metrics``, on by default): the job definition says
+``"share_metrics": true``, every contributor reports its evaluation of each released
+model to the PS, and the summary carries the PS's weighted average per round.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import signal
 import sys
@@ -30,11 +44,21 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 from sqlalchemy.orm import sessionmaker
 
 from trapdoor.crypto.sealing import SealError
 from trapdoor.crypto.signing import b64encode
-from trapdoor.demo.cluster import ClusterError, LocalCluster
+from trapdoor.demo.cluster import ClusterError, LocalCluster, NodeData
+from trapdoor.ml.data import (
+    DEFAULT_LABEL,
+    NPZ_KEYS,
+    DataError,
+    LocalData,
+    check_local_data,
+    load_local_data,
+)
+from trapdoor.ml.datasets import Dataset
 from trapdoor.ml.extras import needs_extra
 from trapdoor.ml.models import MLP, Model
 from trapdoor.ml.training import TrainingConfig, evaluate, run_plaintext_fedavg
@@ -49,10 +73,13 @@ from trapdoor.service.http import ServiceClient, ServiceError
 __all__ = [
     "DEMO_ENCODING",
     "MODELS",
+    "DemoData",
     "DemoError",
     "DemoOptions",
+    "build_data_model",
     "build_model",
     "demo",
+    "load_demo_data",
     "main",
     "parse_demo_options",
     "run_demo",
@@ -89,6 +116,14 @@ DEMO_MASKED_ENCODING: dict[str, float | int] = {
     "model_bound": 16.0,
 }
 AGGREGATIONS = ("masked", "bcp")
+#: Participants of a demo on a bundled data set, when ``--participants`` does not say.
+DEFAULT_PARTICIPANTS = 5
+#: The hidden layers of the MLP sized from ``--data`` files.
+DEFAULT_HIDDEN_LAYERS = (32,)
+#: The share of a ``--data`` file held out as its test rows (a file without a test part).
+DEFAULT_TEST_FRACTION = 0.2
+#: How long to wait for the contributors' metric reports of a released round.
+SHARED_METRICS_WAIT = 60.0
 
 
 def build_model(kind: str, dataset: str) -> Model:
@@ -116,11 +151,162 @@ def build_model(kind: str, dataset: str) -> Model:
     raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
 
 
+def build_data_model(
+    kind: str, features: int, classes: int, hidden: Sequence[int] = DEFAULT_HIDDEN_LAYERS
+) -> Model:
+    """The demo's ``kind`` of model for rows of ``features`` numbers and ``classes`` labels.
+
+    ``mlp`` and ``torch-mlp``: ``features -> hidden... -> classes``. The image models
+    (``cnn``, ``rnn``, ``torch-cnn``) fit only when ``features`` is a square ``side x side``
+    (side >= 4), read as one grey image; :class:`DemoError` otherwise.
+    """
+    layers = [features, *hidden, classes]
+    try:
+        if kind == "mlp":
+            return MLP(layers)
+        if kind == "torch-mlp":
+            from trapdoor.ml.torch_adapter import TorchModel  # optional extra
+
+            return TorchModel("torch-mlp", layer_sizes=layers)
+        if kind not in MODELS:
+            raise DemoError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+        side = math.isqrt(features)
+        if side * side != features or side < 4:
+            raise DemoError(
+                f"--model {kind} reads square images (side x side features, side >= 4), and "
+                f"{features} features are not one; use --model mlp or torch-mlp"
+            )
+        if kind == "cnn":
+            from trapdoor.ml.cnn import CNN
+
+            return CNN(input_shape=(1, side, side), conv_channels=8, num_classes=classes)
+        if kind == "rnn":
+            from trapdoor.ml.rnn import GRU
+
+            return GRU(input_shape=(side, side), hidden=32, num_classes=classes, clip_value=1.0)
+        from trapdoor.ml.torch_adapter import TorchModel  # optional extra
+
+        return TorchModel("torch-cnn", side=side, channels=8, num_classes=classes)
+    except ValueError as exc:
+        raise DemoError(f"--model {kind} does not fit the data: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """The participants' own files, read and checked exactly as their nodes will read them."""
+
+    #: What each node is told (``trapdoor node serve --data-*``), participant ``i`` at ``i``.
+    files: tuple[NodeData, ...]
+    #: Each participant's training and test rows.
+    parts: tuple[LocalData, ...]
+    num_features: int
+    num_classes: int
+
+    def reference(self, test_of: Sequence[int] | None = None) -> tuple[Dataset, list[np.ndarray]]:
+        """Every participant's training rows, one file after the other, with the test rows of
+        participants ``test_of`` (default: all); and each participant's row indices."""
+        members = range(len(self.parts)) if test_of is None else test_of
+        sizes = [len(p.y_train) for p in self.parts]
+        starts = np.cumsum([0, *sizes])
+        dataset = Dataset(
+            "data",
+            np.concatenate([p.X_train for p in self.parts]),
+            np.concatenate([p.y_train for p in self.parts]),
+            np.concatenate([self.parts[i].X_test for i in members]),
+            np.concatenate([self.parts[i].y_test for i in members]),
+            self.num_features,
+            self.num_classes,
+        )
+        indices = [np.arange(starts[i], starts[i + 1]) for i in range(len(sizes))]
+        return dataset, indices
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [
+            {**part.summary(), "test_fraction": node.test_fraction}
+            for node, part in zip(self.files, self.parts, strict=True)
+        ]
+
+
+def _holds_test_part(path: str) -> bool:
+    """A ``.npz`` with its own test arrays (``X_train, y_train, X_test, y_test``)."""
+    if Path(path).suffix.lower() != ".npz" or not Path(path).is_file():
+        return False
+    try:
+        with np.load(path) as npz:
+            return set(NPZ_KEYS) <= set(npz.files)
+    except (OSError, ValueError):
+        return False  # load_local_data says what is wrong with it
+
+
+def load_demo_data(
+    paths: Sequence[str],
+    *,
+    label: str = DEFAULT_LABEL,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+) -> DemoData:
+    """Each participant's file (:func:`trapdoor.ml.data.load_local_data`), checked together.
+
+    A ``.npz`` with ``X_train, y_train, X_test, y_test`` keeps its test part; any other file
+    holds out ``test_fraction`` of its rows, shuffled by ``seed`` (as its node will). Every
+    file must have the same feature columns, and the labels of all files together must be
+    the class numbers ``0..k-1``, each present (``k``: the model's class count).
+    :class:`DemoError` naming the file at fault, before anything starts.
+    """
+    if not paths:
+        raise DemoError("no --data files")
+    files: list[NodeData] = []
+    parts: list[LocalData] = []
+    for path in map(str, paths):
+        node = NodeData(
+            path, None if _holds_test_part(path) else test_fraction, split_seed=seed, label=label
+        )
+        try:
+            data = load_local_data(
+                path, label=label, test_fraction=node.test_fraction, seed=node.split_seed
+            )
+        except (DataError, OSError, ValueError) as exc:
+            message = str(exc)
+            raise DemoError(message if message.startswith(path) else f"{path}: {message}") from None
+        files.append(node)
+        parts.append(data)
+    first, width = paths[0], parts[0].X_train.shape[1]
+    for path, data in zip(paths[1:], parts[1:], strict=True):
+        if data.X_train.shape[1] != width:
+            raise DemoError(
+                f"{path}: {data.X_train.shape[1]} feature columns, but {first} has {width}; "
+                "every participant's rows need the same columns"
+            )
+        names, names0 = data.feature_names, parts[0].feature_names
+        if names is not None and names0 is not None and names != names0:
+            raise DemoError(
+                f"{path}: feature columns {list(names)} differ from {first}'s {list(names0)}; "
+                "every participant's rows need the same columns in the same order"
+            )
+    labels = np.unique(np.concatenate([np.concatenate([p.y_train, p.y_test]) for p in parts]))
+    classes = int(labels.max()) + 1
+    missing = sorted(set(range(classes)) - {int(v) for v in labels})
+    if classes < 2 or missing:
+        where = ", ".join(map(str, paths))
+        raise DemoError(
+            f"labels must be the class numbers 0..k-1, each present in some file, with k >= 2; "
+            f"{where} have labels {[int(v) for v in labels[:12]]}"
+            + (f", but no {missing[:12]}" if missing else "")
+        )
+    for path, data in zip(paths, parts, strict=True):
+        try:
+            check_local_data(data, features=width, classes=classes, source=path)
+        except DataError as exc:
+            raise DemoError(str(exc)) from None
+    return DemoData(tuple(files), tuple(parts), int(width), classes)
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """What one demo run does: the options of ``trapdoor demo`` (its ``--help`` says each)."""
 
-    participants: int = 5
+    #: ``None``: :data:`DEFAULT_PARTICIPANTS`, or one per ``data`` file.
+    participants: int | None = None
     rounds: int = 5
     dataset: str = "digits"
     model: str = "mlp"
@@ -141,12 +327,53 @@ class DemoOptions:
     quiet: bool = False
     #: Keep the cluster's databases and logs after the run (library callers only).
     keep_workdir: bool = False
+    #: The job shares the contributors' evaluations with the PS (``share_metrics``).
+    share_metrics: bool = True
+    #: One file per participant instead of partitions of ``dataset``.
+    data: tuple[str, ...] = ()
+    data_label: str = DEFAULT_LABEL
+    data_test_fraction: float = DEFAULT_TEST_FRACTION
+    #: Hidden layer widths of the MLP sized from ``data`` (``None``: 32).
+    hidden_layers: tuple[int, ...] | None = None
 
 
 def parse_demo_options(argv: Sequence[str]) -> DemoOptions:
     """The options ``trapdoor demo ARGV`` would run with, without running it (benchmarks and
     tests describe their runs this way). A bad option raises :class:`click.UsageError`."""
-    return DemoOptions(**demo.make_context("trapdoor demo", list(argv)).params)
+    return _options(demo.make_context("trapdoor demo", list(argv)))
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+
+def _options(ctx: click.Context) -> DemoOptions:
+    """The parsed options, checked together (:class:`click.UsageError` for a clash)."""
+    params = dict(ctx.params)
+    data = params.get("data") or ()
+    if data:
+        for name in ("dataset", "partition_scheme"):
+            if _given(ctx, name):
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(
+                    f"{flag} does not go with --data: the files are the participants' data", ctx
+                )
+        given = params.get("participants")
+        if given is not None and given != len(data):
+            raise click.UsageError(
+                f"--participants {given} but {len(data)} --data file(s): with --data there is "
+                "one participant per file (leave --participants out)",
+                ctx,
+            )
+        params["participants"] = len(data)
+    else:
+        for name in ("data_label", "data_test_fraction", "hidden_layers"):
+            if _given(ctx, name):
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} goes with --data", ctx)
+        if params.get("participants") is None:
+            params["participants"] = DEFAULT_PARTICIPANTS
+    return DemoOptions(**params)
 
 
 def _expected_contributors(
@@ -171,7 +398,15 @@ def _phase_totals(node_jobs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"bytes_up": bytes_up, "bytes_down": bytes_down, "seconds_by_phase": timings}
 
 
-def _write_plot(path: str, encrypted: list[float], plaintext: list[float], title: str) -> None:
+def _write_plot(
+    path: str,
+    encrypted: list[float],
+    plaintext: list[float],
+    title: str,
+    *,
+    shared: list[float] | None = None,
+    encrypted_label: str = "encrypted (Trapdoor FL)",
+) -> None:
     with needs_extra("demo", "the demo's accuracy plot"):
         import matplotlib
 
@@ -182,7 +417,9 @@ def _write_plot(path: str, encrypted: list[float], plaintext: list[float], title
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = list(range(1, len(encrypted) + 1))
     ax.plot(xs, plaintext, "o-", label="plaintext FedAvg")
-    ax.plot(xs, encrypted, "x--", label="encrypted (Trapdoor FL)")
+    ax.plot(xs, encrypted, "x--", label=encrypted_label)
+    if shared is not None:
+        ax.plot(xs, shared, "+:", label="contributors' reported accuracy (PS, weighted)")
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy")
@@ -195,11 +432,34 @@ def _write_plot(path: str, encrypted: list[float], plaintext: list[float], title
 
 def run_demo(args: DemoOptions) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``--json``)."""
-    k, rounds = args.participants, args.rounds
+    own: DemoData | None = None
+    if args.data:
+        if args.participants is not None and args.participants != len(args.data):
+            raise DemoError(
+                f"participants {args.participants} but {len(args.data)} data files: "
+                "one participant per file"
+            )
+        # every file is read and checked before any service starts
+        own = load_demo_data(
+            args.data,
+            label=args.data_label,
+            test_fraction=args.data_test_fraction,
+            seed=args.seed,
+        )
+        k = len(args.data)
+    else:
+        if args.hidden_layers is not None:
+            raise DemoError("hidden_layers sizes the model of --data files")
+        k = DEFAULT_PARTICIPANTS if args.participants is None else args.participants
+    rounds = args.rounds
     if k < 1 or rounds < 1:
         raise DemoError("need at least one participant and one round")
     model_name, aggregation = args.model, args.aggregation
-    model = build_model(model_name, args.dataset)
+    hidden = DEFAULT_HIDDEN_LAYERS if args.hidden_layers is None else args.hidden_layers
+    if own is not None:
+        model = build_data_model(model_name, own.num_features, own.num_classes, hidden)
+    else:
+        model = build_model(model_name, args.dataset)
     learning_rate = args.learning_rate
     if learning_rate is None:
         learning_rate = LEARNING_RATES[model_name]
@@ -217,6 +477,7 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
         raise DemoError(f"quorum {quorum} cannot be met once a participant skips: add one")
     # Nodes refuse jobs below their minimum quorum (3 by default): a smaller demo lowers it.
     min_quorum = quorum if quorum < DEFAULT_MIN_QUORUM else None
+    name = "data" if own is not None else args.dataset
     cluster = LocalCluster(args.workdir, keep_workdir=args.keep_workdir)
     t_start = time.perf_counter()
     try:
@@ -227,16 +488,20 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
             partition_seed=args.seed,
             partition_scheme=args.partition_scheme,
             min_quorum=min_quorum,
+            data=own.files if own is not None else None,
         )
         node_ops = [cluster.node_operator(i) for i in range(k)]
 
         # -- the job
-        dataset, parts = dataset_partitions(args.dataset, k, args.partition_scheme, args.seed)
+        if own is not None:
+            dataset, parts = own.reference()
+        else:
+            dataset, parts = dataset_partitions(args.dataset, k, args.partition_scheme, args.seed)
         w0 = model.init_parameters(np.random.default_rng(args.seed))
         config = TrainingConfig(
             learning_rate=learning_rate, local_epochs=args.local_epochs, batch_size=32
         )
-        job_id = f"{args.dataset}-demo-{secrets.token_hex(3)}"
+        job_id = f"{name}-demo-{secrets.token_hex(3)}"
         definition = {
             "job_id": job_id,
             "model": model.spec(),
@@ -258,6 +523,7 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
             "below_quorum_policy": "stay-open",
             "aggregation": aggregation,
             "encoding": dict(DEMO_MASKED_ENCODING if aggregation == "masked" else DEMO_ENCODING),
+            "share_metrics": args.share_metrics,
         }
         ps_ops = cluster.ps_operator()
         t_job = time.perf_counter()
@@ -277,15 +543,19 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
             ps_ops, job_id, expected, args.timeout, participants=k, quiet=args.quiet
         )
         node_jobs = _wait_nodes(node_ops, job_id, expected, args.timeout)
+        shared = (
+            _wait_shared_metrics(ps_ops, job_id, round_info, node_jobs, subjects)
+            if args.share_metrics
+            else None
+        )
         job_seconds = time.perf_counter() - t_job
 
-        # -- encrypted accuracy: every contributor of round t holds the same W_{t+1}
-        encrypted: list[float] = []
-        spread = 0.0
-        for t in range(rounds):
-            accs = [node_jobs[i]["rounds"][t]["test_accuracy"] for i in expected[t]]
-            spread = max(spread, max(accs) - min(accs))
-            encrypted.append(float(accs[0]))
+        # -- the contributors' own evaluations of each released W_{t+1}
+        evaluations = [
+            [_evaluation(node_jobs[i], t) for i in who] for t, who in enumerate(expected)
+        ]
+        node_weighted = [_weighted_accuracy(evals) for evals in evaluations]
+        contributor_accuracies = [[acc for acc, _ in evals] for evals in evaluations]
 
         # -- the non-contributor is refused, and cannot open a contributor's bundle
         refused: bool | None = None
@@ -303,57 +573,197 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
             )
 
         # -- plaintext reference on the same data, seed and schedule
-        history = run_plaintext_fedavg(
-            model, dataset, parts, config, rounds, args.seed, participants_per_round=expected
-        )
-        plaintext = [float(h["test_accuracy"]) for h in history]
+        if own is not None:
+            plaintext = _plaintext_on_own_data(model, own, config, rounds, args.seed, expected)
+        else:
+            history = run_plaintext_fedavg(
+                model, dataset, parts, config, rounds, args.seed, participants_per_round=expected
+            )
+            plaintext = [float(h["test_accuracy"]) for h in history]
         w0_acc = evaluate(model, w0, dataset.X_test, dataset.y_test)["accuracy"]
     finally:
         cluster.stop()
 
+    # -- encrypted accuracy. On a bundled data set every contributor of round t holds the
+    # same W_{t+1} and the same test rows: any one's accuracy (and they must agree). On
+    # own data each scores its own test rows: their example-weighted average, which the
+    # PS reports when the job shares metrics, is the model's accuracy on all those rows.
     contributors = [len(r["contributors"]) for r in round_info]
+    shared_accuracy = [_shared_accuracy(s) for s in shared] if shared is not None else None
+    complete = shared is not None and all(
+        s.get("reporters") == n and a is not None
+        for s, n, a in zip(shared, contributors, shared_accuracy or [], strict=True)
+    )
+    # every round's shared accuracy, once every contributor reported it
+    shared_complete = [a for a in shared_accuracy or [] if a is not None] if complete else None
+    spread: float | None = None
+    encrypted: list[float]
+    if own is None:
+        encrypted = [accs[0] for accs in contributor_accuracies]
+        spread = max(max(accs) - min(accs) for accs in contributor_accuracies)
+        source = "node"
+    elif shared_complete is not None:
+        encrypted = shared_complete
+        source = "ps-shared-metrics"
+    else:  # no shared metrics (or not every contributor's): the nodes' own, weighted here
+        encrypted = node_weighted
+        source = "nodes-weighted"
+
     diffs = [abs(e - p) for e, p in zip(encrypted, plaintext, strict=True)]
+    per_round: list[dict[str, Any]] = []
+    for t in range(rounds):
+        row: dict[str, Any] = {
+            "round": t,
+            "encrypted_accuracy": encrypted[t],
+            "plaintext_accuracy": plaintext[t],
+            "abs_diff": diffs[t],
+            "contributors": contributors[t],
+            "contributor_accuracies": contributor_accuracies[t],
+        }
+        if shared is not None and shared_accuracy is not None:
+            row.update(
+                {
+                    "shared_accuracy": shared_accuracy[t],
+                    "shared_loss": shared[t].get("loss"),
+                    "shared_num_examples": shared[t].get("num_examples", 0),
+                    "reporters": shared[t].get("reporters", 0),
+                }
+            )
+        per_round.append(row)
     summary: dict[str, Any] = {
         "job_id": job_id,
-        "dataset": args.dataset,
+        "dataset": name,
         "model_name": model_name,
         "aggregation": aggregation,
         "model": model.spec(),
         "num_parameters": model.num_parameters,
         "learning_rate": learning_rate,
-        "partition_scheme": args.partition_scheme,
+        "partition_scheme": args.partition_scheme if own is None else None,
         "bits": args.bits,
         "participants": k,
         "quorum": quorum,
+        "share_metrics": args.share_metrics,
         "initial_accuracy": w0_acc,
-        "rounds": [
-            {
-                "round": t,
-                "encrypted_accuracy": encrypted[t],
-                "plaintext_accuracy": plaintext[t],
-                "abs_diff": diffs[t],
-                "contributors": contributors[t],
-            }
-            for t in range(rounds)
-        ],
+        "encrypted_accuracy_source": source,
+        "rounds": per_round,
         "contributors_per_round": contributors,
         "expected_contributors_per_round": [len(c) for c in expected],
         "non_contributor_refused": refused,
         "max_abs_accuracy_diff": max(diffs),
+        # bundled data set: every contributor holds the same model and test rows, so 0.0
+        # (own data: None, each node scores its own rows)
         "contributor_accuracy_spread": spread,
         "transfer": _phase_totals(node_jobs),
         "job_seconds": job_seconds,
         "total_seconds": time.perf_counter() - t_start,
     }
+    if shared_accuracy is not None:
+        # every contributor reported, and the PS's average is the one of the nodes' own rows
+        summary["shared_metrics_complete"] = complete
+        gaps = [
+            abs(a - w) for a, w in zip(shared_accuracy, node_weighted, strict=True) if a is not None
+        ]
+        summary["max_abs_shared_diff"] = max(gaps) if gaps else None
+    if own is not None:
+        summary["data"] = own.summary()
+        summary["num_features"] = own.num_features
+        summary["num_classes"] = own.num_classes
+        summary["hidden_layers"] = list(hidden) if model_name in ("mlp", "torch-mlp") else None
     _report(summary)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
     if args.plot:
+        what = f"{k} data files" if own is not None else args.dataset
         _write_plot(
-            args.plot, encrypted, plaintext, f"{args.dataset}, {model_name}: {k} participants"
+            args.plot,
+            encrypted if own is None else node_weighted,  # on own data: as the nodes hold it
+            plaintext,
+            f"{what}, {model_name}: {k} participants",
+            shared=shared_complete,
+            encrypted_label=(
+                "encrypted (Trapdoor FL)"
+                if own is None
+                else "encrypted (Trapdoor FL, nodes' test rows, weighted)"
+            ),
         )
         print(f"accuracy plot written to {args.plot}")
     return summary
+
+
+def _evaluation(view: dict[str, Any], t: int) -> tuple[float, int]:
+    """A node's accuracy of ``W_{t+1}`` on its test rows, and how many rows those are."""
+    row = next(r for r in view["rounds"] if r["round"] == t)
+    evaluation = row.get("evaluation") or {}
+    examples = int(evaluation.get("num_examples") or 0)
+    return float(row["test_accuracy"]), examples
+
+
+def _weighted_accuracy(evaluations: Sequence[tuple[float, int]]) -> float:
+    total = sum(n for _, n in evaluations)
+    if total == 0:
+        return float(evaluations[0][0])
+    return sum(acc * n for acc, n in evaluations) / total
+
+
+def _shared_accuracy(shared: dict[str, Any]) -> float | None:
+    """The PS's weighted accuracy of a round; ``None`` before anyone reported one."""
+    value = (shared.get("metrics") or {}).get("accuracy")
+    return None if value is None else float(value)
+
+
+def _plaintext_on_own_data(
+    model: Model,
+    own: DemoData,
+    config: TrainingConfig,
+    rounds: int,
+    seed: int,
+    expected: list[list[int]],
+) -> list[float]:
+    """Plaintext FedAvg on the participants' own rows; round ``t``'s accuracy on the union
+    of its contributors' test rows (the rows whose weighted average the encrypted job
+    reports). One run per distinct set of contributors: the training is the same."""
+    by_members: dict[tuple[int, ...], list[int]] = {}
+    for t, who in enumerate(expected):
+        by_members.setdefault(tuple(who), []).append(t)
+    accuracy = [0.0] * rounds
+    for members, ts in by_members.items():
+        dataset, parts = own.reference(members)
+        history = run_plaintext_fedavg(
+            model, dataset, parts, config, max(ts) + 1, seed, participants_per_round=expected
+        )
+        for t in ts:
+            accuracy[t] = float(history[t]["test_accuracy"])
+    return accuracy
+
+
+def _wait_shared_metrics(
+    ps_ops: ServiceClient,
+    job_id: str,
+    round_info: list[dict[str, Any]],
+    node_jobs: list[dict[str, Any]],
+    subjects: list[str],
+) -> list[dict[str, Any]]:
+    """Each round's ``shared_metrics`` at the PS, once every contributor whose node says it
+    reported is counted (contributors report right after opening the model)."""
+    deadline = time.monotonic() + SHARED_METRICS_WAIT
+    shared: list[dict[str, Any]] = []
+    for t, info in enumerate(round_info):
+        owed = set()
+        for subject in info["contributors"]:
+            view = node_jobs[subjects.index(subject)] if subject in subjects else None
+            row = next((r for r in view["rounds"] if r["round"] == t), None) if view else None
+            evaluation = (row.get("evaluation") or {}) if row is not None else {}
+            if evaluation.get("reported") is False or "error" in evaluation:
+                continue  # its node did not (could not) report
+            owed.add(subject)
+        while True:
+            status = ps_ops.get_json(f"/v1/jobs/{job_id}/rounds/{t}")
+            metrics: dict[str, Any] = status.get("shared_metrics") or {"reporters": 0}
+            if owed <= set(metrics.get("reported", [])) or time.monotonic() > deadline:
+                shared.append(metrics)
+                break
+            time.sleep(0.3)
+    return shared
 
 
 def _follow_rounds(
@@ -484,12 +894,31 @@ def _report(summary: dict[str, Any]) -> None:
         f"model {summary['model_name']} ({summary['num_parameters']:,} parameters, "
         f"learning rate {summary['learning_rate']})"
     )
+    if "data" in summary:
+        files = ", ".join(
+            f"{d['source']} ({d['num_train']} train, {d['num_test']} test)" for d in summary["data"]
+        )
+        print(
+            f"data: {files}; {summary['num_features']} features, {summary['num_classes']} classes"
+        )
+        print(
+            "encrypted accuracy: the contributors' accuracies on their own test rows, "
+            "weighted by test rows; plaintext: on all those rows"
+        )
     print(f"initial accuracy {summary['initial_accuracy']:.4f}")
-    print(f"{'round':>5} {'contrib':>7} {'encrypted':>10} {'plaintext':>10} {'diff':>8}")
+    shared = summary.get("share_metrics") and "shared_metrics_complete" in summary
+    extra = f" {'shared (PS)':>11} {'reporters':>9}" if shared else ""
+    print(f"{'round':>5} {'contrib':>7} {'encrypted':>10} {'plaintext':>10} {'diff':>8}{extra}")
     for r in summary["rounds"]:
+        extra = f" {r['shared_accuracy']:>11.4f} {r['reporters']:>9}" if shared else ""
         print(
             f"{r['round']:>5} {r['contributors']:>7} {r['encrypted_accuracy']:>10.4f} "
-            f"{r['plaintext_accuracy']:>10.4f} {r['abs_diff']:>8.5f}"
+            f"{r['plaintext_accuracy']:>10.4f} {r['abs_diff']:>8.5f}{extra}"
+        )
+    if shared:
+        print(
+            "shared (PS): the contributors' reported accuracy, weighted by their test "
+            f"examples; every contributor reported: {summary['shared_metrics_complete']}"
         )
     transfer = summary["transfer"]
     print(
@@ -511,8 +940,31 @@ def _to_int(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
     return int(value)
 
 
+def _layer_widths(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[int, ...] | None:
+    """``"64,32"`` as ``(64, 32)``; ``""`` or ``"none"``: no hidden layer."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text in ("", "none"):
+        return ()
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of widths") from None
+    if any(w < 1 for w in widths):
+        raise click.BadParameter(f"{value!r}: every width must be at least 1")
+    return widths
+
+
 @click.command(name="demo")
-@click.option("--participants", type=int, default=_DEFAULT.participants, show_default=True)
+@click.option(
+    "--participants",
+    type=click.IntRange(min=1),
+    default=None,
+    show_default=f"{DEFAULT_PARTICIPANTS}; with --data, one per file",
+)
 @click.option("--rounds", type=int, default=_DEFAULT.rounds, show_default=True)
 @click.option(
     "--dataset", type=click.Choice(sorted(LAYERS)), default=_DEFAULT.dataset, show_default=True
@@ -574,6 +1026,43 @@ def _to_int(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
     "--timeout", type=float, default=_DEFAULT.timeout, show_default=True, help="seconds for the job"
 )
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option(
+    "--share-metrics/--no-share-metrics",
+    default=_DEFAULT.share_metrics,
+    show_default=True,
+    help="the job shares each contributor's evaluation of the released models with the "
+    "PS, which reports their average weighted by test examples",
+)
+@click.option(
+    "--data",
+    multiple=True,
+    metavar="PATH",
+    type=click.Path(exists=True, dir_okay=False),
+    help="a participant's own data (.csv with a header row, .parquet, or .npz); once per "
+    "participant, instead of --dataset. Labels are class numbers 0..k-1, features numbers "
+    "(scale them: the encoding holds weights within +-16)",
+)
+@click.option(
+    "--data-label",
+    default=_DEFAULT.data_label,
+    show_default=True,
+    help="the label column of the --data .csv/.parquet files",
+)
+@click.option(
+    "--data-test-fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=_DEFAULT.data_test_fraction,
+    show_default=True,
+    help="test rows held out of each --data file (seeded by --seed); a .npz with "
+    "X_train, y_train, X_test, y_test keeps its own",
+)
+@click.option(
+    "--hidden-layers",
+    callback=_layer_widths,
+    metavar="W1,W2,...",
+    help="hidden layer widths of the MLP sized from --data "
+    f"(default: {','.join(map(str, DEFAULT_HIDDEN_LAYERS))}; 'none': softmax regression)",
+)
 def demo(**options: Any) -> None:
     """Run a whole encrypted federated job on this machine and check it against plaintext.
 
@@ -581,9 +1070,10 @@ def demo(**options: Any) -> None:
     processes on loopback, trains the job, then re-runs it in the clear with the same
     seed, partitions and schedule: the accuracies must match to fixed-point rounding. One
     participant skips a round (--skip-round), and must be refused that round's model.
-    Exits 0 when everything matched, 1 otherwise.
+    With --data PATH (once per participant) each node trains on its own file. Exits 0
+    when everything matched, 1 otherwise.
     """
-    chosen = DemoOptions(**options)
+    chosen = _options(click.get_current_context())
     if chosen.plot is None:  # a person at the command line gets the plot
         chosen = replace(chosen, plot=DEFAULT_PLOT)
 
@@ -605,6 +1095,8 @@ def demo(**options: Any) -> None:
         summary["max_abs_accuracy_diff"] <= 0.001 + 1e-9
         and summary["non_contributor_refused"] in (None, True)
         and summary["contributors_per_round"] == summary["expected_contributors_per_round"]
+        and summary.get("shared_metrics_complete", True)
+        and (summary.get("max_abs_shared_diff") or 0.0) <= 1e-9
     )
     raise click.exceptions.Exit(0 if ok else 1)
 

@@ -1,4 +1,5 @@
-"""The local cluster keeps what it creates owner-only (no service is started here)."""
+"""The local cluster keeps what it creates owner-only, and passes nodes their data (no service
+is started here)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trapdoor.demo.cluster import LocalCluster, wait_until
+from trapdoor.demo.cluster import ClusterError, LocalCluster, NodeData, wait_until
 
 
 def _mode(path: Path) -> int:
@@ -44,3 +45,29 @@ def test_wait_until_returns_the_first_truthy_value_or_names_what_timed_out() -> 
     assert wait_until("the release", lambda: next(values), 5, poll=0.001) == {"status": "released"}
     with pytest.raises(TimeoutError, match="the impossible"):
         wait_until("the impossible", lambda: False, 0.05, poll=0.01)
+
+
+def test_node_data_becomes_the_nodes_data_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative path is made absolute: nodes run in the workdir
+    argv = NodeData("part.csv", 0.25, split_seed=7, label="-y").argv()
+    assert argv == [
+        "--data-path",
+        str(tmp_path / "part.csv"),
+        "--data-label=-y",
+        "--data-test-fraction",
+        "0.25",
+        "--data-split-seed",
+        "7",
+    ]
+    own_test = NodeData(str(tmp_path / "part.npz")).argv()
+    assert "--data-test-fraction" not in own_test
+    assert own_test[:2] == ["--data-path", str(tmp_path / "part.npz")]
+
+
+def test_start_nodes_wants_one_data_file_per_node(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        with pytest.raises(ClusterError, match="3 nodes but 2 data files"):
+            cluster.start_nodes(3, data=[NodeData("a.csv"), NodeData("b.csv")], wait=False)
+        assert cluster.procs == [] and cluster.nodes == []
