@@ -76,7 +76,13 @@ from trapdoor.ml.spec import training_spec
 from trapdoor.ml.training import FitResult, ParticipantSelector, fedavg_aggregate
 from trapdoor.participant.app import AppResultError, NumPyApp, checked_evaluate, checked_fit
 from trapdoor.protocol.bundle import next_model
-from trapdoor.protocol.job import MaskedLayout, initial_plaintexts, masked_layout
+from trapdoor.protocol.job import (
+    ENCODING_DEFAULTS,
+    MASKED_ENCODING_DEFAULTS,
+    MaskedLayout,
+    initial_plaintexts,
+    masked_layout,
+)
 from trapdoor.protocol.metrics import aggregate_metrics
 from trapdoor.protocol.upload import encode_update
 
@@ -100,19 +106,9 @@ Vector = npt.NDArray[np.float64]
 AGGREGATIONS = ("masked", "bcp", "plaintext")
 #: The ``job_id`` in every app's ``config``.
 SIMULATION_JOB_ID = "simulation"
-#: A job definition's ``encoding`` defaults, as the parameter server fills them in
-#: (``trapdoor.ps.definition``, which a participant may not import; a test keeps them equal).
-BCP_ENCODING_DEFAULTS: dict[str, Any] = {
-    "frac_bits": 20,
-    "slot_bits": 29,
-    "slot_bound": 64.0,
-    "clip_bound": 16.0,
-}
-MASKED_ENCODING_DEFAULTS: dict[str, Any] = {
-    "frac_bits": 20,
-    "clip_bound": 16.0,
-    "model_bound": 32.0,
-}
+#: A job definition's ``encoding`` defaults, as the parameter server fills them in (the
+#: bcp key ``width`` only sizes ciphertext blocks: it changes no decoded number).
+BCP_ENCODING_DEFAULTS: dict[str, Any] = {k: v for k, v in ENCODING_DEFAULTS.items() if k != "width"}
 #: Accepted in a bcp ``encoding`` and ignored: the job key's block width changes how
 #: plaintexts are grouped into ciphertexts, never a number.
 _BCP_IGNORED = frozenset({"width"})

@@ -55,9 +55,12 @@ from trapdoor.protocol.common import (
 
 __all__ = [
     "AGGREGATIONS",
+    "DEFAULT_AGGREGATION",
     "DEFAULT_MIN_QUORUM",
+    "ENCODING_DEFAULTS",
     "EXACT_FLOAT_BITS",
     "JOB_TERMS_PURPOSE",
+    "MASKED_ENCODING_DEFAULTS",
     "MASKED_LAYOUT_KIND",
     "JobTerms",
     "MaskedLayout",
@@ -83,6 +86,22 @@ JOB_TERMS_PURPOSE = "trapdoor/job-terms/v3"
 DEFAULT_MIN_QUORUM = 3
 #: How a job aggregates (DESIGN §2.2): packed BCP ciphertexts, or masked ring vectors.
 AGGREGATIONS = ("bcp", "masked")
+#: The aggregation of a definition that names none (docs/PROTOCOL.md, "Masked mode").
+DEFAULT_AGGREGATION = "masked"
+ENCODING_DEFAULTS: dict[str, Any] = {
+    "frac_bits": 20,
+    "slot_bits": 29,
+    "slot_bound": 64.0,
+    "clip_bound": 16.0,
+    "width": 16,
+}
+#: A masked job's ``encoding`` (docs/PROTOCOL.md, "Masked mode"): the bcp packing fields
+#: (``slot_bits``, ``slot_bound``, ``width``) mean nothing there and are refused.
+MASKED_ENCODING_DEFAULTS: dict[str, Any] = {
+    "frac_bits": 20,
+    "clip_bound": 16.0,
+    "model_bound": 32.0,
+}
 #: The fields the PS asks the KGC to sign (the KGC adds the rest, see :func:`sign_job_terms`).
 _REQUESTED_FIELDS = (
     "job_id",

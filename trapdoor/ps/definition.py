@@ -28,7 +28,14 @@ from trapdoor.ml.spec import SpecError, check_model_spec, training_spec
 from trapdoor.protocol.audit import AUDIT_PURPOSE, UNDECODABLE_PURPOSE, AuditDigests
 from trapdoor.protocol.commitment import CLOSED_SET_PURPOSE, COMMITMENT_PURPOSE
 from trapdoor.protocol.common import MAX_ATTEMPT
-from trapdoor.protocol.job import AGGREGATIONS, MaskedLayout, masked_layout
+from trapdoor.protocol.job import (
+    AGGREGATIONS,
+    DEFAULT_AGGREGATION,
+    ENCODING_DEFAULTS,
+    MASKED_ENCODING_DEFAULTS,
+    MaskedLayout,
+    masked_layout,
+)
 from trapdoor.protocol.release_request import (
     masked_release_request_header,
     release_header_limit,
@@ -55,22 +62,6 @@ MAX_ROUNDS = 100_000
 MAX_DEADLINE_SECONDS = 30 * 24 * 3600
 MAX_WIDTH = 256
 DEFAULT_QUORUM = 3
-#: The aggregation of a definition that names none (docs/PROTOCOL.md, "Masked mode").
-DEFAULT_AGGREGATION = "masked"
-ENCODING_DEFAULTS: dict[str, Any] = {
-    "frac_bits": 20,
-    "slot_bits": 29,
-    "slot_bound": 64.0,
-    "clip_bound": 16.0,
-    "width": 16,
-}
-#: A masked job's ``encoding`` (docs/PROTOCOL.md, "Masked mode"): the bcp packing fields
-#: (``slot_bits``, ``slot_bound``, ``width``) mean nothing there and are refused.
-MASKED_ENCODING_DEFAULTS: dict[str, Any] = {
-    "frac_bits": 20,
-    "clip_bound": 16.0,
-    "model_bound": 32.0,
-}
 
 
 def _bad(message: str) -> BadRequestError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
@@ -60,6 +61,15 @@ class ApiWorld:
             self.client,
             lambda subject: self.admin if subject is None else self.auth(self.participant(subject)),
         )
+
+
+def expect_error(response: Any, status: int, code: str | None = None) -> None:
+    """``response`` is the one JSON error shape with ``status`` (and ``code``)."""
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert set(body) == {"error", "message"}
+    if code is not None:
+        assert body["error"] == code, body
 
 
 def build_api_world(master: MasterKey, participants: list[TestParticipant], url: str) -> ApiWorld:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from ps_api_support import ApiWorld
+from ps_api_support import expect_error as _error
 from sqlalchemy import func, select, text
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
@@ -62,14 +63,6 @@ ALL = ("p1", "p2", "p3", "p4")
 def _count(api: ApiWorld, model: Any) -> int:
     with api.engine.connect() as conn:
         return int(conn.scalar(select(func.count()).select_from(model)) or 0)
-
-
-def _error(response: Any, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.get_json()
-    body = response.get_json()
-    assert set(body) == {"error", "message"}
-    if code is not None:
-        assert body["error"] == code, body
 
 
 def _definition(api: ApiWorld, job_id: str = "job-a", **overrides: Any) -> dict[str, Any]:

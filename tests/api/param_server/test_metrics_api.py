@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from ps_api_support import ApiWorld
+from ps_api_support import expect_error as _error
 from sqlalchemy import select
 
 from trapdoor.crypto.blocks import VectorEncryptor
@@ -29,14 +30,6 @@ from trapdoor.ps.testing import (
 
 LENGTH = 40
 PATH = "/v1/jobs/{job}/rounds/{t}/metrics"
-
-
-def _error(response: Any, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.get_json()
-    body = response.get_json()
-    assert set(body) == {"error", "message"}
-    if code is not None:
-        assert body["error"] == code, body
 
 
 def _released_job(api: ApiWorld, job_id: str, *, share: bool, contributors: int = 3) -> Any:
