@@ -260,6 +260,14 @@ def _bcp_round(cluster: Cluster) -> None:
     created = ps.post("/v1/jobs", json=make_definition("bcp-job", members, w0), headers=PS_ADMIN)
     assert created.status_code == 201, created.get_json()
     first = members[0].subject_id
+    notice = {"status": "joined"}
+    assert (
+        ps.put(
+            "/v1/jobs/bcp-job/participation", json=notice, headers=cluster.auth(first)
+        ).status_code
+        == 200
+    )
+    assert "participation" in ps.get("/v1/jobs/bcp-job", headers=PS_ADMIN).get_json()
     view = ps.get("/v1/jobs/bcp-job", headers=cluster.auth(first)).get_json()
     terms = job_terms_of(view, cluster.gateway.info(), param_server=cluster.ps_subject)
     encryptor = VectorEncryptor(job_key_of(view), window=4)

@@ -1395,6 +1395,16 @@ class ParticipantClient:
                 bundle_sha256(binding, bundle["sealed_model"]),
             ) from None
 
+    def tell_participation(
+        self, ps_url: str, job_id: str, status: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Tell the PS's operator that we joined ``job_id`` or declined it, and why
+        (``PUT /v1/jobs/<id>/participation``; informational, nothing waits for it)."""
+        answer: dict[str, Any] = self._ps(ps_url).put_json(
+            f"/v1/jobs/{job_id}/participation", {"status": status, "reason": reason}
+        )
+        return answer
+
     def evaluate_model(
         self, job: JobView, round_number: int, weights: npt.ArrayLike, app: NumPyApp
     ) -> tuple[float, int, dict[str, float]]:

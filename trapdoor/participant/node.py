@@ -416,7 +416,7 @@ class ParticipantNode:
             if exc.code == "ps-subject-conflict":
                 raise ConflictError(exc.code, exc.message) from None
             raise BadGatewayError(exc.code, exc.message) from None
-        self._check_data_for(view, job_id, url)
+        self._check_data_for(client, view, job_id, url)
         with session_scope(self.sessions) as session:
             existing = session.get(NodeJob, job_id)
             if existing is not None:
@@ -436,19 +436,40 @@ class ParticipantNode:
                     share_metrics=view.share_metrics,
                 )
             )
+        self._tell_ps(client, url, job_id, "joined")
         self._start_worker(job_id)
         return self.job_status(job_id)
 
-    def _check_data_for(self, view: JobView, job_id: str, ps_url: str) -> None:
+    def _check_data_for(
+        self, client: ParticipantClient, view: JobView, job_id: str, ps_url: str
+    ) -> None:
         """Refuse to join a job our data cannot train (422 ``bad-data``, recorded as a
-        refusal with its reason), before any worker runs: no round's upload is spent on
-        rows of the wrong width or labels the model has no class for."""
+        refusal with its reason, and told to the PS's operator), before any worker runs:
+        no round's upload is spent on rows of the wrong width or labels the model has no
+        class for."""
         features, classes = model_io_sizes(view.model)
         try:
             check_local_data(self.data, features=features, classes=classes)
         except DataError as exc:
             self._record_refusal(job_id, ps_url, view.ps_subject_id, f"bad-data: {exc}")
+            # The operator learns why, not where: our file's path stays here.
+            told = str(exc).replace(self.data.source, "the node's data")
+            self._tell_ps(client, ps_url, job_id, "declined", f"bad-data: {told}")
             raise InvalidError("bad-data", str(exc)) from None
+
+    @staticmethod
+    def _tell_ps(
+        client: ParticipantClient,
+        ps_url: str,
+        job_id: str,
+        status: str,
+        reason: str | None = None,
+    ) -> None:
+        """Best effort: the PS's operator sees that we joined, or why we declined."""
+        try:
+            client.tell_participation(ps_url, job_id, status, reason and reason[:500])
+        except (ServiceError, ClientError) as exc:
+            log.warning("job %s: could not tell the PS we %s: %s", job_id, status, exc)
 
     def _record_refusal(
         self, job_id: str, ps_url: str, ps_subject_id: str | None, reason: str

@@ -379,6 +379,8 @@ class FakePs:
     serve: Callable[[dict[str, Any]], dict[str, Any]] = lambda view: view
     #: Every request received: (method, path, bearer token or None).
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: What each participant's node said about the job (``PUT .../participation``).
+    participation: dict[str, Any] = field(default_factory=dict)
     #: Every upload frame received, by round.
     uploads: list[tuple[int, bytes]] = field(default_factory=list)
     #: Whether the world's other participants commit, upload and audit (see above).
@@ -409,6 +411,9 @@ class FakePs:
             raise ServiceError(403, "not-a-participant", "not a participant of this job")
         if method == "GET" and path == f"/v1/jobs/{self.world.job_id}":
             return self.serve(self.world.view())
+        if method == "PUT" and path == f"/v1/jobs/{self.world.job_id}/participation":
+            self.participation[subject] = body
+            return {"job_id": self.world.job_id, "subject_id": subject, **body, "at": 0.0}
         match = re.fullmatch(
             rf"/v1/jobs/{re.escape(self.world.job_id)}/rounds/(\d+)(/[a-z]+)?(/[^/]+)?", path
         )
@@ -605,6 +610,9 @@ class _FakeServiceClient:
 
     def post_json(self, path: str, body: Any, *, auth: bool = True, **_: Any) -> Any:
         return self._call("POST", path, body, auth)
+
+    def put_json(self, path: str, body: Any, *, auth: bool = True, **_: Any) -> Any:
+        return self._call("PUT", path, body, auth)
 
     def post_bytes(self, path: str, data: bytes, *, auth: bool = True, **_: Any) -> Any:
         return self._call("POST", path, data, auth)

@@ -37,6 +37,8 @@ from trapdoor.ps.schemas import (
     JobView,
     MaskedDownload,
     MetricsAnswer,
+    ParticipationAnswer,
+    ParticipationNotice,
     PsInfo,
     RoundView,
     UndecodableAnswer,
@@ -168,8 +170,22 @@ def list_jobs() -> Any:
 @documented(responses={200: JobView}, auth=_EITHER)
 @operator_or_participant
 def get_job(job_id: str, requester: str | None) -> Any:
-    """A job: definition, KGC-signed terms, job key, packing layout, public weights, progress."""
-    return jsonify(_service().job_view(job_id))
+    """A job: definition, KGC-signed terms, job key, packing layout, public weights, progress
+    (the operator also sees which participants' nodes joined or declined it, and why)."""
+    return jsonify(_service().job_view(job_id, operator=requester is None))
+
+
+@bp.put("/v1/jobs/<job_id>/participation")
+@documented(
+    request=ParticipationNotice,
+    responses={200: ParticipationAnswer},
+    errors=[400, 404],
+    auth=[TOKEN],
+)
+@participant_required
+def participation(job_id: str, subject: str) -> Any:
+    """Participant: its node joined the job, or declined it (with its reason)."""
+    return jsonify(_service().record_participation(job_id, subject, json_body()))
 
 
 @bp.get(f"/v1/jobs/<job_id>/rounds/<{ROUND}:t>")

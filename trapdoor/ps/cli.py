@@ -202,7 +202,7 @@ def status_command(job_id: str | None, url: str | None, token: str | None) -> No
             echo_table(jobs, ("job_id", "status", "current_round", "rounds_total"))
             return
         job = client.get_json(f"/v1/jobs/{job_id}")
-        last = min(job["current_round"], job["rounds_total"] - 1)
+        last = max(0, min(job["current_round"], job["rounds_total"] - 1))
         rounds = [client.get_json(f"/v1/jobs/{job_id}/rounds/{t}") for t in range(last + 1)]
     mode = job["definition"].get("aggregation", "bcp")
     click.echo(f"job {job_id} ({mode}): {job['status']}, {job['rounds_total']} rounds")
@@ -215,6 +215,13 @@ def status_command(job_id: str | None, url: str | None, token: str | None) -> No
             *sorted({k for r in rounds for k in r if k.startswith("m:")}),
         )
     echo_table(rounds, columns)
+    said = job.get("participation") or {}
+    silent = sorted(set(job["weights"]) - set(said))
+    for subject, entry in sorted(said.items()):
+        reason = f": {entry['reason']}" if entry.get("reason") else ""
+        click.echo(f"{subject} {entry['status']}{reason}")
+    if silent:
+        click.echo(f"not heard from yet: {', '.join(silent)}")
 
 
 def _shared_columns(shared: dict[str, Any]) -> dict[str, Any]:

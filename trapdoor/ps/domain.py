@@ -15,6 +15,7 @@ ending phases, aggregating, failing, tick   :mod:`trapdoor.ps.rounds`
 release requests, finishing, downloads      :mod:`trapdoor.ps.release`
 undecodable reports and re-runs             :mod:`trapdoor.ps.reruns`
 shared evaluation metrics (opt-in)          :mod:`trapdoor.ps.metrics`
+nodes that joined or declined a job         :mod:`trapdoor.ps.participation`
 model chunks, job setups, row lookups       :mod:`trapdoor.ps.storage`
 each mode's pure checks and messages        :mod:`trapdoor.ps.bcp`, :mod:`trapdoor.ps.masked`
 refusals shared by every check              :mod:`trapdoor.ps.checks`
@@ -43,6 +44,7 @@ from trapdoor.ps.audits import Audits
 from trapdoor.ps.jobs import Jobs
 from trapdoor.ps.kgc_gateway import KgcGateway, KgcInfo
 from trapdoor.ps.metrics import Metrics
+from trapdoor.ps.participation import Participation
 from trapdoor.ps.release import Releases
 from trapdoor.ps.reruns import Reruns
 from trapdoor.ps.rounds import Rounds, TickResult
@@ -100,6 +102,7 @@ class ParameterServer:
         self._audits = Audits(state)
         self._reruns = Reruns(state)
         self._metrics = Metrics(state)
+        self._participation = Participation(state)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -150,8 +153,12 @@ class ParameterServer:
     def list_jobs(self) -> list[dict[str, Any]]:
         return self._jobs.list_jobs()
 
-    def job_view(self, job_id: str) -> dict[str, Any]:
-        return self._jobs.job_view(job_id)
+    def job_view(self, job_id: str, *, operator: bool = False) -> dict[str, Any]:
+        return self._jobs.job_view(job_id, operator=operator)
+
+    def record_participation(self, job_id: str, subject_id: str, body: Any) -> dict[str, Any]:
+        """A participant's node joined the job, or declined it and why (for the operator)."""
+        return self._participation.record(job_id, subject_id, body)
 
     def upload_limit(self, job_id: str, subject_id: str) -> int:
         """The most bytes an upload of ``subject_id`` to ``job_id`` may have."""

@@ -154,11 +154,12 @@ class Jobs:
             jobs = session.scalars(select(Job).order_by(Job.created_at, Job.job_id)).all()
             return [_summary(job) for job in jobs]
 
-    def job_view(self, job_id: str) -> dict[str, Any]:
-        """The job as participants check it: definition, KGC-signed terms, packing, weights."""
+    def job_view(self, job_id: str, *, operator: bool = False) -> dict[str, Any]:
+        """The job as participants check it: definition, KGC-signed terms, packing, weights;
+        for its ``operator`` also what each participant's node said about it."""
         with self._state.sessions() as session:
             job = get_job(session, job_id)
-            return {
+            view = {
                 **_summary(job),
                 "definition": job.definition,
                 "job_key": job.job_key,
@@ -167,6 +168,9 @@ class Jobs:
                 "packing": job.packing,
                 "weights": job.weights,
             }
+            if operator:
+                view["participation"] = dict(job.participation or {})
+            return view
 
     def upload_limit(self, job_id: str, subject_id: str) -> int:
         """The most bytes an upload of ``subject_id`` to ``job_id`` may have.

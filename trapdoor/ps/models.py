@@ -92,6 +92,9 @@ class Job(Base):
     current_round: Mapped[int] = mapped_column(Integer)
     rounds_total: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+    #: Each participant's latest word on the job, by subject id: ``{"status": "joined" or
+    #: "declined", "reason", "at"}`` (:mod:`trapdoor.ps.participation`); NULL before any.
+    participation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Round(Base):

@@ -50,6 +50,9 @@ __all__ = [
     "JobView",
     "MaskedDownload",
     "MetricsAnswer",
+    "ParticipationAnswer",
+    "ParticipationEntry",
+    "ParticipationNotice",
     "PsInfo",
     "RoundView",
     "SharedMetrics",
@@ -171,6 +174,29 @@ class PackingJson(TypedDict):
     max_terms: Positive
 
 
+class ParticipationNotice(TypedDict):
+    """``PUT /v1/jobs/<id>/participation``: a participant's node joined, or declined why."""
+
+    status: Literal["joined", "declined"]
+    #: required when declined, absent or null when joined
+    reason: NotRequired[Annotated[str, Constraint(max_length=500)] | None]
+
+
+class ParticipationEntry(TypedDict):
+    """A participant's latest word on a job."""
+
+    status: Literal["joined", "declined"]
+    reason: str | None
+    at: Seconds
+
+
+class ParticipationAnswer(ParticipationEntry):
+    """The entry stored."""
+
+    job_id: JobId
+    subject_id: SubjectId
+
+
 class JobView(JobSummary):
     """What a participant checks before it encrypts anything
     (``trapdoor.protocol.job.check_job_view``)."""
@@ -181,6 +207,8 @@ class JobView(JobSummary):
     job_terms_signature: Signature
     packing: PackingJson | MaskedLayoutJson
     weights: dict[str, float]
+    #: the operator only: each participant's latest word, by subject id
+    participation: NotRequired[dict[str, ParticipationEntry]]
 
 
 class SharedMetrics(TypedDict):

@@ -89,6 +89,9 @@ class ServiceClient:
     def post_json(self, path: str, body: Any, **kwargs: Any) -> Any:
         return self.request("POST", path, json=body, **kwargs).json()
 
+    def put_json(self, path: str, body: Any, **kwargs: Any) -> Any:
+        return self.request("PUT", path, json=body, **kwargs).json()
+
     def post_bytes(self, path: str, data: bytes, **kwargs: Any) -> Any:
         return self.request("POST", path, data=data, **kwargs).json()
 

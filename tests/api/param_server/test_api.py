@@ -199,6 +199,7 @@ def test_openapi_lists_every_route_and_health(api: ApiWorld) -> None:
         "/v1/info": {"get"},
         "/v1/jobs": {"get", "post"},
         "/v1/jobs/{job_id}": {"get"},
+        "/v1/jobs/{job_id}/participation": {"put"},
         "/v1/jobs/{job_id}/rounds/{t}": {"get"},
         "/v1/jobs/{job_id}/rounds/{t}/commitments": {"get", "post"},
         "/v1/jobs/{job_id}/rounds/{t}/uploads": {"post"},

@@ -58,6 +58,7 @@ def test_create_job_then_status_lists_it_and_its_rounds(
     rounds = _ps(url, "status", "job-a")
     assert rounds.exit_code == 0, rounds.output
     assert rounds.output.splitlines()[2].split()[:2] == ["0", "open"]
+    assert "not heard from yet: p1, p2, p3, p4" in rounds.output
     assert ADMIN_TOKEN not in created.output + listed.output + rounds.output
 
 

@@ -96,6 +96,10 @@ def test_data_the_model_cannot_train_is_refused_at_join_and_nothing_uploaded(
     time.sleep(0.2)
     assert network.ps.uploads == []
     assert [r for r in network.ps.requests if r[0] == "POST"] == []
+    # The PS's operator is told why, but not where the node keeps its data.
+    told = network.ps.participation["node"]
+    assert told["status"] == "declined" and problem in told["reason"]
+    assert str(tmp_path) not in told["reason"] and "the node's data" in told["reason"]
 
 
 @pytest.mark.parametrize("enrolled", [(8, 3)], indirect=True)
@@ -104,6 +108,7 @@ def test_a_csv_that_fits_the_model_joins_and_uploads(
 ) -> None:
     status, body = _join(enrolled)
     assert status == 201, body
+    assert network.ps.participation["node"] == {"status": "joined", "reason": None}
     deadline = time.monotonic() + 60
     while not network.ps.uploads and time.monotonic() < deadline:
         time.sleep(0.05)
