@@ -31,6 +31,7 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     "kgc": frozenset({"crypto", "protocol", "service"}),
     "ps": frozenset({"crypto", "protocol", "service"}),
     "participant": frozenset({"crypto", "protocol", "service", "ml"}),
+    "flower": frozenset({"crypto", "protocol", "service", "ml", "participant"}),
     "demo": frozenset({"crypto", "protocol", "service", "ml", "kgc", "ps", "participant"}),
     "cli": frozenset({"crypto", "protocol", "service", "ml", "kgc", "ps", "participant", "demo"}),
 }

@@ -150,8 +150,9 @@ def model_from_spec(spec: dict[str, Any]) -> Model:
     """Rebuild a model from its ``spec()`` so every party trains the same architecture.
 
     Kinds: ``"mlp"`` (``MLP``), ``"cnn"`` (``trapdoor.ml.cnn.CNN``) and ``"gru"``
-    (``trapdoor.ml.rnn.GRU``), and ``"torch"`` (``trapdoor.ml.torch_adapter``, needs the
-    optional PyTorch extra). Unknown kinds, unknown keys and bad values raise
+    (``trapdoor.ml.rnn.GRU``), ``"torch"`` (``trapdoor.ml.torch_adapter``, needs the
+    optional PyTorch extra), and ``"arrays"`` (``trapdoor.ml.arrays``: a layout of named
+    arrays that the participants' own code trains). Unknown kinds, unknown keys and bad values raise
     ValueError.
     """
     if not isinstance(spec, dict):
@@ -175,4 +176,8 @@ def model_from_spec(spec: dict[str, Any]) -> Model:
         from trapdoor.ml.torch_adapter import torch_model_from_spec  # optional extra
 
         return torch_model_from_spec(spec)
+    if kind == "arrays":
+        from trapdoor.ml.arrays import ArrayLayout
+
+        return ArrayLayout.from_spec(spec)
     raise ValueError(f"unknown model kind {kind!r}")
