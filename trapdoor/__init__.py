@@ -18,6 +18,8 @@ it, and that no two modules import each other):
   which never import each other. Each may import crypto, protocol and service; the
   participant also ml; the PS only the pure model-spec parser :mod:`trapdoor.ml.spec`, to
   check a job's model when the job is created;
+- :mod:`trapdoor.flower`: Trapdoor inside Flower (a mod and a strategy; optional extra);
+  may import crypto, protocol, service, ml and the participant;
 - :mod:`trapdoor.demo`: a local cluster of real processes and the demo job; may import
   everything above, and only the CLI imports it;
 - :mod:`trapdoor.cli`: the ``trapdoor`` command.

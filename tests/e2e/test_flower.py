@@ -8,14 +8,19 @@ The KGC and the parameter server run as real processes; Flower's ``run_simulatio
 - the Flower server receives no parameters: every message that reaches it is recorded,
   and none carries an array;
 - a node that was not sampled in a round cannot open that round's model: the PS refuses
-  it the bundle (403 ``not-a-contributor``), and its mod refuses to train the next round.
+  it the bundle (403 ``not-a-contributor``), and its mod refuses to train the next round;
+- the same example deployed: a SuperLink and three SuperNodes as real processes, the app
+  started with ``flwr run``, gives the same accuracies.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,8 +145,16 @@ def _plain_client() -> ClientApp:
     return plain
 
 
+@pytest.fixture(scope="module")
+def plain(services: tuple[LocalCluster, Path]) -> dict[str, Any]:
+    """The same app in plain Flower FedAvg: the reference every Trapdoor run must meet."""
+    return _run(
+        lambda: FedAvg(min_available_nodes=NODES), _plain_client(), services[1] / "plain.json"
+    )
+
+
 def test_encrypted_flower_matches_plaintext_and_the_server_sees_no_parameters(
-    services: tuple[LocalCluster, Path],
+    services: tuple[LocalCluster, Path], plain: dict[str, Any]
 ) -> None:
     cluster, work = services
     from quickstart.client_app import app as trapdoor_client
@@ -156,7 +169,6 @@ def test_encrypted_flower_matches_plaintext_and_the_server_sees_no_parameters(
         trapdoor_client,
         work / "encrypted.json",
     )
-    plain = _run(lambda: FedAvg(min_available_nodes=NODES), _plain_client(), work / "plain.json")
 
     for seen in (encrypted, plain):  # every node answered every message
         assert not [m.error.reason for m in seen["received"] if m.has_error()]
@@ -234,3 +246,108 @@ def test_a_node_that_skipped_a_round_cannot_open_its_model(
     errors = [m.error.reason for m in seen["received"] if m.has_error()]
     assert all("did not contribute" in e for e in errors)
     assert ops.get_json("/v1/jobs/flower-skip")["status"] == "finished"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_example_deployed_with_superlink_and_supernodes(
+    services: tuple[LocalCluster, Path], plain: dict[str, Any]
+) -> None:
+    """``flower-superlink``, three ``flower-supernode`` and ``flwr run``, as an operator
+    would start them (dependencies already installed: runtime installation off)."""
+    cluster, work = services
+    home = work / "flwr-home"
+    home.mkdir()
+    link = _free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    logs = work / "flower-logs"
+    logs.mkdir()
+    procs = []
+
+    def spawn(name: str, *argv: str) -> None:
+        handle = open(logs / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        procs.append(
+            (
+                subprocess.Popen(
+                    [str(bin_dir / argv[0]), *argv[1:]],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=work,
+                ),
+                handle,
+            )
+        )
+
+    results = work / "deployed.json"
+    try:
+        spawn(
+            "superlink",
+            "flower-superlink",
+            "--insecure",
+            "--disable-runtime-dependency-installation",
+            "--port",
+            str(link),
+        )
+        time.sleep(3)
+        for i in range(NODES):
+            identity = work / "identities" / f"{i}.json"
+            spawn(
+                f"supernode-{i}",
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{link}",
+                "--port",
+                str(_free_port()),
+                "--node-config",
+                f"partition-id={i} num-partitions={NODES} trapdoor-identity='{identity}'",
+            )
+        run_config = (
+            f"trapdoor-ps-url='{cluster.ps_url}' num-server-rounds={ROUNDS} "
+            f"num-nodes={NODES} results-path='{results}'"
+        )
+        done = subprocess.run(
+            [
+                str(bin_dir / "flwr"),
+                "run",
+                str(EXAMPLE),
+                "test",
+                "--run-config",
+                run_config,
+                "--stream",
+            ],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-4000:]
+        deployed = json.loads(results.read_text())["evaluate"]
+    finally:
+        for process, _handle in procs:
+            process.terminate()
+        for process, handle in procs:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            handle.close()
+    for r in range(1, ROUNDS + 1):
+        assert abs(deployed[str(r)]["eval_acc"] - plain["evaluate"][r]["eval_acc"]) <= 0.001
