@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trapdoor.crypto.wire import MAX_HEADER_BYTES
+from trapdoor.protocol.commitment import Signed
 from trapdoor.protocol.common import ProtocolError
 from trapdoor.ps.kgc_gateway import KgcError
 from trapdoor.service.errors import (
@@ -64,6 +65,20 @@ def already_stored(stored: object, canonical: Mapping[str, Any], code: str, mess
     if stored != canonical:
         raise ConflictError(code, message)
     return True
+
+
+def with_report(
+    stored: Mapping[str, Any] | None, subject_id: str, report: Signed[Any], code: str
+) -> dict[str, Any] | None:
+    """A round's reports by subject with ``subject_id``'s checked ``report`` added (its
+    canonical envelope); None when exactly it is stored already (a retry), a conflict
+    ``code`` when another one is."""
+    canonical = report.to_json()
+    reports = dict(stored or {})
+    if already_stored(reports.get(subject_id), canonical, code, "reported already"):
+        return None
+    reports[subject_id] = canonical
+    return reports
 
 
 def from_kgc(exc: KgcError, *, conflict: str) -> TrapdoorError:

@@ -16,7 +16,7 @@ from typing import Any
 from trapdoor.protocol.commitment import Signed
 from trapdoor.protocol.common import ProtocolError
 from trapdoor.protocol.metrics import MetricsReport, aggregate_metrics, verify_metrics_report
-from trapdoor.ps.checks import already_stored, refusal
+from trapdoor.ps.checks import refusal, with_report
 from trapdoor.ps.models import Job, Round
 from trapdoor.ps.state import PsState
 from trapdoor.ps.storage import check_participant, existing_round, get_job
@@ -77,14 +77,11 @@ class Metrics:
                 )
             except ProtocolError as exc:
                 raise refusal(exc) from None
-            canonical = Signed(body, signed["signature"]).to_json()
             answer = {"job_id": job_id, "round": t, "run": rnd.run, "subject_id": subject_id}
-            reports = dict(rnd.metric_reports or {})
-            if already_stored(
-                reports.get(subject_id), canonical, "duplicate-metrics", "reported already"
-            ):
+            report = Signed(body, signed["signature"])
+            reports = with_report(rnd.metric_reports, subject_id, report, "duplicate-metrics")
+            if reports is None:
                 return answer, False
-            reports[subject_id] = canonical
             rnd.metric_reports = reports
             log.info(
                 "job %s round %d: %s reported its evaluation (%d of %d)",

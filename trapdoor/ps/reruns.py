@@ -20,7 +20,7 @@ from trapdoor.protocol.audit import verify_undecodable_statement
 from trapdoor.protocol.commitment import Signed
 from trapdoor.protocol.common import MAX_RUN, ProtocolError
 from trapdoor.ps import bcp, masked
-from trapdoor.ps.checks import already_stored, refusal
+from trapdoor.ps.checks import refusal, with_report
 from trapdoor.ps.models import Audit, Commitment, Job, Release, Round, Upload
 from trapdoor.ps.state import PsState
 from trapdoor.ps.storage import (
@@ -85,14 +85,11 @@ class Reruns:
                 )
             except ProtocolError as exc:
                 raise refusal(exc) from None
-            canonical = Signed(body, signed["signature"]).to_json()
             answer = {"job_id": job_id, "round": t, "run": rnd.run, "subject_id": subject_id}
-            reports = dict(rnd.undecodable or {})
-            if already_stored(
-                reports.get(subject_id), canonical, "duplicate-report", "reported already"
-            ):
+            report = Signed(body, signed["signature"])
+            reports = with_report(rnd.undecodable, subject_id, report, "duplicate-report")
+            if reports is None:
                 return answer, False
-            reports[subject_id] = canonical
             rnd.undecodable = reports
             log.warning(
                 "job %s round %d (run %d): %s reports an undecodable release (%d of %d)",
