@@ -349,6 +349,8 @@ def test_the_kgc_and_the_ps_answer_what_their_documents_say(cluster: Cluster) ->
         for path in paths:
             client.get(path, headers=PS_ADMIN if client is ps else {})
     ps.get("/v1/jobs", headers=PS_ADMIN)
+    assert ps.get("/metrics", headers=PS_ADMIN).status_code == 200
+    assert kgc.get("/metrics", headers=cluster.kgc.admin).status_code == 200
     kgc.post("/v1/enrolments", json={"name": "", "role": "participant"}, headers=cluster.kgc.admin)
 
     for client, recorder in [(kgc, cluster.kgc_answers), (ps, cluster.ps_answers)]:
@@ -411,7 +413,7 @@ def test_the_node_answers_what_its_document_says(
     with session_scope(node.sessions) as session:
         node._store_model(session, world.job_id, 0, world.initial_weights)
     assert client.get(f"/v1/jobs/{world.job_id}/model", headers=NODE_ADMIN).status_code == 200
-    for path in ("/v1/status", "/healthz", "/openapi.json"):
+    for path in ("/v1/status", "/healthz", "/openapi.json", "/metrics"):
         client.get(path, headers=NODE_ADMIN)
 
     document = _document(client)

@@ -106,6 +106,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         SERVICE_NAME,
         VERSION,
         health=lambda: {"database": service.ping(), "demo": service.demo},
+        stats=service.stats,
     )
     return app
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -118,7 +118,7 @@ from trapdoor.protocol.token import (
     check_timestamp,
     verify_token_challenge,
 )
-from trapdoor.service.db import session_scope
+from trapdoor.service.db import database_bytes, session_scope
 from trapdoor.service.errors import (
     BadRequestError,
     ConflictError,
@@ -308,6 +308,27 @@ class KgcService:
         with self._sessions() as session:
             session.execute(text("SELECT 1"))
         return "ok"
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for the operator's metrics: subjects by role (and enrolments still
+        waiting for their code), jobs, releases, the database's size."""
+        with self._sessions() as session:
+            roles = session.execute(
+                select(Subject.role, func.count()).where(Subject.completed).group_by(Subject.role)
+            ).all()
+            pending = session.scalar(
+                select(func.count()).select_from(Subject).where(Subject.completed.is_(False))
+            )
+            jobs = session.scalar(select(func.count()).select_from(Job))
+            releases = session.scalar(select(func.count()).select_from(Release))
+            engine = session.get_bind()
+        return {
+            "subjects": {str(role): int(n) for role, n in roles},
+            "enrolments_pending": int(pending or 0),
+            "jobs_signed": int(jobs or 0),
+            "releases_sealed": int(releases or 0),
+            "database_bytes": database_bytes(engine),  # type: ignore[arg-type]
+        }
 
     # ------------------------------------------------------------------ enrolment
 

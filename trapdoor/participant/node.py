@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trapdoor.crypto.bcp import RandomSource
@@ -58,7 +58,7 @@ from trapdoor.participant.node_models import NodeIdentity, NodeJob, NodeModel, N
 from trapdoor.participant.settings import NodeSettings
 from trapdoor.protocol.common import MAX_RUN
 from trapdoor.protocol.job import DEFAULT_MIN_QUORUM
-from trapdoor.service.db import session_scope
+from trapdoor.service.db import database_bytes, session_scope
 from trapdoor.service.errors import (
     BadGatewayError,
     ConflictError,
@@ -363,6 +363,27 @@ class ParticipantNode:
                 "kgc_url": ident.kgc_url if ident else None,
             }
         return {"identity": identity, "data": self.data.summary(), "jobs": jobs}
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for the operator's metrics: joined jobs by status, rounds this node
+        contributed to, released models it opened, the database's size."""
+        with session_scope(self.sessions) as session:
+            jobs = session.execute(
+                select(NodeJob.status, func.count()).group_by(NodeJob.status)
+            ).all()
+            contributed = session.scalar(
+                select(func.count()).select_from(NodeRound).where(NodeRound.contributed)
+            )
+            opened = session.scalar(
+                select(func.count()).select_from(NodeRound).where(NodeRound.status == "released")
+            )
+            engine = session.get_bind()
+        return {
+            "jobs": {str(status): int(n) for status, n in jobs},
+            "rounds_contributed": int(contributed or 0),
+            "models_opened": int(opened or 0),
+            "database_bytes": database_bytes(engine),  # type: ignore[arg-type]
+        }
 
     # -- jobs
 

@@ -188,7 +188,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["participant_node"] = node
     register_error_handlers(app)
     limit_request_bodies(app)
-    add_common_routes(app, "trapdoor-participant-node", "0.1.0")
+    add_common_routes(app, "trapdoor-participant-node", "0.1.0", stats=node.stats)
     app.register_blueprint(bp)
     if app.config["BACKGROUND"]:
         node.start()

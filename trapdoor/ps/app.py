@@ -146,7 +146,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     limit_request_bodies(app)
 
-    add_common_routes(app, SERVICE_NAME, VERSION, health=lambda: {"database": service.ping()})
+    add_common_routes(
+        app,
+        SERVICE_NAME,
+        VERSION,
+        health=lambda: {"database": service.ping()},
+        stats=service.stats,
+    )
 
     if app.config["BACKGROUND"]:
         ticker = Ticker(service, float(app.config["TICK_SECONDS"]))

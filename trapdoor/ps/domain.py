@@ -170,6 +170,10 @@ class ParameterServer:
     def round_view(self, job_id: str, t: int) -> dict[str, Any]:
         return self._jobs.round_view(job_id, t)
 
+    def stats(self) -> dict[str, Any]:
+        """Counts for the operator's metrics (jobs, rounds, uploads, release latency)."""
+        return self._jobs.stats()
+
     # ------------------------------------------------------------------ commitments, uploads
 
     def accept_commitment(

@@ -28,7 +28,7 @@ from trapdoor.ps.checks import from_kgc
 from trapdoor.ps.definition import parse_definition
 from trapdoor.ps.kgc_gateway import KgcError, check_job_answer
 from trapdoor.ps.metrics import shared_metrics, shares_metrics
-from trapdoor.ps.models import Commitment, Job
+from trapdoor.ps.models import Commitment, Job, Round, Upload
 from trapdoor.ps.state import PsState
 from trapdoor.ps.storage import (
     check_participant,
@@ -37,6 +37,7 @@ from trapdoor.ps.storage import (
     open_round,
     uploaders,
 )
+from trapdoor.service.db import database_bytes
 from trapdoor.service.errors import ConflictError
 
 __all__ = ["Jobs"]
@@ -188,6 +189,33 @@ class Jobs:
         with self._state.sessions() as session:
             return frozenset(get_job(session, job_id).weights)
 
+    def stats(self) -> dict[str, Any]:
+        """What the operator's metrics show (``/metrics``): jobs and rounds by status,
+        uploads stored, the last release's latency (round closed -> released) and the
+        database's size. Counts only: no job id, no subject."""
+        with self._state.sessions() as session:
+            jobs = dict(
+                session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            )
+            rounds = dict(
+                session.execute(select(Round.status, func.count()).group_by(Round.status)).all()
+            )
+            uploads = int(session.scalar(select(func.count()).select_from(Upload)) or 0)
+            last = session.execute(
+                select(Round.released_at, Round.closed_at)
+                .where(Round.released_at.is_not(None), Round.closed_at.is_not(None))
+                .order_by(Round.released_at.desc())
+                .limit(1)
+            ).first()
+            engine = session.get_bind()
+        return {
+            "jobs": {str(k): int(v) for k, v in jobs.items()},
+            "rounds": {str(k): int(v) for k, v in rounds.items()},
+            "uploads_stored": uploads,
+            "last_release_latency_seconds": _latency(last),
+            "database_bytes": database_bytes(engine),  # type: ignore[arg-type]
+        }
+
     def round_view(self, job_id: str, t: int) -> dict[str, Any]:
         """Round ``t``'s phase, run, attempt, who committed and uploaded, and its times."""
         with self._state.sessions() as session:
@@ -226,6 +254,13 @@ class Jobs:
             if shares_metrics(job):
                 view["shared_metrics"] = shared_metrics(rnd)
             return view
+
+
+def _latency(row: Any) -> float:
+    """Seconds from a round's close to its release (0 before any release)."""
+    if row is None or row[0] is None or row[1] is None:
+        return 0.0
+    return float(row[0]) - float(row[1])
 
 
 def _exists(job_id: str) -> ConflictError:

@@ -107,6 +107,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+def database_bytes(engine: Engine) -> int:
+    """The database's size on disk: the SQLite file (and its journal), or PostgreSQL's
+    ``pg_database_size``; 0 for an in-memory database."""
+    path = sqlite_path(str(engine.url))
+    if engine.dialect.name == "sqlite":
+        if path is None:
+            return 0
+        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0
+            )
+    return 0
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: commit on success, roll back on any exception."""

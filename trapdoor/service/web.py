@@ -33,7 +33,8 @@ from trapdoor.service.errors import (
     UnsupportedMediaError,
     http_status,
 )
-from trapdoor.service.openapi import SECURITY_SCHEMES, Operation, SchemaSet, operation
+from trapdoor.service.metrics import PROMETHEUS_TEXT, Stats, exposition_response, install_metrics
+from trapdoor.service.openapi import ADMIN, SECURITY_SCHEMES, Operation, SchemaSet, operation
 from trapdoor.service.schemas import Error, Health, OpenApiDocument
 
 __all__ = [
@@ -400,10 +401,23 @@ def serve(
 
 
 def add_common_routes(
-    app: Flask, title: str, version: str, health: Callable[[], dict[str, Any]] | None = None
+    app: Flask,
+    title: str,
+    version: str,
+    health: Callable[[], dict[str, Any]] | None = None,
+    stats: Stats | None = None,
 ) -> None:
-    """``/healthz`` and ``/openapi.json`` for a service."""
+    """``/healthz``, ``/openapi.json`` and ``/metrics`` (Prometheus, for the operator:
+    :mod:`trapdoor.service.metrics`, with the domain's ``stats``) for a service."""
     bp = Blueprint("meta", __name__)
+    install_metrics(app, title, stats)
+
+    @bp.get("/metrics")
+    @documented(responses={200: PROMETHEUS_TEXT}, auth=[ADMIN])
+    @admin_required
+    def metrics() -> Any:
+        """Prometheus metrics: requests, latency, errors by code, the domain's counts."""
+        return exposition_response(current_app)
 
     @bp.get("/healthz")
     @documented(responses={200: Health})

@@ -62,6 +62,7 @@ def test_openapi_lists_every_route(api: ApiWorld) -> None:
     expected = {
         "/healthz": {"get"},
         "/openapi.json": {"get"},
+        "/metrics": {"get"},
         "/v1/info": {"get"},
         "/v1/enrolments": {"post"},
         "/v1/enrolments/{subject_id}/complete": {"post"},
@@ -614,3 +615,14 @@ def test_no_secret_reaches_the_logs(
         api.app.config["ADMIN_TOKEN"],
     ):
         assert secret not in caplog.text
+
+
+def test_metrics_count_subjects_and_refusals_for_the_operator(api: ApiWorld) -> None:
+    assert api.client.get("/metrics").status_code == 401
+    api.client.post("/v1/enrolments", json={"name": "", "role": "participant"}, headers=api.admin)
+    scrape = api.client.get("/metrics", headers=api.admin)
+    assert scrape.status_code == 200 and scrape.mimetype == "text/plain"
+    text = scrape.get_data(as_text=True)
+    assert 'trapdoor_errors_total{code="unauthorized"} 1.0' in text
+    assert 'endpoint="/v1/enrolments",method="POST",status="400"' in text
+    assert "trapdoor_enrolments_pending" in text and "trapdoor_database_bytes" in text

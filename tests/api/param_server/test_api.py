@@ -196,6 +196,7 @@ def test_openapi_lists_every_route_and_health(api: ApiWorld) -> None:
     expected = {
         "/healthz": {"get"},
         "/openapi.json": {"get"},
+        "/metrics": {"get"},
         "/v1/info": {"get"},
         "/v1/jobs": {"get", "post"},
         "/v1/jobs/{job_id}": {"get"},

@@ -256,3 +256,13 @@ def test_a_joined_job_uploads_with_a_signed_statement(
     )
     assert round_number == 0 and statement.audience == PS_SUBJECT
     assert {r["audience"] for r in network.kgc.token_requests} == {PS_SUBJECT}
+
+
+def test_metrics_are_for_the_nodes_operator(client: FlaskClient) -> None:
+    assert client.get("/metrics").status_code == 401
+    client.get("/v1/status", headers=ADMIN)
+    text = client.get("/metrics", headers=ADMIN).get_data(as_text=True)
+    assert (
+        'trapdoor_http_requests_total{endpoint="/v1/status",method="GET",status="200"} 1.0' in text
+    )
+    assert "trapdoor_rounds_contributed 0.0" in text and "trapdoor_models_opened 0.0" in text
