@@ -351,6 +351,7 @@ def test_the_kgc_and_the_ps_answer_what_their_documents_say(cluster: Cluster) ->
     ps.get("/v1/jobs", headers=PS_ADMIN)
     assert ps.get("/metrics", headers=PS_ADMIN).status_code == 200
     assert kgc.get("/metrics", headers=cluster.kgc.admin).status_code == 200
+    assert kgc.get("/v1/audit-log", headers=cluster.kgc.admin).status_code == 200
     kgc.post("/v1/enrolments", json={"name": "", "role": "participant"}, headers=cluster.kgc.admin)
 
     for client, recorder in [(kgc, cluster.kgc_answers), (ps, cluster.ps_answers)]:

@@ -30,7 +30,7 @@ from trapdoor.kgc.schemas import (
 )
 from trapdoor.service.errors import UnsupportedMediaError
 from trapdoor.service.openapi import ADMIN, FRAME, TOKEN
-from trapdoor.service.schemas import SignedCertificate
+from trapdoor.service.schemas import AuditLogExport, SignedCertificate
 from trapdoor.service.web import (
     admin_required,
     bearer_required,
@@ -82,6 +82,14 @@ def enrol() -> Any:
     name = field(body, "name", str)
     role = field(body, "role", str)
     return jsonify(service().enrol(name, role)), 201
+
+
+@bp.get("/audit-log")
+@documented(responses={200: AuditLogExport}, auth=[ADMIN])
+@admin_required
+def audit_log() -> Any:
+    """Operator: the tamper-evident audit log, oldest first, with the KGC's verify key."""
+    return jsonify(entries=service().audit_log(), verify_key=service().info()["verify_key"])
 
 
 @bp.post("/enrolments/<subject_id>/complete")

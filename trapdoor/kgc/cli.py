@@ -14,6 +14,7 @@ prints the new subject id and its one-time code, to hand to the participant or t
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 import click
 from tqdm import tqdm
 
-from trapdoor.crypto.signing import public_key_hex
+from trapdoor.crypto.signing import public_key_from_hex, public_key_hex
 from trapdoor.kgc.app import create_app, service_from_keys
 from trapdoor.kgc.keystore import (
     KeystoreError,
@@ -32,6 +33,7 @@ from trapdoor.kgc.keystore import (
     passphrase_from_settings,
 )
 from trapdoor.kgc.settings import KgcSettings
+from trapdoor.service.audit_log import verify_entries
 from trapdoor.service.cli import (
     client_options,
     exit_status,
@@ -175,6 +177,66 @@ def enrol_command(name: str, role: str, url: str | None, token: str | None) -> N
     click.echo(f"subject id:    {answer['subject_id']}")
     click.echo(f"one-time code: {answer['code']}")
     click.echo("hand both to the subject; the code works once (it may start with '-').")
+
+
+@kgc.group("audit-log")
+def audit_log() -> None:
+    """The KGC's tamper-evident audit log: export it, verify an export."""
+
+
+@audit_log.command("export")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="the JSON Lines file to write"
+)
+@client_options(KgcSettings, "KGC")
+def audit_export_command(out: str, url: str | None, token: str | None) -> None:
+    """Write every row of the running KGC's audit log, one JSON object per line."""
+    client = operator_client(KgcSettings, url, token)
+    with refusals("exporting the audit log"):
+        answer = client.get_json("/v1/audit-log")
+    entries = answer["entries"]
+    with open(out, "w") as handle:
+        for entry in entries:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+    head = entries[-1] if entries else None
+    click.echo(f"{len(entries)} rows -> {out}; verify key {answer['verify_key']}")
+    if head is not None:
+        click.echo(f"head: {head['seq']}:{head['sha256']} (keep it to check later exports)")
+
+
+@audit_log.command("verify")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--verify-key", required=True, help="the KGC's Ed25519 key (hex, GET /v1/info)")
+@click.option("--head", help="SEQ:SHA256 of an earlier export's head, which must still be in it")
+def audit_verify_command(path: str, verify_key: str, head: str | None) -> None:
+    """Check an exported audit log: chain, digests, signatures (exit 1 on any problem,
+    2 for a bad argument or file)."""
+    try:
+        key = public_key_from_hex(verify_key)
+    except ValueError:
+        fail("--verify-key must be an Ed25519 public key (64 hex characters)")
+    expected = None
+    if head is not None:
+        seq, _, digest = head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            fail("--head is SEQ:SHA256, as export prints it")
+        expected = (int(seq), digest)
+    entries = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                fail(f"{path} line {number} is not JSON")
+    result = verify_entries(entries, key, expected_head=expected)
+    for problem in result.problems:
+        click.echo(f"PROBLEM {problem}")
+    if not result.ok:
+        fail(f"{path}: {len(result.problems)} problems in {result.entries} rows", code=1)
+    click.echo(
+        f"{path}: {result.entries} rows, chain and signatures intact; "
+        f"head {result.head_seq}:{result.head_sha256}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,7 +80,15 @@ from trapdoor.crypto.wire import (
     to_hex,
     to_obj,
 )
-from trapdoor.kgc.models import NAME_LENGTH, SUBJECT_ID_LENGTH, Job, Release, Subject, TokenNonce
+from trapdoor.kgc.models import (
+    NAME_LENGTH,
+    SUBJECT_ID_LENGTH,
+    AuditEntry,
+    Job,
+    Release,
+    Subject,
+    TokenNonce,
+)
 from trapdoor.protocol.bundle import (
     MaskedReleaseBinding,
     ReleaseBinding,
@@ -118,6 +126,7 @@ from trapdoor.protocol.token import (
     check_timestamp,
     verify_token_challenge,
 )
+from trapdoor.service.audit_log import append_entry, export_entries
 from trapdoor.service.db import database_bytes, session_scope
 from trapdoor.service.errors import (
     BadRequestError,
@@ -330,6 +339,27 @@ class KgcService:
             "database_bytes": database_bytes(engine),  # type: ignore[arg-type]
         }
 
+    # ------------------------------------------------------------------ audit log
+
+    def _audit(
+        self, session: Session, event: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        """Chain a signed row into the audit log, in the action's own transaction."""
+        append_entry(
+            session,
+            AuditEntry,
+            self._signing_key,
+            at=self._clock(),
+            event=event,
+            subject=subject,
+            detail=detail,
+        )
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        """The whole audit log, oldest first (``GET /v1/audit-log``)."""
+        with self._sessions() as session:
+            return export_entries(session, AuditEntry)
+
     # ------------------------------------------------------------------ enrolment
 
     def enrol(self, name: str, role: str) -> dict[str, str]:
@@ -352,6 +382,7 @@ class KgcService:
                     created_at=self._clock(),
                 )
             )
+            self._audit(session, "enrolment", subject_id, {"role": role, "name": name})
         log.info("enrolled subject %s as %s", subject_id, role)
         return {"subject_id": subject_id, "code": code}
 
@@ -415,6 +446,7 @@ class KgcService:
             )
             if getattr(done, "rowcount", 1) != 1:  # a concurrent completion won
                 raise ConflictError("already-enrolled", "this enrolment was already completed")
+            self._audit(session, "certificate-issued", subject_id, {"role": subject.role})
         log.info("certified subject %s", subject_id)
         return {"certificate": certificate, "signature": signature}
 
@@ -627,6 +659,13 @@ class KgcService:
                         width=width,
                         created_at=self._clock(),
                     )
+                )
+                session.flush()  # a second job of this id fails here, before the log
+                self._audit(
+                    session,
+                    "job-signed",
+                    requester,
+                    {"job_id": job_id, "participants": members, "rounds": requested.rounds},
                 )
         except IntegrityError:
             raise ConflictError("job-exists", f"job {job_id} already exists") from None
@@ -843,6 +882,18 @@ class KgcService:
         try:
             with session_scope(self._sessions) as session:
                 session.add(row)
+                session.flush()  # a concurrent release of this (round, run) fails here
+                self._audit(
+                    session,
+                    "release-sealed",
+                    None,
+                    {
+                        "job_id": row.job_id,
+                        "round": row.round,
+                        "run": row.run,
+                        "contributors": list(row.contributors),
+                    },
+                )
         except IntegrityError:
             with self._sessions() as session:
                 stored = self._stored_release(session, row.job_id, row.round, row.run)

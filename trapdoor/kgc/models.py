@@ -33,9 +33,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from trapdoor.service.audit_log import AuditLogColumns
 from trapdoor.service.db import make_metadata
 
 __all__ = [
+    "AuditEntry",
     "Base",
     "Job",
     "Release",
@@ -165,3 +167,10 @@ class Release(Base):
     #: run 1 only: every run-0 contributor's signed report that run 0 did not decode
     undecodable: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     released_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditEntry(AuditLogColumns, Base):
+    """One row of the KGC's tamper-evident audit log (:mod:`trapdoor.service.audit_log`):
+    enrolments, certificates, signed jobs, sealed releases."""
+
+    __tablename__ = "kgc_audit_log"

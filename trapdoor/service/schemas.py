@@ -30,6 +30,8 @@ from trapdoor.service.openapi import Constraint, open_object
 __all__ = [
     "Aggregation",
     "Attempt",
+    "AuditLogEntry",
+    "AuditLogExport",
     "Base64Url",
     "BcpCiphertext",
     "BcpJobKey",
@@ -341,3 +343,27 @@ class MaskedReleaseFields(TypedDict):
     sealed_mask: Sealed
     wrapped_keys_sha256: dict[str, Sha256Hex]
     release_signature: Signature
+
+
+# ---------------------------------------------------------------- audit log
+
+
+class AuditLogEntry(TypedDict):
+    """One row of a service's audit log (``trapdoor.service.audit_log``)."""
+
+    seq: Annotated[int, Constraint(minimum=1)]
+    at: float
+    event: str
+    subject: str | None
+    detail: dict[str, Any]
+    prev_sha256: Sha256Hex
+    sha256: Sha256Hex
+    signature: Signature
+
+
+class AuditLogExport(TypedDict):
+    """``GET /v1/audit-log`` (operator): every row, oldest first, and the key that
+    verifies them (``trapdoor kgc audit-log verify``)."""
+
+    entries: list[AuditLogEntry]
+    verify_key: Ed25519Hex

@@ -63,6 +63,7 @@ def test_openapi_lists_every_route(api: ApiWorld) -> None:
         "/healthz": {"get"},
         "/openapi.json": {"get"},
         "/metrics": {"get"},
+        "/v1/audit-log": {"get"},
         "/v1/info": {"get"},
         "/v1/enrolments": {"post"},
         "/v1/enrolments/{subject_id}/complete": {"post"},
