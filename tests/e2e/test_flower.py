@@ -153,21 +153,26 @@ def plain(services: tuple[LocalCluster, Path]) -> dict[str, Any]:
     )
 
 
+@pytest.mark.parametrize(("aggregation", "trips"), [("masked", 2), ("bcp", 4)])
 def test_encrypted_flower_matches_plaintext_and_the_server_sees_no_parameters(
-    services: tuple[LocalCluster, Path], plain: dict[str, Any]
+    services: tuple[LocalCluster, Path], plain: dict[str, Any], aggregation: str, trips: int
 ) -> None:
+    """``trips``: messages per node and round (masked: train, evaluate; bcp: train and
+    commit, upload, audit, evaluate)."""
     cluster, work = services
     from quickstart.client_app import app as trapdoor_client
 
+    job_id = f"flower-e2e-{aggregation}"
     encrypted = _run(
         lambda: TrapdoorFedAvg(
             ps_url=cluster.ps_url,
             ps_admin_token=cluster.ps_admin_token,
-            job_id="flower-e2e",
+            job_id=job_id,
+            aggregation=aggregation,
             min_available_nodes=NODES,
         ),
         trapdoor_client,
-        work / "encrypted.json",
+        work / f"encrypted-{aggregation}.json",
     )
 
     for seen in (encrypted, plain):  # every node answered every message
@@ -178,7 +183,7 @@ def test_encrypted_flower_matches_plaintext_and_the_server_sees_no_parameters(
     assert encrypted["evaluate"][ROUNDS]["eval_acc"] > 0.6  # it learned
 
     received = encrypted["received"]
-    assert len(received) == NODES * (1 + 2 * ROUNDS)  # hello, then train and evaluate
+    assert len(received) == NODES * (1 + trips * ROUNDS)  # hello, then each round's
     for message in received:
         assert not message.has_error(), message.error
         assert not [v for v in message.content.values() if isinstance(v, ArrayRecord)]
@@ -191,9 +196,10 @@ def test_encrypted_flower_matches_plaintext_and_the_server_sees_no_parameters(
 
     # The PS released every round to the three nodes; the job is over.
     ops = cluster.ps_operator()
-    assert ops.get_json("/v1/jobs/flower-e2e")["status"] == "finished"
+    job = ops.get_json(f"/v1/jobs/{job_id}")
+    assert job["status"] == "finished" and job["definition"]["aggregation"] == aggregation
     for t in range(ROUNDS):
-        assert len(ops.get_json(f"/v1/jobs/flower-e2e/rounds/{t}")["contributors"]) == NODES
+        assert len(ops.get_json(f"/v1/jobs/{job_id}/rounds/{t}")["contributors"]) == NODES
 
 
 def test_a_node_that_skipped_a_round_cannot_open_its_model(

@@ -17,8 +17,9 @@ An existing Flower app changes in two places and nowhere else:
 
 Each Flower node is a Trapdoor participant with its own enrolled identity
 (:mod:`trapdoor.flower.identities` provisions them for a simulation or a deployment).
-Masked aggregation only, in this first step (docs/FLOWER.md says what works and what
-cannot by design). Needs the ``flower`` extra.
+Masked aggregation by default; ``TrapdoorFedAvg(aggregation="bcp")`` runs the patent's
+form, whose commit, upload and audit steps each take their own message (docs/FLOWER.md
+says what works and what cannot by design). Needs the ``flower`` extra.
 
 May import crypto, protocol, service, ml and participant; never the KGC, the PS or the
 demo.

@@ -40,11 +40,13 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 
+from trapdoor.crypto.blocks import BlockLayout, EncryptedVector
 from trapdoor.flower.identities import PASSPHRASE_ENV, participant_for
 from trapdoor.flower.messages import (
     HELLO,
     JOB_ID,
     NUM_EXAMPLES,
+    PHASE,
     PS_SUBJECT,
     PS_URL,
     REPLY,
@@ -54,7 +56,7 @@ from trapdoor.flower.messages import (
     record_of,
 )
 from trapdoor.ml.arrays import ArrayLayout
-from trapdoor.participant.client import ClientError, JobView, ParticipantClient
+from trapdoor.participant.client import ClientError, JobView, ParticipantClient, PreparedUpload
 from trapdoor.protocol.job import DEFAULT_MIN_QUORUM
 from trapdoor.service.http import ServiceError
 
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 #: ``Context.state`` keys: the model this node holds and which version it is.
 _MODEL = "trapdoor.model"
 _HELD = "trapdoor.held"
+#: A bcp round's committed ciphertext, between the commit and the upload and audit.
+_PENDING = "trapdoor.pending"
 #: The identity folder when the run config names none.
 IDENTITY_DIR_ENV = "TRAPDOOR_FLOWER_IDENTITY_DIR"
 #: The smallest job quorum this node accepts, when its node config says none.
@@ -122,6 +126,49 @@ class _Held:
     def put(self, job_id: str, version: int, weights: Vector) -> None:
         self.state[_MODEL] = record_of({"w": np.asarray(weights, dtype=np.float64)})
         self.state[_HELD] = ConfigRecord({"job-id": job_id, "version": version})
+
+
+class _Pending:
+    """A bcp round's committed upload, kept in ``Context.state`` between its messages
+    (a simulation may run the next one in another worker process)."""
+
+    def __init__(self, context: Context) -> None:
+        self.state = context.state
+
+    def put(self, job: JobView, prepared: PreparedUpload) -> None:
+        self.state[_PENDING] = ConfigRecord(
+            {
+                "job-id": job.job_id,
+                "round": prepared.round,
+                "run": prepared.run,
+                "payload-sha256": prepared.payload_sha256,
+                "vector": prepared.vector.to_bytes(),
+                "randomness": [str(r) for r in prepared.randomness],
+                "metrics": json.dumps(prepared.metrics),
+            }
+        )
+
+    def get(self, job: JobView, t: int) -> PreparedUpload:
+        pending = self.state.get(_PENDING)
+        if (
+            not isinstance(pending, ConfigRecord)
+            or pending.get("job-id") != job.job_id
+            or pending.get("round") != t
+        ):
+            raise TrapdoorModError(f"this node committed nothing in round {t} of {job.job_id}")
+        vector = EncryptedVector.from_bytes(
+            job.job_key,
+            BlockLayout(job.terms.num_plaintexts, job.terms.width),
+            pending["vector"],  # type: ignore[arg-type]
+        )
+        return PreparedUpload(
+            t,
+            vector,
+            str(pending["payload-sha256"]),
+            json.loads(str(pending["metrics"])),
+            [int(r) for r in pending["randomness"]],  # type: ignore[union-attr]
+            int(pending["run"]),  # type: ignore[arg-type]
+        )
 
 
 class _Answered:
@@ -202,17 +249,37 @@ def _train(
         return reply
     new = layout.flatten(arrays_of(reply.content["arrays"]))  # type: ignore[arg-type]
     num_examples, metrics = _metrics(reply)
-    prepared = participant.prepare_masked_update(
-        job, t, current, app=_Answered(new, num_examples, metrics)
-    )
-    receipt = participant.upload_masked(job, prepared)
-    content = RecordDict(
-        {
-            "metrics": reply.content["metrics"],
-            REPLY: ConfigRecord({"receipt": json.dumps(receipt, sort_keys=True)}),
-        }
-    )
+    answered = _Answered(new, num_examples, metrics)
+    said: dict[str, Any]
+    if job.aggregation == "masked":
+        masked = participant.prepare_masked_update(job, t, current, app=answered)
+        said = {"receipt": json.dumps(participant.upload_masked(job, masked), sort_keys=True)}
+    else:  # bcp: commit now; the upload and the audit come as their own messages
+        prepared = participant.prepare_update(job, t, current, app=answered)
+        participant.commit(job, prepared)
+        _Pending(context).put(job, prepared)
+        said = {"committed": prepared.payload_sha256}
+    content = RecordDict({"metrics": reply.content["metrics"], REPLY: ConfigRecord(said)})
     return Message(content=content, reply_to=message)
+
+
+def _phase(message: Message, context: Context, config: ConfigRecord) -> Message:
+    """A bcp round's upload (the commitment set has closed) or audit (the PS aggregated):
+    the mod's own steps, the app is not called."""
+    participant = _participant(context)
+    job, _ = _job(participant, config)
+    t = int(config[ROUND])  # type: ignore[arg-type]
+    prepared = _Pending(context).get(job, t)
+    said: dict[str, Any]
+    if config[PHASE] == "upload":
+        closed = participant.closed_set(job, t, prepared.run)
+        said = {"receipt": json.dumps(participant.upload(job, prepared, closed), sort_keys=True)}
+    elif config[PHASE] == "audit":
+        digests = participant.audit(job, t, own=prepared.vector)
+        said = {"audited": digests.aggregate_sha256}
+    else:
+        raise TrapdoorModError(f"unknown phase {config[PHASE]!r}")
+    return Message(content=RecordDict({REPLY: ConfigRecord(said)}), reply_to=message)
 
 
 def _evaluate(
@@ -251,6 +318,8 @@ def trapdoor_mod(message: Message, context: Context, call_next: CallNext) -> Mes
         round_config = _round_config(message)
         if round_config is None:
             return call_next(message, context)
+        if kind == MessageType.TRAIN and PHASE in round_config:
+            return _phase(message, context, round_config)
         if kind == MessageType.TRAIN:
             return _train(message, context, call_next, round_config)
         if kind == MessageType.EVALUATE:

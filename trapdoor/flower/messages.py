@@ -22,6 +22,7 @@ __all__ = [
     "HELLO",
     "JOB_ID",
     "NUM_EXAMPLES",
+    "PHASE",
     "PS_SUBJECT",
     "PS_URL",
     "REPLY",
@@ -37,6 +38,9 @@ PS_URL = "trapdoor.ps-url"
 PS_SUBJECT = "trapdoor.ps-subject-id"
 ROUND = "trapdoor.round"
 HELLO = "trapdoor.hello"
+#: A bcp round's later steps, sent as ``train`` messages the mod answers itself:
+#: ``"upload"`` (after the commitment set closed) and ``"audit"`` (after aggregation).
+PHASE = "trapdoor.phase"
 #: The config record of a mod's reply: the receipt (train) or who the node is (hello).
 REPLY = "trapdoor"
 SUBJECT_ID = "subject-id"

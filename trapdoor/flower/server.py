@@ -40,6 +40,7 @@ from trapdoor.flower.messages import (
     HELLO,
     JOB_ID,
     NUM_EXAMPLES,
+    PHASE,
     PS_SUBJECT,
     PS_URL,
     REPLY,
@@ -65,9 +66,11 @@ class TrapdoorFedAvg(FedAvg):
     ``ps_url`` and ``ps_admin_token`` reach the PS as its operator. ``job_id`` names the
     job (default: ``flower-`` and random hex); ``quorum`` is the fewest uploads a round
     may be released with (default: every node sampled); ``round_timeout`` bounds the wait
-    for each release. The other arguments are ``FedAvg``'s; ``min_available_nodes`` is
-    also the number of nodes the job waits for at ``start``: every node connected then
-    is one of its participants (no other node can join it later).
+    for each release. ``aggregation`` is ``"masked"`` (one message per node and round)
+    or ``"bcp"`` (the patent's form: train and commit, then upload, then audit, each its
+    own message, the PS's phases in between). The other arguments are ``FedAvg``'s;
+    ``min_available_nodes`` is also the number of nodes the job waits for at ``start``:
+    every node connected then is one of its participants (no other can join it later).
     """
 
     def __init__(
@@ -79,12 +82,17 @@ class TrapdoorFedAvg(FedAvg):
         quorum: int | None = None,
         round_timeout: float = 600.0,
         poll_seconds: float = 0.2,
+        aggregation: str = "masked",
         clip_bound: float = 16.0,
         model_bound: float = 32.0,
         sleep: Callable[[float], None] = time.sleep,
         **fedavg: Any,
     ) -> None:
         super().__init__(**fedavg)
+        if aggregation not in ("masked", "bcp"):
+            raise ValueError("aggregation is 'masked' or 'bcp'")
+        self.aggregation = aggregation
+        self._grid: Grid | None = None
         self.ps_url = ps_url.rstrip("/")
         self._ps = ServiceClient(self.ps_url, token=ps_admin_token)
         self.job_id = job_id or f"flower-{secrets.token_hex(4)}"
@@ -179,8 +187,12 @@ class TrapdoorFedAvg(FedAvg):
             "participants": [{"subject_id": s, "num_samples": examples[s]} for s in subjects],
             "quorum": self.quorum or len(subjects),
             "rounds": num_rounds,
-            "aggregation": "masked",
-            "encoding": {"clip_bound": self.clip_bound, "model_bound": self.model_bound},
+            "aggregation": self.aggregation,
+            "encoding": (
+                {"clip_bound": self.clip_bound, "model_bound": self.model_bound}
+                if self.aggregation == "masked"
+                else {"clip_bound": self.clip_bound}
+            ),
         }
         try:
             self._ps_subject = str(self._ps.get_json("/v1/info", auth=False)["subject_id"])
@@ -211,6 +223,7 @@ class TrapdoorFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """``FedAvg``'s sampling; no arrays, the round's coordinates in the config."""
+        self._grid = grid  # a bcp round's later steps go through it (aggregate_train)
         return super().configure_train(
             server_round, ArrayRecord(), self._coordinates(config, server_round), grid
         )
@@ -232,24 +245,32 @@ class TrapdoorFedAvg(FedAvg):
                 log.warning("node %s sent no receipt", reply.metadata.src_node_id)
                 continue
             valid.append(reply)
-        self._release(t, len(valid))
+        if self.aggregation == "bcp":
+            valid = self._bcp_steps(server_round, valid)
+        else:
+            self._await(t, {"released"}, closable="open", count="uploads", expected=len(valid))
         if not valid:
             return None, None
         return None, self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
 
-    def _release(self, t: int, uploaded: int) -> None:
-        """Close round ``t`` at the PS if not everyone was asked, then wait for its release."""
+    def _await(
+        self, t: int, wanted: set[str], *, closable: str | None, count: str, expected: int
+    ) -> dict[str, Any]:
+        """Wait until round ``t`` reaches one of ``wanted``; while it is in phase
+        ``closable`` with ``expected`` messages (``count``) in, close that phase at the PS
+        (only a sample was asked, so nobody else will come)."""
         path = f"/v1/jobs/{self.job_id}/rounds/{t}"
         deadline = time.monotonic() + self.round_timeout
         closed = False
         while True:
-            view = self._ps.get_json(path)
-            if view["status"] == "released":
-                log.info("Trapdoor round %d released to %s", t, ", ".join(view["contributors"]))
-                return
+            view: dict[str, Any] = self._ps.get_json(path)
+            if view["status"] in wanted:
+                if view["status"] == "released":
+                    log.info("Trapdoor round %d released to %s", t, ", ".join(view["contributors"]))
+                return view
             if view["status"] == "failed":
                 raise TrapdoorStrategyError(f"round {t} failed at the PS")
-            if view["status"] == "open" and not closed and view["uploads"] >= uploaded > 0:
+            if view["status"] == closable and not closed and view[count] >= expected > 0:
                 try:
                     self._ps.post_json(f"{path}/close", {})
                     closed = True
@@ -257,8 +278,55 @@ class TrapdoorFedAvg(FedAvg):
                     if exc.code != "round-not-open":
                         raise TrapdoorStrategyError(f"closing round {t}: {exc}") from None
             if time.monotonic() > deadline:
-                raise TrapdoorStrategyError(f"round {t} was not released in time")
+                raise TrapdoorStrategyError(f"round {t} did not reach {sorted(wanted)} in time")
             self._sleep(self.poll_seconds)
+
+    def _bcp_steps(self, server_round: int, committed: list[Message]) -> list[Message]:
+        """A bcp round after its commitments: upload once the set is closed, audit once
+        the PS has aggregated, then the release. The nodes that took every step."""
+        t = server_round - 1
+        self._await(
+            t,
+            {"committed", "closed", "released"},
+            closable="open",
+            count="commitments",
+            expected=len(committed),
+        )
+        uploaded = self._step(server_round, "upload", committed)
+        self._await(
+            t, {"closed", "released"}, closable="committed", count="uploads", expected=len(uploaded)
+        )
+        audited = self._step(server_round, "audit", uploaded)
+        self._await(t, {"released"}, closable=None, count="uploads", expected=0)
+        return [
+            r
+            for r in committed
+            if r.metadata.src_node_id in {a.metadata.src_node_id for a in audited}
+        ]
+
+    def _step(self, server_round: int, phase: str, nodes: list[Message]) -> list[Message]:
+        """Send ``phase`` to the nodes that answered ``nodes``; the replies without error."""
+        assert self._grid is not None, "configure_train runs first"
+        config = self._coordinates(ConfigRecord({PHASE: phase}), server_round)
+        asks = [
+            Message(
+                content=RecordDict({"arrays": ArrayRecord(), "config": ConfigRecord(dict(config))}),
+                dst_node_id=reply.metadata.src_node_id,
+                message_type=MessageType.TRAIN,  # the mod answers it; the app is not called
+            )
+            for reply in nodes
+        ]
+        ok = []
+        for reply in self._grid.send_and_receive(asks, timeout=self.round_timeout):
+            if reply.has_error():
+                log.warning(
+                    "node %s (%s): %s", reply.metadata.src_node_id, phase, reply.error.reason
+                )
+            elif any(isinstance(v, ArrayRecord) for v in reply.content.values()):
+                raise TrapdoorStrategyError("a node sent parameters to the server: refused")
+            else:
+                ok.append(reply)
+        return ok
 
     # ------------------------------------------------------------------ evaluate
 
