@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from bench.crypto_bench import _log
 from bench.round_bench import MODELS, encrypt_total, num_params
 from trapdoor.demo.job import DEMO_ENCODING
 
-__all__ = ["main", "render"]
+__all__ = ["carry_over", "main", "render"]
 
 PARTS = ("accuracy", "round", "baseline")
 
@@ -849,6 +850,26 @@ def render(
     return "\n".join(parts) + "\n"
 
 
+def _sections(text: str) -> list[tuple[str, str]]:
+    """``text``'s ``## `` sections as (heading, whole section) pairs, in order."""
+    out: list[tuple[str, str]] = []
+    for chunk in re.split(r"(?m)^(?=## )", text):
+        if chunk.startswith("## "):
+            out.append((chunk.splitlines()[0], chunk))
+    return out
+
+
+def carry_over(old: str, new: str) -> str:
+    """``new`` plus every section of ``old`` that ``new`` does not have: the results other
+    benchmarks wrote into the same file (Flower, the masked mode, ...) survive a
+    regeneration of this one's."""
+    have = {heading for heading, _ in _sections(new)}
+    kept = [body for heading, body in _sections(old) if heading not in have]
+    if not kept:
+        return new
+    return new.rstrip("\n") + "\n\n" + "".join(kept).rstrip("\n") + "\n"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.report", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small smoke version of everything")
@@ -899,6 +920,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.note:
         text += "\n## How this run was made\n\n" + Path(args.note).read_text()
+    if doc_path.exists():
+        text = carry_over(doc_path.read_text(), text)
     doc_path.write_text(text)
     _log(f"wrote {doc_path}")
     return 0
