@@ -245,12 +245,14 @@ class TrapdoorFedAvg(FedAvg):
                 log.warning("node %s sent no receipt", reply.metadata.src_node_id)
                 continue
             valid.append(reply)
+        if not valid:
+            raise TrapdoorStrategyError(
+                f"no node took part in round {t}: it cannot be released (see the nodes' errors)"
+            )
         if self.aggregation == "bcp":
             valid = self._bcp_steps(server_round, valid)
         else:
             self._await(t, {"released"}, closable="open", count="uploads", expected=len(valid))
-        if not valid:
-            return None, None
         return None, self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
 
     def _await(

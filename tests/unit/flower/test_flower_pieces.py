@@ -14,6 +14,7 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
+    Error,
     Message,
     MessageType,
     MetricRecord,
@@ -137,3 +138,9 @@ def test_the_coordinates_replace_the_arrays() -> None:
     strategy = _strategy()
     config = strategy._coordinates(ConfigRecord({"lr": 0.1}), 3)
     assert config[ROUND] == 2 and config[JOB_ID] == strategy.job_id and config["lr"] == 0.1
+
+
+def test_a_round_nobody_took_part_in_fails_at_once() -> None:
+    refused = _message(MessageType.TRAIN, {}).create_error_reply(Error(code=7100, reason="x"))
+    with pytest.raises(TrapdoorStrategyError, match="no node took part in round 0"):
+        _strategy().aggregate_train(1, [refused])
