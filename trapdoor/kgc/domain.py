@@ -336,7 +336,7 @@ class KgcService:
             "enrolments_pending": int(pending or 0),
             "jobs_signed": int(jobs or 0),
             "releases_sealed": int(releases or 0),
-            "database_bytes": database_bytes(engine),  # type: ignore[arg-type]
+            "database_bytes": database_bytes(engine),
         }
 
     # ------------------------------------------------------------------ audit log

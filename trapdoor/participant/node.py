@@ -382,7 +382,7 @@ class ParticipantNode:
             "jobs": {str(status): int(n) for status, n in jobs},
             "rounds_contributed": int(contributed or 0),
             "models_opened": int(opened or 0),
-            "database_bytes": database_bytes(engine),  # type: ignore[arg-type]
+            "database_bytes": database_bytes(engine),
         }
 
     # -- jobs

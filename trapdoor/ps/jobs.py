@@ -213,7 +213,7 @@ class Jobs:
             "rounds": {str(k): int(v) for k, v in rounds.items()},
             "uploads_stored": uploads,
             "last_release_latency_seconds": _latency(last),
-            "database_bytes": database_bytes(engine),  # type: ignore[arg-type]
+            "database_bytes": database_bytes(engine),
         }
 
     def round_view(self, job_id: str, t: int) -> dict[str, Any]:

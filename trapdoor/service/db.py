@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -107,9 +107,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def database_bytes(engine: Engine) -> int:
+def database_bytes(bind: Engine | Connection) -> int:
     """The database's size on disk: the SQLite file (and its journal), or PostgreSQL's
-    ``pg_database_size``; 0 for an in-memory database."""
+    ``pg_database_size``; 0 for an in-memory database. ``bind``: what a session's
+    ``get_bind()`` gives."""
+    engine = bind if isinstance(bind, Engine) else bind.engine
     path = sqlite_path(str(engine.url))
     if engine.dialect.name == "sqlite":
         if path is None:
