@@ -27,6 +27,7 @@ from trapdoor.ps.models import Audit, Job, Round, Upload
 from trapdoor.ps.state import PsState
 from trapdoor.ps.storage import (
     audits_complete,
+    check_contributor,
     check_participant,
     existing_round,
     get_job,
@@ -225,8 +226,8 @@ class Audits:
         if rnd.status != "released":
             raise ConflictError("not-released", f"round {t} is not released yet")
         contributors = rnd.contributors or []
-        if requester is not None and requester not in contributors:
-            raise ForbiddenError("not-a-contributor", f"did not contribute to round {t}")
+        if requester is not None:
+            check_contributor(rnd, requester)
         upload = _upload(session, job.job_id, t, subject_id)
         if upload is None or subject_id not in contributors:
             raise NotFoundError(

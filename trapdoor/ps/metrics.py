@@ -19,8 +19,8 @@ from trapdoor.protocol.metrics import MetricsReport, aggregate_metrics, verify_m
 from trapdoor.ps.checks import refusal, with_report
 from trapdoor.ps.models import Job, Round
 from trapdoor.ps.state import PsState
-from trapdoor.ps.storage import check_participant, existing_round, get_job
-from trapdoor.service.errors import ConflictError, ForbiddenError
+from trapdoor.ps.storage import check_contributor, check_participant, existing_round, get_job
+from trapdoor.service.errors import ConflictError
 
 __all__ = ["Metrics", "shared_metrics", "shares_metrics"]
 
@@ -65,8 +65,7 @@ class Metrics:
             rnd = existing_round(session, job_id, t, lock=True)
             if rnd.status != "released":
                 raise ConflictError("not-released", f"round {t} is not released")
-            if subject_id not in (rnd.contributors or []):
-                raise ForbiddenError("not-a-contributor", f"did not contribute to round {t}")
+            check_contributor(rnd, subject_id)
             try:
                 body = verify_metrics_report(
                     signed,

@@ -24,6 +24,7 @@ from trapdoor.ps.checks import refusal, with_report
 from trapdoor.ps.models import Audit, Commitment, Job, Release, Round, Upload
 from trapdoor.ps.state import PsState
 from trapdoor.ps.storage import (
+    check_contributor,
     check_participant,
     deadline,
     drop_model,
@@ -33,7 +34,7 @@ from trapdoor.ps.storage import (
     get_round,
     is_masked,
 )
-from trapdoor.service.errors import ConflictError, ForbiddenError
+from trapdoor.service.errors import ConflictError
 
 __all__ = ["Reruns"]
 
@@ -70,8 +71,7 @@ class Reruns:
             following = get_round(session, job_id, t + 1, lock=True)
             if following is not None and following.status != "open":
                 raise ConflictError("round-moved-on", f"round {t + 1} is under way")
-            if subject_id not in (rnd.contributors or []):
-                raise ForbiddenError("not-a-contributor", f"did not contribute to round {t}")
+            check_contributor(rnd, subject_id)
             bundle = release.bundle
             digest = masked.bundle_digest(bundle) if is_masked(job) else bcp.bundle_digest(bundle)
             try:

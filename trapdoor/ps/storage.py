@@ -238,6 +238,12 @@ def check_participant(job: Job, subject_id: str) -> None:
         raise ForbiddenError("not-a-participant", "not a participant of this job")
 
 
+def check_contributor(rnd: Round, subject_id: str) -> None:
+    """Refuse (``not-a-contributor``) a subject that did not contribute to the round."""
+    if subject_id not in (rnd.contributors or []):
+        raise ForbiddenError("not-a-contributor", f"did not contribute to round {rnd.round}")
+
+
 def participant_message(
     session: Session,
     setups: JobSetups,
