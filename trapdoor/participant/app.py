@@ -49,6 +49,7 @@ __all__ = [
     "checked_evaluate",
     "checked_fit",
     "load_app",
+    "round_config",
 ]
 
 #: The entry-point group a package declares its apps in (``load_app("name")``).
@@ -118,6 +119,30 @@ class ModelApp:
     ) -> tuple[float, int, dict[str, float]]:
         scores = evaluate(self._model(config), parameters, self.data.X_test, self.data.y_test)
         return scores["loss"], len(self.data.y_test), {"accuracy": scores["accuracy"]}
+
+
+def round_config(
+    *,
+    job_id: str,
+    round_number: int,
+    seed: int,
+    participant_index: int,
+    training: TrainingConfig,
+    model: object,
+) -> dict[str, Any]:
+    """The ``config`` an app's ``fit`` and ``evaluate`` get (its keys: this module's
+    docstring): one builder for the client and for ``simulate``."""
+    return {
+        "job_id": job_id,
+        "round": round_number,
+        "seed": seed,
+        "participant_index": participant_index,
+        "learning_rate": training.learning_rate,
+        "local_epochs": training.local_epochs,
+        "batch_size": training.batch_size,
+        "mode": training.mode,
+        "model": model,
+    }
 
 
 class AppResultError(ValueError):

@@ -76,7 +76,13 @@ from trapdoor.crypto.wire import (
 from trapdoor.ml.models import Model, model_from_spec
 from trapdoor.ml.spec import training_spec
 from trapdoor.ml.training import FitResult, TrainingConfig, local_fit, participant_rng
-from trapdoor.participant.app import AppResultError, NumPyApp, checked_evaluate, checked_fit
+from trapdoor.participant.app import (
+    AppResultError,
+    NumPyApp,
+    checked_evaluate,
+    checked_fit,
+    round_config,
+)
 from trapdoor.protocol.audit import (
     AuditDigests,
     AuditedRound,
@@ -523,17 +529,14 @@ def _fit_metrics(
 
 def app_config(job: JobView, round_number: int, participant_index: int) -> dict[str, Any]:
     """The ``config`` an app's ``fit`` gets (its keys: :mod:`trapdoor.participant.app`)."""
-    return {
-        "job_id": job.job_id,
-        "round": round_number,
-        "seed": job.seed,
-        "participant_index": participant_index,
-        "learning_rate": job.training.learning_rate,
-        "local_epochs": job.training.local_epochs,
-        "batch_size": job.training.batch_size,
-        "mode": job.training.mode,
-        "model": job.model,
-    }
+    return round_config(
+        job_id=job.job_id,
+        round_number=round_number,
+        seed=job.seed,
+        participant_index=participant_index,
+        training=job.training,
+        model=job.model,
+    )
 
 
 def _default_window(job: JobView) -> int:

@@ -74,7 +74,13 @@ from trapdoor.crypto.encoding import (
 from trapdoor.ml.models import Model, model_from_spec
 from trapdoor.ml.spec import training_spec
 from trapdoor.ml.training import FitResult, ParticipantSelector, fedavg_aggregate
-from trapdoor.participant.app import AppResultError, NumPyApp, checked_evaluate, checked_fit
+from trapdoor.participant.app import (
+    AppResultError,
+    NumPyApp,
+    checked_evaluate,
+    checked_fit,
+    round_config,
+)
 from trapdoor.protocol.bundle import next_model
 from trapdoor.protocol.job import (
     ENCODING_DEFAULTS,
@@ -563,18 +569,15 @@ def simulate(
     training_config = spec.config
 
     def config(t: int, i: int) -> dict[str, Any]:
-        """What :func:`trapdoor.participant.client.app_config` gives participant ``i``."""
-        return {
-            "job_id": SIMULATION_JOB_ID,
-            "round": t,
-            "seed": spec.seed,
-            "participant_index": i,
-            "learning_rate": training_config.learning_rate,
-            "local_epochs": training_config.local_epochs,
-            "batch_size": training_config.batch_size,
-            "mode": training_config.mode,
-            "model": models[i],
-        }
+        """What a node gives participant ``i`` (the client's builder, our job id)."""
+        return round_config(
+            job_id=SIMULATION_JOB_ID,
+            round_number=t,
+            seed=spec.seed,
+            participant_index=i,
+            training=training_config,
+            model=models[i],
+        )
 
     history: list[SimulatedRound] = []
     with _progress_bar(progress, rounds, aggregation) as bar:
