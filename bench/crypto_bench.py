@@ -194,6 +194,24 @@ def write_outputs(
     return paths
 
 
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """How a run was started (``python -m <module> ARGS``), for its JSON."""
+    return " ".join([f"python -m {module}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def publish(
+    out: Path,
+    name: str,
+    doc: dict[str, Any],
+    table: str,
+    plot: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """Print ``table``, write the three files (:func:`write_outputs`) and say where."""
+    print(table)
+    json_path, txt_path, png_path = write_outputs(out, name, doc, table, plot)
+    print(f"wrote {json_path}, {txt_path} and {png_path} ({doc['total_s']:.0f} s)")
+
+
 def grouped_bars(
     ax: Any,
     groups: int,
@@ -946,9 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path = args.out / "crypto_bench.json"
     png_path = args.out / "crypto_bench.png"
     doc = {
-        "command": " ".join(
-            ["python -m bench.crypto_bench", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("bench.crypto_bench", argv),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "runs": runs,
         "skipped": skipped,

@@ -113,7 +113,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from bench.crypto_bench import _loadavg, _log, _machine, write_outputs
+from bench.crypto_bench import _loadavg, _log, _machine, command_line, publish
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
@@ -1019,16 +1019,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DependencyMissingError as exc:
         print(exc, file=sys.stderr)
         return 2
-    doc = {
-        "command": " ".join(
-            ["python -m bench.flower_app_bench", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        **doc,
-    }
-    text = _table(doc)
-    print(text)
-    json_path, txt_path, png_path = write_outputs(args.out, "flower_app_bench", doc, text, _plot)
-    print(f"wrote {json_path}, {txt_path} and {png_path} ({doc['total_s']:.0f} s)")
+    doc = {"command": command_line("bench.flower_app_bench", argv), **doc}
+    publish(args.out, "flower_app_bench", doc, _table(doc), _plot)
     return 0
 
 

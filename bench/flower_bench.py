@@ -100,7 +100,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.crypto_bench import _loadavg, _log, _machine, grouped_bars, write_outputs
+from bench.crypto_bench import _loadavg, _log, _machine, command_line, grouped_bars, publish
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
@@ -943,17 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlowerMissingError as exc:
         print(exc, file=sys.stderr)
         return 2
-    doc = {
-        "command": " ".join(
-            ["python -m bench.flower_bench", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        **doc,
-    }
-    text = _table(doc)
-    print(text)
-
-    json_path, txt_path, png_path = write_outputs(args.out, "flower_bench", doc, text, _plot)
-    print(f"wrote {json_path}, {txt_path} and {png_path} ({doc['total_s']:.0f} s)")
+    doc = {"command": command_line("bench.flower_bench", argv), **doc}
+    publish(args.out, "flower_bench", doc, _table(doc), _plot)
     return 0
 
 

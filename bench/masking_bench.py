@@ -56,8 +56,9 @@ from bench.crypto_bench import (
     _loadavg,
     _log,
     _machine,
+    command_line,
     grouped_bars,
-    write_outputs,
+    publish,
 )
 from trapdoor.crypto.bcp import Ciphertext, MasterKey, PublicKey, SecretKey
 from trapdoor.crypto.blocks import (
@@ -841,9 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     le = _loadavg()
 
     doc: dict[str, Any] = {
-        "command": " ".join(
-            ["python -m bench.masking_bench", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("bench.masking_bench", argv),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "params": d,
         "k": args.k,
@@ -862,11 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plaintext": plain,
     }
     doc["targets"] = _targets(doc)
-    text = _table(doc)
-    print(text)
-
-    json_path, txt_path, png_path = write_outputs(args.out, "masking_bench", doc, text, _plot)
-    print(f"wrote {json_path}, {txt_path} and {png_path} ({doc['total_s']:.0f} s)")
+    publish(args.out, "masking_bench", doc, _table(doc), _plot)
     return 0
 
 
