@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install browsers screenshots demo test lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -24,7 +24,16 @@ lint: install
 typecheck: install
 	$(PY) -m mypy trapdoor bench
 
-test: lint typecheck
+# The consoles' browser tests (tests/browser) drive Debian's Chromium through Playwright;
+# this installs it from Debian's packages when it is missing (as root, or through sudo).
+browsers:
+	@command -v chromium >/dev/null 2>&1 || sh scripts/install-chromium.sh
+
+# Refresh the console screenshots that docs/OPERATIONS.md shows.
+screenshots: install browsers
+	TRAPDOOR_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/browser -q
+
+test: lint typecheck browsers
 	$(PY) -m pytest
 
 bench: install

@@ -40,6 +40,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from trapdoor.service.console import is_console_endpoint
+
 pytestmark = pytest.mark.slow
 
 SETTINGS = settings(
@@ -108,7 +110,7 @@ def test_openapi_document_lists_every_route(app_target: Target) -> None:
     documented = {(op.method.upper(), op.path) for op in operations}
     routed = set()
     for rule in app_target.app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or is_console_endpoint(rule.endpoint):
             continue
         path = re.sub(r"<(?:[a-z]+(?:\([^)]*\))?:)?(\w+)>", r"{\1}", rule.rule)
         routed |= {(m, path) for m in (rule.methods or set()) - {"HEAD", "OPTIONS"}}
@@ -335,7 +337,12 @@ def _requests(
 
 def _rules(tgt: Target) -> list[Any]:
     return sorted(
-        (r for r in tgt.app.url_map.iter_rules() if r.endpoint != "static"), key=lambda r: r.rule
+        (
+            r
+            for r in tgt.app.url_map.iter_rules()
+            if r.endpoint != "static" and not is_console_endpoint(r.endpoint)
+        ),
+        key=lambda r: r.rule,
     )
 
 

@@ -6,7 +6,9 @@ one registry per app so that tests can build many apps in one process):
 - ``trapdoor_http_requests_total{endpoint, method, status}``;
 - ``trapdoor_http_request_seconds{endpoint, method}`` (a histogram);
 - ``trapdoor_errors_total{code}``: every JSON refusal by its error code (``bad-json``,
-  ``not-a-contributor``, ...).
+  ``not-a-contributor``, ...);
+- ``trapdoor_crypto_seconds{operation}`` (a histogram): encryption, decryption,
+  aggregation and sealing, reported by the domain through :func:`crypto_timer`.
 
 ``endpoint`` is the URL rule (``/v1/jobs/<job_id>/rounds/<int:t>/uploads``), never the
 path, so job ids and subject ids do not become label values. A service may also pass
@@ -39,7 +41,15 @@ from prometheus_client.registry import Collector
 
 from trapdoor.service.openapi import Binary
 
-__all__ = ["PROMETHEUS_TEXT", "ServiceMetrics", "Stats", "exposition_response", "install_metrics"]
+__all__ = [
+    "PROMETHEUS_TEXT",
+    "CryptoTimer",
+    "ServiceMetrics",
+    "Stats",
+    "crypto_timer",
+    "exposition_response",
+    "install_metrics",
+]
 
 #: What a service's ``stats`` returns: a number per name, or numbers by one label.
 Stats = Callable[[], Mapping[str, float | Mapping[str, float]]]
@@ -91,8 +101,20 @@ class ServiceMetrics:
         self.errors = Counter(
             "trapdoor_errors", "JSON refusals by error code", ["code"], registry=self.registry
         )
+        self.crypto = Histogram(
+            "trapdoor_crypto_seconds",
+            "Seconds spent in cryptographic work by operation (encrypt, decrypt, aggregate, seal)",
+            ["operation"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         if stats is not None:
             self.registry.register(_StatsCollector(stats, "status"))
+
+    def observe_crypto(self, operation: str, seconds: float) -> None:
+        """Record one cryptographic operation's duration; a domain gets this method as
+        its ``on_crypto`` callback (so the domain itself never imports Prometheus)."""
+        self.crypto.labels(operation).observe(seconds)
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float, code: Any) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -130,6 +152,16 @@ def install_metrics(app: Flask, service: str, stats: Stats | None = None) -> Ser
         return response
 
     return metrics
+
+
+#: What a domain calls after a cryptographic operation: ``(operation, seconds)``.
+CryptoTimer = Callable[[str, float], None]
+
+
+def crypto_timer(app: Flask) -> CryptoTimer:
+    """The app's ``trapdoor_crypto_seconds`` recorder, for its domain's ``on_crypto``."""
+    metrics: ServiceMetrics = app.extensions["trapdoor_metrics"]
+    return metrics.observe_crypto
 
 
 def exposition_response(app: Flask) -> Response:

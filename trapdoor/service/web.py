@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from trapdoor.service.console import is_console_endpoint
 from trapdoor.service.errors import (
     BadRequestError,
     ForbiddenError,
@@ -316,8 +317,8 @@ def _openapi_document(app: Flask, title: str, version: str) -> dict[str, Any]:
     schemes: set[str] = set()
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or is_console_endpoint(rule.endpoint):
+            continue  # the consoles' HTML pages are not part of the API
         path = re.sub(r"<(?:[a-z]+(?:\([^)]*\))?:)?([A-Za-z_]\w*)>", r"{\1}", rule.rule)
         view = app.view_functions[rule.endpoint]
         declared: dict[str | None, Operation] = getattr(view, "_openapi", {})
