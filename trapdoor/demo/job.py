@@ -79,10 +79,14 @@ __all__ = [
     "build_data_model",
     "build_model",
     "demo",
+    "follow_rounds",
+    "job_definition",
     "load_demo_data",
     "main",
     "parse_demo_options",
     "run_demo",
+    "wait_nodes",
+    "wait_shared_metrics",
 ]
 
 DEFAULT_PLOT = "trapdoor-demo-accuracy.png"
@@ -430,6 +434,43 @@ def _write_plot(
     plt.close(fig)
 
 
+def job_definition(
+    job_id: str,
+    model: Model,
+    w0: Any,
+    config: TrainingConfig,
+    *,
+    seed: int,
+    samples: dict[str, int],
+    quorum: int,
+    rounds: int,
+    aggregation: str,
+    share_metrics: bool,
+) -> dict[str, Any]:
+    """The demo's job definition (``POST /v1/jobs`` at the PS): ``samples`` maps each
+    participant's subject id to its number of training rows (its FedAvg weight)."""
+    return {
+        "job_id": job_id,
+        "model": model.spec(),
+        "initial_weights": b64encode(np.asarray(w0, dtype="<f8").tobytes()),
+        "training": {
+            "learning_rate": config.learning_rate,
+            "local_epochs": config.local_epochs,
+            "batch_size": config.batch_size,
+            "mode": config.mode,
+            "seed": seed,
+        },
+        "participants": [{"subject_id": s, "num_samples": n} for s, n in samples.items()],
+        "quorum": quorum,
+        "rounds": rounds,
+        "round_deadline_seconds": 3600,
+        "below_quorum_policy": "stay-open",
+        "aggregation": aggregation,
+        "encoding": dict(DEMO_MASKED_ENCODING if aggregation == "masked" else DEMO_ENCODING),
+        "share_metrics": share_metrics,
+    }
+
+
 def run_demo(args: DemoOptions) -> dict[str, Any]:
     """Run the demo; returns the summary (also written to ``--json``)."""
     own: DemoData | None = None
@@ -502,29 +543,18 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
             learning_rate=learning_rate, local_epochs=args.local_epochs, batch_size=32
         )
         job_id = f"{name}-demo-{secrets.token_hex(3)}"
-        definition = {
-            "job_id": job_id,
-            "model": model.spec(),
-            "initial_weights": b64encode(np.asarray(w0, dtype="<f8").tobytes()),
-            "training": {
-                "learning_rate": config.learning_rate,
-                "local_epochs": config.local_epochs,
-                "batch_size": config.batch_size,
-                "mode": config.mode,
-                "seed": args.seed,
-            },
-            "participants": [
-                {"subject_id": s, "num_samples": len(p)}
-                for s, p in zip(subjects, parts, strict=True)
-            ],
-            "quorum": quorum,
-            "rounds": rounds,
-            "round_deadline_seconds": 3600,
-            "below_quorum_policy": "stay-open",
-            "aggregation": aggregation,
-            "encoding": dict(DEMO_MASKED_ENCODING if aggregation == "masked" else DEMO_ENCODING),
-            "share_metrics": args.share_metrics,
-        }
+        definition = job_definition(
+            job_id,
+            model,
+            w0,
+            config,
+            seed=args.seed,
+            samples={s: len(p) for s, p in zip(subjects, parts, strict=True)},
+            quorum=quorum,
+            rounds=rounds,
+            aggregation=aggregation,
+            share_metrics=args.share_metrics,
+        )
         ps_ops = cluster.ps_operator()
         t_job = time.perf_counter()
         ps_ops.post_json("/v1/jobs", definition)
@@ -539,12 +569,12 @@ def run_demo(args: DemoOptions) -> dict[str, Any]:
             ops.post_json("/v1/jobs", body)
 
         # -- wait for every round; close early the rounds a skipper leaves short
-        round_info = _follow_rounds(
+        round_info = follow_rounds(
             ps_ops, job_id, expected, args.timeout, participants=k, quiet=args.quiet
         )
-        node_jobs = _wait_nodes(node_ops, job_id, expected, args.timeout)
+        node_jobs = wait_nodes(node_ops, job_id, expected, args.timeout)
         shared = (
-            _wait_shared_metrics(ps_ops, job_id, round_info, node_jobs, subjects)
+            wait_shared_metrics(ps_ops, job_id, round_info, node_jobs, subjects)
             if args.share_metrics
             else None
         )
@@ -736,7 +766,7 @@ def _plaintext_on_own_data(
     return accuracy
 
 
-def _wait_shared_metrics(
+def wait_shared_metrics(
     ps_ops: ServiceClient,
     job_id: str,
     round_info: list[dict[str, Any]],
@@ -766,7 +796,7 @@ def _wait_shared_metrics(
     return shared
 
 
-def _follow_rounds(
+def follow_rounds(
     ps_ops: ServiceClient,
     job_id: str,
     expected: list[list[int]],
@@ -805,7 +835,7 @@ def _follow_rounds(
     return done
 
 
-def _wait_nodes(
+def wait_nodes(
     node_ops: list[ServiceClient], job_id: str, expected: list[list[int]], timeout: float
 ) -> list[dict[str, Any]]:
     """Each node's job view, once it has evaluated every model it is entitled to."""
